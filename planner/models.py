@@ -1,0 +1,406 @@
+"""Pydantic models shared by the planner and the CLI. All forbid unknown fields, so a typo in a
+plan or catalog is an error, not a silent default. Money is Decimal; sizes are bytes unless the
+field name says otherwise."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Quant = Literal["fp16", "bf16", "int8", "nf4"]
+# Higher is better quality; fp16 and bf16 are the same 16-bit reference.
+QUALITY_RANK: dict[str, int] = {"nf4": 0, "int8": 1, "fp16": 2, "bf16": 2}
+GIB = 1024**3
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- catalogs
+
+
+class Gpu(Model):
+    """One GPU model. `memory_mib` is what the driver reports as total (nvidia-smi), before the
+    CUDA context; the memory model subtracts the context itself."""
+
+    name: str
+    aliases: list[str] = []
+    memory_mib: int = Field(gt=0)
+    bandwidth_gbs: float = Field(gt=0)
+    fp16_tflops: float = Field(gt=0)
+    int8_tops: float = Field(ge=0)
+    bf16: bool
+    compute_capability: float
+    link: str
+    source: str
+    date: str
+
+
+class Offer(Model):
+    """A rentable rig: `price` is for the whole rig per hour in `currency`.
+    Billing: charged in `billing_increment_s` steps with at least `billing_minimum_s`."""
+
+    provider: str
+    instance_type: str
+    gpu: str
+    gpu_count: int = Field(gt=0)
+    price: Decimal = Field(ge=0)
+    spot_price: Decimal | None = None
+    currency: str = "CNY"
+    region: str = ""
+    zones: list[str] = []
+    billing_increment_s: int = Field(default=3600, gt=0)
+    billing_minimum_s: int = Field(default=3600, ge=0)
+    gpu_memory_mib: int | None = None
+    vcpus: float | None = None
+    memory_gib: float | None = None
+    source: str = ""
+    date: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.provider, self.instance_type, self.region)
+
+    @property
+    def id(self) -> str:
+        return f"{self.provider}:{self.instance_type}" + (f"@{self.region}" if self.region else "")
+
+
+class FxRate(Model):
+    currency: str
+    cny_per_unit: Decimal = Field(gt=0)
+    date: str
+    source: str
+
+
+# --------------------------------------------------------------------------- model architecture
+
+
+class TextArch(Model):
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    attention_bias: bool = False
+    # MoE (qwen3_vl_moe); num_experts == 0 means dense
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    decoder_sparse_step: int = 1
+    mlp_only_layers: list[int] = []
+
+
+class VisionArch(Model):
+    depth: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    in_channels: int = 3
+    patch_size: int = 16
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    out_hidden_size: int
+    num_position_embeddings: int = 2304
+    deepstack_visual_indexes: list[int] = []
+
+
+class ModelSpec(Model):
+    name: str
+    hf_id: str = ""
+    model_type: Literal["qwen3_vl", "qwen3_vl_moe"]
+    text: TextArch
+    vision: VisionArch
+    tie_word_embeddings: bool = False
+    source: str = ""
+
+    @property
+    def is_moe(self) -> bool:
+        return self.text.num_experts > 0
+
+
+class ParamBreakdown(Model):
+    """Exact parameter counts by component (lm_head is 0 when tied: it shares the embedding)."""
+
+    vision: int
+    embeddings: int
+    lm_head: int
+    attention: int
+    mlp: int
+    norms: int
+    total: int
+    active: int  # per token: MoE counts only the top-k experts
+    tied: bool
+
+
+# --------------------------------------------------------------------------- plans
+
+
+class GenerationConfig(Model):
+    max_new_tokens: int = Field(default=128, gt=0)
+    num_beams: int = Field(default=1, ge=1)
+    do_sample: bool = False
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    temperature: float = Field(default=1.0, gt=0)
+
+
+class VideoSpec(Model):
+    duration_s: float = Field(gt=0)
+    source_fps: float = Field(default=30, gt=0)
+    fps: float = Field(default=1.0, gt=0)
+    max_frames: int = Field(default=768, ge=2)
+    min_frames: int = Field(default=4, ge=2)
+    frame_size: tuple[int, int] = (640, 360)
+
+
+class Dataset(Model):
+    """Where a task's samples come from; the worker resolves it on the instance."""
+
+    kind: Literal["builtin", "local", "url", "synthetic"]
+    name: str = ""
+    path: str = ""
+    url: str = ""
+    sha256: str = ""
+
+
+class Task(Model):
+    name: str
+    kind: Literal["caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify"]
+    samples: int = Field(default=1, gt=0)
+    image_size: tuple[int, int] = (640, 480)
+    resolutions: list[tuple[int, int]] = []
+    prompt_tokens: int = Field(default=32, ge=1)
+    max_new_tokens: int | None = Field(default=None, gt=0)
+    turns: int = Field(default=1, ge=1)
+    video: VideoSpec | None = None
+    of_task: str = ""  # fp16_verify: which task's samples to re-run in 16-bit
+    dataset: Dataset | None = None
+    metrics: list[str] = []
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "Task":
+        if self.kind == "memory_sweep" and not self.resolutions:
+            raise ValueError("a memory_sweep task needs `resolutions` (list of [width, height])")
+        if self.kind == "video" and self.video is None:
+            raise ValueError("a video task needs `video` (duration_s, fps, ...)")
+        if self.kind == "fp16_verify" and not self.of_task:
+            raise ValueError("an fp16_verify task needs `of_task` (the task whose samples it re-runs)")
+        for w, h in [self.image_size, *self.resolutions]:
+            if w <= 0 or h <= 0:
+                raise ValueError(f"image sizes must be positive, got {w}x{h}")
+        return self
+
+
+class ImageLimits(Model):
+    """The processor's resize limits in pixels (Qwen3-VL ships 64..16384 tokens of 32x32 px)."""
+
+    min_pixels: int = Field(default=64 * 32 * 32, gt=0)
+    max_pixels: int = Field(default=16384 * 32 * 32, gt=0)
+
+
+class EvalPlan(Model):
+    name: str
+    description: str = ""
+    model: str
+    quantizations: list[Quant] = ["bf16", "fp16", "int8", "nf4"]
+    quality_floor: Quant = "nf4"
+    keep_vision_16bit: bool = False
+    double_quant: bool = True
+    batch_size: int = Field(default=1, ge=1)
+    generation: GenerationConfig = GenerationConfig()
+    image_limits: ImageLimits = ImageLimits()
+    tasks: list[Task] = Field(min_length=1)
+    budget_yuan: Decimal | None = Field(default=None, gt=0)
+    seed: int = 0
+
+    @field_validator("quantizations")
+    @classmethod
+    def _nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("list at least one quantization")
+        return v
+
+    @model_validator(mode="after")
+    def _refs(self) -> "EvalPlan":
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError("task names must be unique")
+        for t in self.tasks:
+            if t.kind == "fp16_verify" and t.of_task not in names:
+                raise ValueError(f"task {t.name!r}: of_task {t.of_task!r} is not a task of this plan")
+        return self
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+class GpuMemory(Model):
+    """One card's modelled peak, in bytes, by component."""
+
+    gpu_index: int
+    layers: int
+    weights: int
+    kv_cache: int
+    activations: int
+    vision_activations: int
+    dequant_scratch: int
+    cuda_context: int
+    allocator_slack: int
+    floor_adjust: int  # added when the sum is under Qwen's "at least 1.2x the weights"
+    total: int
+    usable: int  # the card's memory (what the driver reports)
+
+    @property
+    def total_gib(self) -> float:
+        return self.total / GIB
+
+
+class MemoryEstimate(Model):
+    quantization: Quant
+    gpu_count: int
+    weights_total: int
+    per_gpu: list[GpuMemory]
+    fits: bool
+    reason: str = ""
+
+    @property
+    def peak_gib(self) -> float:
+        return max(g.total for g in self.per_gpu) / GIB
+
+
+class TimeEstimate(Model):
+    """Seconds, by phase. `tasks` maps task name -> seconds; skipped tasks have a reason."""
+
+    boot_s: float
+    install_s: float
+    download_s: float
+    load_s: float
+    tasks: dict[str, float]
+    skipped: dict[str, str] = {}
+    spot_overhead_s: float = 0.0
+    total_s: float
+
+    @property
+    def hours(self) -> float:
+        return self.total_s / 3600
+
+
+# --------------------------------------------------------------------------- planner output
+
+
+class Recommendation(Model):
+    """One costed candidate: an offer x GPU count x quantization x spot/on-demand."""
+
+    provider: str
+    instance_type: str
+    region: str
+    gpu: str
+    gpu_count: int
+    quantization: Quant
+    spot: bool
+    price_cny_per_hour: Decimal
+    price_original_per_hour: Decimal
+    currency: str
+    billing: str
+    gpu_memory_gib: float
+    memory_per_gpu_gib: float
+    memory: list[GpuMemory]
+    hours: float
+    time: TimeEstimate
+    billed_hours: float
+    cost_cny: Decimal
+    fits_budget: bool
+    budget_left_cny: Decimal
+    plan_fits_times: int
+    notes: list[str] = []
+    offer_source: str
+    offer_date: str
+
+
+class Rejection(Model):
+    """Candidates dropped for one reason, grouped (a 100,000-offer catalog would otherwise print
+    100,000 lines)."""
+
+    gpu: str
+    gpu_count: int
+    quantization: Quant | None
+    reason: str
+    offers: int
+    example: str
+
+
+class ModelSummary(Model):
+    name: str
+    hf_id: str
+    model_type: str
+    params: ParamBreakdown
+    weights_gib: dict[str, float]
+
+
+class PlanReport(Model):
+    """`budget plan --json`: exactly this document."""
+
+    budget_cny: Decimal
+    objective: Literal["cost", "time"]
+    plan: str
+    recommendation: Recommendation | None
+    alternatives: list[Recommendation]
+    rejected: list[Rejection]
+    model: ModelSummary
+    assumptions: list[dict[str, object]]
+    catalog: list[str]
+    candidates: int
+    feasible: int
+    within_budget: int
+
+
+class PriceRow(Model):
+    id: str
+    provider: str
+    instance_type: str
+    region: str
+    gpu: str
+    gpu_count: int
+    gpu_memory_gib: float
+    price_cny_per_hour: Decimal
+    spot_price_cny_per_hour: Decimal | None
+    price_original_per_hour: Decimal
+    spot_price_original_per_hour: Decimal | None
+    currency: str
+    billing_increment_s: int
+    billing_minimum_s: int
+    source: str
+    date: str
+
+
+class PriceList(Model):
+    """`budget prices list --json`."""
+
+    offers: list[PriceRow]
+    fx: list[FxRate]
+
+
+class WeightsRow(Model):
+    quantization: str
+    vision_16bit: bool
+    double_quant: bool
+    weights_gib: float
+    seed_claim_gb: float | None = None
+
+
+class InspectReport(Model):
+    """`budget model inspect --json`."""
+
+    name: str
+    source: str
+    model_type: str
+    params: ParamBreakdown
+    text: TextArch
+    vision: VisionArch
+    weights: list[WeightsRow]
+    kv_cache_kib_per_token: float

@@ -1,0 +1,262 @@
+"""The optimizer: enumerate offers x GPU count x quantization x spot/on-demand, drop what cannot
+run (memory with headroom, bf16 / LLM.int8 support, the plan's quality floor) with a reason, cost
+every survivor for the whole plan under its offer's billing rules, rank by cost (or time) and keep
+the budget.
+
+Memory and time depend only on (GPU, count, quantization), so they are computed once per such
+group and shared by every offer of it; an offer then costs one Decimal multiplication. That is
+what lets a 100,000-offer catalog plan in well under the 2 s target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+
+from .architecture import inventory, param_breakdown
+from .assumptions import Assumptions
+from .catalog import Catalog
+from .errors import CatalogError, InputError
+from .memory import WeightLayout, estimate, peak_of, plan_peak, weight_layout
+from .models import (GIB, QUALITY_RANK, EvalPlan, Gpu, MemoryEstimate, ModelSpec, ModelSummary, Offer, PlanReport,
+                     Recommendation, Rejection, TimeEstimate)
+from .speed import ModelCost, plan_time
+from .workload import task_loads
+
+CENT = Decimal("0.01")
+
+
+@dataclass(slots=True)
+class Option:
+    """A (GPU, count, quantization) that fits, with everything offers of it share."""
+
+    gpu: Gpu
+    gpu_count: int
+    usable_mib: int
+    quant: str
+    memory: MemoryEstimate
+    skipped: dict[str, str]
+    notes: list[str]
+    times: dict[tuple[bool, bool], TimeEstimate] = field(default_factory=dict)  # (aws, spot) -> time
+
+
+@dataclass(slots=True)
+class Candidate:
+    offer: Offer
+    option: Option
+    spot: bool
+    price_cny_h: Decimal
+    time: TimeEstimate
+    billed_s: int
+    cost_cny: Decimal
+    fits_budget: bool
+
+    @property
+    def hours(self) -> float:
+        return self.time.total_s / 3600
+
+
+@dataclass
+class Optimization:
+    report: PlanReport
+    candidates: list[Candidate]  # every feasible candidate (for tests and `--top`)
+
+
+def billed_seconds(seconds: float, increment_s: int, minimum_s: int) -> int:
+    """Seconds charged: whole increments started, at least the minimum."""
+    return max(minimum_s, math.ceil(seconds / increment_s) * increment_s)
+
+
+def _sixteen(gpu: Gpu, allowed: list[str]) -> str | None:
+    """The 16-bit dtype this card runs: bf16 where supported and allowed, else fp16."""
+    if gpu.bf16 and "bf16" in allowed:
+        return "bf16"
+    return "fp16" if "fp16" in allowed else None
+
+
+def _gib(b: int | float) -> float:
+    return round(b / GIB, 2)
+
+
+class _Planner:
+    def __init__(self, plan: EvalPlan, spec: ModelSpec, a: Assumptions) -> None:
+        self.plan, self.spec, self.a = plan, spec, a
+        self.inv = inventory(spec)
+        self.mc = ModelCost(spec, self.inv)
+        self.loads = task_loads(plan, spec, a)
+        self.peak = plan_peak(self.loads)
+        self.verify_peak = plan_peak(self.loads, sixteen_bit=True)
+        self.sweep = [(t.name, p) for t in self.loads if t.kind == "memory_sweep" for p in t.passes]
+        self.layouts: dict[str, WeightLayout] = {}
+
+    def layout(self, quant: str) -> WeightLayout:
+        if quant not in self.layouts:
+            key = "bf16" if quant == "fp16" else quant
+            self.layouts[quant] = self.layouts.get(key) or weight_layout(
+                self.spec, self.inv, quant, self.plan.keep_vision_16bit, self.plan.double_quant)
+        return self.layouts[quant]
+
+    def option(self, gpu: Gpu, count: int, usable_mib: int, quant: str) -> Option | str:
+        """An Option if `quant` runs on count x gpu, else the one-line reason it cannot."""
+        if quant == "bf16" and not gpu.bf16:
+            return f"no bf16 on {gpu.name} (compute capability {gpu.compute_capability}); allow fp16"
+        if quant == "int8" and gpu.compute_capability < 7.5:
+            return f"LLM.int8 needs compute capability >= 7.5; {gpu.name} has {gpu.compute_capability}"
+        usable = usable_mib * 1024**2
+        peak = self.peak or self.verify_peak or peak_of([(p, 1) for _, p in self.sweep])
+        mem = estimate(self.spec, self.layout(quant), quant, peak, count, usable, self.a)
+        if not mem.fits:
+            return f"{mem.reason}; {gpu.name} has {usable_mib / 1024:.1f} GiB"
+        skipped: dict[str, str] = {}
+        sixteen = _sixteen(gpu, ["bf16", "fp16"])
+        for t in self.loads:
+            if not t.sixteen_bit:
+                continue
+            if quant in ("fp16", "bf16"):
+                skipped[t.name] = "the plan already runs in 16-bit"
+                continue
+            assert self.verify_peak is not None and sixteen is not None
+            m16 = estimate(self.spec, self.layout(sixteen), sixteen, self.verify_peak, count, usable, self.a)
+            if not m16.fits:
+                skipped[t.name] = f"16-bit model {m16.reason}; {gpu.name} has {usable_mib / 1024:.1f} GiB"
+        notes = []
+        oom = [f"{p.visual} visual tokens ({name})" for name, p in self.sweep
+               if not estimate(self.spec, self.layout(quant), quant, peak_of([(p, 1)]), count, usable, self.a).fits]
+        if oom:
+            notes.append("memory sweep predicted to run out of memory at " + ", ".join(oom) +
+                         " (recorded as a result, the run goes on)")
+        return Option(gpu, count, usable_mib, quant, mem, skipped, notes)
+
+    def time(self, opt: Option, aws: bool, spot: bool) -> TimeEstimate:
+        key = (aws, spot)
+        if key not in opt.times:
+            sixteen = _sixteen(opt.gpu, ["bf16", "fp16"]) or "fp16"
+            opt.times[key] = plan_time(self.mc, self.loads, opt.quant, sixteen, opt.gpu, opt.gpu_count,
+                                       "aws" if aws else "", self.a, not self.plan.keep_vision_16bit,
+                                       opt.skipped, spot=spot)
+        return opt.times[key]
+
+
+def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Decimal, *,
+             assumptions: Assumptions | None = None, providers: list[str] | None = None,
+             spot: bool | None = None, objective: str = "cost", top: int = 5,
+             quantizations: list[str] | None = None) -> Optimization:
+    """Rank every candidate for `plan` on `spec` within `budget_cny`.
+
+    `spot`: None considers both, True only spot prices, False only on-demand. Raises InputError
+    for a non-positive budget or an empty (filtered) catalog; a budget too small for anything is
+    not an error here: the report has no recommendation and the CLI says so."""
+    if budget_cny <= 0:
+        raise InputError(f"budget must be positive, got {budget_cny} CNY", "pass --yuan with an amount above 0")
+    if objective not in ("cost", "time"):
+        raise InputError(f"unknown objective {objective!r}", "use --objective cost or --objective time")
+    a = assumptions or Assumptions()
+    offers = [o for o in catalog.offers if not providers or o.provider in providers]
+    if not offers:
+        raise CatalogError("no offers to plan over" + (f" for provider(s) {', '.join(providers)}" if providers else ""),
+                           "check `budget prices list`; add offers with `budget prices import FILE`")
+    pl = _Planner(plan, spec, a)
+    allowed = [q for q in (quantizations or plan.quantizations)]
+    floor = QUALITY_RANK[plan.quality_floor]
+    rejected: dict[tuple[str, int, str | None, str], list[Offer]] = {}
+    for q in allowed:
+        if QUALITY_RANK[q] < floor:
+            rejected[("*", 0, q, f"below the plan's quality floor ({plan.quality_floor})")] = offers
+    quants = [q for q in allowed if QUALITY_RANK[q] >= floor]
+    # fp16 and bf16 cost the same: a card runs the one it supports (bf16 preferred)
+    groups: dict[tuple[str, int, int], list[Offer]] = {}
+    for o in offers:
+        gpu = catalog.gpu(o.gpu)
+        if gpu is None:
+            raise CatalogError(f"offer {o.id} names unknown GPU {o.gpu!r}", "add it to $BUDGET_HOME/catalog/gpus.csv")
+        usable = min(gpu.memory_mib, o.gpu_memory_mib or gpu.memory_mib)
+        groups.setdefault((gpu.name, o.gpu_count, usable), []).append(o)
+
+    fx = {c: r.cny_per_unit for c, r in catalog.fx.items()}
+    cands: list[Candidate] = []
+    billed_cache: dict[tuple[float, int, int], int] = {}
+    for (gname, count, usable), gofs in groups.items():
+        gpu = catalog.gpus[gname]
+        sixteen = _sixteen(gpu, quants)
+        for q in quants:
+            if q in ("fp16", "bf16") and q != sixteen:
+                if sixteen is None:
+                    rejected[(gname, count, q, f"no bf16 on {gname} (compute capability {gpu.compute_capability}); "
+                              "allow fp16")] = gofs
+                continue
+            opt = pl.option(gpu, count, usable, q)
+            if isinstance(opt, str):
+                rejected[(gname, count, q, opt)] = gofs
+                continue
+            for o in gofs:
+                rate = fx.get(o.currency)
+                if rate is None:
+                    raise CatalogError(f"no exchange rate for {o.currency} (offer {o.id})",
+                                       f"pass --fx {o.currency}=RATE")
+                for is_spot, price in ((False, o.price), (True, o.spot_price)):
+                    if price is None or (spot is not None and spot != is_spot):
+                        continue
+                    t = pl.time(opt, o.provider == "aws", is_spot)
+                    key = (t.total_s, o.billing_increment_s, o.billing_minimum_s)
+                    billed = billed_cache.get(key)
+                    if billed is None:
+                        billed = billed_cache[key] = billed_seconds(*key)
+                    price_cny = price * rate
+                    cost = price_cny * billed / 3600
+                    cands.append(Candidate(o, opt, is_spot, price_cny, t, billed, cost, cost <= budget_cny))
+
+    def rank(c: Candidate) -> tuple:
+        quality = -QUALITY_RANK[c.option.quant]
+        if objective == "time":
+            return (c.time.total_s, c.cost_cny, quality)
+        return (c.cost_cny, quality, c.time.total_s, c.offer.provider, c.offer.instance_type)
+
+    cands.sort(key=rank)
+    within = [c for c in cands if c.fits_budget]
+    shown = within[: max(top, 1)]
+    if len(shown) < top:
+        shown += [c for c in cands if not c.fits_budget][: top - len(shown)]
+    over: dict[tuple[str, int, str], list[Candidate]] = {}
+    for c in cands:
+        if not c.fits_budget:
+            over.setdefault((c.option.gpu.name, c.option.gpu_count, c.option.quant), []).append(c)
+    rej = [Rejection(gpu=g, gpu_count=n, quantization=q, reason=r, offers=len(os_), example=os_[0].id)
+           for (g, n, q, r), os_ in rejected.items()]
+    rej += [Rejection(gpu=g, gpu_count=n, quantization=q, offers=len(cs), example=cs[0].offer.id,
+                      reason=f"over budget: from {_money(cs[0].cost_cny)} CNY > {_money(budget_cny)} CNY")
+            for (g, n, q), cs in over.items()]
+    pb = param_breakdown(spec)
+    report = PlanReport(
+        budget_cny=budget_cny, objective=objective, plan=plan.name,
+        recommendation=_out(within[0], budget_cny) if within else None,
+        alternatives=[_out(c, budget_cny) for c in (shown[1:] if within else shown)],
+        rejected=rej,
+        model=ModelSummary(name=spec.name, hf_id=spec.hf_id, model_type=spec.model_type, params=pb,
+                           weights_gib={q: _gib(pl.layout(q).total) for q in ("bf16", "int8", "nf4")}),
+        assumptions=a.describe(), catalog=catalog.files, candidates=len(cands) + sum(len(v) for v in rejected.values()),
+        feasible=len(cands), within_budget=len(within))
+    return Optimization(report, cands)
+
+
+def _money(d: Decimal) -> Decimal:
+    return d.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def _out(c: Candidate, budget: Decimal) -> Recommendation:
+    o, opt = c.offer, c.option
+    cost = c.cost_cny.quantize(CENT, rounding=ROUND_CEILING)
+    inc = o.billing_increment_s
+    billing = ("per started hour" if inc == 3600 else f"per {inc} s") + (
+        f", minimum {o.billing_minimum_s} s" if o.billing_minimum_s > inc else "")
+    return Recommendation(
+        provider=o.provider, instance_type=o.instance_type, region=o.region, gpu=opt.gpu.name,
+        gpu_count=opt.gpu_count, quantization=opt.quant, spot=c.spot, price_cny_per_hour=_money(c.price_cny_h),
+        price_original_per_hour=(o.spot_price if c.spot else o.price) or Decimal(0), currency=o.currency,
+        billing=billing, gpu_memory_gib=round(opt.usable_mib / 1024, 2),
+        memory_per_gpu_gib=_gib(max(g.total for g in opt.memory.per_gpu)), memory=opt.memory.per_gpu,
+        hours=round(c.hours, 3), time=c.time, billed_hours=round(c.billed_s / 3600, 4), cost_cny=cost,
+        fits_budget=c.fits_budget, budget_left_cny=_money(budget - c.cost_cny),
+        plan_fits_times=int(budget // c.cost_cny) if c.cost_cny > 0 else 0,
+        notes=list(opt.notes) + [f"{k} skipped: {v}" for k, v in opt.skipped.items()],
+        offer_source=o.source, offer_date=o.date)

@@ -1,0 +1,56 @@
+"""Read-only summaries the CLI prints: the price list and a model's inspection."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+from .architecture import inventory, param_breakdown
+from .catalog import Catalog
+from .memory import weight_layout
+from .models import GIB, InspectReport, ModelSpec, PriceList, PriceRow, WeightsRow
+
+# The seed document's table (GB), for comparison: model name -> (fp16, int8, int4).
+SEED_CLAIMS_GB = {"Qwen3-VL-4B-Instruct": (8, 4, 2), "Qwen3-VL-8B-Instruct": (16, 8, 4),
+                  "Qwen3-VL-30B-A3B-Instruct": (60, 30, 15)}
+CENT = Decimal("0.01")
+
+
+def price_list(cat: Catalog, gpu: str | None = None, provider: str | None = None,
+               max_yuan_hour: Decimal | None = None) -> PriceList:
+    """Offers in CNY (original currency beside), cheapest first, filtered."""
+    want_gpu = cat.gpu(gpu).name if gpu and cat.gpu(gpu) else gpu
+    rows = []
+    for o in cat.offers:
+        if (want_gpu and o.gpu != want_gpu) or (provider and o.provider != provider):
+            continue
+        price = cat.cny(o.price, o.currency).quantize(CENT, ROUND_HALF_UP)
+        if max_yuan_hour is not None and price > max_yuan_hour:
+            continue
+        spot = None if o.spot_price is None else cat.cny(o.spot_price, o.currency).quantize(CENT, ROUND_HALF_UP)
+        g = cat.gpus[o.gpu]
+        mib = min(g.memory_mib, o.gpu_memory_mib or g.memory_mib)
+        rows.append(PriceRow(id=o.id, provider=o.provider, instance_type=o.instance_type, region=o.region, gpu=o.gpu,
+                             gpu_count=o.gpu_count, gpu_memory_gib=round(mib / 1024, 1), price_cny_per_hour=price,
+                             spot_price_cny_per_hour=spot, price_original_per_hour=o.price,
+                             spot_price_original_per_hour=o.spot_price, currency=o.currency,
+                             billing_increment_s=o.billing_increment_s, billing_minimum_s=o.billing_minimum_s,
+                             source=o.source, date=o.date))
+    rows.sort(key=lambda r: (r.price_cny_per_hour, r.provider, r.instance_type, r.region))
+    return PriceList(offers=rows, fx=list(cat.fx.values()))
+
+
+def inspect_model(spec: ModelSpec) -> InspectReport:
+    """Exact parameter breakdown and the weights' footprint per quantization."""
+    inv = inventory(spec)
+    seed = SEED_CLAIMS_GB.get(spec.name)
+    rows = []
+    for quant, vision16, dq, claim in (("bf16", False, False, seed and seed[0]), ("int8", False, False, seed and seed[1]),
+                                      ("int8", True, False, None), ("nf4", False, True, seed and seed[2]),
+                                      ("nf4", True, True, None), ("nf4", False, False, None)):
+        w = weight_layout(spec, inv, quant, keep_vision_16bit=vision16, double_quant=dq).total
+        rows.append(WeightsRow(quantization=quant, vision_16bit=vision16, double_quant=dq,
+                               weights_gib=round(w / GIB, 2), seed_claim_gb=claim))
+    t = spec.text
+    return InspectReport(name=spec.name, source=spec.source or spec.hf_id, model_type=spec.model_type,
+                         params=param_breakdown(spec), text=spec.text, vision=spec.vision, weights=rows,
+                         kv_cache_kib_per_token=2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * 2 / 1024)

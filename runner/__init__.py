@@ -1,0 +1,1 @@
+"""The controller side: CLI, rendering, and (later) providers, ledger, guard and orchestration."""

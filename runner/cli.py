@@ -1,0 +1,195 @@
+"""`budget` — the thin shell: parse, call the core, render. One error handler for everything
+(`main`): our errors print one red line + a hint and exit 1 (2 for bad input); `--debug` shows the
+traceback. Only this module imports typer."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from planner.errors import BudgetTooSmall, GpuBudgetError, InputError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Budget-first planner and runner for evaluating quantized Qwen3-VL on rented GPUs.")
+prices_app = typer.Typer(no_args_is_help=True, help="List and import GPU offers (prices in CNY).")
+model_app = typer.Typer(no_args_is_help=True, help="Inspect Qwen3-VL architectures.")
+app.add_typer(prices_app, name="prices")
+app.add_typer(model_app, name="model")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document.")]
+
+
+def budget_home() -> Path:
+    return Path(os.environ.get("BUDGET_HOME") or Path.home() / ".gpubudget")
+
+
+def _catalog(fx: list[str] | None = None):
+    from planner.catalog import load_catalog, with_fx
+
+    return with_fx(load_catalog(budget_home() / "catalog"), fx or [])
+
+
+def _decimal(value: str | None, flag: str) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        d = Decimal(value)
+    except InvalidOperation:
+        raise InputError(f"{flag} {value!r} is not a number", f"e.g. {flag} 2000") from None
+    if not d.is_finite() or d <= 0:
+        raise InputError(f"{flag} must be a positive amount, got {value}", f"e.g. {flag} 2000")
+    return d
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+    """Budget-first planner and runner for evaluating quantized Qwen3-VL on rented GPUs."""
+
+
+@app.command("plan")
+def plan_cmd(
+    yuan: Annotated[Optional[str], typer.Option("--yuan", help="Budget in CNY (default: the plan's budget_yuan).")] = None,
+    plan: Annotated[Optional[Path], typer.Option("--plan", help="Plan YAML (default: plans/qwen3-vl-8b.yaml).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name from the catalog (overrides the plan's).")] = None,
+    model_config: Annotated[Optional[Path], typer.Option("--model-config", help="Plan for any Qwen3-VL config.json.")] = None,
+    provider: Annotated[Optional[list[str]], typer.Option("--provider", help="Only these providers (repeatable).")] = None,
+    spot: Annotated[Optional[bool], typer.Option("--spot/--on-demand", help="Only spot / only on-demand prices.")] = None,
+    quant: Annotated[Optional[list[str]], typer.Option("--quant", help="Only these quantizations (repeatable).")] = None,
+    objective: Annotated[str, typer.Option("--objective", help="cost (cheapest) or time (fastest within budget).")] = "cost",
+    top: Annotated[int, typer.Option("--top", min=1, help="How many options to show.")] = 5,
+    fx: Annotated[Optional[list[str]], typer.Option("--fx", help="Exchange rate override, e.g. USD=7.2.")] = None,
+    assume: Annotated[Optional[list[str]], typer.Option("--assume", help="Override a model assumption NAME=VALUE.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Which offer, GPU count and quantization run the plan cheapest within the budget, and why."""
+    from planner.architecture import load_config
+    from planner.assumptions import parse_overrides
+    from planner.optimize import optimize
+    from planner.plans import load_plan
+
+    from . import render
+
+    ev = load_plan(plan)
+    budget = _decimal(yuan, "--yuan") or ev.budget_yuan
+    if budget is None:
+        raise InputError("no budget given", "pass --yuan AMOUNT (CNY) or set budget_yuan in the plan")
+    cat = _catalog(fx)
+    spec = load_config(model_config) if model_config else cat.model(model or ev.model)
+    bad = [q for q in quant or [] if q not in ("fp16", "bf16", "int8", "nf4")]
+    if bad:
+        raise InputError(f"unknown quantization {bad[0]!r}", "use fp16, bf16, int8 or nf4")
+    result = optimize(ev, spec, cat, budget, assumptions=parse_overrides(assume or []), providers=provider,
+                      spot=spot, objective=objective, top=top, quantizations=quant)
+    r = result.report
+    render.json_doc(r) if as_json else render.plan(r)
+    if r.recommendation is None:
+        cheapest = min(result.candidates, key=lambda c: c.cost_cny, default=None)
+        if cheapest is None:
+            raise BudgetTooSmall(f"nothing can run plan {ev.name} on {spec.name}: every candidate was rejected",
+                                 "see the rejected table; allow nf4, a larger GPU, or more GPUs per instance")
+        raise BudgetTooSmall(
+            f"{budget} CNY is not enough for plan {ev.name}: the cheapest option is {cheapest.offer.id} "
+            f"({cheapest.option.gpu.name} x{cheapest.option.gpu_count}, {cheapest.option.quant}"
+            f"{', spot' if cheapest.spot else ''}) at {cheapest.cost_cny.quantize(Decimal('0.01'))} CNY",
+            "raise --yuan, or make the plan smaller (fewer samples, smaller images)")
+
+
+@prices_app.command("list")
+def prices_list(
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Only this GPU, e.g. T4.")] = None,
+    provider: Annotated[Optional[str], typer.Option("--provider", help="Only this provider, e.g. aws.")] = None,
+    max_yuan_hour: Annotated[Optional[str], typer.Option("--max-yuan-hour", help="Only offers up to this CNY/h.")] = None,
+    fx: Annotated[Optional[list[str]], typer.Option("--fx", help="Exchange rate override, e.g. USD=7.2.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """GPU offers with their price in CNY per hour (original currency beside), cheapest first."""
+    from planner.summaries import price_list
+
+    from . import render
+
+    cat = _catalog(fx)
+    if gpu and cat.gpu(gpu) is None:
+        raise InputError(f"unknown GPU {gpu!r}", "known: " + ", ".join(cat.gpus))
+    p = price_list(cat, gpu, provider, _decimal(max_yuan_hour, "--max-yuan-hour"))
+    render.json_doc(p) if as_json else render.prices(p)
+
+
+@prices_app.command("import")
+def prices_import(
+    file: Annotated[Path, typer.Argument(help="Offer file to validate and add to the user catalog.")],
+    fmt: Annotated[str, typer.Option("--format", help="skypilot (SkyPilot's vms.csv) or csv (ours).")] = "skypilot",
+    provider: Annotated[Optional[str], typer.Option("--provider", help="Provider name (skypilot default: aws).")] = None,
+) -> None:
+    """Validate an offer file and add it to $BUDGET_HOME/catalog/offers/ (replacing that provider's offers)."""
+    from planner.catalog import prepare_import
+
+    from . import render
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{file}: cannot read ({e.__class__.__name__})", "pass a readable UTF-8 CSV file") from None
+    r = prepare_import(text, str(file), fmt, provider, _catalog(), _dt.date.today().isoformat())
+    dest = budget_home() / "catalog" / "offers" / r.file_name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_text(r.content, encoding="utf-8")
+    tmp.replace(dest)
+    render.imported(r, str(dest))
+
+
+@model_app.command("inspect")
+def model_inspect(
+    model: Annotated[str, typer.Argument(help="Catalog name (e.g. Qwen3-VL-8B-Instruct, 8b) or path to config.json.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Exact parameter breakdown and weight memory per quantization of a Qwen3-VL model."""
+    from planner.architecture import load_config
+    from planner.summaries import inspect_model
+
+    from . import render
+
+    p = Path(model)
+    spec = load_config(p) if p.exists() else _catalog().model(model)
+    r = inspect_model(spec)
+    render.json_doc(r) if as_json else render.inspect(r)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: the one place errors become exit codes."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="budget", standalone_mode=False)
+    except GpuBudgetError as e:
+        if debug:
+            raise
+        from . import render
+
+        render.error(e)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:  # usage errors: exit 2
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        sys.stderr.write("aborted\n")
+        sys.exit(130)
+    except Exception as e:  # a bug of ours: one line, never locals (they may hold credentials)
+        if debug:
+            raise
+        sys.stderr.write(f"error: internal error: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
+                         "hint: rerun with --debug for the traceback and report it\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

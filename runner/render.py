@@ -1,0 +1,161 @@
+"""Human output (the only module that uses rich): tables to stdout, warnings and errors to stderr.
+Every figure carries its unit."""
+
+from __future__ import annotations
+
+import sys
+
+from rich import box
+from rich.console import Console
+from rich.table import Table as _Table
+
+from planner.catalog import ImportResult
+from planner.errors import GpuBudgetError
+from planner.models import GIB, InspectReport, PlanReport, PriceList, Recommendation
+
+# Piped output gets room for the tables; a terminal keeps its own width.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, highlight=False)
+
+
+def json_doc(model) -> None:
+    """Exactly one JSON document on stdout."""
+    sys.stdout.write(model.model_dump_json(indent=2) + "\n")
+
+
+def error(e: GpuBudgetError | str, hint: str = "") -> None:
+    msg = e.message if isinstance(e, GpuBudgetError) else e
+    hint = e.hint if isinstance(e, GpuBudgetError) else hint
+    err.print(f"[bold red]error:[/] {msg}", markup=True, soft_wrap=True)
+    if hint:
+        err.print(f"[yellow]hint:[/] {hint}", markup=True, soft_wrap=True)
+
+
+def Table(**kw) -> _Table:
+    return _Table(box=box.SIMPLE_HEAD, pad_edge=False, **kw)
+
+
+def _gib(b: int) -> str:
+    return f"{b / GIB:.2f} GiB"
+
+
+def _hm(seconds: float) -> str:
+    m = seconds / 60
+    return f"{m:.1f} min" if m < 90 else f"{seconds / 3600:.2f} h"
+
+
+def _rig(c: Recommendation) -> str:
+    return f"{c.gpu} x{c.gpu_count}"
+
+
+def plan(r: PlanReport) -> None:
+    m = r.model
+    out.print(f"[bold]Plan[/] {r.plan} on [bold]{m.name}[/] ({m.params.total / 1e9:.2f} B params) — budget "
+              f"{r.budget_cny} CNY, objective: {r.objective}")
+    c = r.recommendation
+    if c is not None:
+        out.print(f"\n[bold green]Recommended:[/] {c.provider} {c.instance_type} ({c.region or '-'}) — {_rig(c)}, "
+                  f"{c.quantization}, {'spot' if c.spot else 'on-demand'}")
+        orig = "" if c.currency == "CNY" else f" = {c.price_original_per_hour} {c.currency}/h"
+        out.print(f"  cost      {c.cost_cny} CNY  ({c.price_cny_per_hour} CNY/h{orig}, billed {c.billing}: "
+                  f"{c.billed_hours:g} h)")
+        out.print(f"  budget    {c.budget_left_cny} CNY left of {r.budget_cny} CNY; the plan fits {c.plan_fits_times} "
+                  "times in it")
+        out.print(f"  time      {c.hours:.2f} h = " + " + ".join(
+            f"{k} {_hm(v)}" for k, v in [("boot", c.time.boot_s), ("install", c.time.install_s),
+                                         ("download", c.time.download_s), ("load", c.time.load_s),
+                                         *c.time.tasks.items(), ("spot risk", c.time.spot_overhead_s)] if v))
+        mem = Table(title=f"Memory per GPU ({c.gpu}: {c.gpu_memory_gib:.1f} GiB each)", title_justify="left")
+        mem.add_column("component")
+        for g in c.memory:
+            mem.add_column(f"card {g.gpu_index}", justify="right")
+        for label, attr in (("decoder layers", "layers"), ("weights", "weights"), ("KV cache", "kv_cache"),
+                            ("LLM activations", "activations"), ("vision encoder", "vision_activations"),
+                            ("dequant scratch", "dequant_scratch"), ("CUDA context", "cuda_context"),
+                            ("allocator slack", "allocator_slack"), ("raise to 1.2x weights", "floor_adjust"),
+                            ("peak", "total")):
+            vals = [getattr(g, attr) for g in c.memory]
+            if attr not in ("layers", "weights", "total") and not any(vals):
+                continue
+            mem.add_row(f"[bold]{label}[/]" if attr == "total" else label,
+                        *(str(v) if attr == "layers" else _gib(v) for v in vals))
+        out.print(mem)
+        out.print("  (activations and vision encoder do not overlap: the peak counts the larger)")
+        for n in c.notes:
+            out.print(f"  note: {n}")
+    if r.alternatives:
+        t = Table(title="Alternatives" if c else "Cheapest options (none within budget)", title_justify="left")
+        for col in ("offer", "rig", "quant", "mem/GPU", "time", "cost", "fits"):
+            t.add_column(col, justify="right" if col in ("mem/GPU", "time", "cost") else "left",
+                         no_wrap=col != "offer", overflow="fold", min_width=20 if col == "offer" else None)
+        for a in r.alternatives:
+            t.add_row(f"{a.provider}:{a.instance_type}" + (f"@{a.region}" if a.region else ""),
+                      _rig(a) + (" spot" if a.spot else ""), a.quantization, f"{a.memory_per_gpu_gib:.1f} GiB",
+                      f"{a.hours:.2f} h", f"{a.cost_cny} CNY", "yes" if a.fits_budget else "no")
+        out.print(t)
+    if r.rejected:
+        t = Table(title=f"Rejected ({sum(x.offers for x in r.rejected)} offer x quantization pairs)",
+                  title_justify="left")
+        for col in ("GPU", "quant", "offers", "why"):
+            t.add_column(col, no_wrap=col != "why", justify="right" if col == "offers" else "left")
+        for x in sorted(r.rejected, key=lambda x: (x.reason.startswith("over"), x.gpu, x.gpu_count)):
+            t.add_row(x.gpu if x.gpu == "*" else f"{x.gpu} x{x.gpu_count}", x.quantization or "-", str(x.offers),
+                      x.reason)
+        out.print(t)
+    out.print(f"{r.candidates} candidates, {r.feasible} runnable, {r.within_budget} within budget. "
+              "Estimates assume the defaults listed by `budget plan --json` (assumptions); "
+              "override any with --assume NAME=VALUE.")
+
+
+def prices(p: PriceList) -> None:
+    t = Table(title=f"{len(p.offers)} offers (CNY; original currency beside)", title_justify="left")
+    for col in ("provider", "instance", "region", "GPU", "mem/GPU", "CNY/h", "spot CNY/h", "original/h", "billing",
+                "as of"):
+        t.add_column(col, justify="right" if "/h" in col or col == "mem/GPU" else "left")
+    for o in p.offers:
+        orig = f"{o.price_original_per_hour} {o.currency}"
+        if o.spot_price_original_per_hour is not None:
+            orig += f" (spot {o.spot_price_original_per_hour})"
+        bill = "per hour" if o.billing_increment_s == 3600 else f"per {o.billing_increment_s} s, min {o.billing_minimum_s} s"
+        t.add_row(o.provider, o.instance_type, o.region or "-", f"{o.gpu} x{o.gpu_count}", f"{o.gpu_memory_gib} GiB",
+                  str(o.price_cny_per_hour), "-" if o.spot_price_cny_per_hour is None else str(o.spot_price_cny_per_hour),
+                  orig, bill, o.date)
+    out.print(t)
+    out.print("FX: " + "; ".join(f"1 {r.currency} = {r.cny_per_unit} CNY ({r.date})" for r in p.fx if r.currency != "CNY"))
+
+
+def imported(r: ImportResult, dest: str) -> None:
+    providers = sorted({o.provider for o in r.offers})
+    out.print(f"imported {r.rows_used} rows -> {len(r.offers)} offers for {', '.join(providers)} into {dest}")
+    if r.problems:
+        err.print(f"skipped {len(r.problems)} rows:")
+        for p in r.problems:
+            err.print(f"  {p}", soft_wrap=True)
+
+
+def inspect(r: InspectReport) -> None:
+    p = r.params
+    out.print(f"[bold]{r.name}[/] ({r.model_type}) from {r.source}")
+    t = Table(title="Parameters", title_justify="left")
+    t.add_column("component")
+    t.add_column("params", justify="right")
+    t.add_column("share", justify="right")
+    for k in ("vision", "embeddings", "lm_head", "attention", "mlp", "norms"):
+        v = getattr(p, k)
+        label = "lm_head (tied: shares embeddings)" if k == "lm_head" and p.tied else k
+        t.add_row(label, f"{v:,}", f"{100 * v / p.total:.1f} %")
+    t.add_row("[bold]total[/]", f"{p.total:,}", "100 %")
+    if p.active != p.total:
+        t.add_row("active per token (MoE top-k)", f"{p.active:,}", f"{100 * p.active / p.total:.1f} %")
+    out.print(t)
+    w = Table(title="Weights in GPU memory (bitsandbytes leaves embeddings, lm_head, norms, MoE experts 16-bit)",
+              title_justify="left")
+    for col in ("quantization", "vision tower", "double quant", "weights", "seed's claim"):
+        w.add_column(col, justify="right" if col in ("weights", "seed's claim") else "left")
+    for row in r.weights:
+        w.add_row(row.quantization, "16-bit" if row.vision_16bit or row.quantization == "bf16" else "quantized",
+                  "yes" if row.double_quant else "-", f"{row.weights_gib:.2f} GiB",
+                  "-" if row.seed_claim_gb is None else f"{row.seed_claim_gb:g} GB")
+    out.print(w)
+    out.print(f"KV cache: {r.kv_cache_kib_per_token:g} KiB per token (16-bit). Add KV cache, activations and the "
+              "CUDA context for a real peak: `budget plan` does.")
