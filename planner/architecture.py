@@ -120,8 +120,10 @@ def spec_from_config(cfg: Any, name: str, hf_id: str = "", source: str = "") -> 
             vc[key] = vc[alias]
     vision = {k: _int_list(vc, k, "vision_config", d) if isinstance(d, list) else _int(vc, k, "vision_config", d)
               for k, d in _VISION_DEFAULTS.items()}
-    # 5.x reads the top-level flag; 4.57 wrote it in both places. Top level wins when present.
-    tie = cfg.get("tie_word_embeddings", tc.get("tie_word_embeddings", False))
+    # transformers 5.x ties on the top-level flag only (4.57 read text_config's; released configs set
+    # both). A flag only in text_config is therefore untied under 5.x, the worker's version - and an
+    # untied head is also the safe side for memory.
+    tie = cfg.get("tie_word_embeddings", False)
     if not isinstance(tie, bool):
         raise ModelConfigError(f"config.json: tie_word_embeddings must be true or false, got {tie!r}",
                                "fix config.json")
