@@ -163,9 +163,10 @@ class _Rig:
         return self.parts(c, start, end)[-1]
 
 
-def split_layers(n_layers: int, n_cards: int, total) -> list[tuple[int, int]]:
+def split_layers(n_layers: int, n_cards: int, total, precision: int = MIB) -> list[tuple[int, int]]:
     """Contiguous whole layers per card minimising the largest card; `total(card, start, end)`
-    -> bytes. Binary search on a per-card cap with a greedy fill (accelerate's balanced map)."""
+    -> bytes. Binary search on a per-card cap with a greedy fill (accelerate's balanced map),
+    to `precision` bytes."""
     if n_cards == 1:
         return [(0, n_layers)]
 
@@ -180,9 +181,10 @@ def split_layers(n_layers: int, n_cards: int, total) -> list[tuple[int, int]]:
         out.append((start, n_layers))
         return out if all(total(c, s, e) <= cap for c, (s, e) in enumerate(out)) else None
 
-    lo, hi = 0, max(total(c, 0, n_layers) for c in range(n_cards))
+    hi = max(total(c, 0, n_layers) for c in range(n_cards))
+    lo = max(max(total(c, 0, 0) for c in range(n_cards)), hi // n_cards) - 1  # no split beats an even share
     best = fill(hi)
-    while hi - lo > MIB:  # MiB precision is plenty
+    while hi - lo > precision:
         mid = (lo + hi) // 2
         got = fill(mid)
         if got is None:
@@ -193,21 +195,38 @@ def split_layers(n_layers: int, n_cards: int, total) -> list[tuple[int, int]]:
     return best
 
 
-def estimate(spec: ModelSpec, w: WeightLayout, quant: str, peak: Peak, gpu_count: int, usable_bytes: int,
-             a: Assumptions) -> MemoryEstimate:
-    """Per-card peak for `quant` on `gpu_count` cards of `usable_bytes` each, and whether it fits."""
+Parts = tuple[tuple[int, int, int, int, int, int, int, int, int, int], ...]
+
+
+def card_parts(spec: ModelSpec, w: WeightLayout, quant: str, peak: Peak, gpu_count: int, a: Assumptions) -> Parts:
+    """Per card (layers, weights, kv, act, vision, scratch, ctx, slack, floor_adjust, total), split
+    across `gpu_count` cards. Independent of the card's size, so callers can share it."""
     rig = _Rig(w, dynamic(spec, peak, a), gpu_count, a, quant in ("nf4", "int8"))
-    cards = []
-    for c, (s, e) in enumerate(split_layers(spec.text.num_hidden_layers, gpu_count, rig.total)):
+    layer = max(w.layers, default=0)
+    splits = split_layers(spec.text.num_hidden_layers, gpu_count, rig.total, precision=max(MIB, layer // 16))
+    out = []
+    for c, (s, e) in enumerate(splits):
         weights, kv, act, vis, scratch, slack, floor_adjust, total = rig.parts(c, s, e)
-        cards.append(GpuMemory(gpu_index=c, layers=e - s, weights=weights, kv_cache=kv, activations=act,
-                               vision_activations=vis, dequant_scratch=scratch, cuda_context=rig.ctx,
-                               allocator_slack=slack, floor_adjust=floor_adjust, total=total, usable=usable_bytes))
+        out.append((e - s, weights, kv, act, vis, scratch, rig.ctx, slack, floor_adjust, total))
+    return tuple(out)
+
+
+def from_parts(parts: Parts, quant: str, weights_total: int, usable_bytes: int) -> MemoryEstimate:
+    """The estimate for cards of `usable_bytes` each, and whether it fits."""
+    cards = [GpuMemory(gpu_index=c, layers=p[0], weights=p[1], kv_cache=p[2], activations=p[3],
+                       vision_activations=p[4], dequant_scratch=p[5], cuda_context=p[6], allocator_slack=p[7],
+                       floor_adjust=p[8], total=p[9], usable=usable_bytes) for c, p in enumerate(parts)]
     worst = max(cards, key=lambda g: g.total)
     fits = worst.total <= usable_bytes
     reason = ""
     if not fits:
-        where = "per GPU" if gpu_count == 1 else f"on card {worst.gpu_index} of {gpu_count}"
+        where = "per GPU" if len(cards) == 1 else f"on card {worst.gpu_index} of {len(cards)}"
         reason = f"needs {worst.total / 1024**3:.1f} GiB {where}"
-    return MemoryEstimate(quantization=quant, gpu_count=gpu_count, weights_total=w.total, per_gpu=cards,
+    return MemoryEstimate(quantization=quant, gpu_count=len(cards), weights_total=weights_total, per_gpu=cards,
                           fits=fits, reason=reason)
+
+
+def estimate(spec: ModelSpec, w: WeightLayout, quant: str, peak: Peak, gpu_count: int, usable_bytes: int,
+             a: Assumptions) -> MemoryEstimate:
+    """Per-card peak for `quant` on `gpu_count` cards of `usable_bytes` each, and whether it fits."""
+    return from_parts(card_parts(spec, w, quant, peak, gpu_count, a), quant, w.total, usable_bytes)

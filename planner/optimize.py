@@ -10,6 +10,7 @@ what lets a 100,000-offer catalog plan in well under the 2 s target.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
@@ -18,7 +19,7 @@ from .architecture import inventory, param_breakdown
 from .assumptions import Assumptions
 from .catalog import Catalog
 from .errors import CatalogError, InputError
-from .memory import WeightLayout, estimate, peak_of, plan_peak, weight_layout
+from .memory import Parts, Peak, WeightLayout, card_parts, from_parts, peak_of, plan_peak, weight_layout
 from .models import (GIB, QUALITY_RANK, EvalPlan, Gpu, MemoryEstimate, ModelSpec, ModelSummary, Offer, PlanReport,
                      Recommendation, Rejection, TimeEstimate)
 from .speed import ModelCost, plan_time
@@ -56,11 +57,22 @@ class Candidate:
     def hours(self) -> float:
         return self.time.total_s / 3600
 
+    @classmethod
+    def of(cls, row: tuple, budget: Decimal) -> "Candidate":
+        o, opt, spot, price, t, billed, cost = row[4:]
+        return cls(o, opt, spot, price, t, billed, cost, cost <= budget)
+
 
 @dataclass
 class Optimization:
     report: PlanReport
-    candidates: list[Candidate]  # every feasible candidate (for tests and `--top`)
+    rows: list[tuple]  # every candidate within budget + the cheapest over-budget row per rig
+    runnable: int
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        """Candidate objects for the rows (built on demand: a big catalog has hundreds of thousands)."""
+        return [Candidate.of(row, self.report.budget_cny) for row in self.rows]
 
 
 def billed_seconds(seconds: float, increment_s: int, minimum_s: int) -> int:
@@ -89,6 +101,20 @@ class _Planner:
         self.verify_peak = plan_peak(self.loads, sixteen_bit=True)
         self.sweep = [(t.name, p) for t in self.loads if t.kind == "memory_sweep" for p in t.passes]
         self.layouts: dict[str, WeightLayout] = {}
+        self.parts: dict[tuple[str, int, Peak], Parts] = {}
+
+    def _parts(self, quant: str, peak: Peak, count: int) -> Parts:
+        """Card totals do not depend on the card's size: split once per (quant, count, peak)."""
+        key = (quant, count, peak)
+        if key not in self.parts:
+            self.parts[key] = card_parts(self.spec, self.layout(quant), quant, peak, count, self.a)
+        return self.parts[key]
+
+    def memory(self, quant: str, peak: Peak, count: int, usable: int) -> MemoryEstimate:
+        return from_parts(self._parts(quant, peak, count), quant, self.layout(quant).total, usable)
+
+    def fits(self, quant: str, peak: Peak, count: int, usable: int) -> bool:
+        return max(p[-1] for p in self._parts(quant, peak, count)) <= usable
 
     def layout(self, quant: str) -> WeightLayout:
         if quant not in self.layouts:
@@ -105,7 +131,7 @@ class _Planner:
             return f"LLM.int8 needs compute capability >= 7.5; {gpu.name} has {gpu.compute_capability}"
         usable = usable_mib * 1024**2
         peak = self.peak or self.verify_peak or peak_of([(p, 1) for _, p in self.sweep])
-        mem = estimate(self.spec, self.layout(quant), quant, peak, count, usable, self.a)
+        mem = self.memory(quant, peak, count, usable)
         if not mem.fits:
             return f"{mem.reason}; {gpu.name} has {usable_mib / 1024:.1f} GiB"
         skipped: dict[str, str] = {}
@@ -117,12 +143,12 @@ class _Planner:
                 skipped[t.name] = "the plan already runs in 16-bit"
                 continue
             assert self.verify_peak is not None and sixteen is not None
-            m16 = estimate(self.spec, self.layout(sixteen), sixteen, self.verify_peak, count, usable, self.a)
+            m16 = self.memory(sixteen, self.verify_peak, count, usable)
             if not m16.fits:
                 skipped[t.name] = f"16-bit model {m16.reason}; {gpu.name} has {usable_mib / 1024:.1f} GiB"
         notes = []
         oom = [f"{p.visual} visual tokens ({name})" for name, p in self.sweep
-               if not estimate(self.spec, self.layout(quant), quant, peak_of([(p, 1)]), count, usable, self.a).fits]
+               if not self.fits(quant, peak_of([(p, 1)]), count, usable)]
         if oom:
             notes.append("memory sweep predicted to run out of memory at " + ", ".join(oom) +
                          " (recorded as a result, the run goes on)")
@@ -166,19 +192,34 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
     quants = [q for q in allowed if QUALITY_RANK[q] >= floor]
     # fp16 and bf16 cost the same: a card runs the one it supports (bf16 preferred)
     groups: dict[tuple[str, int, int], list[Offer]] = {}
+    resolved: dict[str, Gpu | None] = {}
     for o in offers:
-        gpu = catalog.gpu(o.gpu)
+        gpu = resolved[o.gpu] if o.gpu in resolved else resolved.setdefault(o.gpu, catalog.gpu(o.gpu))
         if gpu is None:
             raise CatalogError(f"offer {o.id} names unknown GPU {o.gpu!r}", "add it to $BUDGET_HOME/catalog/gpus.csv")
         usable = min(gpu.memory_mib, o.gpu_memory_mib or gpu.memory_mib)
         groups.setdefault((gpu.name, o.gpu_count, usable), []).append(o)
 
     fx = {c: r.cny_per_unit for c, r in catalog.fx.items()}
-    cands: list[Candidate] = []
-    billed_cache: dict[tuple[float, int, int], int] = {}
+    # Rows are plain tuples that sort by the objective, then an index (so payloads are never compared):
+    # (key1, key2, key3, index, offer, option, spot, price CNY/h, time, billed s, cost CNY)
+    within: list[tuple] = []
+    over: dict[tuple[str, int, str], list] = {}  # (gpu, count, quant) -> [cheapest row, count]
+    by_time = objective == "time"
+    n = 0
     for (gname, count, usable), gofs in groups.items():
         gpu = catalog.gpus[gname]
         sixteen = _sixteen(gpu, quants)
+        # offers that share billing, market and boot time share the billed seconds of an option
+        priced: dict[tuple[bool, bool, int, int], list[tuple[Offer, Decimal]]] = {}
+        for o in gofs:
+            rate = fx.get(o.currency)
+            if rate is None:
+                raise CatalogError(f"no exchange rate for {o.currency} (offer {o.id})", f"pass --fx {o.currency}=RATE")
+            for is_spot, price in ((False, o.price), (True, o.spot_price)):
+                if price is not None and (spot is None or spot == is_spot):
+                    key = (o.provider == "aws", is_spot, o.billing_increment_s, o.billing_minimum_s)
+                    priced.setdefault(key, []).append((o, price * rate))
         for q in quants:
             if q in ("fp16", "bf16") and q != sixteen:
                 if sixteen is None:
@@ -189,61 +230,49 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
             if isinstance(opt, str):
                 rejected[(gname, count, q, opt)] = gofs
                 continue
-            for o in gofs:
-                rate = fx.get(o.currency)
-                if rate is None:
-                    raise CatalogError(f"no exchange rate for {o.currency} (offer {o.id})",
-                                       f"pass --fx {o.currency}=RATE")
-                for is_spot, price in ((False, o.price), (True, o.spot_price)):
-                    if price is None or (spot is not None and spot != is_spot):
-                        continue
-                    t = pl.time(opt, o.provider == "aws", is_spot)
-                    key = (t.total_s, o.billing_increment_s, o.billing_minimum_s)
-                    billed = billed_cache.get(key)
-                    if billed is None:
-                        billed = billed_cache[key] = billed_seconds(*key)
-                    price_cny = price * rate
-                    cost = price_cny * billed / 3600
-                    cands.append(Candidate(o, opt, is_spot, price_cny, t, billed, cost, cost <= budget_cny))
-
-    def rank(c: Candidate) -> tuple:
-        quality = -QUALITY_RANK[c.option.quant]
-        if objective == "time":
-            return (c.time.total_s, c.cost_cny, quality)
-        return (c.cost_cny, quality, c.time.total_s, c.offer.provider, c.offer.instance_type)
-
-    cands.sort(key=rank)
-    within = [c for c in cands if c.fits_budget]
-    shown = within[: max(top, 1)]
+            quality = -QUALITY_RANK[q]
+            for (aws, is_spot, inc, minimum), items in priced.items():
+                t = pl.time(opt, aws, is_spot)
+                billed = billed_seconds(t.total_s, inc, minimum)
+                unit = Decimal(billed) / 3600
+                for o, price_cny in items:
+                    cost = price_cny * unit
+                    row = ((t.total_s, cost, quality) if by_time else (cost, quality, t.total_s)) + (
+                        n, o, opt, is_spot, price_cny, t, billed, cost)
+                    n += 1
+                    if cost <= budget_cny:
+                        within.append(row)
+                    else:
+                        g = over.setdefault((gname, count, q), [row, 0])
+                        g[0] = min(g[0], row)
+                        g[1] += 1
+    shown = heapq.nsmallest(max(top, 1), within)
     if len(shown) < top:
-        shown += [c for c in cands if not c.fits_budget][: top - len(shown)]
-    over: dict[tuple[str, int, str], list[Candidate]] = {}
-    for c in cands:
-        if not c.fits_budget:
-            over.setdefault((c.option.gpu.name, c.option.gpu_count, c.option.quant), []).append(c)
+        shown += sorted(g[0] for g in over.values())[: top - len(shown)]
     rej = [Rejection(gpu=g, gpu_count=n, quantization=q, reason=r, offers=len(os_), example=os_[0].id)
            for (g, n, q, r), os_ in rejected.items()]
-    rej += [Rejection(gpu=g, gpu_count=n, quantization=q, offers=len(cs), example=cs[0].offer.id,
-                      reason=f"over budget: from {_money(cs[0].cost_cny)} CNY > {_money(budget_cny)} CNY")
-            for (g, n, q), cs in over.items()]
+    rej += [Rejection(gpu=g, gpu_count=c, quantization=q, offers=k, example=row[4].id,
+                      reason=f"over budget: from {_money(row[-1])} CNY > {_money(budget_cny)} CNY")
+            for (g, c, q), (row, k) in over.items()]
     pb = param_breakdown(spec)
     report = PlanReport(
         budget_cny=budget_cny, objective=objective, plan=plan.name,
-        recommendation=_out(within[0], budget_cny) if within else None,
+        recommendation=_out(shown[0], budget_cny) if within else None,
         alternatives=[_out(c, budget_cny) for c in (shown[1:] if within else shown)],
         rejected=rej,
         model=ModelSummary(name=spec.name, hf_id=spec.hf_id, model_type=spec.model_type, params=pb,
                            weights_gib={q: _gib(pl.layout(q).total) for q in ("bf16", "int8", "nf4")}),
-        assumptions=a.describe(), catalog=catalog.files, candidates=len(cands) + sum(len(v) for v in rejected.values()),
-        feasible=len(cands), within_budget=len(within))
-    return Optimization(report, cands)
+        assumptions=a.describe(), catalog=catalog.files, candidates=n + sum(len(v) for v in rejected.values()),
+        feasible=n, within_budget=len(within))
+    return Optimization(report, within + [r for g in over.values() for r in [g[0]]], n)
 
 
 def _money(d: Decimal) -> Decimal:
     return d.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-def _out(c: Candidate, budget: Decimal) -> Recommendation:
+def _out(row: tuple, budget: Decimal) -> Recommendation:
+    c = Candidate.of(row, budget)
     o, opt = c.offer, c.option
     cost = c.cost_cny.quantize(CENT, rounding=ROUND_CEILING)
     inc = o.billing_increment_s

@@ -65,7 +65,8 @@ def plan(r: PlanReport) -> None:
             f"{k} {_hm(v)}" for k, v in [("boot", c.time.boot_s), ("install", c.time.install_s),
                                          ("download", c.time.download_s), ("load", c.time.load_s),
                                          *c.time.tasks.items(), ("spot risk", c.time.spot_overhead_s)] if v))
-        mem = Table(title=f"Memory per GPU ({c.gpu}: {c.gpu_memory_gib:.1f} GiB each)", title_justify="left")
+        out.print(f"  memory    peak {c.memory_per_gpu_gib:.2f} GiB per GPU of {c.gpu_memory_gib:.1f} GiB ({c.gpu}):")
+        mem = Table()
         mem.add_column("component")
         for g in c.memory:
             mem.add_column(f"card {g.gpu_index}", justify="right")
