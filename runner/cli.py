@@ -11,7 +11,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from planner.errors import BudgetTooSmall, GpuBudgetError, InputError
@@ -167,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="budget", standalone_mode=False)
+        rv = app(args=args, prog_name="budget", standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)  # typer returns typer.Exit's code here
     except GpuBudgetError as e:
         if debug:
             raise
@@ -175,12 +175,11 @@ def main(argv: list[str] | None = None) -> None:
 
         render.error(e)
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
+    except typer.TyperException as e:  # usage errors (exit 2), printed the way typer does
+        show = getattr(e, "show", None)
+        show() if show else sys.stderr.write(f"error: {e.format_message()}\n")
         sys.exit(e.exit_code)
-    except click.ClickException as e:  # usage errors: exit 2
-        e.show()
-        sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("aborted\n")
         sys.exit(130)
     except Exception as e:  # a bug of ours: one line, never locals (they may hold credentials)

@@ -176,3 +176,14 @@ def test_prices_import_round_trip(capsys, tmp_path, budget_home):
     assert code == 2 and "header lacks" in err
     code, _, err = run(capsys, "prices", "import", str(tmp_path / "missing.csv"))
     assert code == 2 and "cannot read" in err
+
+
+@pytest.mark.parametrize("args", [["plan", "--top", "0"], ["plan", "--bogus"], ["prices", "import"]])
+def test_usage_errors_exit_2(capsys, args):
+    code, out, err = run(capsys, *args)
+    assert code == 2 and "Error:" in err and "Traceback" not in err
+
+
+def test_help_exits_0(capsys):
+    code, out, _ = run(capsys, "plan", "--help")
+    assert code == 0 and "--yuan" in out
