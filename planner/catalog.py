@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -148,6 +149,16 @@ def _rows(lines: list[tuple[int, str]], expected: list[str], path: str) -> list[
     return out
 
 
+def _good_rows(lines: list[tuple[int, str]], columns: list[str], path: str,
+               problems: list[Problem]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows with the right number of fields; the others become Problems."""
+    for n, r in _rows(lines, columns, path):
+        if "__bad__" in r:
+            problems.append(Problem(n, f"{r['__bad__']} fields, expected {len(columns)}"))
+        else:
+            yield n, r
+
+
 def _dec(v: str, what: str, optional: bool = False) -> Decimal | None:
     v = v.strip()
     if not v and optional:
@@ -167,10 +178,7 @@ def parse_offers_csv(text: str, path: str, gpus: Catalog | None = None) -> tuple
     meta, lines = _split_comments(text)
     offers: list[Offer] = []
     problems: list[Problem] = []
-    for n, r in _rows(lines, OUR_COLUMNS, path):
-        if "__bad__" in r:
-            problems.append(Problem(n, f"{r['__bad__']} fields, expected {len(OUR_COLUMNS)}"))
-            continue
+    for n, r in _good_rows(lines, OUR_COLUMNS, path, problems):
         try:
             lo, _, hi = r["gpu_count"].strip().partition("-")
             counts = range(int(lo), int(hi or lo) + 1)
@@ -184,16 +192,18 @@ def parse_offers_csv(text: str, path: str, gpus: Catalog | None = None) -> tuple
                     raise ValueError(f"unknown GPU {gpu!r}: add it to $BUDGET_HOME/catalog/gpus.csv")
                 gpu = spec.name
             price, spot = _dec(r["price"], "price"), _dec(r["spot_price"], "spot_price", optional=True)
+            if not counts:
+                raise ValueError(f"gpu_count {r['gpu_count']!r} is an empty range")
+            row = []  # all of a row's offers, or none of them
             for c in counts:
                 k = c if per_gpu else 1
-                offers.append(Offer(
+                row.append(Offer(
                     provider=r["provider"].strip(), instance_type=r["instance_type"].strip() + (f"x{c}" if len(counts) > 1 else ""),
                     gpu=gpu, gpu_count=c, price=price * k, spot_price=None if spot is None else spot * k,
                     currency=r["currency"].strip().upper(), region=r["region"].strip(),
                     billing_increment_s=int(r["billing_increment_s"]), billing_minimum_s=int(r["billing_minimum_s"]),
                     source=r["source"] or meta.get("source", path), date=r["date"] or meta.get("date", "")))
-            if not counts:
-                raise ValueError(f"gpu_count {r['gpu_count']!r} is an empty range")
+            offers += row
         except ValidationError as e:
             err = e.errors()[0]
             problems.append(Problem(n, f"{'.'.join(map(str, err['loc']))}: {err['msg']}"))
@@ -208,10 +218,7 @@ def parse_skypilot(text: str, path: str) -> tuple[list[SkyRow], list[Problem], d
     meta, lines = _split_comments(text)
     rows: list[SkyRow] = []
     problems: list[Problem] = []
-    for n, r in _rows(lines, SKYPILOT_COLUMNS, path):
-        if "__bad__" in r:
-            problems.append(Problem(n, f"{r['__bad__']} fields, expected {len(SKYPILOT_COLUMNS)}"))
-            continue
+    for n, r in _good_rows(lines, SKYPILOT_COLUMNS, path, problems):
         try:
             if not r["AcceleratorName"].strip():
                 raise ValueError(f"{r['InstanceType']} has no accelerator (CPU instance), not usable for GPU plans")

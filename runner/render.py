@@ -36,7 +36,11 @@ def Table(**kw) -> _Table:
 
 
 def _gib(b: int) -> str:
-    return f"{b / GIB:.2f} GiB"
+    return f"{b / GIB:.2f} GiB" if b >= GIB / 10 or b == 0 else f"{b / 1024**2:.1f} MiB"
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
 
 
 def _hm(seconds: float) -> str:
@@ -50,7 +54,7 @@ def _rig(c: Recommendation) -> str:
 
 def plan(r: PlanReport) -> None:
     m = r.model
-    out.print(f"[bold]Plan[/] {r.plan} on [bold]{m.name}[/] ({m.params.total / 1e9:.2f} B params) — budget "
+    out.print(f"[bold]Plan[/] {r.plan} on [bold]{m.name}[/] ({_params(m.params.total)} params) — budget "
               f"{r.budget_cny} CNY, objective: {r.objective}")
     c = r.recommendation
     if c is not None:
@@ -100,7 +104,7 @@ def plan(r: PlanReport) -> None:
         for col in ("GPU", "quant", "offers", "why"):
             t.add_column(col, no_wrap=col != "why", justify="right" if col == "offers" else "left")
         for x in sorted(r.rejected, key=lambda x: (x.reason.startswith("over"), x.gpu, x.gpu_count)):
-            t.add_row(x.gpu if x.gpu == "*" else f"{x.gpu} x{x.gpu_count}", x.quantization or "-", str(x.offers),
+            t.add_row("all" if x.gpu == "*" else f"{x.gpu} x{x.gpu_count}", x.quantization or "-", str(x.offers),
                       x.reason)
         out.print(t)
     out.print(f"{r.candidates} candidates, {r.feasible} runnable, {r.within_budget} within budget. "
