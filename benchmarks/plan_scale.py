@@ -18,7 +18,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from planner.catalog import Catalog, load_catalog
+from planner.catalog import SKYPILOT_COLUMNS, Catalog, load_catalog, parse_skypilot, skypilot_offers
 from planner.models import Offer
 from planner.optimize import optimize
 from planner.plans import load_plan
@@ -44,6 +44,17 @@ def synthetic_catalog(n: int, seed: int = 7) -> Catalog:
     return Catalog(gpus=base.gpus, models=base.models, offers=offers, fx=base.fx)
 
 
+def skypilot_text(n: int) -> str:
+    """A SkyPilot vms.csv of n rows (4 zones per instance type), for the catalog-load figure."""
+    gpus = [("T4", 16384), ("A10G", 22888), ("L4", 22888), ("L40S", 45776), ("A100", 40960), ("H100", 81920)]
+    rows = [",".join(SKYPILOT_COLUMNS)]
+    for i in range(n):
+        g, mib = gpus[i // 4 % len(gpus)]
+        info = "{'Gpus': [{'Name': '%s', 'Manufacturer': 'NVIDIA', 'Count': 1, 'MemoryInfo': {'SizeInMiB': %d}}]}" % (g, mib)
+        rows.append(f'x{i // 4}.xlarge,{g},1.0,4.0,16.0,"{info}",1.0,{"0.4" if i % 3 else ""},r{i // 4 % 9},z{i % 4}')
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--offers", type=int, default=100_000)
@@ -62,6 +73,15 @@ def main() -> None:
           f"(target <= 2 s); {r.candidates:,} candidates, {r.feasible:,} runnable, {r.within_budget:,} within budget")
     print(f"  recommendation: {r.recommendation.provider}:{r.recommendation.instance_type} "
           f"{r.recommendation.quantization} {r.recommendation.cost_cny} CNY")
+
+    text = skypilot_text(args.offers)
+    t0 = time.perf_counter()
+    rows, problems, meta = parse_skypilot(text, "synthetic.vms.csv")
+    offers, more = skypilot_offers(rows, "aws", meta, load_catalog(), "synthetic.vms.csv")
+    t1 = time.perf_counter()
+    assert not problems and not more
+    print(f"load a {args.offers:,}-row SkyPilot vms.csv ({len(offers):,} offers after collapsing zones): "
+          f"{t1 - t0:.2f} s (no target; `prices import` and every plan over that catalog pay it)")
 
     exe = Path(sys.executable).parent / "budget"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "runner.cli"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -212,6 +213,16 @@ def parse_offers_csv(text: str, path: str, gpus: Catalog | None = None) -> tuple
     return offers, problems
 
 
+@functools.lru_cache(maxsize=4096)
+def _gpu_info_mib(info: str) -> int:
+    """Memory per GPU from SkyPilot's GpuInfo (a Python-dict literal, not JSON); rows of a
+    catalog repeat a handful of these, hence the cache."""
+    try:
+        return int(ast.literal_eval(info)["Gpus"][0]["MemoryInfo"]["SizeInMiB"])
+    except (ValueError, SyntaxError, KeyError, IndexError, TypeError, MemoryError, RecursionError):
+        raise ValueError("GpuInfo is not a Python-dict literal with Gpus[0].MemoryInfo.SizeInMiB") from None
+
+
 def parse_skypilot(text: str, path: str) -> tuple[list[SkyRow], list[Problem], dict[str, str]]:
     """Parse SkyPilot's vms.csv layout. Rows without a GPU, or with malformed fields, become
     Problems with their line numbers; nothing is dropped silently."""
@@ -226,13 +237,7 @@ def parse_skypilot(text: str, path: str) -> tuple[list[SkyRow], list[Problem], d
             if count_f <= 0 or count_f != int(count_f):
                 raise ValueError(f"AcceleratorCount {r['AcceleratorCount']!r} is not a whole number of GPUs"
                                  " (fractional GPUs are not modelled)")
-            mem = None
-            if r["GpuInfo"].strip():
-                try:
-                    info = ast.literal_eval(r["GpuInfo"])
-                    mem = int(info["Gpus"][0]["MemoryInfo"]["SizeInMiB"])
-                except (ValueError, SyntaxError, KeyError, IndexError, TypeError):
-                    raise ValueError("GpuInfo is not a Python-dict literal with Gpus[0].MemoryInfo.SizeInMiB") from None
+            mem = _gpu_info_mib(r["GpuInfo"].strip()) if r["GpuInfo"].strip() else None
             price = _dec(r["Price"], "Price", optional=True)
             if price is None:
                 raise ValueError(f"{r['InstanceType']} in {r['AvailabilityZone'] or r['Region']} has no on-demand Price")
@@ -266,8 +271,13 @@ def skypilot_offers(rows: list[SkyRow], provider: str, meta: dict[str, str], gpu
     inc, minimum = CLOUD_BILLING.get(provider, (1, 60))
     grouped: dict[tuple[str, str], list[SkyRow]] = {}
     problems: list[Problem] = []
+    names: dict[tuple[str, int | None], str | None] = {}
     for r in rows:
-        if gpus is not None and gpus.gpu(r.accelerator, r.gpu_memory_mib) is None:
+        key = (r.accelerator, r.gpu_memory_mib)
+        if key not in names:
+            g = gpus.gpu(*key) if gpus is not None else None
+            names[key] = g.name if g is not None else (None if gpus is not None else r.accelerator)
+        if names[key] is None:
             problems.append(Problem(r.line, f"unknown GPU {r.accelerator!r}: add it to $BUDGET_HOME/catalog/gpus.csv"))
             continue
         grouped.setdefault((r.instance_type, r.region), []).append(r)
@@ -275,7 +285,7 @@ def skypilot_offers(rows: list[SkyRow], provider: str, meta: dict[str, str], gpu
     for (itype, region), rs in grouped.items():
         spots = [r for r in rs if r.spot_price is not None]
         first = rs[0]
-        gpu = gpus.gpu(first.accelerator, first.gpu_memory_mib).name if gpus is not None else first.accelerator
+        gpu = names[(first.accelerator, first.gpu_memory_mib)]
         offers.append(Offer(
             provider=provider, instance_type=itype, gpu=gpu, gpu_count=first.count,
             price=max(r.price for r in rs), spot_price=min((r.spot_price for r in spots), default=None),

@@ -178,9 +178,11 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
     if objective not in ("cost", "time"):
         raise InputError(f"unknown objective {objective!r}", "use --objective cost or --objective time")
     a = assumptions or Assumptions()
-    offers = [o for o in catalog.offers if not providers or o.provider in providers]
+    offers = [o for o in catalog.offers if (not providers or o.provider in providers)
+              and (spot is not True or o.spot_price is not None)]
     if not offers:
-        raise CatalogError("no offers to plan over" + (f" for provider(s) {', '.join(providers)}" if providers else ""),
+        raise CatalogError("no offers to plan over" + (f" for provider(s) {', '.join(providers)}" if providers else "")
+                           + (" with a spot price" if spot else ""),
                            "check `budget prices list`; add offers with `budget prices import FILE`")
     pl = _Planner(plan, spec, a)
     allowed = [q for q in (quantizations or plan.quantizations)]

@@ -90,6 +90,7 @@ def test_budget_too_small_names_cheapest(capsys):
     (["plan", "--yuan", "lots"], "not a number"),
     (["plan", "--yuan", "2000", "--model", "qwen9-vl"], "unknown model"),
     (["plan", "--yuan", "2000", "--provider", "nowhere"], "no offers"),
+    (["plan", "--yuan", "2000", "--provider", "csdn", "--spot"], "with a spot price"),
     (["plan", "--yuan", "2000", "--quant", "fp8"], "unknown quantization"),
     (["plan", "--yuan", "2000", "--objective", "vibes"], "unknown objective"),
     (["plan", "--yuan", "2000", "--assume", "warp=9"], "unknown assumption"),

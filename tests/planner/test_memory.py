@@ -126,3 +126,27 @@ def test_video_frames_sampled_not_all():
     tokens, patches = video_tokens(v, ImageLimits(), CAT.model("8b"))
     assert tokens == 5 * (20 * 11 + 6) and patches == 5 * 220 * 4
     assert video_frames(VideoSpec(duration_s=10, source_fps=30, fps=30, max_frames=768)) == 300
+
+
+def test_seed_video_claim_every_frame_vs_one_fps():
+    """The seed: a 10 s clip at 30 fps (300 frames) blows past 24 GB even on 8B-INT4; sampling
+    1 fps fixes it. We model both with the plan's attention implementation and print them."""
+    from planner.memory import peak_of, weight_layout
+    from planner.workload import Pass
+
+    s = CAT.model("8b")
+    w = weight_layout(s, inventory(s), "nf4")
+    lim = ImageLimits()
+
+    def peak_gib(fps: float, attn: str) -> float:
+        v = VideoSpec(duration_s=10, source_fps=30, fps=fps, max_frames=768, frame_size=(640, 360))
+        vis, patches = video_tokens(v, lim, s)
+        p = Pass(prefill=vis + 40, new=128, visual=vis, vit_seqs=(patches,))
+        a = Assumptions(attn_implementation=attn)
+        return estimate(s, w, "nf4", peak_of([(p, 1)]), 1, 80 * GIB, a).per_gpu[0].total / GIB
+
+    every, sampled = peak_gib(30, "sdpa"), peak_gib(1, "sdpa")
+    eager = peak_gib(30, "eager")
+    print(f"8B nf4, 10 s clip: every frame {every:.1f} GiB (sdpa) / {eager:.0f} GiB (eager); 1 fps {sampled:.1f} GiB")
+    assert sampled < 10 < every  # sampling is what makes video affordable
+    assert eager > 24  # the seed's ">24 GB" holds for eager attention
