@@ -104,10 +104,10 @@ def peak_of(passes: list[tuple[Pass, int]]) -> Peak:
     )
 
 
-def plan_peak(loads: list[TaskLoad], sixteen_bit: bool = False, sweep: bool = False) -> Peak | None:
-    """Peak of the plan's passes; the sweep is excluded by default (its largest sizes are meant
-    to probe the limit: the worker records an OOM there and goes on)."""
-    passes = [(p, t.batch) for t in loads if t.sixteen_bit == sixteen_bit and (sweep or t.kind != "memory_sweep")
+def plan_peak(loads: list[TaskLoad], sixteen_bit: bool = False) -> Peak | None:
+    """Peak of the plan's passes, the sweep excluded (its largest sizes are meant to probe the
+    limit: the worker records an OOM there and goes on)."""
+    passes = [(p, t.batch) for t in loads if t.sixteen_bit == sixteen_bit and t.kind != "memory_sweep"
               for p in t.passes]
     return peak_of(passes) if passes else None
 

@@ -61,10 +61,6 @@ class Offer(Model):
     date: str = ""
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.provider, self.instance_type, self.region)
-
-    @property
     def id(self) -> str:
         return f"{self.provider}:{self.instance_type}" + (f"@{self.region}" if self.region else "")
 
@@ -118,10 +114,6 @@ class ModelSpec(Model):
     vision: VisionArch
     tie_word_embeddings: bool = False
     source: str = ""
-
-    @property
-    def is_moe(self) -> bool:
-        return self.text.num_experts > 0
 
 
 class ParamBreakdown(Model):
@@ -255,10 +247,6 @@ class GpuMemory(Model):
     total: int
     usable: int  # the card's memory (what the driver reports)
 
-    @property
-    def total_gib(self) -> float:
-        return self.total / GIB
-
 
 class MemoryEstimate(Model):
     quantization: Quant
@@ -267,10 +255,6 @@ class MemoryEstimate(Model):
     per_gpu: list[GpuMemory]
     fits: bool
     reason: str = ""
-
-    @property
-    def peak_gib(self) -> float:
-        return max(g.total for g in self.per_gpu) / GIB
 
 
 class TimeEstimate(Model):
@@ -284,10 +268,6 @@ class TimeEstimate(Model):
     skipped: dict[str, str] = {}
     spot_overhead_s: float = 0.0
     total_s: float
-
-    @property
-    def hours(self) -> float:
-        return self.total_s / 3600
 
 
 # --------------------------------------------------------------------------- planner output

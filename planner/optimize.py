@@ -67,7 +67,6 @@ class Candidate:
 class Optimization:
     report: PlanReport
     rows: list[tuple]  # every candidate within budget + the cheapest over-budget row per rig
-    runnable: int
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -185,7 +184,7 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
                            + (" with a spot price" if spot else ""),
                            "check `budget prices list`; add offers with `budget prices import FILE`")
     pl = _Planner(plan, spec, a)
-    allowed = [q for q in (quantizations or plan.quantizations)]
+    allowed = list(quantizations or plan.quantizations)
     floor = QUALITY_RANK[plan.quality_floor]
     rejected: dict[tuple[str, int, str | None, str], list[Offer]] = {}
     for q in allowed:
@@ -251,8 +250,8 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
     shown = heapq.nsmallest(max(top, 1), within)
     if len(shown) < top:
         shown += sorted(g[0] for g in over.values())[: top - len(shown)]
-    rej = [Rejection(gpu=g, gpu_count=n, quantization=q, reason=r, offers=len(os_), example=os_[0].id)
-           for (g, n, q, r), os_ in rejected.items()]
+    rej = [Rejection(gpu=g, gpu_count=c, quantization=q, reason=r, offers=len(os_), example=os_[0].id)
+           for (g, c, q, r), os_ in rejected.items()]
     rej += [Rejection(gpu=g, gpu_count=c, quantization=q, offers=k, example=row[4].id,
                       reason=f"over budget: from {_money(row[-1])} CNY > {_money(budget_cny)} CNY")
             for (g, c, q), (row, k) in over.items()]
@@ -266,7 +265,7 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
                            weights_gib={q: _gib(pl.layout(q).total) for q in ("bf16", "int8", "nf4")}),
         assumptions=a.describe(), catalog=catalog.files, candidates=n + sum(len(v) for v in rejected.values()),
         feasible=n, within_budget=len(within))
-    return Optimization(report, within + [r for g in over.values() for r in [g[0]]], n)
+    return Optimization(report, within + [g[0] for g in over.values()])
 
 
 def _money(d: Decimal) -> Decimal:
@@ -287,7 +286,7 @@ def _out(row: tuple, budget: Decimal) -> Recommendation:
         billing=billing, gpu_memory_gib=round(opt.usable_mib / 1024, 2),
         memory_per_gpu_gib=_gib(max(g.total for g in opt.memory.per_gpu)), memory=opt.memory.per_gpu,
         hours=round(c.hours, 3), time=c.time, billed_hours=round(c.billed_s / 3600, 4), cost_cny=cost,
-        fits_budget=c.fits_budget, budget_left_cny=_money(budget - c.cost_cny),
+        fits_budget=c.fits_budget, budget_left_cny=budget - cost,  # adds up with the cost shown
         plan_fits_times=int(budget // c.cost_cny) if c.cost_cny > 0 else 0,
         notes=list(opt.notes) + [f"{k} skipped: {v}" for k, v in opt.skipped.items()],
         offer_source=o.source, offer_date=o.date)
