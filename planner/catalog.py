@@ -298,17 +298,19 @@ def skypilot_offers(rows: list[SkyRow], provider: str, meta: dict[str, str], gpu
 
 def read_gpus(text: str, path: str) -> list[Gpu]:
     _, lines = _split_comments(text)
-    out = []
-    for n, r in _rows(lines, ["name", "memory_mib", "bandwidth_gbs", "fp16_tflops", "bf16", "compute_capability"], path):
+    out: list[Gpu] = []
+    problems: list[Problem] = []
+    for n, r in _good_rows(lines, ["name", "memory_mib", "bandwidth_gbs", "fp16_tflops", "bf16", "compute_capability"],
+                           path, problems):
         try:
-            r = {k: v for k, v in r.items() if k != "__bad__"}
-            r["aliases"] = [a for a in r.get("aliases", "").split("|") if a]
-            r["bf16"] = r["bf16"].strip().lower() in ("true", "yes", "1")
-            out.append(Gpu(**r))
-        except (ValidationError, TypeError) as e:
-            raise CatalogError(f"{path}:{n}: not a valid GPU row ({str(e).splitlines()[0]})",
-                               "columns: " + "name,aliases,memory_mib,bandwidth_gbs,fp16_tflops,int8_tops,bf16,"
-                               "compute_capability,link,source,date") from None
+            out.append(Gpu(**{**r, "aliases": [a for a in r.get("aliases", "").split("|") if a],
+                              "bf16": r["bf16"].strip().lower() in ("true", "yes", "1")}))
+        except ValidationError as e:
+            err = e.errors()[0]
+            problems.append(Problem(n, f"{'.'.join(map(str, err['loc']))}: {err['msg']}"))
+    if problems:
+        raise CatalogError(f"{path}: {problems[0]}", "columns: name,aliases,memory_mib,bandwidth_gbs,fp16_tflops,"
+                           "int8_tops,bf16,compute_capability,link,source,date")
     return out
 
 

@@ -188,3 +188,11 @@ def test_usage_errors_exit_2(capsys, args):
 def test_help_exits_0(capsys):
     code, out, _ = run(capsys, "plan", "--help")
     assert code == 0 and "--yuan" in out
+
+
+def test_broken_user_catalog_is_one_line(capsys, budget_home):
+    offers = budget_home / "catalog" / "offers"
+    offers.mkdir(parents=True)
+    (offers / "mine.csv").write_text("provider,instance_type\nx,y\n")
+    code, out, err = run(capsys, "plan", "--yuan", "2000")
+    assert code == 2 and "mine.csv" in err and "header lacks" in err and "Traceback" not in err

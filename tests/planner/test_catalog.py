@@ -147,3 +147,12 @@ def test_plan_errors_name_file_and_field(text, needle):
     with pytest.raises(PlanError) as e:
         parse_plan(text, "x.yaml")
     assert needle in e.value.message and "\n" not in e.value.message
+
+
+def test_bad_user_gpu_row_names_its_line(tmp_path: Path):
+    user = tmp_path / "catalog"
+    user.mkdir()
+    (user / "gpus.csv").write_text("name,aliases,memory_mib,bandwidth_gbs,fp16_tflops,int8_tops,bf16,"
+                                   "compute_capability,link,source,date\nX1,,lots,400,65,130,false,7.5,PCIe 3,me,2026\n")
+    with pytest.raises(CatalogError, match=r"gpus.csv: line 2: memory_mib"):
+        load_catalog(user)
