@@ -18,7 +18,7 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from .architecture import inventory, param_breakdown
 from .assumptions import Assumptions
 from .catalog import Catalog
-from .errors import CatalogError, InputError
+from .errors import BudgetTooSmall, CatalogError, InputError
 from .memory import Parts, Peak, WeightLayout, card_parts, from_parts, peak_of, plan_peak, weight_layout
 from .models import (GIB, QUALITY_RANK, EvalPlan, Gpu, MemoryEstimate, ModelSpec, ModelSummary, Offer, PlanReport,
                      Recommendation, Rejection, TimeEstimate)
@@ -72,6 +72,20 @@ class Optimization:
     def candidates(self) -> list[Candidate]:
         """Candidate objects for the rows (built on demand: a big catalog has hundreds of thousands)."""
         return [Candidate.of(row, self.report.budget_cny) for row in self.rows]
+
+    def shortfall(self, plan: str, model: str) -> BudgetTooSmall | None:
+        """The error to raise when nothing fits the budget: it names the cheapest option."""
+        if self.report.recommendation is not None:
+            return None
+        if not self.rows:
+            return BudgetTooSmall(f"nothing can run plan {plan} on {model}: every candidate was rejected",
+                                  "see the rejected table; allow nf4, a larger GPU, or more GPUs per instance")
+        c = Candidate.of(min(self.rows, key=lambda r: r[-1]), self.report.budget_cny)
+        return BudgetTooSmall(
+            f"{self.report.budget_cny} CNY is not enough for plan {plan}: the cheapest option is {c.offer.id} "
+            f"({c.option.gpu.name} x{c.option.gpu_count}, {c.option.quant}{', spot' if c.spot else ''}) at "
+            f"{c.cost_cny.quantize(CENT, rounding=ROUND_CEILING)} CNY",
+            "raise --yuan, or make the plan smaller (fewer samples, smaller images)")
 
 
 def billed_seconds(seconds: float, increment_s: int, minimum_s: int) -> int:
@@ -185,6 +199,9 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
                            "check `budget prices list`; add offers with `budget prices import FILE`")
     pl = _Planner(plan, spec, a)
     allowed = list(quantizations or plan.quantizations)
+    unknown = [q for q in allowed if q not in QUALITY_RANK]
+    if unknown:
+        raise InputError(f"unknown quantization {unknown[0]!r}", "use fp16, bf16, int8 or nf4")
     floor = QUALITY_RANK[plan.quality_floor]
     rejected: dict[tuple[str, int, str | None, str], list[Offer]] = {}
     for q in allowed:

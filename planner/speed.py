@@ -46,7 +46,7 @@ class ModelCost:
         k = t.num_experts_per_tok / t.num_experts
         return 1 - (1 - k) ** max(tokens, 1)
 
-    def active_matmul(self, tokens: int) -> float:
+    def active_matmul(self) -> float:
         """Parameters multiplied per token (MoE: top-k experts)."""
         t = self.spec.text
         k = t.num_experts_per_tok / t.num_experts if t.num_experts else 1.0
@@ -73,13 +73,13 @@ def pass_seconds(mc: ModelCost, p: Pass, batch: int, quant: str, gpu: Gpu, n_car
     vit_s = vit / flops_s * (pre_slow if vision_quantized else 1.0)
     # prefill: matmuls over every prompt token + causal attention
     n = batch * p.prefill
-    pre = 2 * mc.active_matmul(n) * n + 2 * s.text.num_hidden_layers * mc.q_dim * batch * p.prefill**2
+    pre = 2 * mc.active_matmul() * n + 2 * s.text.num_hidden_layers * mc.q_dim * batch * p.prefill**2
     pre_s = pre / flops_s * pre_slow
     # decode: per step, stream the (touched) weights once for the batch + each sequence's KV cache
     avg_ctx = p.prefill + p.new / 2
     step_bytes = 2 * (mc.llm_matmul + mc.experts * mc.expert_fraction(batch) + mc.lm_head)
     step_bytes += batch * avg_ctx * mc.kv_per_token
-    step_flops = 2 * mc.active_matmul(batch) * batch
+    step_flops = 2 * mc.active_matmul() * batch
     step = max(step_bytes / (gpu.bandwidth_gbs * 1e9 * a.bandwidth_efficiency), step_flops / flops_s)
     step += s.text.num_hidden_layers * a.decode_overhead_ms_per_layer / 1000
     dec_s = p.new * step * dec_slow

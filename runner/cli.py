@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.errors import BudgetTooSmall, GpuBudgetError, InputError
+from planner.errors import GpuBudgetError, InputError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Budget-first planner and runner for evaluating quantized Qwen3-VL on rented GPUs.")
@@ -81,23 +81,12 @@ def plan_cmd(
         raise InputError("no budget given", "pass --yuan AMOUNT (CNY) or set budget_yuan in the plan")
     cat = _catalog(fx)
     spec = load_config(model_config) if model_config else cat.model(model or ev.model)
-    bad = [q for q in quant or [] if q not in ("fp16", "bf16", "int8", "nf4")]
-    if bad:
-        raise InputError(f"unknown quantization {bad[0]!r}", "use fp16, bf16, int8 or nf4")
     result = optimize(ev, spec, cat, budget, assumptions=parse_overrides(assume or []), providers=provider,
                       spot=spot, objective=objective, top=top, quantizations=quant)
-    r = result.report
-    render.json_doc(r) if as_json else render.plan(r)
-    if r.recommendation is None:
-        cheapest = min(result.candidates, key=lambda c: c.cost_cny, default=None)
-        if cheapest is None:
-            raise BudgetTooSmall(f"nothing can run plan {ev.name} on {spec.name}: every candidate was rejected",
-                                 "see the rejected table; allow nf4, a larger GPU, or more GPUs per instance")
-        raise BudgetTooSmall(
-            f"{budget} CNY is not enough for plan {ev.name}: the cheapest option is {cheapest.offer.id} "
-            f"({cheapest.option.gpu.name} x{cheapest.option.gpu_count}, {cheapest.option.quant}"
-            f"{', spot' if cheapest.spot else ''}) at {cheapest.cost_cny.quantize(Decimal('0.01'))} CNY",
-            "raise --yuan, or make the plan smaller (fewer samples, smaller images)")
+    render.json_doc(result.report) if as_json else render.plan(result.report)
+    verdict = result.shortfall(ev.name, spec.name)
+    if verdict is not None:
+        raise verdict
 
 
 @prices_app.command("list")
