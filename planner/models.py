@@ -175,7 +175,7 @@ class Task(Model):
     metrics: list[str] = []
 
     @model_validator(mode="after")
-    def _kind_fields(self) -> "Task":
+    def _kind_fields(self) -> Task:
         if self.kind == "memory_sweep" and not self.resolutions:
             raise ValueError("a memory_sweep task needs `resolutions` (list of [width, height])")
         if self.kind == "video" and self.video is None:
@@ -218,7 +218,7 @@ class EvalPlan(Model):
         return v
 
     @model_validator(mode="after")
-    def _refs(self) -> "EvalPlan":
+    def _refs(self) -> EvalPlan:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError("task names must be unique")

@@ -20,8 +20,20 @@ from .assumptions import Assumptions
 from .catalog import Catalog
 from .errors import BudgetTooSmall, CatalogError, InputError
 from .memory import Parts, Peak, WeightLayout, card_parts, from_parts, peak_of, plan_peak, weight_layout
-from .models import (GIB, QUALITY_RANK, EvalPlan, Gpu, MemoryEstimate, ModelSpec, ModelSummary, Offer, PlanReport,
-                     Recommendation, Rejection, TimeEstimate)
+from .models import (
+    GIB,
+    QUALITY_RANK,
+    EvalPlan,
+    Gpu,
+    MemoryEstimate,
+    ModelSpec,
+    ModelSummary,
+    Offer,
+    PlanReport,
+    Recommendation,
+    Rejection,
+    TimeEstimate,
+)
 from .speed import ModelCost, plan_time
 from .workload import task_loads
 
@@ -58,7 +70,7 @@ class Candidate:
         return self.time.total_s / 3600
 
     @classmethod
-    def of(cls, row: tuple, budget: Decimal) -> "Candidate":
+    def of(cls, row: tuple, budget: Decimal) -> Candidate:
         o, opt, spot, price, t, billed, cost = row[4:]
         return cls(o, opt, spot, price, t, billed, cost, cost <= budget)
 
@@ -100,7 +112,7 @@ def _sixteen(gpu: Gpu, allowed: list[str]) -> str | None:
     return "fp16" if "fp16" in allowed else None
 
 
-def _gib(b: int | float) -> float:
+def _gib(b: float) -> float:
     return round(b / GIB, 2)
 
 

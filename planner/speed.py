@@ -100,7 +100,8 @@ def task_seconds(mc: ModelCost, t: TaskLoad, quant: str, gpu: Gpu, n_cards: int,
     return batches * per_batch + t.samples * a.sample_overhead_s
 
 
-def fixed_seconds(mc: ModelCost, quant: str, provider: str, a: Assumptions, extra_16bit_load: bool = False) -> tuple[float, float, float, float]:
+def fixed_seconds(mc: ModelCost, quant: str, provider: str, a: Assumptions,
+                  extra_16bit_load: bool = False) -> tuple[float, float, float, float]:
     """(boot, install, download, load) seconds. The download is the bf16 checkpoint whatever
     the quantization (bitsandbytes quantizes on load)."""
     boot = a.boot_s_aws if provider == "aws" else a.boot_s

@@ -9,7 +9,7 @@ import os
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -54,17 +54,17 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks."
 
 @app.command("plan")
 def plan_cmd(
-    yuan: Annotated[Optional[str], typer.Option("--yuan", help="Budget in CNY (default: the plan's budget_yuan).")] = None,
-    plan: Annotated[Optional[Path], typer.Option("--plan", help="Plan YAML (default: plans/qwen3-vl-8b.yaml).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Model name from the catalog (overrides the plan's).")] = None,
-    model_config: Annotated[Optional[Path], typer.Option("--model-config", help="Plan for any Qwen3-VL config.json.")] = None,
-    provider: Annotated[Optional[list[str]], typer.Option("--provider", help="Only these providers (repeatable).")] = None,
-    spot: Annotated[Optional[bool], typer.Option("--spot/--on-demand", help="Only spot / only on-demand prices.")] = None,
-    quant: Annotated[Optional[list[str]], typer.Option("--quant", help="Only these quantizations (repeatable).")] = None,
+    yuan: Annotated[str | None, typer.Option("--yuan", help="Budget in CNY (default: the plan's budget_yuan).")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="Plan YAML (default: plans/qwen3-vl-8b.yaml).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model name from the catalog (overrides the plan's).")] = None,
+    model_config: Annotated[Path | None, typer.Option("--model-config", help="Plan for any Qwen3-VL config.json.")] = None,
+    provider: Annotated[list[str] | None, typer.Option("--provider", help="Only these providers (repeatable).")] = None,
+    spot: Annotated[bool | None, typer.Option("--spot/--on-demand", help="Only spot / only on-demand prices.")] = None,
+    quant: Annotated[list[str] | None, typer.Option("--quant", help="Only these quantizations (repeatable).")] = None,
     objective: Annotated[str, typer.Option("--objective", help="cost (cheapest) or time (fastest within budget).")] = "cost",
     top: Annotated[int, typer.Option("--top", min=1, help="How many options to show.")] = 5,
-    fx: Annotated[Optional[list[str]], typer.Option("--fx", help="Exchange rate override, e.g. USD=7.2.")] = None,
-    assume: Annotated[Optional[list[str]], typer.Option("--assume", help="Override a model assumption NAME=VALUE.")] = None,
+    fx: Annotated[list[str] | None, typer.Option("--fx", help="Exchange rate override, e.g. USD=7.2.")] = None,
+    assume: Annotated[list[str] | None, typer.Option("--assume", help="Override a model assumption NAME=VALUE.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Which offer, GPU count and quantization run the plan cheapest within the budget, and why."""
@@ -91,10 +91,10 @@ def plan_cmd(
 
 @prices_app.command("list")
 def prices_list(
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Only this GPU, e.g. T4.")] = None,
-    provider: Annotated[Optional[str], typer.Option("--provider", help="Only this provider, e.g. aws.")] = None,
-    max_yuan_hour: Annotated[Optional[str], typer.Option("--max-yuan-hour", help="Only offers up to this CNY/h.")] = None,
-    fx: Annotated[Optional[list[str]], typer.Option("--fx", help="Exchange rate override, e.g. USD=7.2.")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="Only this GPU, e.g. T4.")] = None,
+    provider: Annotated[str | None, typer.Option("--provider", help="Only this provider, e.g. aws.")] = None,
+    max_yuan_hour: Annotated[str | None, typer.Option("--max-yuan-hour", help="Only offers up to this CNY/h.")] = None,
+    fx: Annotated[list[str] | None, typer.Option("--fx", help="Exchange rate override, e.g. USD=7.2.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """GPU offers with their price in CNY per hour (original currency beside), cheapest first."""
@@ -113,7 +113,7 @@ def prices_list(
 def prices_import(
     file: Annotated[Path, typer.Argument(help="Offer file to validate and add to the user catalog.")],
     fmt: Annotated[str, typer.Option("--format", help="skypilot (SkyPilot's vms.csv) or csv (ours).")] = "skypilot",
-    provider: Annotated[Optional[str], typer.Option("--provider", help="Provider name (skypilot default: aws).")] = None,
+    provider: Annotated[str | None, typer.Option("--provider", help="Provider name (skypilot default: aws).")] = None,
 ) -> None:
     """Validate an offer file and add it to $BUDGET_HOME/catalog/offers/ (replacing that provider's offers)."""
     from planner.catalog import prepare_import

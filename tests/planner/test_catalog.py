@@ -63,7 +63,7 @@ def test_skypilot_round_trip():
     rows, _, meta = parse_skypilot(SKY, "vms.csv")
     again, problems, meta2 = parse_skypilot(write_skypilot(rows, {"source": "x", "date": "2026-01-01"}), "copy")
     assert not problems and meta2 == {"source": "x", "date": "2026-01-01"}
-    key = lambda r: (r.instance_type, r.count, r.gpu_memory_mib, r.price, r.spot_price, r.region, r.zone)  # noqa
+    key = lambda r: (r.instance_type, r.count, r.gpu_memory_mib, r.price, r.spot_price, r.region, r.zone)
     assert [key(r) for r in again] == [key(r) for r in rows]
 
 
@@ -90,7 +90,7 @@ def test_our_csv_layout_and_errors():
     offers, problems = parse_offers_csv(text, "x.csv", load_catalog())
     assert [(o.instance_type, o.gpu, o.gpu_count, o.price) for o in offers] == [
         ("boxx1", "RTX4090", 1, Decimal("2.0")), ("boxx2", "RTX4090", 2, Decimal("4.0")),
-        ("boxx3", "RTX4090", 3, Decimal("6.0")), ("big", "H100", 8, Decimal("80"))]
+        ("boxx3", "RTX4090", 3, Decimal("6.0")), ("big", "H100", 8, Decimal(80))]
     assert [p.line for p in problems] == [4, 5, 6]
     assert "non-negative" in problems[0].message and "K80" in problems[1].message
 

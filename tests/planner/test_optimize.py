@@ -36,7 +36,7 @@ def offer(gpu: str, count: int, price: str, spot: str | None = None, provider: s
                  billing_increment_s=inc, billing_minimum_s=minimum)
 
 
-money = st.decimals(min_value=Decimal("0.05"), max_value=Decimal("200"), places=2)
+money = st.decimals(min_value=Decimal("0.05"), max_value=Decimal(200), places=2)
 offers_st = st.lists(
     st.builds(offer, gpu=st.sampled_from(list(BASE.gpus)), count=st.sampled_from([1, 2, 4, 8]), price=money.map(str),
               spot=st.one_of(st.none(), money.map(str)), provider=st.sampled_from(["aws", "x", "y"]),
@@ -46,7 +46,7 @@ offers_st = st.lists(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(offers=offers_st, budget=st.decimals(min_value=Decimal("0.5"), max_value=Decimal("500"), places=2),
+@given(offers=offers_st, budget=st.decimals(min_value=Decimal("0.5"), max_value=Decimal(500), places=2),
        model=st.sampled_from(["2b", "8b", "32b"]))
 def test_recommendation_is_cheapest_feasible_and_within_limits(offers, budget, model):
     plan = SMALL.model_copy(update={"model": model})
