@@ -52,6 +52,11 @@ class Problem:
     def __str__(self) -> str:
         return f"line {self.line}: {self.message}"
 
+    @classmethod
+    def of(cls, line: int, e: ValidationError) -> Problem:
+        err = e.errors()[0]
+        return cls(line, f"{'.'.join(map(str, err['loc']))}: {err['msg']}")
+
 
 @dataclass
 class SkyRow:
@@ -206,8 +211,7 @@ def parse_offers_csv(text: str, path: str, gpus: Catalog | None = None) -> tuple
                     source=r["source"] or meta.get("source", path), date=r["date"] or meta.get("date", "")))
             offers += row
         except ValidationError as e:
-            err = e.errors()[0]
-            problems.append(Problem(n, f"{'.'.join(map(str, err['loc']))}: {err['msg']}"))
+            problems.append(Problem.of(n, e))
         except ValueError as e:
             problems.append(Problem(n, str(e)))
     return offers, problems
@@ -276,7 +280,7 @@ def skypilot_offers(rows: list[SkyRow], provider: str, meta: dict[str, str], gpu
         key = (r.accelerator, r.gpu_memory_mib)
         if key not in names:
             g = gpus.gpu(*key) if gpus is not None else None
-            names[key] = g.name if g is not None else (None if gpus is not None else r.accelerator)
+            names[key] = r.accelerator if gpus is None else (g.name if g is not None else None)
         if names[key] is None:
             problems.append(Problem(r.line, f"unknown GPU {r.accelerator!r}: add it to $BUDGET_HOME/catalog/gpus.csv"))
             continue
@@ -306,8 +310,7 @@ def read_gpus(text: str, path: str) -> list[Gpu]:
             out.append(Gpu(**{**r, "aliases": [a for a in r.get("aliases", "").split("|") if a],
                               "bf16": r["bf16"].strip().lower() in ("true", "yes", "1")}))
         except ValidationError as e:
-            err = e.errors()[0]
-            problems.append(Problem(n, f"{'.'.join(map(str, err['loc']))}: {err['msg']}"))
+            problems.append(Problem.of(n, e))
     if problems:
         raise CatalogError(f"{path}: {problems[0]}", "columns: name,aliases,memory_mib,bandwidth_gbs,fp16_tflops,"
                            "int8_tops,bf16,compute_capability,link,source,date")
