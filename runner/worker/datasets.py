@@ -1,0 +1,315 @@
+"""Where a task's samples come from, resolved on the instance: local manifests (JSONL + files shipped
+with the job), URL manifests (downloaded with retries and checksums), the builtin COCO val2017 caption
+sampler (annotations + N seeded images) and synthetic samples drawn here (no files at all).
+
+A manifest line is one JSON object: `id`, then what the task needs — `image` (or `video`, or
+`frames` + `fps`), `prompt` (or `question`), `references` (captions), `answers` (documents),
+`keywords` (poetry), `turns` (multi-turn questions) and optionally `sha256: {"image": HEX, ...}`.
+Relative paths resolve against the manifest's own location (directory or URL)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COCO_BASE_URL = "http://images.cocodataset.org/"
+COCO_ANNOTATIONS = "annotations/annotations_trainval2017.zip"
+COCO_CAPTIONS_MEMBER = "annotations/captions_val2017.json"
+MEDIA_KEYS = ("image", "video", "frames")
+
+
+class DatasetError(Exception):
+    """A dataset cannot be resolved (missing file, bad manifest, failed download, wrong checksum)."""
+
+
+@dataclass
+class Sample:
+    id: str
+    image: object = None  # a path, or a PIL image for synthetic samples
+    video: object = None  # a path to a video file, a list of frame paths, or ("synthetic", seed)
+    fps: float | None = None  # frames-list videos: their frame rate
+    prompt: str = ""
+    references: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    keywords: list[str] = field(default_factory=list)
+    turns: list[str] = field(default_factory=list)
+    size: tuple[int, int] | None = None  # memory sweep: the resolution under test
+
+
+# --------------------------------------------------------------------------- downloads
+
+def download(url: str, dest: Path, sha256: str = "", attempts: int = 4, backoff_s: float = 1.0) -> Path:
+    """Fetch `url` to `dest` (kept if already there with the right checksum). Retries connection
+    errors, timeouts, 429 and 5xx with exponential backoff; a checksum mismatch is retried once as a
+    corrupt transfer, then fails."""
+    dest = Path(dest)
+    if dest.exists() and (not sha256 or _sha256(dest) == sha256.lower()):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    mismatches = 0
+    last = ""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
+                shutil.copyfileobj(resp, out, 1 << 20)
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}"
+            if e.code != 429 and e.code < 500:
+                break
+            continue
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            last = str(getattr(e, "reason", e))
+            continue
+        if sha256 and _sha256(tmp) != sha256.lower():
+            mismatches += 1
+            last = f"sha256 {_sha256(tmp)[:12]}... is not the expected {sha256[:12]}..."
+            if mismatches > 1:
+                break
+            continue
+        tmp.replace(dest)
+        return dest
+    tmp.unlink(missing_ok=True)
+    raise DatasetError(f"cannot download {url}: {last}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cache_name(url: str) -> str:
+    suffix = Path(urllib.parse.urlparse(url).path).suffix[:8]
+    return hashlib.sha256(url.encode()).hexdigest()[:24] + suffix
+
+
+# --------------------------------------------------------------------------- manifests
+
+def _read_manifest(path: Path, where: str) -> list[dict]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise DatasetError(f"{where}: cannot read manifest {path}: {e.strerror}") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise DatasetError(f"{where}: {path}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{where}: {path}:{n}: expected an object")
+        row.setdefault("id", str(n))
+        row["id"] = str(row["id"])
+        rows.append(row)
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise DatasetError(f"{where}: {path}: sample ids repeat")
+    return rows
+
+
+def _sample(row: dict, media: dict) -> Sample:
+    return Sample(
+        id=row["id"], image=media.get("image"), video=media.get("video") or media.get("frames"),
+        fps=row.get("fps"), prompt=row.get("prompt") or row.get("question") or "",
+        references=list(row.get("references") or []), answers=list(row.get("answers") or []),
+        keywords=list(row.get("keywords") or []), turns=list(row.get("turns") or []))
+
+
+def _local(task, base: Path, where: str) -> list[Sample]:
+    manifest = Path(task.dataset.path)
+    manifest = manifest if manifest.is_absolute() else base / manifest
+    rows = _read_manifest(manifest, where)
+    if task.dataset.sha256 and _sha256(manifest) != task.dataset.sha256.lower():
+        raise DatasetError(f"{where}: {manifest}: sha256 differs from the plan's")
+    out = []
+    for row in rows:
+        media = {}
+        for key in MEDIA_KEYS:
+            if key in row:
+                paths = [manifest.parent / p for p in (row[key] if key == "frames" else [row[key]])]
+                for p in paths:
+                    if not p.exists():
+                        raise DatasetError(f"{where}: sample {row['id']}: {key} file {p} not found")
+                media[key] = paths if key == "frames" else paths[0]
+        out.append(_sample(row, media))
+    return out
+
+
+def _url(task, cache: Path, where: str) -> list[Sample]:
+    url = task.dataset.url
+    manifest = download(url, cache / _cache_name(url), task.dataset.sha256)
+    out = []
+    for row in _read_manifest(manifest, where):
+        sums = row.get("sha256") or {}
+        media = {}
+        for key in MEDIA_KEYS:
+            if key in row:
+                refs = row[key] if key == "frames" else [row[key]]
+                files = []
+                for ref in refs:
+                    full = urllib.parse.urljoin(url, ref)
+                    files.append(download(full, cache / _cache_name(full), sums.get(key, "") if key != "frames" else ""))
+                media[key] = files if key == "frames" else files[0]
+        out.append(_sample(row, media))
+    return out
+
+
+def _coco(task, cache: Path, n: int, seed: int, where: str) -> list[Sample]:
+    if task.dataset.name not in ("coco-val2017-captions", "coco-val2017"):
+        raise DatasetError(f"{where}: unknown builtin dataset {task.dataset.name!r} (known: coco-val2017-captions)")
+    base = task.dataset.url or COCO_BASE_URL
+    base = base if base.endswith("/") else base + "/"
+    zpath = download(base + COCO_ANNOTATIONS, cache / "coco" / Path(COCO_ANNOTATIONS).name, task.dataset.sha256)
+    try:
+        with zipfile.ZipFile(zpath) as z:
+            captions = json.loads(z.read(COCO_CAPTIONS_MEMBER))
+    except (zipfile.BadZipFile, KeyError, ValueError) as e:
+        raise DatasetError(f"{where}: {zpath} holds no readable {COCO_CAPTIONS_MEMBER} ({e})") from None
+    refs: dict[int, list[str]] = {}
+    for ann in captions["annotations"]:
+        refs.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+    images = sorted((im for im in captions["images"] if im["id"] in refs), key=lambda im: im["id"])
+    if n > len(images):
+        raise DatasetError(f"{where}: asked for {n} COCO images, the annotations have {len(images)}")
+    chosen = random.Random(seed).sample(images, n)
+    out = []
+    for im in chosen:
+        path = download(base + "val2017/" + im["file_name"], cache / "coco" / "val2017" / im["file_name"])
+        out.append(Sample(id=str(im["id"]), image=path, references=refs[im["id"]]))
+    return out
+
+
+# --------------------------------------------------------------------------- synthetic
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (240, 210, 20),
+           "black": (10, 10, 10), "purple": (140, 40, 170)}
+SHAPES = ("circle", "square", "triangle")
+
+
+def _draw_shapes(size, rng: random.Random, count: int):
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    img = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    drawn = []
+    for i in range(count):
+        colour, shape = rng.choice(sorted(COLOURS)), rng.choice(SHAPES)
+        s = max(4, min(w, h) // (2 + i))
+        x, y = rng.randint(0, max(0, w - s)), rng.randint(0, max(0, h - s))
+        box = [x, y, x + s, y + s]
+        if shape == "circle":
+            draw.ellipse(box, fill=COLOURS[colour])
+        elif shape == "square":
+            draw.rectangle(box, fill=COLOURS[colour])
+        else:
+            draw.polygon([(x + s // 2, y), (x, y + s), (x + s, y + s)], fill=COLOURS[colour])
+        drawn.append((colour, shape))
+    return img, drawn
+
+
+def synthetic_image(kind: str, size: tuple[int, int], seed: int):
+    """A deterministic image for `kind` plus what a correct answer would mention."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    w, h = size
+    if kind == "document":
+        img = Image.new("RGB", (w, h), (255, 255, 255))
+        draw = ImageDraw.Draw(img)
+        total = rng.randint(10, 999)
+        for i, line in enumerate(["INVOICE", f"ITEMS {rng.randint(1, 9)}", f"TOTAL {total}"]):
+            draw.text((8, 8 + i * max(12, h // 8)), line, fill=(0, 0, 0))
+        return img, {"answers": [str(total)]}
+    if kind == "poetry":
+        img = Image.new("RGB", (w, h), (20, 30, 70))
+        draw = ImageDraw.Draw(img)
+        r = max(3, min(w, h) // 8)
+        draw.ellipse([w - 3 * r, r, w - r, 3 * r], fill=(250, 240, 200))
+        draw.polygon([(0, h), (w // 3, h // 2), (2 * w // 3, h)], fill=(40, 80, 50))
+        return img, {"keywords": ["月", "山"]}
+    if kind == "memory_sweep":
+        img = Image.effect_noise((w, h), 64).convert("RGB")
+        return img, {}
+    img, drawn = _draw_shapes(size, rng, rng.randint(1, 3))
+    names = " and ".join(f"a {c} {s}" for c, s in drawn)
+    return img, {"references": [f"{names} on a white background", f"a white picture with {names}",
+                                f"{len(drawn)} shapes: {names}"]}
+
+
+_TURNS = ["What shapes are in the image?", "What colour is the largest shape?", "How many shapes are there?",
+          "Is the background white?", "Where is the largest shape?"]
+
+
+def _synthetic(task, n: int, seed: int) -> list[Sample]:
+    out = []
+    for i in range(n):
+        s = seed * 1_000_003 + i
+        if task.kind == "video":
+            out.append(Sample(id=f"syn-{i}", video=("synthetic", s)))
+            continue
+        size = task.image_size
+        img, truth = synthetic_image(task.kind if task.kind != "multiturn_vqa" else "caption", size, s)
+        turns = []
+        if task.kind == "multiturn_vqa":
+            turns = [_TURNS[t % len(_TURNS)] for t in range(task.turns)]
+            if task.turns >= 2:
+                turns[-1] = turns[0]  # a repeated question: do the answers agree?
+        out.append(Sample(id=f"syn-{i}", image=img, turns=turns, **truth))
+    return out
+
+
+def synthetic_frames(seed: int, size: tuple[int, int], indices: list[int]):
+    """Frames of a square moving across the picture; only the requested indices are drawn."""
+    import numpy as np
+
+    rng = random.Random(seed)
+    w, h = size
+    colour = COLOURS[rng.choice(sorted(COLOURS))]
+    s = max(8, min(w, h) // 4)
+    frames = np.full((len(indices), h, w, 3), 255, dtype=np.uint8)
+    for j, idx in enumerate(indices):
+        x = (idx * 7) % max(1, w - s)
+        frames[j, h // 3:h // 3 + s, x:x + s] = colour
+    return frames
+
+
+# --------------------------------------------------------------------------- entry point
+
+def resolve(task, job, base_dir: Path, cache_dir: Path) -> list[Sample]:
+    """The samples of `task` (at most task.samples, and at most job.limit), in a stable order."""
+    where = f"task {task.name}"
+    n = task.samples if job.limit is None else min(task.samples, job.limit)
+    kind = task.dataset.kind
+    if task.kind == "memory_sweep":
+        samples = []
+        for w, h in task.resolutions:
+            for i in range(n):
+                img, _ = synthetic_image("memory_sweep", (w, h), job.seed + i)
+                samples.append(Sample(id=f"{w}x{h}-{i}", image=img, size=(w, h)))
+        return samples
+    if kind == "synthetic":
+        return _synthetic(task, n, job.seed)
+    if kind == "local":
+        rows = _local(task, base_dir, where)
+    elif kind == "url":
+        rows = _url(task, Path(cache_dir) / task.name, where)
+    else:
+        return _coco(task, Path(cache_dir), n, job.seed, where)
+    return rows[:n]

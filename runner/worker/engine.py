@@ -1,0 +1,269 @@
+"""Batched generation with measurements: prefill/visual/decode tokens, latency, time to first token,
+tokens/s and peak memory per device (torch's allocator peak per GPU on CUDA; process RSS sampled
+every few ms on CPU). Batches are left-padded so greedy outputs equal those of samples run one by one.
+An out-of-memory error (CUDA OOM, a CPU allocation failure, MemoryError) is turned into OutOfMemory
+after the memory it held is released, so the caller can record it and carry on."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import resource
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+class OutOfMemory(Exception):
+    """A batch ran out of memory; its memory has been released."""
+
+
+class Interrupted(Exception):
+    """Generation was cut short by a stop request (deadline, stop file, signal); discard the batch."""
+
+
+# --------------------------------------------------------------------------- memory
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _vm_size() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Memory:
+    """Peak memory over a region of code, per device. One sampler thread (started once, so that a
+    memory cap can never stop it from starting) watches RSS on CPU runs."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.gpus = list(range(torch.cuda.device_count())) if device == "cuda" else []
+        self._armed = threading.Event()
+        self._peak = 0
+        if not self.gpus:
+            threading.Thread(target=self._sample, name="rss-sampler", daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            self._armed.wait()
+            self._peak = max(self._peak, _rss())
+            time.sleep(0.005)
+
+    def current(self) -> list[dict]:
+        if self.gpus:
+            return [{"device": f"cuda:{i}", "bytes": int(torch.cuda.memory_allocated(i))} for i in self.gpus]
+        return [{"device": "cpu", "bytes": _rss()}]
+
+    @contextlib.contextmanager
+    def track(self, out: list):
+        """Fill `out` with [{"device", "bytes"}] peaks of the region."""
+        if self.gpus:
+            for i in self.gpus:
+                torch.cuda.reset_peak_memory_stats(i)
+        else:
+            self._peak = _rss()
+            self._armed.set()
+        try:
+            yield out
+        finally:
+            if self.gpus:
+                out[:] = [{"device": f"cuda:{i}", "bytes": int(torch.cuda.max_memory_allocated(i))} for i in self.gpus]
+            else:
+                self._armed.clear()
+                out[:] = [{"device": "cpu", "bytes": max(self._peak, _rss())}]
+
+    def free_bytes(self) -> int:
+        """Memory still available for batches (the smallest GPU's free memory; MemAvailable on CPU)."""
+        if self.gpus:
+            return min(torch.cuda.mem_get_info(i)[0] for i in self.gpus)
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    @contextlib.contextmanager
+    def cap(self, headroom_mib: int | None):
+        """Simulate a smaller card: allow only `headroom_mib` more than is in use now. CUDA: the
+        allocator's per-process fraction; CPU: the address-space limit (allocations beyond it fail
+        for real, as on a full card)."""
+        if not headroom_mib:
+            yield
+            return
+        extra = headroom_mib << 20
+        if self.gpus:
+            for i in self.gpus:
+                total = torch.cuda.get_device_properties(i).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, (torch.cuda.memory_allocated(i) + extra) / total), i)
+            try:
+                yield
+            finally:
+                for i in self.gpus:
+                    torch.cuda.set_per_process_memory_fraction(1.0, i)
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = _vm_size() + extra
+        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def is_oom(e: BaseException) -> bool:
+    if isinstance(e, MemoryError | torch.OutOfMemoryError):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg
+                                            or "cannot allocate memory" in msg)
+
+
+def release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- generation
+
+@dataclass
+class Request:
+    """One conversation to continue: chat messages (images/videos as placeholders) and their media."""
+
+    messages: list[dict]
+    images: list = field(default_factory=list)
+    videos: list = field(default_factory=list)  # np.ndarray [T, H, W, 3]
+    video_metadata: list = field(default_factory=list)  # dicts: fps, frames_indices, total_num_frames, ...
+
+
+@dataclass
+class Output:
+    text: str
+    prefill_tokens: int
+    visual_tokens: int
+    decode_tokens: int
+
+
+@dataclass
+class Batch:
+    outputs: list[Output]
+    latency_s: float
+    ttft_s: float
+    peak_memory: list[dict]
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(m["bytes"] for m in self.peak_memory)
+
+    @property
+    def decode_tokens(self) -> int:
+        return sum(o.decode_tokens for o in self.outputs)
+
+
+class _Clock:
+    """A stopping criterion that timestamps the first generated token and obeys stop requests."""
+
+    def __init__(self, should_stop):
+        self.first: float | None = None
+        self.should_stop = should_stop
+        self.stopped = False
+
+    def __call__(self, input_ids, scores, **kwargs):
+        if self.first is None:
+            self.first = time.perf_counter()
+        if self.should_stop():
+            self.stopped = True
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class Engine:
+    def __init__(self, loaded, memory: Memory, generation: dict, image_limits: dict, seed: int, should_stop):
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.memory = memory
+        self.generation = generation
+        self.image_limits = image_limits
+        self.seed = seed
+        self.should_stop = should_stop
+        tok = self.processor.tokenizer
+        cfg = self.model.config
+        self.visual_ids = {getattr(cfg, "image_token_id", None), getattr(cfg, "video_token_id", None)} - {None}
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tok.eos_token_id}
+        self.pad_id = tok.pad_token_id
+
+    def _inputs(self, requests: list[Request], image_limits: dict):
+        texts = [self.processor.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
+                 for r in requests]
+        kwargs = {"text": texts, "padding": True, "return_tensors": "pt"}
+        images = [im for r in requests for im in r.images]
+        if images:
+            kwargs["images"] = images
+            kwargs["images_kwargs"] = {"size": {"shortest_edge": image_limits["min_pixels"],
+                                                "longest_edge": image_limits["max_pixels"]}}
+        videos = [v for r in requests for v in r.videos]
+        if videos:
+            from transformers.video_utils import VideoMetadata
+
+            kwargs["videos"] = videos
+            kwargs["video_metadata"] = [VideoMetadata(**m) for r in requests for m in r.video_metadata]
+            kwargs["videos_kwargs"] = {"do_sample_frames": False}
+        return self.processor(**kwargs)
+
+    def run(self, requests: list[Request], max_new_tokens: int, image_limits: dict | None = None) -> Batch:
+        """Generate for a batch. Raises OutOfMemory (memory released) or Interrupted."""
+        oom = ""
+        peak: list = []
+        try:
+            with self.memory.track(peak):
+                batch = self._run(requests, max_new_tokens, image_limits or self.image_limits)
+        except Interrupted:
+            raise
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            oom = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+        if oom:
+            release()  # outside the except block: the traceback no longer pins the batch's tensors
+            raise OutOfMemory(oom)
+        batch.peak_memory = peak
+        return batch
+
+    def _run(self, requests, max_new_tokens, image_limits) -> Batch:
+        device = next(self.model.parameters()).device
+        started = time.perf_counter()
+        enc = self._inputs(requests, image_limits).to(device)
+        gen = dict(self.generation, max_new_tokens=max_new_tokens)
+        if not gen.get("do_sample"):
+            gen = {k: v for k, v in gen.items() if k not in ("top_p", "top_k", "temperature")}
+        else:
+            torch.manual_seed(self.seed)
+        clock = _Clock(self.should_stop)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **gen, pad_token_id=self.pad_id, stopping_criteria=[clock])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        latency = time.perf_counter() - started
+        if clock.stopped:
+            raise Interrupted()
+        prompt_len = enc["input_ids"].shape[1]
+        outputs = []
+        for i in range(len(requests)):
+            generated = out[i, prompt_len:].tolist()
+            n = next((j + 1 for j, t in enumerate(generated) if t in self.eos_ids), len(generated))
+            ids = enc["input_ids"][i]
+            mask = enc["attention_mask"][i].bool()
+            outputs.append(Output(
+                text=self.processor.tokenizer.decode(generated[:n], skip_special_tokens=True).strip(),
+                prefill_tokens=int(mask.sum()),
+                visual_tokens=int(sum(int((ids[mask] == v).sum()) for v in self.visual_ids)),
+                decode_tokens=n))
+        ttft = (clock.first or time.perf_counter()) - started
+        return Batch(outputs=outputs, latency_s=latency, ttft_s=ttft, peak_memory=[])

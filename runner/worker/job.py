@@ -1,0 +1,211 @@
+"""`job.json`, schema `gpubudget.job/1`: what the controller asks the worker to do. Parsed strictly with
+the stdlib (the worker carries no pydantic): an unknown key, a missing key or a wrong type is a
+JobError naming the field, so a controller/worker version mismatch fails loudly before any GPU time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMA = "gpubudget.job/1"
+QUANTS = ("fp32", "fp16", "bf16", "int8", "nf4")
+KINDS = ("caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify")
+DATASET_KINDS = ("builtin", "local", "url", "synthetic")
+
+
+class JobError(ValueError):
+    """job.json is malformed; the message names the field."""
+
+
+@dataclass
+class Dataset:
+    kind: str
+    name: str = ""
+    path: str = ""
+    url: str = ""
+    sha256: str = ""
+
+
+@dataclass
+class Video:
+    duration_s: float = 10.0
+    source_fps: float = 30.0
+    fps: float = 1.0
+    max_frames: int = 768
+    min_frames: int = 4
+    frame_size: tuple[int, int] = (640, 360)
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str
+    samples: int = 1
+    image_size: tuple[int, int] = (640, 480)
+    resolutions: list[tuple[int, int]] = field(default_factory=list)
+    prompt: str = ""
+    max_new_tokens: int | None = None
+    turns: int = 1
+    video: Video | None = None
+    of_task: str = ""
+    dataset: Dataset = field(default_factory=lambda: Dataset("synthetic"))
+    metrics: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Model:
+    name: str
+    source: str  # a local directory or a hub id
+    recipe: str = ""  # "tiny-random-qwen3-vl": build it at `source` if it is not there
+    revision: str = ""
+
+
+@dataclass
+class Job:
+    run_id: str
+    model: Model
+    quantization: str
+    tasks: list[Task]
+    double_quant: bool = True
+    keep_vision_16bit: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    max_memory: dict[str, str] = field(default_factory=dict)
+    generation: dict = field(default_factory=lambda: {"max_new_tokens": 128, "do_sample": False})
+    image_limits: dict = field(default_factory=lambda: {"min_pixels": 65536, "max_pixels": 16777216})
+    batch_size: int | str = 1  # or "auto": sized from free memory after the first batch
+    seed: int = 0
+    deadline: dt.datetime | None = None
+    limit: int | None = None  # at most this many samples per task (smoke runs)
+    heartbeat_s: float = 10.0
+    sweep_memory_cap_mib: int | None = None  # simulate a smaller card during the memory sweep
+    cache_dir: str = ""  # downloads; default <out>/cache
+
+    def task(self, name: str) -> Task:
+        return next(t for t in self.tasks if t.name == name)
+
+
+def _take(doc: dict, where: str, spec: dict[str, tuple[type | tuple, bool]]) -> dict:
+    if not isinstance(doc, dict):
+        raise JobError(f"{where}: expected an object, got {type(doc).__name__}")
+    unknown = sorted(set(doc) - set(spec))
+    if unknown:
+        raise JobError(f"{where}.{unknown[0]}: unknown field (this worker reads {SCHEMA})")
+    out = {}
+    for key, (types, required) in spec.items():
+        if key not in doc:
+            if required:
+                raise JobError(f"{where}.{key}: missing")
+            continue
+        value = doc[key]
+        if value is not None and not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+            raise JobError(f"{where}.{key}: expected {_names(types)}, got {json.dumps(value)[:40]}")
+        out[key] = value
+    return out
+
+
+def _tuple(types) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _names(types) -> str:
+    return " or ".join(t.__name__ for t in _tuple(types))
+
+
+def _size(value, where: str) -> tuple[int, int]:
+    if (not isinstance(value, list | tuple) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise JobError(f"{where}: expected [width, height] in pixels, got {json.dumps(value)}")
+    return int(value[0]), int(value[1])
+
+
+def _task(doc: dict, where: str) -> Task:
+    d = _take(doc, where, {
+        "name": (str, True), "kind": (str, True), "samples": (int, False), "image_size": (list, False),
+        "resolutions": (list, False), "prompt": (str, False), "max_new_tokens": (int, False), "turns": (int, False),
+        "video": (dict, False), "of_task": (str, False), "dataset": (dict, False), "metrics": (list, False),
+    })
+    if d["kind"] not in KINDS:
+        raise JobError(f"{where}.kind: {d['kind']!r} is not one of {', '.join(KINDS)}")
+    if "image_size" in d:
+        d["image_size"] = _size(d["image_size"], f"{where}.image_size")
+    d["resolutions"] = [_size(r, f"{where}.resolutions[{i}]") for i, r in enumerate(d.get("resolutions") or [])]
+    if d.get("video") is not None:
+        v = _take(d["video"], f"{where}.video", {
+            "duration_s": ((int, float), False), "source_fps": ((int, float), False), "fps": ((int, float), False),
+            "max_frames": (int, False), "min_frames": (int, False), "frame_size": (list, False)})
+        if "frame_size" in v:
+            v["frame_size"] = _size(v["frame_size"], f"{where}.video.frame_size")
+        d["video"] = Video(**v)
+    if "dataset" in d:
+        ds = _take(d["dataset"], f"{where}.dataset", {k: (str, k == "kind") for k in ("kind", "name", "path", "url", "sha256")})
+        if ds["kind"] not in DATASET_KINDS:
+            raise JobError(f"{where}.dataset.kind: {ds['kind']!r} is not one of {', '.join(DATASET_KINDS)}")
+        d["dataset"] = Dataset(**ds)
+    for key in ("samples", "turns", "max_new_tokens"):
+        if d.get(key) is not None and d[key] < 1:
+            raise JobError(f"{where}.{key}: must be at least 1")
+    if d["kind"] == "memory_sweep" and not d["resolutions"]:
+        raise JobError(f"{where}.resolutions: a memory_sweep needs at least one [width, height]")
+    if d["kind"] == "video" and d.get("video") is None:
+        d["video"] = Video()
+    return Task(**{k: v for k, v in d.items() if v is not None})
+
+
+def parse(doc: dict) -> Job:
+    """Validate a job document (already JSON-decoded) into a Job."""
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        got = doc.get("schema") if isinstance(doc, dict) else None
+        raise JobError(f"schema: expected {SCHEMA!r}, got {got!r} (controller and worker versions differ)")
+    d = _take({k: v for k, v in doc.items() if k != "schema"}, "job", {
+        "run_id": (str, True), "model": (dict, True), "quantization": (str, True), "tasks": (list, True),
+        "double_quant": (bool, False), "keep_vision_16bit": (bool, False), "device": (str, False),
+        "max_memory": (dict, False), "generation": (dict, False), "image_limits": (dict, False),
+        "batch_size": ((int, str), False), "seed": (int, False), "deadline": (str, False), "limit": (int, False),
+        "heartbeat_s": ((int, float), False), "sweep_memory_cap_mib": (int, False), "cache_dir": (str, False),
+    })
+    d["model"] = Model(**_take(d["model"], "job.model", {k: (str, k in ("name", "source"))
+                                                            for k in ("name", "source", "recipe", "revision")}))
+    if d["quantization"] not in QUANTS:
+        raise JobError(f"job.quantization: {d['quantization']!r} is not one of {', '.join(QUANTS)}")
+    if d.get("device", "auto") not in ("auto", "cpu", "cuda"):
+        raise JobError(f"job.device: {d['device']!r} is not auto, cpu or cuda")
+    if not d["tasks"]:
+        raise JobError("job.tasks: at least one task")
+    d["tasks"] = [_task(t, f"job.tasks[{i}]") for i, t in enumerate(d["tasks"])]
+    names = [t.name for t in d["tasks"]]
+    if len(set(names)) != len(names):
+        raise JobError("job.tasks: task names must be unique")
+    for t in d["tasks"]:
+        if t.kind == "fp16_verify" and t.of_task not in names:
+            raise JobError(f"job.tasks.{t.name}.of_task: {t.of_task!r} is not a task of this job")
+    bs = d.get("batch_size", 1)
+    if not (bs == "auto" or isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1):
+        raise JobError(f"job.batch_size: a positive integer or \"auto\", got {json.dumps(bs)}")
+    if d.get("deadline"):
+        try:
+            deadline = dt.datetime.fromisoformat(d["deadline"])
+        except ValueError:
+            raise JobError(f"job.deadline: {d['deadline']!r} is not an ISO 8601 time") from None
+        if deadline.tzinfo is None:
+            raise JobError("job.deadline: give a time zone (e.g. 2026-11-25T20:00:00Z)")
+        d["deadline"] = deadline
+    if d.get("limit") is not None and d["limit"] < 1:
+        raise JobError("job.limit: must be at least 1")
+    gen = d.get("generation") or {}
+    allowed = {"max_new_tokens", "num_beams", "do_sample", "top_p", "temperature", "top_k", "repetition_penalty"}
+    if set(gen) - allowed:
+        raise JobError(f"job.generation.{min(set(gen) - allowed)}: unknown field")
+    d["generation"] = {"max_new_tokens": 128, "do_sample": False, **gen}
+    return Job(**{k: v for k, v in d.items() if v is not None})
+
+
+def load(path: Path) -> Job:
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise JobError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise JobError(f"{path} is not JSON: {e}") from None
+    return parse(doc)

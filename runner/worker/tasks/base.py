@@ -1,0 +1,106 @@
+"""What every task kind shares. A kind is a module with `prepare(ctx, task, samples)` (optional),
+`run_batch(ctx, task, samples) -> list[dict]` (one result line per sample) and
+`summarize(task, lines) -> dict`; single-turn image kinds only define PROMPT and `score()`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from ..engine import Batch, Engine, Memory, OutOfMemory, Output, Request
+
+
+@dataclass
+class Context:
+    job: object
+    engine: Engine
+    memory: Memory
+    quantization: str
+    attempt: int
+    results_dir: object
+    extra: dict = field(default_factory=dict)
+
+    def max_new_tokens(self, task) -> int:
+        return task.max_new_tokens or self.job.generation["max_new_tokens"]
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def image_request(prompt: str, image) -> Request:
+    content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": prompt}]
+    return Request(messages=[{"role": "user", "content": content}], images=[image] if image is not None else [])
+
+
+def load_image(src):
+    from PIL import Image
+
+    if hasattr(src, "convert"):
+        return src.convert("RGB")
+    with Image.open(src) as im:
+        return im.convert("RGB")
+
+
+def measures(out: Output, batch: Batch, batch_size: int) -> dict:
+    """The measurements every result line carries. latency_s is the whole batch's (what the sample
+    waited); tokens_per_s is the batch's decode throughput."""
+    return {
+        "prefill_tokens": out.prefill_tokens, "visual_tokens": out.visual_tokens, "decode_tokens": out.decode_tokens,
+        "latency_s": round(batch.latency_s, 4), "ttft_s": round(batch.ttft_s, 4), "batch_size": batch_size,
+        "tokens_per_s": round(batch.decode_tokens / batch.latency_s, 2) if batch.latency_s > 0 else None,
+        "peak_memory": batch.peak_memory, "peak_memory_bytes": batch.peak_bytes,
+    }
+
+
+def line(ctx: Context, task, sample_id: str, **fields) -> dict:
+    return {"id": sample_id, "task": task.name, "kind": task.kind, "quantization": ctx.quantization,
+            "attempt": ctx.attempt, **fields, "finished_at": now()}
+
+
+def oom_line(ctx: Context, task, sample_id: str, error: str, **fields) -> dict:
+    return line(ctx, task, sample_id, status="oom", error=error, **fields)
+
+
+def single_turn(ctx: Context, task, samples, prompt_of, score) -> list[dict]:
+    """Run one image+prompt turn per sample as a batch; an OOM is retried in halves down to one
+    sample, and a single sample that still does not fit is recorded as `status: oom`."""
+    requests = [image_request(prompt_of(s), load_image(s.image) if s.image is not None else None) for s in samples]
+    try:
+        batch = ctx.engine.run(requests, ctx.max_new_tokens(task))
+    except OutOfMemory as e:
+        if len(samples) == 1:
+            return [oom_line(ctx, task, samples[0].id, str(e), prompt=prompt_of(samples[0]))]
+        half = len(samples) // 2
+        return (single_turn(ctx, task, samples[:half], prompt_of, score)
+                + single_turn(ctx, task, samples[half:], prompt_of, score))
+    lines = []
+    for s, out in zip(samples, batch.outputs, strict=True):
+        lines.append(line(ctx, task, s.id, status="ok", prompt=prompt_of(s), prediction=out.text,
+                          **score(s, out.text), **measures(out, batch, len(samples))))
+    return lines
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return round(sum(xs) / len(xs), 6) if xs else None
+
+
+def accounting(lines: list[dict]) -> dict:
+    """Totals every task summary carries, recomputed from the result lines (so resumed runs add up)."""
+    ok = [x for x in lines if x.get("status") == "ok"]
+    # Each line carries its batch's latency: a batch took latency_s once, shared by batch_size lines.
+    busy = sum(x["latency_s"] / x["batch_size"] for x in ok)
+    decode = sum(x["decode_tokens"] for x in ok)
+    return {
+        "done": len(lines), "ok": len(ok), "oom": sum(x.get("status") == "oom" for x in lines),
+        "prefill_tokens": sum(x["prefill_tokens"] for x in ok), "visual_tokens": sum(x["visual_tokens"] for x in ok),
+        "decode_tokens": decode, "busy_s": round(busy, 4),
+        "samples_per_s": round(len(ok) / busy, 4) if busy else None,
+        "decode_tokens_per_s": round(decode / busy, 2) if busy else None,
+        "mean_latency_s": _mean(x["latency_s"] for x in ok), "mean_ttft_s": _mean(x["ttft_s"] for x in ok),
+        "peak_memory_bytes": max((x["peak_memory_bytes"] for x in ok), default=None),
+    }
+
+
+mean = _mean

@@ -1,0 +1,40 @@
+"""FP16 verification: re-run a subset of another task's samples on the 16-bit model and measure how
+often the quantized answers agree with it (normalized exact match and token F1). The worker runs
+these tasks last, after unloading the quantized model, so the 16-bit model only needs the memory
+the quantized one had freed; when it cannot fit, the task is skipped with the reason."""
+
+from __future__ import annotations
+
+from .. import metrics
+from . import base
+
+SINGLE_TURN = ("caption", "document", "poetry")
+
+
+def run_batch(ctx, task, samples):
+    quantized = ctx.extra["quantized_lines"]  # id -> the of_task's result line
+    images = [base.load_image(s.image) for s in samples]
+    requests = [base.image_request(quantized[s.id]["prompt"], im) for s, im in zip(samples, images, strict=True)]
+    try:
+        batch = ctx.engine.run(requests, ctx.max_new_tokens(ctx.job.task(task.of_task)))
+    except base.OutOfMemory as e:
+        if len(samples) == 1:
+            return [base.oom_line(ctx, task, samples[0].id, str(e))]
+        half = len(samples) // 2
+        return run_batch(ctx, task, samples[:half]) + run_batch(ctx, task, samples[half:])
+    lines = []
+    for s, out in zip(samples, batch.outputs, strict=True):
+        q = quantized[s.id]["prediction"]
+        lines.append(base.line(ctx, task, s.id, status="ok", prompt=quantized[s.id]["prompt"], prediction=out.text,
+                               quantized_prediction=q, quantized_as=quantized[s.id]["quantization"],
+                               agree=metrics.exact_match(q, out.text), agreement_f1=round(metrics.token_f1(q, out.text), 6),
+                               **base.measures(out, batch, len(samples))))
+    return lines
+
+
+def summarize(task, lines):
+    out = base.accounting(lines)
+    ok = [x for x in lines if x["status"] == "ok"]
+    out["agreement"] = base.mean(1.0 if x["agree"] else 0.0 for x in ok)
+    out["agreement_f1"] = base.mean(x["agreement_f1"] for x in ok)
+    return out

@@ -1,0 +1,85 @@
+"""Video: frames sampled at the plan's fps (default 1) with a frame cap, fed with their timestamps;
+per clip the frames kept, the visual tokens and the peak memory."""
+
+from __future__ import annotations
+
+from .. import datasets
+from ..engine import OutOfMemory, Request
+from . import base
+
+PROMPT = "Describe what happens in this video."
+
+
+def frame_indices(total: int, source_fps: float, fps: float, min_frames: int, max_frames: int) -> list[int]:
+    """Indices of the frames to keep: `fps` per second of a `source_fps` clip, at least `min_frames`,
+    at most `max_frames`, an even count (two frames form one temporal patch), spread over the clip."""
+    duration = total / source_fps
+    n = max(min_frames, min(max_frames, round(duration * fps)))
+    n = max(2, min(n, total) // 2 * 2) if total >= 2 else total
+    if n * source_fps / fps <= total:
+        step = source_fps / fps
+        return [int(i * step) for i in range(n)]
+    return [round(i * (total - 1) / max(1, n - 1)) for i in range(n)]
+
+
+def load(sample, spec):
+    """(frames [T,H,W,3] uint8, metadata dict for the processor)."""
+    import numpy as np
+
+    src = sample.video
+    if isinstance(src, tuple) and src[0] == "synthetic":
+        total = round(spec.duration_s * spec.source_fps)
+        idx = frame_indices(total, spec.source_fps, spec.fps, spec.min_frames, spec.max_frames)
+        frames = datasets.synthetic_frames(src[1], spec.frame_size, idx)
+        fps = spec.source_fps
+    elif isinstance(src, list):  # a list of frame images
+        fps = float(sample.fps or spec.source_fps)
+        idx = frame_indices(len(src), fps, spec.fps, spec.min_frames, spec.max_frames)
+        frames = np.stack([np.asarray(base.load_image(src[i])) for i in idx])
+        total = len(src)
+    else:
+        frames, idx, total, fps = _decode(src, spec)
+    h, w = frames.shape[1:3]
+    return frames, {"total_num_frames": total, "fps": fps, "frames_indices": idx, "duration": total / fps,
+                    "width": w, "height": h}
+
+
+def _decode(path, spec):
+    import numpy as np
+
+    try:
+        import av
+    except ImportError:
+        raise datasets.DatasetError("video files need PyAV on the instance (pip install av)") from None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or spec.source_fps)
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    idx = frame_indices(len(frames), fps, spec.fps, spec.min_frames, spec.max_frames)
+    return np.stack([frames[i] for i in idx]), idx, len(frames), fps
+
+
+def run_batch(ctx, task, samples):
+    loaded = [load(s, task.video) for s in samples]
+    prompt = task.prompt or PROMPT
+    requests = [Request(messages=[{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": s.prompt or prompt}]}],
+                        videos=[frames], video_metadata=[meta]) for s, (frames, meta) in zip(samples, loaded, strict=True)]
+    try:
+        batch = ctx.engine.run(requests, ctx.max_new_tokens(task))
+    except OutOfMemory as e:
+        if len(samples) == 1:
+            return [base.oom_line(ctx, task, samples[0].id, str(e), frames=len(loaded[0][1]["frames_indices"]))]
+        half = len(samples) // 2
+        return run_batch(ctx, task, samples[:half]) + run_batch(ctx, task, samples[half:])
+    return [base.line(ctx, task, s.id, status="ok", prompt=s.prompt or prompt, prediction=out.text,
+                      frames=len(meta["frames_indices"]), frame_indices=meta["frames_indices"],
+                      source_fps=meta["fps"], **base.measures(out, batch, len(samples)))
+            for s, (_, meta), out in zip(samples, loaded, batch.outputs, strict=True)]
+
+
+def summarize(task, lines):
+    out = base.accounting(lines)
+    ok = [x for x in lines if x["status"] == "ok"]
+    out["mean_frames"] = base.mean(x["frames"] for x in ok)
+    out["mean_visual_tokens"] = base.mean(x["visual_tokens"] for x in ok)
+    return out
