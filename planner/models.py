@@ -167,6 +167,7 @@ class Task(Model):
     image_size: tuple[int, int] = (640, 480)
     resolutions: list[tuple[int, int]] = []
     prompt_tokens: int = Field(default=32, ge=1)
+    prompt: str = ""  # the worker's default for the kind when empty; a dataset line's own prompt wins
     max_new_tokens: int | None = Field(default=None, gt=0)
     turns: int = Field(default=1, ge=1)
     video: VideoSpec | None = None

@@ -44,11 +44,19 @@ def parse_plan(text: str, label: str) -> EvalPlan:
         raise PlanError(f"{label}:{field}: {msg}{more}", "see plans/qwen3-vl-8b.yaml for the schema by example") from None
 
 
-def load_plan(path: str | Path | None) -> EvalPlan:
-    """Load a plan file; None loads the bundled default (the seed's Qwen3-VL-8B evaluation)."""
+def plan_file(path: str | Path | None) -> Path:
+    """Where a plan argument points: the file itself, else the bundled plan of that name (so
+    `plans/smoke.yaml` works from any directory), None: the bundled default. Relative dataset paths
+    in a plan are relative to this file's directory."""
     p = bundled_plan() if path is None else Path(path)
     if not p.is_file() and path is not None and (bundled_plan(Path(path).name)).is_file():
-        p = bundled_plan(Path(path).name)  # `plans/smoke.yaml` works from any directory
+        p = bundled_plan(Path(path).name)
+    return p
+
+
+def load_plan(path: str | Path | None) -> EvalPlan:
+    """Load a plan file; None loads the bundled default (the seed's Qwen3-VL-8B evaluation)."""
+    p = plan_file(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -5,6 +5,7 @@ traceback. Only this module imports typer."""
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import sys
 from decimal import Decimal, InvalidOperation
@@ -148,6 +149,44 @@ def model_inspect(
     spec = load_config(p) if p.exists() else _catalog().model(model)
     r = inspect_model(spec)
     render.json_doc(r) if as_json else render.inspect(r)
+
+
+@app.command("eval")
+def eval_cmd(
+    plan: Annotated[Path, typer.Argument(help="Plan YAML, e.g. plans/smoke.yaml.")],
+    model_path: Annotated[Path | None, typer.Option("--model-path", help="Load the model from this directory.")] = None,
+    quant: Annotated[str | None, typer.Option("--quant", help="nf4, int8, fp16, bf16 or fp32 (default: the plan's first).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: $BUDGET_HOME/evals/PLAN-QUANT).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N samples per task.")] = None,
+    batch_size: Annotated[str | None, typer.Option("--batch-size", help="Samples per batch, or auto (default: the plan's).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")] = "auto",
+    fresh: Annotated[bool, typer.Option("--fresh", help="Discard earlier results in --out instead of resuming.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a plan's evaluation on this machine (no provider, no ledger); rerun to resume."""
+    from planner.plans import load_plan, plan_file
+
+    from . import evaluate, jobs, render
+
+    ev = load_plan(plan)
+    q = (quant or ev.quantizations[0]).lower()
+    if device not in ("auto", "cuda", "cpu"):
+        raise InputError(f"--device {device!r} is not auto, cuda or cpu", "e.g. --device cpu")
+    bs: int | str | None = None
+    if batch_size is not None:
+        if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
+            raise InputError(f"--batch-size {batch_size!r} is not a positive integer or auto", "e.g. --batch-size 4")
+        bs = batch_size if batch_size == "auto" else int(batch_size)
+    job = jobs.build(ev, plan_file(plan), _catalog(), budget_home(), quantization=q, model_path=model_path,
+                     limit=limit, batch_size=bs, device=device)
+    out_dir = out or budget_home() / "evals" / f"{ev.name}-{q}"
+    evaluate.prepare(out_dir, job, fresh)
+    with render.EvalProgress() as bar:
+        outcome = evaluate.run(out_dir, bar.update)
+    if outcome.summary:
+        sys.stdout.write(json.dumps(outcome.summary, indent=1, ensure_ascii=False) + "\n") if as_json \
+            else render.eval_summary(outcome.summary, str(out_dir))
+    evaluate.check(outcome)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -164,3 +164,64 @@ def inspect(r: InspectReport) -> None:
     out.print(w)
     out.print(f"KV cache: {r.kv_cache_kib_per_token:g} KiB per token (16-bit). Add KV cache, activations and the "
               "CUDA context for a real peak: `budget plan` does.")
+
+
+# --------------------------------------------------------------------------- budget eval
+
+_METRICS = (("bleu4", "BLEU-4"), ("cider_d", "CIDEr-D"), ("anls", "ANLS"), ("keyword_recall", "keyword recall"),
+            ("consistency", "consistency"), ("agreement", "agreement"), ("mean_frames", "frames/clip"))
+
+
+class EvalProgress:
+    """A progress bar on stderr driven by the worker's status.json."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=err, transient=False)
+        self.bar = self.progress.add_task("starting", total=None)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def update(self, status: dict) -> None:
+        tasks = status.get("tasks") or {}
+        done = sum(t.get("done", 0) for t in tasks.values())
+        total = sum(t.get("total", 0) for t in tasks.values()) or None
+        mem = status.get("peak_memory_bytes") or 0
+        desc = f"{status.get('phase', '?')}"
+        if status.get("task"):
+            desc += f" {status['task']}"
+        desc += f" | {status.get('tokens', {}).get('decode', 0)} tokens out | peak {_gib(mem)}"
+        self.progress.update(self.bar, description=desc, completed=done, total=total)
+
+
+def eval_summary(summary: dict, out_dir: str) -> None:
+    loads = summary.get("loads") or []
+    for ld in loads:
+        mem = ", ".join(f"{m['device']} {_gib(m['bytes'])}" for m in ld["memory_after_load"])
+        out.print(f"loaded {summary.get('model')} as {ld['quantization']} ({ld['dtype']}) on {ld['device']} in "
+                  f"{ld['load_s']:.1f} s; weights {_gib(ld['footprint_bytes'])}; memory after load: {mem}")
+    t = Table(title=f"Results in {out_dir}", title_justify="left")
+    for col in ("task", "kind", "done", "ok", "OOM", "metric", "samples/s", "decode tok/s", "peak memory"):
+        t.add_column(col, justify="left" if col in ("task", "kind", "metric") else "right")
+    for name, s in (summary.get("tasks") or {}).items():
+        metric = ", ".join(f"{label} {s[k]:.3f}" for k, label in _METRICS if s.get(k) is not None)
+        if s.get("skipped"):
+            metric = f"skipped: {s['skipped']}"
+        if s.get("largest_ok"):
+            metric = "largest OK " + "x".join(map(str, s["largest_ok"])) + " px"
+        t.add_row(name, s["kind"], f"{s['done']}/{s.get('total') or s['done']}", str(s["ok"]), str(s["oom"]),
+                  metric or "-", "-" if s.get("samples_per_s") is None else f"{s['samples_per_s']:.2f}",
+                  "-" if s.get("decode_tokens_per_s") is None else f"{s['decode_tokens_per_s']:.1f}",
+                  "-" if s.get("peak_memory_bytes") is None else _gib(s["peak_memory_bytes"]))
+    out.print(t)
+    state = "complete" if summary.get("complete") else f"stopped: {summary.get('stopped')}" if summary.get("stopped") \
+        else "incomplete"
+    out.print(f"{state}; elapsed {summary.get('elapsed_s', 0):.1f} s (attempt {summary.get('attempt')}); "
+              f"per-sample lines in {out_dir}/results/")

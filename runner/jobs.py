@@ -1,0 +1,90 @@
+"""Turn a plan (planner.models.EvalPlan) into the worker's `job.json` (schema gpubudget.job/1). This is
+the one place the controller's vocabulary meets the worker's: the worker never imports the planner."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+from planner.catalog import Catalog
+from planner.errors import InputError
+from planner.models import EvalPlan
+
+SCHEMA = "gpubudget.job/1"
+TINY = "tiny-random-qwen3-vl"
+WORKER_QUANTS = ("fp32", "fp16", "bf16", "int8", "nf4")
+
+
+def model_source(plan: EvalPlan, catalog: Catalog, model_path: Path | None, home: Path) -> dict:
+    """Where the worker loads the model from: --model-path, the tiny model built on demand under
+    $BUDGET_HOME/models, or the catalog entry's hub id (downloaded on the instance)."""
+    if model_path is not None:
+        if not (Path(model_path) / "config.json").is_file():
+            raise InputError(f"--model-path {model_path}: no config.json there",
+                             "point it at a directory saved by save_pretrained (config, weights, processor)")
+        return {"name": plan.model, "source": str(Path(model_path).resolve())}
+    spec = catalog.model(plan.model)
+    if spec.name == TINY:
+        return {"name": TINY, "source": str((home / "models" / TINY).resolve()), "recipe": TINY}
+    if not spec.hf_id:
+        raise InputError(f"model {spec.name} has no hub id in the catalog", "pass --model-path DIR")
+    return {"name": spec.name, "source": spec.hf_id}
+
+
+def _task(task, plan_dir: Path) -> dict:
+    d = task.model_dump(exclude={"prompt_tokens"}, exclude_defaults=False)
+    d["image_size"] = list(task.image_size)
+    d["resolutions"] = [list(r) for r in task.resolutions]
+    if task.video is not None:
+        d["video"] = dict(task.video.model_dump(), frame_size=list(task.video.frame_size))
+    else:
+        d.pop("video")
+    if task.max_new_tokens is None:
+        d.pop("max_new_tokens")
+    ds = task.dataset.model_dump() if task.dataset else {"kind": "synthetic"}
+    if ds["kind"] == "local":
+        path = Path(ds["path"])
+        path = path if path.is_absolute() else plan_dir / path
+        if not path.is_file():
+            raise InputError(f"task {task.name}: dataset manifest {ds['path']} not found (looked at {path})",
+                             "create it (one JSON line per sample: id, image, prompt, references/answers/keywords/"
+                             "turns; see README) or point the plan's dataset.path at yours")
+        ds["path"] = str(path.resolve())
+    d["dataset"] = {k: v for k, v in ds.items() if v}
+    return d
+
+
+def build(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, quantization: str,
+          model_path: Path | None = None, limit: int | None = None, batch_size: int | str | None = None,
+          device: str = "auto", run_id: str = "", deadline: dt.datetime | None = None,
+          max_memory: dict[str, str] | None = None) -> dict:
+    """The job document for running `plan` once in `quantization`."""
+    if quantization not in WORKER_QUANTS:
+        raise InputError(f"unknown quantization {quantization!r}", "use one of " + ", ".join(WORKER_QUANTS))
+    doc = {
+        "schema": SCHEMA, "run_id": run_id,
+        "model": model_source(plan, catalog, model_path, home),
+        "quantization": quantization, "double_quant": plan.double_quant,
+        "keep_vision_16bit": plan.keep_vision_16bit, "device": device,
+        "generation": plan.generation.model_dump(),
+        "image_limits": plan.image_limits.model_dump(),
+        "batch_size": batch_size or plan.batch_size, "seed": plan.seed,
+        "tasks": [_task(t, plan_path.parent) for t in plan.tasks],
+    }
+    if limit is not None:
+        doc["limit"] = limit
+    if deadline is not None:
+        doc["deadline"] = deadline.astimezone(dt.UTC).isoformat()
+    if max_memory:
+        doc["max_memory"] = max_memory
+    if not run_id:
+        doc["run_id"] = "eval-" + fingerprint(doc)[:12]
+    return doc
+
+
+def fingerprint(job: dict) -> str:
+    """What makes two jobs the same work (their results can be shared): everything but run id and deadline."""
+    core = {k: v for k, v in job.items() if k not in ("run_id", "deadline")}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
