@@ -183,7 +183,7 @@ def eval_cmd(
     evaluate.prepare(out_dir, job, fresh)
     with render.EvalProgress() as bar:
         outcome = evaluate.run(out_dir, bar.update)
-    if outcome.summary:
+    if any(t.get("done") for t in (outcome.summary.get("tasks") or {}).values()):
         sys.stdout.write(json.dumps(outcome.summary, indent=1, ensure_ascii=False) + "\n") if as_json \
             else render.eval_summary(outcome.summary, str(out_dir))
     evaluate.check(outcome)

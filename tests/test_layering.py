@@ -38,3 +38,30 @@ def test_typer_and_rich_stay_in_their_modules():
             assert "typer" not in mods and "click" not in mods, f
         if f.name != "render.py":
             assert "rich" not in mods, f
+
+
+ALLOWED_WORKER = {"torch", "torchvision", "transformers", "accelerate", "bitsandbytes", "PIL", "av", "numpy",
+                  "tokenizers"}
+
+
+def test_worker_is_self_contained():
+    """runner/worker/ is shipped to the instance as files: stdlib + the ML stack only, relative imports
+    inside, nothing from the controller (planner, pydantic, yaml, rich, typer, boto3, paramiko)."""
+    for f in (REPO / "runner" / "worker").rglob("*.py"):
+        bad = {m for m in imports(f) if m not in ALLOWED_WORKER and m not in sys.stdlib_module_names}
+        assert not bad, f"{f.relative_to(REPO)} imports {bad}"
+
+
+def test_worker_runs_as_a_copied_directory(tmp_path):
+    """Copied away from the project (as on an instance), `python -m worker` starts and rejects a bad job
+    with one line and exit 2."""
+    import shutil
+    import subprocess
+
+    shutil.copytree(REPO / "runner" / "worker", tmp_path / "worker", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "job.json").write_text('{"schema": "gpubudget.job/0"}')
+    p = subprocess.run([sys.executable, "-m", "worker", "job.json", "out"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, check=False)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("worker: bad job: schema: expected 'gpubudget.job/1'")
+    assert '"phase": "failed"' in (tmp_path / "out" / "status.json").read_text()

@@ -37,23 +37,45 @@ def _vm_size() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class Memory:
-    """Peak memory over a region of code, per device. One sampler thread (started once, so that a
-    memory cap can never stop it from starting) watches RSS on CPU runs."""
+class _RssSampler:
+    """Samples this process' RSS every few ms while armed. One thread for the process, started on
+    first use, so that a memory cap in force later can never keep it from starting."""
 
-    def __init__(self, device: str):
-        self.device = device
-        self.gpus = list(range(torch.cuda.device_count())) if device == "cuda" else []
+    def __init__(self) -> None:
         self._armed = threading.Event()
         self._peak = 0
-        if not self.gpus:
-            threading.Thread(target=self._sample, name="rss-sampler", daemon=True).start()
+        self._thread: threading.Thread | None = None
 
-    def _sample(self) -> None:
+    def _loop(self) -> None:
         while True:
             self._armed.wait()
             self._peak = max(self._peak, _rss())
             time.sleep(0.005)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+            self._thread.start()
+
+    def arm(self) -> None:
+        self.start()
+        self._peak = _rss()
+        self._armed.set()
+
+    def disarm(self) -> int:
+        self._armed.clear()
+        return max(self._peak, _rss())
+
+
+_SAMPLER = _RssSampler()
+
+
+class Memory:
+    """Peak memory over a region of code, per device (allocator peak per GPU; sampled RSS on CPU)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.gpus = list(range(torch.cuda.device_count())) if device == "cuda" else []
 
     def current(self) -> list[dict]:
         if self.gpus:
@@ -67,16 +89,14 @@ class Memory:
             for i in self.gpus:
                 torch.cuda.reset_peak_memory_stats(i)
         else:
-            self._peak = _rss()
-            self._armed.set()
+            _SAMPLER.arm()
         try:
             yield out
         finally:
             if self.gpus:
                 out[:] = [{"device": f"cuda:{i}", "bytes": int(torch.cuda.max_memory_allocated(i))} for i in self.gpus]
             else:
-                self._armed.clear()
-                out[:] = [{"device": "cpu", "bytes": max(self._peak, _rss())}]
+                out[:] = [{"device": "cpu", "bytes": _SAMPLER.disarm()}]
 
     def free_bytes(self) -> int:
         """Memory still available for batches (the smallest GPU's free memory; MemAvailable on CPU)."""
@@ -97,6 +117,7 @@ class Memory:
             yield
             return
         extra = headroom_mib << 20
+        _SAMPLER.start()
         if self.gpus:
             for i in self.gpus:
                 total = torch.cuda.get_device_properties(i).total_memory
@@ -214,7 +235,9 @@ class Engine:
 
             kwargs["videos"] = videos
             kwargs["video_metadata"] = [VideoMetadata(**m) for r in requests for m in r.video_metadata]
-            kwargs["videos_kwargs"] = {"do_sample_frames": False}
+            # frames are sampled by us at the plan's fps; per-frame pixels follow the processor's size
+            # limits as they stand (transformers' default; its optional qwen-vl-utils cap is left off)
+            kwargs["videos_kwargs"] = {"do_sample_frames": False, "cap_pixels_per_frame": False}
         return self.processor(**kwargs)
 
     def run(self, requests: list[Request], max_new_tokens: int, image_limits: dict | None = None) -> Batch:

@@ -95,9 +95,17 @@ class Worker:
     # ------------------------------------------------------------------ main
 
     def main(self) -> int:
-        self._logging()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._signal)
+        handler = self._logging()
+        previous = {sig: signal.signal(sig, self._signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._main()
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            logging.getLogger("gpubudget").removeHandler(handler)
+            handler.close()
+
+    def _main(self) -> int:
         try:
             self.job = jobmod.load(self.job_path)
         except jobmod.JobError as e:
@@ -115,12 +123,13 @@ class Worker:
             return self._fail(f"{type(e).__name__}: {e}", EXIT_FAILED)
         return code
 
-    def _logging(self) -> None:
+    def _logging(self) -> logging.Handler:
         handler = logging.FileHandler(self.out / "worker.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root = logging.getLogger("gpubudget")
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+        return handler
 
     def _fail(self, message: str, code: int) -> int:
         log.error("failed: %s", message)
@@ -172,6 +181,8 @@ class Worker:
         from .tasks.base import Context
 
         job = self.job
+        if self.should_stop():  # e.g. restarted after the deadline: do not pay for a model load
+            raise Stopped()
         device = pick_device(job.device)
         memory = Memory(device)
         self.update(phase="loading", device=device)

@@ -6,6 +6,7 @@ with no download. The build is deterministic (seeded) and atomic (built aside, t
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -62,7 +63,8 @@ _CORPUS = [
 def config_dict() -> dict:
     """The model's config.json content (token ids follow the tokenizer built below)."""
     ids = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    return {
+    # deep copies: transformers edits nested config dicts (rope_scaling) in place
+    return copy.deepcopy({
         "architectures": ["Qwen3VLForConditionalGeneration"],
         "model_type": "qwen3_vl",
         "tie_word_embeddings": False,
@@ -72,7 +74,7 @@ def config_dict() -> dict:
         "video_token_id": ids["<|video_pad|>"],
         "vision_start_token_id": ids["<|vision_start|>"],
         "vision_end_token_id": ids["<|vision_end|>"],
-    }
+    })
 
 
 def _tokenizer():

@@ -1,0 +1,99 @@
+"""`budget eval`: the worker on this machine through the CLI — the smoke plan with no download,
+resume by rerunning, clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def budget(*args: str, cwd: Path, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, BUDGET_HOME=str(home), HF_HUB_OFFLINE="1", COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("budget-home")
+
+
+def test_smoke_plan_builds_the_tiny_model_and_runs_every_kind(home, tmp_path):
+    out = tmp_path / "smoke"
+    p = budget("eval", "plans/smoke.yaml", "--quant", "nf4", "--out", str(out), cwd=tmp_path, home=home)
+    assert p.returncode == 0, p.stderr
+    assert (home / "models" / "tiny-random-qwen3-vl" / "config.json").is_file()  # built offline on demand
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["quantization"] == "nf4"
+    kinds = {t["kind"] for t in summary["tasks"].values()}
+    assert kinds == {"caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify"}
+    assert all(t["done"] == t["total"] > 0 for t in summary["tasks"].values())
+    for name in summary["tasks"]:
+        assert name in p.stdout  # the results table
+    assert "GiB" in p.stdout and "complete" in p.stdout
+    assert "/" in p.stderr  # the progress bar (done/total) went to stderr
+
+    # Rerunning the same command resumes: nothing left to do, nothing recomputed.
+    before = (out / "results" / "captions.jsonl").read_bytes()
+    again = budget("eval", "plans/smoke.yaml", "--quant", "nf4", "--out", str(out), "--json", cwd=tmp_path, home=home)
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)  # exactly one JSON document
+    assert doc["attempt"] == 2 and doc["complete"] and doc["loads"] == []
+    assert (out / "results" / "captions.jsonl").read_bytes() == before
+
+
+def test_model_path_limit_and_batch_size(home, tmp_path, tiny_model):
+    out = tmp_path / "o"
+    p = budget("eval", "plans/smoke.yaml", "--model-path", str(tiny_model), "--quant", "fp32", "--limit", "1",
+               "--batch-size", "auto", "--out", str(out), "--json", cwd=tmp_path, home=home)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    job = json.loads((out / "job.json").read_text())
+    assert job["model"]["source"] == str(tiny_model.resolve()) and "recipe" not in job["model"]
+    assert all(t["done"] == t.get("total") for t in doc["tasks"].values() if "skipped" not in t)
+    assert doc["tasks"]["captions"]["done"] == 1 and doc["tasks"]["sweep"]["done"] == 3  # 1 per resolution
+    assert doc["batch_size"]["requested"] == "auto"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["plans/smoke.yaml", "--quant", "int4"], "unknown quantization 'int4'"),
+    (["plans/smoke.yaml", "--model-path", "/nonexistent"], "--model-path /nonexistent: no config.json there"),
+    (["plans/smoke.yaml", "--batch-size", "0"], "--batch-size '0' is not a positive integer or auto"),
+    (["plans/qwen3-vl-8b.yaml"], "task documents: dataset manifest data/documents.jsonl not found"),
+    (["nope.yaml"], "nope.yaml: no such plan file"),
+])
+def test_bad_input_is_one_line_exit_2(home, tmp_path, args, message):
+    p = budget("eval", *args, cwd=tmp_path, home=home, timeout=60)
+    assert p.returncode == 2, p.stderr
+    first = p.stderr.strip().splitlines()[0]
+    assert first.startswith("error:") and message in first, p.stderr
+    assert "hint:" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_other_job_in_out_dir_is_refused_then_fresh(home, tmp_path, tiny_model):
+    out = tmp_path / "o"
+    base = ["eval", "plans/smoke.yaml", "--model-path", str(tiny_model), "--limit", "1", "--out", str(out)]
+    assert budget(*base, "--quant", "fp32", cwd=tmp_path, home=home).returncode == 0
+    p = budget(*base, "--quant", "int8", cwd=tmp_path, home=home)
+    assert p.returncode == 2 and "holds results of a different job (differs in: quantization)" in p.stderr
+    p = budget(*base, "--quant", "int8", "--fresh", cwd=tmp_path, home=home)
+    assert p.returncode == 0, p.stderr
+    assert {json.loads(x)["quantization"] for x in (out / "results" / "captions.jsonl").read_text().splitlines()} == {"int8"}
+
+
+def test_worker_failure_is_one_clear_line(home, tmp_path):
+    bad = tmp_path / "broken-model"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "qwen3_vl"}')
+    p = budget("eval", "plans/smoke.yaml", "--model-path", str(bad), "--out", str(tmp_path / "o"), cwd=tmp_path,
+               home=home, timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-2].startswith("error: evaluation failed: cannot load"), p.stderr
+    assert "hint: details in" in p.stderr and "Traceback" not in p.stderr

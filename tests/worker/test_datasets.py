@@ -1,0 +1,162 @@
+"""Datasets: local manifests, URL manifests (retries, checksums) and the builtin COCO sampler, all
+against files on disk or a loopback HTTP server — never the internet."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from runner.worker import datasets
+from runner.worker import job as jobmod
+
+
+class _Server:
+    def __init__(self, root):
+        self.root = root
+        self.hits: dict[str, int] = {}
+        self.fail_first: set[str] = set()
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(root), **kw)
+
+            def do_GET(self):
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                if self.path in server.fail_first and server.hits[self.path] == 1:
+                    self.send_error(503, "try again")
+                    return
+                super().do_GET()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def http(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    s = _Server(root)
+    yield s
+    s.close()
+
+
+def _png(path, size=(64, 48), colour=(200, 10, 10)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def _task(**kw):
+    return jobmod._task({"name": "t", "kind": "caption", "samples": 5, **kw}, "t")
+
+
+def _job(**kw):
+    return jobmod.parse({"schema": "gpubudget.job/1", "run_id": "r", "model": {"name": "m", "source": "/m"},
+                         "quantization": "fp32", "tasks": [{"name": "t", "kind": "caption"}], "seed": 3, **kw})
+
+
+def test_local_manifest_relative_paths_and_limit(tmp_path):
+    _png(tmp_path / "imgs" / "a.png")
+    _png(tmp_path / "imgs" / "b.png")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"id": "a", "image": "imgs/a.png", "question": "Q?", "answers": ["x"]}) + "\n\n"
+        + json.dumps({"id": "b", "image": "imgs/b.png", "keywords": ["月"]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    got = datasets.resolve(_task(dataset={"kind": "local", "path": "m.jsonl"}), _job(limit=1), tmp_path, tmp_path)
+    assert [s.id for s in got] == ["a"] and got[0].prompt == "Q?" and got[0].image == tmp_path / "imgs" / "a.png"
+    got = datasets.resolve(_task(dataset={"kind": "local", "path": str(tmp_path / "m.jsonl")}), _job(), tmp_path, tmp_path)
+    assert got[1].keywords == ["月"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"id": "a", "image": "missing.png"}\n', "image file"),
+    ('{"id": "a"}\n{"id": "a"}\n', "sample ids repeat"),
+    ('{"id": "a"\n', "m.jsonl:1: not JSON"),
+])
+def test_local_manifest_errors(tmp_path, content, message):
+    (tmp_path / "m.jsonl").write_text(content)
+    with pytest.raises(datasets.DatasetError, match=message):
+        datasets.resolve(_task(dataset={"kind": "local", "path": "m.jsonl"}), _job(), tmp_path, tmp_path)
+
+
+def test_url_manifest_with_retry_and_checksums(http, tmp_path):
+    data = _png(http.root / "media" / "one.png")
+    rows = [{"id": "one", "image": "media/one.png", "references": ["a red picture"],
+             "sha256": {"image": hashlib.sha256(data).hexdigest()}}]
+    manifest = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (http.root / "set.jsonl").write_bytes(manifest)
+    http.fail_first = {"/set.jsonl"}  # a transient 503 is retried
+    task = _task(dataset={"kind": "url", "url": http.url + "set.jsonl", "sha256": hashlib.sha256(manifest).hexdigest()})
+    got = datasets.resolve(task, _job(), tmp_path, tmp_path / "cache")
+    assert got[0].references == ["a red picture"] and got[0].image.read_bytes() == data
+    assert http.hits["/set.jsonl"] == 2 and http.hits["/media/one.png"] == 1
+    datasets.resolve(task, _job(), tmp_path, tmp_path / "cache")  # cached: no new downloads
+    assert http.hits["/set.jsonl"] == 2 and http.hits["/media/one.png"] == 1
+
+
+def test_url_checksum_mismatch_and_missing_file_fail_clearly(http, tmp_path):
+    (http.root / "set.jsonl").write_text('{"id": "x"}\n')
+    bad = _task(dataset={"kind": "url", "url": http.url + "set.jsonl", "sha256": "0" * 64})
+    with pytest.raises(datasets.DatasetError, match="sha256"):
+        datasets.resolve(bad, _job(), tmp_path, tmp_path / "cache")
+    assert http.hits["/set.jsonl"] == 2  # one retry as a corrupt transfer, then give up
+    gone = _task(dataset={"kind": "url", "url": http.url + "nope.jsonl"})
+    with pytest.raises(datasets.DatasetError, match="HTTP 404"):
+        datasets.resolve(gone, _job(), tmp_path, tmp_path / "cache")
+    assert http.hits["/nope.jsonl"] == 1  # a 404 is not retried
+
+
+def _fake_coco(root, n_images=12):
+    images, anns = [], []
+    for i in range(n_images):
+        name = f"{i:012d}.jpg"
+        path = root / "val2017" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 48), (i * 20, 0, 0)).save(path, format="JPEG")
+        images.append({"id": 1000 + i, "file_name": name, "width": 64, "height": 48})
+        anns += [{"id": 10 * i + k, "image_id": 1000 + i, "caption": f" caption {k} of image {i} "} for k in range(5)]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("annotations/captions_val2017.json", json.dumps({"images": images, "annotations": anns}))
+    (root / "annotations").mkdir(exist_ok=True)
+    (root / "annotations" / "annotations_trainval2017.zip").write_bytes(buf.getvalue())
+
+
+def test_builtin_coco_sampler_is_seeded(http, tmp_path):
+    _fake_coco(http.root)
+    task = _task(samples=4, dataset={"kind": "builtin", "name": "coco-val2017-captions", "url": http.url})
+    first = datasets.resolve(task, _job(), tmp_path, tmp_path / "c1")
+    again = datasets.resolve(task, _job(), tmp_path, tmp_path / "c2")
+    other = datasets.resolve(task, _job(seed=4), tmp_path, tmp_path / "c3")
+    assert [s.id for s in first] == [s.id for s in again] != [s.id for s in other]
+    assert len({s.id for s in first}) == 4
+    s = first[0]
+    i = int(s.id) - 1000
+    assert s.references == [f"caption {k} of image {i}" for k in range(5)]
+    assert s.image.read_bytes() == (http.root / "val2017" / f"{i:012d}.jpg").read_bytes()
+    assert sum(v for k, v in http.hits.items() if k.startswith("/val2017/")) == 12  # only the sampled images
+    with pytest.raises(datasets.DatasetError, match="asked for 20 COCO images"):
+        datasets.resolve(_task(samples=20, dataset={"kind": "builtin", "name": "coco-val2017-captions",
+                                                    "url": http.url}), _job(), tmp_path, tmp_path / "c1")
+
+
+def test_unknown_builtin(tmp_path):
+    with pytest.raises(datasets.DatasetError, match="unknown builtin dataset 'imagenet'"):
+        datasets.resolve(_task(dataset={"kind": "builtin", "name": "imagenet"}), _job(), tmp_path, tmp_path)

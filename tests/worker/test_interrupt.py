@@ -1,0 +1,96 @@
+"""Interruptions: a SIGKILL mid-task loses nothing finished and a restart completes the plan without
+duplicates or recomputation; a deadline, a stop file or SIGTERM stop the worker cleanly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import time
+
+import pytest
+
+from .conftest import job, lines, run_inline, spawn, status, summary, write_job
+
+MANY = 150
+
+
+def _long_job(model, **extra):
+    task = {"name": "cap", "kind": "caption", "samples": MANY, "image_size": [64, 64]}
+    return job(model, [task], "fp32", batch_size=1, generation={"max_new_tokens": 24, "do_sample": False}, **extra)
+
+
+def _wait_for_lines(out, n: int, proc, timeout: float = 120.0) -> None:
+    path = out / "results" / "cap.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= n:
+            return
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.005)
+    pytest.fail(f"no {n} result lines within {timeout} s")
+
+
+def test_sigkill_then_resume(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    job_path = write_job(tmp_path, _long_job(tiny_model))
+    proc = spawn(job_path, out)
+    _wait_for_lines(out, 5, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = lines(out, "cap")
+    assert 5 <= len(before) < MANY, "the worker must be killed mid-task"
+    assert status(out)["phase"] == "running"
+    # A kill in the middle of a write leaves a torn last line; the restart must cut it, not choke on it.
+    with open(out / "results" / "cap.jsonl", "ab") as f:
+        f.write(b'{"id": "syn-99999", "task": "ca')
+
+    assert run_inline(job_path, out) == 0
+    after = lines(out, "cap")
+    ids = [x["id"] for x in after]
+    assert len(ids) == len(set(ids)) == MANY
+    assert sorted(ids, key=lambda i: int(i.split("-")[1])) == [f"syn-{i}" for i in range(MANY)]
+    assert after[:len(before)] == before  # finished lines untouched ...
+    assert {x["attempt"] for x in before} == {1}
+    assert {x["attempt"] for x in after[len(before):]} == {2}  # ... and not recomputed
+    s = summary(out)
+    assert s["complete"] and s["attempt"] == 2 and s["tasks"]["cap"]["done"] == MANY
+    assert status(out)["phase"] == "done"
+    assert (out / "results" / "cap.jsonl").read_bytes().endswith(b"}\n")
+
+
+def test_deadline_stops_cleanly_and_rerun_finishes(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).isoformat()
+    job_path = write_job(tmp_path, _long_job(tiny_model, deadline=deadline))
+    assert run_inline(job_path, out) == 3
+    s, st = summary(out), status(out)
+    assert s["stopped"] == "deadline" and not s["complete"] and st["phase"] == "stopped"
+    got = lines(out, "cap")
+    assert 0 < len(got) < MANY and s["tasks"]["cap"]["done"] == len(got)
+    raw = (out / "results" / "cap.jsonl").read_bytes()
+    assert raw.endswith(b"\n") and all(json.loads(x) for x in raw.splitlines())
+
+    # Restarted after the deadline: stops before loading the model, keeps everything.
+    assert run_inline(job_path, out) == 3
+    assert summary(out)["loads"] == [] and len(lines(out, "cap")) == len(got)
+
+    write_job(tmp_path, _long_job(tiny_model))  # the controller lifts the deadline
+    assert run_inline(job_path, out) == 0
+    assert len(lines(out, "cap")) == MANY and summary(out)["complete"]
+
+
+@pytest.mark.parametrize("how", ["stop_file", "sigterm"])
+def test_stop_file_and_sigterm(tiny_model, tmp_path, how):
+    out = tmp_path / "out"
+    proc = spawn(write_job(tmp_path, _long_job(tiny_model)), out)
+    _wait_for_lines(out, 3, proc)
+    if how == "stop_file":
+        (out / "STOP").touch()
+    else:
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 3
+    s = summary(out)
+    assert s["stopped"] == how and not s["complete"]
+    assert 3 <= s["tasks"]["cap"]["done"] == len(lines(out, "cap")) < MANY
+    assert status(out)["phase"] == "stopped"
