@@ -272,7 +272,11 @@ class Worker:
                 self.skipped[t.name] = f"verification re-runs single-image tasks; {of.name} is {of.kind}"
                 continue
             quantized = {x["id"]: x for x in results[of.name].lines if x.get("status") == "ok"}
+            # samples the quantized model could not answer (OOM) have nothing to verify
+            samples[t.name] = [s for s in samples[t.name] if s.id in quantized]
             todo[t.name] = [s for s in todo[t.name] if s.id in quantized]
+            with self._lock:
+                self.status["tasks"][t.name] = self._progress(results[t.name], len(samples[t.name]))
             self.extra.setdefault("quantized_lines", {}).update(quantized)
             run.append(t)
         if not any(todo[t.name] for t in run):

@@ -91,8 +91,22 @@ def _tokenizer():
                                    additional_special_tokens=SPECIAL_TOKENS[1:])
 
 
-def build(dest: Path, seed: int = 0) -> Path:
-    """Write the tiny model (weights, config, tokenizer, processor) to `dest`; returns `dest`."""
+def with_tiny_tokens(config: dict) -> dict:
+    """A real Qwen3-VL config.json re-pointed at this tokenizer's special-token ids (the vocabulary
+    size stays the real one), for random-weight models of a real architecture (benchmarks/gpu_check.py)."""
+    cfg = copy.deepcopy(config)
+    ids = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    cfg.update(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+               vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    cfg["text_config"] = dict(cfg["text_config"], bos_token_id=None, eos_token_id=ids["<|im_end|>"])
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def build(dest: Path, seed: int = 0, config: dict | None = None, dtype=None, device: str = "cpu",
+          min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> Path:
+    """Write a random-weight model (weights, config, tokenizer, processor) to `dest`; returns `dest`.
+    Default: the tiny model. `config` (see with_tiny_tokens) builds a real architecture instead, in
+    `dtype` on `device`."""
     import torch
     from transformers import (
         AutoConfig,
@@ -107,21 +121,24 @@ def build(dest: Path, seed: int = 0) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         torch.manual_seed(seed)
-        cfg = AutoConfig.for_model(**config_dict())
-        model = Qwen3VLForConditionalGeneration(cfg).eval()
+        cfg = AutoConfig.for_model(**(config or config_dict()))
+        with torch.device(device):
+            model = Qwen3VLForConditionalGeneration._from_config(cfg, dtype=dtype or torch.float32).eval()
         model.generation_config.eos_token_id = cfg.text_config.eos_token_id
         model.generation_config.pad_token_id = 0
         model.save_pretrained(work)
+        del model
         tokenizer = _tokenizer()
-        size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+        size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
         processor = Qwen3VLProcessor(
             image_processor=Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2,
                                                   image_mean=[0.5] * 3, image_std=[0.5] * 3),
-            video_processor=Qwen3VLVideoProcessor(size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS * 8},
+            video_processor=Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels * 8},
                                                   patch_size=16, merge_size=2, temporal_patch_size=2),
             tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
         processor.save_pretrained(work)
-        (work / "gpubudget-recipe.json").write_text(json.dumps({"name": NAME, "recipe": RECIPE_VERSION, "seed": seed}))
+        recipe = {"name": NAME if config is None else "random-weights", "recipe": RECIPE_VERSION, "seed": seed}
+        (work / "gpubudget-recipe.json").write_text(json.dumps(recipe))
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(work, dest)
@@ -134,7 +151,7 @@ def ensure(dest: Path, seed: int = 0) -> Path:
     """Build the tiny model at `dest` unless a build of this recipe is already there."""
     marker = Path(dest) / "gpubudget-recipe.json"
     try:
-        if json.loads(marker.read_text()).get("recipe") == RECIPE_VERSION:
+        if json.loads(marker.read_text()) == {"name": NAME, "recipe": RECIPE_VERSION, "seed": seed}:
             return Path(dest)
     except (OSError, ValueError):
         pass

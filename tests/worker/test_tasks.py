@@ -116,3 +116,17 @@ def test_kind_specific_fields(evaluated):
         quantized = {x["id"]: x["prediction"] for x in lines(out, "captions")}
         assert all(x["quantized_prediction"] == quantized[x["id"]] and x["quantization"] == "bf16" for x in got)
         assert 0.0 <= verify["agreement"] <= 1.0 and 0.0 <= verify["agreement_f1"] <= 1.0
+
+
+def test_auto_batch_size_from_free_memory(tiny_model, tmp_path):
+    task = {"name": "cap", "kind": "caption", "samples": 12, "image_size": [64, 64]}
+    out = tmp_path / "out"
+    assert run_inline(write_job(tmp_path, job(tiny_model, [task], batch_size="auto")), out) == 0
+    s = summary(out)
+    used = s["batch_size"]["used"]
+    assert s["batch_size"]["requested"] == "auto" and 2 <= used <= 32
+    assert "free" in s["batch_size"]["note"] and f"batch {used}" in s["batch_size"]["note"]
+    sizes = [x["batch_size"] for x in lines(out, "cap")]
+    # one sample measures the per-sample memory first; the other 11 go in batches of `used`
+    chunks = [min(used, 11 - i) for i in range(0, 11, used)]
+    assert sizes == [1] + [c for c in chunks for _ in range(c)]
