@@ -208,7 +208,7 @@ def eval_summary(summary: dict, out_dir: str) -> None:
         out.print(f"loaded {summary.get('model')} as {ld['quantization']} ({ld['dtype']}) on {ld['device']} in "
                   f"{ld['load_s']:.1f} s; weights {_gib(ld['footprint_bytes'])}; memory after load: {mem}")
     t = Table(title=f"Results in {out_dir}", title_justify="left")
-    for col in ("task", "kind", "done", "ok", "OOM", "metric", "samples/s", "decode tok/s", "peak memory"):
+    for col in ("task", "kind", "done", "ok", "OOM", "errors", "metric", "samples/s", "decode tok/s", "peak memory"):
         t.add_column(col, justify="left" if col in ("task", "kind", "metric") else "right")
     for name, s in (summary.get("tasks") or {}).items():
         metric = ", ".join(f"{label} {s[k]:.3f}" for k, label in _METRICS if s.get(k) is not None)
@@ -217,7 +217,8 @@ def eval_summary(summary: dict, out_dir: str) -> None:
         if s.get("largest_ok"):
             metric = "largest OK " + "x".join(map(str, s["largest_ok"])) + " px"
         t.add_row(name, s["kind"], f"{s['done']}/{s.get('total') or s['done']}", str(s["ok"]), str(s["oom"]),
-                  metric or "-", "-" if s.get("samples_per_s") is None else f"{s['samples_per_s']:.2f}",
+                  str(s.get("errors", 0)), metric or "-",
+                  "-" if s.get("samples_per_s") is None else f"{s['samples_per_s']:.2f}",
                   "-" if s.get("decode_tokens_per_s") is None else f"{s['decode_tokens_per_s']:.1f}",
                   "-" if s.get("peak_memory_bytes") is None else _gib(s["peak_memory_bytes"]))
     out.print(t)

@@ -173,7 +173,8 @@ class Worker:
     def _progress(self, rf, total: int) -> dict:
         lines = rf.lines
         return {"done": len(lines), "total": total, "ok": sum(x.get("status") == "ok" for x in lines),
-                "oom": sum(x.get("status") == "oom" for x in lines)}
+                "oom": sum(x.get("status") == "oom" for x in lines),
+                "errors": sum(x.get("status") == "error" for x in lines)}
 
     def _phase(self, quant, tasks, todo, results, samples, kinds) -> None:
         from .engine import Engine, Memory
@@ -232,7 +233,7 @@ class Worker:
             size = self._batch_size(kind, first_peak, baseline, ctx.memory)
             chunk = todo[i:i + size]
             try:
-                lines = kind.run_batch(ctx, task, chunk)
+                lines = self._run_chunk(ctx, kind, task, chunk)
             except Interrupted:
                 raise Stopped() from None
             rf.append(lines)
@@ -247,6 +248,19 @@ class Worker:
                 self.status["peak_memory_bytes"] = max([self.status["peak_memory_bytes"]] + [x["peak_memory_bytes"] for x in ok])
                 self.status["tasks"][task.name] = self._progress(rf, total)
             self.update(memory=ctx.memory.current())
+
+    def _run_chunk(self, ctx, kind, task, chunk) -> list[dict]:
+        """A batch; when one of its samples has unusable input, the others run alone and that one is
+        recorded as `status: error` (a bad file must not end a paid run)."""
+        from .tasks.base import SampleError, error_line
+
+        try:
+            return kind.run_batch(ctx, task, chunk)
+        except SampleError as e:
+            if len(chunk) == 1:
+                log.warning("task %s sample %s: %s", task.name, chunk[0].id, e)
+                return [error_line(ctx, task, chunk[0].id, str(e))]
+        return [x for s in chunk for x in self._run_chunk(ctx, kind, task, [s])]
 
     def _verify(self, tasks, todo, results, samples, kinds) -> None:
         from .model import pick_device

@@ -130,3 +130,22 @@ def test_auto_batch_size_from_free_memory(tiny_model, tmp_path):
     # one sample measures the per-sample memory first; the other 11 go in batches of `used`
     chunks = [min(used, 11 - i) for i in range(0, 11, used)]
     assert sizes == [1] + [c for c in chunks for _ in range(c)]
+
+
+def test_unreadable_sample_is_recorded_and_the_run_goes_on(tiny_model, tmp_path):
+    from PIL import Image
+
+    for name in ("a", "c"):
+        Image.new("RGB", (64, 64), (10, 200, 10)).save(tmp_path / f"{name}.png")
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    (tmp_path / "m.jsonl").write_text("".join(
+        f'{{"id": "{n}", "image": "{n}.png", "references": ["a green square"]}}\n' for n in "abc"))
+    task = {"name": "cap", "kind": "caption", "samples": 3, "dataset": {"kind": "local", "path": "m.jsonl"}}
+    out = tmp_path / "out"
+    assert run_inline(write_job(tmp_path, job(tiny_model, [task], batch_size=2)), out) == 0
+    got = {x["id"]: x for x in lines(out, "cap")}
+    assert {k: x["status"] for k, x in got.items()} == {"a": "ok", "b": "error", "c": "ok"}
+    assert "cannot read image" in got["b"]["error"] and str(tmp_path / "b.png") in got["b"]["error"]
+    s = summary(out)
+    assert s["complete"] and s["tasks"]["cap"]["errors"] == 1 and s["tasks"]["cap"]["ok"] == 2
+    assert status(out)["tasks"]["cap"] == {"done": 3, "total": 3, "ok": 2, "oom": 0, "errors": 1}

@@ -33,13 +33,20 @@ def image_request(prompt: str, image) -> Request:
     return Request(messages=[{"role": "user", "content": content}], images=[image] if image is not None else [])
 
 
+class SampleError(Exception):
+    """One sample's input is unusable (unreadable image or video); it is recorded, the run goes on."""
+
+
 def load_image(src):
     from PIL import Image
 
     if hasattr(src, "convert"):
         return src.convert("RGB")
-    with Image.open(src) as im:
-        return im.convert("RGB")
+    try:
+        with Image.open(src) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+        raise SampleError(f"cannot read image {src}: {e}") from None
 
 
 def measures(out: Output, batch: Batch, batch_size: int) -> dict:
@@ -60,6 +67,10 @@ def line(ctx: Context, task, sample_id: str, **fields) -> dict:
 
 def oom_line(ctx: Context, task, sample_id: str, error: str, **fields) -> dict:
     return line(ctx, task, sample_id, status="oom", error=error, **fields)
+
+
+def error_line(ctx: Context, task, sample_id: str, error: str) -> dict:
+    return line(ctx, task, sample_id, status="error", error=error)
 
 
 def single_turn(ctx: Context, task, samples, prompt_of, score) -> list[dict]:
@@ -94,6 +105,7 @@ def accounting(lines: list[dict]) -> dict:
     decode = sum(x["decode_tokens"] for x in ok)
     return {
         "done": len(lines), "ok": len(ok), "oom": sum(x.get("status") == "oom" for x in lines),
+        "errors": sum(x.get("status") == "error" for x in lines),
         "prefill_tokens": sum(x["prefill_tokens"] for x in ok), "visual_tokens": sum(x["visual_tokens"] for x in ok),
         "decode_tokens": decode, "busy_s": round(busy, 4),
         "samples_per_s": round(len(ok) / busy, 4) if busy else None,

@@ -38,7 +38,10 @@ def load(sample, spec):
         frames = np.stack([np.asarray(base.load_image(src[i])) for i in idx])
         total = len(src)
     else:
-        frames, idx, total, fps = _decode(src, spec)
+        try:
+            frames, idx, total, fps = _decode(src, spec)
+        except (OSError, ValueError, IndexError) as e:  # av.error.* are OSError/ValueError subclasses
+            raise base.SampleError(f"cannot decode video {src}: {e}") from None
     h, w = frames.shape[1:3]
     return frames, {"total_num_frames": total, "fps": fps, "frames_indices": idx, "duration": total / fps,
                     "width": w, "height": h}
@@ -50,7 +53,7 @@ def _decode(path, spec):
     try:
         import av
     except ImportError:
-        raise datasets.DatasetError("video files need PyAV on the instance (pip install av)") from None
+        raise base.SampleError("video files need PyAV on the instance (pip install av)") from None
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or spec.source_fps)
