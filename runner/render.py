@@ -176,10 +176,12 @@ class EvalProgress:
     """A progress bar on stderr driven by the worker's status.json."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=err, transient=False)
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err,
+                                 transient=False)
         self.bar = self.progress.add_task("starting", total=None)
 
     def __enter__(self):

@@ -237,7 +237,9 @@ class Engine:
             kwargs["video_metadata"] = [VideoMetadata(**m) for r in requests for m in r.video_metadata]
             # frames are sampled by us at the plan's fps; per-frame pixels follow the processor's size
             # limits as they stand (transformers' default; its optional qwen-vl-utils cap is left off)
-            kwargs["videos_kwargs"] = {"do_sample_frames": False, "cap_pixels_per_frame": False}
+            kwargs["videos_kwargs"] = {"do_sample_frames": False}
+            if hasattr(self.processor.video_processor, "cap_pixels_per_frame"):  # transformers >= 5.21
+                kwargs["videos_kwargs"]["cap_pixels_per_frame"] = False
         return self.processor(**kwargs)
 
     def run(self, requests: list[Request], max_new_tokens: int, image_limits: dict | None = None) -> Batch:

@@ -97,3 +97,32 @@ def test_worker_failure_is_one_clear_line(home, tmp_path):
     assert p.returncode == 1
     assert p.stderr.strip().splitlines()[-2].startswith("error: evaluation failed: cannot load"), p.stderr
     assert "hint: details in" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_ctrl_c_stops_the_worker_cleanly_and_keeps_results(home, tmp_path, tiny_model):
+    import signal
+    import time
+
+    import yaml
+
+    plan = yaml.safe_load((REPO / "plans" / "smoke.yaml").read_text())
+    plan["tasks"] = [dict(plan["tasks"][0], samples=400)]
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(plan))
+    out = tmp_path / "o"
+    env = dict(os.environ, BUDGET_HOME=str(home), HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "eval", "long.yaml", "--model-path", str(tiny_model),
+                             "--batch-size", "1", "--out", str(out)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = out / "results" / "captions.jsonl"
+    deadline = time.monotonic() + 120
+    while not (results.exists() and results.read_bytes().count(b"\n") >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the CLI; the worker runs in its own session
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "error: the evaluation stopped early (sigterm); finished samples are kept in" in err
+    assert "hint: rerun the same command to finish the rest" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "sigterm" and 3 <= summary["tasks"]["captions"]["done"] < 400
+    assert results.read_bytes().endswith(b"\n")
