@@ -94,7 +94,10 @@ class Memory:
             yield out
         finally:
             if self.gpus:
-                out[:] = [{"device": f"cuda:{i}", "bytes": int(torch.cuda.max_memory_allocated(i))} for i in self.gpus]
+                # allocated: what the tensors needed; reserved: what the caching allocator held from the
+                # card (what an OOM is measured against, with the CUDA context on top)
+                out[:] = [{"device": f"cuda:{i}", "bytes": int(torch.cuda.max_memory_allocated(i)),
+                           "reserved_bytes": int(torch.cuda.max_memory_reserved(i))} for i in self.gpus]
             else:
                 out[:] = [{"device": "cpu", "bytes": _SAMPLER.disarm()}]
 

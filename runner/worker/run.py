@@ -55,12 +55,14 @@ class Worker:
             "schema": STATUS_SCHEMA, "run_id": previous.get("run_id"), "phase": "starting", "attempt": self.attempt,
             "pid": os.getpid(), "host": platform.node(), "started_at": _now().isoformat(), "updated_at": None,
             "task": None, "tasks": {}, "tokens": {"prefill": 0, "decode": 0}, "peak_memory_bytes": 0,
-            "memory": [], "batch_size": None, "stopped": None, "error": None,
+            "memory": [], "batch_size": None, "samples_per_s": None, "eta_s": None, "stopped": None, "error": None,
         }
         self.loads: list[dict] = []
         self.skipped: dict[str, str] = {}
         self.batch_size_note = ""
         self.extra: dict = {}  # shared with the task kinds (fp16_verify reads the quantized answers)
+        self._running_since: float | None = None
+        self._samples_done = 0
 
     # ------------------------------------------------------------------ status + stop
 
@@ -197,6 +199,7 @@ class Worker:
                       results_dir=self.out / "results", extra=self.extra)
         baseline = max(m["bytes"] for m in loaded.memory_after_load)
         self.update(phase="running", memory=loaded.memory_after_load)
+        self._running_since = self._running_since or time.monotonic()
         try:
             for task in tasks:
                 self._task(ctx, task, todo[task.name], results[task.name], len(samples[task.name]), kinds, baseline)
@@ -241,13 +244,26 @@ class Worker:
             ok = [x for x in lines if x.get("status") == "ok"]
             if ok and first_peak is None:
                 first_peak = max(x["peak_memory_bytes"] for x in ok)
+            self._samples_done += len(lines)
             with self._lock:
                 tok = self.status["tokens"]
                 tok["prefill"] += sum(x.get("prefill_tokens", 0) for x in ok)
                 tok["decode"] += sum(x.get("decode_tokens", 0) for x in ok)
                 self.status["peak_memory_bytes"] = max([self.status["peak_memory_bytes"]] + [x["peak_memory_bytes"] for x in ok])
                 self.status["tasks"][task.name] = self._progress(rf, total)
+                self._eta()
             self.update(memory=ctx.memory.current())
+
+    def _eta(self) -> None:
+        """Samples per second over this attempt's running time and the time the rest would take at
+        that rate (sweeps and multi-turn samples cost more than captions: a rough guide)."""
+        running = time.monotonic() - (self._running_since or time.monotonic())
+        if running <= 0 or not self._samples_done:
+            return
+        rate = self._samples_done / running
+        left = sum(max(0, t["total"] - t["done"]) for t in self.status["tasks"].values())
+        self.status["samples_per_s"] = round(rate, 3)
+        self.status["eta_s"] = round(left / rate, 1)
 
     def _run_chunk(self, ctx, kind, task, chunk) -> list[dict]:
         """A batch; when one of its samples has unusable input, the others run alone and that one is

@@ -47,6 +47,7 @@ def test_every_kind_runs_and_accounts(evaluated):
     assert code == 0
     s, st = summary(out), status(out)
     assert st["phase"] == "done" and st["attempt"] == 1 and st["error"] is None
+    assert st["samples_per_s"] > 0 and st["eta_s"] == 0
     assert s["complete"] is True and s["stopped"] is None and s["quantization"] == quant
     assert s["loads"][0]["quantization"] == quant and s["loads"][0]["load_s"] > 0
     for spec in ALL_KINDS:
