@@ -223,15 +223,16 @@ class Engine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tok.eos_token_id}
         self.pad_id = tok.pad_token_id
 
-    def _inputs(self, requests: list[Request], image_limits: dict):
+    def _inputs(self, requests: list[Request]):
         texts = [self.processor.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
                  for r in requests]
         kwargs = {"text": texts, "padding": True, "return_tensors": "pt"}
         images = [im for r in requests for im in r.images]
         if images:
             kwargs["images"] = images
-            kwargs["images_kwargs"] = {"size": {"shortest_edge": image_limits["min_pixels"],
-                                                "longest_edge": image_limits["max_pixels"]}}
+            # the plan's pixel limits, whatever the checkpoint's processor ships with
+            kwargs["images_kwargs"] = {"size": {"shortest_edge": self.image_limits["min_pixels"],
+                                                "longest_edge": self.image_limits["max_pixels"]}}
         videos = [v for r in requests for v in r.videos]
         if videos:
             from transformers.video_utils import VideoMetadata
@@ -245,13 +246,13 @@ class Engine:
                 kwargs["videos_kwargs"]["cap_pixels_per_frame"] = False
         return self.processor(**kwargs)
 
-    def run(self, requests: list[Request], max_new_tokens: int, image_limits: dict | None = None) -> Batch:
+    def run(self, requests: list[Request], max_new_tokens: int) -> Batch:
         """Generate for a batch. Raises OutOfMemory (memory released) or Interrupted."""
         oom = ""
         peak: list = []
         try:
             with self.memory.track(peak):
-                batch = self._run(requests, max_new_tokens, image_limits or self.image_limits)
+                batch = self._run(requests, max_new_tokens)
         except Interrupted:
             raise
         except Exception as e:
@@ -264,10 +265,10 @@ class Engine:
         batch.peak_memory = peak
         return batch
 
-    def _run(self, requests, max_new_tokens, image_limits) -> Batch:
+    def _run(self, requests, max_new_tokens) -> Batch:
         device = next(self.model.parameters()).device
         started = time.perf_counter()
-        enc = self._inputs(requests, image_limits).to(device)
+        enc = self._inputs(requests).to(device)
         gen = dict(self.generation, max_new_tokens=max_new_tokens)
         if not gen.get("do_sample"):
             gen = {k: v for k, v in gen.items() if k not in ("top_p", "top_k", "temperature")}

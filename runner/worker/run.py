@@ -196,7 +196,7 @@ class Worker:
         log.info("loaded %s in %.1f s (%s)", quant, loaded.load_s, loaded.memory_after_load)
         engine = Engine(loaded, memory, job.generation, job.image_limits, job.seed, self.should_stop)
         ctx = Context(job=job, engine=engine, memory=memory, quantization=quant, attempt=self.attempt,
-                      results_dir=self.out / "results", extra=self.extra)
+                      extra=self.extra)
         baseline = max(m["bytes"] for m in loaded.memory_after_load)
         self.update(phase="running", memory=loaded.memory_after_load)
         self._running_since = self._running_since or time.monotonic()

@@ -17,7 +17,6 @@ class Context:
     memory: Memory
     quantization: str
     attempt: int
-    results_dir: object
     extra: dict = field(default_factory=dict)
 
     def max_new_tokens(self, task) -> int:
