@@ -161,6 +161,7 @@ def eval_cmd(
     batch_size: Annotated[str | None, typer.Option("--batch-size", help="Samples per batch, or auto (default: the plan's).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")] = "auto",
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard earlier results in --out instead of resuming.")] = False,
+    max_minutes: Annotated[float | None, typer.Option("--max-minutes", min=0, help="Stop cleanly after this long (resumable).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a plan's evaluation on this machine (no provider, no ledger); rerun to resume."""
@@ -177,8 +178,9 @@ def eval_cmd(
         if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
             raise InputError(f"--batch-size {batch_size!r} is not a positive integer or auto", "e.g. --batch-size 4")
         bs = batch_size if batch_size == "auto" else int(batch_size)
+    deadline = None if max_minutes is None else _dt.datetime.now(_dt.UTC) + _dt.timedelta(minutes=max_minutes)
     job = jobs.build(ev, plan_file(plan), _catalog(), budget_home(), quantization=q, model_path=model_path,
-                     limit=limit, batch_size=bs, device=device)
+                     limit=limit, batch_size=bs, device=device, deadline=deadline)
     out_dir = out or budget_home() / "evals" / f"{ev.name}-{q}"
     evaluate.prepare(out_dir, job, fresh)
     with render.EvalProgress() as bar:

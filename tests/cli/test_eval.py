@@ -126,3 +126,13 @@ def test_ctrl_c_stops_the_worker_cleanly_and_keeps_results(home, tmp_path, tiny_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"] == "sigterm" and 3 <= summary["tasks"]["captions"]["done"] < 400
     assert results.read_bytes().endswith(b"\n")
+
+
+def test_max_minutes_stops_then_a_rerun_finishes(home, tmp_path, tiny_model):
+    base = ["eval", "plans/smoke.yaml", "--model-path", str(tiny_model), "--limit", "1", "--out", str(tmp_path / "o")]
+    p = budget(*base, "--max-minutes", "0", cwd=tmp_path, home=home)
+    assert p.returncode == 1 and "the evaluation stopped early (deadline)" in p.stderr, p.stderr
+    assert json.loads((tmp_path / "o" / "job.json").read_text())["deadline"].endswith("+00:00")
+    p = budget(*base, cwd=tmp_path, home=home)  # same job without the deadline: resumes and finishes
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["complete"]
