@@ -68,6 +68,19 @@ class Loaded:
     memory_after_load: list[dict]
     footprint_bytes: int
     device_map: dict
+    params: int
+
+
+def logical_params(model) -> int:
+    """Parameters as the architecture counts them: bitsandbytes' 4-bit tensors are stored packed
+    (two values per byte, flattened), their quant_state keeps the real shape."""
+    import math
+
+    total = 0
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        total += math.prod(state.shape) if state is not None and getattr(state, "shape", None) else p.numel()
+    return total
 
 
 def resolve_source(job_model) -> str:
@@ -116,7 +129,8 @@ def load(job, quant: str, device: str, memory) -> Loaded:
     return Loaded(model=model, processor=processor, quantization=quant, device=device,
                   dtype=str(weights_dtype).removeprefix("torch."), load_s=load_s,
                   memory_after_load=memory.current(), footprint_bytes=int(model.get_memory_footprint()),
-                  device_map={k: str(v) for k, v in (getattr(model, "hf_device_map", None) or {"": device}).items()})
+                  device_map={k: str(v) for k, v in (getattr(model, "hf_device_map", None) or {"": device}).items()},
+                  params=logical_params(model))
 
 
 def unload(loaded: Loaded) -> None:

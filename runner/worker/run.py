@@ -62,6 +62,7 @@ class Worker:
         self.batch_size_note = ""
         self.extra: dict = {}  # shared with the task kinds (fp16_verify reads the quantized answers)
         self._running_since: float | None = None
+        self.params = 0  # the model's parameter count, as loaded (sizes the 16-bit reference)
         self._samples_done = 0
 
     # ------------------------------------------------------------------ status + stop
@@ -194,6 +195,7 @@ class Worker:
                            "memory_after_load": loaded.memory_after_load, "footprint_bytes": loaded.footprint_bytes,
                            "device_map": loaded.device_map})
         log.info("loaded %s in %.1f s (%s)", quant, loaded.load_s, loaded.memory_after_load)
+        self.params = self.params or loaded.params
         engine = Engine(loaded, memory, job.generation, job.image_limits, job.seed, self.should_stop)
         ctx = Context(job=job, engine=engine, memory=memory, quantization=quant, attempt=self.attempt,
                       extra=self.extra)
@@ -317,7 +319,18 @@ class Worker:
                 self.skipped[t.name] = reason
             log.info("fp16 verification skipped: %s", reason)
             return
-        self._phase(ref_quant, run, todo, results, samples, kinds)
+        try:
+            self._phase(ref_quant, run, todo, results, samples, kinds)
+        except (LoadError, RuntimeError, MemoryError) as e:
+            from .engine import is_oom, release
+
+            if not (isinstance(e, LoadError) or is_oom(e)):
+                raise
+            release()
+            reason = f"the 16-bit model could not be loaded: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+            for t in run:
+                self.skipped[t.name] = reason
+            log.warning("fp16 verification skipped: %s", reason)
 
     def _reference_fits(self, ref_quant: str, device: str) -> str:
         """'' when the 16-bit model fits the memory the quantized one freed, else why not."""
@@ -326,16 +339,17 @@ class Worker:
         from .engine import Memory
         from .model import resolve_source
 
-        need = None
+        need = 2 * self.params if self.params else None  # counted on the quantized model this attempt
         src = Path(resolve_source(self.job.model))
-        try:
-            index = json.loads((src / "model.safetensors.index.json").read_text())
-            need = int(index["metadata"]["total_size"])  # 16-bit checkpoints: bytes of the 16-bit weights
-        except (OSError, ValueError, KeyError):
-            shards = list(src.glob("*.safetensors")) if src.is_dir() else []
-            need = sum(p.stat().st_size for p in shards) or None
+        if need is None:  # resumed with only verification left: the checkpoint's own size (16-bit on the hub)
+            try:
+                index = json.loads((src / "model.safetensors.index.json").read_text())
+                need = int(index["metadata"]["total_size"])
+            except (OSError, ValueError, KeyError):
+                shards = list(src.glob("*.safetensors")) if src.is_dir() else []
+                need = sum(p.stat().st_size for p in shards) or None
         if need is None:
-            return ""
+            return ""  # unknown: try, and skip if the load runs out of memory
         need = int(need * 1.2)  # Qwen: real use is at least 1.2x the weights
         free = Memory(device).free_bytes() if device == "cpu" else _cuda_free(self.job.max_memory)
         if need > free:

@@ -54,3 +54,11 @@ def test_cuda_requested_without_gpu():
         with pytest.raises(LoadError, match="asks for CUDA but torch sees no GPU"):
             pick_device("cuda")
         assert pick_device("auto") == "cpu"
+
+
+@pytest.mark.parametrize("quant", ["fp32", "nf4", "int8"])
+def test_parameter_count_survives_quantization(tiny_model, quant):
+    from planner.architecture import load_config, param_breakdown
+
+    loaded = load(_job(tiny_model, quantization=quant), quant, "cpu", Memory("cpu"))
+    assert loaded.params == param_breakdown(load_config(tiny_model / "config.json")).total

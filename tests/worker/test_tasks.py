@@ -150,3 +150,17 @@ def test_unreadable_sample_is_recorded_and_the_run_goes_on(tiny_model, tmp_path)
     s = summary(out)
     assert s["complete"] and s["tasks"]["cap"]["errors"] == 1 and s["tasks"]["cap"]["ok"] == 2
     assert status(out)["tasks"]["cap"] == {"done": 3, "total": 3, "ok": 2, "oom": 0, "errors": 1}
+
+
+def test_fp16_verify_skipped_when_the_16bit_model_cannot_fit(tiny_model, tmp_path, monkeypatch):
+    from runner.worker import engine
+
+    # a machine whose free memory after unloading the nf4 model is 1 MiB (the 16-bit tiny model needs ~1.7)
+    monkeypatch.setattr(engine.Memory, "free_bytes", lambda self: 2**20)
+    tasks = [ALL_KINDS[0], ALL_KINDS[-1]]
+    out = tmp_path / "out"
+    assert run_inline(write_job(tmp_path, job(tiny_model, tasks, "nf4")), out) == 0
+    s = summary(out)
+    assert "the 16-bit model needs about" in s["tasks"]["verify"]["skipped"]
+    assert s["tasks"]["verify"]["done"] == 0 and s["complete"]
+    assert [ld["quantization"] for ld in s["loads"]] == ["nf4"]  # the reference was never loaded
