@@ -68,6 +68,7 @@ class Job:
     model: Model
     quantization: str
     tasks: list[Task]
+    compute_dtype: str = "auto"  # nf4/int8: auto | fp16 | bf16 | fp32
     double_quant: bool = True
     keep_vision_16bit: bool = False
     device: str = "auto"  # auto | cpu | cuda
@@ -161,6 +162,7 @@ def parse(doc: dict) -> Job:
     d = _take({k: v for k, v in doc.items() if k != "schema"}, "job", {
         "run_id": (str, True), "model": (dict, True), "quantization": (str, True), "tasks": (list, True),
         "double_quant": (bool, False), "keep_vision_16bit": (bool, False), "device": (str, False),
+        "compute_dtype": (str, False),
         "max_memory": (dict, False), "generation": (dict, False), "image_limits": (dict, False),
         "batch_size": ((int, str), False), "seed": (int, False), "deadline": (str, False), "limit": (int, False),
         "heartbeat_s": ((int, float), False), "sweep_memory_cap_mib": (int, False), "cache_dir": (str, False),
@@ -169,6 +171,8 @@ def parse(doc: dict) -> Job:
                                                             for k in ("name", "source", "recipe", "revision")}))
     if d["quantization"] not in QUANTS:
         raise JobError(f"job.quantization: {d['quantization']!r} is not one of {', '.join(QUANTS)}")
+    if d.get("compute_dtype", "auto") not in ("auto", "fp16", "bf16", "fp32"):
+        raise JobError(f"job.compute_dtype: {d['compute_dtype']!r} is not auto, fp16, bf16 or fp32")
     if d.get("device", "auto") not in ("auto", "cpu", "cuda"):
         raise JobError(f"job.device: {d['device']!r} is not auto, cpu or cuda")
     if not d["tasks"]:

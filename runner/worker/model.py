@@ -27,12 +27,14 @@ def pick_device(requested: str) -> str:
     return "cuda" if requested in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
 
 
-def dtypes(quant: str, device: str):
-    """(weights dtype, bitsandbytes compute dtype) for a quantization on this device."""
+def dtypes(quant: str, device: str, compute_dtype: str = "auto"):
+    """(weights dtype, bitsandbytes compute dtype) for a quantization on this device. The compute
+    dtype of nf4/int8 (what the unquantized parts and the matmuls run in) is `compute_dtype`, or by
+    default bf16 where the card has it, fp16 on older cards, fp32 on CPU."""
     import torch
 
     bf16_ok = device == "cpu" or torch.cuda.is_bf16_supported(including_emulation=False)
-    if quant == "bf16" and not bf16_ok:
+    if "bf16" in (quant, compute_dtype) and not bf16_ok:
         name = torch.cuda.get_device_name(0)
         cc = ".".join(map(str, torch.cuda.get_device_capability(0)))
         raise LoadError(f"bf16 is not supported on {name} (compute capability {cc}); use fp16")
@@ -41,7 +43,10 @@ def dtypes(quant: str, device: str):
     fixed = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if quant in fixed:
         return fixed[quant], None
-    compute = torch.float32 if device == "cpu" else (torch.bfloat16 if bf16_ok else torch.float16)
+    if compute_dtype != "auto":
+        compute = fixed[compute_dtype]
+    else:
+        compute = torch.float32 if device == "cpu" else (torch.bfloat16 if bf16_ok else torch.float16)
     return compute, compute
 
 
@@ -98,7 +103,7 @@ def load(job, quant: str, device: str, memory) -> Loaded:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     src = resolve_source(job.model)
-    weights_dtype, compute = dtypes(quant, device)
+    weights_dtype, compute = dtypes(quant, device, job.compute_dtype)
     kwargs: dict = {"dtype": weights_dtype}
     qc = quantization_config(quant, compute, job.double_quant, job.keep_vision_16bit)
     if qc is not None:

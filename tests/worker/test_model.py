@@ -62,3 +62,14 @@ def test_parameter_count_survives_quantization(tiny_model, quant):
 
     loaded = load(_job(tiny_model, quantization=quant), quant, "cpu", Memory("cpu"))
     assert loaded.params == param_breakdown(load_config(tiny_model / "config.json")).total
+
+
+def test_compute_dtype_of_a_quantized_model(tiny_model):
+    import torch
+
+    auto = load(_job(tiny_model), "nf4", "cpu", Memory("cpu"))
+    assert auto.model.config.quantization_config.bnb_4bit_compute_dtype == torch.float32  # CPU default
+    bf16 = load(_job(tiny_model, compute_dtype="bf16"), "nf4", "cpu", Memory("cpu"))
+    assert bf16.model.config.quantization_config.bnb_4bit_compute_dtype == torch.bfloat16
+    with pytest.raises(jobmod.JobError, match="job.compute_dtype: 'int4' is not auto"):
+        _job(tiny_model, compute_dtype="int4")
