@@ -29,3 +29,20 @@ def test_sweep_records_oom_and_carries_on(tiny_model, tmp_path):
     # the run went on after the OOM, with the memory back
     assert s["tasks"]["after"]["ok"] == 2 and status(out)["phase"] == "done"
     assert sweep[(128, 128)]["peak_memory_bytes"] < sweep[(64, 64)]["peak_memory_bytes"] + 64 * 2**20
+
+
+def test_batches_split_in_halves_until_they_fit():
+    from runner.worker.engine import OutOfMemory
+    from runner.worker.tasks.base import split_on_oom
+
+    tried = []
+
+    def attempt(batch):  # fits two at a time, and "c" never fits
+        tried.append("".join(batch))
+        if len(batch) > 2 or batch == ["c"]:
+            raise OutOfMemory("CUDA out of memory")
+        return [{"id": s, "status": "ok"} for s in batch]
+
+    got = split_on_oom(list("abcde"), attempt, lambda s, e: {"id": s, "status": "oom", "error": e})
+    assert [(x["id"], x["status"]) for x in got] == [("a", "ok"), ("b", "ok"), ("c", "oom"), ("d", "ok"), ("e", "ok")]
+    assert tried == ["abcde", "ab", "cde", "c", "de"]

@@ -72,23 +72,29 @@ def error_line(ctx: Context, task, sample_id: str, error: str) -> dict:
     return line(ctx, task, sample_id, status="error", error=error)
 
 
-def single_turn(ctx: Context, task, samples, prompt_of, score) -> list[dict]:
-    """Run one image+prompt turn per sample as a batch; an OOM is retried in halves down to one
-    sample, and a single sample that still does not fit is recorded as `status: oom`."""
-    requests = [image_request(prompt_of(s), load_image(s.image) if s.image is not None else None) for s in samples]
+def split_on_oom(samples: list, attempt, on_oom) -> list[dict]:
+    """`attempt(samples)` -> lines; when the batch runs out of memory (already released), retry it in
+    halves; a lone sample that still does not fit becomes `on_oom(sample, error)`."""
     try:
-        batch = ctx.engine.run(requests, ctx.max_new_tokens(task))
+        return attempt(samples)
     except OutOfMemory as e:
         if len(samples) == 1:
-            return [oom_line(ctx, task, samples[0].id, str(e), prompt=prompt_of(samples[0]))]
-        half = len(samples) // 2
-        return (single_turn(ctx, task, samples[:half], prompt_of, score)
-                + single_turn(ctx, task, samples[half:], prompt_of, score))
-    lines = []
-    for s, out in zip(samples, batch.outputs, strict=True):
-        lines.append(line(ctx, task, s.id, status="ok", prompt=prompt_of(s), prediction=out.text,
-                          **score(s, out.text), **measures(out, batch, len(samples))))
-    return lines
+            return [on_oom(samples[0], str(e))]
+    half = len(samples) // 2
+    return split_on_oom(samples[:half], attempt, on_oom) + split_on_oom(samples[half:], attempt, on_oom)
+
+
+def single_turn(ctx: Context, task, samples, prompt_of, score) -> list[dict]:
+    """One image+prompt turn per sample, as a batch (split on OOM)."""
+    def attempt(batch_samples):
+        requests = [image_request(prompt_of(s), load_image(s.image) if s.image is not None else None)
+                    for s in batch_samples]
+        batch = ctx.engine.run(requests, ctx.max_new_tokens(task))
+        return [line(ctx, task, s.id, status="ok", prompt=prompt_of(s), prediction=out.text,
+                     **score(s, out.text), **measures(out, batch, len(batch_samples)))
+                for s, out in zip(batch_samples, batch.outputs, strict=True)]
+
+    return split_on_oom(samples, attempt, lambda s, e: oom_line(ctx, task, s.id, e, prompt=prompt_of(s)))
 
 
 def _mean(xs) -> float | None:

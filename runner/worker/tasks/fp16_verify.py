@@ -13,23 +13,22 @@ SINGLE_TURN = ("caption", "document", "poetry")
 
 def run_batch(ctx, task, samples):
     quantized = ctx.extra["quantized_lines"]  # id -> the of_task's result line
-    images = [base.load_image(s.image) for s in samples]
-    requests = [base.image_request(quantized[s.id]["prompt"], im) for s, im in zip(samples, images, strict=True)]
-    try:
-        batch = ctx.engine.run(requests, ctx.max_new_tokens(ctx.job.task(task.of_task)))
-    except base.OutOfMemory as e:
-        if len(samples) == 1:
-            return [base.oom_line(ctx, task, samples[0].id, str(e))]
-        half = len(samples) // 2
-        return run_batch(ctx, task, samples[:half]) + run_batch(ctx, task, samples[half:])
-    lines = []
-    for s, out in zip(samples, batch.outputs, strict=True):
-        q = quantized[s.id]["prediction"]
-        lines.append(base.line(ctx, task, s.id, status="ok", prompt=quantized[s.id]["prompt"], prediction=out.text,
-                               quantized_prediction=q, quantized_as=quantized[s.id]["quantization"],
-                               agree=metrics.exact_match(q, out.text), agreement_f1=round(metrics.token_f1(q, out.text), 6),
-                               **base.measures(out, batch, len(samples))))
-    return lines
+    max_new = ctx.max_new_tokens(ctx.job.task(task.of_task))
+
+    def attempt(batch_samples):
+        requests = [base.image_request(quantized[s.id]["prompt"], base.load_image(s.image)) for s in batch_samples]
+        batch = ctx.engine.run(requests, max_new)
+        lines = []
+        for s, out in zip(batch_samples, batch.outputs, strict=True):
+            q = quantized[s.id]["prediction"]
+            lines.append(base.line(ctx, task, s.id, status="ok", prompt=quantized[s.id]["prompt"],
+                                   prediction=out.text, quantized_prediction=q,
+                                   quantized_as=quantized[s.id]["quantization"], agree=metrics.exact_match(q, out.text),
+                                   agreement_f1=round(metrics.token_f1(q, out.text), 6),
+                                   **base.measures(out, batch, len(batch_samples))))
+        return lines
+
+    return base.split_on_oom(samples, attempt, lambda s, e: base.oom_line(ctx, task, s.id, e))
 
 
 def summarize(task, lines):

@@ -5,7 +5,7 @@ memory growth from the first to the last turn, and whether a repeated question g
 from __future__ import annotations
 
 from .. import metrics
-from ..engine import OutOfMemory, Request
+from ..engine import Request
 from . import base
 
 
@@ -42,15 +42,13 @@ def _consistency(turns: list[dict]) -> dict:
 
 
 def run_batch(ctx, task, samples):
-    try:
-        conversations = _conversations(ctx, task, samples)
-    except OutOfMemory as e:
-        if len(samples) == 1:
-            return [base.oom_line(ctx, task, samples[0].id, str(e))]
-        half = len(samples) // 2
-        return run_batch(ctx, task, samples[:half]) + run_batch(ctx, task, samples[half:])
+    return base.split_on_oom(samples, lambda batch_samples: _lines(ctx, task, batch_samples),
+                             lambda s, e: base.oom_line(ctx, task, s.id, e))
+
+
+def _lines(ctx, task, samples):
     lines = []
-    for s, turns in zip(samples, conversations, strict=True):
+    for s, turns in zip(samples, _conversations(ctx, task, samples), strict=True):
         peaks = [t["peak_memory_bytes"] for t in turns]
         lines.append(base.line(
             ctx, task, s.id, status="ok", turns=turns, **_consistency(turns),

@@ -4,7 +4,7 @@ per clip the frames kept, the visual tokens and the peak memory."""
 from __future__ import annotations
 
 from .. import datasets
-from ..engine import OutOfMemory, Request
+from ..engine import Request
 from . import base
 
 PROMPT = "Describe what happens in this video."
@@ -63,21 +63,21 @@ def _decode(path, spec):
 
 
 def run_batch(ctx, task, samples):
-    loaded = [load(s, task.video) for s in samples]
     prompt = task.prompt or PROMPT
-    requests = [Request(messages=[{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": s.prompt or prompt}]}],
-                        videos=[frames], video_metadata=[meta]) for s, (frames, meta) in zip(samples, loaded, strict=True)]
-    try:
+    clips = {s.id: load(s, task.video) for s in samples}
+
+    def attempt(batch_samples):
+        requests = [Request(messages=[{"role": "user", "content": [{"type": "video"},
+                                                                   {"type": "text", "text": s.prompt or prompt}]}],
+                            videos=[clips[s.id][0]], video_metadata=[clips[s.id][1]]) for s in batch_samples]
         batch = ctx.engine.run(requests, ctx.max_new_tokens(task))
-    except OutOfMemory as e:
-        if len(samples) == 1:
-            return [base.oom_line(ctx, task, samples[0].id, str(e), frames=len(loaded[0][1]["frames_indices"]))]
-        half = len(samples) // 2
-        return run_batch(ctx, task, samples[:half]) + run_batch(ctx, task, samples[half:])
-    return [base.line(ctx, task, s.id, status="ok", prompt=s.prompt or prompt, prediction=out.text,
-                      frames=len(meta["frames_indices"]), frame_indices=meta["frames_indices"],
-                      source_fps=meta["fps"], **base.measures(out, batch, len(samples)))
-            for s, (_, meta), out in zip(samples, loaded, batch.outputs, strict=True)]
+        return [base.line(ctx, task, s.id, status="ok", prompt=s.prompt or prompt, prediction=out.text,
+                          frames=len(clips[s.id][1]["frames_indices"]), frame_indices=clips[s.id][1]["frames_indices"],
+                          source_fps=clips[s.id][1]["fps"], **base.measures(out, batch, len(batch_samples)))
+                for s, out in zip(batch_samples, batch.outputs, strict=True)]
+
+    return base.split_on_oom(samples, attempt, lambda s, e: base.oom_line(
+        ctx, task, s.id, e, frames=len(clips[s.id][1]["frames_indices"])))
 
 
 def summarize(task, lines):
