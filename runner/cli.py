@@ -5,7 +5,6 @@ traceback. Only this module imports typer."""
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import sys
 from decimal import Decimal, InvalidOperation
@@ -186,8 +185,7 @@ def eval_cmd(
     with render.EvalProgress() as bar:
         outcome = evaluate.run(out_dir, bar.update)
     if any(t.get("done") for t in (outcome.summary.get("tasks") or {}).values()):
-        sys.stdout.write(json.dumps(outcome.summary, indent=1, ensure_ascii=False) + "\n") if as_json \
-            else render.eval_summary(outcome.summary, str(out_dir))
+        render.json_dict(outcome.summary) if as_json else render.eval_summary(outcome.summary, str(out_dir))
     evaluate.check(outcome)
 
 

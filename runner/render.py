@@ -3,6 +3,7 @@ Every figure carries its unit."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 from rich import box
@@ -21,6 +22,11 @@ err = Console(stderr=True, highlight=False)
 def json_doc(model) -> None:
     """Exactly one JSON document on stdout."""
     sys.stdout.write(model.model_dump_json(indent=2) + "\n")
+
+
+def json_dict(doc: dict) -> None:
+    """Exactly one JSON document on stdout, for documents the worker wrote (its summary.json)."""
+    sys.stdout.write(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
 
 
 def error(e: GpuBudgetError | str, hint: str = "") -> None:
