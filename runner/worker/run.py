@@ -288,15 +288,11 @@ class Worker:
             for t in tasks:
                 self.skipped[t.name] = f"the model already runs in {job.quantization}: nothing to verify"
             return
-        device = pick_device(job.device)
-        ref_quant = "fp16"
-        if device == "cpu":
-            ref_quant = "bf16"
-        else:
-            import torch
+        import torch
 
-            if torch.cuda.is_bf16_supported(including_emulation=False):
-                ref_quant = "bf16"
+        device = pick_device(job.device)
+        bf16 = device == "cpu" or torch.cuda.is_bf16_supported(including_emulation=False)
+        ref_quant = "bf16" if bf16 else "fp16"
         run = []
         for t in tasks:
             of = job.task(t.of_task)
@@ -313,7 +309,7 @@ class Worker:
             run.append(t)
         if not any(todo[t.name] for t in run):
             return
-        reason = self._reference_fits(ref_quant, device)
+        reason = self._reference_fits(device)
         if reason:
             for t in run:
                 self.skipped[t.name] = reason
@@ -332,7 +328,7 @@ class Worker:
                 self.skipped[t.name] = reason
             log.warning("fp16 verification skipped: %s", reason)
 
-    def _reference_fits(self, ref_quant: str, device: str) -> str:
+    def _reference_fits(self, device: str) -> str:
         """'' when the 16-bit model fits the memory the quantized one freed, else why not."""
         import json
 
