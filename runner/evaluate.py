@@ -18,8 +18,7 @@ from pathlib import Path
 from planner.errors import GpuBudgetError, InputError
 
 from . import jobs
-
-EXIT_DONE, EXIT_FAILED, EXIT_BAD_JOB, EXIT_STOPPED = 0, 1, 2, 3  # runner/worker/run.py
+from .worker.run import EXIT_DONE, EXIT_STOPPED
 
 
 class EvalFailed(GpuBudgetError):

@@ -12,9 +12,9 @@ from planner.catalog import Catalog
 from planner.errors import InputError
 from planner.models import EvalPlan
 
-SCHEMA = "gpubudget.job/1"
-TINY = "tiny-random-qwen3-vl"
-WORKER_QUANTS = ("fp32", "fp16", "bf16", "int8", "nf4")
+from .worker.job import QUANTS as WORKER_QUANTS
+from .worker.job import SCHEMA
+from .worker.tiny import NAME as TINY
 
 
 def model_source(plan: EvalPlan, catalog: Catalog, model_path: Path | None, home: Path) -> dict:

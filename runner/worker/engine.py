@@ -27,14 +27,14 @@ class Interrupted(Exception):
 
 # --------------------------------------------------------------------------- memory
 
+def _statm(field: int) -> int:
+    """Bytes of /proc/self/statm's field: 0 the address space, 1 the resident set."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[field]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _vm_size() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    return _statm(1)
 
 
 class _RssSampler:
@@ -132,7 +132,7 @@ class Memory:
                     torch.cuda.set_per_process_memory_fraction(1.0, i)
             return
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        limit = _vm_size() + extra
+        limit = _statm(0) + extra
         resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
         try:
             yield

@@ -146,10 +146,13 @@ def anls(prediction: str, answers: list[str], threshold: float = 0.5) -> float:
 def keyword_recall(prediction: str, keywords: list[str]) -> float:
     """Share of the reference keywords found in the prediction (NFKC, case-folded substring match, so
     Chinese keywords need no word segmentation)."""
-    if not keywords:
-        return 0.0
+    return len(keywords_found(prediction, keywords)) / len(keywords) if keywords else 0.0
+
+
+def keywords_found(prediction: str, keywords: list[str]) -> list[str]:
+    """The reference keywords present in the prediction (the match keyword_recall counts)."""
     p = unicodedata.normalize("NFKC", prediction).casefold()
-    return sum(unicodedata.normalize("NFKC", k).casefold() in p for k in keywords) / len(keywords)
+    return [k for k in keywords if unicodedata.normalize("NFKC", k).casefold() in p]
 
 
 def token_f1(a: str, b: str) -> float:

@@ -174,10 +174,9 @@ class Worker:
         return EXIT_DONE
 
     def _progress(self, rf, total: int) -> dict:
-        lines = rf.lines
-        return {"done": len(lines), "total": total, "ok": sum(x.get("status") == "ok" for x in lines),
-                "oom": sum(x.get("status") == "oom" for x in lines),
-                "errors": sum(x.get("status") == "error" for x in lines)}
+        from .tasks.base import counts
+
+        return {**counts(rf.lines), "total": total}
 
     def _phase(self, quant, tasks, todo, results, samples, kinds) -> None:
         from .engine import Engine, Memory
@@ -282,6 +281,7 @@ class Worker:
 
     def _verify(self, tasks, todo, results, samples, kinds) -> None:
         from .model import pick_device
+        from .tasks.fp16_verify import SINGLE_TURN
 
         job = self.job
         if job.quantization in ("fp16", "bf16", "fp32"):
@@ -296,7 +296,7 @@ class Worker:
         run = []
         for t in tasks:
             of = job.task(t.of_task)
-            if of.kind not in ("caption", "document", "poetry"):
+            if of.kind not in SINGLE_TURN:
                 self.skipped[t.name] = f"verification re-runs single-image tasks; {of.name} is {of.kind}"
                 continue
             quantized = {x["id"]: x for x in results[of.name].lines if x.get("status") == "ok"}

@@ -97,9 +97,15 @@ def single_turn(ctx: Context, task, samples, prompt_of, score) -> list[dict]:
     return split_on_oom(samples, attempt, lambda s, e: oom_line(ctx, task, s.id, e, prompt=prompt_of(s)))
 
 
-def _mean(xs) -> float | None:
+def mean(xs) -> float | None:
     xs = [x for x in xs if x is not None]
     return round(sum(xs) / len(xs), 6) if xs else None
+
+
+def counts(lines: list[dict]) -> dict:
+    """How many lines there are, by status (status.json's progress and every summary)."""
+    status = [x.get("status") for x in lines]
+    return {"done": len(lines), "ok": status.count("ok"), "oom": status.count("oom"), "errors": status.count("error")}
 
 
 def accounting(lines: list[dict]) -> dict:
@@ -109,15 +115,17 @@ def accounting(lines: list[dict]) -> dict:
     busy = sum(x["latency_s"] / x["batch_size"] for x in ok)
     decode = sum(x["decode_tokens"] for x in ok)
     return {
-        "done": len(lines), "ok": len(ok), "oom": sum(x.get("status") == "oom" for x in lines),
-        "errors": sum(x.get("status") == "error" for x in lines),
+        **counts(lines),
         "prefill_tokens": sum(x["prefill_tokens"] for x in ok), "visual_tokens": sum(x["visual_tokens"] for x in ok),
         "decode_tokens": decode, "busy_s": round(busy, 4),
         "samples_per_s": round(len(ok) / busy, 4) if busy else None,
         "decode_tokens_per_s": round(decode / busy, 2) if busy else None,
-        "mean_latency_s": _mean(x["latency_s"] for x in ok), "mean_ttft_s": _mean(x["ttft_s"] for x in ok),
+        "mean_latency_s": mean(x["latency_s"] for x in ok), "mean_ttft_s": mean(x["ttft_s"] for x in ok),
         "peak_memory_bytes": max((x["peak_memory_bytes"] for x in ok), default=None),
     }
 
 
-mean = _mean
+def summary(lines: list[dict], **means: str) -> dict:
+    """accounting() plus, for each NAME=KEY, the mean of the lines' KEY over the answered samples."""
+    ok = [x for x in lines if x.get("status") == "ok"]
+    return {**accounting(lines), **{name: mean(x[key] for x in ok) for name, key in means.items()}}

@@ -24,6 +24,4 @@ def run_batch(ctx, task, samples):
 
 
 def summarize(task, lines):
-    out = base.accounting(lines)
-    out["anls"] = base.mean(x["anls"] for x in lines if x["status"] == "ok")
-    return out
+    return base.summary(lines, anls="anls")

@@ -32,8 +32,4 @@ def run_batch(ctx, task, samples):
 
 
 def summarize(task, lines):
-    out = base.accounting(lines)
-    ok = [x for x in lines if x["status"] == "ok"]
-    out["agreement"] = base.mean(1.0 if x["agree"] else 0.0 for x in ok)
-    out["agreement_f1"] = base.mean(x["agreement_f1"] for x in ok)
-    return out
+    return base.summary(lines, agreement="agree", agreement_f1="agreement_f1")  # agree: True counts 1

@@ -64,11 +64,9 @@ def _lines(ctx, task, samples):
 
 
 def summarize(task, lines):
-    out = base.accounting(lines)
+    out = base.summary(lines, consistency="consistency", consistency_f1="consistency_f1",
+                       mean_memory_growth_bytes="memory_growth_bytes")
     ok = [x for x in lines if x["status"] == "ok"]
-    out["consistency"] = base.mean(x["consistency"] for x in ok)
-    out["consistency_f1"] = base.mean(x["consistency_f1"] for x in ok)
-    out["mean_memory_growth_bytes"] = base.mean(x["memory_growth_bytes"] for x in ok)
     n = max((len(x["turns"]) for x in ok), default=0)
     out["mean_turn_latency_s"] = [base.mean(x["turns"][t]["latency_s"] for x in ok if len(x["turns"]) > t)
                                   for t in range(n)]

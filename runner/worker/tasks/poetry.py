@@ -14,9 +14,9 @@ def prompt_of(task):
 
 
 def score(sample, prediction: str) -> dict:
-    found = [k for k in sample.keywords if metrics.keyword_recall(prediction, [k]) == 1.0]
+    found = metrics.keywords_found(prediction, sample.keywords)
     return {"keywords": sample.keywords, "keywords_found": found,
-            "keyword_recall": round(metrics.keyword_recall(prediction, sample.keywords), 6)}
+            "keyword_recall": round(len(found) / len(sample.keywords), 6) if sample.keywords else 0.0}
 
 
 def run_batch(ctx, task, samples):
@@ -24,6 +24,4 @@ def run_batch(ctx, task, samples):
 
 
 def summarize(task, lines):
-    out = base.accounting(lines)
-    out["keyword_recall"] = base.mean(x["keyword_recall"] for x in lines if x["status"] == "ok")
-    return out
+    return base.summary(lines, keyword_recall="keyword_recall")

@@ -81,8 +81,4 @@ def run_batch(ctx, task, samples):
 
 
 def summarize(task, lines):
-    out = base.accounting(lines)
-    ok = [x for x in lines if x["status"] == "ok"]
-    out["mean_frames"] = base.mean(x["frames"] for x in ok)
-    out["mean_visual_tokens"] = base.mean(x["visual_tokens"] for x in ok)
-    return out
+    return base.summary(lines, mean_frames="frames", mean_visual_tokens="visual_tokens")
