@@ -1,0 +1,65 @@
+"""Errors of the runner side (providers, SSH, runs), under the project's tree in planner/errors.py:
+
+    GpuBudgetError                     exit 1
+    ├── InputError                     exit 2 (planner/errors.py)
+    │   └── ConfigError                $BUDGET_HOME/config.yaml or a flag that completes it
+    ├── ProviderError                  a cloud or host API refused or failed
+    │   ├── AuthError                  credentials missing, expired or not allowed
+    │   ├── CapacityError              no capacity for that instance type / spot price
+    │   ├── QuotaError                 an account limit (vCPUs, instances, spot requests)
+    │   ├── NotFoundError              e.g. no AMI matches
+    │   └── TransientError             throttling, 5xx, connection drops: the only kind retried
+    ├── RemoteError                    the instance over SSH: unreachable, refused, host key mismatch
+    │   └── BootstrapError             infra/bootstrap.sh exited non-zero
+    ├── WorkerError                    the worker crashed or rejected its job
+    └── RunError                       a run cannot be found, resumed or stopped as asked
+
+botocore and paramiko exceptions are translated where they enter (providers/aws.py, remote.py)."""
+
+from __future__ import annotations
+
+from planner.errors import GpuBudgetError, InputError
+
+
+class ConfigError(InputError):
+    pass
+
+
+class ProviderError(GpuBudgetError):
+    pass
+
+
+class AuthError(ProviderError):
+    pass
+
+
+class CapacityError(ProviderError):
+    pass
+
+
+class QuotaError(ProviderError):
+    pass
+
+
+class NotFoundError(ProviderError):
+    pass
+
+
+class TransientError(ProviderError):
+    pass
+
+
+class RemoteError(GpuBudgetError):
+    pass
+
+
+class BootstrapError(RemoteError):
+    pass
+
+
+class WorkerError(GpuBudgetError):
+    pass
+
+
+class RunError(GpuBudgetError):
+    pass

@@ -1,0 +1,301 @@
+"""The spend ledger: one SQLite file ($BUDGET_HOME/ledger.db) in WAL mode, so a detached controller,
+`budget status` and a second run can read and write it at once.
+
+Tables: pools (named caps), runs, instances (price *at launch* and billing rule, lease), events (the
+lifecycle), spend (intervals: each row is what one instance cost from `start_at` to `end_at` under its
+billing rule; an instance's rows sum to its cost so far), tasks (the worker's per-task summaries).
+Money is stored as decimal text and read back as Decimal; times as epoch seconds (UTC).
+
+Schema changes are numbered functions appended to MIGRATIONS (PRAGMA user_version counts them).
+An instance row is written as an `intent` *before* the launch call, inside the same transaction as
+the guard's admission check, so concurrent runs on one pool cannot both spend the last yuan."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from .guard import Decision, Meter, Policy, decide
+
+
+def _script(db: sqlite3.Connection, sql: str) -> None:
+    # not executescript(): it commits, and a migration must stay inside its transaction
+    for statement in filter(str.strip, sql.split(";")):
+        db.execute(statement)
+
+
+def _m1(db: sqlite3.Connection) -> None:
+    _script(db, """
+    CREATE TABLE pools (name TEXT PRIMARY KEY, cap_cny TEXT NOT NULL, created_at REAL NOT NULL);
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY, pool TEXT NOT NULL REFERENCES pools(name), plan TEXT NOT NULL,
+        plan_path TEXT NOT NULL, provider TEXT NOT NULL, offer TEXT NOT NULL, quantization TEXT NOT NULL,
+        spot INTEGER NOT NULL, cap_cny TEXT NOT NULL, estimate_cny TEXT, estimate_s REAL,
+        state TEXT NOT NULL, reason TEXT, phase TEXT, dir TEXT NOT NULL, controller_pid INTEGER,
+        samples_done INTEGER NOT NULL DEFAULT 0, samples_total INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL, finished_at REAL, stop_requested INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE instances (
+        id INTEGER PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs(id), pool TEXT NOT NULL,
+        provider TEXT NOT NULL, provider_id TEXT, instance_type TEXT NOT NULL, region TEXT NOT NULL,
+        spot INTEGER NOT NULL, price_cny_h TEXT NOT NULL, price_original_h TEXT NOT NULL, currency TEXT NOT NULL,
+        increment_s INTEGER NOT NULL, minimum_s INTEGER NOT NULL, state TEXT NOT NULL,
+        started_at REAL NOT NULL, launched_at REAL, lease_until REAL NOT NULL, ended_at REAL, address TEXT);
+    CREATE TABLE events (id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, instance_id INTEGER, at REAL NOT NULL,
+        kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
+    CREATE TABLE spend (id INTEGER PRIMARY KEY, instance_id INTEGER NOT NULL REFERENCES instances(id),
+        start_at REAL NOT NULL, end_at REAL NOT NULL, amount_cny TEXT NOT NULL);
+    CREATE TABLE tasks (run_id TEXT NOT NULL REFERENCES runs(id), task TEXT NOT NULL, kind TEXT NOT NULL,
+        samples INTEGER NOT NULL, ok INTEGER NOT NULL, summary TEXT NOT NULL, PRIMARY KEY (run_id, task));
+    CREATE INDEX instances_pool ON instances(pool, state);
+    CREATE INDEX events_run ON events(run_id, at);
+    CREATE INDEX spend_instance ON spend(instance_id);
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1]
+LIVE = ("intent", "launching", "running", "stopping")
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: int
+    run_id: str
+    pool: str
+    provider: str
+    provider_id: str | None
+    instance_type: str
+    region: str
+    spot: bool
+    price_cny_h: Decimal
+    price_original_h: Decimal
+    currency: str
+    increment_s: int
+    minimum_s: int
+    state: str
+    started_at: float
+    launched_at: float | None
+    lease_until: float
+    ended_at: float | None
+    address: str | None
+
+    @property
+    def meter(self) -> Meter:
+        return Meter(self.price_cny_h, self.increment_s, self.minimum_s, self.started_at, self.lease_until,
+                     self.ended_at)
+
+
+class Ledger:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, safe against corruption
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            have = self.db.execute("PRAGMA user_version").fetchone()[0]
+            for n, step in enumerate(MIGRATIONS[have:], start=have + 1):
+                step(self.db)
+                self.db.execute(f"PRAGMA user_version = {n}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: one writer at a time across processes, so read-decide-write is atomic."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ pools and runs
+
+    def pool_cap(self, name: str) -> Decimal | None:
+        row = self.db.execute("SELECT cap_cny FROM pools WHERE name=?", (name,)).fetchone()
+        return Decimal(row[0]) if row else None
+
+    def ensure_pool(self, name: str, cap: Decimal, now: float) -> Decimal:
+        """The pool's cap; a new pool is created with `cap`."""
+        with self.transaction():
+            self.db.execute("INSERT OR IGNORE INTO pools VALUES (?,?,?)", (name, str(cap), now))
+        return self.pool_cap(name)
+
+    def set_pool_cap(self, name: str, cap: Decimal) -> None:
+        self.db.execute("UPDATE pools SET cap_cny=? WHERE name=?", (str(cap), name))
+
+    def create_run(self, **row) -> None:
+        row.setdefault("state", "created")
+        row["cap_cny"] = str(row["cap_cny"])
+        if row.get("estimate_cny") is not None:
+            row["estimate_cny"] = str(row["estimate_cny"])
+        cols = ", ".join(row)
+        self.db.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+        self.event(row["id"], "created", f"{row['provider']} {row['offer']} {row['quantization']}")
+
+    def update_run(self, run_id: str, **fields) -> None:
+        sets = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE runs SET {sets} WHERE id=?", (*fields.values(), run_id))
+
+    def run(self, run_id: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        return dict(row) if row else None
+
+    def runs(self, limit: int = 50) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT ?",
+                                                  (limit,))]
+
+    def find_runs(self, prefix: str) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT id FROM runs WHERE id LIKE ? ORDER BY id", (prefix + "%",))]
+
+    def event(self, run_id: str, kind: str, detail: str = "", instance_id: int | None = None,
+              at: float | None = None) -> None:
+        self.db.execute("INSERT INTO events (run_id, instance_id, at, kind, detail) VALUES (?,?,?,?,?)",
+                        (run_id, instance_id, time.time() if at is None else at, kind, detail))
+
+    def events(self, run_id: str) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM events WHERE run_id=? ORDER BY at, id", (run_id,))]
+
+    # ------------------------------------------------------------------ instances and the guard
+
+    def _instance(self, row) -> Instance:
+        d = dict(row)
+        for k in ("price_cny_h", "price_original_h"):
+            d[k] = Decimal(d[k])
+        d["spot"] = bool(d["spot"])
+        return Instance(**d)
+
+    def instance(self, instance_id: int) -> Instance:
+        return self._instance(self.db.execute("SELECT * FROM instances WHERE id=?", (instance_id,)).fetchone())
+
+    def instances(self, run_id: str | None = None, pool: str | None = None, live: bool = False) -> list[Instance]:
+        q, args = "SELECT * FROM instances WHERE 1=1", []
+        if run_id is not None:
+            q, args = q + " AND run_id=?", [*args, run_id]
+        if pool is not None:
+            q, args = q + " AND pool=?", [*args, pool]
+        if live:
+            q += f" AND state IN ({', '.join('?' * len(LIVE))})"
+            args += LIVE
+        return [self._instance(r) for r in self.db.execute(q + " ORDER BY id", args)]
+
+    def _check(self, run_id: str, pool: str, mine: Meter, skip: int | None, now: float,
+               policy: Policy) -> Decision:
+        """The stricter of the pool's and the run's decision (a run's cap may be below its pool's)."""
+        others = [i for i in self.instances(pool=pool) if i.id != skip]
+        d_pool = decide(self.pool_cap(pool), [i.meter for i in others], mine, now, policy)
+        run_cap = Decimal(self.run(run_id)["cap_cny"])
+        d_run = decide(run_cap, [i.meter for i in others if i.run_id == run_id], mine, now, policy)
+        if not d_pool.go:
+            return d_pool
+        if not d_run.go or d_run.lease_until < d_pool.lease_until:
+            return d_run
+        return d_pool
+
+    def admit(self, run_id: str, *, offer, price_cny_h: Decimal, price_original_h: Decimal, spot: bool,
+              provider: str, now: float, policy: Policy) -> tuple[Decision, int | None]:
+        """The guard's launch check and, if it passes, the intent row - in one transaction."""
+        run = self.run(run_id)
+        with self.transaction():
+            mine = Meter(price_cny_h, offer.billing_increment_s, offer.billing_minimum_s, now, now)
+            d = self._check(run_id, run["pool"], mine, None, now, policy)
+            if not d.go:
+                return d, None
+            cur = self.db.execute(
+                "INSERT INTO instances (run_id, pool, provider, instance_type, region, spot, price_cny_h, "
+                "price_original_h, currency, increment_s, minimum_s, state, started_at, lease_until) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,'intent',?,?)",
+                (run_id, run["pool"], provider, offer.instance_type, offer.region, int(spot), str(price_cny_h),
+                 str(price_original_h), offer.currency, offer.billing_increment_s, offer.billing_minimum_s,
+                 now, d.lease_until))
+            self.event(run_id, "intent", f"launch {offer.instance_type} at {price_cny_h} CNY/h "
+                       f"(lease to {d.lease_until:.0f})", cur.lastrowid, now)
+        return d, cur.lastrowid
+
+    def tick(self, instance_id: int, now: float, policy: Policy) -> Decision:
+        """Accrue spend up to `now` and decide: on `go`, the lease is extended (ledger first, then the
+        caller tells the instance); on stop, nothing is extended."""
+        with self.transaction():
+            inst = self.instance(instance_id)
+            d = self._check(inst.run_id, inst.pool, inst.meter, inst.id, now, policy)
+            self._accrue(inst, now)
+            if d.go and d.lease_until > inst.lease_until:
+                self.db.execute("UPDATE instances SET lease_until=? WHERE id=?", (d.lease_until, instance_id))
+        return d
+
+    def _accrue(self, inst: Instance, until: float) -> None:
+        start = self.db.execute("SELECT COALESCE(MAX(end_at), ?) FROM spend WHERE instance_id=?",
+                                (inst.started_at, inst.id)).fetchone()[0]
+        delta = inst.meter.cost(until) - self.spent_instance(inst.id)
+        if until <= start and delta <= 0:
+            return
+        self.db.execute("INSERT INTO spend (instance_id, start_at, end_at, amount_cny) VALUES (?,?,?,?)",
+                        (inst.id, start, max(start, until), str(max(delta, Decimal(0)))))
+
+    def set_instance(self, instance_id: int, **fields) -> None:
+        sets = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE instances SET {sets} WHERE id=?", (*fields.values(), instance_id))
+
+    def settle(self, instance_id: int, ended_at: float | None, state: str = "terminated") -> Decimal:
+        """Close an instance: its last spend interval up to `ended_at` (None: it never existed, no charge)."""
+        with self.transaction():
+            inst = self.instance(instance_id)
+            if inst.ended_at is not None:
+                return self.spent_instance(instance_id)
+            if ended_at is None:  # the launch call failed before any instance existed
+                self.db.execute("UPDATE instances SET state=?, ended_at=?, lease_until=? WHERE id=?",
+                                (state, inst.started_at, inst.started_at, instance_id))
+                self.db.execute("DELETE FROM spend WHERE instance_id=?", (instance_id,))
+            else:
+                ended_at = max(ended_at, inst.started_at)
+                self.db.execute("UPDATE instances SET state=?, ended_at=? WHERE id=?", (state, ended_at, instance_id))
+                self._accrue(self.instance(instance_id), ended_at)
+            self.event(inst.run_id, "settled", f"{state}; {self.spent_instance(instance_id)} CNY", instance_id)
+        return self.spent_instance(instance_id)
+
+    # ------------------------------------------------------------------ money
+
+    def _sum(self, q: str, args: tuple) -> Decimal:
+        return sum((Decimal(r[0]) for r in self.db.execute(q, args)), Decimal(0))
+
+    def spent_instance(self, instance_id: int) -> Decimal:
+        return self._sum("SELECT amount_cny FROM spend WHERE instance_id=?", (instance_id,))
+
+    def spent_run(self, run_id: str) -> Decimal:
+        return self._sum("SELECT s.amount_cny FROM spend s JOIN instances i ON i.id=s.instance_id WHERE i.run_id=?",
+                         (run_id,))
+
+    def spent_pool(self, pool: str) -> Decimal:
+        return self._sum("SELECT s.amount_cny FROM spend s JOIN instances i ON i.id=s.instance_id WHERE i.pool=?",
+                         (pool,))
+
+    def spend_rows(self, run_id: str) -> list[dict]:
+        return [dict(r) for r in self.db.execute(
+            "SELECT s.* FROM spend s JOIN instances i ON i.id=s.instance_id WHERE i.run_id=? ORDER BY s.id",
+            (run_id,))]
+
+    # ------------------------------------------------------------------ results
+
+    def record_tasks(self, run_id: str, summary: dict) -> None:
+        with self.transaction():
+            for name, t in (summary.get("tasks") or {}).items():
+                self.db.execute("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?)",
+                                (run_id, name, t.get("kind", ""), int(t.get("done") or 0), int(t.get("ok") or 0),
+                                 json.dumps(t, ensure_ascii=False)))
+
+    def tasks(self, run_id: str) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM tasks WHERE run_id=? ORDER BY task", (run_id,))]

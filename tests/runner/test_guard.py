@@ -1,0 +1,159 @@
+"""The guard's decisions, and the ledger that carries them, over a real SQLite file."""
+
+from __future__ import annotations
+
+import heapq
+import random
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from planner.models import Offer
+from runner.guard import Meter, Policy, decide
+from runner.ledger import Ledger
+
+T0 = 1_800_000_000.0
+
+
+def offer(increment: int, minimum: int) -> Offer:
+    return Offer(provider="test", instance_type="x", gpu="T4", gpu_count=1, price=Decimal(1),
+                 billing_increment_s=increment, billing_minimum_s=minimum)
+
+
+def test_hourly_billing_uses_the_paid_hour_and_stops_before_the_next():
+    p = Policy(tick_s=5, teardown_s=60, lease_s=300)
+    hour = Meter(Decimal("3.5"), 3600, 3600, T0, T0)
+    # one hour paid (3.5 CNY) with a cap of 5: continue through the hour, the lease reaching its end
+    d = decide(Decimal(5), [], hour, T0 + 1000, p)
+    assert d.go and d.lease_until == T0 + 1300 and d.committed_cny == Decimal("3.5")
+    late = Meter(Decimal("3.5"), 3600, 3600, T0, T0 + 3500 - 60)
+    assert decide(Decimal(5), [], late, T0 + 3530, p).go  # a tick + teardown still end inside the hour
+    d = decide(Decimal(5), [], late, T0 + 3540, p)
+    assert not d.go and d.reason == "budget" and d.next_increment_cny == Decimal("3.5")
+    # the last lease ends a teardown before the hour: the instance is gone before the second hour starts
+    d = decide(Decimal(5), [], hour, T0 + 3400, p)
+    assert d.go and d.lease_until + p.teardown_s <= T0 + 3600
+
+
+def test_per_second_billing_stops_where_the_money_ends():
+    p = Policy(tick_s=5, teardown_s=30, lease_s=600)
+    m = Meter(Decimal("36"), 1, 60, T0, T0)  # 0.01 CNY a second
+    d = decide(Decimal(2), [], m, T0, p)     # 200 s of money: lease 170 s (+30 s teardown)
+    assert d.go and abs(d.lease_until - (T0 + 170)) <= 1 and d.committed_cny <= 2
+    assert not decide(Decimal("0.5"), [], m, T0, p).go  # 60 s minimum + teardown > 50 s of money
+
+
+def test_reserve_and_other_instances_count():
+    p = Policy(tick_s=5, teardown_s=10, lease_s=100, reserve_cny=Decimal(1))
+    other = Meter(Decimal(36), 1, 0, T0, T0 + 100)
+    mine = Meter(Decimal(36), 1, 0, T0, T0)
+    # other commits 110 s = 1.10; reserve 1; cap 3 leaves 0.90 for mine -> lease 80 s
+    d = decide(Decimal(3), [other], mine, T0, p)
+    assert d.go and abs(d.lease_until - (T0 + 80)) <= 1
+
+
+def test_ledger_admission_tick_and_settle(tmp_path):
+    led = Ledger(tmp_path / "ledger.db")
+    led.ensure_pool("p", Decimal(10), T0)
+    led.create_run(id="r1", pool="p", plan="smoke", plan_path="x", provider="local", offer="o", quantization="nf4",
+                   spot=0, cap_cny=Decimal(10), dir=str(tmp_path), created_at=T0)
+    p = Policy(tick_s=5, teardown_s=10, lease_s=60)
+    d, iid = led.admit("r1", offer=offer(1, 60), price_cny_h=Decimal(36), price_original_h=Decimal(36), spot=False,
+                       provider="local", now=T0, policy=p)
+    assert d.go and iid and led.instance(iid).state == "intent"
+    led.tick(iid, T0 + 30, p)
+    assert led.spent_instance(iid) == Decimal("0.6")  # 60 s minimum at 0.01 CNY/s
+    led.tick(iid, T0 + 90, p)
+    assert led.spent_instance(iid) == Decimal("0.9")
+    assert led.settle(iid, T0 + 95) == Decimal("0.95")
+    assert led.settle(iid, T0 + 500) == Decimal("0.95")  # settling twice changes nothing
+    rows = led.spend_rows("r1")
+    assert [r["end_at"] - T0 for r in rows] == [30, 90, 95]
+    assert all(a["end_at"] == b["start_at"] for a, b in zip(rows, rows[1:]))
+    # reopened from disk: same money, migrations not re-run
+    led.close()
+    again = Ledger(tmp_path / "ledger.db")
+    assert again.spent_pool("p") == Decimal("0.95")
+    assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_failed_launch_costs_nothing(tmp_path):
+    led = Ledger(tmp_path / "ledger.db")
+    led.ensure_pool("p", Decimal(10), T0)
+    led.create_run(id="r", pool="p", plan="s", plan_path="x", provider="aws", offer="o", quantization="nf4",
+                   spot=0, cap_cny=Decimal(10), dir=".", created_at=T0)
+    _, iid = led.admit("r", offer=offer(1, 60), price_cny_h=Decimal(7), price_original_h=Decimal(1), spot=False,
+                       provider="aws", now=T0, policy=Policy())
+    assert led.settle(iid, None, "failed") == 0 and led.instance(iid).state == "failed"
+
+
+billing = st.sampled_from([(1, 60), (1, 0), (60, 60), (3600, 3600), (60, 600), (1800, 0)])
+
+
+@st.composite
+def scenarios(draw):
+    n = draw(st.integers(1, 4))
+    return {
+        "cap": Decimal(draw(st.integers(1, 20000))) / 100,
+        "policy": Policy(tick_s=draw(st.sampled_from([2, 5, 10, 30])), teardown_s=draw(st.integers(0, 120)),
+                         reserve_cny=Decimal(draw(st.integers(0, 100))) / 100, lease_s=draw(st.integers(10, 900))),
+        "instances": [{
+            "price": Decimal(draw(st.integers(1, 20000))) / 100,   # 0.01 .. 200 CNY/h
+            "billing": draw(billing),
+            "launch": draw(st.integers(0, 3600)),
+            "work": draw(st.integers(1, 8000)),
+            "dies": draw(st.one_of(st.none(), st.integers(0, 8000))),
+            "run_cap": draw(st.one_of(st.none(), st.integers(1, 20000))),
+        } for _ in range(n)],
+        "seed": draw(st.integers(0, 2**31)),
+    }
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenarios())
+def test_settled_spend_never_exceeds_the_cap(tmp_path_factory, sc):
+    """Random prices, billing rules, tick jitter (any gap up to tick_s), teardown times, concurrent instances
+    on one pool, controllers that die mid-run (their watchdog ends the instance at its lease): the pool's
+    settled spend stays within its cap, and every run's within its own."""
+    rng = random.Random(sc["seed"])
+    led = Ledger(tmp_path_factory.mktemp("g") / "ledger.db")
+    cap, p = sc["cap"], sc["policy"]
+    led.ensure_pool("pool", cap, T0)
+    queue: list[tuple[float, int, str]] = []
+    live: dict[int, int] = {}
+    for k, inst in enumerate(sc["instances"]):
+        run_cap = min(cap, Decimal(inst["run_cap"]) / 100) if inst["run_cap"] else cap
+        led.create_run(id=f"r{k}", pool="pool", plan="p", plan_path="p", provider="sim", offer="o", quantization="nf4",
+                       spot=0, cap_cny=run_cap, dir=".", created_at=T0)
+        heapq.heappush(queue, (T0 + inst["launch"], k, "launch"))
+    while queue:
+        now, k, what = heapq.heappop(queue)
+        inst = sc["instances"][k]
+        if what == "launch":
+            d, iid = led.admit(f"r{k}", offer=offer(*inst["billing"]), price_cny_h=inst["price"],
+                               price_original_h=inst["price"], spot=False, provider="sim", now=now, policy=p)
+            if not d.go:
+                continue
+            live[k] = iid
+        else:
+            iid = live[k]
+            started = led.instance(iid).started_at
+            if inst["dies"] is not None and now >= started + inst["dies"]:
+                # the controller is gone: the watchdog powers off at the lease; billing ends within teardown_s
+                led.settle(iid, led.instance(iid).lease_until + rng.uniform(0, p.teardown_s))
+                continue
+            if now >= started + inst["work"]:
+                led.settle(iid, now + rng.uniform(0, p.teardown_s))
+                continue
+            if not led.tick(iid, now, p).go:
+                led.settle(iid, now + rng.uniform(0, p.teardown_s))
+                continue
+        heapq.heappush(queue, (now + rng.uniform(0.2, 1.0) * p.tick_s, k, "tick"))
+    assert led.spent_pool("pool") <= cap
+    for k in range(len(sc["instances"])):
+        assert led.spent_run(f"r{k}") <= Decimal(led.run(f"r{k}")["cap_cny"])
+    for i in led.instances():
+        assert i.state == "terminated"
+        assert led.spent_instance(i.id) == i.meter.cost(i.ended_at)
+    led.close()
