@@ -47,6 +47,14 @@ def _decimal(value: str | None, flag: str) -> Decimal | None:
     return d
 
 
+def _batch_size(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    if value != "auto" and not (value.isdigit() and int(value) > 0):
+        raise InputError(f"--batch-size {value!r} is not a positive integer or auto", "e.g. --batch-size 4")
+    return value if value == "auto" else int(value)
+
+
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
     """Budget-first planner and runner for evaluating quantized Qwen3-VL on rented GPUs."""
@@ -172,11 +180,7 @@ def eval_cmd(
     q = (quant or ev.quantizations[0]).lower()
     if device not in ("auto", "cuda", "cpu"):
         raise InputError(f"--device {device!r} is not auto, cuda or cpu", "e.g. --device cpu")
-    bs: int | str | None = None
-    if batch_size is not None:
-        if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
-            raise InputError(f"--batch-size {batch_size!r} is not a positive integer or auto", "e.g. --batch-size 4")
-        bs = batch_size if batch_size == "auto" else int(batch_size)
+    bs = _batch_size(batch_size)
     deadline = None if max_minutes is None else _dt.datetime.now(_dt.UTC) + _dt.timedelta(minutes=max_minutes)
     job = jobs.build(ev, plan_file(plan), _catalog(), budget_home(), quantization=q, model_path=model_path,
                      limit=limit, batch_size=bs, device=device, deadline=deadline)
@@ -187,6 +191,119 @@ def eval_cmd(
     if any(t.get("done") for t in (outcome.summary.get("tasks") or {}).values()):
         render.json_dict(outcome.summary) if as_json else render.eval_summary(outcome.summary, str(out_dir))
     evaluate.check(outcome)
+
+
+@app.command("run")
+def run_cmd(
+    plan: Annotated[Path, typer.Argument(help="Plan YAML, e.g. plans/smoke.yaml.")],
+    yuan: Annotated[str | None, typer.Option("--yuan", help="This run's cap in CNY (default: the plan's budget_yuan).")] = None,
+    pool: Annotated[str, typer.Option("--pool", help="Budget pool the run draws on (made with the cap if new).")] = "default",
+    provider: Annotated[str, typer.Option("--provider", help="local (this machine, simulated price), aws or ssh.")] = "local",
+    offer: Annotated[str | None, typer.Option("--offer", help="Offer id (see `budget prices list`; default: the planner's choice).")] = None,
+    spot: Annotated[bool, typer.Option("--spot", help="Spot prices only (aws).")] = False,
+    quant: Annotated[str | None, typer.Option("--quant", help="Quantization (default: the planner's choice).")] = None,
+    price_yuan_hour: Annotated[str | None, typer.Option("--price-yuan-hour", help="Bill at this CNY/h (local, ssh).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N samples per task.")] = None,
+    batch_size: Annotated[str | None, typer.Option("--batch-size", help="Samples per batch, or auto.")] = None,
+    model_path: Annotated[Path | None, typer.Option("--model-path", help="Push this saved model instead of downloading.")] = None,
+    remote_python: Annotated[str | None, typer.Option("--remote-python", help="Python on the instance that is ready (skips bootstrap).")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Return once launched; watch with status/logs.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before spending.")] = False,
+) -> None:
+    """Provision, push the worker, evaluate, track spend against the cap, tear down."""
+    from planner.plans import load_plan, plan_file
+
+    from . import render, runs
+
+    ev = load_plan(plan)
+    p = runs.prepare(ev, plan_file(plan), _catalog(), budget_home(), provider=provider, yuan=_decimal(yuan, "--yuan"),
+                     pool=pool, offer_id=offer, spot=spot, quant=quant, limit=limit, batch_size=_batch_size(batch_size),
+                     price_yuan_h=_decimal(price_yuan_hour, "--price-yuan-hour"), model_path=model_path,
+                     remote_python=remote_python)
+    render.run_estimate(p)
+    if not yes and not typer.confirm("Launch and start spending?", default=False, err=True):
+        raise typer.Abort()
+    runs.create(p, budget_home())
+    if detach:
+        pid = runs.detach(p.request.run_id, budget_home())
+        render.detached(p.request.run_id, pid)
+        return
+    with render.RunProgress() as bar:
+        runs.drive(p.request.run_id, budget_home(), bar.update)
+    _status_of(p.request.run_id, as_json=False)
+
+
+@app.command("drive", hidden=True)
+def drive_cmd(run_id: Annotated[str, typer.Argument()]) -> None:
+    """The controller of a detached run (started by `budget run --detach`)."""
+    from . import runs
+
+    runs.drive(run_id, budget_home())
+
+
+def _status_of(run_id: str | None, as_json: bool) -> None:
+    from . import render, runs
+
+    led = runs.ledger(budget_home())
+    try:
+        if run_id is None and not as_json:
+            render.runs_table([dict(r, spent_cny=led.spent_run(r["id"])) for r in led.runs()])
+            return
+        run = runs.resolve(led, run_id)
+        doc = {**run, "spent_cny": led.spent_run(run["id"]), "pool_spent_cny": led.spent_pool(run["pool"]),
+               "pool_cap_cny": led.pool_cap(run["pool"]), "instances": [vars(i) for i in led.instances(run["id"])],
+               "tasks": led.tasks(run["id"]), "events": led.events(run["id"])}
+        render.json_dict(doc) if as_json else render.run_detail(doc)
+    finally:
+        led.close()
+
+
+@app.command("status")
+def status_cmd(
+    run: Annotated[str | None, typer.Argument(help="Run id (or a unique prefix); default: every run.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Runs with their state, spend against the cap and progress; one run in detail."""
+    _status_of(run, as_json)
+
+
+@app.command("logs")
+def logs_cmd(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
+) -> None:
+    """The run's controller log and the worker's log (fetched from the instance as they grow)."""
+    import time as _time
+
+    from . import runs
+
+    led = runs.ledger(budget_home())
+    try:
+        r = runs.resolve(led, run)
+        files = [Path(r["dir"]) / "controller.log", Path(r["dir"]) / "out" / "worker.log"]
+        offsets = {f: 0 for f in files}
+        while True:
+            for f in files:
+                if f.exists() and f.stat().st_size > offsets[f]:
+                    with open(f, encoding="utf-8", errors="replace") as fh:
+                        fh.seek(offsets[f])
+                        chunk = fh.read()
+                        offsets[f] = fh.tell()
+                    sys.stdout.write("".join(f"[{f.stem}] {line}\n" for line in chunk.splitlines()))
+                    sys.stdout.flush()
+            if not follow or led.run(r["id"])["state"] in ("done", "stopped", "failed"):
+                return
+            _time.sleep(1)
+    finally:
+        led.close()
+
+
+@app.command("stop")
+def stop_cmd(run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]) -> None:
+    """Stop a run: finished samples are kept, the instance is terminated, the ledger settled."""
+    from . import render, runs
+
+    render.stopped(runs.stop(run, budget_home()))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,7 @@ def json_doc(model) -> None:
 
 def json_dict(doc: dict) -> None:
     """Exactly one JSON document on stdout, for documents the worker wrote (its summary.json)."""
-    sys.stdout.write(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    sys.stdout.write(json.dumps(doc, indent=1, ensure_ascii=False, default=str) + "\n")
 
 
 def error(e: GpuBudgetError | str, hint: str = "") -> None:
@@ -240,3 +240,116 @@ def eval_summary(summary: dict, out_dir: str) -> None:
         else "incomplete"
     out.print(f"{state}; elapsed {summary.get('elapsed_s', 0):.1f} s (attempt {summary.get('attempt')}); "
               f"per-sample lines in {out_dir}/results/")
+
+
+# --------------------------------------------------------------------------- budget run / status / stop
+
+
+def _when(epoch) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if epoch else "-"
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def run_estimate(p) -> None:
+    """What `budget run` is about to do, before it asks."""
+    rec, req = p.recommendation, p.request
+    offer = req.offer
+    err.print(f"run {req.run_id}: plan {p.plan.name} on {req.provider} "
+              f"({rec.gpu} x{rec.gpu_count}, {offer['instance_type']}{', spot' if req.spot else ''}), "
+              f"{req.quantization}", soft_wrap=True)
+    err.print(f"  price {req.price_cny_h} CNY/h, billed every {offer['billing_increment_s']} s "
+              f"(minimum {offer['billing_minimum_s']} s); estimate {_duration(rec.time.total_s)}, "
+              f"{rec.cost_cny} CNY (planner's speed model: {rec.gpu} x{rec.gpu_count}; a local run uses this "
+              f"machine's speed)", soft_wrap=True)
+    pol = req.policy
+    err.print(f"  cap {p.cap_cny} CNY from pool {p.pool!r}; the guard decides every {pol['tick_s']:g} s, plans "
+              f"{pol['teardown_s']:g} s to tear down and a reserve of {pol['reserve_cny']} CNY; the instance stops "
+              f"itself if not heard from for {pol['lease_s']:g} s", soft_wrap=True)
+    err.print(f"  results: {p.run_dir}/out", soft_wrap=True)
+
+
+def detached(run_id: str, pid: int) -> None:
+    out.print(run_id)
+    err.print(f"controller running in the background (pid {pid}); watch with `budget status {run_id}` or "
+              f"`budget logs {run_id} -f`, stop with `budget stop {run_id}`", soft_wrap=True)
+
+
+class RunProgress:
+    """`budget run`'s live line on stderr: phase, samples, spend vs cap, ETA."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=err, transient=False)
+        self.bar = self.progress.add_task("starting", total=None)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def update(self, p: dict) -> None:
+        desc = f"{p['phase']}"
+        if p.get("task"):
+            desc += f" {p['task']}"
+        desc += f" | {p['spent_cny']:.4f} of {p['cap_cny']} CNY"
+        if p.get("eta_s") is not None:
+            desc += f" | eta {_duration(p['eta_s'])}"
+        self.progress.update(self.bar, description=desc, completed=p["done"], total=p["total"] or None)
+
+
+def runs_table(rows: list[dict]) -> None:
+    if not rows:
+        err.print("no runs yet; start one with `budget run PLAN`")
+        return
+    t = Table(title="Runs (newest first)")
+    for col in ("run", "state", "provider", "offer", "quant", "samples", "spent CNY", "cap CNY", "started"):
+        t.add_column(col, justify="right" if col in ("samples", "spent CNY", "cap CNY") else "left")
+    for r in rows:
+        state = r["state"] + (f": {r['reason']}" if r.get("reason") and r["state"] == "stopped" else "")
+        t.add_row(r["id"], state, r["provider"], r["offer"], r["quantization"],
+                  f"{r['samples_done']}/{r['samples_total']}", f"{r['spent_cny']:.4f}", str(r["cap_cny"]),
+                  _when(r["created_at"]))
+    out.print(t)
+
+
+def run_detail(d: dict) -> None:
+    state = d["state"] + (f": {d['reason']}" if d.get("reason") else "")
+    out.print(f"run {d['id']}  [bold]{state}[/]  (phase {d['phase']})", soft_wrap=True)
+    out.print(f"  plan {d['plan']} ({d['plan_path']}), {d['provider']} {d['offer']}, {d['quantization']}"
+              f"{', spot' if d['spot'] else ''}", soft_wrap=True)
+    est = f"estimate {d['estimate_cny']} CNY / {_duration(d['estimate_s'])}" if d.get("estimate_cny") else ""
+    out.print(f"  spent {d['spent_cny']:.4f} CNY of a {d['cap_cny']} CNY cap; pool {d['pool']}: "
+              f"{d['pool_spent_cny']:.4f} of {d['pool_cap_cny']} CNY; {est}", soft_wrap=True)
+    out.print(f"  samples {d['samples_done']}/{d['samples_total']}; started {_when(d['created_at'])}, "
+              f"finished {_when(d.get('finished_at'))}; results in {d['dir']}/out", soft_wrap=True)
+    if d["instances"]:
+        t = Table(title="Instances")
+        for col in ("id", "state", "type", "price CNY/h", "billing", "launched", "ended"):
+            t.add_column(col)
+        for i in d["instances"]:
+            t.add_row(str(i["provider_id"] or "-"), i["state"], i["instance_type"], str(i["price_cny_h"]),
+                      f"{i['increment_s']} s, min {i['minimum_s']} s", _when(i["launched_at"]), _when(i["ended_at"]))
+        out.print(t)
+    if d["tasks"]:
+        t = Table(title="Tasks")
+        for col in ("task", "kind", "done", "ok"):
+            t.add_column(col)
+        for x in d["tasks"]:
+            t.add_row(x["task"], x["kind"], str(x["samples"]), str(x["ok"]))
+        out.print(t)
+
+
+def stopped(run: dict) -> None:
+    out.print(f"run {run['id']}: {run['state']}" + (f" ({run['reason']})" if run.get("reason") else ""))

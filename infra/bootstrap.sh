@@ -1,0 +1,1 @@
+../runner/instance/bootstrap.sh

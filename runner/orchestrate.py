@@ -1,0 +1,478 @@
+"""`budget run`: the run state machine.
+
+    admit (guard + intent row) -> launch -> wait for SSH -> watchdog up -> bootstrap -> push worker, job,
+    data -> start worker (detached) -> monitor: every tick fetch results, accrue spend, extend the lease
+    or stop -> collect -> terminate -> settle
+
+The instance is torn down on every way out: done, any step failing, Ctrl-C / SIGTERM, `budget stop`,
+and the guard's stop. Results land in $BUDGET_HOME/runs/<run>/out/ as they arrive. A run's inputs are
+saved as request.json in its directory, so a detached controller (`--detach`) runs the same code."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import secrets
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+from planner.errors import BudgetTooSmall, GpuBudgetError, InputError
+from planner.models import EvalPlan, Offer
+
+from . import jobs
+from .config import Config
+from .errors import BootstrapError, RemoteError, RunError, WorkerError
+from .guard import Policy
+from .ledger import Ledger
+from .providers.base import LaunchSpec
+from .remote import fetch, push_tree, wait_for
+from .worker.run import EXIT_DONE, EXIT_STOPPED
+from .worker.tiny import NAME as TINY
+
+INSTANCE_FILES = Path(__file__).parent / "instance"
+WORKER_DIR = Path(__file__).parent / "worker"
+START_WATCHDOG = ("mkdir -p out; if ! { [ -f watchdog.pid ] && kill -0 \"$(cat watchdog.pid)\" 2>/dev/null; }; then "
+                  "nohup setsid sh ./watchdog.sh >> watchdog.log 2>&1 < /dev/null & echo $! > watchdog.pid; fi")
+FINAL = ("done", "stopped", "failed")
+
+
+class Stop(Exception):
+    """Leave the monitor loop and tear down: `reason` is budget, user or interrupted."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def new_run_id(plan: str) -> str:
+    return f"{plan}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def worker_requirements() -> str:
+    """requirements.txt for bootstrap.sh: the installed package's `worker` extra."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        reqs = requires("gpubudget") or []
+    except PackageNotFoundError:
+        reqs = []
+    lines = [r.split(";")[0].strip() for r in reqs if "extra == \"worker\"" in r.replace("'", '"')]
+    return "\n".join(lines or ["torch", "torchvision", "transformers", "accelerate", "bitsandbytes", "pillow", "av"]) + "\n"
+
+
+@dataclasses.dataclass
+class Request:
+    """Everything a controller needs to drive a run (saved as request.json)."""
+
+    run_id: str
+    plan_path: str
+    provider: str
+    offer: dict
+    quantization: str
+    spot: bool
+    price_cny_h: str
+    price_original_h: str
+    job: dict
+    policy: dict
+    remote_python: str | None = None
+    model_path: str | None = None
+    ssh_wait_s: float = 600.0
+    bootstrap_timeout_s: float = 3600.0
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=1, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Request:
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as e:
+            raise RunError(f"{path}: cannot read the run's request ({e})", "start a new run") from None
+
+    @property
+    def offer_obj(self) -> Offer:
+        return Offer.model_validate(self.offer)
+
+    @property
+    def policy_obj(self) -> Policy:
+        p = dict(self.policy)
+        p["reserve_cny"] = Decimal(p["reserve_cny"])
+        return Policy(**p)
+
+
+def policy_for(cfg: Config, provider) -> Policy:
+    return Policy(tick_s=cfg.run.tick_s, teardown_s=cfg.run.teardown_s if cfg.run.teardown_s is not None
+                  else provider.teardown_s, reserve_cny=cfg.run.reserve_yuan, lease_s=cfg.run.lease_s)
+
+
+def make_provider(name: str, cfg: Config, home: Path):
+    """The provider named `name` (boto3 / paramiko are imported only here, when needed)."""
+    if name == "local":
+        from .providers.local import LocalProvider
+        return LocalProvider(home)
+    if name == "aws":
+        from .providers.aws import AwsProvider
+        return AwsProvider(cfg.aws, home)
+    if name == "ssh":
+        from .providers.ssh_host import SshHostProvider
+        return SshHostProvider(cfg.ssh, cfg.run.ssh_wait_s)
+    raise InputError(f"unknown provider {name!r}", "use --provider local, aws or ssh")
+
+
+class Orchestrator:
+    def __init__(self, ledger: Ledger, provider, req: Request, run_dir: Path,
+                 on_progress: Callable[[dict], None] = lambda _: None, clock: Callable[[], float] = time.time):
+        self.led, self.provider, self.req, self.dir = ledger, provider, req, run_dir
+        self.policy = req.policy_obj
+        self.on_progress, self.clock = on_progress, clock
+        self.iid: int | None = None
+        self.pid: str | None = None
+        self.session = None
+        self.started_worker = False
+        self.lease_written = 0
+        self.status: dict = {}
+        self.decision = None
+        self.log = open(run_dir / "controller.log", "a", encoding="utf-8")
+        self.stop_decided_at: float | None = None
+        self.terminate_called_at: float | None = None
+        self.worker_started_at: float | None = None
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def event(self, kind: str, detail: str = "") -> None:
+        self.led.event(self.req.run_id, kind, detail, self.iid)
+        self.log.write(f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} {kind}: {detail}\n")
+        self.log.flush()
+
+    def phase(self, name: str) -> None:
+        self.led.update_run(self.req.run_id, phase=name, state="running" if name not in FINAL else name)
+        self.event("phase", name)
+        self.progress(name)
+
+    def progress(self, phase: str | None = None) -> None:
+        run = self.led.run(self.req.run_id)
+        tasks = self.status.get("tasks") or {}
+        self.on_progress({
+            "run": self.req.run_id, "phase": phase or run["phase"],
+            "done": sum(t.get("done", 0) for t in tasks.values()),
+            "total": sum(t.get("total") or 0 for t in tasks.values()),
+            "task": self.status.get("task"), "eta_s": self.status.get("eta_s"),
+            "spent_cny": self.led.spent_run(self.req.run_id), "cap_cny": Decimal(run["cap_cny"]),
+            "committed_cny": self.decision.committed_cny if self.decision else None,
+        })
+
+    # ------------------------------------------------------------------ the guard's tick
+
+    def tick(self, _why: str = "") -> None:
+        """Accrue, decide, extend the lease (ledger first, then the instance) - or raise Stop."""
+        now = self.clock()
+        d = self.led.tick(self.iid, now, self.policy)
+        self.decision = d
+        if not d.go:
+            self.stop_decided_at = time.monotonic()
+            self.event("guard", f"stop: the next {self.policy.tick_s:.0f} s + teardown would pass the cap "
+                       f"(committed {d.committed_cny:.4f} of {d.cap_cny} CNY)")
+            raise Stop("budget")
+        run = self.led.run(self.req.run_id)
+        if run["stop_requested"] or (self.dir / "STOP").exists():
+            self.stop_decided_at = time.monotonic()
+            raise Stop("user")
+        self.write_lease(self.led.instance(self.iid).lease_until)
+        self.progress()
+
+    def write_lease(self, until: float) -> None:
+        if self.session is not None and int(until) > self.lease_written:
+            self.session.put_bytes(f"{int(until)}\n".encode(), "lease")
+            self.lease_written = int(until)
+
+    # ------------------------------------------------------------------ the run
+
+    def execute(self) -> str:
+        """Drive the run to its end; returns the final state. Raises our errors after tearing down."""
+        self.led.update_run(self.req.run_id, controller_pid=os.getpid())
+        old = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        error: GpuBudgetError | None = None
+        state, reason = "failed", ""
+        try:
+            self._admit()
+            self._launch()
+            self._connect()
+            self._bootstrap()
+            self._push()
+            self._start()
+            state, reason = self._monitor()
+        except Stop as s:
+            state, reason = "stopped", s.reason
+        except KeyboardInterrupt:
+            state, reason = "stopped", "interrupted"
+        except GpuBudgetError as e:
+            error, reason = e, e.message
+        except Exception as e:  # noqa: BLE001 - anything unexpected still tears down, then shows up with --debug
+            error, reason = RunError(f"run {self.req.run_id}: {e.__class__.__name__}: {e}",
+                                     "rerun with --debug for the traceback; the instance was terminated"), str(e)
+            error.__cause__ = e
+        finally:
+            try:
+                self._teardown(state, reason)
+            finally:
+                if old is not None:
+                    signal.signal(signal.SIGTERM, old)
+                self.log.close()
+        if error is not None:
+            raise error
+        return state
+
+    def _admit(self) -> None:
+        offer = self.req.offer_obj
+        now = self.clock()
+        boot = dataclasses.replace(self.policy, lease_s=self.policy.lease_s + self.req.ssh_wait_s)
+        d, iid = self.led.admit(self.req.run_id, offer=offer, price_cny_h=Decimal(self.req.price_cny_h),
+                                price_original_h=Decimal(self.req.price_original_h), spot=self.req.spot,
+                                provider=self.provider.name, now=now, policy=boot)
+        self.decision = d
+        if not d.go:
+            run = self.led.run(self.req.run_id)
+            raise BudgetTooSmall(
+                f"not launching: {offer.instance_type} at {self.req.price_cny_h} CNY/h would commit "
+                f"{d.committed_cny:.2f} CNY (billing minimum + a tick + teardown) against a cap of {d.cap_cny} CNY "
+                f"(pool {run['pool']} has {self.led.spent_pool(run['pool'])} CNY spent)",
+                "raise --yuan, or use another --pool")
+        self.iid = iid
+
+    def _launch(self) -> None:
+        self.phase("launching")
+        spec = self._spec()
+        info = self.provider.launch(spec)
+        self.pid = info.provider_id
+        self.led.set_instance(self.iid, provider_id=info.provider_id, state="launching",
+                              launched_at=info.launched_at or self.clock(), address=info.address)
+        self.event("launched", f"{info.provider_id} ({self.req.offer['instance_type']}"
+                   f"{', spot' if self.req.spot else ''})")
+
+    def _spec(self) -> LaunchSpec:
+        host_key = None
+        public = ""
+        if self.provider.name == "aws":
+            from .providers.aws import make_key
+            host_key = make_key()
+            (self.dir / "host_key.pub").write_text(host_key.public_line + "\n")
+            _, public = self.provider.login_key()
+        return LaunchSpec(self.req.run_id, self.req.offer_obj, self.req.spot, public, host_key)
+
+    def _connect(self) -> None:
+        self.phase("booting")
+        if self.provider.name == "local":
+            self.session = self.provider.session(self.pid)
+        else:
+            from .remote import SshSession
+            end = time.monotonic() + self.req.ssh_wait_s
+            ep = self.provider.endpoint(self.pid)
+            while ep is None:
+                if time.monotonic() > end:
+                    raise RemoteError(f"{self.pid} got no address within {self.req.ssh_wait_s:.0f} s",
+                                      "check the instance in the provider's console")
+                self.tick()
+                time.sleep(min(2.0, self.policy.tick_s))
+                ep = self.provider.endpoint(self.pid)
+            root = f"{self.provider.remote_dir.rstrip('/')}/runs/{self.req.run_id}"
+            self.session = SshSession.connect(ep, root, wait_s=max(1.0, end - time.monotonic()), between=self.tick)
+        self.led.set_instance(self.iid, state="running")
+        self.event("connected", getattr(self.session, "address", ""))
+        # the instance's own guard, before anything slow happens there
+        self.session.put_file(INSTANCE_FILES / "watchdog.sh", "watchdog.sh", 0o755)
+        self.session.put_bytes((self.provider.poweroff + "\n").encode(), "poweroff.sh", 0o755)
+        self.write_lease(self.led.instance(self.iid).lease_until)
+        rc, out = self.session.run(START_WATCHDOG, timeout=60)
+        if rc != 0:
+            raise RemoteError(f"cannot start the watchdog: {out.strip()[-200:]}", "check the instance's disk")
+        self.event("watchdog", f"started; lease until {self.lease_written}")
+
+    def _bootstrap(self) -> None:
+        if self.req.remote_python or self.provider.name == "local":
+            self.python = self.req.remote_python or sys.executable
+            return
+        self.phase("bootstrapping")
+        self.session.put_file(INSTANCE_FILES / "bootstrap.sh", "bootstrap.sh", 0o755)
+        self.session.put_bytes(worker_requirements().encode(), "requirements.txt")
+        py = getattr(self.provider, "cfg", None)
+        py = getattr(py, "python", None) or ""
+        proc = self.session.start(f"sh ./bootstrap.sh {shlex.quote(py)}".strip())
+        rc = wait_for(proc, self.req.bootstrap_timeout_s, self.tick, poll_s=min(1.0, self.policy.tick_s))
+        out = proc.output().strip()
+        self.event("bootstrap", f"exit {rc}: {out.splitlines()[-1] if out else ''}")
+        if rc is None:
+            raise BootstrapError(f"bootstrap.sh did not finish within {self.req.bootstrap_timeout_s:.0f} s",
+                                 "pass --remote-python PATH if the instance already has a ready Python")
+        if rc != 0:
+            last = out.splitlines()[-1] if out else "(no output)"
+            raise BootstrapError(f"bootstrap.sh exited {rc} on the instance: {last}",
+                                 "fix the instance's Python (or pass --remote-python PATH to one that can import "
+                                 "torch, transformers, accelerate, bitsandbytes)")
+        self.python = (self.session.read("python.path") or b"").decode().strip() or "python3"
+
+    def _push(self) -> None:
+        self.phase("pushing")
+        job = remote_job(self.req.job, self.session.root, self.provider.name)
+        sent = push_tree(self.session, WORKER_DIR, "worker")
+        for task in job["tasks"]:
+            sent += self._push_dataset(task)
+        if self.req.model_path and self.provider.name != "local":
+            sent += push_tree(self.session, Path(self.req.model_path), "model")
+        self.session.put_bytes(json.dumps(job, indent=1, ensure_ascii=False).encode(), "job.json")
+        self.session.put_file(INSTANCE_FILES / "start.sh", "start.sh", 0o755)
+        self.event("pushed", f"{sent / 1e6:.2f} MB")
+        self.tick()
+
+    def _push_dataset(self, task: dict) -> int:
+        ds = task.get("dataset") or {}
+        if ds.get("kind") != "local" or self.provider.name == "local":
+            return 0
+        manifest = Path(ds["path"])
+        rel = f"data/{task['name']}"
+        sent = 0
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            for key in ("image", "video", "frames"):
+                for p in ([row[key]] if isinstance(row.get(key), str) else row.get(key) or []):
+                    if "://" in p:
+                        continue
+                    if Path(p).is_absolute() or ".." in Path(p).parts:
+                        raise InputError(f"task {task['name']}: {manifest}: media path {p} must be relative to the "
+                                         "manifest (it is copied to the instance beside it)",
+                                         "rewrite the manifest's paths relative to its own directory")
+                    self.session.put_file(manifest.parent / p, f"{rel}/{p}")
+                    sent += (manifest.parent / p).stat().st_size
+        self.session.put_file(manifest, f"{rel}/{manifest.name}")
+        task["dataset"] = dict(ds, path=f"{self.session.root}/{rel}/{manifest.name}")
+        return sent + manifest.stat().st_size
+
+    def _start(self) -> None:
+        self.phase("starting")
+        rc, out = self.session.run(f"sh ./start.sh {shlex.quote(self.python)}", timeout=60)
+        if rc != 0:
+            raise WorkerError(f"cannot start the worker: {out.strip()[-300:]}", "see the run's controller.log")
+        self.worker_started_at = time.monotonic()
+        self.started_worker = True
+        self.event("started", out.strip())
+
+    def _monitor(self) -> tuple[str, str]:
+        self.phase("running")
+        out = self.dir / "out"
+        while True:
+            fetch(self.session, "out", out)
+            self.status = _read(out / "status.json")
+            code = self.session.read("worker.exit")
+            if code is not None and code.strip():
+                fetch(self.session, "out", out)
+                self.status = _read(out / "status.json")
+                return self._finished(int(code.strip()))
+            self.tick()
+            time.sleep(self.policy.tick_s * 0.8)
+
+    def _finished(self, code: int) -> tuple[str, str]:
+        summary = _read(self.dir / "out" / "summary.json")
+        if summary:
+            self.led.record_tasks(self.req.run_id, summary)
+        self.event("worker", f"exit {code}")
+        if code == EXIT_DONE:
+            return "done", ""
+        if code == EXIT_STOPPED:
+            return "stopped", self.status.get("stopped") or "worker"
+        why = self.status.get("error") or _tail(self.dir / "out" / "worker.stderr.log")
+        raise WorkerError(f"the worker failed (exit {code}): {why}",
+                          f"see {self.dir}/out/worker.log; finished samples are kept in {self.dir}/out")
+
+    def _teardown(self, state: str, reason: str) -> None:
+        run_id = self.req.run_id
+        try:
+            if self.session is not None and self.started_worker:
+                try:  # keep what the worker finished: ask it to stop, take the last lines
+                    if state != "done":
+                        self.session.put_bytes(b"", "out/STOP")
+                    fetch(self.session, "out", self.dir / "out")
+                    summary = _read(self.dir / "out" / "summary.json")
+                    if summary:
+                        self.led.record_tasks(run_id, summary)
+                except GpuBudgetError as e:
+                    self.event("fetch", f"final fetch failed: {e.message}")
+        finally:
+            if self.iid is not None:
+                self._terminate()
+            final = state if state in FINAL else "failed"
+            self.led.update_run(run_id, state=final, phase=final, reason=reason, finished_at=self.clock(),
+                                samples_done=sum(t.get("done", 0) for t in (self.status.get("tasks") or {}).values()),
+                                samples_total=sum(t.get("total") or 0 for t in (self.status.get("tasks") or {}).values()))
+            self.event(final, reason)
+            if self.session is not None:
+                try:
+                    self.session.close()
+                except Exception:  # noqa: BLE001 - the instance is gone
+                    pass
+            self.progress(final)
+
+    def _terminate(self) -> None:
+        if self.pid is None:  # the launch never returned an instance
+            self.led.settle(self.iid, None, "failed")
+            return
+        self.led.set_instance(self.iid, state="stopping")
+        self.terminate_called_at = time.monotonic()
+        self.event("terminating", self.pid)
+        try:
+            ended = self.provider.terminate(self.pid)
+        except GpuBudgetError as e:
+            self.event("terminate", f"failed: {e.message}")
+            raise
+        spent = self.led.settle(self.iid, ended)
+        self.event("terminated", f"{self.pid}; {spent} CNY")
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "no output"
+    return lines[-1][:300] if lines else "no output"
+
+
+def remote_job(job: dict, root: str, provider: str) -> dict:
+    """The job as the instance sees it: the tiny model built there, the user's model pushed beside it."""
+    job = json.loads(json.dumps(job))
+    if provider == "local":
+        return job
+    model = job["model"]
+    if model.get("recipe") == TINY:
+        model["source"] = f"{root}/models/{TINY}"
+    elif Path(model["source"]).is_absolute():
+        model["source"] = f"{root}/model"
+    job["cache_dir"] = f"{root}/../../cache"
+    return job
+
+
+def lease_minutes(lease_until: float, now: float) -> int:
+    return max(1, math.floor((lease_until - now) / 60))

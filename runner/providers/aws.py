@@ -1,0 +1,335 @@
+"""The `aws` provider: EC2 through boto3 (the standard credential chain, profiles, AWS_ENDPOINT_URL).
+
+Every resource carries the tags gpubudget:run=<run id> and gpubudget:managed=true. Instances launch
+with ClientToken=<run id> and InstanceInitiatedShutdownBehavior=terminate (so the instance's own
+watchdog ends billing with `shutdown -h now`), into a security group whose only ingress is SSH from
+the caller's /32. The SSH host key is generated here and injected through cloud-init user-data, then
+pinned in the run's known_hosts (see providers/base.py).
+
+botocore errors are mapped where they enter (`_mapped`): capacity, quota, auth, not found, transient;
+only transient ones are retried (tenacity)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import yaml
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+)
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from ..config import AwsConfig
+from ..errors import (
+    AuthError,
+    CapacityError,
+    ConfigError,
+    NotFoundError,
+    ProviderError,
+    QuotaError,
+    TransientError,
+)
+from .base import MANAGED_TAG, RUN_TAG, Endpoint, HostKey, InstanceInfo, LaunchSpec
+from .ssh_host import address_override
+
+CAPACITY = {"InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity",
+            "SpotMaxPriceTooLow", "InsufficientFreeAddressesInSubnet", "Unsupported"}
+QUOTA = {"VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded", "ResourceLimitExceeded",
+         "SecurityGroupLimitExceeded", "RulesPerSecurityGroupLimitExceeded"}
+AUTH = {"AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "ExpiredToken", "SignatureDoesNotMatch",
+        "AccessDenied", "AccessDeniedException", "OptInRequired", "Blocked"}
+TRANSIENT = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError", "InternalFailure",
+             "ServiceUnavailable", "Unavailable", "RequestTimeout"}
+NOT_FOUND_SUFFIX = (".NotFound", "NotFound", "ParameterNotFound")
+LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+
+
+def _mapped(e: Exception, what: str) -> Exception:
+    """One of our errors for a boto3/botocore exception raised while doing `what`."""
+    if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
+        return AuthError(f"{what}: no AWS credentials found",
+                         "configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+    if isinstance(e, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError)):
+        return TransientError(f"{what}: cannot reach the AWS endpoint ({e})", "check the network; retry later")
+    if isinstance(e, ClientError):
+        code = e.response.get("Error", {}).get("Code", "")
+        msg = e.response.get("Error", {}).get("Message", "")
+        text = f"{what}: {code}: {msg}"
+        if code in CAPACITY:
+            return CapacityError(text, "try another region/zone or instance type, or on-demand instead of spot")
+        if code in QUOTA:
+            return QuotaError(text, "request a quota increase (Service Quotas: EC2 'Running On-Demand G and VT "
+                              "instances' / spot vCPUs) or pick a smaller instance")
+        if code in AUTH:
+            return AuthError(text, "check the credentials and that infra/iam-policy.json is attached")
+        if code in TRANSIENT or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+            return TransientError(text, "AWS is throttling or failing; retry later")
+        if code.endswith(NOT_FOUND_SUFFIX):
+            return NotFoundError(text, "check the id or name")
+        return ProviderError(text, "see the AWS error code above")
+    return ProviderError(f"{what}: {e.__class__.__name__}: {e}", "see the AWS documentation for this error")
+
+
+_retry = retry(retry=retry_if_exception_type(TransientError), stop=stop_after_attempt(5),
+               wait=wait_exponential(multiplier=0.5, max=8), reraise=True)
+
+
+def make_key() -> HostKey:
+    """A fresh ed25519 key pair in OpenSSH formats."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    k = Ed25519PrivateKey.generate()
+    private = k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                              serialization.NoEncryption()).decode()
+    public = k.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return HostKey(private, public)
+
+
+def user_data(spec: LaunchSpec) -> str:
+    """cloud-init: the pinned host key replaces the generated ones; the login key is authorized."""
+    doc: dict = {"ssh_deletekeys": True, "ssh_genkeytypes": []}
+    if spec.host_key is not None:
+        doc["ssh_keys"] = {"ed25519_private": spec.host_key.private_openssh,
+                           "ed25519_public": spec.host_key.public_line}
+    if spec.ssh_public_key:
+        doc["ssh_authorized_keys"] = [spec.ssh_public_key]
+    return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1000)
+
+
+def _tags(run_id: str, resource: str) -> dict:
+    return {"ResourceType": resource, "Tags": [{"Key": RUN_TAG, "Value": run_id}, {"Key": MANAGED_TAG, "Value": "true"}]}
+
+
+class AwsProvider:
+    name = "aws"
+    teardown_s = 90.0  # terminate -> shutting-down (billing ends) is seconds; allow for a slow API
+
+    def __init__(self, cfg: AwsConfig, home: Path):
+        self.cfg = cfg
+        self.home = Path(home)
+        self.poweroff = cfg.poweroff
+        self.remote_dir = cfg.remote_dir
+        try:
+            session = boto3.Session(profile_name=cfg.profile, region_name=cfg.region)
+            self.ec2 = session.client("ec2")
+            self.ssm = session.client("ssm")
+        except ProfileNotFound:
+            raise AuthError(f"AWS profile {cfg.profile!r} not found", "check aws.profile / ~/.aws/config") from None
+        except NoRegionError:
+            raise ConfigError("no AWS region configured", "set aws.region in $BUDGET_HOME/config.yaml or "
+                              "AWS_DEFAULT_REGION") from None
+        self.region = self.ec2.meta.region_name
+
+    @_retry
+    def _call(self, client, op: str, what: str, **kw):
+        try:
+            return getattr(client, op)(**kw)
+        except (ClientError, BotoCoreError) as e:
+            raise _mapped(e, what) from None
+
+    # ------------------------------------------------------------------ resources
+
+    def resolve_ami(self) -> dict:
+        ami = self.cfg.ami
+        if ami and ami.startswith("ssm:"):
+            name = ami[4:]
+            try:
+                ami = self._call(self.ssm, "get_parameter", f"reading SSM parameter {name}", Name=name)["Parameter"]["Value"]
+            except NotFoundError:
+                raise NotFoundError(f"SSM parameter {name} not found in {self.region}",
+                                    "check the parameter name (aws ssm get-parameters-by-path --path "
+                                    "/aws/service/deeplearning/ami) or set aws.ami to an AMI id") from None
+        if ami:
+            try:
+                images = self._call(self.ec2, "describe_images", f"looking up {ami}", ImageIds=[ami])["Images"]
+            except NotFoundError:
+                images = []
+            if not images:
+                raise NotFoundError(f"AMI {ami} not found in {self.region}", "set aws.ami to an AMI of this region")
+            return images[0]
+        images = self._call(self.ec2, "describe_images", "searching for the Deep Learning AMI",
+                            Owners=self.cfg.ami_owners,
+                            Filters=[{"Name": "name", "Values": [self.cfg.ami_name]},
+                                     {"Name": "state", "Values": ["available"]}])["Images"]
+        if not images:
+            raise NotFoundError(f"no AMI named {self.cfg.ami_name!r} owned by {', '.join(self.cfg.ami_owners)} in "
+                                f"{self.region}", "set aws.ami (an id, or ssm:/aws/service/deeplearning/...) or "
+                                "aws.ami_name / aws.ami_owners in $BUDGET_HOME/config.yaml")
+        return max(images, key=lambda i: i.get("CreationDate", ""))
+
+    def login_key(self) -> tuple[Path, str]:
+        """The private key file and public line used to log in (the user's, or one made for gpubudget)."""
+        if self.cfg.ssh_key:
+            key = Path(self.cfg.ssh_key).expanduser()
+            pub = key.with_name(key.name + ".pub")
+            if not key.is_file() or not pub.is_file():
+                raise ConfigError(f"aws.ssh_key {key}: the key and {pub.name} must both exist",
+                                  "point aws.ssh_key at a private key with its .pub beside it, or drop it to let "
+                                  "gpubudget make one")
+            return key, pub.read_text().strip()
+        key = self.home / "keys" / "gpubudget_ed25519"
+        pub = key.with_name(key.name + ".pub")
+        if not key.exists():
+            k = make_key()
+            key.parent.mkdir(parents=True, exist_ok=True)
+            key.touch(mode=0o600)
+            key.write_text(k.private_openssh)
+            pub.write_text(k.public_line + "\n")
+        return key, pub.read_text().strip()
+
+    def _key_pair(self, public_line: str, run_id: str) -> str:
+        name = "gpubudget-" + hashlib.sha256(public_line.split()[1].encode()).hexdigest()[:16]
+        have = self._call(self.ec2, "describe_key_pairs", "looking up the key pair",
+                          Filters=[{"Name": "key-name", "Values": [name]}])["KeyPairs"]
+        if not have:
+            self._call(self.ec2, "import_key_pair", "importing the SSH key", KeyName=name,
+                       PublicKeyMaterial=public_line.encode(), TagSpecifications=[_tags(run_id, "key-pair")])
+        return name
+
+    def client_cidr(self) -> str:
+        if self.cfg.client_cidr:
+            return self.cfg.client_cidr
+        try:
+            with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=10) as r:
+                ip = r.read().decode().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot find this machine's public IP ({e})",
+                              "set aws.client_cidr (e.g. 203.0.113.7/32) in $BUDGET_HOME/config.yaml") from None
+        return f"{ip}/32"
+
+    def _security_group(self, run_id: str) -> str:
+        name = f"gpubudget-{run_id}"
+        have = self._call(self.ec2, "describe_security_groups", "looking up the security group",
+                          Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
+        if have:
+            return have[0]["GroupId"]
+        if self.cfg.subnet_id:
+            vpc = self._call(self.ec2, "describe_subnets", "looking up the subnet",
+                             SubnetIds=[self.cfg.subnet_id])["Subnets"][0]["VpcId"]
+        else:
+            vpcs = self._call(self.ec2, "describe_vpcs", "looking up the default VPC",
+                              Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+            if not vpcs:
+                raise NotFoundError(f"no default VPC in {self.region}", "set aws.subnet_id in $BUDGET_HOME/config.yaml")
+            vpc = vpcs[0]["VpcId"]
+        cidr = self.client_cidr()
+        gid = self._call(self.ec2, "create_security_group", "creating the security group", GroupName=name,
+                         Description=f"gpubudget run {run_id}: SSH from {cidr} only", VpcId=vpc,
+                         TagSpecifications=[_tags(run_id, "security-group")])["GroupId"]
+        self._call(self.ec2, "authorize_security_group_ingress", "opening SSH to this machine", GroupId=gid,
+                   IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                                   "IpRanges": [{"CidrIp": cidr, "Description": "gpubudget controller"}]}])
+        return gid
+
+    # ------------------------------------------------------------------ the contract
+
+    def _by_run(self, run_id: str) -> list[dict]:
+        res = self._call(self.ec2, "describe_instances", "looking up the run's instance",
+                         Filters=[{"Name": f"tag:{RUN_TAG}", "Values": [run_id]},
+                                  {"Name": "instance-state-name", "Values": LIVE_STATES}])
+        return [i for r in res["Reservations"] for i in r["Instances"]]
+
+    def _info(self, i: dict) -> InstanceInfo:
+        return InstanceInfo(i["InstanceId"], i["State"]["Name"], i.get("PublicIpAddress") or i.get("PrivateIpAddress"),
+                            i["LaunchTime"].timestamp() if i.get("LaunchTime") else None,
+                            i.get("InstanceLifecycle") == "spot", {t["Key"]: t["Value"] for t in i.get("Tags", [])})
+
+    def launch(self, spec: LaunchSpec) -> InstanceInfo:
+        existing = self._by_run(spec.run_id)
+        if existing:  # ClientToken makes AWS idempotent too; this also covers endpoints that ignore it
+            return self._info(existing[0])
+        ami = self.resolve_ami()
+        _, public = self.login_key()
+        kw = dict(ImageId=ami["ImageId"], InstanceType=spec.offer.instance_type, MinCount=1, MaxCount=1,
+                  KeyName=self._key_pair(spec.ssh_public_key or public, spec.run_id),
+                  SecurityGroupIds=[self._security_group(spec.run_id)], UserData=user_data(spec),
+                  ClientToken=spec.run_id, InstanceInitiatedShutdownBehavior="terminate",
+                  TagSpecifications=[_tags(spec.run_id, "instance"), _tags(spec.run_id, "volume")])
+        if self.cfg.subnet_id:
+            kw["SubnetId"] = self.cfg.subnet_id
+        if ami.get("RootDeviceName"):
+            kw["BlockDeviceMappings"] = [{"DeviceName": ami["RootDeviceName"], "Ebs": {
+                "VolumeSize": self.cfg.volume_gib, "VolumeType": "gp3", "DeleteOnTermination": True}}]
+        if spec.spot:
+            opts = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+            if spec.max_spot_price is not None:
+                opts["MaxPrice"] = str(spec.max_spot_price)
+            kw["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": opts}
+        try:
+            res = self._call(self.ec2, "run_instances", f"launching {spec.offer.instance_type}", **kw)
+        except TransientError:
+            # the call may have created the instance before failing: never leave one behind
+            for i in self._by_run(spec.run_id):
+                self.terminate(i["InstanceId"])
+            raise
+        return self._info(res["Instances"][0])
+
+    def status(self, provider_id: str) -> InstanceInfo:
+        try:
+            res = self._call(self.ec2, "describe_instances", f"describing {provider_id}", InstanceIds=[provider_id])
+        except NotFoundError:
+            return InstanceInfo(provider_id, "terminated")
+        found = [i for r in res["Reservations"] for i in r["Instances"]]
+        return self._info(found[0]) if found else InstanceInfo(provider_id, "terminated")
+
+    def terminate(self, provider_id: str) -> float:
+        try:
+            self._call(self.ec2, "terminate_instances", f"terminating {provider_id}", InstanceIds=[provider_id])
+        except NotFoundError:
+            return time.time()
+        ended = time.time()  # billing stops when the instance leaves `running` (shutting-down)
+        deadline = time.monotonic() + self.cfg.terminate_timeout_s
+        info = self.status(provider_id)
+        while info.state != "terminated":
+            if time.monotonic() > deadline:
+                raise ProviderError(f"{provider_id} is still {info.state} {self.cfg.terminate_timeout_s:.0f} s after "
+                                    "terminate", f"check the EC2 console; `budget stop RUN` retries")
+            time.sleep(2)
+            info = self.status(provider_id)
+        run_id = info.tags.get(RUN_TAG)
+        if run_id:
+            self._delete_group(run_id)
+        return ended
+
+    def _delete_group(self, run_id: str) -> None:
+        try:
+            groups = self._call(self.ec2, "describe_security_groups", "looking up the security group",
+                                Filters=[{"Name": "group-name", "Values": [f"gpubudget-{run_id}"]}])["SecurityGroups"]
+            for g in groups:
+                self._call(self.ec2, "delete_security_group", "deleting the security group", GroupId=g["GroupId"])
+        except ProviderError:
+            pass  # a leftover empty group costs nothing; `budget status` still lists the run as done
+
+    def endpoint(self, provider_id: str) -> Endpoint | None:
+        info = self.status(provider_id)
+        if info.state != "running":
+            return None
+        override = address_override()
+        if override is None and not info.address:
+            return None
+        host, port = override or (info.address, 22)
+        run_dir = self.home / "runs" / info.tags.get(RUN_TAG, "")
+        pinned = (run_dir / "host_key.pub").read_text().strip()
+        known = run_dir / "known_hosts"
+        known.write_text(f"{host if port == 22 else f'[{host}]:{port}'} {pinned}\n")
+        key, _ = self.login_key()
+        return Endpoint(host, port, self.cfg.user, str(key), str(known))
+
+    def list_managed(self) -> list[InstanceInfo]:
+        res = self._call(self.ec2, "describe_instances", "listing gpubudget instances",
+                         Filters=[{"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]},
+                                  {"Name": "instance-state-name", "Values": LIVE_STATES}])
+        return [self._info(i) for r in res["Reservations"] for i in r["Instances"]]

@@ -1,0 +1,87 @@
+"""The provider contract. A provider turns a launch spec into an instance the orchestrator can reach
+(over SSH, or directly for `local`) and makes it go away again. Three implement it: local.py,
+aws.py, ssh_host.py.
+
+How each establishes the instance's SSH host key (we never trust a key on first use):
+- aws: the controller generates an ed25519 host key per run, hands it to the instance through
+  cloud-init user-data (`ssh_keys`), and pins its public half in the run's known_hosts.
+- ssh_host: the user's known_hosts file (config `known_hosts`, default ~/.ssh/known_hosts) must
+  already hold the host's key, exactly as `ssh -o StrictHostKeyChecking=yes` would require.
+- local: no SSH at all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+from planner.models import Offer
+
+MANAGED_TAG = "gpubudget:managed"
+RUN_TAG = "gpubudget:run"
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """An SSH host key pair made by the controller (OpenSSH private key text, public key line)."""
+
+    private_openssh: str
+    public_line: str
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    run_id: str
+    offer: Offer
+    spot: bool
+    ssh_public_key: str = ""          # the login key's public line (authorized_keys)
+    host_key: HostKey | None = None    # what the instance must present (aws injects it)
+    max_spot_price: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to SSH into an instance. `known_hosts` holds the pinned host key."""
+
+    host: str
+    port: int
+    user: str
+    key_file: str
+    known_hosts: str
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    provider_id: str
+    state: str                  # pending | running | stopping | terminated
+    address: str | None = None  # public IP / host name, once known
+    launched_at: float | None = None
+    spot: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    name: str
+    teardown_s: float   # the longest a terminate takes to stop billing (the guard plans with it)
+    poweroff: str       # the shell command the instance's watchdog runs when its lease runs out
+    remote_dir: str     # the base directory for run directories on the instance
+
+    def launch(self, spec: LaunchSpec) -> InstanceInfo:
+        """Start an instance for `spec.run_id` and return without waiting for it to boot.
+        Idempotent per run id: a second call returns the instance the first one made. Raises
+        AuthError, CapacityError, QuotaError, NotFoundError or ProviderError; transient API errors
+        are retried inside the provider, and an instance is never left running by a failed call."""
+
+    def status(self, provider_id: str) -> InstanceInfo:
+        """Current state; an instance the provider no longer knows is `terminated`. Does not block."""
+
+    def terminate(self, provider_id: str) -> float:
+        """Stop billing for the instance and block until the provider confirms (or the provider's
+        timeout). Safe to repeat: an instance already gone is success. Returns the epoch time billing
+        ended (as near as the provider tells)."""
+
+    def endpoint(self, provider_id: str) -> Endpoint | None:
+        """Where to SSH, or None while the instance has no address yet (or for `local`)."""
+
+    def list_managed(self) -> list[InstanceInfo]:
+        """Every live instance this tool launched (tags / run directories), for `budget status`."""

@@ -1,0 +1,105 @@
+"""The `ssh_host` provider: a machine the user already rents (CSDN / AutoDL-style platforms) and reaches
+over SSH. Nothing is created: "launch" opens the meter on the run's directory there, "terminate" stops
+the worker and runs the configured stop command (e.g. `shutdown -h now`, which ends billing on
+platforms that bill while the machine is on). Without a stop command the platform keeps billing
+after the run; the run's events say so.
+
+The host key must already be in the configured known_hosts (see providers/base.py)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import time
+from pathlib import Path
+
+from ..config import SshConfig
+from ..errors import ConfigError, RemoteError
+from ..remote import SshSession
+from .base import Endpoint, InstanceInfo, LaunchSpec
+
+STOP_WORKER = ('touch TERMINATED; for f in worker.pid watchdog.pid; do [ -f "$f" ] && kill -TERM -"$(cat "$f")" '
+               '2>/dev/null; done; true')
+
+
+def address_override() -> tuple[str, int] | None:
+    """BUDGET_SSH_ADDRESS=host:port: reach instances through this address instead of their own
+    (a bastion's forwarded port, a tunnel, the local test cloud)."""
+    raw = os.environ.get("BUDGET_SSH_ADDRESS", "").strip()
+    if not raw:
+        return None
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"BUDGET_SSH_ADDRESS={raw!r} is not host:port", "e.g. BUDGET_SSH_ADDRESS=127.0.0.1:2222")
+    return host.strip("[]"), int(port)
+
+
+class SshHostProvider:
+    name = "ssh"
+    teardown_s = 60.0
+
+    def __init__(self, cfg: SshConfig, ssh_wait_s: float = 60.0):
+        if not cfg.host:
+            raise ConfigError("no SSH host configured", "set ssh.host (and user, key) in $BUDGET_HOME/config.yaml, "
+                              "or pass --host")
+        self.cfg = cfg
+        self.remote_dir = cfg.remote_dir
+        self.poweroff = (cfg.stop_command + "; " if cfg.stop_command else "") + STOP_WORKER
+        self.ssh_wait_s = ssh_wait_s
+        key = Path(cfg.key or "~/.ssh/id_ed25519").expanduser()
+        if not key.is_file():
+            raise ConfigError(f"SSH key {key} not found", "set ssh.key in $BUDGET_HOME/config.yaml or pass --ssh-key")
+        known = Path(cfg.known_hosts or "~/.ssh/known_hosts").expanduser()
+        if not known.is_file():
+            raise ConfigError(f"known_hosts file {known} not found",
+                              "gpubudget verifies the host key: put the host's key in known_hosts (ssh.known_hosts)")
+        host, port = address_override() or (cfg.host, cfg.port)
+        self.ep = Endpoint(host, port, cfg.user or getpass.getuser(), str(key), str(known))
+
+    def _run_dir(self, provider_id: str) -> str:
+        return f"{self.remote_dir.rstrip('/')}/runs/{provider_id.rpartition('/')[2]}"
+
+    def launch(self, spec: LaunchSpec) -> InstanceInfo:
+        return InstanceInfo(f"{self.ep.user}@{self.cfg.host}:{self.cfg.port}/{spec.run_id}", "running",
+                            self.cfg.host, time.time(), spec.spot)
+
+    def status(self, provider_id: str) -> InstanceInfo:
+        return InstanceInfo(provider_id, "running", self.cfg.host)
+
+    def endpoint(self, provider_id: str) -> Endpoint:
+        return self.ep
+
+    def session(self, provider_id: str, wait_s: float | None = None, between=lambda _: None) -> SshSession:
+        return SshSession.connect(self.ep, self._run_dir(provider_id), wait_s=self.ssh_wait_s if wait_s is None
+                                  else wait_s, between=between)
+
+    def terminate(self, provider_id: str) -> float:
+        try:
+            s = self.session(provider_id, wait_s=min(self.ssh_wait_s, 30.0))
+        except RemoteError:
+            raise
+        try:
+            s.run(self.poweroff, timeout=60)
+        except RemoteError:
+            pass  # `shutdown -h now` drops the connection: that is the stop working
+        finally:
+            try:
+                s.close()
+            except Exception:  # noqa: BLE001 - the host may be going down
+                pass
+        return time.time()
+
+    def list_managed(self) -> list[InstanceInfo]:
+        try:
+            s = SshSession.connect(self.ep, f"{self.remote_dir.rstrip('/')}/runs", wait_s=10)
+        except RemoteError:
+            return []
+        try:
+            rc, out = s.run("for d in */; do d=${d%/}; [ -f \"$d/worker.pid\" ] && [ ! -f \"$d/TERMINATED\" ] && "
+                            "kill -0 \"$(cat \"$d/worker.pid\")\" 2>/dev/null && echo \"$d\"; done; true")
+        finally:
+            s.close()
+        base = f"{self.ep.user}@{self.cfg.host}:{self.cfg.port}/"
+        return [InstanceInfo(base + shlex.quote(line.strip()), "running", self.cfg.host)
+                for line in out.splitlines() if line.strip()]

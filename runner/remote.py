@@ -1,0 +1,341 @@
+"""Sessions on an instance: what the orchestrator does there, behind one small interface with two
+implementations - `SshSession` (paramiko: key auth, pinned host key, SFTP) and `LocalSession` (the
+`local` provider: a directory and subprocesses on this machine). Paths are relative to the session's
+run directory on the instance. paramiko exceptions are translated here into RemoteError.
+
+`fetch()` copies the worker's output back incrementally: result files and logs by appending the bytes
+past what we already hold (whole lines only: a line the worker is still writing waits for the next
+fetch), status.json and summary.json whole."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import RemoteError
+from .providers.base import Endpoint
+
+FETCH_WHOLE = ("status.json", "summary.json")
+FETCH_APPEND = ("worker.log", "worker.stderr.log")
+
+
+class Proc:
+    """A command started on the instance; poll() until it returns its exit code."""
+
+    def __init__(self, poll: Callable[[], int | None], output: Callable[[], str]):
+        self.poll, self.output = poll, output
+
+
+class LocalSession:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.address = "localhost"
+
+    def run(self, cmd: str, timeout: float = 120) -> tuple[int, str]:
+        try:
+            p = subprocess.run(["sh", "-c", cmd], cwd=self.root, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return 124, f"timed out after {timeout:.0f} s"
+        return p.returncode, p.stdout + p.stderr
+
+    def start(self, cmd: str) -> Proc:
+        log = self.root / ".proc.log"
+        f = open(log, "wb")
+        p = subprocess.Popen(["sh", "-c", cmd], cwd=self.root, stdout=f, stderr=subprocess.STDOUT)
+
+        def poll():
+            rc = p.poll()
+            if rc is not None and not f.closed:
+                f.close()
+            return rc
+        return Proc(poll, lambda: log.read_text(errors="replace"))
+
+    def put_file(self, local: Path, rel: str, mode: int | None = None) -> None:
+        dest = self.root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, dest)
+        if mode is not None:
+            dest.chmod(mode)
+
+    def put_bytes(self, data: bytes, rel: str, mode: int | None = None) -> None:
+        dest = self.root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        tmp.write_bytes(data)
+        if mode is not None:
+            tmp.chmod(mode)
+        tmp.replace(dest)
+
+    def size(self, rel: str) -> int | None:
+        try:
+            return (self.root / rel).stat().st_size
+        except OSError:
+            return None
+
+    def read(self, rel: str, offset: int = 0, length: int | None = None) -> bytes | None:
+        try:
+            with open(self.root / rel, "rb") as f:
+                f.seek(offset)
+                return f.read() if length is None else f.read(length)
+        except OSError:
+            return None
+
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.root / rel))
+        except OSError:
+            return []
+
+    def close(self) -> None:
+        pass
+
+
+def _remote_path(path: str) -> str:
+    """A shell word for `path` with a leading ~ expanded by the remote shell."""
+    if path == "~" or path.startswith("~/"):
+        return '"$HOME"' + shlex.quote(path[1:]) if len(path) > 1 else '"$HOME"'
+    return shlex.quote(path)
+
+
+class SshSession:
+    """An SSH session on the instance. Host keys come only from the endpoint's known_hosts file and
+    anything else is rejected (paramiko's RejectPolicy) - there is no trust-on-first-use path."""
+
+    def __init__(self, client, root: str, address: str):
+        self.client = client
+        self.sftp = client.open_sftp()
+        self.root = root
+        self.address = address
+
+    @classmethod
+    def connect(cls, ep: Endpoint, root: str, *, wait_s: float, between: Callable[[str], None] = lambda _: None,
+                attempt_timeout: float = 10.0) -> SshSession:
+        """Connect, retrying while the instance boots (refused, timed out, no banner yet, keys not yet
+        installed) for up to `wait_s`; `between(reason)` runs between attempts (the orchestrator ticks
+        the guard there and may raise to give up). A host key that does not match is never retried."""
+        import paramiko
+        from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+        class Booting(Exception):
+            pass
+
+        def attempt():
+            client = paramiko.SSHClient()
+            client.load_host_keys(ep.known_hosts)
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            try:
+                client.connect(ep.host, ep.port, username=ep.user, key_filename=ep.key_file, timeout=attempt_timeout,
+                               banner_timeout=attempt_timeout, auth_timeout=attempt_timeout, allow_agent=False,
+                               look_for_keys=False)
+            except paramiko.BadHostKeyException as e:
+                client.close()
+                raise RemoteError(f"{ep.host}:{ep.port} presented a host key that does not match the pinned one "
+                                  f"({e.key.get_name()} {e.key.fingerprint})",
+                                  "someone may be intercepting the connection; check the address, or the "
+                                  "known_hosts entry if the host was reinstalled") from None
+            except paramiko.AuthenticationException as e:
+                client.close()
+                raise Booting(f"authentication failed for {ep.user} ({e})") from None
+            except paramiko.SSHException as e:
+                client.close()
+                if "known_hosts" in str(e):
+                    raise RemoteError(f"{ep.host}:{ep.port} is not in {ep.known_hosts}; its host key cannot be "
+                                      "verified", "add the host's key to known_hosts (ssh-keyscan, checked against "
+                                      "the provider's console) - gpubudget never trusts a key on first use") from None
+                raise Booting(str(e) or e.__class__.__name__) from None
+            except (OSError, socket.timeout, EOFError) as e:
+                client.close()
+                raise Booting(getattr(e, "strerror", None) or str(e) or e.__class__.__name__) from None
+            return client
+
+        def before_sleep(state):
+            between(str(state.outcome.exception()))
+
+        try:
+            for tryer in Retrying(retry=retry_if_exception_type(Booting), stop=stop_after_delay(wait_s),
+                                  wait=wait_exponential(multiplier=0.5, max=5), before_sleep=before_sleep,
+                                  reraise=False):
+                with tryer:
+                    client = attempt()
+        except RetryError as e:
+            why = e.last_attempt.exception()
+            raise RemoteError(f"cannot reach {ep.user}@{ep.host}:{ep.port} over SSH within {wait_s:.0f} s: {why}",
+                              "check that the instance is up, that port is open to this machine, and the key "
+                              "(BUDGET_SSH_ADDRESS=host:port overrides the address, e.g. through a bastion)") from None
+        address = f"{ep.user}@{ep.host}:{ep.port}"
+        try:
+            _, out, _ = client.exec_command(f"mkdir -p {_remote_path(root)} && cd {_remote_path(root)} && pwd",
+                                            timeout=60)
+            resolved = out.read().decode().strip()
+        except (OSError, paramiko.SSHException) as e:
+            client.close()
+            raise RemoteError(f"{address}: cannot create {root} ({e})", "check the disk and permissions") from None
+        if not resolved.startswith("/"):
+            client.close()
+            raise RemoteError(f"{address}: cannot create {root}", "check the disk and permissions on the instance")
+        return cls(client, resolved, address)
+
+    def _abs(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def _err(self, what: str, e: Exception) -> RemoteError:
+        return RemoteError(f"{self.address}: {what} failed ({e.__class__.__name__}: {e})",
+                           "the connection may have dropped; the worker keeps running on the instance")
+
+    def run(self, cmd: str, timeout: float = 120) -> tuple[int, str]:
+        import paramiko
+        try:
+            chan = self.client.get_transport().open_session(timeout=30)
+            chan.set_combine_stderr(True)
+            chan.settimeout(timeout)
+            chan.exec_command(f"cd {shlex.quote(self.root)} && {cmd}")
+            out = b""
+            while True:
+                chunk = chan.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+            return chan.recv_exit_status(), out.decode(errors="replace")
+        except socket.timeout:
+            return 124, f"timed out after {timeout:.0f} s"
+        except (OSError, paramiko.SSHException, AttributeError) as e:
+            raise self._err(f"running {cmd.split()[0]}", e) from None
+
+    def start(self, cmd: str) -> Proc:
+        import paramiko
+        try:
+            chan = self.client.get_transport().open_session(timeout=30)
+            chan.set_combine_stderr(True)
+            chan.exec_command(f"cd {shlex.quote(self.root)} && {cmd}")
+        except (OSError, paramiko.SSHException, AttributeError) as e:
+            raise self._err(f"starting {cmd.split()[0]}", e) from None
+        buf = bytearray()
+
+        def drain():
+            while chan.recv_ready():
+                buf.extend(chan.recv(65536))
+
+        def poll():
+            drain()
+            if chan.exit_status_ready():
+                drain()
+                return chan.recv_exit_status()
+            return None
+        return Proc(poll, lambda: (drain(), buf.decode(errors="replace"))[1])
+
+    def _mkdirs(self, rel_dir: str) -> None:
+        path = self.root
+        for part in [p for p in rel_dir.split("/") if p]:
+            path = f"{path}/{part}"
+            try:
+                self.sftp.stat(path)
+            except OSError:
+                self.sftp.mkdir(path)
+
+    def put_file(self, local: Path, rel: str, mode: int | None = None) -> None:
+        try:
+            self._mkdirs(rel.rpartition("/")[0])
+            self.sftp.put(str(local), self._abs(rel) + ".part")
+            if mode is not None:
+                self.sftp.chmod(self._abs(rel) + ".part", mode)
+            self.sftp.posix_rename(self._abs(rel) + ".part", self._abs(rel))
+        except OSError as e:
+            raise self._err(f"uploading {rel}", e) from None
+
+    def put_bytes(self, data: bytes, rel: str, mode: int | None = None) -> None:
+        try:
+            self._mkdirs(rel.rpartition("/")[0])
+            with self.sftp.open(self._abs(rel) + ".part", "wb") as f:
+                f.write(data)
+            if mode is not None:
+                self.sftp.chmod(self._abs(rel) + ".part", mode)
+            self.sftp.posix_rename(self._abs(rel) + ".part", self._abs(rel))
+        except OSError as e:
+            raise self._err(f"writing {rel}", e) from None
+
+    def size(self, rel: str) -> int | None:
+        try:
+            return self.sftp.stat(self._abs(rel)).st_size
+        except OSError:
+            return None
+
+    def read(self, rel: str, offset: int = 0, length: int | None = None) -> bytes | None:
+        try:
+            with self.sftp.open(self._abs(rel), "rb") as f:
+                f.seek(offset)
+                return f.read() if length is None else f.read(length)
+        except OSError:
+            return None
+
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            return sorted(self.sftp.listdir(self._abs(rel)))
+        except OSError:
+            return []
+
+    def close(self) -> None:
+        try:
+            self.sftp.close()
+        finally:
+            self.client.close()
+
+
+# ---------------------------------------------------------------------- shared steps
+
+
+def push_tree(session, local: Path, rel: str, skip: tuple[str, ...] = ("__pycache__",)) -> int:
+    """Upload a directory tree; returns bytes sent."""
+    sent = 0
+    for path in sorted(Path(local).rglob("*")):
+        if path.is_file() and not any(part in skip or part.endswith(".pyc") for part in path.parts):
+            session.put_file(path, f"{rel}/{path.relative_to(local).as_posix()}")
+            sent += path.stat().st_size
+    return sent
+
+
+def fetch(session, out_rel: str, local_out: Path) -> int:
+    """Bring the worker's output directory up to date locally; returns new bytes fetched."""
+    local_out.mkdir(parents=True, exist_ok=True)
+    (local_out / "results").mkdir(exist_ok=True)
+    got = 0
+    appends = [*FETCH_APPEND, *(f"results/{n}" for n in session.listdir(f"{out_rel}/results") if n.endswith(".jsonl"))]
+    for name in appends:
+        dest = local_out / name
+        have = dest.stat().st_size if dest.exists() else 0
+        size = session.size(f"{out_rel}/{name}")
+        if size is None or size <= have:
+            continue
+        data = session.read(f"{out_rel}/{name}", have, size - have) or b""
+        if name.endswith(".jsonl"):
+            data = data[: data.rfind(b"\n") + 1]  # whole lines only
+        if data:
+            with open(dest, "ab") as f:
+                f.write(data)
+            got += len(data)
+    for name in FETCH_WHOLE:
+        data = session.read(f"{out_rel}/{name}")
+        if data:
+            tmp = local_out / (name + ".part")
+            tmp.write_bytes(data)
+            tmp.replace(local_out / name)
+            got += len(data)
+    return got
+
+
+def wait_for(proc: Proc, timeout: float, between: Callable[[], None], poll_s: float = 1.0) -> int | None:
+    """Poll a started command, calling `between` (the guard's tick) each round; None on timeout."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        rc = proc.poll()
+        if rc is not None:
+            return rc
+        between()
+        time.sleep(poll_s)
+    return None

@@ -1,0 +1,208 @@
+"""Runs as the commands see them: choosing what to launch (`prepare`), driving it (`drive`, also the
+entry of a detached controller), stopping it (`stop`), and describing it (`describe`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from planner.catalog import Catalog
+from planner.errors import InputError
+from planner.models import EvalPlan, Recommendation
+
+from . import config as configmod
+from . import jobs
+from .errors import RunError
+from .ledger import Ledger
+from .orchestrate import Orchestrator, Request, make_provider, new_run_id, policy_for
+
+PROVIDERS = ("local", "aws", "ssh")
+
+
+@dataclass
+class Prepared:
+    request: Request
+    plan: EvalPlan
+    recommendation: Recommendation
+    cap_cny: Decimal
+    pool: str
+    run_dir: Path
+
+
+def ledger(home: Path) -> Ledger:
+    return Ledger(home / "ledger.db")
+
+
+def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, provider: str, yuan: Decimal | None,
+            pool: str, offer_id: str | None, spot: bool, quant: str | None, price_yuan_h: Decimal | None,
+            limit: int | None, batch_size, model_path: Path | None, remote_python: str | None) -> Prepared:
+    """Pick the offer and quantization (the planner's choice unless given), build the job, and the
+    request a controller drives. Nothing is written yet."""
+    from planner.optimize import optimize
+
+    if provider not in PROVIDERS:
+        raise InputError(f"unknown provider {provider!r}", "use --provider local, aws or ssh")
+    cfg = configmod.load(home)
+    cap = yuan or plan.budget_yuan
+    if cap is None:
+        raise InputError("no budget given", "pass --yuan AMOUNT (CNY) or set budget_yuan in the plan")
+    if provider == "ssh":
+        offer_id = offer_id or cfg.ssh.offer
+        price_yuan_h = price_yuan_h if price_yuan_h is not None else cfg.ssh.price_yuan_per_hour
+        if offer_id is None:
+            raise InputError("an SSH host needs its offer (GPU and price) to plan the run",
+                             "pass --offer ID (see `budget prices list`) or set ssh.offer in $BUDGET_HOME/config.yaml")
+    if provider == "local" and price_yuan_h is None:
+        price_yuan_h = cfg.local.price_yuan_per_hour
+    offers = catalog.offers
+    if offer_id:
+        offers = [o for o in offers if o.id == offer_id or o.id.startswith(offer_id + "@")]
+        if not offers:
+            raise InputError(f"no offer {offer_id!r} in the catalog", "see `budget prices list` for offer ids")
+    elif provider == "aws":
+        offers = [o for o in offers if o.provider == "aws"]
+    cat = dataclasses.replace(catalog, offers=offers)
+    spec = catalog.model(plan.model)
+    result = optimize(plan, spec, cat, cap, spot=True if spot else (None if provider == "local" else False),
+                      quantizations=[quant] if quant else None, top=1)
+    rec = result.report.recommendation
+    if rec is None:
+        raise result.shortfall(plan.name, spec.name)
+    offer = next(o for o in offers if (o.provider, o.instance_type, o.region) == (rec.provider, rec.instance_type,
+                                                                                    rec.region))
+    price, original = rec.price_cny_per_hour, rec.price_original_per_hour
+    if price_yuan_h is not None:
+        price, original = price_yuan_h, price_yuan_h
+    if provider == "local":  # simulated: the chosen offer's billing rule at the chosen (or given) price
+        offer = offer.model_copy(update={"provider": "local", "instance_type": f"{rec.provider}:{rec.instance_type}",
+                                         "price": price, "currency": "CNY", "spot_price": None})
+        original = price
+    run_id = new_run_id(plan.name)
+    run_dir = home / "runs" / run_id
+    job = jobs.build(plan, plan_path, catalog, home, quantization=rec.quantization, model_path=model_path,
+                     limit=limit, batch_size=batch_size, run_id=run_id)
+    provider_obj_policy = policy_for(cfg, _teardown_only(provider))
+    req = Request(run_id=run_id, plan_path=str(plan_path), provider=provider, offer=offer.model_dump(mode="json"),
+                  quantization=rec.quantization, spot=rec.spot, price_cny_h=str(price), price_original_h=str(original),
+                  job=job, policy={**dataclasses.asdict(provider_obj_policy),
+                                   "reserve_cny": str(provider_obj_policy.reserve_cny)},
+                  remote_python=remote_python, model_path=str(model_path) if model_path else None,
+                  ssh_wait_s=cfg.run.ssh_wait_s, bootstrap_timeout_s=cfg.run.bootstrap_timeout_s)
+    return Prepared(req, plan, rec, cap, pool, run_dir)
+
+
+def _teardown_only(provider: str):
+    """The provider's teardown time, without building the provider (no boto3 before the user says yes)."""
+    from .providers.local import LocalProvider
+
+    class _T:
+        teardown_s = LocalProvider.teardown_s if provider == "local" else (90.0 if provider == "aws" else 60.0)
+    return _T
+
+
+def create(p: Prepared, home: Path) -> None:
+    """Write the run: its directory, request.json, and its ledger row (the pool made if new)."""
+    p.run_dir.mkdir(parents=True, exist_ok=False)
+    p.request.save(p.run_dir / "request.json")
+    (p.run_dir / "out").mkdir()
+    led = ledger(home)
+    try:
+        pool_cap = led.ensure_pool(p.pool, p.cap_cny, time.time())
+        rec = p.recommendation
+        led.create_run(id=p.request.run_id, pool=p.pool, plan=p.plan.name, plan_path=p.request.plan_path,
+                       provider=p.request.provider, offer=f"{rec.provider}:{rec.instance_type}",
+                       quantization=p.request.quantization, spot=int(p.request.spot), cap_cny=min(p.cap_cny, pool_cap),
+                       estimate_cny=rec.cost_cny, estimate_s=rec.time.total_s, dir=str(p.run_dir),
+                       created_at=time.time())
+    finally:
+        led.close()
+
+
+def drive(run_id: str, home: Path, on_progress=lambda _: None) -> str:
+    """Run the controller for a created run, in this process."""
+    run_dir = home / "runs" / run_id
+    req = Request.load(run_dir / "request.json")
+    led = ledger(home)
+    try:
+        provider = make_provider(req.provider, configmod.load(home), home)
+        return Orchestrator(led, provider, req, run_dir, on_progress).execute()
+    except Exception:
+        run = led.run(run_id)
+        if run and run["state"] == "created":  # failed before the orchestrator took over
+            led.update_run(run_id, state="failed", phase="failed", reason="provider setup failed",
+                           finished_at=time.time())
+        raise
+    finally:
+        led.close()
+
+
+def detach(run_id: str, home: Path) -> int:
+    """Start a controller for the run in the background (it survives this shell); returns its pid."""
+    run_dir = home / "runs" / run_id
+    with open(run_dir / "controller.out", "ab") as out:
+        p = subprocess.Popen([sys.executable, "-m", "runner.cli", "drive", run_id], stdout=out,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                             env=dict(os.environ, BUDGET_HOME=str(home)))
+    return p.pid
+
+
+def resolve(led: Ledger, run_id: str | None) -> dict:
+    if run_id is None:
+        runs = led.runs(1)
+        if not runs:
+            raise RunError("no runs yet", "start one with `budget run PLAN`")
+        return runs[0]
+    found = led.find_runs(run_id)
+    if len(found) != 1:
+        raise RunError(f"no run {run_id!r}" if not found else f"{run_id!r} matches {len(found)} runs",
+                       "see `budget status` for run ids")
+    return led.run(found[0])
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def stop(run_id: str, home: Path, wait_s: float = 300) -> dict:
+    """Ask the run's controller to stop (it keeps finished results and tears down). If no controller is
+    alive, tear down here: terminate every live instance of the run and settle the ledger."""
+    led = ledger(home)
+    try:
+        run = resolve(led, run_id)
+        if run["state"] in ("done", "stopped", "failed"):
+            return run
+        led.update_run(run["id"], stop_requested=1)
+        Path(run["dir"], "STOP").touch()
+        if alive(run["controller_pid"]) and run["controller_pid"] != os.getpid():
+            end = time.monotonic() + wait_s
+            while time.monotonic() < end and led.run(run["id"])["state"] not in ("done", "stopped", "failed"):
+                time.sleep(0.5)
+            if led.run(run["id"])["state"] in ("done", "stopped", "failed"):
+                return led.run(run["id"])
+        provider = make_provider(run["provider"], configmod.load(home), home)
+        for inst in led.instances(run_id=run["id"], live=True):
+            if inst.provider_id is None:
+                led.settle(inst.id, None, "failed")
+                continue
+            ended = provider.terminate(inst.provider_id)
+            led.settle(inst.id, ended)
+            led.event(run["id"], "terminated", f"{inst.provider_id} by `budget stop` (no controller)", inst.id)
+        led.update_run(run["id"], state="stopped", phase="stopped", reason="user", finished_at=time.time())
+        return led.run(run["id"])
+    finally:
+        led.close()
