@@ -4,7 +4,7 @@ silently become a default).
 
     aws:   {region: us-east-1, profile: NAME, ami: ami-... | ssm:/PARAM, ami_name: "...", ami_owners: [amazon],
             user: ubuntu, ssh_key: ~/.ssh/id_ed25519, client_cidr: 203.0.113.7/32, subnet_id: subnet-...,
-            volume_gib: 200, poweroff: sudo shutdown -h now, remote_dir: ~/gpubudget}
+            volume_gib: 200, poweroff: sudo shutdown -h now, remote_dir: ~/gpubudget, python: PATH}
     ssh:   {host: HOST, port: 22, user: NAME, key: ~/.ssh/id_ed25519, known_hosts: ~/.ssh/known_hosts,
             offer: csdn:RTX3090, price_yuan_per_hour: 3.5, stop_command: shutdown -h now,
             remote_dir: ~/gpubudget, python: /usr/bin/python3}
@@ -41,6 +41,8 @@ class AwsConfig(_Model):
     volume_gib: int = Field(default=200, ge=8)
     poweroff: str = "sudo shutdown -h now"
     remote_dir: str = "~/gpubudget"
+    python: str | None = None  # a ready Python on the instance for bootstrap.sh (default: search the AMI's)
+    cancel_boot_poweroff: str = "sudo -n shutdown -c"  # once the watchdog runs, the boot-time fallback goes
     terminate_timeout_s: float = Field(default=600, gt=0)
 
 

@@ -265,7 +265,9 @@ class Orchestrator:
             host_key = make_key()
             (self.dir / "host_key.pub").write_text(host_key.public_line + "\n")
             _, public = self.provider.login_key()
-        return LaunchSpec(self.req.run_id, self.req.offer_obj, self.req.spot, public, host_key)
+        lease = self.led.instance(self.iid).lease_until
+        return LaunchSpec(self.req.run_id, self.req.offer_obj, self.req.spot, public, host_key,
+                          boot_minutes=lease_minutes(lease, self.clock()))
 
     def _connect(self) -> None:
         self.phase("booting")
@@ -294,6 +296,10 @@ class Orchestrator:
         if rc != 0:
             raise RemoteError(f"cannot start the watchdog: {out.strip()[-200:]}", "check the instance's disk")
         self.event("watchdog", f"started; lease until {self.lease_written}")
+        after = getattr(self.provider, "after_watchdog", None)
+        if after:
+            rc, out = self.session.run(after, timeout=60)
+            self.event("boot-guard", f"`{after}` exit {rc}: {out.strip()[-200:]}")
 
     def _bootstrap(self) -> None:
         if self.req.remote_python or self.provider.name == "local":

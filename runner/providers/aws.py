@@ -106,6 +106,9 @@ def user_data(spec: LaunchSpec) -> str:
                            "ed25519_public": spec.host_key.public_line}
     if spec.ssh_public_key:
         doc["ssh_authorized_keys"] = [spec.ssh_public_key]
+    if spec.boot_minutes:
+        # until the controller has the watchdog running, this is the instance's only guard
+        doc["runcmd"] = [["shutdown", "-h", f"+{spec.boot_minutes}"]]
     return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1000)
 
 
@@ -121,6 +124,7 @@ class AwsProvider:
         self.cfg = cfg
         self.home = Path(home)
         self.poweroff = cfg.poweroff
+        self.after_watchdog = cfg.cancel_boot_poweroff
         self.remote_dir = cfg.remote_dir
         try:
             session = boto3.Session(profile_name=cfg.profile, region_name=cfg.region)

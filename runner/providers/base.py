@@ -37,6 +37,7 @@ class LaunchSpec:
     ssh_public_key: str = ""          # the login key's public line (authorized_keys)
     host_key: HostKey | None = None    # what the instance must present (aws injects it)
     max_spot_price: Decimal | None = None
+    boot_minutes: int = 0              # power off after this long unless the watchdog took over (0: none)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,225 @@
+"""The local test cloud: moto server on loopback for the AWS APIs, and OpenSSH sshd on loopback as
+each EC2 instance gpubudget launches there. The tests use it through tests/runner/conftest.py; a
+human runs it to try `budget run --provider aws` with no AWS account:
+
+    python infra/localcloud/localcloud.py --dir /tmp/localcloud      # prints what to export
+
+What it plays:
+- cloud-init: for each running instance tagged gpubudget:managed it reads the instance's user-data from
+  the EC2 API and starts sshd with the host key and authorized key found there (`ssh_keys`,
+  `ssh_authorized_keys`), on the one loopback port the controller reaches through
+  BUDGET_SSH_ADDRESS=127.0.0.1:PORT. The controller therefore verifies the key it generated and
+  injected - the same path as on EC2, with no bypass.
+- the OS shutdown: the instance's power-off command in this cloud is `touch POWEROFF` (config
+  aws.poweroff); when a run directory shows that file, the agent does what EC2 does on an OS shutdown:
+  terminate the instance if its InstanceInitiatedShutdownBehavior is terminate, else stop it.
+- terminate: when EC2 says the instance is shutting down or gone, its sshd is stopped.
+Needs: `apt-get install -y openssh-server`, `pip install "moto[server]"`."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+DLAMI_NAME = "Deep Learning OSS Nvidia Driver AMI GPU PyTorch 2.7 (Ubuntu 22.04) 20261101"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sshd_binary() -> str | None:
+    return shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.path.exists(p)),
+                                        None)
+
+
+class Sshd:
+    """One sshd on 127.0.0.1:port with the given host key and authorized keys, as a child process."""
+
+    def __init__(self, workdir: Path, port: int, host_key_private: str, authorized: list[str]):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        key = self.dir / "ssh_host_ed25519_key"
+        key.write_text(host_key_private if host_key_private.endswith("\n") else host_key_private + "\n")
+        key.chmod(0o600)
+        (self.dir / "authorized_keys").write_text("\n".join(authorized) + "\n")
+        cfg = self.dir / "sshd_config"
+        cfg.write_text("\n".join([
+            f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {key}", f"PidFile {self.dir / 'sshd.pid'}",
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}", "UsePAM no", "StrictModes no",
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
+            "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", "LogLevel ERROR", "MaxStartups 50",
+        ]) + "\n")
+        try:
+            Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
+        binary = sshd_binary()
+        if binary is None:
+            raise RuntimeError("sshd not found: apt-get install -y openssh-server")
+        self.log = open(self.dir / "sshd.log", "ab")
+        self.proc = subprocess.Popen([binary, "-f", str(cfg), "-D", "-e"], stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 10) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(self.dir / 'sshd.log').read_text()[-500:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"sshd did not listen on {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def register_dlami(ec2) -> str:
+    """An image named like the Deep Learning AMI (owned by the test account, so `ami_owners: [self]`)."""
+    return ec2.register_image(Name=DLAMI_NAME, RootDeviceName="/dev/sda1", Architecture="x86_64",
+                              BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 100}}])["ImageId"]
+
+
+class CloudInitAgent(threading.Thread):
+    """Plays cloud-init and the OS shutdown for moto's instances (see the module docstring)."""
+
+    def __init__(self, ec2, ssh_port: int, workdir: Path, remote_dir: Path, boot_delay_s: float = 0.0):
+        super().__init__(daemon=True, name="cloud-init-agent")
+        self.ec2, self.port, self.dir, self.remote_dir = ec2, ssh_port, Path(workdir), Path(remote_dir)
+        self.boot_delay_s = boot_delay_s
+        self.sshd: dict[str, Sshd] = {}
+        self.seen: dict[str, float] = {}
+        self.shutdowns: list[tuple[str, str]] = []  # (instance id, what EC2 did) for each OS power-off
+        self.volume_tags: dict[str, list[dict]] = {}  # instance id -> its volumes' tags, seen at boot
+        self.ingress: dict[str, list[dict]] = {}      # instance id -> its security groups' ingress rules
+        self.impostor_key: str | None = None  # tests: serve this host key instead of the injected one
+        self.start_sshd = True   # tests flip this to play an instance whose sshd never comes up
+        self._halt = threading.Event()
+        self.errors: list[str] = []
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+        for s in self.sshd.values():
+            s.stop()
+        self.sshd.clear()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self._step()
+            except Exception as e:  # noqa: BLE001 - keep playing; the test reads .errors
+                self.errors.append(f"{e.__class__.__name__}: {e}")
+            self._halt.wait(0.2)
+
+    def _instances(self) -> list[dict]:
+        res = self.ec2.describe_instances(Filters=[{"Name": "tag:gpubudget:managed", "Values": ["true"]}])
+        return [i for r in res["Reservations"] for i in r["Instances"]]
+
+    def _step(self) -> None:
+        for inst in self._instances():
+            iid, state = inst["InstanceId"], inst["State"]["Name"]
+            if state in ("shutting-down", "terminated", "stopping", "stopped"):
+                if iid in self.sshd:
+                    self.sshd.pop(iid).stop()
+                continue
+            self.seen.setdefault(iid, time.monotonic())
+            if state == "running" and iid not in self.sshd and self.start_sshd \
+                    and time.monotonic() - self.seen[iid] >= self.boot_delay_s:
+                self._boot(inst)
+            run = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}.get("gpubudget:run")
+            if run and (self.remote_dir / "runs" / run / "POWEROFF").exists():
+                self._power_off(iid)
+
+    def _boot(self, inst: dict) -> None:
+        iid = inst["InstanceId"]
+        raw = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"].get("Value", "")
+        text = base64.b64decode(raw).decode() if raw else ""
+        doc = yaml.safe_load(text) or {}
+        keys = doc.get("ssh_keys") or {}
+        if "ed25519_private" not in keys:
+            self.errors.append(f"{iid}: user-data carries no ed25519 host key")
+            return
+        vols = self.ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [iid]}])["Volumes"]
+        self.volume_tags[iid] = [{t["Key"]: t["Value"] for t in v.get("Tags", [])} for v in vols]
+        groups = [g["GroupId"] for g in inst.get("SecurityGroups", [])]
+        self.ingress[iid] = [p for g in self.ec2.describe_security_groups(GroupIds=groups)["SecurityGroups"]
+                             for p in g["IpPermissions"]] if groups else []
+        for other in list(self.sshd):  # one loopback port: a new instance replaces an old one's sshd
+            self.sshd.pop(other).stop()
+        s = Sshd(self.dir / iid, self.port, self.impostor_key or keys["ed25519_private"],
+                 doc.get("ssh_authorized_keys") or [])
+        s.wait_ready()
+        self.sshd[iid] = s
+
+    def _power_off(self, iid: str) -> None:
+        behaviour = self.ec2.describe_instance_attribute(
+            InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")["InstanceInitiatedShutdownBehavior"]["Value"]
+        if behaviour == "terminate":
+            self.ec2.terminate_instances(InstanceIds=[iid])
+        else:
+            self.ec2.stop_instances(InstanceIds=[iid])
+        self.shutdowns.append((iid, behaviour))
+        if iid in self.sshd:
+            self.sshd.pop(iid).stop()
+
+
+def main() -> None:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.mkdtemp(prefix="localcloud-")))
+    ap.add_argument("--aws-port", type=int, default=5000)
+    ap.add_argument("--ssh-port", type=int, default=2222)
+    a = ap.parse_args()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=a.aws_port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{a.aws_port}"
+    ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                       aws_secret_access_key="testing")
+    register_dlami(ec2)
+    remote = a.dir / "instance"
+    remote.mkdir(parents=True, exist_ok=True)
+    agent = CloudInitAgent(ec2, a.ssh_port, a.dir / "sshd", remote)
+    agent.start()
+    print(f"""export AWS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \\
+       AWS_DEFAULT_REGION=us-east-1 BUDGET_SSH_ADDRESS=127.0.0.1:{a.ssh_port}
+# and in $BUDGET_HOME/config.yaml:
+aws: {{ami_owners: [self], client_cidr: 127.0.0.1/32, user: {os.environ.get('USER') or 'root'}, remote_dir: {remote},
+      poweroff: touch POWEROFF, python: {shutil.which('python3')}}}
+# Ctrl-C stops the cloud.""", flush=True)
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        agent.stop()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

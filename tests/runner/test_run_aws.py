@@ -1,0 +1,148 @@
+"""`budget run --provider aws` against the local test cloud: moto's EC2 and sshd as the instance.
+Each test checks the services' state afterwards: moto's instances, security groups and tags, the
+instance's filesystem, the SQLite ledger."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+from tests.runner.conftest import write_config
+
+SMOKE = Path(__file__).resolve().parents[2] / "plans" / "smoke.yaml"
+
+
+def instances(ec2) -> list[dict]:
+    return [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+def ledger(home: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(home / "ledger.db")
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def only_run(home: Path) -> dict:
+    rows = ledger(home).execute("SELECT * FROM runs").fetchall()
+    assert len(rows) == 1
+    return dict(rows[0])
+
+
+def spent(home: Path) -> Decimal:
+    return sum((Decimal(r[0]) for r in ledger(home).execute("SELECT amount_cny FROM spend")), Decimal(0))
+
+
+def test_happy_path(aws_cloud, cli, budget_home, tiny_model):
+    code, out, err = cli("run", SMOKE, "--provider", "aws", "--yuan", "20", "--yes", "--model-path", tiny_model,
+                         "--quant", "nf4")
+    assert code == 0, err
+    run = only_run(budget_home)
+    assert run["state"] == "done" and run["provider"] == "aws" and run["quantization"] == "nf4"
+
+    [inst] = instances(aws_cloud.ec2)
+    tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+    assert tags == {"gpubudget:run": run["id"], "gpubudget:managed": "true"}
+    assert inst["State"]["Name"] == "terminated"
+    assert inst["InstanceType"] == run["offer"].split(":")[1]
+    assert inst["ImageId"] == aws_cloud.image_id
+    behaviour = aws_cloud.ec2.describe_instance_attribute(InstanceId=inst["InstanceId"],
+                                                          Attribute="instanceInitiatedShutdownBehavior")
+    assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+    # its root volume was tagged too (seen while it ran: EC2 deletes it with the instance)
+    assert aws_cloud.agent.volume_tags[inst["InstanceId"]] == [tags]
+    # the security group allowed SSH from the caller's /32 only, and was deleted after the instance
+    [rule] = aws_cloud.agent.ingress[inst["InstanceId"]]
+    assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 22, 22)
+    assert [r["CidrIp"] for r in rule["IpRanges"]] == ["127.0.0.1/32"] and not rule.get("Ipv6Ranges")
+    assert not [g for g in aws_cloud.ec2.describe_security_groups()["SecurityGroups"]
+                if g["GroupName"] == f"gpubudget-{run['id']}"]
+    [pair] = aws_cloud.ec2.describe_key_pairs()["KeyPairs"]
+    assert pair["KeyName"].startswith("gpubudget-")
+
+    # the worker ran on the "instance" (sshd's filesystem) and its results came back
+    remote = aws_cloud.remote_dir / "runs" / run["id"]
+    assert (remote / "python.path").read_text().strip()  # bootstrap ran and found a ready Python
+    assert json.loads((remote / "job.json").read_text())["model"]["source"] == f"{remote}/model"
+    out_dir = Path(run["dir"]) / "out"
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["quantization"] == "nf4"
+    for name, task in summary["tasks"].items():
+        if "skipped" not in task:
+            lines = (out_dir / "results" / f"{name}.jsonl").read_text().splitlines()
+            assert len(lines) == task["done"] == task["total"]
+            assert (remote / "out" / "results" / f"{name}.jsonl").read_bytes() == \
+                (out_dir / "results" / f"{name}.jsonl").read_bytes()
+
+    money = spent(budget_home)
+    assert Decimal(0) < money <= Decimal(20)
+    inst_row = dict(ledger(budget_home).execute("SELECT * FROM instances").fetchone())
+    assert inst_row["state"] == "terminated" and inst_row["provider_id"] == inst["InstanceId"]
+    assert Decimal(inst_row["price_original_h"]) > 0 and inst_row["currency"] == "USD"
+    kinds = [r[0] for r in ledger(budget_home).execute("SELECT kind FROM events ORDER BY id")]
+    assert kinds.index("intent") < kinds.index("launched") < kinds.index("watchdog") < kinds.index("terminated")
+
+    code, out, _ = cli("status", run["id"][:20], "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["state"] == "done" and Decimal(doc["spent_cny"]) == money and doc["samples_done"] > 0
+
+
+def test_ami_missing_launches_nothing(aws_cloud, cli, budget_home, tiny_model):
+    write_config(budget_home, aws={"ami_name": "no such image *"})
+    code, _, err = cli("run", SMOKE, "--provider", "aws", "--yuan", "20", "--yes", "--model-path", tiny_model)
+    assert code == 1
+    assert "no AMI named 'no such image *'" in err and "hint:" in err and "Traceback" not in err
+    assert instances(aws_cloud.ec2) == []
+    run = only_run(budget_home)
+    assert run["state"] == "failed" and spent(budget_home) == 0
+    assert ledger(budget_home).execute("SELECT state FROM instances").fetchone()[0] == "failed"
+
+
+def test_ssh_refused_terminates(aws_cloud, cli, budget_home, tiny_model):
+    aws_cloud.agent.start_sshd = False  # the instance never answers on SSH
+    write_config(budget_home, run={"ssh_wait_s": 4})
+    code, _, err = cli("run", SMOKE, "--provider", "aws", "--yuan", "20", "--yes", "--model-path", tiny_model)
+    assert code == 1 and "cannot reach" in err and "over SSH within 4 s" in err
+    [inst] = instances(aws_cloud.ec2)
+    assert inst["State"]["Name"] == "terminated"
+    run = only_run(budget_home)
+    assert run["state"] == "failed"
+    assert Decimal(0) < spent(budget_home) <= Decimal(20)  # it was up (and billed) for the minimum
+    assert ledger(budget_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
+
+
+def test_bootstrap_failure_terminates(aws_cloud, cli, budget_home, tiny_model):
+    write_config(budget_home, aws={"python": "/nonexistent/python3"})
+    code, _, err = cli("run", SMOKE, "--provider", "aws", "--yuan", "20", "--yes", "--model-path", tiny_model)
+    assert code == 1 and "bootstrap.sh exited 2" in err and "/nonexistent/python3 not found" in err
+    [inst] = instances(aws_cloud.ec2)
+    assert inst["State"]["Name"] == "terminated"
+    assert only_run(budget_home)["state"] == "failed"
+    assert ledger(budget_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
+
+
+def test_worker_crash_terminates_and_keeps_the_log(aws_cloud, cli, budget_home, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    code, _, err = cli("run", SMOKE, "--provider", "aws", "--yuan", "20", "--yes", "--model-path", broken,
+                       "--quant", "fp16")
+    assert code == 1 and "the worker failed (exit 1)" in err
+    [inst] = instances(aws_cloud.ec2)
+    assert inst["State"]["Name"] == "terminated"
+    run = only_run(budget_home)
+    assert run["state"] == "failed"
+    assert (Path(run["dir"]) / "out" / "worker.log").read_text()  # fetched before the teardown
+
+
+def test_a_host_key_other_than_the_injected_one_is_refused(aws_cloud, cli, budget_home, tiny_model):
+    from runner.providers.aws import make_key
+
+    aws_cloud.agent.impostor_key = make_key().private_openssh  # someone else answers on the address
+    code, _, err = cli("run", SMOKE, "--provider", "aws", "--yuan", "20", "--yes", "--model-path", tiny_model)
+    assert code == 1 and "does not match the pinned one" in err
+    [inst] = instances(aws_cloud.ec2)
+    assert inst["State"]["Name"] == "terminated"
+    assert not (aws_cloud.remote_dir / "runs").exists()  # nothing was pushed to the impostor
