@@ -229,8 +229,9 @@ def run_cmd(
         render.detached(p.request.run_id, pid)
         return
     with render.RunProgress() as bar:
-        runs.drive(p.request.run_id, budget_home(), bar.update)
+        state = runs.drive(p.request.run_id, budget_home(), bar.update)
     _status_of(p.request.run_id, as_json=False)
+    runs.check(p.request.run_id, budget_home(), state)
 
 
 @app.command("drive", hidden=True)

@@ -291,7 +291,13 @@ class Orchestrator:
         # the instance's own guard, before anything slow happens there
         self.session.put_file(INSTANCE_FILES / "watchdog.sh", "watchdog.sh", 0o755)
         self.session.put_bytes((self.provider.poweroff + "\n").encode(), "poweroff.sh", 0o755)
-        self.write_lease(self.led.instance(self.iid).lease_until)
+        # the worker's flush time after a lease runs out; the other half of teardown_s is the power-off
+        self.session.put_bytes(f"{max(1, int(self.policy.teardown_s / 2))}\n".encode(), "grace")
+        # the boot lease covered the wait for SSH; from now on the watchdog holds the instance to the
+        # normal lease (shortening is safe in this order: the instance first, then the ledger)
+        lease = min(self.led.instance(self.iid).lease_until, self.clock() + self.policy.lease_s)
+        self.write_lease(lease)
+        self.led.set_instance(self.iid, lease_until=float(int(lease)))
         rc, out = self.session.run(START_WATCHDOG, timeout=60)
         if rc != 0:
             raise RemoteError(f"cannot start the watchdog: {out.strip()[-200:]}", "check the instance's disk")

@@ -273,6 +273,9 @@ def run_estimate(p) -> None:
     err.print(f"  cap {p.cap_cny} CNY from pool {p.pool!r}; the guard decides every {pol['tick_s']:g} s, plans "
               f"{pol['teardown_s']:g} s to tear down and a reserve of {pol['reserve_cny']} CNY; the instance stops "
               f"itself if not heard from for {pol['lease_s']:g} s", soft_wrap=True)
+    if rec.cost_cny > p.cap_cny:
+        err.print(f"  [yellow]warning:[/] the estimate ({rec.cost_cny} CNY) is over the cap ({p.cap_cny} CNY): the "
+                  f"guard will stop the run when the money ends; finished samples are kept", soft_wrap=True)
     err.print(f"  results: {p.run_dir}/out", soft_wrap=True)
 
 

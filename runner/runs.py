@@ -72,6 +72,11 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
     result = optimize(plan, spec, cat, cap, spot=True if spot else (None if provider == "local" else False),
                       quantizations=[quant] if quant else None, top=1)
     rec = result.report.recommendation
+    if rec is None and result.rows:
+        # the plan costs more than the cap: run it anyway if the user agrees - the guard stops it when
+        # the money ends and the finished samples are kept (render.run_estimate says so before asking)
+        rec = optimize(plan, spec, cat, Decimal(10) ** 12, spot=True if spot else (None if provider == "local" else False),
+                       quantizations=[quant] if quant else None, top=1).report.recommendation
     if rec is None:
         raise result.shortfall(plan.name, spec.name)
     offer = next(o for o in offers if (o.provider, o.instance_type, o.region) == (rec.provider, rec.instance_type,
@@ -140,6 +145,20 @@ def drive(run_id: str, home: Path, on_progress=lambda _: None) -> str:
         raise
     finally:
         led.close()
+
+
+def check(run_id: str, home: Path, state: str) -> None:
+    """A run that did not finish is an error for the shell (exit 1), its results kept."""
+    if state == "done":
+        return
+    led = ledger(home)
+    try:
+        run = led.run(run_id)
+    finally:
+        led.close()
+    raise RunError(f"run {run_id} stopped ({run['reason']}) after {run['samples_done']} of {run['samples_total']} "
+                   f"samples; they are kept in {run['dir']}/out",
+                   "raise --yuan for a new run" if run["reason"] == "budget" else "start a new run for the rest")
 
 
 def detach(run_id: str, home: Path) -> int:

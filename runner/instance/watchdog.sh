@@ -1,24 +1,25 @@
 #!/bin/sh
 # The instance's own budget guard. The controller keeps extending the lease (file `lease`: epoch
 # seconds; see runner/guard.py); if the lease runs out - budget spent, or the controller gone - this
-# asks the worker to stop (out/STOP: it flushes finished samples and exits), waits for it at most until
-# the lease, then runs poweroff.sh (on EC2 `shutdown -h now`, which terminates the instance because
+# asks the worker to stop (out/STOP: it flushes finished samples and exits), waits for it at most
+# `grace` seconds (half the guard's teardown allowance, so billing still ends within it), then runs
+# poweroff.sh (on EC2 `shutdown -h now`, which terminates the instance because
 # it was launched with InstanceInitiatedShutdownBehavior=terminate). It never extends anything itself.
 cd "$(dirname "$0")"
-GRACE=${GPUBUDGET_STOP_GRACE:-20}
+GRACE=$(cat grace 2>/dev/null || echo 20)  # seconds the worker gets to flush (the controller sets it)
 POLL=2
 lease() { l=$(cat lease 2>/dev/null || echo 0); echo "${l%.*}"; }
 worker_alive() { [ -f worker.pid ] && kill -0 "$(cat worker.pid)" 2>/dev/null; }
-echo "watchdog: started $(date -u +%FT%TZ), lease $(lease)"
+echo "watchdog: started $(date -u +%FT%TZ), lease $(lease), grace $GRACE s"
 while :; do
   now=$(date +%s)
   l=$(lease)
   if [ -f TERMINATED ]; then echo "watchdog: instance terminated by the controller"; exit 0; fi
-  if [ "$now" -ge $((l - GRACE - POLL)) ]; then
-    echo "watchdog: lease $l runs out (now $now): stopping the worker"
+  if [ "$now" -ge "$l" ]; then
+    echo "watchdog: lease $l ran out (now $now): stopping the worker"
     echo "lease $l expired at $now" > watchdog.fired
-    touch out/STOP
-    while worker_alive && [ "$(date +%s)" -lt $((l - POLL)) ]; do sleep 1; done
+    mkdir -p out && touch out/STOP
+    while worker_alive && [ "$(date +%s)" -lt $((l + GRACE)) ]; do sleep 1; done
     echo "watchdog: powering off $(date -u +%FT%TZ)"
     sh ./poweroff.sh
     exit 0

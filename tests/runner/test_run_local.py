@@ -1,0 +1,203 @@
+"""`budget run --provider local` (a directory and a subprocess, billed at a simulated rate) and
+`--provider ssh` (sshd on loopback as a rented host): the whole loop, the budget stop, Ctrl-C,
+`budget stop`, and a controller that dies (the instance's watchdog ends it at its lease)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from runner.worker.tiny import NAME as TINY
+from tests.runner.conftest import write_config
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "plans" / "smoke.yaml"
+SIM_OFFER = ("provider,instance_type,gpu,gpu_count,price_per,price,spot_price,currency,region,billing_increment_s,"
+             "billing_minimum_s,source,date\n"
+             'sim,cpu,T4,1,gpu,3600,,CNY,local,1,0,"test: 1 CNY a second, per-second billing, no minimum",2026-11-25\n')
+
+
+def db(home: Path) -> sqlite3.Connection:
+    c = sqlite3.connect(home / "ledger.db")
+    c.row_factory = sqlite3.Row
+    return c
+
+
+def the_run(home: Path) -> dict:
+    [row] = db(home).execute("SELECT * FROM runs").fetchall()
+    return dict(row)
+
+
+def spent(home: Path) -> Decimal:
+    return sum((Decimal(r[0]) for r in db(home).execute("SELECT amount_cny FROM spend")), Decimal(0))
+
+
+def result_lines(run: dict) -> int:
+    res = Path(run["dir"]) / "out" / "results"
+    return sum(len(p.read_text().splitlines()) for p in res.glob("*.jsonl")) if res.exists() else 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def instance_pids(run: dict, home: Path) -> list[int]:
+    d = home / "instances" / run["id"]
+    return [int((d / n).read_text()) for n in ("worker.pid", "watchdog.pid") if (d / n).exists()]
+
+
+@pytest.fixture
+def local_home(budget_home, tiny_model):
+    (budget_home / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(tiny_model, budget_home / "models" / TINY)
+    return budget_home
+
+
+@pytest.fixture
+def long_plan(tmp_path) -> Path:
+    """Thousands of tiny captions at batch 1: a run that lasts long enough to be stopped."""
+    p = tmp_path / "long.yaml"
+    p.write_text(SMOKE.read_text().split("tasks:")[0].replace("name: smoke", "name: long").replace("batch_size: 2",
+                 "batch_size: 1") + """tasks:
+  - name: captions
+    kind: caption
+    samples: 5000
+    image_size: [64, 64]
+    prompt_tokens: 8
+    dataset: {kind: synthetic}
+    metrics: [bleu4]
+""")
+    return p
+
+
+def sim_offer(cli, tmp_path) -> None:
+    f = tmp_path / "sim.csv"
+    f.write_text(SIM_OFFER)
+    code, _, err = cli("prices", "import", f, "--format", "csv")
+    assert code == 0, err
+
+
+def test_local_happy_path(cli, local_home):
+    code, out, err = cli("run", SMOKE, "--provider", "local", "--yes")
+    assert code == 0, err
+    run = the_run(local_home)
+    assert run["state"] == "done" and run["phase"] == "done"
+    summary = json.loads((Path(run["dir"]) / "out" / "summary.json").read_text())
+    assert summary["complete"] and result_lines(run) == run["samples_done"] > 0
+    inst = dict(db(local_home).execute("SELECT * FROM instances").fetchone())
+    assert inst["state"] == "terminated" and inst["provider"] == "local"
+    assert Decimal(0) < spent(local_home) <= Decimal(run["cap_cny"])
+    assert not [p for p in instance_pids(run, local_home) if alive(p)]
+    assert f"run {run['id']}" in out and "done" in out
+
+
+def test_budget_stop_keeps_results_and_stays_under_the_cap(cli, local_home, long_plan, tmp_path):
+    sim_offer(cli, tmp_path)
+    write_config(local_home, run={"tick_s": 1, "teardown_s": 5})
+    code, _, err = cli("run", long_plan, "--provider", "local", "--offer", "sim:cpu", "--yuan", "14", "--yes")
+    assert code == 1 and "stopped (budget)" in err
+    run = the_run(local_home)
+    assert (run["state"], run["reason"]) == ("stopped", "budget")
+    money = spent(local_home)
+    assert Decimal(0) < money <= Decimal(14)
+    done = result_lines(run)
+    assert 0 < done < 5000  # what it finished before the money ran out is kept
+    assert not [p for p in instance_pids(run, local_home) if alive(p)]
+    events = [r["kind"] for r in db(local_home).execute("SELECT kind FROM events ORDER BY id")]
+    assert events.index("guard") < events.index("terminating")
+    code, out, _ = cli("status")
+    assert code == 0 and "stopped: budget" in out
+
+
+def _spawn(args: list[str], home: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "runner.cli", *args], cwd=REPO, env=dict(os.environ, BUDGET_HOME=str(home)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_ctrl_c_tears_down(local_home, long_plan):
+    p = _spawn(["run", str(long_plan), "--provider", "local", "--yuan", "5", "--yes"], local_home)
+    _wait(lambda: (local_home / "ledger.db").exists() and the_run(local_home)["phase"] == "running"
+          and result_lines(the_run(local_home)) > 0, 90, "results")
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and "stopped (interrupted)" in err and "Traceback" not in err
+    run = the_run(local_home)
+    assert (run["state"], run["reason"]) == ("stopped", "interrupted")
+    assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
+    assert not [p for p in instance_pids(run, local_home) if alive(p)]
+    assert 0 < result_lines(run) < 5000
+
+
+def test_detach_then_budget_stop(cli, local_home, long_plan):
+    code, out, err = cli("run", long_plan, "--provider", "local", "--yuan", "5", "--yes", "--detach")
+    assert code == 0, err
+    run_id = out.strip()
+    _wait(lambda: result_lines(the_run(local_home)) > 0, 90, "results")
+    code, out, _ = cli("stop", run_id)
+    assert code == 0 and "stopped (user)" in out
+    run = the_run(local_home)
+    assert (run["state"], run["reason"]) == ("stopped", "user")
+    assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
+    assert not [p for p in instance_pids(run, local_home) if alive(p)]
+    code, out, _ = cli("logs", run_id)
+    assert code == 0 and "[controller] " in out and "[worker] " in out
+
+
+def test_a_dead_controller_is_ended_by_the_watchdog(cli, local_home, long_plan):
+    write_config(local_home, run={"tick_s": 1, "lease_s": 30})
+    code, out, err = cli("run", long_plan, "--provider", "local", "--yuan", "5", "--yes", "--detach")
+    assert code == 0, err
+    _wait(lambda: result_lines(the_run(local_home)) > 0, 90, "results")
+    run = the_run(local_home)
+    os.kill(run["controller_pid"], signal.SIGKILL)  # the controller dies; nobody extends the lease now
+    lease = float(db(local_home).execute("SELECT lease_until FROM instances").fetchone()[0])
+    inst = local_home / "instances" / run["id"]
+    _wait(lambda: (inst / "POWEROFF").exists(), 60, "the watchdog's power-off")
+    assert time.time() <= lease + 30  # within the local provider's teardown allowance
+    assert (inst / "watchdog.fired").exists() and (inst / "worker.exit").read_text().strip() == "3"  # clean stop
+    _wait(lambda: not [p for p in instance_pids(run, local_home) if alive(p)], 10, "the processes to end")
+    # `budget stop` finds no controller, settles the ledger itself
+    code, out, _ = cli("stop", run["id"])
+    assert code == 0 and "stopped (user)" in out
+    assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
+    assert spent(local_home) <= Decimal(5)
+
+
+def test_ssh_host_happy_path(cli, ssh_host, budget_home):
+    code, _, err = cli("run", SMOKE, "--provider", "ssh", "--yuan", "5", "--yes", "--quant", "nf4", "--limit", "1")
+    assert code == 0, err
+    run = the_run(budget_home)
+    assert run["state"] == "done" and run["offer"] == "csdn:T4x1"
+    remote = ssh_host.remote_dir / "runs" / run["id"]
+    assert (remote / "python.path").read_text().strip() == sys.executable  # bootstrap checked the given Python
+    assert (remote / "models" / TINY / "config.json").exists()  # built on the host from the recipe
+    assert json.loads((Path(run["dir"]) / "out" / "summary.json").read_text())["complete"]
+    assert ssh_host.poweroff_marker.exists()  # the host's stop command ran
+    assert (remote / "TERMINATED").exists()
+    assert spent(budget_home) == Decimal("1.5")  # csdn bills the started hour: 1.5 CNY
