@@ -102,6 +102,14 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
     return Prepared(req, plan, rec, cap, pool, run_dir)
 
 
+def preflight(provider: str, home: Path) -> None:
+    """Check what can be checked before asking the user to spend: the provider's configuration (an SSH
+    host, key and known_hosts), AWS credentials."""
+    p = make_provider(provider, configmod.load(home), home)
+    if hasattr(p, "preflight"):
+        p.preflight()
+
+
 def _teardown_only(provider: str):
     """The provider's teardown time, without building the provider (no boto3 before the user says yes)."""
     from .providers.local import LocalProvider

@@ -65,3 +65,32 @@ def test_worker_runs_as_a_copied_directory(tmp_path):
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("worker: bad job: schema: expected 'gpubudget.job/1'")
     assert '"phase": "failed"' in (tmp_path / "out" / "status.json").read_text()
+
+
+CLOUD_LIBS = {"boto3": {"aws.py"}, "botocore": {"aws.py"}, "paramiko": {"remote.py"},
+              "tenacity": {"remote.py", "aws.py"}}
+
+
+def test_cloud_libraries_stay_in_their_adapters():
+    """boto3 only in providers/aws.py, paramiko only in remote.py (STYLE.md: one module owns each)."""
+    for f in (REPO / "runner").rglob("*.py"):
+        for lib, owners in CLOUD_LIBS.items():
+            if lib in imports(f):
+                assert f.name in owners, f"{f.relative_to(REPO)} imports {lib}"
+
+
+def test_the_guard_is_pure():
+    mods = imports(REPO / "runner" / "guard.py")
+    assert mods <= {"planner"} | set(sys.stdlib_module_names), mods
+
+
+def test_status_and_local_runs_load_no_cloud_library(tmp_path):
+    """`budget status` and the modules a local run drives import neither boto3, paramiko nor torch."""
+    import subprocess
+
+    code = ("import sys, runner.cli as c, runner.runs, runner.orchestrate, runner.providers.local\n"
+            "try:\n    c.main(['status'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('boto3', 'botocore', 'paramiko', 'torch') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                       env={"PATH": "/usr/bin:/bin", "BUDGET_HOME": str(tmp_path), "PYTHONPATH": str(REPO)})
+    assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout + p.stderr

@@ -130,6 +130,7 @@ class AwsProvider:
             session = boto3.Session(profile_name=cfg.profile, region_name=cfg.region)
             self.ec2 = session.client("ec2")
             self.ssm = session.client("ssm")
+            self.sts = session.client("sts")
         except ProfileNotFound:
             raise AuthError(f"AWS profile {cfg.profile!r} not found", "check aws.profile / ~/.aws/config") from None
         except NoRegionError:
@@ -143,6 +144,10 @@ class AwsProvider:
             return getattr(client, op)(**kw)
         except (ClientError, BotoCoreError) as e:
             raise _mapped(e, what) from None
+
+    def preflight(self) -> str:
+        """Fail before anything is asked or spent when the credentials do not work; the account id."""
+        return self._call(self.sts, "get_caller_identity", "checking the AWS credentials")["Account"]
 
     # ------------------------------------------------------------------ resources
 
