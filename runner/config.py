@@ -85,8 +85,13 @@ def load(home: Path) -> Config:
         return Config()
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read ({e.__class__.__name__})", "fix the YAML syntax") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})", "check the file's permissions") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e.__class__.__name__})",
+                          "fix the YAML syntax") from None
     try:
         return Config.model_validate(data)
     except ValidationError as e:

@@ -381,15 +381,36 @@ class Orchestrator:
         self.phase("running")
         out = self.dir / "out"
         while True:
-            fetch(self.session, "out", out)
-            self.status = _read(out / "status.json")
-            code = self.session.read("worker.exit")
-            if code is not None and code.strip():
+            try:
                 fetch(self.session, "out", out)
                 self.status = _read(out / "status.json")
-                return self._finished(int(code.strip()))
-            self.tick()
+                code = self.session.read("worker.exit")
+                if code is not None and code.strip():
+                    fetch(self.session, "out", out)
+                    self.status = _read(out / "status.json")
+                    return self._finished(int(code.strip()))
+                self.tick()
+            except RemoteError as e:  # the worker runs on, detached: reconnect and carry on
+                self.event("ssh", f"lost ({e.message}); reconnecting")
+                self._reconnect()
+                continue
             time.sleep(self.policy.tick_s * 0.8)
+
+    def _reconnect(self) -> None:
+        from .remote import SshSession
+
+        try:
+            self.session.close()
+        except Exception:  # noqa: BLE001 - the old connection is already broken
+            pass
+        self.session = None
+        ep = self.provider.endpoint(self.pid)
+        if ep is None:
+            raise RemoteError(f"{self.pid} is gone ({self.provider.status(self.pid).state})",
+                              "a spot instance may have been reclaimed; the samples fetched so far are kept")
+        root = f"{self.provider.remote_dir.rstrip('/')}/runs/{self.req.run_id}"
+        self.session = SshSession.connect(ep, root, wait_s=min(self.req.ssh_wait_s, 300.0), between=self.tick)
+        self.event("ssh", "reconnected")
 
     def _finished(self, code: int) -> tuple[str, str]:
         summary = _read(self.dir / "out" / "summary.json")

@@ -224,8 +224,15 @@ def stop(run_id: str, home: Path, wait_s: float = 300) -> dict:
         provider = make_provider(run["provider"], configmod.load(home), home)
         for inst in led.instances(run_id=run["id"], live=True):
             if inst.provider_id is None:
-                led.settle(inst.id, None, "failed")
-                continue
+                # the controller died between the intent row and the launch's answer: ask the provider
+                from .providers.base import RUN_TAG
+
+                found = [i for i in provider.list_managed() if i.tags.get(RUN_TAG) == run["id"]]
+                if not found:
+                    led.settle(inst.id, None, "failed")
+                    continue
+                led.set_instance(inst.id, provider_id=found[0].provider_id)
+                inst = led.instance(inst.id)
             ended = provider.terminate(inst.provider_id)
             led.settle(inst.id, ended)
             led.event(run["id"], "terminated", f"{inst.provider_id} by `budget stop` (no controller)", inst.id)

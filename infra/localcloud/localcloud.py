@@ -147,6 +147,8 @@ class CloudInitAgent(threading.Thread):
                     self.sshd.pop(iid).stop()
                 continue
             self.seen.setdefault(iid, time.monotonic())
+            if iid in self.sshd and self.sshd[iid].proc.poll() is not None:
+                self.sshd.pop(iid).stop()  # sshd died (tests kill it to drop connections): systemd restarts it
             if state == "running" and iid not in self.sshd and self.start_sshd \
                     and time.monotonic() - self.seen[iid] >= self.boot_delay_s:
                 self._boot(inst)

@@ -146,3 +146,48 @@ def test_a_host_key_other_than_the_injected_one_is_refused(aws_cloud, cli, budge
     [inst] = instances(aws_cloud.ec2)
     assert inst["State"]["Name"] == "terminated"
     assert not (aws_cloud.remote_dir / "runs").exists()  # nothing was pushed to the impostor
+
+
+def test_a_dropped_ssh_connection_is_reconnected(aws_cloud, budget_home, tiny_model, tmp_path):
+    """sshd dies mid-run (every connection drops); the detached worker runs on, the controller
+    reconnects (the same pinned key) and the run completes."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    plan = tmp_path / "longer.yaml"
+    plan.write_text(SMOKE.read_text().split("tasks:")[0].replace("name: smoke", "name: longer") + """tasks:
+  - name: captions
+    kind: caption
+    samples: 600
+    image_size: [64, 64]
+    prompt_tokens: 8
+    dataset: {kind: synthetic}
+    metrics: [bleu4]
+""")
+    p = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(plan), "--provider", "aws", "--yuan", "20",
+                          "--yes", "--model-path", str(tiny_model), "--quant", "fp16", "--batch-size", "1"],
+                         env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        res = list((budget_home / "runs").glob("*/out/results/captions.jsonl"))
+        if res and len(res[0].read_text().splitlines()) >= 20:
+            break
+        time.sleep(0.2)
+        if p.poll() is not None:
+            break
+    else:
+        p.kill()
+    assert p.poll() is None, p.communicate()[1]
+    [(iid, sshd)] = aws_cloud.agent.sshd.items()
+    subprocess.run(["pkill", "-KILL", "-P", str(sshd.proc.pid)], check=False)  # every connection
+    sshd.proc.kill()                                                          # and the listener
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    run = only_run(budget_home)
+    assert run["state"] == "done" and run["samples_done"] == 600
+    kinds = [r[0] + ":" + r[1] for r in ledger(budget_home).execute("SELECT kind, detail FROM events ORDER BY id")]
+    assert any(k.startswith("ssh:lost") for k in kinds) and "ssh:reconnected" in kinds
+    lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 600

@@ -201,3 +201,26 @@ def test_ssh_host_happy_path(cli, ssh_host, budget_home):
     assert ssh_host.poweroff_marker.exists()  # the host's stop command ran
     assert (remote / "TERMINATED").exists()
     assert spent(budget_home) == Decimal("1.5")  # csdn bills the started hour: 1.5 CNY
+
+
+@pytest.mark.parametrize("args,config,code,message", [
+    (["--provider", "ssh"], None, 2, "no SSH host configured"),
+    (["--provider", "gcp"], None, 2, "unknown provider 'gcp'"),
+    (["--provider", "local"], "run: {tik_s: 1}\n", 2, "config.yaml: run.tik_s: Extra inputs are not permitted"),
+    (["--provider", "local"], "run: [\n", 2, "config.yaml:2: not valid YAML"),
+    (["--provider", "local", "--offer", "nope:x"], None, 2, "no offer 'nope:x' in the catalog"),
+    (["--provider", "local", "--yuan", "-3"], None, 2, "--yuan must be a positive amount"),
+])
+def test_bad_input_is_one_line_and_launches_nothing(cli, budget_home, args, config, code, message):
+    if config:
+        budget_home.mkdir(parents=True, exist_ok=True)
+        (budget_home / "config.yaml").write_text(config)
+    got, out, err = cli("run", SMOKE, *args, "--yes")
+    assert got == code and message in err and "hint:" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 2
+    assert not (budget_home / "runs").exists()
+
+
+def test_status_of_an_unknown_run(cli, budget_home):
+    code, _, err = cli("status", "nope")
+    assert code == 1 and "no run 'nope'" in err and "budget status" in err
