@@ -6,8 +6,9 @@ on the local test cloud (moto's EC2 + sshd on loopback, infra/localcloud) and th
 Prints, per provider:
 - launch -> worker start: from spawning `budget run ... --yes` to the ledger's `started` event
   (process start, planning, ledger, launch, SSH, watchdog, bootstrap check, push of worker + model);
-- stop decision -> terminate call: from the guard's `stop` event (local: a cap that runs out, default
-  tick 5 s) or the controller noticing `budget stop` (aws), to its `terminating` event. Target: <= one tick.
+- stop -> terminate call: local: from the guard's stop decision (a cap that runs out; default tick
+  5 s) to the terminate call; aws: from a `budget stop` request landing at a random moment of a tick
+  (the worker busy, results flowing) to the terminate call. Target: <= one tick.
 Timestamps are the ledger's own (the controller writes them as it acts)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import random
 import shutil
 import sqlite3
 import statistics
@@ -112,6 +114,9 @@ def aws_round(tmp: Path, tiny: Path, ec2, port: int, endpoint: str) -> tuple[flo
         wait_for(lambda: (home / "ledger.db").exists() and "started" in events(home), 120)
         started = events(home)["started"] - t0
         run_id = sqlite3.connect(home / "ledger.db").execute("SELECT id FROM runs").fetchone()[0]
+        results = home / "runs" / run_id / "out" / "results" / "captions.jsonl"
+        wait_for(lambda: results.exists() and results.stat().st_size > 0, 120)  # the loop in its steady state
+        time.sleep(random.uniform(0, 5))  # a request lands anywhere within a tick
         asked = time.time()
         (home / "runs" / run_id / "STOP").touch()  # what `budget stop` does for a live controller
         p.communicate(timeout=300)

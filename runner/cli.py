@@ -249,10 +249,11 @@ def _status_of(run_id: str | None, as_json: bool) -> None:
     led = runs.ledger(budget_home())
     try:
         if run_id is None and not as_json:
-            render.runs_table([dict(r, spent_cny=led.spent_run(r["id"])) for r in led.runs()])
+            render.runs_table([dict(r, spent_cny=led.spent_run(r["id"]), controller_alive=runs.alive(r["controller_pid"]))
+                               for r in led.runs()])
             return
         run = runs.resolve(led, run_id)
-        doc = {**run, "spent_cny": led.spent_run(run["id"]), "pool_spent_cny": led.spent_pool(run["pool"]),
+        doc = {**run, "controller_alive": runs.alive(run["controller_pid"]), "spent_cny": led.spent_run(run["id"]), "pool_spent_cny": led.spent_pool(run["pool"]),
                "pool_cap_cny": led.pool_cap(run["pool"]), "instances": [vars(i) for i in led.instances(run["id"])],
                "tasks": led.tasks(run["id"]), "events": led.events(run["id"])}
         render.json_dict(doc) if as_json else render.run_detail(doc)

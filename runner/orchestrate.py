@@ -25,9 +25,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from planner.errors import BudgetTooSmall, GpuBudgetError, InputError
-from planner.models import EvalPlan, Offer
+from planner.models import Offer
 
-from . import jobs
 from .config import Config
 from .errors import BootstrapError, RemoteError, RunError, WorkerError
 from .guard import Policy
@@ -141,9 +140,6 @@ class Orchestrator:
         self.status: dict = {}
         self.decision = None
         self.log = open(run_dir / "controller.log", "a", encoding="utf-8")
-        self.stop_decided_at: float | None = None
-        self.terminate_called_at: float | None = None
-        self.worker_started_at: float | None = None
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -157,13 +153,21 @@ class Orchestrator:
         self.event("phase", name)
         self.progress(name)
 
+    def samples(self) -> tuple[int, int]:
+        """Samples done and planned, over the tasks that run (the summary knows which were skipped)."""
+        summary = _read(self.dir / "out" / "summary.json")
+        tasks = (summary.get("tasks") if summary.get("run_id") == self.req.run_id else None) \
+            or self.status.get("tasks") or {}
+        live = [t for t in tasks.values() if "skipped" not in t]
+        return sum(t.get("done", 0) for t in live), sum(t.get("total") or 0 for t in live)
+
     def progress(self, phase: str | None = None) -> None:
         run = self.led.run(self.req.run_id)
-        tasks = self.status.get("tasks") or {}
+        done, total = self.samples()
+        if (done, total) != (run["samples_done"], run["samples_total"]):
+            self.led.update_run(self.req.run_id, samples_done=done, samples_total=total)
         self.on_progress({
-            "run": self.req.run_id, "phase": phase or run["phase"],
-            "done": sum(t.get("done", 0) for t in tasks.values()),
-            "total": sum(t.get("total") or 0 for t in tasks.values()),
+            "run": self.req.run_id, "phase": phase or run["phase"], "done": done, "total": total,
             "task": self.status.get("task"), "eta_s": self.status.get("eta_s"),
             "spent_cny": self.led.spent_run(self.req.run_id), "cap_cny": Decimal(run["cap_cny"]),
             "committed_cny": self.decision.committed_cny if self.decision else None,
@@ -177,13 +181,12 @@ class Orchestrator:
         d = self.led.tick(self.iid, now, self.policy)
         self.decision = d
         if not d.go:
-            self.stop_decided_at = time.monotonic()
             self.event("guard", f"stop: the next {self.policy.tick_s:.0f} s + teardown would pass the cap "
                        f"(committed {d.committed_cny:.4f} of {d.cap_cny} CNY)")
             raise Stop("budget")
         run = self.led.run(self.req.run_id)
         if run["stop_requested"] or (self.dir / "STOP").exists():
-            self.stop_decided_at = time.monotonic()
+            self.event("stop", "requested by the user")
             raise Stop("user")
         self.write_lease(self.led.instance(self.iid).lease_until)
         self.progress()
@@ -373,7 +376,6 @@ class Orchestrator:
         rc, out = self.session.run(f"sh ./start.sh {shlex.quote(self.python)}", timeout=60)
         if rc != 0:
             raise WorkerError(f"cannot start the worker: {out.strip()[-300:]}", "see the run's controller.log")
-        self.worker_started_at = time.monotonic()
         self.started_worker = True
         self.event("started", out.strip())
 
@@ -442,9 +444,10 @@ class Orchestrator:
             if self.iid is not None:
                 self._terminate()
             final = state if state in FINAL else "failed"
+            self.status = _read(self.dir / "out" / "status.json") or self.status
+            done, total = self.samples()
             self.led.update_run(run_id, state=final, phase=final, reason=reason, finished_at=self.clock(),
-                                samples_done=sum(t.get("done", 0) for t in (self.status.get("tasks") or {}).values()),
-                                samples_total=sum(t.get("total") or 0 for t in (self.status.get("tasks") or {}).values()))
+                                samples_done=done, samples_total=total)
             self.event(final, reason)
             if self.session is not None:
                 try:
@@ -458,7 +461,6 @@ class Orchestrator:
             self.led.settle(self.iid, None, "failed")
             return
         self.led.set_instance(self.iid, state="stopping")
-        self.terminate_called_at = time.monotonic()
         self.event("terminating", self.pid)
         try:
             ended = self.provider.terminate(self.pid)

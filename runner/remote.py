@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -40,7 +39,8 @@ class LocalSession:
 
     def run(self, cmd: str, timeout: float = 120) -> tuple[int, str]:
         try:
-            p = subprocess.run(["sh", "-c", cmd], cwd=self.root, capture_output=True, text=True, timeout=timeout)
+            p = subprocess.run(["sh", "-c", cmd], cwd=self.root, capture_output=True, text=True, timeout=timeout,
+                               check=False)
         except subprocess.TimeoutExpired:
             return 124, f"timed out after {timeout:.0f} s"
         return p.returncode, p.stdout + p.stderr
@@ -150,7 +150,7 @@ class SshSession:
                                       "verified", "add the host's key to known_hosts (ssh-keyscan, checked against "
                                       "the provider's console) - gpubudget never trusts a key on first use") from None
                 raise Booting(str(e) or e.__class__.__name__) from None
-            except (OSError, socket.timeout, EOFError) as e:
+            except (TimeoutError, OSError, EOFError) as e:
                 client.close()
                 raise Booting(getattr(e, "strerror", None) or str(e) or e.__class__.__name__) from None
             return client
@@ -203,7 +203,7 @@ class SshSession:
                     break
                 out += chunk
             return chan.recv_exit_status(), out.decode(errors="replace")
-        except socket.timeout:
+        except TimeoutError:
             return 124, f"timed out after {timeout:.0f} s"
         except (OSError, paramiko.SSHException, AttributeError) as e:
             raise self._err(f"running {cmd.split()[0]}", e) from None

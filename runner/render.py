@@ -321,6 +321,8 @@ def runs_table(rows: list[dict]) -> None:
         t.add_column(col, justify="right" if col in ("samples", "spent CNY", "cap CNY") else "left")
     for r in rows:
         state = r["state"] + (f": {r['reason']}" if r.get("reason") and r["state"] == "stopped" else "")
+        if r["state"] in ("created", "running") and not r["controller_alive"]:
+            state += " (no controller: `budget stop` settles it)"
         t.add_row(r["id"], state, r["provider"], r["offer"], r["quantization"],
                   f"{r['samples_done']}/{r['samples_total']}", f"{r['spent_cny']:.4f}", str(r["cap_cny"]),
                   _when(r["created_at"]))
@@ -329,6 +331,8 @@ def runs_table(rows: list[dict]) -> None:
 
 def run_detail(d: dict) -> None:
     state = d["state"] + (f": {d['reason']}" if d.get("reason") else "")
+    if d["state"] in ("created", "running") and not d["controller_alive"]:
+        state += " - no controller is driving it; `budget stop` terminates and settles it"
     out.print(f"run {d['id']}  [bold]{state}[/]  (phase {d['phase']})", soft_wrap=True)
     out.print(f"  plan {d['plan']} ({d['plan_path']}), {d['provider']} {d['offer']}, {d['quantization']}"
               f"{', spot' if d['spot'] else ''}", soft_wrap=True)

@@ -262,11 +262,12 @@ class AwsProvider:
             return self._info(existing[0])
         ami = self.resolve_ami()
         _, public = self.login_key()
-        kw = dict(ImageId=ami["ImageId"], InstanceType=spec.offer.instance_type, MinCount=1, MaxCount=1,
-                  KeyName=self._key_pair(spec.ssh_public_key or public, spec.run_id),
-                  SecurityGroupIds=[self._security_group(spec.run_id)], UserData=user_data(spec),
-                  ClientToken=spec.run_id, InstanceInitiatedShutdownBehavior="terminate",
-                  TagSpecifications=[_tags(spec.run_id, "instance"), _tags(spec.run_id, "volume")])
+        kw: dict = {
+            "ImageId": ami["ImageId"], "InstanceType": spec.offer.instance_type, "MinCount": 1, "MaxCount": 1,
+            "KeyName": self._key_pair(spec.ssh_public_key or public, spec.run_id),
+            "SecurityGroupIds": [self._security_group(spec.run_id)], "UserData": user_data(spec),
+            "ClientToken": spec.run_id, "InstanceInitiatedShutdownBehavior": "terminate",
+            "TagSpecifications": [_tags(spec.run_id, "instance"), _tags(spec.run_id, "volume")]}
         if self.cfg.subnet_id:
             kw["SubnetId"] = self.cfg.subnet_id
         if ami.get("RootDeviceName"):
@@ -305,7 +306,7 @@ class AwsProvider:
         while info.state != "terminated":
             if time.monotonic() > deadline:
                 raise ProviderError(f"{provider_id} is still {info.state} {self.cfg.terminate_timeout_s:.0f} s after "
-                                    "terminate", f"check the EC2 console; `budget stop RUN` retries")
+                                    "terminate", "check the EC2 console; `budget stop RUN` retries")
             time.sleep(2)
             info = self.status(provider_id)
         run_id = info.tags.get(RUN_TAG)

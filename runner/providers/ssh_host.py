@@ -75,10 +75,7 @@ class SshHostProvider:
                                   else wait_s, between=between)
 
     def terminate(self, provider_id: str) -> float:
-        try:
-            s = self.session(provider_id, wait_s=min(self.ssh_wait_s, 30.0))
-        except RemoteError:
-            raise
+        s = self.session(provider_id, wait_s=min(self.ssh_wait_s, 30.0))
         try:
             s.run(self.poweroff, timeout=60)
         except RemoteError:
@@ -96,7 +93,7 @@ class SshHostProvider:
         except RemoteError:
             return []
         try:
-            rc, out = s.run("for d in */; do d=${d%/}; [ -f \"$d/worker.pid\" ] && [ ! -f \"$d/TERMINATED\" ] && "
+            _, out = s.run("for d in */; do d=${d%/}; [ -f \"$d/worker.pid\" ] && [ ! -f \"$d/TERMINATED\" ] && "
                             "kill -0 \"$(cat \"$d/worker.pid\")\" 2>/dev/null && echo \"$d\"; done; true")
         finally:
             s.close()

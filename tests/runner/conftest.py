@@ -19,7 +19,7 @@ import yaml
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "infra" / "localcloud"))
-import localcloud  # noqa: E402
+import localcloud
 
 
 def need(what: str, ok: bool) -> None:

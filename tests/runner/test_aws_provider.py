@@ -75,9 +75,8 @@ def test_transient_errors_are_retried(provider):
     with stub:
         assert provider.resolve_ami()["ImageId"] == "ami-12345678"
         stub.assert_no_pending_responses()
-    with _stubbed(provider, "describe_images", ["ServiceUnavailable"] * 5, 503):
-        with pytest.raises(TransientError):
-            provider.resolve_ami()
+    with _stubbed(provider, "describe_images", ["ServiceUnavailable"] * 5, 503), pytest.raises(TransientError):
+        provider.resolve_ami()
 
 
 def test_missing_credentials_are_one_line(aws_cloud, cli, budget_home, monkeypatch, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from decimal import Decimal
 
@@ -38,7 +39,7 @@ def test_hourly_billing_uses_the_paid_hour_and_stops_before_the_next():
 
 def test_per_second_billing_stops_where_the_money_ends():
     p = Policy(tick_s=5, teardown_s=30, lease_s=600)
-    m = Meter(Decimal("36"), 1, 60, T0, T0)  # 0.01 CNY a second
+    m = Meter(Decimal(36), 1, 60, T0, T0)  # 0.01 CNY a second
     d = decide(Decimal(2), [], m, T0, p)     # 200 s of money: lease 170 s (+30 s teardown)
     assert d.go and abs(d.lease_until - (T0 + 170)) <= 1 and d.committed_cny <= 2
     assert not decide(Decimal("0.5"), [], m, T0, p).go  # 60 s minimum + teardown > 50 s of money
@@ -70,7 +71,7 @@ def test_ledger_admission_tick_and_settle(tmp_path):
     assert led.settle(iid, T0 + 500) == Decimal("0.95")  # settling twice changes nothing
     rows = led.spend_rows("r1")
     assert [r["end_at"] - T0 for r in rows] == [30, 90, 95]
-    assert all(a["end_at"] == b["start_at"] for a, b in zip(rows, rows[1:]))
+    assert all(a["end_at"] == b["start_at"] for a, b in itertools.pairwise(rows))
     # reopened from disk: same money, migrations not re-run
     led.close()
     again = Ledger(tmp_path / "ledger.db")

@@ -180,7 +180,7 @@ def test_a_dropped_ssh_connection_is_reconnected(aws_cloud, budget_home, tiny_mo
     else:
         p.kill()
     assert p.poll() is None, p.communicate()[1]
-    [(iid, sshd)] = aws_cloud.agent.sshd.items()
+    [sshd] = aws_cloud.agent.sshd.values()
     subprocess.run(["pkill", "-KILL", "-P", str(sshd.proc.pid)], check=False)  # every connection
     sshd.proc.kill()                                                          # and the listener
     _, err = p.communicate(timeout=300)

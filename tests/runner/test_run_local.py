@@ -215,7 +215,7 @@ def test_bad_input_is_one_line_and_launches_nothing(cli, budget_home, args, conf
     if config:
         budget_home.mkdir(parents=True, exist_ok=True)
         (budget_home / "config.yaml").write_text(config)
-    got, out, err = cli("run", SMOKE, *args, "--yes")
+    got, _, err = cli("run", SMOKE, *args, "--yes")
     assert got == code and message in err and "hint:" in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 2
     assert not (budget_home / "runs").exists()
