@@ -216,8 +216,8 @@ def run_cmd(
     from . import render, runs
 
     ev = load_plan(plan)
-    runs.preflight(provider, budget_home())
-    p = runs.prepare(ev, plan_file(plan), _catalog(), budget_home(), provider=provider, yuan=_decimal(yuan, "--yuan"),
+    prov = runs.preflight(provider, budget_home())
+    p = runs.prepare(ev, plan_file(plan), _catalog(), budget_home(), provider=prov, yuan=_decimal(yuan, "--yuan"),
                      pool=pool, offer_id=offer, spot=spot, quant=quant, limit=limit, batch_size=_batch_size(batch_size),
                      price_yuan_h=_decimal(price_yuan_hour, "--price-yuan-hour"), model_path=model_path,
                      remote_python=remote_python)

@@ -112,14 +112,15 @@ def policy_for(cfg: Config, provider) -> Policy:
                   else provider.teardown_s, reserve_cny=cfg.run.reserve_yuan, lease_s=cfg.run.lease_s)
 
 
-def make_provider(name: str, cfg: Config, home: Path):
-    """The provider named `name` (boto3 / paramiko are imported only here, when needed)."""
+def make_provider(name: str, cfg: Config, home: Path, region: str | None = None):
+    """The provider named `name` (boto3 / paramiko are imported only here, when needed); `region`:
+    where an aws run's offer is (its price is that region's)."""
     if name == "local":
         from .providers.local import LocalProvider
         return LocalProvider(home)
     if name == "aws":
         from .providers.aws import AwsProvider
-        return AwsProvider(cfg.aws, home)
+        return AwsProvider(cfg.aws, home, region)
     if name == "ssh":
         from .providers.ssh_host import SshHostProvider
         return SshHostProvider(cfg.ssh, cfg.run.ssh_wait_s)
@@ -431,9 +432,12 @@ class Orchestrator:
         run_id = self.req.run_id
         try:
             if self.session is not None and self.started_worker:
-                try:  # keep what the worker finished: ask it to stop, take the last lines
+                try:  # keep what the worker finished: ask it to stop, let it flush (briefly), take the last lines
                     if state != "done":
                         self.session.put_bytes(b"", "out/STOP")
+                        end = time.monotonic() + min(self.policy.tick_s, self.policy.teardown_s / 4)
+                        while time.monotonic() < end and not (self.session.read("worker.exit") or b"").strip():
+                            time.sleep(0.2)
                     fetch(self.session, "out", self.dir / "out")
                     summary = _read(self.dir / "out" / "summary.json")
                     if summary:

@@ -39,15 +39,14 @@ def ledger(home: Path) -> Ledger:
     return Ledger(home / "ledger.db")
 
 
-def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, provider: str, yuan: Decimal | None,
+def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, provider, yuan: Decimal | None,
             pool: str, offer_id: str | None, spot: bool, quant: str | None, price_yuan_h: Decimal | None,
             limit: int | None, batch_size, model_path: Path | None, remote_python: str | None) -> Prepared:
     """Pick the offer and quantization (the planner's choice unless given), build the job, and the
     request a controller drives. Nothing is written yet."""
     from planner.optimize import optimize
 
-    if provider not in PROVIDERS:
-        raise InputError(f"unknown provider {provider!r}", "use --provider local, aws or ssh")
+    prov, provider = provider, provider.name
     cfg = configmod.load(home)
     cap = yuan or plan.budget_yuan
     if cap is None:
@@ -65,8 +64,8 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
         offers = [o for o in offers if o.id == offer_id or o.id.startswith(offer_id + "@")]
         if not offers:
             raise InputError(f"no offer {offer_id!r} in the catalog", "see `budget prices list` for offer ids")
-    elif provider == "aws":
-        offers = [o for o in offers if o.provider == "aws"]
+    elif provider == "aws":  # in the region we will launch in, when one is configured
+        offers = [o for o in offers if o.provider == "aws" and (not prov.region or o.region == prov.region)]
     cat = dataclasses.replace(catalog, offers=offers)
     spec = catalog.model(plan.model)
     result = optimize(plan, spec, cat, cap, spot=True if spot else (None if provider == "local" else False),
@@ -92,31 +91,24 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
     run_dir = home / "runs" / run_id
     job = jobs.build(plan, plan_path, catalog, home, quantization=rec.quantization, model_path=model_path,
                      limit=limit, batch_size=batch_size, run_id=run_id)
-    provider_obj_policy = policy_for(cfg, _teardown_only(provider))
+    policy = policy_for(cfg, prov)
     req = Request(run_id=run_id, plan_path=str(plan_path), provider=provider, offer=offer.model_dump(mode="json"),
                   quantization=rec.quantization, spot=rec.spot, price_cny_h=str(price), price_original_h=str(original),
-                  job=job, policy={**dataclasses.asdict(provider_obj_policy),
-                                   "reserve_cny": str(provider_obj_policy.reserve_cny)},
+                  job=job, policy={**dataclasses.asdict(policy), "reserve_cny": str(policy.reserve_cny)},
                   remote_python=remote_python, model_path=str(model_path) if model_path else None,
                   ssh_wait_s=cfg.run.ssh_wait_s, bootstrap_timeout_s=cfg.run.bootstrap_timeout_s)
     return Prepared(req, plan, rec, cap, pool, run_dir)
 
 
-def preflight(provider: str, home: Path) -> None:
-    """Check what can be checked before asking the user to spend: the provider's configuration (an SSH
-    host, key and known_hosts), AWS credentials."""
+def preflight(provider: str, home: Path):
+    """The provider, after checking what can be checked before asking the user to spend: its
+    configuration (an SSH host, key and known_hosts), AWS credentials."""
+    if provider not in PROVIDERS:
+        raise InputError(f"unknown provider {provider!r}", "use --provider local, aws or ssh")
     p = make_provider(provider, configmod.load(home), home)
     if hasattr(p, "preflight"):
         p.preflight()
-
-
-def _teardown_only(provider: str):
-    """The provider's teardown time, without building the provider (no boto3 before the user says yes)."""
-    from .providers.local import LocalProvider
-
-    class _T:
-        teardown_s = LocalProvider.teardown_s if provider == "local" else (90.0 if provider == "aws" else 60.0)
-    return _T
+    return p
 
 
 def create(p: Prepared, home: Path) -> None:
@@ -143,7 +135,7 @@ def drive(run_id: str, home: Path, on_progress=lambda _: None) -> str:
     req = Request.load(run_dir / "request.json")
     led = ledger(home)
     try:
-        provider = make_provider(req.provider, configmod.load(home), home)
+        provider = make_provider(req.provider, configmod.load(home), home, region=req.offer.get("region"))
         return Orchestrator(led, provider, req, run_dir, on_progress).execute()
     except Exception:
         run = led.run(run_id)

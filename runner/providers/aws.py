@@ -120,14 +120,18 @@ class AwsProvider:
     name = "aws"
     teardown_s = 90.0  # terminate -> shutting-down (billing ends) is seconds; allow for a slow API
 
-    def __init__(self, cfg: AwsConfig, home: Path):
+    def __init__(self, cfg: AwsConfig, home: Path, region: str | None = None):
         self.cfg = cfg
         self.home = Path(home)
         self.poweroff = cfg.poweroff
         self.after_watchdog = cfg.cancel_boot_poweroff
         self.remote_dir = cfg.remote_dir
         try:
-            session = boto3.Session(profile_name=cfg.profile, region_name=cfg.region)
+            session = boto3.Session(profile_name=cfg.profile, region_name=region or cfg.region)
+            # the region configured (config, AWS_DEFAULT_REGION, profile): the planner prices offers there
+            self.region = session.region_name
+            if session.region_name is None:  # none configured: the offer's region decides (STS is global)
+                session = boto3.Session(profile_name=cfg.profile, region_name="us-east-1")
             self.ec2 = session.client("ec2")
             self.ssm = session.client("ssm")
             self.sts = session.client("sts")
@@ -136,7 +140,6 @@ class AwsProvider:
         except NoRegionError:
             raise ConfigError("no AWS region configured", "set aws.region in $BUDGET_HOME/config.yaml or "
                               "AWS_DEFAULT_REGION") from None
-        self.region = self.ec2.meta.region_name
 
     @_retry
     def _call(self, client, op: str, what: str, **kw):

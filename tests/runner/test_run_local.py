@@ -224,3 +224,23 @@ def test_bad_input_is_one_line_and_launches_nothing(cli, budget_home, args, conf
 def test_status_of_an_unknown_run(cli, budget_home):
     code, _, err = cli("status", "nope")
     assert code == 1 and "no run 'nope'" in err and "budget status" in err
+
+
+def test_runs_sharing_a_pool_cannot_both_commit_the_last_yuan(cli, local_home, long_plan, tmp_path):
+    """Run A's admission commits (most of) the pool; run B on the same pool is refused before launching."""
+    sim_offer(cli, tmp_path)
+    code, out, err = cli("run", long_plan, "--provider", "local", "--offer", "sim:cpu", "--yuan", "40", "--pool", "team",
+                         "--yes", "--detach")
+    assert code == 0, err
+    first = out.strip()
+    _wait(lambda: (local_home / "ledger.db").exists() and db(local_home).execute(
+        "SELECT count(*) FROM instances WHERE run_id=?", (first,)).fetchone()[0] == 1, 60, "run A's intent row")
+    code, _, err = cli("run", long_plan, "--provider", "local", "--offer", "sim:cpu", "--yuan", "40", "--pool", "team",
+                       "--yes")
+    assert code == 1 and "not launching" in err and "pool team" in err
+    second = [r["id"] for r in db(local_home).execute("SELECT id FROM runs WHERE id != ?", (first,))]
+    assert [dict(r)["state"] for r in db(local_home).execute("SELECT state FROM runs WHERE id=?", second)] == ["failed"]
+    assert db(local_home).execute("SELECT count(*) FROM instances WHERE run_id=?", second).fetchone()[0] == 0
+    cli("stop", first)
+    pool = sum((Decimal(r[0]) for r in db(local_home).execute("SELECT amount_cny FROM spend")), Decimal(0))
+    assert pool <= Decimal(40)
