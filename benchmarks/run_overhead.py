@@ -83,7 +83,7 @@ def wait_for(cond, timeout: float) -> None:
     raise SystemExit("timed out")
 
 
-def local_round(tmp: Path, tiny: Path) -> tuple[float, float]:
+def local_round(tmp: Path, tiny: Path) -> tuple[float, float, None]:
     home = tmp / f"local-{time.monotonic_ns()}"
     (home / "models").mkdir(parents=True)
     shutil.copytree(tiny, home / "models" / tiny.name)
@@ -93,10 +93,10 @@ def local_round(tmp: Path, tiny: Path) -> tuple[float, float]:
     r = budget(home, "run", plan(tmp, 20000), "--provider", "local", "--offer", "sim:cpu", "--yuan", "60", "--yes")
     ev = events(home)
     assert "guard" in ev, r.stderr
-    return ev["started"] - t0, ev["terminating"] - ev["guard"]
+    return ev["started"] - t0, ev["terminating"] - ev["guard"], None
 
 
-def aws_round(tmp: Path, tiny: Path, ec2, port: int, endpoint: str) -> tuple[float, float]:
+def aws_round(tmp: Path, tiny: Path, ec2, port: int, endpoint: str) -> tuple[float, float, float]:
     home = tmp / f"aws-{time.monotonic_ns()}"
     remote = home / "instance"
     remote.mkdir(parents=True)
@@ -121,7 +121,7 @@ def aws_round(tmp: Path, tiny: Path, ec2, port: int, endpoint: str) -> tuple[flo
         (home / "runs" / run_id / "STOP").touch()  # what `budget stop` does for a live controller
         p.communicate(timeout=300)
         ev = events(home)
-        return started, ev["terminating"] - asked
+        return started, ev["terminating"] - ev["stop"], ev["terminating"] - asked
     finally:
         agent.stop()
 
@@ -146,18 +146,21 @@ def main() -> None:
                        aws_secret_access_key="testing")
     localcloud.register_dlami(ec2)
     port = localcloud.free_port()
-    results: dict[str, list[tuple[float, float]]] = {"local": [], "aws (moto + sshd)": []}
+    results: dict[str, list[tuple]] = {"local": [], "aws (moto + sshd)": []}
     for _ in range(a.repeat):
         results["local"].append(local_round(tmp, tiny))
         results["aws (moto + sshd)"].append(aws_round(tmp, tiny, ec2, port, endpoint))
     server.stop()
+    def fmt(xs: list[float]) -> str:
+        return f"{statistics.median(xs):.2f} median ({min(xs):.2f}-{max(xs):.2f})"
+
     print(f"run overhead on the local test cloud ({a.repeat} runs each; tick 5 s)")
-    print(f"{'provider':20} {'launch -> worker start (s)':>30} {'stop -> terminate call (s)':>30}")
     for name, rows in results.items():
-        s = [r[0] for r in rows]
-        t = [r[1] for r in rows]
-        print(f"{name:20} {statistics.median(s):>14.2f} median ({min(s):.2f}-{max(s):.2f}) "
-              f"{statistics.median(t):>14.2f} median ({min(t):.2f}-{max(t):.2f})")
+        print(f"{name}:")
+        print(f"  launch -> worker start          {fmt([r[0] for r in rows])} s")
+        print(f"  stop decision -> terminate call {fmt([r[1] for r in rows])} s  (local: the guard's; aws: `budget stop`)")
+        if rows[0][2] is not None:
+            print(f"  stop request -> terminate call  {fmt([r[2] for r in rows])} s  (the request lands mid-tick)")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -224,11 +224,17 @@ class Orchestrator:
                                      "rerun with --debug for the traceback; the instance was terminated"), str(e)
             error.__cause__ = e
         finally:
+            # a second Ctrl-C must not leave the instance running: teardown is not interruptible
+            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+            if old is not None:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
                 self._teardown(state, reason)
             finally:
                 if old is not None:
                     signal.signal(signal.SIGTERM, old)
+                if old_int is not None:
+                    signal.signal(signal.SIGINT, old_int)
                 self.log.close()
         if error is not None:
             raise error
@@ -461,9 +467,13 @@ class Orchestrator:
             self.progress(final)
 
     def _terminate(self) -> None:
-        if self.pid is None:  # the launch never returned an instance
-            self.led.settle(self.iid, None, "failed")
-            return
+        if self.pid is None:  # the launch never answered: did it make an instance anyway?
+            found = find_by_run(self.provider, self.req.run_id)
+            if not found:
+                self.led.settle(self.iid, None, "failed")
+                return
+            self.pid = found[0]
+            self.led.set_instance(self.iid, provider_id=self.pid)
         self.led.set_instance(self.iid, state="stopping")
         self.event("terminating", self.pid)
         try:
@@ -473,6 +483,16 @@ class Orchestrator:
             raise
         spent = self.led.settle(self.iid, ended)
         self.event("terminated", f"{self.pid}; {spent} CNY")
+
+
+def find_by_run(provider, run_id: str) -> list[str]:
+    """Live instances the provider holds for `run_id` (by tag), for launches whose answer was lost."""
+    from .providers.base import RUN_TAG
+
+    try:
+        return [i.provider_id for i in provider.list_managed() if i.tags.get(RUN_TAG) == run_id]
+    except GpuBudgetError:
+        return []
 
 
 def _raise_interrupt(signum, frame):

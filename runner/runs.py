@@ -20,7 +20,7 @@ from . import config as configmod
 from . import jobs
 from .errors import RunError
 from .ledger import Ledger
-from .orchestrate import Orchestrator, Request, make_provider, new_run_id, policy_for
+from .orchestrate import Orchestrator, Request, find_by_run, make_provider, new_run_id, policy_for
 
 PROVIDERS = ("local", "aws", "ssh")
 
@@ -217,13 +217,11 @@ def stop(run_id: str, home: Path, wait_s: float = 300) -> dict:
         for inst in led.instances(run_id=run["id"], live=True):
             if inst.provider_id is None:
                 # the controller died between the intent row and the launch's answer: ask the provider
-                from .providers.base import RUN_TAG
-
-                found = [i for i in provider.list_managed() if i.tags.get(RUN_TAG) == run["id"]]
+                found = find_by_run(provider, run["id"])
                 if not found:
                     led.settle(inst.id, None, "failed")
                     continue
-                led.set_instance(inst.id, provider_id=found[0].provider_id)
+                led.set_instance(inst.id, provider_id=found[0])
                 inst = led.instance(inst.id)
             ended = provider.terminate(inst.provider_id)
             led.settle(inst.id, ended)
