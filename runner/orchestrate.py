@@ -372,6 +372,9 @@ class Orchestrator:
                         raise InputError(f"task {task['name']}: {manifest}: media path {p} must be relative to the "
                                          "manifest (it is copied to the instance beside it)",
                                          "rewrite the manifest's paths relative to its own directory")
+                    if not (manifest.parent / p).is_file():
+                        raise InputError(f"task {task['name']}: {manifest}: {p} not found (looked at "
+                                         f"{manifest.parent / p})", "fix the manifest or add the file")
                     self.session.put_file(manifest.parent / p, f"{rel}/{p}")
                     sent += (manifest.parent / p).stat().st_size
         self.session.put_file(manifest, f"{rel}/{manifest.name}")

@@ -205,7 +205,7 @@ class SshSession:
             return chan.recv_exit_status(), out.decode(errors="replace")
         except TimeoutError:
             return 124, f"timed out after {timeout:.0f} s"
-        except (OSError, paramiko.SSHException, AttributeError) as e:
+        except (OSError, EOFError, paramiko.SSHException, AttributeError) as e:
             raise self._err(f"running {cmd.split()[0]}", e) from None
 
     def start(self, cmd: str) -> Proc:
@@ -214,7 +214,7 @@ class SshSession:
             chan = self.client.get_transport().open_session(timeout=30)
             chan.set_combine_stderr(True)
             chan.exec_command(f"cd {shlex.quote(self.root)} && {cmd}")
-        except (OSError, paramiko.SSHException, AttributeError) as e:
+        except (OSError, EOFError, paramiko.SSHException, AttributeError) as e:
             raise self._err(f"starting {cmd.split()[0]}", e) from None
         buf = bytearray()
 
@@ -223,10 +223,15 @@ class SshSession:
                 buf.extend(chan.recv(65536))
 
         def poll():
-            drain()
-            if chan.exit_status_ready():
+            try:
                 drain()
-                return chan.recv_exit_status()
+                if chan.exit_status_ready():
+                    drain()
+                    return chan.recv_exit_status()
+            except (OSError, EOFError, paramiko.SSHException) as e:
+                raise self._err(f"waiting for {cmd.split()[0]}", e) from None
+            if chan.closed:  # the connection dropped before the command said how it ended
+                raise self._err(f"waiting for {cmd.split()[0]}", EOFError("channel closed"))
             return None
         return Proc(poll, lambda: (drain(), buf.decode(errors="replace"))[1])
 
@@ -236,49 +241,53 @@ class SshSession:
             path = f"{path}/{part}"
             try:
                 self.sftp.stat(path)
-            except OSError:
+            except FileNotFoundError:
                 self.sftp.mkdir(path)
 
     def put_file(self, local: Path, rel: str, mode: int | None = None) -> None:
-        try:
+        def op():
             self._mkdirs(rel.rpartition("/")[0])
             self.sftp.put(str(local), self._abs(rel) + ".part")
             if mode is not None:
                 self.sftp.chmod(self._abs(rel) + ".part", mode)
             self.sftp.posix_rename(self._abs(rel) + ".part", self._abs(rel))
-        except OSError as e:
-            raise self._err(f"uploading {rel}", e) from None
+        self._sftp(f"uploading {rel}", op, missing_ok=False)
 
     def put_bytes(self, data: bytes, rel: str, mode: int | None = None) -> None:
-        try:
+        def op():
             self._mkdirs(rel.rpartition("/")[0])
             with self.sftp.open(self._abs(rel) + ".part", "wb") as f:
                 f.write(data)
             if mode is not None:
                 self.sftp.chmod(self._abs(rel) + ".part", mode)
             self.sftp.posix_rename(self._abs(rel) + ".part", self._abs(rel))
-        except OSError as e:
-            raise self._err(f"writing {rel}", e) from None
+        self._sftp(f"writing {rel}", op, missing_ok=False)
+
+    def _sftp(self, what: str, op, missing=None, missing_ok: bool = True):
+        """Run an SFTP call: a missing file is `missing`; a broken connection is RemoteError (paramiko
+        raises OSError, EOFError or SSHException for those, depending on where it notices)."""
+        import paramiko
+        try:
+            return op()
+        except FileNotFoundError as e:
+            if not missing_ok:
+                raise self._err(what, e) from None
+            return missing
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise self._err(what, e) from None
 
     def size(self, rel: str) -> int | None:
-        try:
-            return self.sftp.stat(self._abs(rel)).st_size
-        except OSError:
-            return None
+        return self._sftp(f"stat {rel}", lambda: self.sftp.stat(self._abs(rel)).st_size)
 
     def read(self, rel: str, offset: int = 0, length: int | None = None) -> bytes | None:
-        try:
+        def op():
             with self.sftp.open(self._abs(rel), "rb") as f:
                 f.seek(offset)
                 return f.read() if length is None else f.read(length)
-        except OSError:
-            return None
+        return self._sftp(f"reading {rel}", op)
 
     def listdir(self, rel: str) -> list[str]:
-        try:
-            return sorted(self.sftp.listdir(self._abs(rel)))
-        except OSError:
-            return []
+        return self._sftp(f"listing {rel}", lambda: sorted(self.sftp.listdir(self._abs(rel))), [])
 
     def close(self) -> None:
         try:
