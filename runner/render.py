@@ -178,7 +178,18 @@ _METRICS = (("bleu4", "BLEU-4"), ("cider_d", "CIDEr-D"), ("anls", "ANLS"), ("key
             ("consistency", "consistency"), ("agreement", "agreement"), ("mean_frames", "frames/clip"))
 
 
-class EvalProgress:
+class _Bar:
+    """A progress line on stderr (a context manager)."""
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+
+class EvalProgress(_Bar):
     """A progress bar on stderr driven by the worker's status.json."""
 
     def __init__(self) -> None:
@@ -195,13 +206,6 @@ class EvalProgress:
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err,
                                  transient=False)
         self.bar = self.progress.add_task("starting", total=None)
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
 
     def update(self, status: dict) -> None:
         tasks = status.get("tasks") or {}
@@ -285,7 +289,7 @@ def detached(run_id: str, pid: int) -> None:
               f"`budget logs {run_id} -f`, stop with `budget stop {run_id}`", soft_wrap=True)
 
 
-class RunProgress:
+class RunProgress(_Bar):
     """`budget run`'s live line on stderr: phase, samples, spend vs cap, ETA."""
 
     def __init__(self) -> None:
@@ -294,13 +298,6 @@ class RunProgress:
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=err, transient=False)
         self.bar = self.progress.add_task("starting", total=None)
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
 
     def update(self, p: dict) -> None:
         desc = f"{p['phase']}"

@@ -185,16 +185,9 @@ def resolve(led: Ledger, run_id: str | None) -> dict:
 
 
 def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
+    from .providers.local import pid_alive
+
+    return pid_alive(pid)
 
 
 def stop(run_id: str, home: Path, wait_s: float = 300) -> dict:

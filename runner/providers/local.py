@@ -74,8 +74,12 @@ def _pid(path: Path) -> int | None:
 
 
 def _alive(path: Path) -> bool:
-    pid = _pid(path)
-    if pid is None:
+    return pid_alive(_pid(path))
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether process `pid` runs on this machine."""
+    if not pid:
         return False
     try:
         os.kill(pid, 0)

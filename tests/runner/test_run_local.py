@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.providers.local import pid_alive as alive
 from runner.worker.tiny import NAME as TINY
 from tests.runner.conftest import write_config
 
@@ -45,17 +46,6 @@ def spent(home: Path) -> Decimal:
 def result_lines(run: dict) -> int:
     res = Path(run["dir"]) / "out" / "results"
     return sum(len(p.read_text().splitlines()) for p in res.glob("*.jsonl")) if res.exists() else 0
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return False
 
 
 def instance_pids(run: dict, home: Path) -> list[int]:
