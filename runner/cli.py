@@ -235,12 +235,35 @@ def run_cmd(
     runs.check(p.request.run_id, budget_home(), state)
 
 
+@app.command("resume")
+def resume_cmd(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix) whose controller died.")],
+    detach: Annotated[bool, typer.Option("--detach", help="Drive it in the background.")] = False,
+) -> None:
+    """Take over a run whose controller died while its instance still runs (before its lease ends)."""
+    from . import render, runs
+
+    led = runs.ledger(budget_home())
+    try:
+        run_id = runs.resolve(led, run)["id"]
+    finally:
+        led.close()
+    if detach:
+        render.detached(run_id, runs.detach(run_id, budget_home(), resume=True))
+        return
+    with render.RunProgress() as bar:
+        state = runs.drive(run_id, budget_home(), bar.update, resume=True)
+    _status_of(run_id, as_json=False)
+    runs.check(run_id, budget_home(), state)
+
+
 @app.command("drive", hidden=True)
-def drive_cmd(run_id: Annotated[str, typer.Argument()]) -> None:
+def drive_cmd(run_id: Annotated[str, typer.Argument()],
+              resume: Annotated[bool, typer.Option("--resume")] = False) -> None:
     """The controller of a detached run (started by `budget run --detach`)."""
     from . import runs
 
-    runs.drive(run_id, budget_home())
+    runs.drive(run_id, budget_home(), resume=resume)
 
 
 def _status_of(run_id: str | None, as_json: bool) -> None:

@@ -199,19 +199,23 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ the run
 
-    def execute(self) -> str:
-        """Drive the run to its end; returns the final state. Raises our errors after tearing down."""
+    def execute(self, resume: bool = False) -> str:
+        """Drive the run to its end (`resume`: take over a running one); returns the final state.
+        Raises our errors after tearing down."""
         self.led.update_run(self.req.run_id, controller_pid=os.getpid())
         old = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
         error: GpuBudgetError | None = None
         state, reason = "failed", ""
         try:
-            self._admit()
-            self._launch()
-            self._connect()
-            self._bootstrap()
-            self._push()
-            self._start()
+            if resume:
+                self._reattach()
+            else:
+                self._admit()
+                self._launch()
+                self._connect()
+                self._bootstrap()
+                self._push()
+                self._start()
             state, reason = self._monitor()
         except Stop as s:
             state, reason = "stopped", s.reason
@@ -279,23 +283,32 @@ class Orchestrator:
         return LaunchSpec(self.req.run_id, self.req.offer_obj, self.req.spot, public, host_key,
                           boot_minutes=lease_minutes(lease, self.clock()))
 
-    def _connect(self) -> None:
-        self.phase("booting")
+    def _open_session(self, wait_s: float) -> None:
+        """A session on the instance: SSH once it has an address and answers (the guard ticks meanwhile)."""
         if self.provider.name == "local":
             self.session = self.provider.session(self.pid)
-        else:
-            from .remote import SshSession
-            end = time.monotonic() + self.req.ssh_wait_s
+            return
+        from .remote import SshSession
+
+        end = time.monotonic() + wait_s
+        ep = self.provider.endpoint(self.pid)
+        while ep is None:
+            state = self.provider.status(self.pid).state
+            if state not in ("pending", "running"):
+                raise RemoteError(f"{self.pid} is {state}", "a spot instance may have been reclaimed, or the "
+                                  "instance's watchdog ended it at its lease; fetched samples are kept")
+            if time.monotonic() > end:
+                raise RemoteError(f"{self.pid} got no address within {wait_s:.0f} s",
+                                  "check the instance in the provider's console")
+            self.tick()
+            time.sleep(min(2.0, self.policy.tick_s))
             ep = self.provider.endpoint(self.pid)
-            while ep is None:
-                if time.monotonic() > end:
-                    raise RemoteError(f"{self.pid} got no address within {self.req.ssh_wait_s:.0f} s",
-                                      "check the instance in the provider's console")
-                self.tick()
-                time.sleep(min(2.0, self.policy.tick_s))
-                ep = self.provider.endpoint(self.pid)
-            root = f"{self.provider.remote_dir.rstrip('/')}/runs/{self.req.run_id}"
-            self.session = SshSession.connect(ep, root, wait_s=max(1.0, end - time.monotonic()), between=self.tick)
+        root = f"{self.provider.remote_dir.rstrip('/')}/runs/{self.req.run_id}"
+        self.session = SshSession.connect(ep, root, wait_s=max(1.0, end - time.monotonic()), between=self.tick)
+
+    def _connect(self) -> None:
+        self.phase("booting")
+        self._open_session(self.req.ssh_wait_s)
         self.led.set_instance(self.iid, state="running")
         self.event("connected", getattr(self.session, "address", ""))
         # the instance's own guard, before anything slow happens there
@@ -409,20 +422,37 @@ class Orchestrator:
             time.sleep(self.policy.tick_s * 0.8)
 
     def _reconnect(self) -> None:
-        from .remote import SshSession
-
         try:
             self.session.close()
         except Exception:  # noqa: BLE001 - the old connection is already broken
             pass
         self.session = None
-        ep = self.provider.endpoint(self.pid)
-        if ep is None:
-            raise RemoteError(f"{self.pid} is gone ({self.provider.status(self.pid).state})",
-                              "a spot instance may have been reclaimed; the samples fetched so far are kept")
-        root = f"{self.provider.remote_dir.rstrip('/')}/runs/{self.req.run_id}"
-        self.session = SshSession.connect(ep, root, wait_s=min(self.req.ssh_wait_s, 300.0), between=self.tick)
+        self._open_session(min(self.req.ssh_wait_s, 300.0))
         self.event("ssh", "reconnected")
+
+    def _reattach(self) -> None:
+        """`budget resume`: take over a run whose controller died, while its instance still runs."""
+        self.phase("reattaching")
+        live = self.led.instances(run_id=self.req.run_id, live=True)
+        if not live:
+            raise RunError(f"run {self.req.run_id} has no instance left to resume",
+                           "start a new run; its finished samples are in the run directory")
+        self.iid, self.pid = live[0].id, live[0].provider_id
+        if self.pid is None:
+            found = find_by_run(self.provider, self.req.run_id)
+            if not found:
+                raise RunError(f"run {self.req.run_id} never got an instance", "start a new run")
+            self.pid = found[0]
+            self.led.set_instance(self.iid, provider_id=self.pid)
+        if self.provider.status(self.pid).state not in ("pending", "running"):
+            raise RunError(f"{self.pid} is gone: its watchdog ended it when the lease ran out",
+                           f"the samples fetched before are in {self.dir}/out; start a new run for the rest")
+        self._open_session(min(self.req.ssh_wait_s, 300.0))
+        if self.session.read("worker.pid") is None:
+            raise RunError(f"run {self.req.run_id} died before its worker started", "start a new run")
+        self.started_worker = True
+        self.event("reattached", getattr(self.session, "address", ""))
+        self.tick()
 
     def _finished(self, code: int) -> tuple[str, str]:
         summary = _read(self.dir / "out" / "summary.json")
@@ -484,8 +514,14 @@ class Orchestrator:
         except GpuBudgetError as e:
             self.event("terminate", f"failed: {e.message}")
             raise
-        spent = self.led.settle(self.iid, ended)
+        spent = self.led.settle(self.iid, billing_end(self.led.instance(self.iid), ended, self.policy))
         self.event("terminated", f"{self.pid}; {spent} CNY")
+
+
+def billing_end(inst, terminated_at: float, policy: Policy) -> float:
+    """When billing ended: at the terminate, or earlier if the instance's watchdog already ended it at
+    its lease (it powers off within the teardown allowance; the ledger never bills past that)."""
+    return min(terminated_at, inst.lease_until + policy.teardown_s)
 
 
 def find_by_run(provider, run_id: str) -> list[str]:

@@ -20,7 +20,7 @@ from . import config as configmod
 from . import jobs
 from .errors import RunError
 from .ledger import Ledger
-from .orchestrate import Orchestrator, Request, find_by_run, make_provider, new_run_id, policy_for
+from .orchestrate import Orchestrator, Request, billing_end, find_by_run, make_provider, new_run_id, policy_for
 
 PROVIDERS = ("local", "aws", "ssh")
 
@@ -129,14 +129,23 @@ def create(p: Prepared, home: Path) -> None:
         led.close()
 
 
-def drive(run_id: str, home: Path, on_progress=lambda _: None) -> str:
-    """Run the controller for a created run, in this process."""
+def drive(run_id: str, home: Path, on_progress=lambda _: None, resume: bool = False) -> str:
+    """Run the controller for a created run, in this process (`resume`: one whose controller died)."""
     run_dir = home / "runs" / run_id
     req = Request.load(run_dir / "request.json")
     led = ledger(home)
     try:
         provider = make_provider(req.provider, configmod.load(home), home, region=req.offer.get("region"))
-        return Orchestrator(led, provider, req, run_dir, on_progress).execute()
+        if resume:
+            run = resolve(led, run_id)
+            if run["state"] in ("done", "stopped", "failed"):
+                raise RunError(f"run {run_id} is already {run['state']}", "see `budget status " + run_id + "`")
+            if alive(run["controller_pid"]) and run["controller_pid"] != os.getpid():
+                raise RunError(f"run {run_id} still has a controller (pid {run['controller_pid']})",
+                               f"watch it with `budget logs {run_id} -f`")
+            led.update_run(run_id, stop_requested=0)
+            (run_dir / "STOP").unlink(missing_ok=True)
+        return Orchestrator(led, provider, req, run_dir, on_progress).execute(resume=resume)
     except Exception:
         run = led.run(run_id)
         if run and run["state"] == "created":  # failed before the orchestrator took over
@@ -161,11 +170,12 @@ def check(run_id: str, home: Path, state: str) -> None:
                    "raise --yuan for a new run" if run["reason"] == "budget" else "start a new run for the rest")
 
 
-def detach(run_id: str, home: Path) -> int:
+def detach(run_id: str, home: Path, resume: bool = False) -> int:
     """Start a controller for the run in the background (it survives this shell); returns its pid."""
     run_dir = home / "runs" / run_id
     with open(run_dir / "controller.out", "ab") as out:
-        p = subprocess.Popen([sys.executable, "-m", "runner.cli", "drive", run_id], stdout=out,
+        p = subprocess.Popen([sys.executable, "-m", "runner.cli", "drive", run_id, *(["--resume"] if resume else [])],
+                             stdout=out,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                              env=dict(os.environ, BUDGET_HOME=str(home)))
     return p.pid
@@ -217,7 +227,8 @@ def stop(run_id: str, home: Path, wait_s: float = 300) -> dict:
                 led.set_instance(inst.id, provider_id=found[0])
                 inst = led.instance(inst.id)
             ended = provider.terminate(inst.provider_id)
-            led.settle(inst.id, ended)
+            req = Request.load(Path(run["dir"]) / "request.json")
+            led.settle(inst.id, billing_end(inst, ended, req.policy_obj))
             led.event(run["id"], "terminated", f"{inst.provider_id} by `budget stop` (no controller)", inst.id)
         led.update_run(run["id"], state="stopped", phase="stopped", reason="user", finished_at=time.time())
         return led.run(run["id"])

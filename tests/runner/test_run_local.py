@@ -234,3 +234,32 @@ def test_runs_sharing_a_pool_cannot_both_commit_the_last_yuan(cli, local_home, l
     cli("stop", first)
     pool = sum((Decimal(r[0]) for r in db(local_home).execute("SELECT amount_cny FROM spend")), Decimal(0))
     assert pool <= Decimal(40)
+
+
+def test_resume_takes_over_a_run_whose_controller_died(cli, local_home, tmp_path):
+    plan = tmp_path / "medium.yaml"
+    plan.write_text(SMOKE.read_text().split("tasks:")[0].replace("name: smoke", "name: medium") + """tasks:
+  - name: captions
+    kind: caption
+    samples: 400
+    image_size: [64, 64]
+    prompt_tokens: 8
+    dataset: {kind: synthetic}
+    metrics: [bleu4]
+""")
+    code, out, err = cli("run", plan, "--provider", "local", "--yuan", "5", "--yes", "--detach", "--batch-size", "1")
+    assert code == 0, err
+    run_id = out.strip()
+    _wait(lambda: result_lines(the_run(local_home)) > 0, 90, "results")
+    os.kill(the_run(local_home)["controller_pid"], signal.SIGKILL)
+    code, out, err = cli("resume", run_id)
+    assert code == 0, err
+    run = the_run(local_home)
+    assert run["state"] == "done" and run["samples_done"] == run["samples_total"] == 400
+    lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 400  # nothing lost, nothing twice
+    kinds = [r["kind"] for r in db(local_home).execute("SELECT kind FROM events ORDER BY id")]
+    assert "reattached" in kinds and kinds[-1] == "done"
+    assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
+    code, _, err = cli("resume", run_id)
+    assert code == 1 and "already done" in err
