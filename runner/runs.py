@@ -51,6 +51,9 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
     cap = yuan or plan.budget_yuan
     if cap is None:
         raise InputError("no budget given", "pass --yuan AMOUNT (CNY) or set budget_yuan in the plan")
+    if provider == "aws" and price_yuan_h is not None:
+        raise InputError("--price-yuan-hour does not apply to aws: EC2 bills its own price",
+                         "refresh the catalog's prices with `budget prices import` instead")
     if provider == "ssh":
         offer_id = offer_id or cfg.ssh.offer
         price_yuan_h = price_yuan_h if price_yuan_h is not None else cfg.ssh.price_yuan_per_hour
@@ -64,6 +67,9 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
         offers = [o for o in offers if o.id == offer_id or o.id.startswith(offer_id + "@")]
         if not offers:
             raise InputError(f"no offer {offer_id!r} in the catalog", "see `budget prices list` for offer ids")
+        if provider == "aws" and any(o.provider != "aws" for o in offers):
+            raise InputError(f"offer {offer_id} is not an EC2 instance type", "pick one from "
+                             "`budget prices list --provider aws`, or run it with --provider ssh")
     elif provider == "aws":  # in the region we will launch in, when one is configured
         offers = [o for o in offers if o.provider == "aws" and (not prov.region or o.region == prov.region)]
     cat = dataclasses.replace(catalog, offers=offers)

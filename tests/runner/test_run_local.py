@@ -200,6 +200,7 @@ def test_ssh_host_happy_path(cli, ssh_host, budget_home):
     (["--provider", "local"], "run: [\n", 2, "config.yaml:2: not valid YAML"),
     (["--provider", "local", "--offer", "nope:x"], None, 2, "no offer 'nope:x' in the catalog"),
     (["--provider", "local", "--yuan", "-3"], None, 2, "--yuan must be a positive amount"),
+    (["--provider", "local", "--price-yuan-hour", "x"], None, 2, "--price-yuan-hour 'x' is not a number"),
 ])
 def test_bad_input_is_one_line_and_launches_nothing(cli, budget_home, args, config, code, message):
     if config:
