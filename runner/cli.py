@@ -229,10 +229,17 @@ def run_cmd(
         pid = runs.detach(p.request.run_id, budget_home())
         render.detached(p.request.run_id, pid)
         return
+    _drive(p.request.run_id, resume=False)
+
+
+def _drive(run_id: str, resume: bool) -> None:
+    """Drive a run here with the live line, then print it; a run that did not finish exits 1."""
+    from . import render, runs
+
     with render.RunProgress() as bar:
-        state = runs.drive(p.request.run_id, budget_home(), bar.update)
-    _status_of(p.request.run_id, as_json=False)
-    runs.check(p.request.run_id, budget_home(), state)
+        state = runs.drive(run_id, budget_home(), bar.update, resume=resume)
+    _status_of(run_id, as_json=False)
+    runs.check(run_id, budget_home(), state)
 
 
 @app.command("resume")
@@ -251,10 +258,7 @@ def resume_cmd(
     if detach:
         render.detached(run_id, runs.detach(run_id, budget_home(), resume=True))
         return
-    with render.RunProgress() as bar:
-        state = runs.drive(run_id, budget_home(), bar.update, resume=True)
-    _status_of(run_id, as_json=False)
-    runs.check(run_id, budget_home(), state)
+    _drive(run_id, resume=True)
 
 
 @app.command("drive", hidden=True)
@@ -269,19 +273,11 @@ def drive_cmd(run_id: Annotated[str, typer.Argument()],
 def _status_of(run_id: str | None, as_json: bool) -> None:
     from . import render, runs
 
-    led = runs.ledger(budget_home())
-    try:
-        if run_id is None and not as_json:
-            render.runs_table([dict(r, spent_cny=led.spent_run(r["id"]), controller_alive=runs.alive(r["controller_pid"]))
-                               for r in led.runs()])
-            return
-        run = runs.resolve(led, run_id)
-        doc = {**run, "controller_alive": runs.alive(run["controller_pid"]), "spent_cny": led.spent_run(run["id"]), "pool_spent_cny": led.spent_pool(run["pool"]),
-               "pool_cap_cny": led.pool_cap(run["pool"]), "instances": [vars(i) for i in led.instances(run["id"])],
-               "tasks": led.tasks(run["id"]), "events": led.events(run["id"])}
+    if run_id is None and not as_json:
+        render.runs_table(runs.listing(budget_home()))
+    else:
+        doc = runs.describe(budget_home(), run_id)
         render.json_dict(doc) if as_json else render.run_detail(doc)
-    finally:
-        led.close()
 
 
 @app.command("status")
@@ -299,29 +295,10 @@ def logs_cmd(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
 ) -> None:
     """The run's controller log and the worker's log (fetched from the instance as they grow)."""
-    import time as _time
+    from . import render, runs
 
-    from . import runs
-
-    led = runs.ledger(budget_home())
-    try:
-        r = runs.resolve(led, run)
-        files = [Path(r["dir"]) / "controller.log", Path(r["dir"]) / "out" / "worker.log"]
-        offsets = {f: 0 for f in files}
-        while True:
-            for f in files:
-                if f.exists() and f.stat().st_size > offsets[f]:
-                    with open(f, encoding="utf-8", errors="replace") as fh:
-                        fh.seek(offsets[f])
-                        chunk = fh.read()
-                        offsets[f] = fh.tell()
-                    sys.stdout.write("".join(f"[{f.stem}] {line}\n" for line in chunk.splitlines()))
-                    sys.stdout.flush()
-            if not follow or led.run(r["id"])["state"] in ("done", "stopped", "failed"):
-                return
-            _time.sleep(1)
-    finally:
-        led.close()
+    for line in runs.log_lines(budget_home(), run, follow):
+        render.log_line(line)
 
 
 @app.command("stop")

@@ -355,5 +355,10 @@ def run_detail(d: dict) -> None:
         out.print(t)
 
 
+def log_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def stopped(run: dict) -> None:
     out.print(f"run {run['id']}: {run['state']}" + (f" ({run['reason']})" if run.get("reason") else ""))

@@ -206,6 +206,51 @@ def alive(pid: int | None) -> bool:
     return pid_alive(pid)
 
 
+def listing(home: Path) -> list[dict]:
+    """Every run, newest first, with its spend and whether a controller is driving it."""
+    led = ledger(home)
+    try:
+        return [dict(r, spent_cny=led.spent_run(r["id"]), controller_alive=alive(r["controller_pid"]))
+                for r in led.runs()]
+    finally:
+        led.close()
+
+
+def describe(home: Path, run_id: str | None) -> dict:
+    """One run (the newest when None) with its money, instances, tasks and events."""
+    led = ledger(home)
+    try:
+        run = resolve(led, run_id)
+        return {**run, "controller_alive": alive(run["controller_pid"]), "spent_cny": led.spent_run(run["id"]),
+                "pool_spent_cny": led.spent_pool(run["pool"]), "pool_cap_cny": led.pool_cap(run["pool"]),
+                "instances": [vars(i) for i in led.instances(run["id"])], "tasks": led.tasks(run["id"]),
+                "events": led.events(run["id"])}
+    finally:
+        led.close()
+
+
+def log_lines(home: Path, run_id: str, follow: bool):
+    """The controller's and the worker's log lines, tagged; with `follow`, until the run ends."""
+    led = ledger(home)
+    try:
+        run = resolve(led, run_id)
+        files = [Path(run["dir"]) / "controller.log", Path(run["dir"]) / "out" / "worker.log"]
+        offsets = dict.fromkeys(files, 0)
+        while True:
+            for f in files:
+                if f.exists() and f.stat().st_size > offsets[f]:
+                    with open(f, encoding="utf-8", errors="replace") as fh:
+                        fh.seek(offsets[f])
+                        chunk = fh.read()
+                        offsets[f] = fh.tell()
+                    yield from (f"[{f.stem}] {line}" for line in chunk.splitlines())
+            if not follow or led.run(run["id"])["state"] in ("done", "stopped", "failed"):
+                return
+            time.sleep(1)
+    finally:
+        led.close()
+
+
 def stop(run_id: str, home: Path, wait_s: float = 300) -> dict:
     """Ask the run's controller to stop (it keeps finished results and tears down). If no controller is
     alive, tear down here: terminate every live instance of the run and settle the ledger."""
