@@ -160,7 +160,10 @@ class Ledger:
                                                   (limit,))]
 
     def find_runs(self, prefix: str) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT id FROM runs WHERE id LIKE ? ORDER BY id", (prefix + "%",))]
+        exact = self.db.execute("SELECT id FROM runs WHERE id=?", (prefix,)).fetchall()
+        rows = exact or self.db.execute("SELECT id FROM runs WHERE substr(id, 1, ?)=? ORDER BY id",
+                                        (len(prefix), prefix)).fetchall()
+        return [r[0] for r in rows]
 
     def event(self, run_id: str, kind: str, detail: str = "", instance_id: int | None = None,
               at: float | None = None) -> None:

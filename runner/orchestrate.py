@@ -484,9 +484,14 @@ class Orchestrator:
                 except GpuBudgetError as e:
                     self.event("fetch", f"final fetch failed: {e.message}")
         finally:
+            stuck: GpuBudgetError | None = None
             if self.iid is not None:
-                self._terminate()
-            final = state if state in FINAL else "failed"
+                try:
+                    self._terminate()
+                except GpuBudgetError as e:  # the instance may still run: say so, loudly, and keep it live
+                    stuck = e                # in the ledger so `budget stop` retries
+                    reason = f"could not terminate {self.pid}: {e.message}"
+            final = state if state in FINAL and stuck is None else "failed"
             self.status = _read(self.dir / "out" / "status.json") or self.status
             done, total = self.samples()
             self.led.update_run(run_id, state=final, phase=final, reason=reason, finished_at=self.clock(),
@@ -498,6 +503,9 @@ class Orchestrator:
                 except Exception:  # noqa: BLE001 - the instance is gone
                     pass
             self.progress(final)
+            if stuck is not None:
+                raise RunError(f"{reason}; it may still be billing", f"retry with `budget stop {run_id}`, or "
+                               f"terminate it in the provider's console") from stuck
 
     def _terminate(self) -> None:
         if self.pid is None:  # the launch never answered: did it make an instance anyway?
@@ -516,6 +524,9 @@ class Orchestrator:
             raise
         spent = self.led.settle(self.iid, billing_end(self.led.instance(self.iid), ended, self.policy))
         self.event("terminated", f"{self.pid}; {spent} CNY")
+        if getattr(self.provider, "keeps_billing", False):
+            self.event("billing", f"{self.pid} has no stop command: the platform keeps billing it after this run "
+                       "(set ssh.stop_command)")
 
 
 def billing_end(inst, terminated_at: float, policy: Policy) -> float:

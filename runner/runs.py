@@ -254,18 +254,20 @@ def log_lines(home: Path, run_id: str, follow: bool):
 def stop(run_id: str, home: Path, wait_s: float = 300) -> dict:
     """Ask the run's controller to stop (it keeps finished results and tears down). If no controller is
     alive, tear down here: terminate every live instance of the run and settle the ledger."""
+    final = ("done", "stopped", "failed")
     led = ledger(home)
     try:
         run = resolve(led, run_id)
-        if run["state"] in ("done", "stopped", "failed"):
+        ended_before = run["state"] in final
+        if ended_before and not led.instances(run_id=run["id"], live=True):
             return run
         led.update_run(run["id"], stop_requested=1)
         Path(run["dir"], "STOP").touch()
-        if alive(run["controller_pid"]) and run["controller_pid"] != os.getpid():
+        if not ended_before and alive(run["controller_pid"]) and run["controller_pid"] != os.getpid():
             end = time.monotonic() + wait_s
-            while time.monotonic() < end and led.run(run["id"])["state"] not in ("done", "stopped", "failed"):
+            while time.monotonic() < end and led.run(run["id"])["state"] not in final:
                 time.sleep(0.5)
-            if led.run(run["id"])["state"] in ("done", "stopped", "failed"):
+            if led.run(run["id"])["state"] in final and not led.instances(run_id=run["id"], live=True):
                 return led.run(run["id"])
         provider = make_provider(run["provider"], configmod.load(home), home)
         for inst in led.instances(run_id=run["id"], live=True):
@@ -281,7 +283,8 @@ def stop(run_id: str, home: Path, wait_s: float = 300) -> dict:
             req = Request.load(Path(run["dir"]) / "request.json")
             led.settle(inst.id, billing_end(inst, ended, req.policy_obj))
             led.event(run["id"], "terminated", f"{inst.provider_id} by `budget stop` (no controller)", inst.id)
-        led.update_run(run["id"], state="stopped", phase="stopped", reason="user", finished_at=time.time())
+        if not ended_before:  # a run that already ended (e.g. failed to terminate) keeps its verdict
+            led.update_run(run["id"], state="stopped", phase="stopped", reason="user", finished_at=time.time())
         return led.run(run["id"])
     finally:
         led.close()

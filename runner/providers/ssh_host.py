@@ -46,6 +46,7 @@ class SshHostProvider:
         self.cfg = cfg
         self.remote_dir = cfg.remote_dir
         self.poweroff = (cfg.stop_command + "; " if cfg.stop_command else "") + STOP_WORKER
+        self.keeps_billing = not cfg.stop_command
         self.ssh_wait_s = ssh_wait_s
         key = Path(cfg.key or "~/.ssh/id_ed25519").expanduser()
         if not key.is_file():

@@ -113,6 +113,19 @@ class SshHost:
     remote_dir: Path
     poweroff_marker: Path
     known_hosts: Path
+    host_key: str
+    authorized: list[str]
+
+    def crash(self) -> None:
+        """The host goes dark: sshd and every connection it holds die."""
+        import subprocess
+
+        subprocess.run(["pkill", "-KILL", "-P", str(self.sshd.proc.pid)], check=False)
+        self.sshd.stop()
+
+    def revive(self) -> None:
+        self.sshd = localcloud.Sshd(self.sshd.dir, self.sshd.port, self.host_key, self.authorized)
+        self.sshd.wait_ready()
 
 
 @pytest.fixture
@@ -138,5 +151,6 @@ def ssh_host(tmp_path, budget_home, monkeypatch):
                                    "known_hosts": str(known), "offer": "csdn:T4x1", "remote_dir": str(remote),
                                    "stop_command": f"touch {marker}", "python": sys.executable},
                  run=FAST)
-    yield SshHost(sshd, remote, marker, known)
-    sshd.stop()
+    host = SshHost(sshd, remote, marker, known, host_key.private_openssh, [login.public_line])
+    yield host
+    host.sshd.stop()

@@ -124,8 +124,11 @@ def _spawn(args: list[str], home: Path) -> subprocess.Popen:
 def _wait(cond, timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if cond():
-            return
+        try:
+            if cond():
+                return
+        except (sqlite3.OperationalError, ValueError):  # the controller is still creating the ledger / run
+            pass
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -264,3 +267,24 @@ def test_resume_takes_over_a_run_whose_controller_died(cli, local_home, tmp_path
     assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
     code, _, err = cli("resume", run_id)
     assert code == 1 and "already done" in err
+
+
+def test_a_dead_host_is_one_error_and_budget_stop_retries(cli, ssh_host, budget_home, long_plan):
+    """The rented host goes dark mid-run: the controller cannot reconnect nor run the stop command, says
+    so in one line, keeps the instance live in the ledger; once the host answers again, `budget stop`
+    terminates and settles it."""
+    write_config(budget_home, run={"ssh_wait_s": 3})
+    p = _spawn(["run", str(long_plan), "--provider", "ssh", "--yuan", "5", "--yes", "--quant", "fp16"], budget_home)
+    _wait(lambda: (budget_home / "ledger.db").exists() and result_lines(the_run(budget_home)) > 0, 120, "results")
+    ssh_host.crash()
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "could not terminate" in err and "budget stop" in err and "Traceback" not in err
+    run = the_run(budget_home)
+    assert run["state"] == "failed"
+    assert db(budget_home).execute("SELECT state FROM instances").fetchone()[0] == "stopping"
+    ssh_host.revive()
+    code, out, err = cli("stop", run["id"])
+    assert code == 0, err
+    assert db(budget_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
+    assert ssh_host.poweroff_marker.exists()
+    assert Decimal(0) < spent(budget_home) <= Decimal(5)
