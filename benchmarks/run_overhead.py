@@ -39,18 +39,7 @@ SIM_OFFER = ("provider,instance_type,gpu,gpu_count,price_per,price,spot_price,cu
 
 
 def plan(tmp: Path, samples: int) -> Path:
-    p = tmp / f"bench{samples}.yaml"
-    text = (REPO / "plans" / "smoke.yaml").read_text().split("tasks:")[0].replace("name: smoke", f"name: bench{samples}")
-    p.write_text(text + f"""tasks:
-  - name: captions
-    kind: caption
-    samples: {samples}
-    image_size: [64, 64]
-    prompt_tokens: 8
-    dataset: {{kind: synthetic}}
-    metrics: [bleu4]
-""")
-    return p
+    return localcloud.caption_plan(REPO / "plans" / "smoke.yaml", tmp, f"bench{samples}", samples)
 
 
 def budget(home: Path, *args, env=None, wait=True):

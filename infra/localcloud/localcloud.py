@@ -97,6 +97,23 @@ class Sshd:
         self.log.close()
 
 
+def caption_plan(smoke: Path, directory: Path, name: str, samples: int) -> Path:
+    """A workload for the test cloud: the smoke plan's settings (tiny model) with one synthetic caption
+    task of `samples` 64x64 images at batch 1 - a run whose length the caller chooses."""
+    head = smoke.read_text().split("tasks:")[0].replace("name: smoke", f"name: {name}")
+    path = Path(directory) / f"{name}.yaml"
+    path.write_text(head.replace("batch_size: 2", "batch_size: 1") + f"""tasks:
+  - name: captions
+    kind: caption
+    samples: {samples}
+    image_size: [64, 64]
+    prompt_tokens: 8
+    dataset: {{kind: synthetic}}
+    metrics: [bleu4]
+""")
+    return path
+
+
 def register_dlami(ec2) -> str:
     """An image named like the Deep Learning AMI (owned by the test account, so `ami_owners: [self]`)."""
     return ec2.register_image(Name=DLAMI_NAME, RootDeviceName="/dev/sda1", Architecture="x86_64",

@@ -55,6 +55,10 @@ def write_config(home: Path, **sections) -> None:
     path.write_text(yaml.safe_dump(doc))
 
 
+def caption_plan(directory: Path, name: str, samples: int) -> Path:
+    return localcloud.caption_plan(REPO / "plans" / "smoke.yaml", directory, name, samples)
+
+
 FAST = {"tick_s": 1, "lease_s": 60, "ssh_wait_s": 20, "bootstrap_timeout_s": 120}
 
 

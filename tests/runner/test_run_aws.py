@@ -9,7 +9,7 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
-from tests.runner.conftest import write_config
+from tests.runner.conftest import caption_plan, write_config
 
 SMOKE = Path(__file__).resolve().parents[2] / "plans" / "smoke.yaml"
 
@@ -156,16 +156,7 @@ def test_a_dropped_ssh_connection_is_reconnected(aws_cloud, budget_home, tiny_mo
     import sys
     import time
 
-    plan = tmp_path / "longer.yaml"
-    plan.write_text(SMOKE.read_text().split("tasks:")[0].replace("name: smoke", "name: longer") + """tasks:
-  - name: captions
-    kind: caption
-    samples: 600
-    image_size: [64, 64]
-    prompt_tokens: 8
-    dataset: {kind: synthetic}
-    metrics: [bleu4]
-""")
+    plan = caption_plan(tmp_path, "longer", 600)
     p = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(plan), "--provider", "aws", "--yuan", "20",
                           "--yes", "--model-path", str(tiny_model), "--quant", "fp16", "--batch-size", "1"],
                          env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -19,7 +19,7 @@ import pytest
 
 from runner.providers.local import pid_alive as alive
 from runner.worker.tiny import NAME as TINY
-from tests.runner.conftest import write_config
+from tests.runner.conftest import caption_plan, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "plans" / "smoke.yaml"
@@ -63,18 +63,7 @@ def local_home(budget_home, tiny_model):
 @pytest.fixture
 def long_plan(tmp_path) -> Path:
     """Thousands of tiny captions at batch 1: a run that lasts long enough to be stopped."""
-    p = tmp_path / "long.yaml"
-    p.write_text(SMOKE.read_text().split("tasks:")[0].replace("name: smoke", "name: long").replace("batch_size: 2",
-                 "batch_size: 1") + """tasks:
-  - name: captions
-    kind: caption
-    samples: 5000
-    image_size: [64, 64]
-    prompt_tokens: 8
-    dataset: {kind: synthetic}
-    metrics: [bleu4]
-""")
-    return p
+    return caption_plan(tmp_path, "long", 5000)
 
 
 def sim_offer(cli, tmp_path) -> None:
@@ -241,16 +230,7 @@ def test_runs_sharing_a_pool_cannot_both_commit_the_last_yuan(cli, local_home, l
 
 
 def test_resume_takes_over_a_run_whose_controller_died(cli, local_home, tmp_path):
-    plan = tmp_path / "medium.yaml"
-    plan.write_text(SMOKE.read_text().split("tasks:")[0].replace("name: smoke", "name: medium") + """tasks:
-  - name: captions
-    kind: caption
-    samples: 400
-    image_size: [64, 64]
-    prompt_tokens: 8
-    dataset: {kind: synthetic}
-    metrics: [bleu4]
-""")
+    plan = caption_plan(tmp_path, "medium", 400)
     code, out, err = cli("run", plan, "--provider", "local", "--yuan", "5", "--yes", "--detach", "--batch-size", "1")
     assert code == 0, err
     run_id = out.strip()
