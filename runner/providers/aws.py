@@ -112,6 +112,11 @@ def user_data(spec: LaunchSpec) -> str:
     return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1000)
 
 
+def client_token(run_id: str) -> str:
+    """The run id as EC2's idempotency token (at most 64 ASCII characters: long ids are hashed)."""
+    return run_id if len(run_id) <= 64 and run_id.isascii() else hashlib.sha256(run_id.encode()).hexdigest()[:64]
+
+
 def _tags(run_id: str, resource: str) -> dict:
     return {"ResourceType": resource, "Tags": [{"Key": RUN_TAG, "Value": run_id}, {"Key": MANAGED_TAG, "Value": "true"}]}
 
@@ -269,7 +274,7 @@ class AwsProvider:
             "ImageId": ami["ImageId"], "InstanceType": spec.offer.instance_type, "MinCount": 1, "MaxCount": 1,
             "KeyName": self._key_pair(spec.ssh_public_key or public, spec.run_id),
             "SecurityGroupIds": [self._security_group(spec.run_id)], "UserData": user_data(spec),
-            "ClientToken": spec.run_id, "InstanceInitiatedShutdownBehavior": "terminate",
+            "ClientToken": client_token(spec.run_id), "InstanceInitiatedShutdownBehavior": "terminate",
             "TagSpecifications": [_tags(spec.run_id, "instance"), _tags(spec.run_id, "volume")]}
         if self.cfg.subnet_id:
             kw["SubnetId"] = self.cfg.subnet_id
