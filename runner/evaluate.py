@@ -80,19 +80,29 @@ def run(out: Path, on_status: Callable[[dict], None], poll_s: float = 0.5) -> Ou
                 proc.kill()
                 proc.wait()
         _emit(out, last, on_status)
-    status = _read(out / "status.json")
-    return Outcome(out=out, exit_code=proc.returncode, status=status, summary=_read(out / "summary.json"))
+    status = read_json(out / "status.json")
+    return Outcome(out=out, exit_code=proc.returncode, status=status, summary=read_json(out / "summary.json"))
 
 
-def _read(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON document the worker wrote, or {} when it is missing or half-written."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
 
+def last_line(path: Path, width: int = 200) -> str:
+    """The last line of a log ("" when there is none), cut to `width` characters."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:width] if lines else ""
+
+
 def _emit(out: Path, last, on_status):
-    status = _read(out / "status.json")
+    status = read_json(out / "status.json")
     if status and status.get("updated_at") != last:
         on_status(status)
         return status.get("updated_at")
@@ -111,7 +121,6 @@ def check(outcome: Outcome) -> None:
     error = outcome.status.get("error") or f"the worker exited with code {code}"
     tail = ""
     if not outcome.status.get("error"):
-        log = out / "worker.stderr.log"
-        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines() if log.exists() else []
-        tail = f" (last output: {lines[-1][:200]})" if lines else ""
+        last = last_line(out / "worker.stderr.log")
+        tail = f" (last output: {last})" if last else ""
     raise EvalFailed(f"evaluation failed: {error}{tail}", f"details in {out}/worker.log and {out}/worker.stderr.log")

@@ -29,6 +29,7 @@ from planner.models import Offer
 
 from .config import Config
 from .errors import BootstrapError, RemoteError, RunError, WorkerError
+from .evaluate import last_line, read_json
 from .guard import Policy
 from .ledger import Ledger
 from .providers.base import LaunchSpec
@@ -156,7 +157,7 @@ class Orchestrator:
 
     def samples(self) -> tuple[int, int]:
         """Samples done and planned, over the tasks that run (the summary knows which were skipped)."""
-        summary = _read(self.dir / "out" / "summary.json")
+        summary = read_json(self.dir / "out" / "summary.json")
         tasks = (summary.get("tasks") if summary.get("run_id") == self.req.run_id else None) \
             or self.status.get("tasks") or {}
         live = [t for t in tasks.values() if "skipped" not in t]
@@ -408,11 +409,11 @@ class Orchestrator:
         while True:
             try:
                 fetch(self.session, "out", out)
-                self.status = _read(out / "status.json")
+                self.status = read_json(out / "status.json")
                 code = self.session.read("worker.exit")
                 if code is not None and code.strip():
                     fetch(self.session, "out", out)
-                    self.status = _read(out / "status.json")
+                    self.status = read_json(out / "status.json")
                     return self._finished(int(code.strip()))
                 self.tick()
             except RemoteError as e:  # the worker runs on, detached: reconnect and carry on
@@ -455,15 +456,12 @@ class Orchestrator:
         self.tick()
 
     def _finished(self, code: int) -> tuple[str, str]:
-        summary = _read(self.dir / "out" / "summary.json")
-        if summary:
-            self.led.record_tasks(self.req.run_id, summary)
         self.event("worker", f"exit {code}")
         if code == EXIT_DONE:
             return "done", ""
         if code == EXIT_STOPPED:
             return "stopped", self.status.get("stopped") or "worker"
-        why = self.status.get("error") or _tail(self.dir / "out" / "worker.stderr.log")
+        why = self.status.get("error") or last_line(self.dir / "out" / "worker.stderr.log", 300) or "no output"
         raise WorkerError(f"the worker failed (exit {code}): {why}",
                           f"see {self.dir}/out/worker.log; finished samples are kept in {self.dir}/out")
 
@@ -478,11 +476,11 @@ class Orchestrator:
                         while time.monotonic() < end and not (self.session.read("worker.exit") or b"").strip():
                             time.sleep(0.2)
                     fetch(self.session, "out", self.dir / "out")
-                    summary = _read(self.dir / "out" / "summary.json")
-                    if summary:
-                        self.led.record_tasks(run_id, summary)
                 except GpuBudgetError as e:
                     self.event("fetch", f"final fetch failed: {e.message}")
+            summary = read_json(self.dir / "out" / "summary.json")
+            if summary:
+                self.led.record_tasks(run_id, summary)
         finally:
             stuck: GpuBudgetError | None = None
             if self.iid is not None:
@@ -492,7 +490,7 @@ class Orchestrator:
                     stuck = e                # in the ledger so `budget stop` retries
                     reason = f"could not terminate {self.pid}: {e.message}"
             final = state if state in FINAL and stuck is None else "failed"
-            self.status = _read(self.dir / "out" / "status.json") or self.status
+            self.status = read_json(self.dir / "out" / "status.json") or self.status
             done, total = self.samples()
             self.led.update_run(run_id, state=final, phase=final, reason=reason, finished_at=self.clock(),
                                 samples_done=done, samples_total=total)
@@ -508,25 +506,35 @@ class Orchestrator:
                                f"terminate it in the provider's console") from stuck
 
     def _terminate(self) -> None:
-        if self.pid is None:  # the launch never answered: did it make an instance anyway?
-            found = find_by_run(self.provider, self.req.run_id)
-            if not found:
-                self.led.settle(self.iid, None, "failed")
-                return
-            self.pid = found[0]
-            self.led.set_instance(self.iid, provider_id=self.pid)
-        self.led.set_instance(self.iid, state="stopping")
-        self.event("terminating", self.pid)
-        try:
-            ended = self.provider.terminate(self.pid)
-        except GpuBudgetError as e:
-            self.event("terminate", f"failed: {e.message}")
-            raise
-        spent = self.led.settle(self.iid, billing_end(self.led.instance(self.iid), ended, self.policy))
-        self.event("terminated", f"{self.pid}; {spent} CNY")
-        if getattr(self.provider, "keeps_billing", False):
+        self.pid = terminate_instance(self.led, self.provider, self.iid, self.req.run_id, self.policy, self.event)
+        if self.pid is not None and getattr(self.provider, "keeps_billing", False):
             self.event("billing", f"{self.pid} has no stop command: the platform keeps billing it after this run "
                        "(set ssh.stop_command)")
+
+
+def terminate_instance(led: Ledger, provider, iid: int, run_id: str, policy: Policy,
+                       event: Callable[[str, str], None]) -> str | None:
+    """Terminate one instance of the ledger and settle it; returns its provider id (None: the launch
+    never made one). A launch whose answer was lost is looked up by its run tag first. A provider error
+    is raised with the instance left live in the ledger, so `budget stop` can retry."""
+    pid = led.instance(iid).provider_id
+    if pid is None:
+        found = find_by_run(provider, run_id)
+        if not found:
+            led.settle(iid, None, "failed")
+            return None
+        pid = found[0]
+        led.set_instance(iid, provider_id=pid)
+    led.set_instance(iid, state="stopping")
+    event("terminating", pid)
+    try:
+        ended = provider.terminate(pid)
+    except GpuBudgetError as e:
+        event("terminate", f"failed: {e.message}")
+        raise
+    spent = led.settle(iid, billing_end(led.instance(iid), ended, policy))
+    event("terminated", f"{pid}; {spent} CNY")
+    return pid
 
 
 def billing_end(inst, terminated_at: float, policy: Policy) -> float:
@@ -552,21 +560,6 @@ def _raise_interrupt(signum, frame):
 def _main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _tail(path: Path) -> str:
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-    except OSError:
-        return "no output"
-    return lines[-1][:300] if lines else "no output"
 
 
 def remote_job(job: dict, root: str, provider: str) -> dict:

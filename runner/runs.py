@@ -20,7 +20,8 @@ from . import config as configmod
 from . import jobs
 from .errors import RunError
 from .ledger import Ledger
-from .orchestrate import Orchestrator, Request, billing_end, find_by_run, make_provider, new_run_id, policy_for
+from .orchestrate import FINAL, Orchestrator, Request, make_provider, new_run_id, policy_for, terminate_instance
+from .providers.local import pid_alive
 
 PROVIDERS = ("local", "aws", "ssh")
 
@@ -146,7 +147,7 @@ def drive(run_id: str, home: Path, on_progress=lambda _: None, resume: bool = Fa
             run = resolve(led, run_id)
             if run["state"] in ("done", "stopped", "failed"):
                 raise RunError(f"run {run_id} is already {run['state']}", "see `budget status " + run_id + "`")
-            if alive(run["controller_pid"]) and run["controller_pid"] != os.getpid():
+            if pid_alive(run["controller_pid"]) and run["controller_pid"] != os.getpid():
                 raise RunError(f"run {run_id} still has a controller (pid {run['controller_pid']})",
                                f"watch it with `budget logs {run_id} -f`")
             led.update_run(run_id, stop_requested=0)
@@ -200,17 +201,11 @@ def resolve(led: Ledger, run_id: str | None) -> dict:
     return led.run(found[0])
 
 
-def alive(pid: int | None) -> bool:
-    from .providers.local import pid_alive
-
-    return pid_alive(pid)
-
-
 def listing(home: Path) -> list[dict]:
     """Every run, newest first, with its spend and whether a controller is driving it."""
     led = ledger(home)
     try:
-        return [dict(r, spent_cny=led.spent_run(r["id"]), controller_alive=alive(r["controller_pid"]))
+        return [dict(r, spent_cny=led.spent_run(r["id"]), controller_alive=pid_alive(r["controller_pid"]))
                 for r in led.runs()]
     finally:
         led.close()
@@ -221,7 +216,7 @@ def describe(home: Path, run_id: str | None) -> dict:
     led = ledger(home)
     try:
         run = resolve(led, run_id)
-        return {**run, "controller_alive": alive(run["controller_pid"]), "spent_cny": led.spent_run(run["id"]),
+        return {**run, "controller_alive": pid_alive(run["controller_pid"]), "spent_cny": led.spent_run(run["id"]),
                 "pool_spent_cny": led.spent_pool(run["pool"]), "pool_cap_cny": led.pool_cap(run["pool"]),
                 "instances": [vars(i) for i in led.instances(run["id"])], "tasks": led.tasks(run["id"]),
                 "events": led.events(run["id"])}
@@ -254,35 +249,25 @@ def log_lines(home: Path, run_id: str, follow: bool):
 def stop(run_id: str, home: Path, wait_s: float = 300) -> dict:
     """Ask the run's controller to stop (it keeps finished results and tears down). If no controller is
     alive, tear down here: terminate every live instance of the run and settle the ledger."""
-    final = ("done", "stopped", "failed")
     led = ledger(home)
     try:
         run = resolve(led, run_id)
-        ended_before = run["state"] in final
+        ended_before = run["state"] in FINAL
         if ended_before and not led.instances(run_id=run["id"], live=True):
             return run
         led.update_run(run["id"], stop_requested=1)
         Path(run["dir"], "STOP").touch()
-        if not ended_before and alive(run["controller_pid"]) and run["controller_pid"] != os.getpid():
+        if not ended_before and pid_alive(run["controller_pid"]) and run["controller_pid"] != os.getpid():
             end = time.monotonic() + wait_s
-            while time.monotonic() < end and led.run(run["id"])["state"] not in final:
+            while time.monotonic() < end and led.run(run["id"])["state"] not in FINAL:
                 time.sleep(0.5)
-            if led.run(run["id"])["state"] in final and not led.instances(run_id=run["id"], live=True):
+            if led.run(run["id"])["state"] in FINAL and not led.instances(run_id=run["id"], live=True):
                 return led.run(run["id"])
         provider = make_provider(run["provider"], configmod.load(home), home)
+        policy = Request.load(Path(run["dir"]) / "request.json").policy_obj
         for inst in led.instances(run_id=run["id"], live=True):
-            if inst.provider_id is None:
-                # the controller died between the intent row and the launch's answer: ask the provider
-                found = find_by_run(provider, run["id"])
-                if not found:
-                    led.settle(inst.id, None, "failed")
-                    continue
-                led.set_instance(inst.id, provider_id=found[0])
-                inst = led.instance(inst.id)
-            ended = provider.terminate(inst.provider_id)
-            req = Request.load(Path(run["dir"]) / "request.json")
-            led.settle(inst.id, billing_end(inst, ended, req.policy_obj))
-            led.event(run["id"], "terminated", f"{inst.provider_id} by `budget stop` (no controller)", inst.id)
+            terminate_instance(led, provider, inst.id, run["id"], policy,
+                               lambda kind, detail, i=inst.id: led.event(run["id"], kind, f"{detail} (budget stop)", i))
         if not ended_before:  # a run that already ended (e.g. failed to terminate) keeps its verdict
             led.update_run(run["id"], state="stopped", phase="stopped", reason="user", finished_at=time.time())
         return led.run(run["id"])

@@ -8,9 +8,11 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import sqlite3
 import sys
 import urllib.request
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,23 @@ def write_config(home: Path, **sections) -> None:
     for name, values in sections.items():
         doc.setdefault(name, {}).update(values)
     path.write_text(yaml.safe_dump(doc))
+
+
+def db(home: Path) -> sqlite3.Connection:
+    """The run's ledger, read straight from the SQLite file."""
+    c = sqlite3.connect(home / "ledger.db")
+    c.row_factory = sqlite3.Row
+    return c
+
+
+def the_run(home: Path) -> dict:
+    """The only run in the ledger."""
+    [row] = db(home).execute("SELECT * FROM runs").fetchall()
+    return dict(row)
+
+
+def spent(home: Path) -> Decimal:
+    return sum((Decimal(r[0]) for r in db(home).execute("SELECT amount_cny FROM spend")), Decimal(0))
 
 
 def caption_plan(directory: Path, name: str, samples: int) -> Path:

@@ -5,11 +5,10 @@ instance's filesystem, the SQLite ledger."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
-from tests.runner.conftest import caption_plan, write_config
+from tests.runner.conftest import caption_plan, db, spent, the_run, write_config
 
 SMOKE = Path(__file__).resolve().parents[2] / "plans" / "smoke.yaml"
 
@@ -18,27 +17,11 @@ def instances(ec2) -> list[dict]:
     return [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
 
 
-def ledger(home: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(home / "ledger.db")
-    db.row_factory = sqlite3.Row
-    return db
-
-
-def only_run(home: Path) -> dict:
-    rows = ledger(home).execute("SELECT * FROM runs").fetchall()
-    assert len(rows) == 1
-    return dict(rows[0])
-
-
-def spent(home: Path) -> Decimal:
-    return sum((Decimal(r[0]) for r in ledger(home).execute("SELECT amount_cny FROM spend")), Decimal(0))
-
-
 def test_happy_path(aws_cloud, cli, budget_home, tiny_model):
     code, out, err = cli("run", SMOKE, "--provider", "aws", "--yuan", "20", "--yes", "--model-path", tiny_model,
                          "--quant", "nf4")
     assert code == 0, err
-    run = only_run(budget_home)
+    run = the_run(budget_home)
     assert run["state"] == "done" and run["provider"] == "aws" and run["quantization"] == "nf4"
 
     [inst] = instances(aws_cloud.ec2)
@@ -77,10 +60,10 @@ def test_happy_path(aws_cloud, cli, budget_home, tiny_model):
 
     money = spent(budget_home)
     assert Decimal(0) < money <= Decimal(20)
-    inst_row = dict(ledger(budget_home).execute("SELECT * FROM instances").fetchone())
+    inst_row = dict(db(budget_home).execute("SELECT * FROM instances").fetchone())
     assert inst_row["state"] == "terminated" and inst_row["provider_id"] == inst["InstanceId"]
     assert Decimal(inst_row["price_original_h"]) > 0 and inst_row["currency"] == "USD"
-    kinds = [r[0] for r in ledger(budget_home).execute("SELECT kind FROM events ORDER BY id")]
+    kinds = [r[0] for r in db(budget_home).execute("SELECT kind FROM events ORDER BY id")]
     assert kinds.index("intent") < kinds.index("launched") < kinds.index("watchdog") < kinds.index("terminated")
 
     code, out, _ = cli("status", run["id"][:20], "--json")
@@ -95,9 +78,9 @@ def test_ami_missing_launches_nothing(aws_cloud, cli, budget_home, tiny_model):
     assert code == 1
     assert "no AMI named 'no such image *'" in err and "hint:" in err and "Traceback" not in err
     assert instances(aws_cloud.ec2) == []
-    run = only_run(budget_home)
+    run = the_run(budget_home)
     assert run["state"] == "failed" and spent(budget_home) == 0
-    assert ledger(budget_home).execute("SELECT state FROM instances").fetchone()[0] == "failed"
+    assert db(budget_home).execute("SELECT state FROM instances").fetchone()[0] == "failed"
 
 
 def test_ssh_refused_terminates(aws_cloud, cli, budget_home, tiny_model):
@@ -107,10 +90,10 @@ def test_ssh_refused_terminates(aws_cloud, cli, budget_home, tiny_model):
     assert code == 1 and "cannot reach" in err and "over SSH within 4 s" in err
     [inst] = instances(aws_cloud.ec2)
     assert inst["State"]["Name"] == "terminated"
-    run = only_run(budget_home)
+    run = the_run(budget_home)
     assert run["state"] == "failed"
     assert Decimal(0) < spent(budget_home) <= Decimal(20)  # it was up (and billed) for the minimum
-    assert ledger(budget_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
+    assert db(budget_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
 
 
 def test_bootstrap_failure_terminates(aws_cloud, cli, budget_home, tiny_model):
@@ -119,8 +102,8 @@ def test_bootstrap_failure_terminates(aws_cloud, cli, budget_home, tiny_model):
     assert code == 1 and "bootstrap.sh exited 2" in err and "/nonexistent/python3 not found" in err
     [inst] = instances(aws_cloud.ec2)
     assert inst["State"]["Name"] == "terminated"
-    assert only_run(budget_home)["state"] == "failed"
-    assert ledger(budget_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
+    assert the_run(budget_home)["state"] == "failed"
+    assert db(budget_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
 
 
 def test_worker_crash_terminates_and_keeps_the_log(aws_cloud, cli, budget_home, tmp_path):
@@ -132,7 +115,7 @@ def test_worker_crash_terminates_and_keeps_the_log(aws_cloud, cli, budget_home, 
     assert code == 1 and "the worker failed (exit 1)" in err
     [inst] = instances(aws_cloud.ec2)
     assert inst["State"]["Name"] == "terminated"
-    run = only_run(budget_home)
+    run = the_run(budget_home)
     assert run["state"] == "failed"
     assert (Path(run["dir"]) / "out" / "worker.log").read_text()  # fetched before the teardown
 
@@ -176,9 +159,9 @@ def test_a_dropped_ssh_connection_is_reconnected(aws_cloud, budget_home, tiny_mo
     sshd.proc.kill()                                                          # and the listener
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
-    run = only_run(budget_home)
+    run = the_run(budget_home)
     assert run["state"] == "done" and run["samples_done"] == 600
-    kinds = [r[0] + ":" + r[1] for r in ledger(budget_home).execute("SELECT kind, detail FROM events ORDER BY id")]
+    kinds = [r[0] + ":" + r[1] for r in db(budget_home).execute("SELECT kind, detail FROM events ORDER BY id")]
     assert any(k.startswith("ssh:lost") for k in kinds) and "ssh:reconnected" in kinds
     lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
     assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 600

@@ -19,28 +19,13 @@ import pytest
 
 from runner.providers.local import pid_alive as alive
 from runner.worker.tiny import NAME as TINY
-from tests.runner.conftest import caption_plan, write_config
+from tests.runner.conftest import caption_plan, db, spent, the_run, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "plans" / "smoke.yaml"
 SIM_OFFER = ("provider,instance_type,gpu,gpu_count,price_per,price,spot_price,currency,region,billing_increment_s,"
              "billing_minimum_s,source,date\n"
              'sim,cpu,T4,1,gpu,3600,,CNY,local,1,0,"test: 1 CNY a second, per-second billing, no minimum",2026-11-25\n')
-
-
-def db(home: Path) -> sqlite3.Connection:
-    c = sqlite3.connect(home / "ledger.db")
-    c.row_factory = sqlite3.Row
-    return c
-
-
-def the_run(home: Path) -> dict:
-    [row] = db(home).execute("SELECT * FROM runs").fetchall()
-    return dict(row)
-
-
-def spent(home: Path) -> Decimal:
-    return sum((Decimal(r[0]) for r in db(home).execute("SELECT amount_cny FROM spend")), Decimal(0))
 
 
 def result_lines(run: dict) -> int:
