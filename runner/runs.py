@@ -263,8 +263,9 @@ def stop(run_id: str, home: Path, wait_s: float = 300) -> dict:
                 time.sleep(0.5)
             if led.run(run["id"])["state"] in FINAL and not led.instances(run_id=run["id"], live=True):
                 return led.run(run["id"])
-        provider = make_provider(run["provider"], configmod.load(home), home)
-        policy = Request.load(Path(run["dir"]) / "request.json").policy_obj
+        req = Request.load(Path(run["dir"]) / "request.json")
+        provider = make_provider(run["provider"], configmod.load(home), home, region=req.offer.get("region"))
+        policy = req.policy_obj
         for inst in led.instances(run_id=run["id"], live=True):
             terminate_instance(led, provider, inst.id, run["id"], policy,
                                lambda kind, detail, i=inst.id: led.event(run["id"], kind, f"{detail} (budget stop)", i))
