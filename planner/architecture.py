@@ -142,11 +142,16 @@ def load_config(path: str | Path, name: str = "", hf_id: str = "") -> ModelSpec:
         raise ModelConfigError(f"{p}: no such file", "pass a path to a config.json or a model directory") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelConfigError(f"{p}: not a readable JSON file ({e})", "pass a Hugging Face config.json") from None
-    label = name or (hf_id or p.parent.name or p.stem)
+    # the config's own name when it has one, never the folder it sits in (often a snapshot hash)
+    label = name or hf_id or str(raw.get("_name_or_path") or "").strip().rstrip("/").rpartition("/")[2]
     try:
-        return spec_from_config(raw, label, hf_id=hf_id, source=str(p))
+        spec = spec_from_config(raw, label or "?", hf_id=hf_id, source=str(p))
     except ModelConfigError as e:
         raise ModelConfigError(f"{p}: {e.message.removeprefix('config.json: ')}", e.hint) from None
+    if not label:
+        family = "Qwen3-VL-MoE" if spec.model_type == "qwen3_vl_moe" else "Qwen3-VL"
+        spec = spec.model_copy(update={"name": f"{family} ({param_breakdown(spec).total / 1e9:.2f} B params)"})
+    return spec
 
 
 # --------------------------------------------------------------------------- inventory

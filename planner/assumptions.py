@@ -69,9 +69,12 @@ def parse_overrides(items: list[str], base: Assumptions | None = None) -> Assump
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in data:
+        if name not in data:
             raise InputError(f"--assume {item!r}: unknown assumption",
                              "known: " + ", ".join(Assumptions.model_fields))
+        if not sep or not value.strip():
+            raise InputError(f"--assume {item!r}: no value (expected NAME=VALUE)",
+                             f"e.g. --assume {name}={data[name]}")
         data[name] = value.strip()
     try:
         return Assumptions.model_validate(data)

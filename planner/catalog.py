@@ -22,6 +22,7 @@ import ast
 import csv
 import functools
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -99,7 +100,7 @@ class Catalog:
 
     def model(self, name: str) -> ModelSpec:
         q = name.strip().lower()
-        for key, spec in self.models.items():
+        for key, spec in self.models.items() if q else ():
             short = key.lower().removesuffix("-instruct")
             if q in (key.lower(), spec.hf_id.lower(), short, short.removeprefix("qwen3-vl-")):
                 return spec
@@ -372,7 +373,12 @@ def load_catalog(user_dir: Path | None = None) -> Catalog:
             spec = load_config(p, name=p.stem, hf_id=f"Qwen/{p.stem}" if root == base and p.stem.startswith("Qwen3-VL") else "")
             cat.models[spec.name] = spec
     bundled = [o for p in _offer_files(base) for o in _read_offer_file(p, cat)]
-    user = [o for p in (_offer_files(user_dir) if len(roots) > 1 else []) for o in _read_offer_file(p, cat)]
+    user: list[Offer] = []
+    # a catalog is a snapshot: the newest file of a provider replaces its earlier ones (and the bundled offers)
+    for p in sorted(_offer_files(user_dir) if len(roots) > 1 else [], key=lambda f: (f.stat().st_mtime_ns, f.name)):
+        offers = _read_offer_file(p, cat)
+        newer = {o.provider for o in offers}
+        user = [o for o in user if o.provider not in newer] + offers
     user_providers = {o.provider for o in user}
     cat.offers = [o for o in bundled if o.provider not in user_providers] + user
     cat.files += [str(p) for r in roots for p in _offer_files(r)]
@@ -415,10 +421,14 @@ def prepare_import(text: str, path: str, fmt: str, provider: str | None, cat: Ca
             if n not in bad:
                 w.writerow({**r, **({"provider": provider} if provider else {})})
                 used += 1
-        content, name = buf.getvalue(), f"{provider or Path(path).stem}.csv"
+        content, name = buf.getvalue(), "+".join(sorted({o.provider for o in offers})) + ".csv"
     else:
         raise CatalogError(f"unknown format {fmt!r}", "use --format skypilot or --format csv")
     problems.sort(key=lambda p: p.line)
+    odd = sorted({o.provider for o in offers if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", o.provider)})
+    if odd:  # the provider names the file under $BUDGET_HOME/catalog/offers/
+        raise CatalogError(f"{path}: provider name {odd[0]!r} is not allowed", "use letters, digits, '.', '_' and '-' "
+                           "(e.g. --provider myhost)")
     if not offers:
         first = f": {problems[0]}" if problems else ""
         raise CatalogError(f"{path}: no usable offer rows{first}",
@@ -437,6 +447,11 @@ def with_fx(cat: Catalog, overrides: list[str]) -> Catalog:
         except InvalidOperation:
             raise CatalogError(f"--fx {item!r}: expected CURRENCY=RATE with a positive rate, e.g. USD=7.2",
                                "the rate is CNY per unit of the currency") from None
-        cat.fx[cur.strip().upper()] = FxRate(currency=cur.strip().upper(), cny_per_unit=value, date="command line",
+        code = cur.strip().upper()
+        used = {o.currency.upper() for o in cat.offers} | set(cat.fx)
+        if code not in used:
+            raise CatalogError(f"--fx {item!r}: no offer in the catalog is priced in {code or 'an empty currency'}",
+                               "currencies in use: " + ", ".join(sorted(used)) + " (e.g. --fx USD=7.2)")
+        cat.fx[code] = FxRate(currency=code, cny_per_unit=value, date="command line",
                                              source="--fx")
     return cat

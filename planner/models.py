@@ -323,6 +323,13 @@ class ModelSummary(Model):
     weights_gib: dict[str, float]
 
 
+class NextStep(Model):
+    """How to run a recommendation: the exact `budget run` command, and the set-up its provider needs."""
+
+    command: str
+    setup: list[str] = []
+
+
 class PlanReport(Model):
     """`budget plan --json`: exactly this document."""
 
@@ -338,6 +345,7 @@ class PlanReport(Model):
     candidates: int
     feasible: int
     within_budget: int
+    next: NextStep | None = None  # the command that runs the recommendation, and what it needs first
 
 
 class PriceRow(Model):

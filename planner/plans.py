@@ -60,7 +60,8 @@ def load_plan(path: str | Path | None) -> EvalPlan:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PlanError(f"{p}: no such plan file", "pass --plan PATH to a YAML plan, e.g. plans/smoke.yaml") from None
+        raise PlanError(f"{p}: no such plan file", "give the path of a YAML plan, e.g. plans/smoke.yaml "
+                        "(`budget plan` takes it as --plan PATH, `budget run` and `budget eval` as their argument)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise PlanError(f"{p}: cannot read ({e})", "pass a UTF-8 YAML plan file") from None
     return parse_plan(text, str(path) if path is not None else f"plans/{DEFAULT_PLAN}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from decimal import ROUND_HALF_UP, Decimal
 
 from .architecture import inventory, param_breakdown
 from .catalog import Catalog
 from .memory import weight_layout
-from .models import GIB, InspectReport, ModelSpec, PriceList, PriceRow, WeightsRow
+from .models import GIB, InspectReport, ModelSpec, NextStep, PriceList, PriceRow, Recommendation, WeightsRow
 
 # The seed document's table (GB), for comparison: model name -> (fp16, int8, int4).
 SEED_CLAIMS_GB = {"Qwen3-VL-4B-Instruct": (8, 4, 2), "Qwen3-VL-8B-Instruct": (16, 8, 4),
@@ -54,3 +55,28 @@ def inspect_model(spec: ModelSpec) -> InspectReport:
     return InspectReport(name=spec.name, source=spec.source or spec.hf_id, model_type=spec.model_type,
                          params=param_breakdown(spec), text=spec.text, vision=spec.vision, weights=rows,
                          kv_cache_kib_per_token=2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * 2 / 1024)
+
+
+def next_step(rec: Recommendation, plan_arg: str, budget: Decimal, plan_model: str, model: str) -> NextStep:
+    """The `budget run` command that runs `rec` (its offer, quantization, spot choice and the budget as
+    the run's cap), and what its provider needs first. Cloud offers (aws) are launched by the tool;
+    every other offer is a machine the user rents on that platform and reaches over SSH."""
+    offer = f"{rec.provider}:{rec.instance_type}" + (f"@{rec.region}" if rec.region else "")
+    provider = "aws" if rec.provider == "aws" else "ssh"
+    cmd = ["budget", "run", plan_arg, "--provider", provider, "--offer", offer, "--quant", rec.quantization,
+           "--yuan", str(budget)] + (["--spot"] if rec.spot else [])
+    setup = []
+    if provider == "aws":
+        setup.append('AWS credentials (`aws configure`, or a profile in aws.profile) and the cloud extra: '
+                     'pip install "gpubudget[cloud]"')
+    else:
+        setup += [f"rent the {rec.gpu} x{rec.gpu_count} machine on {rec.provider}, then describe it in "
+                  "$BUDGET_HOME/config.yaml:",
+                  f"  ssh: {{host: HOST, port: PORT, user: root, key: ~/.ssh/id_ed25519, offer: {offer}, "
+                  "stop_command: shutdown -h now}",
+                  "its host key must be in ~/.ssh/known_hosts (ssh-keyscan -p PORT HOST, checked against the "
+                  "platform's console); and the cloud extra: pip install \"gpubudget[cloud]\""]
+    if model != plan_model:
+        setup.append(f"`budget run` evaluates the plan's model ({plan_model}): copy the plan and set "
+                     f"`model: {model}` to run this estimate")
+    return NextStep(command=" ".join(shlex.quote(c) for c in cmd), setup=setup)

@@ -19,10 +19,16 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Budget-first planner and runner for evaluating quantized Qwen3-VL on rented GPUs.")
 prices_app = typer.Typer(no_args_is_help=True, help="List and import GPU offers (prices in CNY).")
 model_app = typer.Typer(no_args_is_help=True, help="Inspect Qwen3-VL architectures.")
+pool_app = typer.Typer(no_args_is_help=True, help="Budget pools: named caps in CNY that runs draw on.")
 app.add_typer(prices_app, name="prices")
 app.add_typer(model_app, name="model")
+app.add_typer(pool_app, name="pool")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document.")]
+# the bundled models' short names, for help (the catalog also takes full names and $BUDGET_HOME/catalog/models)
+MODELS = ", ".join(sorted((p.stem.lower().removesuffix("-instruct").removeprefix("qwen3-vl-")
+                           for p in (Path(__file__).resolve().parent.parent / "planner" / "data" / "models").glob("*.json")),
+                          key=lambda n: (not n[0].isdigit(), len(n), n)))
 
 
 def budget_home() -> Path:
@@ -35,15 +41,22 @@ def _catalog(fx: list[str] | None = None):
     return with_fx(load_catalog(budget_home() / "catalog"), fx or [])
 
 
-def _decimal(value: str | None, flag: str) -> Decimal | None:
+MAX_YUAN = Decimal(10) ** 9  # a billion CNY: beyond any budget, and within Decimal's exact arithmetic
+EXAMPLE = {"--yuan": "2000", "--max-yuan-hour": "5", "--price-yuan-hour": "3.5"}
+
+
+def _decimal(value: str | None, flag: str, zero_ok: bool = False) -> Decimal | None:
     if value is None:
         return None
+    example = f"e.g. {flag} {EXAMPLE.get(flag, '2000')}"
     try:
-        d = Decimal(value)
+        d = Decimal(value.strip())
     except InvalidOperation:
-        raise InputError(f"{flag} {value!r} is not a number", f"e.g. {flag} 2000") from None
-    if not d.is_finite() or d <= 0:
-        raise InputError(f"{flag} must be a positive amount, got {value}", f"e.g. {flag} 2000")
+        raise InputError(f"{flag} {value!r} is not a number", example) from None
+    if not d.is_finite() or d < 0 or (d == 0 and not zero_ok):
+        raise InputError(f"{flag} must be a positive amount in CNY, got {value}", example)
+    if d > MAX_YUAN or d.as_tuple().exponent < -6:
+        raise InputError(f"{flag} {value} is out of range: at most {MAX_YUAN:,} CNY, to 6 decimal places", example)
     return d
 
 
@@ -64,7 +77,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks."
 def plan_cmd(
     yuan: Annotated[str | None, typer.Option("--yuan", help="Budget in CNY (default: the plan's budget_yuan).")] = None,
     plan: Annotated[Path | None, typer.Option("--plan", help="Plan YAML (default: plans/qwen3-vl-8b.yaml).")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model name from the catalog (overrides the plan's).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=f"Model (overrides the plan's): {MODELS}, or a full name.")] = None,
     model_config: Annotated[Path | None, typer.Option("--model-config", help="Plan for any Qwen3-VL config.json.")] = None,
     provider: Annotated[list[str] | None, typer.Option("--provider", help="Only these providers (repeatable).")] = None,
     spot: Annotated[bool | None, typer.Option("--spot/--on-demand", help="Only spot / only on-demand prices.")] = None,
@@ -73,13 +86,15 @@ def plan_cmd(
     top: Annotated[int, typer.Option("--top", min=1, help="How many options to show.")] = 5,
     fx: Annotated[list[str] | None, typer.Option("--fx", help="Exchange rate override, e.g. USD=7.2.")] = None,
     assume: Annotated[list[str] | None, typer.Option("--assume", help="Override a model assumption NAME=VALUE.")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="List every rejected group (default: a screenful).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Which offer, GPU count and quantization run the plan cheapest within the budget, and why."""
     from planner.architecture import load_config
     from planner.assumptions import parse_overrides
     from planner.optimize import optimize
-    from planner.plans import load_plan
+    from planner.plans import DEFAULT_PLAN, load_plan
+    from planner.summaries import next_step
 
     from . import render
 
@@ -88,10 +103,18 @@ def plan_cmd(
     if budget is None:
         raise InputError("no budget given", "pass --yuan AMOUNT (CNY) or set budget_yuan in the plan")
     cat = _catalog(fx)
-    spec = load_config(model_config) if model_config else cat.model(model or ev.model)
+    spec = load_config(model_config) if model_config else cat.model(ev.model if model is None else model)
     result = optimize(ev, spec, cat, budget, assumptions=parse_overrides(assume or []), providers=provider,
                       spot=spot, objective=objective, top=top, quantizations=quant)
-    render.json_doc(result.report) if as_json else render.plan(result.report)
+    rec = result.report.recommendation
+    if rec is not None:
+        try:
+            plan_model = cat.model(ev.model).name
+        except GpuBudgetError:  # the plan names a model the catalog lacks (planned with --model-config)
+            plan_model = ev.model
+        plan_arg = str(plan) if plan is not None else f"plans/{DEFAULT_PLAN}"
+        result.report.next = next_step(rec, plan_arg, budget, plan_model, spec.name)
+    render.json_doc(result.report) if as_json else render.plan(result.report, show_all)
     verdict = result.shortfall(ev.name, spec.name)
     if verdict is not None:
         raise verdict
@@ -222,14 +245,28 @@ def run_cmd(
                      price_yuan_h=_decimal(price_yuan_hour, "--price-yuan-hour"), model_path=model_path,
                      remote_python=remote_python)
     render.run_estimate(p)
-    if not yes and not typer.confirm("Launch and start spending?", default=False, err=True):
-        raise typer.Abort()
+    if not yes and not _confirm("Launch and start spending?"):
+        from .errors import RunError
+
+        raise RunError("nothing launched, nothing spent", "run it again and answer y, or pass --yes")
     runs.create(p, budget_home())
     if detach:
         pid = runs.detach(p.request.run_id, budget_home())
         render.detached(p.request.run_id, pid)
         return
     _drive(p.request.run_id, resume=False)
+
+
+def _confirm(question: str) -> bool:
+    """y/N on stderr; no answer (end of input) is no. The answer starts its own line even when the
+    input is piped (no echo)."""
+    try:
+        yes = typer.confirm(question, default=False, err=True)
+    except typer.Abort:
+        yes = False
+    if not sys.stdin.isatty():
+        sys.stderr.write("\n")
+    return yes
 
 
 def _drive(run_id: str, resume: bool) -> None:
@@ -273,8 +310,9 @@ def drive_cmd(run_id: Annotated[str, typer.Argument()],
 def _status_of(run_id: str | None, as_json: bool) -> None:
     from . import render, runs
 
-    if run_id is None and not as_json:
-        render.runs_table(runs.listing(budget_home()))
+    if run_id is None:
+        rows = runs.listing(budget_home())
+        render.json_dict({"runs": rows}) if as_json else render.runs_table(rows)
     else:
         doc = runs.describe(budget_home(), run_id)
         render.json_dict(doc) if as_json else render.run_detail(doc)
@@ -309,12 +347,100 @@ def stop_cmd(run: Annotated[str, typer.Argument(help="Run id (or a unique prefix
     render.stopped(runs.stop(run, budget_home()))
 
 
+def _pools(fn, *args):
+    from . import pools, runs
+
+    led = runs.ledger(budget_home())
+    try:
+        return fn(led, *args)
+    finally:
+        led.close()
+
+
+@pool_app.command("list")
+def pool_list(as_json: JsonOpt = False) -> None:
+    """Every pool: cap, spent, committed by live instances, left (CNY), runs."""
+    from . import pools, render
+
+    rows = _pools(pools.listing)
+    render.json_dict({"pools": rows}) if as_json else render.pools_table(rows)
+
+
+@pool_app.command("show")
+def pool_show(name: Annotated[str, typer.Argument(help="Pool name.", metavar="NAME")], as_json: JsonOpt = False) -> None:
+    """One pool: its money, its runs and every change of its cap."""
+    from . import pools, render
+
+    doc = _pools(pools.show, name)
+    render.json_dict(doc) if as_json else render.pool_detail(doc)
+
+
+@pool_app.command("create")
+def pool_create(
+    name: Annotated[str, typer.Argument(help="Pool name (letters, digits, . _ -).", metavar="NAME")],
+    yuan: Annotated[str, typer.Option("--yuan", help="The pool's cap in CNY.", metavar="AMOUNT")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a pool with a cap in CNY (recorded as an event in the ledger)."""
+    from . import pools, render
+
+    doc = _pools(pools.create, name, _decimal(yuan, "--yuan"))
+    render.json_dict(doc) if as_json else render.pool_detail(doc)
+
+
+@pool_app.command("set-cap")
+def pool_set_cap(
+    name: Annotated[str, typer.Argument(help="Pool name.", metavar="NAME")],
+    yuan: Annotated[str, typer.Argument(help="The new cap in CNY (0 stops every run of the pool).", metavar="AMOUNT")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a pool's cap; live runs obey it at their next guard tick (recorded as an event)."""
+    from . import pools, render
+
+    doc = _pools(pools.set_cap, name, _decimal(yuan, "AMOUNT", zero_ok=True))
+    render.json_dict(doc) if as_json else render.pool_detail(doc)
+
+
+# What each option's value is, as help shows it (typer would print <str>, <bool>, <list[str]>).
+METAVARS = {"--yuan": "AMOUNT", "--max-yuan-hour": "AMOUNT", "--price-yuan-hour": "AMOUNT", "--plan": "PATH",
+            "--model": "NAME", "--model-config": "PATH", "--model-path": "DIR", "--out": "PATH", "--provider": "NAME",
+            "--pool": "NAME", "--offer": "ID", "--quant": "Q", "--objective": "cost|time", "--top": "N", "--limit": "N",
+            "--fx": "CUR=RATE", "--assume": "NAME=VALUE", "--batch-size": "N|auto", "--device": "auto|cuda|cpu",
+            "--max-minutes": "MINUTES", "--gpu": "GPU", "--format": "skypilot|csv", "--remote-python": "PATH",
+            "--run": "RUN", "--since": "DATE", "--until": "DATE"}
+
+
+def _plain_metavars(cmd) -> None:
+    """Give every option of every command a plain metavar (flags none), and arguments their upper-case name."""
+    from typer.core import TyperArgument, TyperOption  # typer vendors its own click: its classes, not click's
+
+    if not getattr(TyperOption, "_gpubudget_plain", False):  # flags (--help too, made per call) show no type
+        shown = TyperOption.display_type_rich
+        TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else shown(self, ctx)
+        TyperOption._gpubudget_plain = True
+    for param in getattr(cmd, "params", []):
+        if isinstance(param, TyperArgument):  # its name says it (PLAN, RUN); no type column
+            param.metavar = param.metavar or (param.name or "value").upper()
+            param.display_type_rich = lambda ctx=None: None
+        else:
+            param.metavar = None if param.is_flag else METAVARS.get(max(param.opts, key=len), "VALUE")
+    for sub in getattr(cmd, "commands", {}).values():
+        _plain_metavars(sub)
+
+
+def command():
+    """The click command tree of `budget`, with plain metavars."""
+    cmd = typer.main.get_command(app)
+    _plain_metavars(cmd)
+    return cmd
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the one place errors become exit codes."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        rv = app(args=args, prog_name="budget", standalone_mode=False)
+        rv = command().main(args=args, prog_name="budget", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)  # typer returns typer.Exit's code here
     except GpuBudgetError as e:
         if debug:
@@ -323,9 +449,14 @@ def main(argv: list[str] | None = None) -> None:
 
         render.error(e)
         sys.exit(e.exit_code)
-    except typer.TyperException as e:  # usage errors (exit 2), printed the way typer does
-        show = getattr(e, "show", None)
-        show() if show else sys.stderr.write(f"error: {e.format_message()}\n")
+    except typer.TyperException as e:  # usage errors (exit 2): one error line and a hint, like ours
+        if type(e).__name__ == "NoArgsIsHelpError":  # `budget pool` alone: its help
+            e.show()
+            sys.exit(e.exit_code)
+        from . import render
+
+        ctx = getattr(e, "ctx", None)
+        render.error(e.format_message().replace("\n", " "), f"see `{ctx.command_path if ctx else 'budget'} --help`")
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("aborted\n")

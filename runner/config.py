@@ -9,7 +9,7 @@ silently become a default).
             offer: csdn:RTX3090, price_yuan_per_hour: 3.5, stop_command: shutdown -h now,
             remote_dir: ~/gpubudget, python: /usr/bin/python3}
     local: {price_yuan_per_hour: 2.2}
-    run:   {tick_s: 5, teardown_s: 60, lease_s: 300, reserve_yuan: 0, ssh_wait_s: 600,
+    run:   {tick_s: 5, teardown_s: 60, lease_s: 300, reserve_yuan: 0, ssh_wait_s: 600 (aws) | 30 (ssh),
             bootstrap_timeout_s: 3600}
 """
 
@@ -68,7 +68,7 @@ class RunConfig(_Model):
     teardown_s: float | None = Field(default=None, ge=0)  # default: the provider's own
     lease_s: float = Field(default=300.0, gt=0)
     reserve_yuan: Decimal = Field(default=Decimal(0), ge=0)
-    ssh_wait_s: float = Field(default=600.0, gt=0)
+    ssh_wait_s: float | None = Field(default=None, gt=0)  # default: the provider's own (aws 600 s, ssh host 30 s)
     bootstrap_timeout_s: float = Field(default=3600.0, gt=0)
 
 

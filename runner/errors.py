@@ -2,7 +2,8 @@
 
     GpuBudgetError                     exit 1
     ├── InputError                     exit 2 (planner/errors.py)
-    │   └── ConfigError                $BUDGET_HOME/config.yaml or a flag that completes it
+    │   ├── ConfigError                $BUDGET_HOME/config.yaml or a flag that completes it
+    │   └── LedgerError                $BUDGET_HOME/ledger.db cannot be opened or read
     ├── ProviderError                  a cloud or host API refused or failed
     │   ├── AuthError                  credentials missing, expired or not allowed
     │   ├── CapacityError              no capacity for that instance type / spot price
@@ -22,6 +23,10 @@ from planner.errors import GpuBudgetError, InputError
 
 
 class ConfigError(InputError):
+    pass
+
+
+class LedgerError(InputError):
     pass
 
 

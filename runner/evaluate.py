@@ -36,7 +36,13 @@ class Outcome:
 def prepare(out: Path, job: dict, fresh: bool) -> None:
     """Write job.json into `out`. A directory holding another job's results is refused (or wiped with
     fresh=True) so results of different settings never mix; the same job resumes."""
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a directory", "pass a directory for the results (--out DIR)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create the directory ({e.strerror})",
+                         "pass a directory you can write (--out DIR)") from None
     existing = out / "job.json"
     if existing.exists() and not fresh:
         try:

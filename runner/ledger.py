@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from .errors import LedgerError
 from .guard import Decision, Meter, Policy, decide
+from .units import iso, money
 
 
 def _script(db: sqlite3.Connection, sql: str) -> None:
@@ -58,7 +60,18 @@ def _m1(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1]
+def _m2(db: sqlite3.Connection) -> None:
+    """Pools are explicit: every cap (the first one included) is an event with who set it and when."""
+    _script(db, """
+    CREATE TABLE pool_events (id INTEGER PRIMARY KEY, pool TEXT NOT NULL REFERENCES pools(name), at REAL NOT NULL,
+        kind TEXT NOT NULL, old_cap_cny TEXT, new_cap_cny TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
+    CREATE INDEX pool_events_pool ON pool_events(pool, at);
+    INSERT INTO pool_events (pool, at, kind, new_cap_cny, detail)
+        SELECT name, created_at, 'created', cap_cny, 'recorded before pool events existed' FROM pools
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2]
 LIVE = ("intent", "launching", "running", "stopping")
 
 
@@ -93,14 +106,22 @@ class Instance:
 class Ledger:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, safe against corruption
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self._migrate()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, safe against corruption
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            self._migrate()
+            self.db.execute("SELECT count(*) FROM runs").fetchone()  # every table page of runs is readable
+        except (sqlite3.DatabaseError, OSError) as e:
+            if getattr(self, "db", None) is not None:
+                self.db.close()
+            raise LedgerError(f"{self.path}: the spend ledger cannot be opened ({e})",
+                              "it is the record of your spend: copy it aside and inspect it with `sqlite3 "
+                              f"{self.path} 'PRAGMA integrity_check'`, or point BUDGET_HOME at another folder") from None
 
     def close(self) -> None:
         self.db.close()
@@ -129,14 +150,34 @@ class Ledger:
         row = self.db.execute("SELECT cap_cny FROM pools WHERE name=?", (name,)).fetchone()
         return Decimal(row[0]) if row else None
 
-    def ensure_pool(self, name: str, cap: Decimal, now: float) -> Decimal:
-        """The pool's cap; a new pool is created with `cap`."""
+    def ensure_pool(self, name: str, cap: Decimal, now: float, detail: str = "") -> Decimal:
+        """The pool's cap; a new pool is created with `cap` (and its creation recorded)."""
         with self.transaction():
-            self.db.execute("INSERT OR IGNORE INTO pools VALUES (?,?,?)", (name, str(cap), now))
+            if self.db.execute("INSERT OR IGNORE INTO pools VALUES (?,?,?)", (name, str(cap), now)).rowcount:
+                self._pool_event(name, now, "created", None, cap, detail)
         return self.pool_cap(name)
 
-    def set_pool_cap(self, name: str, cap: Decimal) -> None:
-        self.db.execute("UPDATE pools SET cap_cny=? WHERE name=?", (str(cap), name))
+    def set_pool_cap(self, name: str, cap: Decimal, now: float, detail: str = "") -> Decimal:
+        """Change a pool's cap (an event with the old and new figures); returns the old cap."""
+        with self.transaction():
+            old = self.pool_cap(name)
+            self.db.execute("UPDATE pools SET cap_cny=? WHERE name=?", (str(cap), name))
+            self._pool_event(name, now, "cap", old, cap, detail)
+        return old
+
+    def _pool_event(self, name: str, now: float, kind: str, old: Decimal | None, new: Decimal, detail: str) -> None:
+        self.db.execute("INSERT INTO pool_events (pool, at, kind, old_cap_cny, new_cap_cny, detail) VALUES (?,?,?,?,?,?)",
+                        (name, now, kind, None if old is None else str(old), str(new), detail))
+
+    def pools(self) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM pools ORDER BY name")]
+
+    def pool_events(self, name: str) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM pool_events WHERE pool=? ORDER BY at, id", (name,))]
+
+    def pool_runs(self, name: str) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM runs WHERE pool=? ORDER BY created_at DESC, id DESC",
+                                                  (name,))]
 
     def create_run(self, **row) -> None:
         row.setdefault("state", "created")
@@ -155,7 +196,7 @@ class Ledger:
         row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
         return dict(row) if row else None
 
-    def runs(self, limit: int = 50) -> list[dict]:
+    def runs(self, limit: int = -1) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT ?",
                                                   (limit,))]
 
@@ -226,7 +267,7 @@ class Ledger:
                  str(price_original_h), offer.currency, offer.billing_increment_s, offer.billing_minimum_s,
                  now, d.lease_until))
             self.event(run_id, "intent", f"launch {offer.instance_type} at {price_cny_h} CNY/h "
-                       f"(lease to {d.lease_until:.0f})", cur.lastrowid, now)
+                       f"(lease to {iso(d.lease_until)})", cur.lastrowid, now)
         return d, cur.lastrowid
 
     def tick(self, instance_id: int, now: float, policy: Policy) -> Decision:
@@ -267,7 +308,7 @@ class Ledger:
                 ended_at = max(ended_at, inst.started_at)
                 self.db.execute("UPDATE instances SET state=?, ended_at=? WHERE id=?", (state, ended_at, instance_id))
                 self._accrue(self.instance(instance_id), ended_at)
-            self.event(inst.run_id, "settled", f"{state}; {self.spent_instance(instance_id)} CNY", instance_id)
+            self.event(inst.run_id, "settled", f"{state}; {money(self.spent_instance(instance_id))} CNY", instance_id)
         return self.spent_instance(instance_id)
 
     # ------------------------------------------------------------------ money

@@ -34,6 +34,7 @@ from .guard import Policy
 from .ledger import Ledger
 from .providers.base import LaunchSpec
 from .remote import fetch, push_tree, wait_for
+from .units import iso, money
 from .worker.run import EXIT_DONE, EXIT_STOPPED
 from .worker.tiny import NAME as TINY
 
@@ -113,19 +114,36 @@ def policy_for(cfg: Config, provider) -> Policy:
                   else provider.teardown_s, reserve_cny=cfg.run.reserve_yuan, lease_s=cfg.run.lease_s)
 
 
+def ssh_wait_for(cfg: Config, provider) -> float:
+    """How long to wait for SSH: the configured time, else the provider's own (a cloud instance boots for
+    minutes; a rented host that refuses or times out is down, and waiting on it only bills)."""
+    return cfg.run.ssh_wait_s if cfg.run.ssh_wait_s is not None else getattr(provider, "ssh_wait_s", 600.0)
+
+
 def make_provider(name: str, cfg: Config, home: Path, region: str | None = None):
     """The provider named `name` (boto3 / paramiko are imported only here, when needed); `region`:
     where an aws run's offer is (its price is that region's)."""
     if name == "local":
         from .providers.local import LocalProvider
         return LocalProvider(home)
-    if name == "aws":
-        from .providers.aws import AwsProvider
-        return AwsProvider(cfg.aws, home, region)
-    if name == "ssh":
+    if name not in ("aws", "ssh"):
+        raise InputError(f"unknown provider {name!r}", "use --provider local, aws or ssh")
+    from importlib.util import find_spec
+
+    needed = ("boto3", "paramiko", "tenacity") if name == "aws" else ("paramiko", "tenacity")
+    try:
+        missing = [m for m in needed if find_spec(m) is None]
+        if missing:
+            raise ImportError(name=missing[0])
+        if name == "aws":
+            from .providers.aws import AwsProvider
+            return AwsProvider(cfg.aws, home, region)
         from .providers.ssh_host import SshHostProvider
         return SshHostProvider(cfg.ssh, cfg.run.ssh_wait_s)
-    raise InputError(f"unknown provider {name!r}", "use --provider local, aws or ssh")
+    except ImportError as e:  # the core install is light: boto3 / paramiko / tenacity come with the cloud extra
+        missing = getattr(e, "name", None) or str(e)
+        raise InputError(f"--provider {name} needs the cloud extra ({missing} is not installed)",
+                         'install it with: pip install "gpubudget[cloud]"') from None
 
 
 class Orchestrator:
@@ -138,6 +156,8 @@ class Orchestrator:
         self.pid: str | None = None
         self.session = None
         self.started_worker = False
+        self.connected = False  # a session on the instance was opened at least once
+        self.lease_capped = False  # the last decision could not extend the lease by a full lease_s
         self.lease_written = 0
         self.status: dict = {}
         self.decision = None
@@ -147,7 +167,7 @@ class Orchestrator:
 
     def event(self, kind: str, detail: str = "") -> None:
         self.led.event(self.req.run_id, kind, detail, self.iid)
-        self.log.write(f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} {kind}: {detail}\n")
+        self.log.write(f"{iso(time.time())} {kind}: {detail}\n")
         self.log.flush()
 
     def phase(self, name: str) -> None:
@@ -182,9 +202,12 @@ class Orchestrator:
         now = self.clock()
         d = self.led.tick(self.iid, now, self.policy)
         self.decision = d
+        # the money no longer covers a full lease: if the worker stops at the lease before our next tick
+        # says so, the budget stopped it (see _finished)
+        self.lease_capped = not d.go or d.lease_until < now + self.policy.lease_s - self.policy.tick_s
         if not d.go:
             self.event("guard", f"stop: the next {self.policy.tick_s:.0f} s + teardown would pass the cap "
-                       f"(committed {d.committed_cny:.4f} of {d.cap_cny} CNY)")
+                       f"(committed {money(d.committed_cny)} of {money(d.cap_cny)} CNY)")
             raise Stop("budget")
         run = self.led.run(self.req.run_id)
         if run["stop_requested"] or (self.dir / "STOP").exists():
@@ -288,6 +311,7 @@ class Orchestrator:
         """A session on the instance: SSH once it has an address and answers (the guard ticks meanwhile)."""
         if self.provider.name == "local":
             self.session = self.provider.session(self.pid)
+            self.connected = True
             return
         from .remote import SshSession
 
@@ -306,6 +330,7 @@ class Orchestrator:
             ep = self.provider.endpoint(self.pid)
         root = f"{self.provider.remote_dir.rstrip('/')}/runs/{self.req.run_id}"
         self.session = SshSession.connect(ep, root, wait_s=max(1.0, end - time.monotonic()), between=self.tick)
+        self.connected = True
 
     def _connect(self) -> None:
         self.phase("booting")
@@ -325,7 +350,7 @@ class Orchestrator:
         rc, out = self.session.run(START_WATCHDOG, timeout=60)
         if rc != 0:
             raise RemoteError(f"cannot start the watchdog: {out.strip()[-200:]}", "check the instance's disk")
-        self.event("watchdog", f"started; lease until {self.lease_written}")
+        self.event("watchdog", f"started; lease until {iso(self.lease_written)}")
         after = getattr(self.provider, "after_watchdog", None)
         if after:
             rc, out = self.session.run(after, timeout=60)
@@ -460,6 +485,12 @@ class Orchestrator:
         if code == EXIT_DONE:
             return "done", ""
         if code == EXIT_STOPPED:
+            if (self.session.read("watchdog.fired") or b"").strip():
+                # the instance's watchdog stopped the worker at its lease, a moment before our own tick
+                if self.lease_capped:
+                    self.event("guard", "stop: the lease ran out and the cap left no money to extend it")
+                    return "stopped", "budget"
+                return "stopped", "lease"
             return "stopped", self.status.get("stopped") or "worker"
         why = self.status.get("error") or last_line(self.dir / "out" / "worker.stderr.log", 300) or "no output"
         raise WorkerError(f"the worker failed (exit {code}): {why}",
@@ -506,6 +537,12 @@ class Orchestrator:
                                f"terminate it in the provider's console") from stuck
 
     def _terminate(self) -> None:
+        if getattr(self.provider, "rented", False) and not self.connected:
+            # a rented host we never reached: nothing of ours ran there, so there is nothing to stop and
+            # nothing to bill to this run (its platform bills the user whatever we do)
+            self.led.settle(self.iid, None, "failed")
+            self.event("settled", "the host was never reached: nothing ran there, nothing charged to this run")
+            return
         self.pid = terminate_instance(self.led, self.provider, self.iid, self.req.run_id, self.policy, self.event)
         if self.pid is not None and getattr(self.provider, "keeps_billing", False):
             self.event("billing", f"{self.pid} has no stop command: the platform keeps billing it after this run "
@@ -533,7 +570,7 @@ def terminate_instance(led: Ledger, provider, iid: int, run_id: str, policy: Pol
         event("terminate", f"failed: {e.message}")
         raise
     spent = led.settle(iid, billing_end(led.instance(iid), ended, policy))
-    event("terminated", f"{pid}; {spent} CNY")
+    event("terminated", f"{pid}; {money(spent)} CNY")
     return pid
 
 

@@ -4,19 +4,29 @@ Every figure carries its unit."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from rich import box
 from rich.console import Console
 from rich.table import Table as _Table
+from rich.text import Text
 
 from planner.catalog import ImportResult
 from planner.errors import GpuBudgetError
 from planner.models import GIB, InspectReport, PlanReport, PriceList, Recommendation
 
+from .units import money
+
 # Piped output gets room for the tables; a terminal keeps its own width.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, highlight=False)
+# markup off: names, paths and hints are printed as they are ('gpubudget[cloud]' stays); styles via _t()
+out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140)
+err = Console(stderr=True, highlight=False, markup=False)
+
+
+def _t(*parts) -> Text:
+    """Styled text: plain strings as they are, (text, style) pairs styled."""
+    return Text.assemble(*parts)
 
 
 def json_doc(model) -> None:
@@ -32,9 +42,9 @@ def json_dict(doc: dict) -> None:
 def error(e: GpuBudgetError | str, hint: str = "") -> None:
     msg = e.message if isinstance(e, GpuBudgetError) else e
     hint = e.hint if isinstance(e, GpuBudgetError) else hint
-    err.print(f"[bold red]error:[/] {msg}", markup=True, soft_wrap=True)
+    err.print(_t(("error:", "bold red"), f" {msg}"), soft_wrap=True)
     if hint:
-        err.print(f"[yellow]hint:[/] {hint}", markup=True, soft_wrap=True)
+        err.print(_t(("hint:", "yellow"), f" {hint}"), soft_wrap=True)
 
 
 def Table(**kw) -> _Table:
@@ -58,14 +68,44 @@ def _rig(c: Recommendation) -> str:
     return f"{c.gpu} x{c.gpu_count}"
 
 
-def plan(r: PlanReport) -> None:
+REJECTED_SHOWN = 12  # a screenful; `budget plan --all` lists every group
+
+
+def _gib_cell(b: int) -> str:
+    return "-" if b == 0 else "<0.01" if b < GIB / 100 else f"{b / GIB:.2f}"
+
+
+def _merge_rejections(rows) -> list[tuple[str, str, int, str]]:
+    """One row per GPU and kind of reason: counts and quantizations merged, the figure that varies as a range
+    ("needs 65.9-526.8 GiB per GPU; A100-40GB has 40.0 GiB")."""
+    import re
+
+    number = re.compile(r"\d+(?:\.\d+)?")
+    groups: dict[tuple[str, str], list] = {}
+    for x in rows:
+        reason = re.sub(r"on card \d+ of \d+", "per GPU", x.reason)
+        groups.setdefault((x.gpu, number.sub("#", reason)), []).append((x, reason))
+    merged = []
+    for (gpu, _), items in groups.items():
+        counts = sorted({x.gpu_count for x, _ in items})
+        quants = sorted({x.quantization or "-" for x, _ in items})
+        firsts = [float(m.group()) for _, reason in items if (m := number.search(reason))]
+        reason = items[0][1]
+        if firsts and min(firsts) != max(firsts):
+            reason = number.sub(f"{min(firsts):g}-{max(firsts):g}", reason, count=1)
+        rig = "all" if gpu == "*" else f"{gpu} x{counts[0]}" + (f"-{counts[-1]}" if len(counts) > 1 else "")
+        merged.append((rig, "/".join(quants), sum(x.offers for x, _ in items), reason))
+    return merged
+
+
+def plan(r: PlanReport, show_all: bool = False) -> None:
     m = r.model
-    out.print(f"[bold]Plan[/] {r.plan} on [bold]{m.name}[/] ({_params(m.params.total)} params) — budget "
-              f"{r.budget_cny} CNY, objective: {r.objective}")
+    out.print(_t(("Plan", "bold"), f" {r.plan}: its tasks on ", (m.name, "bold"),
+                 f" ({_params(m.params.total)} params) — budget {r.budget_cny} CNY, objective: {r.objective}"))
     c = r.recommendation
     if c is not None:
-        out.print(f"\n[bold green]Recommended:[/] {c.provider} {c.instance_type} ({c.region or '-'}) — {_rig(c)}, "
-                  f"{c.quantization}, {'spot' if c.spot else 'on-demand'}")
+        out.print(_t("\n", ("Recommended:", "bold green"), f" {c.provider} {c.instance_type} ({c.region or '-'}) — "
+                     f"{_rig(c)}, {c.quantization}, {'spot' if c.spot else 'on-demand'}"))
         orig = "" if c.currency == "CNY" else f" = {c.price_original_per_hour} {c.currency}/h"
         out.print(f"  cost      {c.cost_cny} CNY  ({c.price_cny_per_hour} CNY/h{orig}, billed {c.billing}: "
                   f"{c.billed_hours:g} h)")
@@ -76,62 +116,77 @@ def plan(r: PlanReport) -> None:
                                          ("download", c.time.download_s), ("load", c.time.load_s),
                                          *c.time.tasks.items(), ("spot risk", c.time.spot_overhead_s)] if v))
         out.print(f"  memory    peak {c.memory_per_gpu_gib:.2f} GiB per GPU of {c.gpu_memory_gib:.1f} GiB ({c.gpu}):")
-        mem = Table()
-        mem.add_column("component")
+        mem = Table(title="  GiB per card", title_justify="left")
+        mem.add_column("component", no_wrap=True)
         for g in c.memory:
-            mem.add_column(f"card {g.gpu_index}", justify="right")
+            mem.add_column(f"card {g.gpu_index}" if len(c.memory) < 5 else f"#{g.gpu_index}", justify="right")
         for label, attr in (("decoder layers", "layers"), ("weights", "weights"), ("KV cache", "kv_cache"),
                             ("LLM activations", "activations"), ("vision encoder", "vision_activations"),
                             ("dequant scratch", "dequant_scratch"), ("CUDA context", "cuda_context"),
-                            ("allocator slack", "allocator_slack"), ("raise to 1.2x weights", "floor_adjust"),
+                            ("allocator slack", "allocator_slack"), ("up to 1.2x weights", "floor_adjust"),
                             ("peak", "total")):
             vals = [getattr(g, attr) for g in c.memory]
             if attr not in ("layers", "weights", "total") and not any(vals):
                 continue
-            mem.add_row(f"[bold]{label}[/]" if attr == "total" else label,
-                        *(str(v) if attr == "layers" else _gib(v) for v in vals))
+            mem.add_row(Text(label, style="bold") if attr == "total" else label,
+                        *(str(v) if attr == "layers" else _gib_cell(v) for v in vals))
         out.print(mem)
         out.print("  (activations and vision encoder do not overlap: the peak counts the larger)")
         for n in c.notes:
             out.print(f"  note: {n}")
     if r.alternatives:
         t = Table(title="Alternatives" if c else "Cheapest options (none within budget)", title_justify="left")
-        for col in ("offer", "rig", "quant", "mem/GPU", "time", "cost", "fits"):
-            t.add_column(col, justify="right" if col in ("mem/GPU", "time", "cost") else "left",
-                         no_wrap=col != "offer", overflow="fold", min_width=20 if col == "offer" else None)
+        fits = not all(a.fits_budget for a in r.alternatives)  # the column only says something when one does not
+        for col in ("offer", "rig", "quant", "GiB/GPU", "hours", "CNY") + (("fits",) if fits else ()):
+            t.add_column(col, justify="right" if col in ("GiB/GPU", "hours", "CNY") else "left",
+                         no_wrap=col in ("offer", "rig", "GiB/GPU"))
         for a in r.alternatives:
             t.add_row(f"{a.provider}:{a.instance_type}" + (f"@{a.region}" if a.region else ""),
-                      _rig(a) + (" spot" if a.spot else ""), a.quantization, f"{a.memory_per_gpu_gib:.1f} GiB",
-                      f"{a.hours:.2f} h", f"{a.cost_cny} CNY", "yes" if a.fits_budget else "no")
+                      _rig(a) + (" spot" if a.spot else ""), a.quantization, f"{a.memory_per_gpu_gib:.1f}",
+                      f"{a.hours:.2f}", str(a.cost_cny), *(("yes" if a.fits_budget else "no",) if fits else ()))
         out.print(t)
     if r.rejected:
+        rows = sorted(r.rejected, key=lambda x: (x.reason.startswith("over"), x.gpu, x.gpu_count))
+        merged = rows if show_all else _merge_rejections(rows)
         t = Table(title=f"Rejected ({sum(x.offers for x in r.rejected)} offer x quantization pairs)",
                   title_justify="left")
         for col in ("GPU", "quant", "offers", "why"):
             t.add_column(col, no_wrap=col != "why", justify="right" if col == "offers" else "left")
-        for x in sorted(r.rejected, key=lambda x: (x.reason.startswith("over"), x.gpu, x.gpu_count)):
-            t.add_row("all" if x.gpu == "*" else f"{x.gpu} x{x.gpu_count}", x.quantization or "-", str(x.offers),
-                      x.reason)
+        for x in merged[:None if show_all else REJECTED_SHOWN]:
+            if show_all:
+                x = ("all" if x.gpu == "*" else f"{x.gpu} x{x.gpu_count}", x.quantization or "-", x.offers, x.reason)
+            t.add_row(x[0], x[1], str(x[2]), x[3])
         out.print(t)
+        if not show_all:
+            more = len(merged) - REJECTED_SHOWN
+            out.print(f"  GPU counts and quantizations with the same reason are merged{f'; {more} more rows' if more > 0 else ''}"
+                      " (`--all` lists every group)")
     out.print(f"{r.candidates} candidates, {r.feasible} runnable, {r.within_budget} within budget. "
               "Estimates assume the defaults listed by `budget plan --json` (assumptions); "
               "override any with --assume NAME=VALUE.")
+    if r.next is not None:
+        out.print(_t("\n", ("Run it:", "bold"), " ", r.next.command), soft_wrap=True)
+        for line in r.next.setup:
+            out.print(f"  {line}", soft_wrap=True)
 
 
 def prices(p: PriceList) -> None:
-    t = Table(title=f"{len(p.offers)} offers (CNY; original currency beside)", title_justify="left")
-    for col in ("provider", "instance", "region", "GPU", "mem/GPU", "CNY/h", "spot CNY/h", "original/h", "billing",
-                "as of"):
-        t.add_column(col, justify="right" if "/h" in col or col == "mem/GPU" else "left")
+    dates = sorted({o.date for o in p.offers})
+    t = Table(title=f"{len(p.offers)} offers, CNY per hour (original currency beside); `budget run --offer ID` takes "
+              "the id", title_justify="left")
+    cols = ("offer id", "GPU", "CNY/h", "spot", "original", "billed per") + (("as of",) if len(dates) > 1 else ())
+    for col in cols:
+        t.add_column(col, justify="right" if col in ("CNY/h", "spot") else "left", no_wrap=col != "as of",
+                     min_width=6 if col in ("CNY/h", "spot") else None)
     for o in p.offers:
-        orig = f"{o.price_original_per_hour} {o.currency}"
-        if o.spot_price_original_per_hour is not None:
-            orig += f" (spot {o.spot_price_original_per_hour})"
-        bill = "per hour" if o.billing_increment_s == 3600 else f"per {o.billing_increment_s} s, min {o.billing_minimum_s} s"
-        t.add_row(o.provider, o.instance_type, o.region or "-", f"{o.gpu} x{o.gpu_count}", f"{o.gpu_memory_gib} GiB",
-                  str(o.price_cny_per_hour), "-" if o.spot_price_cny_per_hour is None else str(o.spot_price_cny_per_hour),
-                  orig, bill, o.date)
+        inc, low = o.billing_increment_s, o.billing_minimum_s
+        bill = ("hour" if inc == 3600 else f"{inc}s") + (f" min {low}s" if low > inc else "")
+        t.add_row(o.id, f"{o.gpu} x{o.gpu_count}", str(o.price_cny_per_hour),
+                  "-" if o.spot_price_cny_per_hour is None else str(o.spot_price_cny_per_hour),
+                  "-" if o.currency == "CNY" else f"{o.price_original_per_hour} {o.currency}", bill, *((o.date,) if len(dates) > 1 else ()))
     out.print(t)
+    if len(dates) == 1:
+        out.print(f"prices as of {dates[0]}")
     out.print("FX: " + "; ".join(f"1 {r.currency} = {r.cny_per_unit} CNY ({r.date})" for r in p.fx if r.currency != "CNY"))
 
 
@@ -146,7 +201,7 @@ def imported(r: ImportResult, dest: str) -> None:
 
 def inspect(r: InspectReport) -> None:
     p = r.params
-    out.print(f"[bold]{r.name}[/] ({r.model_type}) from {r.source}")
+    out.print(_t((r.name, "bold"), f" ({r.model_type}) from {r.source}"))
     t = Table(title="Parameters", title_justify="left")
     t.add_column("component")
     t.add_column("params", justify="right")
@@ -155,7 +210,7 @@ def inspect(r: InspectReport) -> None:
         v = getattr(p, k)
         label = "lm_head (tied: shares embeddings)" if k == "lm_head" and p.tied else k
         t.add_row(label, f"{v:,}", f"{100 * v / p.total:.1f} %")
-    t.add_row("[bold]total[/]", f"{p.total:,}", "100 %")
+    t.add_row(Text("total", style="bold"), f"{p.total:,}", "100 %")
     if p.active != p.total:
         t.add_row("active per token (MoE top-k)", f"{p.active:,}", f"{100 * p.active / p.total:.1f} %")
     out.print(t)
@@ -208,7 +263,7 @@ class EvalProgress(_Bar):
         self.bar = self.progress.add_task("starting", total=None)
 
     def update(self, status: dict) -> None:
-        tasks = status.get("tasks") or {}
+        tasks = {k: t for k, t in (status.get("tasks") or {}).items() if "skipped" not in t}
         done = sum(t.get("done", 0) for t in tasks.values())
         total = sum(t.get("total", 0) for t in tasks.values()) or None
         mem = status.get("peak_memory_bytes") or 0
@@ -274,12 +329,21 @@ def run_estimate(p) -> None:
               f"{rec.cost_cny} CNY (planner's speed model: {rec.gpu} x{rec.gpu_count}; a local run uses this "
               f"machine's speed)", soft_wrap=True)
     pol = req.policy
-    err.print(f"  cap {p.cap_cny} CNY from pool {p.pool!r}; the guard decides every {pol['tick_s']:g} s, plans "
+    c = p.cap
+    if c.new_pool:
+        pool = f"new pool {c.pool!r}, created with the same cap"
+    else:
+        pool = (f"pool {c.pool!r}: cap {c.pool_cap_cny} CNY, {money(c.pool_spent_cny)} CNY spent, "
+                f"{money(c.pool_left_cny)} CNY left")
+    err.print(f"  cap {c.cap_cny} CNY for this run ({pool}); the guard decides every {pol['tick_s']:g} s, plans "
               f"{pol['teardown_s']:g} s to tear down and a reserve of {pol['reserve_cny']} CNY; the instance stops "
               f"itself if not heard from for {pol['lease_s']:g} s", soft_wrap=True)
+    if not c.new_pool and c.pool_left_cny < c.cap_cny:
+        err.print(_t("  ", ("warning:", "yellow"), f" pool {c.pool!r} has {money(c.pool_left_cny)} CNY left, less than this run's "
+                  f"cap: the guard stops the run when the pool's money ends"), soft_wrap=True)
     if rec.cost_cny > p.cap_cny:
-        err.print(f"  [yellow]warning:[/] the estimate ({rec.cost_cny} CNY) is over the cap ({p.cap_cny} CNY): the "
-                  f"guard will stop the run when the money ends; finished samples are kept", soft_wrap=True)
+        err.print(_t("  ", ("warning:", "yellow"), f" the estimate ({rec.cost_cny} CNY) is over the cap ({p.cap_cny} CNY): the "
+                  f"guard will stop the run when the money ends; finished samples are kept"), soft_wrap=True)
     err.print(f"  results: {p.run_dir}/out", soft_wrap=True)
 
 
@@ -303,7 +367,7 @@ class RunProgress(_Bar):
         desc = f"{p['phase']}"
         if p.get("task"):
             desc += f" {p['task']}"
-        desc += f" | {p['spent_cny']:.4f} of {p['cap_cny']} CNY"
+        desc += f" | {money(p['spent_cny'])} of {money(p['cap_cny'])} CNY"
         if p.get("eta_s") is not None:
             desc += f" | eta {_duration(p['eta_s'])}"
         self.progress.update(self.bar, description=desc, completed=p["done"], total=p["total"] or None)
@@ -321,7 +385,7 @@ def runs_table(rows: list[dict]) -> None:
         if r["state"] in ("created", "running") and not r["controller_alive"]:
             state += " (no controller: `budget stop` settles it)"
         t.add_row(r["id"], state, r["provider"], r["offer"], r["quantization"],
-                  f"{r['samples_done']}/{r['samples_total']}", f"{r['spent_cny']:.4f}", str(r["cap_cny"]),
+                  f"{r['samples_done']}/{r['samples_total']}", money(r["spent_cny"]), money(r["cap_cny"]),
                   _when(r["created_at"]))
     out.print(t)
 
@@ -330,12 +394,12 @@ def run_detail(d: dict) -> None:
     state = d["state"] + (f": {d['reason']}" if d.get("reason") else "")
     if d["state"] in ("created", "running") and not d["controller_alive"]:
         state += " - no controller is driving it; `budget stop` terminates and settles it"
-    out.print(f"run {d['id']}  [bold]{state}[/]  (phase {d['phase']})", soft_wrap=True)
+    out.print(_t(f"run {d['id']}  ", (state, "bold"), f"  (phase {d['phase']})"), soft_wrap=True)
     out.print(f"  plan {d['plan']} ({d['plan_path']}), {d['provider']} {d['offer']}, {d['quantization']}"
               f"{', spot' if d['spot'] else ''}", soft_wrap=True)
     est = f"estimate {d['estimate_cny']} CNY / {_duration(d['estimate_s'])}" if d.get("estimate_cny") else ""
-    out.print(f"  spent {d['spent_cny']:.4f} CNY of a {d['cap_cny']} CNY cap; pool {d['pool']}: "
-              f"{d['pool_spent_cny']:.4f} of {d['pool_cap_cny']} CNY; {est}", soft_wrap=True)
+    out.print(f"  spent {money(d['spent_cny'])} CNY of a {money(d['cap_cny'])} CNY cap; pool {d['pool']}: "
+              f"{money(d['pool_spent_cny'])} of {money(d['pool_cap_cny'])} CNY; {est}", soft_wrap=True)
     out.print(f"  samples {d['samples_done']}/{d['samples_total']}; started {_when(d['created_at'])}, "
               f"finished {_when(d.get('finished_at'))}; results in {d['dir']}/out", soft_wrap=True)
     if d["instances"]:
@@ -352,6 +416,40 @@ def run_detail(d: dict) -> None:
             t.add_column(col)
         for x in d["tasks"]:
             t.add_row(x["task"], x["kind"], str(x["samples"]), str(x["ok"]))
+        out.print(t)
+
+
+def pools_table(rows: list[dict]) -> None:
+    if not rows:
+        err.print("no pools yet; `budget pool create NAME --yuan AMOUNT`, or the first `budget run` makes one")
+        return
+    t = Table(title="Budget pools (CNY)", title_justify="left")
+    for col in ("pool", "cap", "spent", "committed", "left", "runs", "active"):
+        t.add_column(col, justify="left" if col == "pool" else "right")
+    for r in rows:
+        t.add_row(r["name"], money(r["cap_cny"]), money(r["spent_cny"]), money(r["committed_cny"]), money(r["left_cny"]),
+                  str(r["runs"]), str(r["active_runs"]))
+    out.print(t)
+    out.print("committed = spent + what live instances may still bill up to their leases; left = cap - committed")
+
+
+def pool_detail(d: dict) -> None:
+    out.print(_t("pool ", (d["name"], "bold"), f": cap {money(d['cap_cny'])} CNY, spent {money(d['spent_cny'])} CNY, "
+              f"committed {money(d['committed_cny'])} CNY, left {money(d['left_cny'])} CNY; {d['runs']} runs "
+              f"({d['active_runs']} active, {d['live_instances']} live instances)"), soft_wrap=True)
+    t = Table(title="Cap history", title_justify="left")
+    for col in ("when", "change", "cap CNY", "by"):
+        t.add_column(col, justify="right" if col == "cap CNY" else "left")
+    for e in d["cap_history"]:
+        change = "created" if e["kind"] == "created" else f"{money(e['old_cap_cny'])} ->"
+        t.add_row(_when(e["at"]), change, money(e["new_cap_cny"]), e["detail"])
+    out.print(t)
+    if d["run_list"]:
+        t = Table(title="Runs (newest first)", title_justify="left")
+        for col in ("run", "state", "spent CNY", "cap CNY", "started"):
+            t.add_column(col, justify="right" if "CNY" in col else "left")
+        for r in d["run_list"]:
+            t.add_row(r["id"], r["state"], money(r["spent_cny"]), money(r["cap_cny"]), _when(r["created_at"]))
         out.print(t)
 
 

@@ -17,10 +17,11 @@ from planner.errors import InputError
 from planner.models import EvalPlan, Recommendation
 
 from . import config as configmod
-from . import jobs
+from . import jobs, pools
 from .errors import RunError
 from .ledger import Ledger
-from .orchestrate import FINAL, Orchestrator, Request, make_provider, new_run_id, policy_for, terminate_instance
+from .orchestrate import (FINAL, Orchestrator, Request, make_provider, new_run_id, policy_for, ssh_wait_for,
+                          terminate_instance)
 from .providers.local import pid_alive
 
 PROVIDERS = ("local", "aws", "ssh")
@@ -31,9 +32,16 @@ class Prepared:
     request: Request
     plan: EvalPlan
     recommendation: Recommendation
-    cap_cny: Decimal
-    pool: str
+    cap: pools.RunCap
     run_dir: Path
+
+    @property
+    def cap_cny(self) -> Decimal:
+        return self.cap.cap_cny
+
+    @property
+    def pool(self) -> str:
+        return self.cap.pool
 
 
 def ledger(home: Path) -> Ledger:
@@ -43,15 +51,17 @@ def ledger(home: Path) -> Ledger:
 def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, provider, yuan: Decimal | None,
             pool: str, offer_id: str | None, spot: bool, quant: str | None, price_yuan_h: Decimal | None,
             limit: int | None, batch_size, model_path: Path | None, remote_python: str | None) -> Prepared:
-    """Pick the offer and quantization (the planner's choice unless given), build the job, and the
-    request a controller drives. Nothing is written yet."""
+    """Pick the offer and quantization (the planner's choice unless given), the cap it runs under, the
+    job, and the request a controller drives. Nothing is written yet."""
     from planner.optimize import optimize
 
     prov, provider = provider, provider.name
     cfg = configmod.load(home)
-    cap = yuan or plan.budget_yuan
-    if cap is None:
-        raise InputError("no budget given", "pass --yuan AMOUNT (CNY) or set budget_yuan in the plan")
+    led = ledger(home)
+    try:
+        cap = pools.run_cap(led, pool, yuan, plan.budget_yuan)
+    finally:
+        led.close()
     if provider == "aws" and price_yuan_h is not None:
         raise InputError("--price-yuan-hour does not apply to aws: EC2 bills its own price",
                          "refresh the catalog's prices with `budget prices import` instead")
@@ -73,26 +83,28 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
                              "`budget prices list --provider aws`, or run it with --provider ssh")
     elif provider == "aws":  # in the region we will launch in, when one is configured
         offers = [o for o in offers if o.provider == "aws" and (not prov.region or o.region == prov.region)]
+    if price_yuan_h is not None:  # the price the run is billed at is the one it is planned and estimated at
+        offers = [o.model_copy(update={"price": price_yuan_h, "currency": "CNY",
+                                       "spot_price": price_yuan_h if spot else None}) for o in offers]
     cat = dataclasses.replace(catalog, offers=offers)
     spec = catalog.model(plan.model)
-    result = optimize(plan, spec, cat, cap, spot=True if spot else (None if provider == "local" else False),
-                      quantizations=[quant] if quant else None, top=1)
+    spot_only = True if spot else (None if provider == "local" else False)
+    result = optimize(plan, spec, cat, cap.cap_cny, spot=spot_only, quantizations=[quant] if quant else None, top=1)
     rec = result.report.recommendation
     if rec is None and result.rows:
         # the plan costs more than the cap: run it anyway if the user agrees - the guard stops it when
         # the money ends and the finished samples are kept (render.run_estimate says so before asking)
-        rec = optimize(plan, spec, cat, Decimal(10) ** 12, spot=True if spot else (None if provider == "local" else False),
+        rec = optimize(plan, spec, cat, Decimal(10) ** 12, spot=spot_only,
                        quantizations=[quant] if quant else None, top=1).report.recommendation
     if rec is None:
         raise result.shortfall(plan.name, spec.name)
     offer = next(o for o in offers if (o.provider, o.instance_type, o.region) == (rec.provider, rec.instance_type,
                                                                                     rec.region))
     price, original = rec.price_cny_per_hour, rec.price_original_per_hour
-    if price_yuan_h is not None:
-        price, original = price_yuan_h, price_yuan_h
     if provider == "local":  # simulated: the chosen offer's billing rule at the chosen (or given) price
         offer = offer.model_copy(update={"provider": "local", "instance_type": f"{rec.provider}:{rec.instance_type}",
-                                         "price": price, "currency": "CNY", "spot_price": None})
+                                         "price": price, "currency": "CNY",
+                                         "spot_price": None})
         original = price
     run_id = new_run_id(plan.name)
     run_dir = home / "runs" / run_id
@@ -103,8 +115,8 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
                   quantization=rec.quantization, spot=rec.spot, price_cny_h=str(price), price_original_h=str(original),
                   job=job, policy={**dataclasses.asdict(policy), "reserve_cny": str(policy.reserve_cny)},
                   remote_python=remote_python, model_path=str(model_path) if model_path else None,
-                  ssh_wait_s=cfg.run.ssh_wait_s, bootstrap_timeout_s=cfg.run.bootstrap_timeout_s)
-    return Prepared(req, plan, rec, cap, pool, run_dir)
+                  ssh_wait_s=ssh_wait_for(cfg, prov), bootstrap_timeout_s=cfg.run.bootstrap_timeout_s)
+    return Prepared(req, plan, rec, cap, run_dir)
 
 
 def preflight(provider: str, home: Path):
@@ -119,17 +131,21 @@ def preflight(provider: str, home: Path):
 
 
 def create(p: Prepared, home: Path) -> None:
-    """Write the run: its directory, request.json, and its ledger row (the pool made if new)."""
-    p.run_dir.mkdir(parents=True, exist_ok=False)
-    p.request.save(p.run_dir / "request.json")
-    (p.run_dir / "out").mkdir()
+    """Write the run: its ledger row (the pool made if new), then its directory and request.json."""
     led = ledger(home)
     try:
-        pool_cap = led.ensure_pool(p.pool, p.cap_cny, time.time())
+        pool_cap = led.ensure_pool(p.pool, p.cap_cny, time.time(), f"created by run {p.request.run_id}")
+        if pool_cap < p.cap_cny:  # lowered by someone else since the cap was printed: the printed one must hold
+            raise InputError(f"pool {p.pool!r}'s cap changed to {pool_cap} CNY since this run's cap "
+                             f"({p.cap_cny} CNY) was shown; nothing was launched",
+                             f"run again, or raise it with `budget pool set-cap {p.pool} {p.cap_cny}`")
+        p.run_dir.mkdir(parents=True, exist_ok=False)
+        p.request.save(p.run_dir / "request.json")
+        (p.run_dir / "out").mkdir()
         rec = p.recommendation
         led.create_run(id=p.request.run_id, pool=p.pool, plan=p.plan.name, plan_path=p.request.plan_path,
                        provider=p.request.provider, offer=f"{rec.provider}:{rec.instance_type}",
-                       quantization=p.request.quantization, spot=int(p.request.spot), cap_cny=min(p.cap_cny, pool_cap),
+                       quantization=p.request.quantization, spot=int(p.request.spot), cap_cny=p.cap_cny,
                        estimate_cny=rec.cost_cny, estimate_s=rec.time.total_s, dir=str(p.run_dir),
                        created_at=time.time())
     finally:
@@ -192,12 +208,13 @@ def resolve(led: Ledger, run_id: str | None) -> dict:
     if run_id is None:
         runs = led.runs(1)
         if not runs:
-            raise RunError("no runs yet", "start one with `budget run PLAN`")
+            raise InputError("no runs yet", "start one with `budget run PLAN`")
         return runs[0]
     found = led.find_runs(run_id)
     if len(found) != 1:
-        raise RunError(f"no run {run_id!r}" if not found else f"{run_id!r} matches {len(found)} runs",
-                       "see `budget status` for run ids")
+        raise InputError(f"no run {run_id!r}" if not found else
+                         f"{run_id!r} matches {len(found)} runs: {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}",
+                         "see `budget status` for run ids (a unique prefix is enough)")
     return led.run(found[0])
 
 

@@ -123,6 +123,7 @@ def _tags(run_id: str, resource: str) -> dict:
 
 class AwsProvider:
     name = "aws"
+    ssh_wait_s = 600.0  # an instance boots for minutes before sshd answers
     teardown_s = 90.0  # terminate -> shutting-down (billing ends) is seconds; allow for a slow API
 
     def __init__(self, cfg: AwsConfig, home: Path, region: str | None = None):
@@ -140,8 +141,11 @@ class AwsProvider:
             self.ec2 = session.client("ec2")
             self.ssm = session.client("ssm")
             self.sts = session.client("sts")
-        except ProfileNotFound:
-            raise AuthError(f"AWS profile {cfg.profile!r} not found", "check aws.profile / ~/.aws/config") from None
+        except ProfileNotFound as e:
+            name = (getattr(e, "kwargs", None) or {}).get("profile") or cfg.profile
+            where = "aws.profile in $BUDGET_HOME/config.yaml" if cfg.profile else "the AWS_PROFILE variable"
+            raise AuthError(f"AWS profile {name!r} not found (set by {where})",
+                            "list the profiles with `aws configure list-profiles`, or fix ~/.aws/config") from None
         except NoRegionError:
             raise ConfigError("no AWS region configured", "set aws.region in $BUDGET_HOME/config.yaml or "
                               "AWS_DEFAULT_REGION") from None

@@ -39,18 +39,20 @@ class SshHostProvider:
     name = "ssh"
     teardown_s = 60.0
 
-    def __init__(self, cfg: SshConfig, ssh_wait_s: float = 60.0):
+    rented = True  # nothing is started on the host until we connect: a host never reached cost this run nothing
+
+    def __init__(self, cfg: SshConfig, ssh_wait_s: float | None = None):
         if not cfg.host:
-            raise ConfigError("no SSH host configured", "set ssh.host (and user, key) in $BUDGET_HOME/config.yaml, "
-                              "or pass --host")
+            raise ConfigError("no SSH host configured", "set ssh.host (and ssh.user, ssh.key) in "
+                              "$BUDGET_HOME/config.yaml")
         self.cfg = cfg
         self.remote_dir = cfg.remote_dir
         self.poweroff = (cfg.stop_command + "; " if cfg.stop_command else "") + STOP_WORKER
         self.keeps_billing = not cfg.stop_command
-        self.ssh_wait_s = ssh_wait_s
+        self.ssh_wait_s = 30.0 if ssh_wait_s is None else ssh_wait_s  # the host is up already: refused means down
         key = Path(cfg.key or "~/.ssh/id_ed25519").expanduser()
         if not key.is_file():
-            raise ConfigError(f"SSH key {key} not found", "set ssh.key in $BUDGET_HOME/config.yaml or pass --ssh-key")
+            raise ConfigError(f"SSH key {key} not found", "set ssh.key in $BUDGET_HOME/config.yaml")
         known = Path(cfg.known_hosts or "~/.ssh/known_hosts").expanduser()
         if not known.is_file():
             raise ConfigError(f"known_hosts file {known} not found",

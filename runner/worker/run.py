@@ -163,13 +163,17 @@ class Worker:
                 self._verify(verify_tasks, todo, results, samples, KINDS)
         except Stopped:
             pass
+        with self._lock:  # a skipped task has nothing left to do: the bar's total and the ETA leave it out
+            for name, why in self.skipped.items():
+                self.status["tasks"][name]["skipped"] = why
+            self._eta()
         if self.should_stop():
             log.info("stopped: %s", self.stop_reason)
             self._write_summary()
             self.update(phase="stopped", stopped=self.stop_reason, task=None)
             return EXIT_STOPPED
         self._write_summary()
-        self.update(phase="done", task=None)
+        self.update(phase="done", task=None, eta_s=0.0)
         log.info("done in %.1f s", time.monotonic() - self.started)
         return EXIT_DONE
 
@@ -262,7 +266,7 @@ class Worker:
         if running <= 0 or not self._samples_done:
             return
         rate = self._samples_done / running
-        left = sum(max(0, t["total"] - t["done"]) for t in self.status["tasks"].values())
+        left = sum(max(0, t["total"] - t["done"]) for t in self.status["tasks"].values() if "skipped" not in t)
         self.status["samples_per_s"] = round(rate, 3)
         self.status["eta_s"] = round(left / rate, 1)
 

@@ -182,7 +182,9 @@ def test_prices_import_round_trip(capsys, tmp_path, budget_home):
 @pytest.mark.parametrize("args", [["plan", "--top", "0"], ["plan", "--bogus"], ["prices", "import"]])
 def test_usage_errors_exit_2(capsys, args):
     code, out, err = run(capsys, *args)
-    assert code == 2 and "Error:" in err and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and lines[0].startswith("error: ") and "Traceback" not in err
+    assert lines[1].startswith("hint: see `budget ") and lines[1].endswith(" --help`")
 
 
 def test_help_exits_0(capsys):

@@ -73,17 +73,36 @@ def test_local_happy_path(cli, local_home):
 
 
 def test_budget_stop_keeps_results_and_stays_under_the_cap(cli, local_home, long_plan, tmp_path):
+    """The guard stops a run when its pool's money ends; what it finished is kept. No race with the model
+    load: the run starts with room, and once results exist the pool's cap is lowered - under the ledger's
+    write lock - to what is committed now plus 3 CNY (3 s at 1 CNY/s), so the guard must stop it within
+    a few ticks and the final spend must stay within that cap."""
+    from runner.guard import Policy, committed
+    from runner.ledger import Ledger
+
     sim_offer(cli, tmp_path)
-    write_config(local_home, run={"tick_s": 1, "teardown_s": 5})
-    code, _, err = cli("run", long_plan, "--provider", "local", "--offer", "sim:cpu", "--yuan", "14", "--yes")
-    assert code == 1 and "stopped (budget)" in err
+    write_config(local_home, run={"tick_s": 1, "teardown_s": 5, "lease_s": 10})
+    code, out, err = cli("run", long_plan, "--provider", "local", "--offer", "sim:cpu", "--yuan", "5000", "--yes",
+                         "--detach")
+    assert code == 0, err
+    run_id = out.strip()
+    _wait(lambda: result_lines(the_run(local_home)) > 0, 120, "results")
+    led = Ledger(local_home / "ledger.db")
+    try:
+        with led.transaction():  # the controller's next tick waits for this: nothing moves meanwhile
+            meters = [i.meter for i in led.instances(pool="default")]
+            cap = committed(meters, time.time(), Policy(tick_s=1, teardown_s=5)) + 3
+            led.db.execute("UPDATE pools SET cap_cny=? WHERE name='default'", (str(cap),))
+    finally:
+        led.close()
+    _wait(lambda: the_run(local_home)["state"] in ("done", "stopped", "failed"), 120, "the guard's stop")
     run = the_run(local_home)
-    assert (run["state"], run["reason"]) == ("stopped", "budget")
+    assert (run["id"], run["state"], run["reason"]) == (run_id, "stopped", "budget")
     money = spent(local_home)
-    assert Decimal(0) < money <= Decimal(14)
+    assert Decimal(0) < money <= cap
     done = result_lines(run)
     assert 0 < done < 5000  # what it finished before the money ran out is kept
-    assert not [p for p in instance_pids(run, local_home) if alive(p)]
+    _wait(lambda: not [p for p in instance_pids(run, local_home) if alive(p)], 30, "the processes to end")
     events = [r["kind"] for r in db(local_home).execute("SELECT kind FROM events ORDER BY id")]
     assert events.index("guard") < events.index("terminating")
     code, out, _ = cli("status")
@@ -191,7 +210,7 @@ def test_bad_input_is_one_line_and_launches_nothing(cli, budget_home, args, conf
 
 def test_status_of_an_unknown_run(cli, budget_home):
     code, _, err = cli("status", "nope")
-    assert code == 1 and "no run 'nope'" in err and "budget status" in err
+    assert code == 2 and "no run 'nope'" in err and "budget status" in err
 
 
 def test_runs_sharing_a_pool_cannot_both_commit_the_last_yuan(cli, local_home, long_plan, tmp_path):
@@ -253,3 +272,35 @@ def test_a_dead_host_is_one_error_and_budget_stop_retries(cli, ssh_host, budget_
     assert db(budget_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
     assert ssh_host.poweroff_marker.exists()
     assert Decimal(0) < spent(budget_home) <= Decimal(5)
+
+
+def test_an_unreachable_ssh_host_fails_fast_and_charges_nothing(cli, budget_home, tmp_path, monkeypatch):
+    """A rented host whose port refuses: the run fails within ssh_wait_s (seconds by default for an ssh host,
+    not a cloud boot's 10 minutes), nothing of ours ran there so nothing is charged, and it ends `failed` -
+    not 'may still be billing'."""
+    import socket
+
+    from runner.config import load
+    from runner.orchestrate import make_provider, ssh_wait_for
+
+    monkeypatch.delenv("BUDGET_SSH_ADDRESS", raising=False)
+    with socket.socket() as s:  # a port nobody listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    key, known = tmp_path / "id_ed25519", tmp_path / "known_hosts"
+    key.write_text("not used: the connection is refused first\n")
+    known.write_text("")
+    write_config(budget_home, ssh={"host": "127.0.0.1", "port": port, "user": "nobody", "key": str(key),
+                                   "known_hosts": str(known), "offer": "csdn:T4x1"})
+    cfg = load(budget_home)
+    assert ssh_wait_for(cfg, make_provider("ssh", cfg, budget_home)) == 30.0  # the default for a rented host
+    write_config(budget_home, run={"ssh_wait_s": 3, "tick_s": 1})
+    code, _, err = cli("run", SMOKE, "--provider", "ssh", "--yuan", "5", "--yes", "--limit", "1")
+    assert code == 1 and "cannot reach nobody@127.0.0.1" in err and "Traceback" not in err, err
+    assert "may still be billing" not in err
+    run = the_run(budget_home)
+    assert run["state"] == "failed"
+    inst = dict(db(budget_home).execute("SELECT * FROM instances").fetchone())
+    assert inst["state"] == "failed" and spent(budget_home) == Decimal(0)
+    kinds = [r[0] for r in db(budget_home).execute("SELECT kind FROM events ORDER BY id")]
+    assert "terminating" not in kinds and kinds[-1] == "failed"
