@@ -20,9 +20,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 prices_app = typer.Typer(no_args_is_help=True, help="List and import GPU offers (prices in CNY).")
 model_app = typer.Typer(no_args_is_help=True, help="Inspect Qwen3-VL architectures.")
 pool_app = typer.Typer(no_args_is_help=True, help="Budget pools: named caps in CNY that runs draw on.")
+data_app = typer.Typer(no_args_is_help=True, help="A plan's own data: template manifests for what only you have.")
 app.add_typer(prices_app, name="prices")
 app.add_typer(model_app, name="model")
 app.add_typer(pool_app, name="pool")
+app.add_typer(data_app, name="data")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document.")]
 # the bundled models' short names, for help (the catalog also takes full names and $BUDGET_HOME/catalog/models)
@@ -93,7 +95,7 @@ def plan_cmd(
     from planner.architecture import load_config
     from planner.assumptions import parse_overrides
     from planner.optimize import optimize
-    from planner.plans import DEFAULT_PLAN, load_plan
+    from planner.plans import DEFAULT_PLAN, load_plan, plan_file
     from planner.summaries import next_step
 
     from . import render
@@ -114,10 +116,25 @@ def plan_cmd(
             plan_model = ev.model
         plan_arg = str(plan) if plan is not None else f"plans/{DEFAULT_PLAN}"
         result.report.next = next_step(rec, plan_arg, budget, plan_model, spec.name)
+        result.report.next.setup += _data_needs(ev, plan_file(plan), plan_arg)
     render.json_doc(result.report) if as_json else render.plan(result.report, show_all)
     verdict = result.shortfall(ev.name, spec.name)
     if verdict is not None:
         raise verdict
+
+
+def _data_needs(ev, path: Path, plan_arg: str) -> list[str]:
+    """What the plan still needs of the user's own data before `budget run` can start it."""
+    from . import plandata
+
+    try:
+        gone = plandata.missing(ev, path)
+    except GpuBudgetError as e:
+        return [f"its data needs fixing first: {e.message}"]
+    if not gone:
+        return []
+    return [f"it reads {len(gone)} data file(s) of yours that are not there yet (e.g. {gone[0].path}): "
+            f"`budget data init {plan_arg}` writes templates; plans/qwen3-vl-8b-public.yaml fetches public data instead"]
 
 
 @prices_app.command("list")
@@ -347,8 +364,29 @@ def stop_cmd(run: Annotated[str, typer.Argument(help="Run id (or a unique prefix
     render.stopped(runs.stop(run, budget_home()))
 
 
+@data_app.command("init")
+def data_init(plan: Annotated[Path, typer.Argument(help="Plan YAML whose local datasets need manifests.")]) -> None:
+    """Write a template manifest (with the fields its task kind expects) for every local dataset of the plan
+    that has none; a plan shipped with gpubudget is first copied into this directory."""
+    import shutil
+
+    from planner.plans import bundled_plan, load_plan, plan_file
+
+    from . import plandata, render
+
+    path = plan_file(plan)
+    ev = load_plan(path)
+    copied = None
+    if path.resolve().parent == bundled_plan().resolve().parent:  # never write into the installed package
+        copied = Path.cwd() / path.name
+        if not copied.exists():
+            shutil.copyfile(path, copied)
+        path = copied
+    render.data_init(plandata.init(ev, path), path, copied)
+
+
 def _pools(fn, *args):
-    from . import pools, runs
+    from . import runs
 
     led = runs.ledger(budget_home())
     try:

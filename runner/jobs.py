@@ -12,8 +12,9 @@ from planner.catalog import Catalog
 from planner.errors import InputError
 from planner.models import EvalPlan
 
+from . import plandata
+from .worker.job import BUILTIN, SCHEMA
 from .worker.job import QUANTS as WORKER_QUANTS
-from .worker.job import SCHEMA
 from .worker.tiny import NAME as TINY
 
 
@@ -44,14 +45,12 @@ def _task(task, plan_dir: Path) -> dict:
     if task.max_new_tokens is None:
         d.pop("max_new_tokens")
     ds = task.dataset.model_dump() if task.dataset else {"kind": "synthetic"}
-    if ds["kind"] == "local":
-        path = Path(ds["path"])
-        path = path if path.is_absolute() else plan_dir / path
-        if not path.is_file():
-            raise InputError(f"task {task.name}: dataset manifest {ds['path']} not found (looked at {path})",
-                             "create it (one JSON line per sample: id, image, prompt, references/answers/keywords/"
-                             "turns; see README) or point the plan's dataset.path at yours")
-        ds["path"] = str(path.resolve())
+    if ds["kind"] == "local":  # plandata.require checked it and the files it names
+        ds["path"] = str(plandata.manifest_path(task, plan_dir).resolve())
+    if ds["kind"] == "builtin" and BUILTIN.get(ds["name"]) != task.kind:
+        known = ", ".join(n for n, k in BUILTIN.items() if k == task.kind) or "none"
+        raise InputError(f"task {task.name}: {ds['name']!r} is not a builtin {task.kind} dataset (known: {known})",
+                         "fix the plan's dataset.name, or use kind: local with your own manifest")
     d["dataset"] = {k: v for k, v in ds.items() if v}
     return d
 
@@ -60,7 +59,9 @@ def build(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, quan
           model_path: Path | None = None, limit: int | None = None, batch_size: int | str | None = None,
           device: str = "auto", run_id: str = "", deadline: dt.datetime | None = None,
           max_memory: dict[str, str] | None = None) -> dict:
-    """The job document for running `plan` once in `quantization`."""
+    """The job document for running `plan` once in `quantization`; refused while the plan's own data is
+    incomplete (every missing file named at once)."""
+    plandata.require(plan, plan_path)
     if quantization not in WORKER_QUANTS:
         raise InputError(f"unknown quantization {quantization!r}", "use one of " + ", ".join(WORKER_QUANTS))
     doc = {

@@ -27,6 +27,7 @@ from pathlib import Path
 from planner.errors import BudgetTooSmall, GpuBudgetError, InputError
 from planner.models import Offer
 
+from . import plandata
 from .config import Config
 from .errors import BootstrapError, RemoteError, RunError, WorkerError
 from .evaluate import last_line, read_json
@@ -399,23 +400,9 @@ class Orchestrator:
         manifest = Path(ds["path"])
         rel = f"data/{task['name']}"
         sent = 0
-        for line in manifest.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            for key in ("image", "video", "frames"):
-                for p in ([row[key]] if isinstance(row.get(key), str) else row.get(key) or []):
-                    if "://" in p:
-                        continue
-                    if Path(p).is_absolute() or ".." in Path(p).parts:
-                        raise InputError(f"task {task['name']}: {manifest}: media path {p} must be relative to the "
-                                         "manifest (it is copied to the instance beside it)",
-                                         "rewrite the manifest's paths relative to its own directory")
-                    if not (manifest.parent / p).is_file():
-                        raise InputError(f"task {task['name']}: {manifest}: {p} not found (looked at "
-                                         f"{manifest.parent / p})", "fix the manifest or add the file")
-                    self.session.put_file(manifest.parent / p, f"{rel}/{p}")
-                    sent += (manifest.parent / p).stat().st_size
+        for _, p in plandata.media_files(manifest, task["name"]):  # checked before the launch (jobs.build)
+            self.session.put_file(manifest.parent / p, f"{rel}/{p}")
+            sent += (manifest.parent / p).stat().st_size
         self.session.put_file(manifest, f"{rel}/{manifest.name}")
         task["dataset"] = dict(ds, path=f"{self.session.root}/{rel}/{manifest.name}")
         return sent + manifest.stat().st_size

@@ -20,8 +20,16 @@ from . import config as configmod
 from . import jobs, pools
 from .errors import RunError
 from .ledger import Ledger
-from .orchestrate import (FINAL, Orchestrator, Request, make_provider, new_run_id, policy_for, ssh_wait_for,
-                          terminate_instance)
+from .orchestrate import (
+    FINAL,
+    Orchestrator,
+    Request,
+    make_provider,
+    new_run_id,
+    policy_for,
+    ssh_wait_for,
+    terminate_instance,
+)
 from .providers.local import pid_alive
 
 PROVIDERS = ("local", "aws", "ssh")

@@ -1,6 +1,9 @@
 """Where a task's samples come from, resolved on the instance: local manifests (JSONL + files shipped
-with the job), URL manifests (downloaded with retries and checksums), the builtin COCO val2017 caption
-sampler (annotations + N seeded images) and synthetic samples drawn here (no files at all).
+with the job), URL manifests (downloaded with retries and checksums), the builtin public sets - COCO
+val2017 captions (annotations + N seeded images), scripted multi-turn questions on COCO images, DocVQA
+validation pages through the Hugging Face dataset viewer's /rows API, and public video clips - and
+synthetic samples drawn here (no files at all). Every download is http(s) only, size-capped, retried
+and cached under the job's cache directory, so a rerun fetches nothing twice.
 
 A manifest line is one JSON object: `id`, then what the task needs — `image` (or `video`, or
 `frames` + `fps`), `prompt` (or `question`), `references` (captions), `answers` (documents),
@@ -12,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -21,10 +23,29 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .job import BUILTIN  # the schema names the builtin datasets; this module fetches them
+
 COCO_BASE_URL = "http://images.cocodataset.org/"
 COCO_ANNOTATIONS = "annotations/annotations_trainval2017.zip"
 COCO_CAPTIONS_MEMBER = "annotations/captions_val2017.json"
 MEDIA_KEYS = ("image", "video", "frames")
+MAX_DOWNLOAD_BYTES = 512 * 2**20  # the COCO annotations zip is 241 MB; nothing we fetch is larger
+
+# Hugging Face's dataset viewer serves any public dataset's rows as JSON (100 a page), images as URLs
+HF_ROWS_URL = "https://datasets-server.huggingface.co/"
+DOCVQA = {"dataset": "lmms-lab/DocVQA", "config": "DocVQA", "split": "validation"}
+# Public clips with stable addresses (Blender Foundation films cut to 10 s by test-videos.co.uk; Qwen's
+# and transformers' demo clips): (id, url). A plan's dataset.url replaces the host part (tests, mirrors).
+PUBLIC_CLIPS = (
+    ("bbb-10s", "https://test-videos.co.uk/vids/bigbuckbunny/mp4/h264/360/Big_Buck_Bunny_360_10s_1MB.mp4"),
+    ("jellyfish-10s", "https://test-videos.co.uk/vids/jellyfish/mp4/h264/360/Jellyfish_360_10s_1MB.mp4"),
+    ("sintel-10s", "https://test-videos.co.uk/vids/sintel/mp4/h264/360/Sintel_360_10s_1MB.mp4"),
+    ("qwen-space", "https://qianwen-res.oss-cn-beijing.aliyuncs.com/Qwen2-VL/space_woaudio.mp4"),
+    ("hf-demo-1", "https://huggingface.co/datasets/raushan-testing-hf/videos-test/resolve/main/sample_demo_1.mp4"),
+)
+MULTITURN_QUESTIONS = ("What is the main subject of this image?", "How many people can you see?",
+                       "What colours dominate the scene?", "Where might this photo have been taken?",
+                       "What is happening in the image?")
 
 
 class DatasetError(Exception):
@@ -47,10 +68,13 @@ class Sample:
 
 # --------------------------------------------------------------------------- downloads
 
-def download(url: str, dest: Path, sha256: str = "", attempts: int = 4, backoff_s: float = 1.0) -> Path:
-    """Fetch `url` to `dest` (kept if already there with the right checksum). Retries connection
-    errors, timeouts, 429 and 5xx with exponential backoff; a checksum mismatch is retried once as a
-    corrupt transfer, then fails."""
+def download(url: str, dest: Path, sha256: str = "", attempts: int = 4, backoff_s: float = 1.0,
+             max_bytes: int = MAX_DOWNLOAD_BYTES) -> Path:
+    """Fetch `url` to `dest` (kept if already there with the right checksum). Only http(s); a body past
+    `max_bytes` is refused. Retries connection errors, timeouts, 429 and 5xx with exponential backoff; a
+    checksum mismatch is retried once as a corrupt transfer, then fails."""
+    if urllib.parse.urlparse(url).scheme not in ("http", "https"):
+        raise DatasetError(f"cannot download {url}: only http(s) addresses are fetched")
     dest = Path(dest)
     if dest.exists() and (not sha256 or _sha256(dest) == sha256.lower()):
         return dest
@@ -63,7 +87,15 @@ def download(url: str, dest: Path, sha256: str = "", attempts: int = 4, backoff_
             time.sleep(backoff_s * 2 ** (attempt - 1))
         try:
             with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
-                shutil.copyfileobj(resp, out, 1 << 20)
+                if int(resp.headers.get("Content-Length") or 0) > max_bytes:
+                    raise DatasetError(f"cannot download {url}: {resp.headers['Content-Length']} bytes is over the "
+                                       f"{max_bytes >> 20} MiB cap")
+                got = 0
+                while block := resp.read(1 << 20):
+                    got += len(block)
+                    if got > max_bytes:
+                        raise DatasetError(f"cannot download {url}: over the {max_bytes >> 20} MiB cap")
+                    out.write(block)
         except urllib.error.HTTPError as e:
             last = f"HTTP {e.code}"
             if e.code != 429 and e.code < 500:
@@ -72,6 +104,9 @@ def download(url: str, dest: Path, sha256: str = "", attempts: int = 4, backoff_
         except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
             last = str(getattr(e, "reason", e))
             continue
+        except DatasetError:
+            tmp.unlink(missing_ok=True)
+            raise
         if sha256 and _sha256(tmp) != sha256.lower():
             mismatches += 1
             last = f"sha256 {_sha256(tmp)[:12]}... is not the expected {sha256[:12]}..."
@@ -170,9 +205,76 @@ def _url(task, cache: Path, where: str) -> list[Sample]:
     return out
 
 
+def _builtin(task, cache: Path, n: int, seed: int, where: str) -> list[Sample]:
+    name = task.dataset.name
+    if name not in BUILTIN:
+        raise DatasetError(f"{where}: unknown builtin dataset {name!r} (known: {', '.join(BUILTIN)})")
+    if name == "docvqa-val":
+        return _docvqa(task, cache / "docvqa", n, seed, where)
+    if name == "public-clips":
+        return _clips(task, cache / "clips", n, where)
+    multiturn = name == "coco-val2017-multiturn"
+    samples = _coco(task, cache, n, seed + 1 if multiturn else seed, where)  # other images than the captions'
+    if multiturn:  # scripted questions; the last repeats the first (are answers stable?)
+        turns = [MULTITURN_QUESTIONS[t % len(MULTITURN_QUESTIONS)] for t in range(task.turns)]
+        if task.turns >= 2:
+            turns[-1] = turns[0]
+        for s in samples:
+            s.turns = list(turns)
+    return samples
+
+
+def _docvqa(task, cache: Path, n: int, seed: int, where: str) -> list[Sample]:
+    """`n` consecutive DocVQA validation questions from a seeded offset, through the dataset viewer's
+    /rows API (JSON, no parquet reader on the instance); pages and images are cached."""
+    base = task.dataset.url or HF_ROWS_URL
+    base = base if base.endswith("/") else base + "/"
+
+    def page(offset: int, length: int) -> dict:
+        q = urllib.parse.urlencode({**DOCVQA, "offset": offset, "length": length})
+        path = download(f"{base}rows?{q}", cache / f"rows-{offset}-{length}.json", max_bytes=16 * 2**20)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(doc["rows"], list) or int(doc["num_rows_total"]) < 0:
+                raise ValueError("rows is not a list")
+        except (ValueError, KeyError, TypeError) as e:
+            path.unlink(missing_ok=True)
+            raise DatasetError(f"{where}: {base}rows: not a dataset-viewer rows page ({e.__class__.__name__}: {e})")
+        return doc
+
+    total = int(page(0, 1)["num_rows_total"])
+    if n > total:
+        raise DatasetError(f"{where}: asked for {n} DocVQA questions, the split has {total}")
+    start = random.Random(seed).randrange(0, total - n + 1)
+    out = []
+    for offset in range(start, start + n, 100):
+        for r in page(offset, min(100, start + n - offset))["rows"]:
+            row = r.get("row") or {}
+            image = row.get("image") or {}
+            if not isinstance(image, dict) or not image.get("src") or not row.get("question"):
+                raise DatasetError(f"{where}: DocVQA row {r.get('row_idx')} has no image src or question")
+            ext = Path(urllib.parse.urlparse(image["src"]).path).suffix[:8] or ".png"
+            path = download(image["src"], cache / "images" / f"{r.get('row_idx')}{ext}", max_bytes=64 * 2**20)
+            out.append(Sample(id=f"docvqa-{row.get('questionId', r.get('row_idx'))}", image=path,
+                              prompt=str(row["question"]), answers=[str(a) for a in row.get("answers") or []]))
+    return out
+
+
+def _clips(task, cache: Path, n: int, where: str) -> list[Sample]:
+    if n > len(PUBLIC_CLIPS):
+        raise DatasetError(f"{where}: asked for {n} public clips, there are {len(PUBLIC_CLIPS)}")
+    out = []
+    for clip_id, url in PUBLIC_CLIPS[:n]:
+        if task.dataset.url:
+            url = urllib.parse.urljoin(task.dataset.url if task.dataset.url.endswith("/") else task.dataset.url + "/",
+                                       Path(urllib.parse.urlparse(url).path).name)
+        path = download(url, cache / f"{clip_id}{Path(urllib.parse.urlparse(url).path).suffix or '.mp4'}",
+                        max_bytes=128 * 2**20)
+        out.append(Sample(id=clip_id, video=path))
+    return out
+
+
 def _coco(task, cache: Path, n: int, seed: int, where: str) -> list[Sample]:
-    if task.dataset.name not in ("coco-val2017-captions", "coco-val2017"):
-        raise DatasetError(f"{where}: unknown builtin dataset {task.dataset.name!r} (known: coco-val2017-captions)")
     base = task.dataset.url or COCO_BASE_URL
     base = base if base.endswith("/") else base + "/"
     zpath = download(base + COCO_ANNOTATIONS, cache / "coco" / Path(COCO_ANNOTATIONS).name, task.dataset.sha256)
@@ -311,5 +413,5 @@ def resolve(task, job, base_dir: Path, cache_dir: Path) -> list[Sample]:
     elif kind == "url":
         rows = _url(task, Path(cache_dir) / task.name, where)
     else:
-        return _coco(task, Path(cache_dir), n, job.seed, where)
+        return _builtin(task, Path(cache_dir), n, job.seed, where)
     return rows[:n]

@@ -13,6 +13,9 @@ SCHEMA = "gpubudget.job/1"
 QUANTS = ("fp32", "fp16", "bf16", "int8", "nf4")
 KINDS = ("caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify")
 DATASET_KINDS = ("builtin", "local", "url", "synthetic")
+# the builtin public datasets (runner/worker/datasets.py fetches them) and the task kind each serves
+BUILTIN = {"coco-val2017-captions": "caption", "coco-val2017": "caption", "coco-val2017-multiturn": "multiturn_vqa",
+           "docvqa-val": "document", "public-clips": "video"}
 
 
 class JobError(ValueError):
@@ -143,6 +146,10 @@ def _task(doc: dict, where: str) -> Task:
         ds = _take(d["dataset"], f"{where}.dataset", {k: (str, k == "kind") for k in ("kind", "name", "path", "url", "sha256")})
         if ds["kind"] not in DATASET_KINDS:
             raise JobError(f"{where}.dataset.kind: {ds['kind']!r} is not one of {', '.join(DATASET_KINDS)}")
+        if ds["kind"] == "builtin" and BUILTIN.get(ds.get("name", "")) != d["kind"]:
+            known = ", ".join(n for n, k in BUILTIN.items() if k == d["kind"]) or "none"
+            raise JobError(f"{where}.dataset.name: {ds.get('name', '')!r} is not a builtin {d['kind']} dataset "
+                           f"(known: {known})")
         d["dataset"] = Dataset(**ds)
     for key in ("samples", "turns", "max_new_tokens"):
         if d.get(key) is not None and d[key] < 1:

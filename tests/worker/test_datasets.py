@@ -6,52 +6,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import threading
-import zipfile
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
 from runner.worker import datasets
 from runner.worker import job as jobmod
-
-
-class _Server:
-    def __init__(self, root):
-        self.root = root
-        self.hits: dict[str, int] = {}
-        self.fail_first: set[str] = set()
-        server = self
-
-        class Handler(SimpleHTTPRequestHandler):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, directory=str(root), **kw)
-
-            def do_GET(self):
-                server.hits[self.path] = server.hits.get(self.path, 0) + 1
-                if self.path in server.fail_first and server.hits[self.path] == 1:
-                    self.send_error(503, "try again")
-                    return
-                super().do_GET()
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from tests.publicdata import Server, fake_coco
 
 
 @pytest.fixture
 def http(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    s = _Server(root)
+    s = Server(root)
     yield s
     s.close()
 
@@ -123,24 +91,8 @@ def test_url_checksum_mismatch_and_missing_file_fail_clearly(http, tmp_path):
     assert http.hits["/nope.jsonl"] == 1  # a 404 is not retried
 
 
-def _fake_coco(root, n_images=12):
-    images, anns = [], []
-    for i in range(n_images):
-        name = f"{i:012d}.jpg"
-        path = root / "val2017" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (64, 48), (i * 20, 0, 0)).save(path, format="JPEG")
-        images.append({"id": 1000 + i, "file_name": name, "width": 64, "height": 48})
-        anns += [{"id": 10 * i + k, "image_id": 1000 + i, "caption": f" caption {k} of image {i} "} for k in range(5)]
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("annotations/captions_val2017.json", json.dumps({"images": images, "annotations": anns}))
-    (root / "annotations").mkdir(exist_ok=True)
-    (root / "annotations" / "annotations_trainval2017.zip").write_bytes(buf.getvalue())
-
-
 def test_builtin_coco_sampler_is_seeded(http, tmp_path):
-    _fake_coco(http.root)
+    fake_coco(http.root)
     task = _task(samples=4, dataset={"kind": "builtin", "name": "coco-val2017-captions", "url": http.url})
     first = datasets.resolve(task, _job(), tmp_path, tmp_path / "c1")
     again = datasets.resolve(task, _job(), tmp_path, tmp_path / "c2")
@@ -158,5 +110,8 @@ def test_builtin_coco_sampler_is_seeded(http, tmp_path):
 
 
 def test_unknown_builtin(tmp_path):
-    with pytest.raises(datasets.DatasetError, match="unknown builtin dataset 'imagenet'"):
-        datasets.resolve(_task(dataset={"kind": "builtin", "name": "imagenet"}), _job(), tmp_path, tmp_path)
+    """Refused where the job is read, before any model is loaded."""
+    with pytest.raises(jobmod.JobError, match="'imagenet' is not a builtin caption dataset"):
+        _task(dataset={"kind": "builtin", "name": "imagenet"})
+    with pytest.raises(jobmod.JobError, match="'docvqa-val' is not a builtin caption dataset"):
+        _task(dataset={"kind": "builtin", "name": "docvqa-val"})

@@ -5,26 +5,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from PIL import Image
 
 from runner.worker.tasks.video import frame_indices
+from tests.publicdata import mp4
 
 from .conftest import job, lines, run_inline, write_job
-
-
-def _mp4(path, frames=60, fps=12, size=(96, 64)):
-    import av  # in the worker extra, so CI has it: a missing PyAV must fail here, not skip
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=fps)
-        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
-        for i in range(frames):
-            img = np.zeros((size[1], size[0], 3), dtype=np.uint8)
-            img[:, (i * 3) % size[0]:] = (200, 40, 40)
-            for packet in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
 
 
 def test_frame_indices():
@@ -37,7 +23,7 @@ def test_frame_indices():
 
 
 def test_mp4_and_frame_list_videos(tiny_model, tmp_path):
-    _mp4(tmp_path / "clip.mp4")
+    mp4(tmp_path / "clip.mp4")
     for i in range(8):
         Image.new("RGB", (64, 64), (i * 30, 0, 0)).save(tmp_path / f"f{i}.png")
     rows = [{"id": "mp4", "video": "clip.mp4", "prompt": "What moves?"},

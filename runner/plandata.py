@@ -1,0 +1,141 @@
+"""A plan's own data as the controller sees it, before anything is launched: which local manifests a plan
+reads and which media files they name (paths resolved inside the manifest's folder - never absolute,
+never `..`), every missing one listed at once, and `budget data init`: template manifests with the fields
+each task kind expects, for data only the user has (their documents, poetry images, clips). Builtin
+public datasets and URL manifests are fetched on the instance and are not checked here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import InputError
+from planner.models import EvalPlan
+from planner.plans import bundled_plan
+
+MEDIA_KEYS = ("image", "video", "frames")
+
+# What one manifest line holds, per task kind (README: manifest format); `budget data init` writes these.
+TEMPLATES: dict[str, list[dict]] = {
+    "caption": [{"id": "photo-001", "image": "images/photo-001.jpg",
+                 "references": ["a reference caption", "another way to say it"]}],
+    "document": [{"id": "page-001", "image": "pages/page-001.png", "question": "What is the invoice total?",
+                  "answers": ["1,234.00", "1234.00"]}],
+    "multiturn_vqa": [{"id": "scene-001", "image": "images/scene-001.jpg",
+                       "turns": ["What is here?", "How many cars are there?", "What is here?"]}],
+    "poetry": [{"id": "poem-001", "image": "paintings/poem-001.jpg", "prompt": "请描述这幅画的意境。",
+                "keywords": ["月", "松"]}],
+    "video": [{"id": "clip-001", "video": "clips/clip-001.mp4"},
+              {"id": "clip-002", "frames": ["clips/clip-002/f0.jpg", "clips/clip-002/f1.jpg"], "fps": 1}],
+}
+
+
+@dataclass(frozen=True)
+class Missing:
+    task: str
+    path: Path  # as the user wrote it, relative to the plan or the manifest
+    looked_at: Path
+    what: str  # "manifest" or "image", "video", "frames"
+
+
+def manifest_path(task, plan_dir: Path) -> Path:
+    p = Path(task.dataset.path)
+    return p if p.is_absolute() else plan_dir / p
+
+
+def media_files(manifest: Path, task_name: str) -> list[tuple[str, str]]:
+    """(key, relative path) of every media file a manifest names; URLs are fetched on the instance.
+    A path that is absolute or leaves the manifest's folder is refused (it would read outside the data)."""
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"task {task_name}: cannot read {manifest} ({e})", "fix the file's permissions or encoding")
+    found = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise InputError(f"task {task_name}: {manifest}:{n}: not JSON ({e})",
+                             "one JSON object per line (see `budget data init PLAN` for templates)") from None
+        if not isinstance(row, dict):
+            raise InputError(f"task {task_name}: {manifest}:{n}: expected a JSON object",
+                             "one JSON object per line (see `budget data init PLAN` for templates)")
+        for key in MEDIA_KEYS:
+            value = row.get(key)
+            for p in ([value] if isinstance(value, str) else value if isinstance(value, list) else []):
+                if not isinstance(p, str) or "://" in p:
+                    continue
+                if Path(p).is_absolute() or ".." in Path(p).parts:
+                    raise InputError(f"task {task_name}: {manifest}:{n}: media path {p} must be relative to the "
+                                     "manifest, inside its folder (it is copied to the instance beside it)",
+                                     "rewrite the manifest's paths relative to its own directory")
+                found.append((key, p))
+    return found
+
+
+def missing(plan: EvalPlan, plan_path: Path) -> list[Missing]:
+    """Every local manifest and media file the plan needs that is not there."""
+    gone = []
+    for task in plan.tasks:
+        if task.dataset is None or task.dataset.kind != "local":
+            continue
+        manifest = manifest_path(task, plan_path.parent)
+        if not manifest.is_file():
+            gone.append(Missing(task.name, Path(task.dataset.path), manifest, "manifest"))
+            continue
+        for key, rel in media_files(manifest, task.name):
+            if not (manifest.parent / rel).is_file():
+                gone.append(Missing(task.name, Path(rel), manifest.parent / rel, key))
+    return gone
+
+
+def require(plan: EvalPlan, plan_path: Path) -> None:
+    """Refuse a plan whose local data is incomplete, naming every missing file in one line."""
+    gone = missing(plan, plan_path)
+    if not gone:
+        return
+    manifests = [m for m in gone if m.what == "manifest"]
+    listed = "; ".join(f"{m.looked_at} ({m.what} of task {m.task})" for m in gone[:12])
+    more = f"; and {len(gone) - 12} more" if len(gone) > 12 else ""
+    public = " (or run plans/qwen3-vl-8b-public.yaml, which fetches public data)" if manifests else ""
+    bundled = plan_path.resolve().parent == bundled_plan().resolve().parent
+    shown = f"plans/{plan_path.name}" if bundled else str(plan_path)
+    raise InputError(f"{len(gone)} data file{'s' if len(gone) > 1 else ''} of plan {plan.name} missing: {listed}{more}",
+                     (f"`budget data init {shown}` writes template manifests to fill in" if manifests
+                      else "add the files the manifests name, or remove their lines") + public)
+
+
+@dataclass(frozen=True)
+class Written:
+    task: str
+    kind: str
+    path: Path
+    media_dir: str
+    created: bool  # False: a manifest was there already and is left as it is
+
+
+def init(plan: EvalPlan, plan_path: Path) -> list[Written]:
+    """Write a template manifest for every local dataset of the plan that has none (existing files are never
+    touched); the folders its example lines name are created, empty, beside it."""
+    done = []
+    for task in plan.tasks:
+        if task.dataset is None or task.dataset.kind != "local":
+            continue
+        manifest = manifest_path(task, plan_path.parent)
+        rows = TEMPLATES.get(task.kind, TEMPLATES["caption"])
+        media_dir = str(Path(next(iter(r.get("image") or r.get("video") or r["frames"][0] for r in rows))).parts[0])
+        if manifest.exists():
+            done.append(Written(task.name, task.kind, manifest, media_dir, False))
+            continue
+        try:
+            manifest.parent.mkdir(parents=True, exist_ok=True)
+            (manifest.parent / media_dir).mkdir(exist_ok=True)
+            manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"cannot write {manifest} ({e.strerror})", "copy the plan into a folder you can "
+                             "write, and run `budget data init` on that copy") from None
+        done.append(Written(task.name, task.kind, manifest, media_dir, True))
+    return done
