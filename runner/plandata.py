@@ -14,7 +14,7 @@ from planner.errors import InputError
 from planner.models import EvalPlan
 from planner.plans import bundled_plan
 
-MEDIA_KEYS = ("image", "video", "frames")
+from .worker.datasets import MEDIA_KEYS, DatasetError, read_manifest
 
 # What one manifest line holds, per task kind (README: manifest format); `budget data init` writes these.
 TEMPLATES: dict[str, list[dict]] = {
@@ -48,29 +48,21 @@ def media_files(manifest: Path, task_name: str) -> list[tuple[str, str]]:
     """(key, relative path) of every media file a manifest names; URLs are fetched on the instance.
     A path that is absolute or leaves the manifest's folder is refused (it would read outside the data)."""
     try:
-        text = manifest.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"task {task_name}: cannot read {manifest} ({e})", "fix the file's permissions or encoding")
+        rows = read_manifest(manifest, f"task {task_name}")
+    except DatasetError as e:
+        raise InputError(str(e), "one JSON object per line with a unique id (`budget data init PLAN` writes "
+                         "templates)") from None
     found = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise InputError(f"task {task_name}: {manifest}:{n}: not JSON ({e})",
-                             "one JSON object per line (see `budget data init PLAN` for templates)") from None
-        if not isinstance(row, dict):
-            raise InputError(f"task {task_name}: {manifest}:{n}: expected a JSON object",
-                             "one JSON object per line (see `budget data init PLAN` for templates)")
+    for row in rows:
         for key in MEDIA_KEYS:
             value = row.get(key)
             for p in ([value] if isinstance(value, str) else value if isinstance(value, list) else []):
                 if not isinstance(p, str) or "://" in p:
                     continue
                 if Path(p).is_absolute() or ".." in Path(p).parts:
-                    raise InputError(f"task {task_name}: {manifest}:{n}: media path {p} must be relative to the "
-                                     "manifest, inside its folder (it is copied to the instance beside it)",
+                    raise InputError(f"task {task_name}: {manifest}: sample {row['id']}: media path {p} must be "
+                                     "relative to the manifest, inside its folder (it is copied to the instance "
+                                     "beside it)",
                                      "rewrite the manifest's paths relative to its own directory")
                 found.append((key, p))
     return found

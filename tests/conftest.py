@@ -14,6 +14,10 @@ def budget_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The tiny model is launch-overhead bound, so one thread per worker is as fast; with two, OpenMP's
+# spin-waiting threads made a busy 2-core machine (CI next to another job) up to 8x slower (400 s vs 52 s
+# for the public-plan test). Set before torch is imported; every worker subprocess inherits it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +26,19 @@ def tiny_model(tmp_path_factory) -> Path:
     from runner.worker import tiny
 
     return tiny.build(tmp_path_factory.mktemp("models") / tiny.NAME)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `budget ARGS...` in this process; returns (exit code, stdout, stderr)."""
+    from runner.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run

@@ -134,11 +134,14 @@ def _cache_name(url: str) -> str:
 
 # --------------------------------------------------------------------------- manifests
 
-def _read_manifest(path: Path, where: str) -> list[dict]:
+def read_manifest(path: Path, where: str) -> list[dict]:
+    """A JSONL manifest's rows (blank lines skipped, a UTF-8 BOM allowed), each with a string `id`."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as e:
         raise DatasetError(f"{where}: cannot read manifest {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{where}: manifest {path} is not UTF-8 ({e.reason} at byte {e.start})") from None
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -169,7 +172,7 @@ def _sample(row: dict, media: dict) -> Sample:
 def _local(task, base: Path, where: str) -> list[Sample]:
     manifest = Path(task.dataset.path)
     manifest = manifest if manifest.is_absolute() else base / manifest
-    rows = _read_manifest(manifest, where)
+    rows = read_manifest(manifest, where)
     if task.dataset.sha256 and _sha256(manifest) != task.dataset.sha256.lower():
         raise DatasetError(f"{where}: {manifest}: sha256 differs from the plan's")
     out = []
@@ -190,7 +193,7 @@ def _url(task, cache: Path, where: str) -> list[Sample]:
     url = task.dataset.url
     manifest = download(url, cache / _cache_name(url), task.dataset.sha256)
     out = []
-    for row in _read_manifest(manifest, where):
+    for row in read_manifest(manifest, where):
         sums = row.get("sha256") or {}
         media = {}
         for key in MEDIA_KEYS:

@@ -66,7 +66,7 @@ def test_model_path_limit_and_batch_size(home, tmp_path, tiny_model):
     (["plans/smoke.yaml", "--quant", "int4"], "unknown quantization 'int4'"),
     (["plans/smoke.yaml", "--model-path", "/nonexistent"], "--model-path /nonexistent: no config.json there"),
     (["plans/smoke.yaml", "--batch-size", "0"], "--batch-size '0' is not a positive integer or auto"),
-    (["plans/qwen3-vl-8b.yaml"], "task documents: dataset manifest data/documents.jsonl not found"),
+    (["plans/qwen3-vl-8b.yaml"], "4 data files of plan qwen3-vl-8b missing: "),
     (["nope.yaml"], "nope.yaml: no such plan file"),
 ])
 def test_bad_input_is_one_line_exit_2(home, tmp_path, args, message):

@@ -17,20 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
-
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "plans" / "smoke.yaml"
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def spawn(home: Path, *args, stdin: str = "") -> subprocess.CompletedProcess:
@@ -49,19 +37,19 @@ def one_error(code: int, out: str, err: str, needle: str, exit_code: int = 2) ->
 # --------------------------------------------------------------------------- 1. money: pools and caps
 
 
-def test_pools_are_explicit_and_every_cap_change_is_an_event(capsys, budget_home):
-    code, out, err = run(capsys, "pool", "create", "team", "--yuan", "5", "--json")
+def test_pools_are_explicit_and_every_cap_change_is_an_event(cli, budget_home):
+    code, out, err = cli("pool", "create", "team", "--yuan", "5", "--json")
     assert code == 0, err
     doc = json.loads(out)
     assert (doc["name"], doc["cap_cny"], doc["spent_cny"], doc["left_cny"]) == ("team", "5", "0", "5")
-    code, out, _ = run(capsys, "pool", "set-cap", "team", "200", "--json")
+    code, out, _ = cli("pool", "set-cap", "team", "200", "--json")
     doc = json.loads(out)
     assert code == 0 and doc["cap_cny"] == "200"
     assert [(e["kind"], e["old_cap_cny"], e["new_cap_cny"]) for e in doc["cap_history"]] == \
         [("created", None, "5"), ("cap", "5", "200")]
-    code, out, _ = run(capsys, "pool", "list", "--json")
+    code, out, _ = cli("pool", "list", "--json")
     assert code == 0 and [p["name"] for p in json.loads(out)["pools"]] == ["team"]
-    code, out, _ = run(capsys, "pool", "show", "team")
+    code, out, _ = cli("pool", "show", "team")
     assert code == 0 and "cap 200.00 CNY" in out and "5.00 ->" in out
     rows = sqlite3.connect(budget_home / "ledger.db").execute("SELECT kind, new_cap_cny FROM pool_events").fetchall()
     assert rows == [("created", "5"), ("cap", "200")]
@@ -77,21 +65,21 @@ def test_pools_are_explicit_and_every_cap_change_is_an_event(capsys, budget_home
     (["run", str(SMOKE), "--yuan"], "Option '--yuan' requires an argument"),
     (["pool", "show", "nope"], "no pool 'nope'"),
 ])
-def test_bad_pool_input(capsys, args, needle):
-    run(capsys, "pool", "create", "team", "--yuan", "5")
-    one_error(*run(capsys, *args), needle)
+def test_bad_pool_input(cli, args, needle):
+    cli("pool", "create", "team", "--yuan", "5")
+    one_error(*cli(*args), needle)
 
 
-def test_creating_a_pool_twice_is_refused(capsys):
-    run(capsys, "pool", "create", "team", "--yuan", "5")
-    one_error(*run(capsys, "pool", "create", "team", "--yuan", "9"), "pool 'team' exists already")
+def test_creating_a_pool_twice_is_refused(cli):
+    cli("pool", "create", "team", "--yuan", "5")
+    one_error(*cli("pool", "create", "team", "--yuan", "9"), "pool 'team' exists already")
 
 
-def test_run_above_its_pools_cap_is_refused_before_anything_is_written(capsys, budget_home):
+def test_run_above_its_pools_cap_is_refused_before_anything_is_written(cli, budget_home):
     """The user's trial: pool `default` capped at 5 by a first smoke run, then `--yuan 200`: it printed 200 and
     enforced 5. Now it says both figures and refuses; nothing launched, no run row, no run directory."""
-    run(capsys, "pool", "create", "default", "--yuan", "5")
-    code, out, err = run(capsys, "run", SMOKE, "--provider", "local", "--yuan", "200", "--yes")
+    cli("pool", "create", "default", "--yuan", "5")
+    code, out, err = cli("run", SMOKE, "--provider", "local", "--yuan", "200", "--yes")
     one_error(code, out, err, "--yuan 200 CNY is above pool 'default''s cap of 5 CNY")
     assert "budget pool set-cap default 200" in err and "--pool NAME" in err
     assert not (budget_home / "runs").exists()
@@ -134,29 +122,29 @@ def test_estimate_is_priced_at_the_given_rate(budget_home):
 # --------------------------------------------------------------------------- 3. no internal errors
 
 
-def test_budget_out_of_range_is_bad_input(capsys):
-    one_error(*run(capsys, "plan", "--yuan", "1e300"), "out of range")
-    one_error(*run(capsys, "plan", "--yuan", "1" * 35), "out of range")
+def test_budget_out_of_range_is_bad_input(cli):
+    one_error(*cli("plan", "--yuan", "1e300"), "out of range")
+    one_error(*cli("plan", "--yuan", "1" * 35), "out of range")
 
 
-def test_eval_out_an_existing_file(capsys, tmp_path):
+def test_eval_out_an_existing_file(cli, tmp_path):
     f = tmp_path / "taken"
     f.write_text("mine")
-    one_error(*run(capsys, "eval", SMOKE, "--out", f), "is a file, not a directory")
+    one_error(*cli("eval", SMOKE, "--out", f), "is a file, not a directory")
     assert f.read_text() == "mine"
 
 
 @pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["pool", "list"],
                                      ["run", str(SMOKE), "--provider", "local", "--yes"]])
 @pytest.mark.parametrize("damage", ["garbage", "directory"])
-def test_a_damaged_ledger_is_one_error_and_nothing_launches(capsys, budget_home, command, damage):
+def test_a_damaged_ledger_is_one_error_and_nothing_launches(cli, budget_home, command, damage):
     budget_home.mkdir(parents=True)
     ledger = budget_home / "ledger.db"
     if damage == "garbage":
         ledger.write_bytes(b"this is not a database at all\n" * 100)
     else:
         ledger.mkdir()  # unreadable as a file
-    code, out, err = run(capsys, *command)
+    code, out, err = cli(*command)
     one_error(code, out, err, "the spend ledger cannot be opened")
     assert "cap" not in err and "estimate" not in out  # no launch banner before the refusal
     assert not (budget_home / "runs").exists()
@@ -164,14 +152,14 @@ def test_a_damaged_ledger_is_one_error_and_nothing_launches(capsys, budget_home,
         assert ledger.read_bytes().startswith(b"this is not a database")  # left as it was, for the user
 
 
-def test_aws_without_the_cloud_extra(capsys, monkeypatch, budget_home):
+def test_aws_without_the_cloud_extra(cli, monkeypatch, budget_home):
     monkeypatch.setitem(sys.modules, "boto3", None)  # as if not installed: import fails, find_spec is None
-    code, out, err = run(capsys, "run", SMOKE, "--provider", "aws", "--yes")
+    code, out, err = cli("run", SMOKE, "--provider", "aws", "--yes")
     one_error(code, out, err, "--provider aws needs the cloud extra (boto3 is not installed)")
     assert 'pip install "gpubudget[cloud]"' in err and not (budget_home / "runs").exists()
 
 
-def test_unknown_and_ambiguous_run_ids_are_bad_input(capsys, budget_home):
+def test_unknown_and_ambiguous_run_ids_are_bad_input(cli, budget_home):
     from runner.ledger import Ledger
 
     led = Ledger(budget_home / "ledger.db")
@@ -180,10 +168,10 @@ def test_unknown_and_ambiguous_run_ids_are_bad_input(capsys, budget_home):
         led.create_run(id=rid, pool="default", plan="smoke", plan_path="p", provider="local", offer="o",
                        quantization="nf4", spot=0, cap_cny=Decimal(5), dir=str(budget_home / rid), created_at=1.0)
     led.close()
-    one_error(*run(capsys, "status", "nope"), "no run 'nope'")
-    one_error(*run(capsys, "stop", "smoke-2026"), "'smoke-2026' matches 2 runs")
-    one_error(*run(capsys, "logs", "nope"), "no run 'nope'")
-    one_error(*run(capsys, "resume", "nope"), "no run 'nope'")
+    one_error(*cli("status", "nope"), "no run 'nope'")
+    one_error(*cli("stop", "smoke-2026"), "'smoke-2026' matches 2 runs")
+    one_error(*cli("logs", "nope"), "no run 'nope'")
+    one_error(*cli("resume", "nope"), "no run 'nope'")
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -191,8 +179,8 @@ def test_unknown_and_ambiguous_run_ids_are_bad_input(capsys, budget_home):
     (["plan", "--fx", "XYZ=3"], "no offer in the catalog is priced in XYZ"),
     (["plan", "--assume", "download_mb_s"], "no value (expected NAME=VALUE)"),
 ])
-def test_silently_accepted_input_is_refused(capsys, args, needle):
-    one_error(*run(capsys, *args), needle)
+def test_silently_accepted_input_is_refused(cli, args, needle):
+    one_error(*cli(*args), needle)
 
 
 # --------------------------------------------------------------------------- 4. hints that tell the truth
@@ -263,8 +251,8 @@ def test_an_aws_profile_that_does_not_exist_is_named(monkeypatch, budget_home):
     assert "'nosuch'" in e.value.message and "None" not in e.value.message and "AWS_PROFILE" in e.value.message
 
 
-def test_eval_of_a_missing_plan_hints_the_argument(capsys):
-    code, out, err = run(capsys, "eval", "nope.yaml")
+def test_eval_of_a_missing_plan_hints_the_argument(cli):
+    code, out, err = cli("eval", "nope.yaml")
     one_error(code, out, err, "no such plan file")
     assert "--plan PATH to" not in err and "their argument" in err
 
@@ -272,41 +260,41 @@ def test_eval_of_a_missing_plan_hints_the_argument(capsys):
 # --------------------------------------------------------------------------- 6. from plan to run
 
 
-def test_plan_ends_with_the_command_that_runs_its_recommendation(capsys):
-    code, out, _ = run(capsys, "plan", "--yuan", "2000", "--json")
+def test_plan_ends_with_the_command_that_runs_its_recommendation(cli):
+    code, out, _ = cli("plan", "--yuan", "2000", "--json")
     doc = json.loads(out)
     rec, nxt = doc["recommendation"], doc["next"]
     offer = f"{rec['provider']}:{rec['instance_type']}@{rec['region']}"
     assert nxt["command"].startswith("budget run plans/qwen3-vl-8b.yaml --provider ")
     assert f"--offer {offer} --quant {rec['quantization']} --yuan 2000" in nxt["command"]
-    code, out, _ = run(capsys, "plan", "--yuan", "2000")
+    code, out, _ = cli("plan", "--yuan", "2000")
     assert code == 0 and "Run it: " + nxt["command"] in out
-    code, out, _ = run(capsys, "plan", "--yuan", "2000", "--provider", "csdn", "--json")
+    code, out, _ = cli("plan", "--yuan", "2000", "--provider", "csdn", "--json")
     nxt = json.loads(out)["next"]
     assert "--provider ssh" in nxt["command"] and any("ssh: {host: HOST" in s for s in nxt["setup"])
-    code, out, _ = run(capsys, "plan", "--yuan", "2000", "--provider", "aws", "--json")
+    code, out, _ = cli("plan", "--yuan", "2000", "--provider", "aws", "--json")
     nxt = json.loads(out)["next"]
     assert "--provider aws" in nxt["command"] and any('pip install "gpubudget[cloud]"' in s for s in nxt["setup"])
 
 
-def test_the_plans_command_is_accepted_by_budget_run(capsys):
+def test_the_plans_command_is_accepted_by_budget_run(cli):
     """The printed command parses: every flag it uses exists on `budget run`."""
-    code, out, _ = run(capsys, "plan", "--yuan", "2000", "--json")
+    code, out, _ = cli("plan", "--yuan", "2000", "--json")
     words = json.loads(out)["next"]["command"].split()
     flags, _ = _cli_vocabulary()
     assert words[:2] == ["budget", "run"] and all(w in flags for w in words if w.startswith("--"))
 
 
-def test_prices_list_shows_the_offer_id(capsys):
-    code, out, _ = run(capsys, "prices", "list", "--gpu", "T4")
+def test_prices_list_shows_the_offer_id(cli):
+    code, out, _ = cli("prices", "list", "--gpu", "T4")
     assert code == 0 and "offer id" in out and "csdn:T4x1@cn" in out and "aws:g4dn.xlarge@us-east-1" in out
 
 
 # --------------------------------------------------------------------------- 7. small truths
 
 
-def test_status_json_lists_every_run_and_is_valid_with_none(capsys, budget_home):
-    code, out, err = run(capsys, "status", "--json")
+def test_status_json_lists_every_run_and_is_valid_with_none(cli, budget_home):
+    code, out, err = cli("status", "--json")
     assert code == 0 and json.loads(out) == {"runs": []}, err
     from runner.ledger import Ledger
 
@@ -316,34 +304,34 @@ def test_status_json_lists_every_run_and_is_valid_with_none(capsys, budget_home)
         led.create_run(id=f"r{i:03d}", pool="default", plan="smoke", plan_path="p", provider="local", offer="o",
                        quantization="nf4", spot=0, cap_cny=Decimal(5), dir="d", created_at=float(i))
     led.close()
-    code, out, _ = run(capsys, "status", "--json")
+    code, out, _ = cli("status", "--json")
     runs = json.loads(out)["runs"]
     assert code == 0 and len(runs) == 60 and runs[0]["id"] == "r059"
 
 
-def test_a_second_import_of_a_provider_replaces_its_offers(capsys, tmp_path):
+def test_a_second_import_of_a_provider_replaces_its_offers(cli, tmp_path):
     head = ("provider,instance_type,gpu,gpu_count,price_per,price,spot_price,currency,region,billing_increment_s,"
             "billing_minimum_s,source,date\n")
     a, b = tmp_path / "first.csv", tmp_path / "second.csv"
     a.write_text(head + "sim,cpu,T4,1,gpu,1,,CNY,local,1,0,first,2026-11-25\n")
     b.write_text(head + "sim,cpu,T4,1,gpu,2,,CNY,local,1,0,second,2026-11-26\n")
     for f in (a, b):
-        code, _, err = run(capsys, "prices", "import", f, "--format", "csv")
+        code, _, err = cli("prices", "import", f, "--format", "csv")
         assert code == 0, err
-    code, out, _ = run(capsys, "prices", "list", "--provider", "sim", "--json")
+    code, out, _ = cli("prices", "list", "--provider", "sim", "--json")
     offers = json.loads(out)["offers"]
     assert [(o["id"], o["price_cny_per_hour"]) for o in offers] == [("sim:cpu@local", "2.00")]
 
 
-def test_model_inspect_names_the_model_from_its_config(capsys, tmp_path):
+def test_model_inspect_names_the_model_from_its_config(cli, tmp_path):
     snap = tmp_path / "snapshots" / "0a1b2c3d"
     snap.mkdir(parents=True)
     (snap / "config.json").write_text((REPO / "planner/data/models/Qwen3-VL-8B-Instruct.json").read_text())
-    code, out, _ = run(capsys, "model", "inspect", snap, "--json")
+    code, out, _ = cli("model", "inspect", snap, "--json")
     assert code == 0 and json.loads(out)["name"] == "Qwen3-VL (8.77 B params)"
     raw = json.loads((snap / "config.json").read_text())
     (snap / "config.json").write_text(json.dumps({**raw, "_name_or_path": "Qwen/Qwen3-VL-8B-Instruct"}))
-    code, out, _ = run(capsys, "model", "inspect", snap, "--json")
+    code, out, _ = cli("model", "inspect", snap, "--json")
     assert json.loads(out)["name"] == "Qwen3-VL-8B-Instruct"
 
 
@@ -359,33 +347,68 @@ def test_help_shows_plain_metavars_and_the_model_names():
     assert "--yuan" in r.stdout and "AMOUNT" in r.stdout and "2b, 4b, 8b, 32b" in r.stdout
 
 
-def test_the_235b_rejected_table_fits_a_screen_and_all_lists_it(capsys, monkeypatch):
+def test_the_235b_rejected_table_fits_a_screen_and_all_lists_it(cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     import importlib
 
     from runner import render
     importlib.reload(render)  # the console reads COLUMNS when made
     try:
-        code, out, _ = run(capsys, "plan", "--yuan", "2000", "--model", "235b-a22b")
+        code, out, _ = cli("plan", "--yuan", "2000", "--model", "235b-a22b")
         rejected = out.split("Rejected")[1].split("candidates,")[0].splitlines()
         assert code == 0 and len(rejected) <= 40, "\n".join(rejected)
         tables = [ln for ln in out.splitlines() if not ln.startswith(("Run it:", "  "))]
         assert all(len(ln) <= 80 for ln in tables), max(tables, key=len)
-        code, out, _ = run(capsys, "plan", "--yuan", "2000", "--model", "235b-a22b", "--all")
+        code, out, _ = cli("plan", "--yuan", "2000", "--model", "235b-a22b", "--all")
         assert code == 0 and out.count("A100-40GB x") >= 24  # every group, one row each
     finally:
         monkeypatch.delenv("COLUMNS")
         importlib.reload(render)
 
 
-def test_plan_on_another_model_does_not_read_as_a_contradiction(capsys):
-    code, out, _ = run(capsys, "plan", "--yuan", "2000", "--model", "32b")
+def test_plan_on_another_model_does_not_read_as_a_contradiction(cli):
+    code, out, _ = cli("plan", "--yuan", "2000", "--model", "32b")
     assert code == 0 and "Plan qwen3-vl-8b: its tasks on Qwen3-VL-32B-Instruct" in out
     assert "evaluates the plan's model (Qwen3-VL-8B-Instruct)" in out
 
 
 def test_readme_points_only_inside_the_repository():
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    assert "../shared" not in text and "DESIGN.md" not in text.replace("docs/DESIGN.md", "")
+    assert "../shared" not in text and (REPO / "docs" / "DESIGN.md").is_file()
     for link in re.findall(r"\]\(([^)#]+)\)", text):
         assert link.startswith("http") or (REPO / link).exists(), link
+
+
+def test_a_plans_missing_data_is_listed_at_once(cli, budget_home, tmp_path, monkeypatch):
+    """The shipped plan reads data only the user has: `budget run` names every missing file in one error before
+    anything starts; `budget data init` copies the plan here and writes templates; then the files the templates
+    name are listed; paths that leave the manifest's folder are refused."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("run", "plans/qwen3-vl-8b.yaml", "--provider", "local", "--yes")
+    one_error(code, out, err, "4 data files of plan qwen3-vl-8b missing")
+    for name in ("documents", "multiturn", "poetry", "videos"):
+        assert f"data/{name}.jsonl (manifest of task" in err
+    assert "`budget data init plans/qwen3-vl-8b.yaml`" in err and "qwen3-vl-8b-public.yaml" in err
+    assert not (budget_home / "runs").exists()
+
+    code, out, err = cli("data", "init", "plans/qwen3-vl-8b.yaml")
+    assert code == 0, err
+    assert (tmp_path / "qwen3-vl-8b.yaml").is_file() and "copied the shipped plan" in out
+    rows = {n: [json.loads(x) for x in (tmp_path / "data" / f"{n}.jsonl").read_text().splitlines()]
+            for n in ("documents", "multiturn", "poetry", "videos")}
+    assert {"id", "image", "question", "answers"} <= set(rows["documents"][0])
+    assert {"id", "image", "turns"} <= set(rows["multiturn"][0]) and {"keywords", "prompt"} <= set(rows["poetry"][0])
+    assert {"video"} <= set(rows["videos"][0]) and {"frames", "fps"} <= set(rows["videos"][1])
+    (tmp_path / "data" / "poetry.jsonl").write_text('{"id": "mine", "image": "paintings/mine.jpg"}\n')
+    code, out, _ = cli("data", "init", "qwen3-vl-8b.yaml")
+    assert code == 0 and "kept" in out and "mine" in (tmp_path / "data" / "poetry.jsonl").read_text()
+
+    code, out, err = cli("eval", "qwen3-vl-8b.yaml")
+    one_error(code, out, err, "6 data files of plan qwen3-vl-8b missing")
+    assert "data/paintings/mine.jpg (image of task poetry)" in err and "clip-002/f1.jpg (frames" in err
+
+    (tmp_path / "secret.jpg").write_bytes(b"not yours")
+    (tmp_path / "data" / "poetry.jsonl").write_text('{"id": "x", "image": "../secret.jpg"}\n')
+    code, out, err = cli("run", "qwen3-vl-8b.yaml", "--provider", "local", "--yes")
+    one_error(code, out, err, "media path ../secret.jpg must be relative to the manifest, inside its folder")
+    assert not (budget_home / "runs").exists()

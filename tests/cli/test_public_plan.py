@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.cli import main
 from runner.worker import datasets
 from runner.worker import job as jobmod
 from runner.worker.tiny import NAME as TINY
@@ -19,16 +18,6 @@ from tests.publicdata import Server, mirror
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLIC = REPO / "plans" / "qwen3-vl-8b-public.yaml"
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -55,13 +44,13 @@ def pointed_at(server: Server, directory: Path) -> Path:
     return path
 
 
-def test_the_public_plan_evaluates_every_task_from_public_sources(capsys, public_mirror, tiny_model, tmp_path,
+def test_the_public_plan_evaluates_every_task_from_public_sources(cli, public_mirror, tiny_model, tmp_path,
                                                                    budget_home):
     (budget_home / "models").mkdir(parents=True)
     (budget_home / "models" / TINY).symlink_to(tiny_model, target_is_directory=True)
     plan = pointed_at(public_mirror, tmp_path)
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, "eval", plan, "--quant", "nf4", "--limit", "2", "--out", out, "--json")
+    code, stdout, err = cli("eval", plan, "--quant", "nf4", "--limit", "2", "--out", out, "--json")
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["complete"], summary
@@ -82,13 +71,13 @@ def test_the_public_plan_evaluates_every_task_from_public_sources(capsys, public
     fetched = dict(public_mirror.hits)
     assert sum(v for k, v in fetched.items() if k.startswith("/cached-assets/")) == 2  # only the rows used
     # a second run of the same plan on this machine fetches nothing again: everything is cached
-    code, _, err = run(capsys, "eval", plan, "--quant", "nf4", "--limit", "2", "--out", out, "--fresh")
+    code, _, err = cli("eval", plan, "--quant", "nf4", "--limit", "2", "--out", out, "--fresh")
     assert code == 0, err
     assert public_mirror.hits == fetched
 
 
-def test_the_public_plan_needs_no_data_of_the_users(capsys):
-    code, out, err = run(capsys, "plan", "--plan", PUBLIC, "--yuan", "2000", "--json")
+def test_the_public_plan_needs_no_data_of_the_users(cli):
+    code, out, err = cli("plan", "--plan", PUBLIC, "--yuan", "2000", "--json")
     assert code == 0, err
     nxt = json.loads(out)["next"]
     assert nxt["command"].startswith(f"budget run {PUBLIC} ") and not any("data init" in s for s in nxt["setup"])

@@ -32,22 +32,6 @@ def need(what: str, ok: bool) -> None:
     pytest.skip(f"{what} not installed")
 
 
-@pytest.fixture
-def cli(capsys):
-    """Run `budget ARGS...` in this process; returns (exit code, stdout, stderr)."""
-    from runner.cli import main
-
-    def run(*args: str) -> tuple[int, str, str]:
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
-
-
 def write_config(home: Path, **sections) -> None:
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.yaml"
