@@ -53,13 +53,14 @@ def run_cap(led: Ledger, pool: str, yuan: Decimal | None, plan_budget: Decimal |
     check_name(pool)
     pool_cap = led.pool_cap(pool)
     spent = led.spent_pool(pool) if pool_cap is not None else Decimal(0)
-    cap, source = (yuan, f"--yuan {yuan}") if yuan is not None else (plan_budget, f"the plan's budget_yuan ({plan_budget})")
+    cap, source = (yuan, f"--yuan {yuan} CNY") if yuan is not None else \
+        (plan_budget, f"the plan's budget_yuan ({plan_budget} CNY)")
     if cap is None:
         if pool_cap is None:
             raise InputError("no budget given", "pass --yuan AMOUNT (CNY) or set budget_yuan in the plan")
         cap = pool_cap
     elif pool_cap is not None and cap > pool_cap:
-        raise InputError(f"{source} CNY is above pool {pool!r}'s cap of {pool_cap} CNY ({spent} CNY spent): the run "
+        raise InputError(f"{source} is above the cap of pool {pool!r} ({pool_cap} CNY, {spent} CNY spent): the run "
                          f"would be stopped at the pool's cap, not at {cap} CNY",
                          f"raise the pool's cap with `budget pool set-cap {pool} {cap}`, pass --yuan {pool_cap} or "
                          "less, or draw on another pool with --pool NAME")

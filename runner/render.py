@@ -437,6 +437,10 @@ def pool_detail(d: dict) -> None:
     out.print(_t("pool ", (d["name"], "bold"), f": cap {money(d['cap_cny'])} CNY, spent {money(d['spent_cny'])} CNY, "
               f"committed {money(d['committed_cny'])} CNY, left {money(d['left_cny'])} CNY; {d['runs']} runs "
               f"({d['active_runs']} active, {d['live_instances']} live instances)"), soft_wrap=True)
+    if d["left_cny"] < 0:
+        err.print(_t(("warning:", "yellow"), f" the cap is {money(-d['left_cny'])} CNY below what the pool has "
+                     "committed: its live runs stop at their next guard tick (leases already handed out still "
+                     "bill to their end)"), soft_wrap=True)
     t = Table(title="Cap history", title_justify="left")
     for col in ("when", "change", "cap CNY", "by"):
         t.add_column(col, justify="right" if col == "cap CNY" else "left")

@@ -63,6 +63,9 @@ class Sshd:
             f"AuthorizedKeysFile {self.dir / 'authorized_keys'}", "UsePAM no", "StrictModes no",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
             "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", "LogLevel ERROR", "MaxStartups 50",
+            # the machine's own settings, as an image would set them: the tests' thread count (OpenMP spin-waits
+            # make a busy 2-core machine many times slower with two threads per worker)
+            *([f"SetEnv OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if os.environ.get("OMP_NUM_THREADS") else []),
         ]) + "\n")
         try:
             Path("/run/sshd").mkdir(parents=True, exist_ok=True)

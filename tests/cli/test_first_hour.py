@@ -80,7 +80,7 @@ def test_run_above_its_pools_cap_is_refused_before_anything_is_written(cli, budg
     enforced 5. Now it says both figures and refuses; nothing launched, no run row, no run directory."""
     cli("pool", "create", "default", "--yuan", "5")
     code, out, err = cli("run", SMOKE, "--provider", "local", "--yuan", "200", "--yes")
-    one_error(code, out, err, "--yuan 200 CNY is above pool 'default''s cap of 5 CNY")
+    one_error(code, out, err, "--yuan 200 CNY is above the cap of pool 'default' (5 CNY, 0 CNY spent)")
     assert "budget pool set-cap default 200" in err and "--pool NAME" in err
     assert not (budget_home / "runs").exists()
     assert sqlite3.connect(budget_home / "ledger.db").execute("SELECT count(*) FROM runs").fetchone()[0] == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -42,6 +43,7 @@ def instance_pids(run: dict, home: Path) -> list[int]:
 def local_home(budget_home, tiny_model):
     (budget_home / "models").mkdir(parents=True, exist_ok=True)
     shutil.copytree(tiny_model, budget_home / "models" / TINY)
+    write_config(budget_home, run={"tick_s": 1})  # decisions, stops and teardowns in seconds, not 5 s ticks
     return budget_home
 
 
@@ -70,6 +72,11 @@ def test_local_happy_path(cli, local_home):
     assert Decimal(0) < spent(local_home) <= Decimal(run["cap_cny"])
     assert not [p for p in instance_pids(run, local_home) if alive(p)]
     assert f"run {run['id']}" in out and "done" in out
+    code, out, _ = cli("logs", run["id"])  # times as ISO dates, money rounded for people, never epochs or floats
+    controller = [ln for ln in out.splitlines() if ln.startswith("[controller] ")]
+    assert code == 0 and controller and all(re.match(r"\[controller\] \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", ln)
+                                            for ln in controller)
+    assert "terminated" in out and not re.search(r"\b1[6-9]\d{8}\b", out) and not re.search(r"\d\.\d{5,} CNY", out)
 
 
 def test_budget_stop_keeps_results_and_stays_under_the_cap(cli, local_home, long_plan, tmp_path):
@@ -156,7 +163,7 @@ def test_detach_then_budget_stop(cli, local_home, long_plan):
 
 
 def test_a_dead_controller_is_ended_by_the_watchdog(cli, local_home, long_plan):
-    write_config(local_home, run={"tick_s": 1, "lease_s": 30})
+    write_config(local_home, run={"tick_s": 1, "lease_s": 12})
     code, out, err = cli("run", long_plan, "--provider", "local", "--yuan", "5", "--yes", "--detach")
     assert code == 0, err
     _wait(lambda: result_lines(the_run(local_home)) > 0, 90, "results")
