@@ -282,9 +282,11 @@ class Ledger:
         return d
 
     def _accrue(self, inst: Instance, until: float) -> None:
-        start = self.db.execute("SELECT COALESCE(MAX(end_at), ?) FROM spend WHERE instance_id=?",
-                                (inst.started_at, inst.id)).fetchone()[0]
-        delta = inst.meter.cost(until) - self.spent_instance(inst.id)
+        """Add the interval from the end of the last one to `until`. An instance's rows sum to its cost up to
+        the end of its last row, so the new row is the difference of two costs - no re-summing per tick."""
+        last = self.db.execute("SELECT MAX(end_at) FROM spend WHERE instance_id=?", (inst.id,)).fetchone()[0]
+        start = inst.started_at if last is None else last
+        delta = inst.meter.cost(until) - (Decimal(0) if last is None else inst.meter.cost(last))
         if until <= start and delta <= 0:
             return
         self.db.execute("INSERT INTO spend (instance_id, start_at, end_at, amount_cny) VALUES (?,?,?,?)",

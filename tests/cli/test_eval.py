@@ -25,6 +25,7 @@ def home(tmp_path_factory):
     return tmp_path_factory.mktemp("budget-home")
 
 
+@pytest.mark.slow
 def test_smoke_plan_builds_the_tiny_model_and_runs_every_kind(home, tmp_path):
     out = tmp_path / "smoke"
     p = budget("eval", "plans/smoke.yaml", "--quant", "nf4", "--out", str(out), cwd=tmp_path, home=home)
@@ -49,6 +50,7 @@ def test_smoke_plan_builds_the_tiny_model_and_runs_every_kind(home, tmp_path):
     assert (out / "results" / "captions.jsonl").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_model_path_limit_and_batch_size(home, tmp_path, tiny_model):
     out = tmp_path / "o"
     p = budget("eval", "plans/smoke.yaml", "--model-path", str(tiny_model), "--quant", "fp32", "--limit", "1",
@@ -77,9 +79,13 @@ def test_bad_input_is_one_line_exit_2(home, tmp_path, args, message):
     assert "hint:" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_other_job_in_out_dir_is_refused_then_fresh(home, tmp_path, tiny_model):
     out = tmp_path / "o"
-    base = ["eval", "plans/smoke.yaml", "--model-path", str(tiny_model), "--limit", "1", "--out", str(out)]
+    plan = tmp_path / "captions.yaml"  # one cheap task: the point is the out dir's job, not the kinds
+    plan.write_text("name: captions\nmodel: tiny-random-qwen3-vl\nquantizations: [nf4]\ngeneration: {max_new_tokens: 4}\n"
+                    "tasks: [{name: captions, kind: caption, samples: 1, image_size: [64, 64]}]\n")
+    base = ["eval", str(plan), "--model-path", str(tiny_model), "--limit", "1", "--out", str(out)]
     assert budget(*base, "--quant", "fp32", cwd=tmp_path, home=home).returncode == 0
     p = budget(*base, "--quant", "int8", cwd=tmp_path, home=home)
     assert p.returncode == 2 and "holds results of a different job (differs in: quantization)" in p.stderr
@@ -88,6 +94,7 @@ def test_other_job_in_out_dir_is_refused_then_fresh(home, tmp_path, tiny_model):
     assert {json.loads(x)["quantization"] for x in (out / "results" / "captions.jsonl").read_text().splitlines()} == {"int8"}
 
 
+@pytest.mark.slow
 def test_worker_failure_is_one_clear_line(home, tmp_path):
     bad = tmp_path / "broken-model"
     bad.mkdir()
@@ -99,6 +106,7 @@ def test_worker_failure_is_one_clear_line(home, tmp_path):
     assert "hint: details in" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_worker_cleanly_and_keeps_results(home, tmp_path, tiny_model):
     import signal
     import time
@@ -128,6 +136,7 @@ def test_ctrl_c_stops_the_worker_cleanly_and_keeps_results(home, tmp_path, tiny_
     assert results.read_bytes().endswith(b"\n")
 
 
+@pytest.mark.slow
 def test_max_minutes_stops_then_a_rerun_finishes(home, tmp_path, tiny_model):
     base = ["eval", "plans/smoke.yaml", "--model-path", str(tiny_model), "--limit", "1", "--out", str(tmp_path / "o")]
     p = budget(*base, "--max-minutes", "0", cwd=tmp_path, home=home)

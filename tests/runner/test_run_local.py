@@ -22,6 +22,8 @@ from runner.providers.local import pid_alive as alive
 from runner.worker.tiny import NAME as TINY
 from tests.runner.conftest import caption_plan, db, spent, the_run, write_config
 
+pytestmark = pytest.mark.slow  # whole runs: real processes, sshd, kills
+
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "plans" / "smoke.yaml"
 SIM_OFFER = ("provider,instance_type,gpu,gpu_count,price_per,price,spot_price,currency,region,billing_increment_s,"

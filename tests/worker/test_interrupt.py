@@ -12,6 +12,8 @@ import pytest
 
 from .conftest import job, lines, run_inline, spawn, status, summary, write_job
 
+pytestmark = pytest.mark.slow  # real kills and restarts of the worker
+
 MANY = 150
 
 
