@@ -111,8 +111,7 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
     price, original = rec.price_cny_per_hour, rec.price_original_per_hour
     if provider == "local":  # simulated: the chosen offer's billing rule at the chosen (or given) price
         offer = offer.model_copy(update={"provider": "local", "instance_type": f"{rec.provider}:{rec.instance_type}",
-                                         "price": price, "currency": "CNY",
-                                         "spot_price": None})
+                                         "price": price, "currency": "CNY", "spot_price": None})
         original = price
     run_id = new_run_id(plan.name)
     run_dir = home / "runs" / run_id
