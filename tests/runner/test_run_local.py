@@ -243,7 +243,7 @@ def test_runs_sharing_a_pool_cannot_both_commit_the_last_yuan(cli, local_home, l
 
 
 def test_resume_takes_over_a_run_whose_controller_died(cli, local_home, tmp_path):
-    plan = caption_plan(tmp_path, "medium", 400)
+    plan = caption_plan(tmp_path, "medium", 200)
     code, out, err = cli("run", plan, "--provider", "local", "--yuan", "5", "--yes", "--detach", "--batch-size", "1")
     assert code == 0, err
     run_id = out.strip()
@@ -252,9 +252,9 @@ def test_resume_takes_over_a_run_whose_controller_died(cli, local_home, tmp_path
     code, out, err = cli("resume", run_id)
     assert code == 0, err
     run = the_run(local_home)
-    assert run["state"] == "done" and run["samples_done"] == run["samples_total"] == 400
+    assert run["state"] == "done" and run["samples_done"] == run["samples_total"] == 200
     lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
-    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 400  # nothing lost, nothing twice
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 200  # nothing lost, nothing twice
     kinds = [r["kind"] for r in db(local_home).execute("SELECT kind FROM events ORDER BY id")]
     assert "reattached" in kinds and kinds[-1] == "done"
     assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"

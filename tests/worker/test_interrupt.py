@@ -19,7 +19,7 @@ MANY = 150
 
 def _long_job(model, **extra):
     task = {"name": "cap", "kind": "caption", "samples": MANY, "image_size": [64, 64]}
-    return job(model, [task], "fp32", batch_size=1, generation={"max_new_tokens": 24, "do_sample": False}, **extra)
+    return job(model, [task], "fp32", batch_size=1, generation={"max_new_tokens": 8, "do_sample": False}, **extra)
 
 
 def _wait_for_lines(out, n: int, proc, timeout: float = 120.0) -> None:
@@ -61,15 +61,26 @@ def test_sigkill_then_resume(tiny_model, tmp_path):
     assert (out / "results" / "cap.jsonl").read_bytes().endswith(b"}\n")
 
 
-def test_deadline_stops_cleanly_and_rerun_finishes(tiny_model, tmp_path):
+def test_deadline_stops_cleanly_and_rerun_finishes(tiny_model, tmp_path, monkeypatch):
+    """The worker's clock is injected: it reaches the deadline once 5 lines are written (no race with the
+    model load on a busy machine)."""
+    from runner.worker import run as worker_run
+
     out = tmp_path / "out"
-    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).isoformat()
-    job_path = write_job(tmp_path, _long_job(tiny_model, deadline=deadline))
+    deadline = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    real_now = worker_run._now
+
+    def now():
+        path = out / "results" / "cap.jsonl"
+        done = len(path.read_bytes().splitlines()) if path.exists() else 0
+        return deadline + dt.timedelta(seconds=1) if done >= 5 else real_now()
+    monkeypatch.setattr(worker_run, "_now", now)
+    job_path = write_job(tmp_path, _long_job(tiny_model, deadline=deadline.isoformat()))
     assert run_inline(job_path, out) == 3
     s, st = summary(out), status(out)
     assert s["stopped"] == "deadline" and not s["complete"] and st["phase"] == "stopped"
     got = lines(out, "cap")
-    assert 0 < len(got) < MANY and s["tasks"]["cap"]["done"] == len(got)
+    assert 5 <= len(got) < MANY and s["tasks"]["cap"]["done"] == len(got)
     raw = (out / "results" / "cap.jsonl").read_bytes()
     assert raw.endswith(b"\n") and all(json.loads(x) for x in raw.splitlines())
 
@@ -78,6 +89,7 @@ def test_deadline_stops_cleanly_and_rerun_finishes(tiny_model, tmp_path):
     assert summary(out)["loads"] == [] and len(lines(out, "cap")) == len(got)
 
     write_job(tmp_path, _long_job(tiny_model))  # the controller lifts the deadline
+    monkeypatch.setattr(worker_run, "_now", real_now)
     assert run_inline(job_path, out) == 0
     assert len(lines(out, "cap")) == MANY and summary(out)["complete"]
 
