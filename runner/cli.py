@@ -56,7 +56,8 @@ def _decimal(value: str | None, flag: str, zero_ok: bool = False) -> Decimal | N
     except InvalidOperation:
         raise InputError(f"{flag} {value!r} is not a number", example) from None
     if not d.is_finite() or d < 0 or (d == 0 and not zero_ok):
-        raise InputError(f"{flag} must be a positive amount in CNY, got {value}", example)
+        raise InputError(f"{flag} must be {'0 or more' if zero_ok else 'a positive amount'} in CNY, got {value}",
+                         example)
     if d > MAX_YUAN or d.as_tuple().exponent < -6:
         raise InputError(f"{flag} {value} is out of range: at most {MAX_YUAN:,} CNY, to 6 decimal places", example)
     return d
@@ -444,8 +445,7 @@ METAVARS = {"--yuan": "AMOUNT", "--max-yuan-hour": "AMOUNT", "--price-yuan-hour"
             "--model": "NAME", "--model-config": "PATH", "--model-path": "DIR", "--out": "PATH", "--provider": "NAME",
             "--pool": "NAME", "--offer": "ID", "--quant": "Q", "--objective": "cost|time", "--top": "N", "--limit": "N",
             "--fx": "CUR=RATE", "--assume": "NAME=VALUE", "--batch-size": "N|auto", "--device": "auto|cuda|cpu",
-            "--max-minutes": "MINUTES", "--gpu": "GPU", "--format": "skypilot|csv", "--remote-python": "PATH",
-            "--run": "RUN", "--since": "DATE", "--until": "DATE"}
+            "--max-minutes": "MINUTES", "--gpu": "GPU", "--format": "skypilot|csv", "--remote-python": "PATH"}
 
 
 def _plain_metavars(cmd) -> None:
