@@ -13,8 +13,9 @@ from planner.errors import InputError
 from planner.models import EvalPlan
 
 from . import plandata
-from .worker.job import BUILTIN, SCHEMA
 from .worker.job import QUANTS as WORKER_QUANTS
+from .worker.job import SCHEMA, JobError
+from .worker.job import parse as parse_job
 from .worker.tiny import NAME as TINY
 
 
@@ -47,10 +48,6 @@ def _task(task, plan_dir: Path) -> dict:
     ds = task.dataset.model_dump() if task.dataset else {"kind": "synthetic"}
     if ds["kind"] == "local":  # plandata.require checked it and the files it names
         ds["path"] = str(plandata.manifest_path(task, plan_dir).resolve())
-    if ds["kind"] == "builtin" and BUILTIN.get(ds["name"]) != task.kind:
-        known = ", ".join(n for n, k in BUILTIN.items() if k == task.kind) or "none"
-        raise InputError(f"task {task.name}: {ds['name']!r} is not a builtin {task.kind} dataset (known: {known})",
-                         "fix the plan's dataset.name, or use kind: local with your own manifest")
     d["dataset"] = {k: v for k, v in ds.items() if v}
     return d
 
@@ -82,6 +79,11 @@ def build(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, quan
         doc["max_memory"] = max_memory
     if not run_id:
         doc["run_id"] = "eval-" + fingerprint(doc)[:12]
+    try:  # the worker's own validation, here: a job it would refuse is refused before anything starts
+        parse_job(doc)
+    except JobError as e:
+        raise InputError(f"plan {plan.name}: the worker would refuse its job: {e}",
+                         "fix the plan (plans/qwen3-vl-8b.yaml shows the schema by example)") from None
     return doc
 
 

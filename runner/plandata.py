@@ -118,7 +118,8 @@ def init(plan: EvalPlan, plan_path: Path) -> list[Written]:
             continue
         manifest = manifest_path(task, plan_path.parent)
         rows = TEMPLATES.get(task.kind, TEMPLATES["caption"])
-        media_dir = str(Path(next(iter(r.get("image") or r.get("video") or r["frames"][0] for r in rows))).parts[0])
+        example = rows[0].get("image") or rows[0].get("video") or rows[0]["frames"][0]
+        media_dir = Path(example).parts[0]
         if manifest.exists():
             done.append(Written(task.name, task.kind, manifest, media_dir, False))
             continue

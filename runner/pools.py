@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from planner.errors import InputError
 
-from .guard import Meter, Policy, committed
+from .guard import Policy, committed
 from .ledger import Ledger
 
 _NO_MARGIN = Policy(tick_s=0.0, teardown_s=0.0)
@@ -91,24 +91,20 @@ def _existing(led: Ledger, name: str) -> Decimal:
 
 
 def _summary(led: Ledger, pool: dict, now: float) -> dict:
-    """A pool's money: cap, spent (billed so far), committed (the worst case of its live instances if
-    each stops as late as its lease allows), left = cap - committed."""
+    """A pool's money: cap, spent (billed so far), committed (the worst case if each live instance stops as
+    late as its lease allows; a statement, so without the guard's tick and teardown margins), left = cap -
+    committed."""
     cap = Decimal(pool["cap_cny"])
     instances = led.instances(pool=pool["name"])
     spent = led.spent_pool(pool["name"])
     live = [i for i in instances if i.ended_at is None]
-    worst = spent + sum((_tail(i.meter, now) for i in live), Decimal(0))
+    # the guard's projection without its margins: every live instance to the end of its lease
+    worst = max(spent, committed([i.meter for i in instances], now, _NO_MARGIN))
     runs = led.pool_runs(pool["name"])
     return {"name": pool["name"], "cap_cny": cap, "spent_cny": spent, "committed_cny": worst,
             "left_cny": cap - worst, "runs": len(runs),
             "active_runs": sum(r["state"] in ("created", "running") for r in runs),
             "live_instances": len(live), "created_at": pool["created_at"]}
-
-
-def _tail(m: Meter, now: float) -> Decimal:
-    """What a live instance may still add: its cost to the end of its lease (+ nothing for teardown:
-    the pool view is a statement, the guard adds its own margins)."""
-    return committed([m], now, _NO_MARGIN) - m.cost(now)
 
 
 def listing(led: Ledger) -> list[dict]:

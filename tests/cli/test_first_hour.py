@@ -412,3 +412,12 @@ def test_a_plans_missing_data_is_listed_at_once(cli, budget_home, tmp_path, monk
     code, out, err = cli("run", "qwen3-vl-8b.yaml", "--provider", "local", "--yes")
     one_error(code, out, err, "media path ../secret.jpg must be relative to the manifest, inside its folder")
     assert not (budget_home / "runs").exists()
+
+
+def test_a_job_the_worker_would_refuse_is_refused_before_anything_starts(cli, budget_home, tmp_path):
+    plan = tmp_path / "wrong.yaml"
+    plan.write_text("name: wrong\nmodel: tiny-random-qwen3-vl\nquantizations: [nf4]\n"
+                    "tasks: [{name: caps, kind: caption, samples: 1, dataset: {kind: builtin, name: docvqa-val}}]\n")
+    code, out, err = cli("run", plan, "--provider", "local", "--yuan", "5", "--yes")
+    one_error(code, out, err, "'docvqa-val' is not a builtin caption dataset (known: coco-val2017-captions")
+    assert not (budget_home / "runs").exists()
