@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from . import names
+
 Quant = Literal["fp16", "bf16", "int8", "nf4"]
 # Higher is better quality; fp16 and bf16 are the same 16-bit reference.
 QUALITY_RANK: dict[str, int] = {"nf4": 0, "int8": 1, "fp16": 2, "bf16": 2}
@@ -175,6 +177,11 @@ class Task(Model):
     dataset: Dataset | None = None
     metrics: list[str] = []
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:  # it names the task's result file and data folder
+        return names.check(v, "task name")
+
     @model_validator(mode="after")
     def _kind_fields(self) -> Task:
         if self.kind == "memory_sweep" and not self.resolutions:
@@ -210,6 +217,13 @@ class EvalPlan(Model):
     tasks: list[Task] = Field(min_length=1)
     budget_yuan: Decimal | None = Field(default=None, gt=0)
     seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:  # it starts every run id, and run ids name run directories
+        if len(v) > names.PLAN_MAX:
+            raise ValueError(f"a plan name is at most {names.PLAN_MAX} characters (its run ids add 21)")
+        return names.check(v, "plan name")
 
     @field_validator("quantizations")
     @classmethod

@@ -1,6 +1,8 @@
 """`budget eval`: run the worker on this machine — no provider, no ledger. The output directory is
 the worker's own (job.json, status.json, results/, summary.json, worker.log); rerunning the same
-command resumes in it. Ctrl-C asks the worker to stop cleanly (SIGTERM), so finished samples stay."""
+command resumes in it. Ctrl-C asks the worker to stop cleanly (SIGTERM), so finished samples stay; if
+`budget eval` is killed outright its worker gets SIGTERM too, and a directory still held by a worker is
+refused (one writer per output directory)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from planner.errors import GpuBudgetError, InputError
 
 from . import jobs
+from .worker import files
 from .worker.run import EXIT_DONE, EXIT_STOPPED
 
 
@@ -43,6 +46,10 @@ def prepare(out: Path, job: dict, fresh: bool) -> None:
     except OSError as e:
         raise InputError(f"--out {out}: cannot create the directory ({e.strerror})",
                          "pass a directory you can write (--out DIR)") from None
+    holder = files.locked(out)
+    if holder:  # e.g. the worker of a `budget eval` killed a moment ago, still finishing its batch
+        raise InputError(f"{holder}: its results would mix with this run's",
+                         "wait for it to finish (or stop it), or pass another --out")
     existing = out / "job.json"
     if existing.exists() and not fresh:
         try:
@@ -72,7 +79,7 @@ def run(out: Path, on_status: Callable[[dict], None], poll_s: float = 0.5) -> Ou
     env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     with open(out / "worker.stderr.log", "ab") as errlog:
         proc = subprocess.Popen(worker_command(out), stdout=errlog, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
         last = None
         try:
             while proc.poll() is None:
@@ -88,6 +95,18 @@ def run(out: Path, on_status: Callable[[dict], None], poll_s: float = 0.5) -> Ou
         _emit(out, last, on_status)
     status = read_json(out / "status.json")
     return Outcome(out=out, exit_code=proc.returncode, status=status, summary=read_json(out / "summary.json"))
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec: SIGTERM it when this process dies, even by kill -9 (Linux
+    PR_SET_PDEATHSIG; the worker then flushes and exits). A local eval leaves no orphan behind; remote
+    workers stay detached by design (the watchdog guards them)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker may outlive a killed `budget eval`
+        pass
 
 
 def read_json(path: Path) -> dict:

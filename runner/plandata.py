@@ -14,7 +14,7 @@ from planner.errors import InputError
 from planner.models import EvalPlan
 from planner.plans import bundled_plan
 
-from .worker.datasets import MEDIA_KEYS, DatasetError, read_manifest
+from .worker.datasets import MEDIA_KEYS, DatasetError, check_row, inside, media_refs, read_manifest
 
 # What one manifest line holds, per task kind (README: manifest format); `budget data init` writes these.
 TEMPLATES: dict[str, list[dict]] = {
@@ -46,7 +46,8 @@ def manifest_path(task, plan_dir: Path) -> Path:
 
 def media_files(manifest: Path, task_name: str) -> list[tuple[str, str]]:
     """(key, relative path) of every media file a manifest names; URLs are fetched on the instance.
-    A path that is absolute or leaves the manifest's folder is refused (it would read outside the data)."""
+    A malformed row, or a path that is absolute or leaves the manifest's folder (`..`, a symlink pointing
+    out), is refused: it would read - and upload - files outside the data."""
     try:
         rows = read_manifest(manifest, f"task {task_name}")
     except DatasetError as e:
@@ -55,16 +56,18 @@ def media_files(manifest: Path, task_name: str) -> list[tuple[str, str]]:
     found = []
     for row in rows:
         for key in MEDIA_KEYS:
-            value = row.get(key)
-            for p in ([value] if isinstance(value, str) else value if isinstance(value, list) else []):
-                if not isinstance(p, str) or "://" in p:
-                    continue
-                if Path(p).is_absolute() or ".." in Path(p).parts:
-                    raise InputError(f"task {task_name}: {manifest}: sample {row['id']}: media path {p} must be "
-                                     "relative to the manifest, inside its folder (it is copied to the instance "
-                                     "beside it)",
-                                     "rewrite the manifest's paths relative to its own directory")
-                found.append((key, p))
+            if key not in row:
+                continue
+            try:
+                check_row(row)
+                refs = [r for r in media_refs(row, key) if "://" not in r]
+                for ref in refs:
+                    inside(manifest.parent, ref)
+            except DatasetError as e:
+                raise InputError(f"task {task_name}: {manifest}: sample {row['id']}: {e}",
+                                 "media paths are relative to the manifest, inside its folder (they are copied to "
+                                 "the instance beside it); `budget data init PLAN` shows the fields") from None
+            found += [(key, ref) for ref in refs]
     return found
 
 

@@ -7,25 +7,24 @@ refused before anything is written, with the commands that fix it."""
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from decimal import Decimal
 
+from planner import names
 from planner.errors import InputError
 
 from .guard import Policy, committed
 from .ledger import Ledger
 
 _NO_MARGIN = Policy(tick_s=0.0, teardown_s=0.0)
-NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 
 
 def check_name(name: str) -> str:
-    if not NAME.fullmatch(name or ""):
-        raise InputError(f"pool name {name!r} is not allowed: use letters, digits, '.', '_' and '-' (at most 64, "
-                         "not starting with '.' or '-')", "e.g. --pool team-eval")
-    return name
+    try:
+        return names.check(name, "pool name")
+    except ValueError as e:
+        raise InputError(str(e), "e.g. --pool team-eval") from None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from planner import names
 from planner.catalog import Catalog
 from planner.errors import InputError
 from planner.models import EvalPlan, Recommendation
@@ -50,6 +51,15 @@ class Prepared:
     @property
     def pool(self) -> str:
         return self.cap.pool
+
+
+def directory(home: Path, run_id: str) -> Path:
+    """$BUDGET_HOME/runs/<run id>; an id that is not a plain name (it came from a command line) is refused."""
+    try:
+        names.check(run_id, "run id")
+    except ValueError as e:
+        raise InputError(str(e), "see `budget status` for run ids") from None
+    return home / "runs" / run_id
 
 
 def ledger(home: Path) -> Ledger:
@@ -114,7 +124,7 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
                                          "price": price, "currency": "CNY", "spot_price": None})
         original = price
     run_id = new_run_id(plan.name)
-    run_dir = home / "runs" / run_id
+    run_dir = directory(home, run_id)
     job = jobs.build(plan, plan_path, catalog, home, quantization=rec.quantization, model_path=model_path,
                      limit=limit, batch_size=batch_size, run_id=run_id)
     policy = policy_for(cfg, prov)
@@ -161,7 +171,7 @@ def create(p: Prepared, home: Path) -> None:
 
 def drive(run_id: str, home: Path, on_progress=lambda _: None, resume: bool = False) -> str:
     """Run the controller for a created run, in this process (`resume`: one whose controller died)."""
-    run_dir = home / "runs" / run_id
+    run_dir = directory(home, run_id)
     req = Request.load(run_dir / "request.json")
     led = ledger(home)
     try:
@@ -202,7 +212,7 @@ def check(run_id: str, home: Path, state: str) -> None:
 
 def detach(run_id: str, home: Path, resume: bool = False) -> int:
     """Start a controller for the run in the background (it survives this shell); returns its pid."""
-    run_dir = home / "runs" / run_id
+    run_dir = directory(home, run_id)
     with open(run_dir / "controller.out", "ab") as out:
         p = subprocess.Popen([sys.executable, "-m", "runner.cli", "drive", run_id, *(["--resume"] if resume else [])],
                              stdout=out,

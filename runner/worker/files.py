@@ -4,10 +4,45 @@ and fsynced per batch, and a torn last line left by a kill is cut off when the f
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
+
+LOCK_FILE = ".worker.lock"
+
+
+class Busy(Exception):
+    """Another worker holds the output directory."""
+
+
+def lock_out(out: Path) -> int:
+    """Take the output directory for this process: an exclusive flock on out/.worker.lock, held until the
+    process ends (the kernel drops it on any death, kill -9 included). Two writers on one directory would
+    interleave result lines; the second one gets Busy. Returns the lock's descriptor."""
+    fd = os.open(Path(out) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        holder = (Path(out) / LOCK_FILE).read_text(errors="replace").strip() or "another process"
+        raise Busy(f"{out} is in use by another worker ({holder})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()}\n".encode())
+    return fd
+
+
+def locked(out: Path) -> str | None:
+    """Who holds `out` (a live worker), or None."""
+    try:
+        fd = lock_out(out)
+    except Busy as e:
+        return str(e)
+    except OSError:
+        return None
+    os.close(fd)
+    return None
 
 
 def write_json(path: Path, doc: dict) -> None:
@@ -38,23 +73,30 @@ class ResultFile:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.damaged = 0  # complete lines that are not a result (skipped; their samples run again)
         self.lines: list[dict] = self._recover()
 
     def _recover(self) -> list[dict]:
-        """Read the finished lines; cut a torn tail (a kill mid-write) so appends start on a clean line."""
+        """Read the finished lines. A torn tail (a kill mid-write: the last piece has no newline) is cut so
+        appends start on a clean line; a damaged *complete* line is skipped and left in place - the finished
+        lines after it are kept, and the file never shrinks under a reader that fetches by offset."""
         if not self.path.exists():
             return []
         data = self.path.read_bytes()
-        lines, good = [], 0
-        for raw in data.split(b"\n")[:-1]:  # the last piece is b"" or a torn line
+        pieces = data.split(b"\n")
+        lines = []
+        for raw in pieces[:-1]:  # the last piece is b"" or a torn line
             try:
-                lines.append(json.loads(raw))
+                line = json.loads(raw)
             except ValueError:
-                break
-            good += len(raw) + 1
-        if good != len(data):
+                line = None
+            if isinstance(line, dict) and isinstance(line.get("id"), str):
+                lines.append(line)
+            elif raw.strip():
+                self.damaged += 1
+        if pieces[-1]:
             with open(self.path, "r+b") as f:
-                f.truncate(good)
+                f.truncate(len(data) - len(pieces[-1]))
                 f.flush()
                 os.fsync(f.fileno())
         return lines

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,14 @@ QUANTS = ("fp32", "fp16", "bf16", "int8", "nf4")
 KINDS = ("caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify")
 DATASET_KINDS = ("builtin", "local", "url", "synthetic")
 # the builtin public datasets (runner/worker/datasets.py fetches them) and the task kind each serves
+# names become file names (results/<task>.jsonl, data/<task>/, runs/<run id>/): the controller's rule
+# (planner/names.py), restated because the worker runs alone on the instance
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+MAX_PROMPT_CHARS = 65536  # a task's or a sample's prompt; longer is a mistake, and tokenizing it stalls the run
+MAX_PIXELS = 2**26  # image_limits.max_pixels at most (64 Mpx): the processor resizes down to it
+GENERATION = {"max_new_tokens": (int, 1, 1 << 16), "num_beams": (int, 1, 64), "top_k": (int, 0, 1 << 20),
+              "do_sample": (bool, None, None), "top_p": (float, 0.0, 1.0), "temperature": (float, 0.0, 100.0),
+              "repetition_penalty": (float, 0.0, 100.0)}
 BUILTIN = {"coco-val2017-captions": "caption", "coco-val2017": "caption", "coco-val2017-multiturn": "multiturn_vqa",
            "docvqa-val": "document", "public-clips": "video"}
 
@@ -113,6 +123,48 @@ def _tuple(types) -> tuple:
     return types if isinstance(types, tuple) else (types,)
 
 
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _name(value: str, where: str) -> str:
+    if not NAME.fullmatch(value):
+        raise JobError(f"{where}: {value!r} is not allowed: use letters, digits, '.', '_' and '-' (at most 128, not "
+                       "starting with '.' or '-'); it names files")
+    return value
+
+
+def _generation(gen: dict) -> dict:
+    for key, value in gen.items():
+        if key not in GENERATION:
+            raise JobError(f"job.generation.{key}: unknown field")
+        kind, lo, hi = GENERATION[key]
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+        else:
+            ok = _finite(value) and (lo < value or key == "temperature" and value == 0) and value <= hi
+        if not ok:
+            rng = "true or false" if kind is bool else f"{kind.__name__} in ({lo}, {hi}]" if kind is float \
+                else f"integer in [{lo}, {hi}]"
+            raise JobError(f"job.generation.{key}: expected {rng}, got {json.dumps(value)}")
+    return {"max_new_tokens": 128, "do_sample": False, **gen}
+
+
+def _image_limits(lim: dict) -> dict:
+    out = {"min_pixels": 65536, "max_pixels": 16777216}
+    for key, value in lim.items():
+        if key not in out:
+            raise JobError(f"job.image_limits.{key}: unknown field")
+        if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_PIXELS):
+            raise JobError(f"job.image_limits.{key}: expected an integer in [1, {MAX_PIXELS}], got {json.dumps(value)}")
+        out[key] = value
+    if out["min_pixels"] > out["max_pixels"]:
+        raise JobError("job.image_limits: min_pixels is above max_pixels")
+    return out
+
+
 def _names(types) -> str:
     return " or ".join(t.__name__ for t in _tuple(types))
 
@@ -130,8 +182,11 @@ def _task(doc: dict, where: str) -> Task:
         "resolutions": (list, False), "prompt": (str, False), "max_new_tokens": (int, False), "turns": (int, False),
         "video": (dict, False), "of_task": (str, False), "dataset": (dict, False), "metrics": (list, False),
     })
+    _name(d["name"], f"{where}.name")
     if d["kind"] not in KINDS:
         raise JobError(f"{where}.kind: {d['kind']!r} is not one of {', '.join(KINDS)}")
+    if len(d.get("prompt") or "") > MAX_PROMPT_CHARS:
+        raise JobError(f"{where}.prompt: {len(d['prompt'])} characters is over the {MAX_PROMPT_CHARS} cap")
     if "image_size" in d:
         d["image_size"] = _size(d["image_size"], f"{where}.image_size")
     d["resolutions"] = [_size(r, f"{where}.resolutions[{i}]") for i, r in enumerate(d.get("resolutions") or [])]
@@ -141,6 +196,12 @@ def _task(doc: dict, where: str) -> Task:
             "max_frames": (int, False), "min_frames": (int, False), "frame_size": (list, False)})
         if "frame_size" in v:
             v["frame_size"] = _size(v["frame_size"], f"{where}.video.frame_size")
+        for key in ("duration_s", "source_fps", "fps"):
+            if key in v and not (_finite(v[key]) and 0 < v[key] <= 1e6):
+                raise JobError(f"{where}.video.{key}: must be a positive number, got {json.dumps(v[key])}")
+        for key in ("max_frames", "min_frames"):
+            if key in v and not 1 <= v[key] <= 100_000:
+                raise JobError(f"{where}.video.{key}: must be between 1 and 100000, got {v[key]}")
         d["video"] = Video(**v)
     if "dataset" in d:
         ds = _take(d["dataset"], f"{where}.dataset", {k: (str, k == "kind") for k in ("kind", "name", "path", "url", "sha256")})
@@ -174,6 +235,7 @@ def parse(doc: dict) -> Job:
         "batch_size": ((int, str), False), "seed": (int, False), "deadline": (str, False), "limit": (int, False),
         "heartbeat_s": ((int, float), False), "sweep_memory_cap_mib": (int, False), "cache_dir": (str, False),
     })
+    _name(d["run_id"], "job.run_id")
     d["model"] = Model(**_take(d["model"], "job.model", {k: (str, k in ("name", "source"))
                                                             for k in ("name", "source", "recipe", "revision")}))
     if d["quantization"] not in QUANTS:
@@ -204,11 +266,13 @@ def parse(doc: dict) -> Job:
         d["deadline"] = deadline
     if d.get("limit") is not None and d["limit"] < 1:
         raise JobError("job.limit: must be at least 1")
-    gen = d.get("generation") or {}
-    allowed = {"max_new_tokens", "num_beams", "do_sample", "top_p", "temperature", "top_k", "repetition_penalty"}
-    if set(gen) - allowed:
-        raise JobError(f"job.generation.{min(set(gen) - allowed)}: unknown field")
-    d["generation"] = {"max_new_tokens": 128, "do_sample": False, **gen}
+    d["generation"] = _generation(d.get("generation") or {})
+    d["image_limits"] = _image_limits(d.get("image_limits") or {})
+    hb = d.get("heartbeat_s", 10.0)
+    if not (_finite(hb) and 0.1 <= hb <= 3600):
+        raise JobError(f"job.heartbeat_s: expected seconds in [0.1, 3600], got {json.dumps(hb)}")
+    if d.get("sweep_memory_cap_mib") is not None and d["sweep_memory_cap_mib"] < 1:
+        raise JobError("job.sweep_memory_cap_mib: must be at least 1")
     return Job(**{k: v for k, v in d.items() if v is not None})
 
 

@@ -1,7 +1,8 @@
 """The worker's main loop: job.json in; status.json, results/<task>.jsonl, summary.json, worker.log out.
 
 Exit codes: 0 the plan is done; 3 it stopped early on purpose (deadline, stop file, SIGTERM/SIGINT) with
-everything finished so far flushed; 2 the job is malformed; 1 anything else failed (the reason is in
+everything finished so far flushed; 2 the job is malformed; 4 another worker holds the output directory
+(files.lock_out); 1 anything else failed (the reason is in
 status.json and worker.log). Restarted on the same output directory, it skips every sample already in
 results/ and finishes the rest."""
 
@@ -22,7 +23,7 @@ from . import datasets, files
 from . import job as jobmod
 from .model import LoadError
 
-EXIT_DONE, EXIT_FAILED, EXIT_BAD_JOB, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_DONE, EXIT_FAILED, EXIT_BAD_JOB, EXIT_STOPPED, EXIT_BUSY = 0, 1, 2, 3, 4
 STATUS_SCHEMA = "gpubudget.status/1"
 SUMMARY_SCHEMA = "gpubudget.summary/1"
 STOP_FILE = "STOP"
@@ -98,11 +99,17 @@ class Worker:
     # ------------------------------------------------------------------ main
 
     def main(self) -> int:
+        try:
+            lock = files.lock_out(self.out)  # held while this runs; any death releases it
+        except files.Busy as e:
+            print(f"worker: {e}; not starting a second one", file=sys.stderr)
+            return EXIT_BUSY
         handler = self._logging()
         previous = {sig: signal.signal(sig, self._signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             return self._main()
         finally:
+            os.close(lock)
             for sig, h in previous.items():
                 signal.signal(sig, h)
             logging.getLogger("gpubudget").removeHandler(handler)
@@ -153,6 +160,9 @@ class Worker:
         for t in verify_tasks:
             samples[t.name] = samples[t.of_task][:t.samples if job.limit is None else min(t.samples, job.limit)]
         results = {t.name: files.ResultFile(self.out / "results" / f"{t.name}.jsonl") for t in job.tasks}
+        for name, rf in results.items():
+            if rf.damaged:
+                log.warning("results/%s.jsonl: %d damaged line(s) skipped; their samples run again", name, rf.damaged)
         self.update(tasks={t.name: self._progress(results[t.name], len(samples[t.name])) for t in job.tasks})
         todo = {t.name: [s for s in samples[t.name] if s.id not in results[t.name].done_ids] for t in job.tasks}
 
@@ -275,6 +285,13 @@ class Worker:
         recorded as `status: error` (a bad file must not end a paid run)."""
         from .tasks.base import SampleError, error_line
 
+        bad = [s for s in chunk if getattr(s, "error", "")]
+        if bad:  # rows the dataset could not make into samples: their errors, then the rest as usual
+            for s in bad:
+                log.warning("task %s sample %s: %s", task.name, s.id, s.error)
+            good = [s for s in chunk if not getattr(s, "error", "")]
+            return [error_line(ctx, task, s.id, s.error) for s in bad] + (self._run_chunk(ctx, kind, task, good)
+                                                                           if good else [])
         try:
             return kind.run_batch(ctx, task, chunk)
         except SampleError as e:

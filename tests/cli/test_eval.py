@@ -145,3 +145,39 @@ def test_max_minutes_stops_then_a_rerun_finishes(home, tmp_path, tiny_model):
     p = budget(*base, cwd=tmp_path, home=home)  # same job without the deadline: resumes and finishes
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["complete"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_kill_9_of_budget_eval_takes_its_worker_along(home, tmp_path):
+    """The audit's two writers: kill -9 `budget eval`, rerun at once - the orphaned worker ran on and both
+    appended to one file (80 lines for 40 ids). Now the worker dies with its parent, a directory still
+    held is refused, and the rerun finishes with every id once."""
+    import signal
+    import time
+
+    sys.path.insert(0, str(REPO / "infra" / "localcloud"))
+    import localcloud
+
+    from runner.worker import files
+
+    plan = localcloud.caption_plan(REPO / "plans" / "smoke.yaml", tmp_path, "many", 60)
+    out = tmp_path / "out"
+    env = dict(os.environ, BUDGET_HOME=str(home), HF_HUB_OFFLINE="1")
+    first = subprocess.Popen([sys.executable, "-m", "runner.cli", "eval", str(plan), "--out", str(out), "--quant",
+                              "fp16"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results" / "captions.jsonl"
+    end = time.monotonic() + 600
+    while not (results.exists() and results.read_bytes().count(b"\n") >= 2):
+        assert first.poll() is None and time.monotonic() < end
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    while files.locked(out):  # the worker got SIGTERM from the kernel: it flushes and exits
+        assert time.monotonic() < end, "the worker outlived its parent"
+        time.sleep(0.1)
+    kept = results.read_bytes().count(b"\n")
+    again = budget("eval", str(plan), "--out", str(out), "--quant", "fp16", cwd=tmp_path, home=home, timeout=600)
+    assert again.returncode == 0, again.stderr
+    ids = [json.loads(x)["id"] for x in results.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 60 and kept < 60

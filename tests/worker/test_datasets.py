@@ -53,15 +53,16 @@ def test_local_manifest_relative_paths_and_limit(tmp_path):
     assert got[1].keywords == ["月"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"id": "a", "image": "missing.png"}\n', "image file"),
-    ('{"id": "a"}\n{"id": "a"}\n', "sample ids repeat"),
-    ('{"id": "a"\n', "m.jsonl:1: not JSON"),
+@pytest.mark.parametrize("content, sample, message", [
+    ('{"id": "a", "image": "missing.png"}\n', "a", "image file"),
+    ('{"id": "a"\n', "line-1", "m.jsonl:1: not JSON"),
 ])
-def test_local_manifest_errors(tmp_path, content, message):
+def test_local_manifest_bad_rows_are_sample_errors(tmp_path, content, sample, message):
+    """On the instance a bad row is that sample's error (tests/worker/test_untrusted.py has the full set);
+    before launch the controller refuses them (tests/cli/test_untrusted.py)."""
     (tmp_path / "m.jsonl").write_text(content)
-    with pytest.raises(datasets.DatasetError, match=message):
-        datasets.resolve(_task(dataset={"kind": "local", "path": "m.jsonl"}), _job(), tmp_path, tmp_path)
+    got = datasets.resolve(_task(dataset={"kind": "local", "path": "m.jsonl"}), _job(), tmp_path, tmp_path)
+    assert [s.id for s in got] == [sample] and message in got[0].error
 
 
 def test_url_manifest_with_retry_and_checksums(http, tmp_path):

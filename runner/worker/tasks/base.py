@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import stat
 from dataclasses import dataclass, field
 
 from ..engine import Batch, Engine, Memory, OutOfMemory, Output, Request
@@ -36,15 +38,31 @@ class SampleError(Exception):
     """One sample's input is unusable (unreadable image or video); it is recorded, the run goes on."""
 
 
+MAX_IMAGE_PIXELS = 2**26  # 64 Mpx: past this a file is a decompression bomb, not a photo (PIL warns at 89 Mpx)
+
+
+def regular_file(src) -> None:
+    """Refuse what is not a regular file before opening it (a FIFO or device would block the run forever)."""
+    try:
+        mode = os.stat(src).st_mode
+    except OSError as e:
+        raise SampleError(f"cannot read {src}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise SampleError(f"{src} is not a regular file")
+
+
 def load_image(src):
     from PIL import Image
 
     if hasattr(src, "convert"):
         return src.convert("RGB")
+    regular_file(src)
     try:
-        with Image.open(src) as im:
+        with Image.open(src) as im:  # lazy: the header gives the size before any pixel is decoded
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise SampleError(f"image {src} is {im.width}x{im.height}: over the {MAX_IMAGE_PIXELS >> 20} Mpx cap")
             return im.convert("RGB")
-    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
         raise SampleError(f"cannot read image {src}: {e}") from None
 
 

@@ -33,6 +33,8 @@ def load(sample, spec):
         frames = datasets.synthetic_frames(src[1], spec.frame_size, idx)
         fps = spec.source_fps
     elif isinstance(src, list):  # a list of frame images
+        if not src:
+            raise base.SampleError("the frames list is empty")
         fps = float(sample.fps or spec.source_fps)
         idx = frame_indices(len(src), fps, spec.fps, spec.min_frames, spec.max_frames)
         frames = np.stack([np.asarray(base.load_image(src[i])) for i in idx])
@@ -47,19 +49,41 @@ def load(sample, spec):
                     "width": w, "height": h}
 
 
+MAX_VIDEO_FRAMES = 216_000  # two hours at 30 fps: longer is not a clip to caption
+
+
 def _decode(path, spec):
+    """Decode only the frames that are kept: a first pass counts the clip's packets (no decoding), a second
+    converts just the sampled frames to pixels (a 60 s clip no longer takes GBs of memory)."""
     import numpy as np
 
     try:
         import av
     except ImportError:
         raise base.SampleError("video files need PyAV on the instance (pip install av)") from None
+    base.regular_file(path)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        fps = float(stream.average_rate or spec.source_fps)
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    idx = frame_indices(len(frames), fps, spec.fps, spec.min_frames, spec.max_frames)
-    return np.stack([frames[i] for i in idx]), idx, len(frames), fps
+        rate = float(stream.average_rate or 0)
+        fps = rate if rate > 0 else spec.source_fps
+        total = sum(1 for packet in container.demux(stream) if packet.size)
+    if not total:
+        raise ValueError("no video frames")
+    if total > MAX_VIDEO_FRAMES:
+        raise ValueError(f"{total} frames is over the {MAX_VIDEO_FRAMES} frame cap")
+    idx = frame_indices(total, fps, spec.fps, spec.min_frames, spec.max_frames)
+    want, kept = set(idx), {}
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(container.streams.video[0])):
+            if i in want:
+                kept[i] = frame.to_ndarray(format="rgb24")
+            if i >= idx[-1]:
+                break
+    if len(kept) < len(idx):  # fewer frames decoded than packets counted: keep what there is, an even count
+        idx = sorted(kept)[: max(1, len(kept) // 2 * 2)]
+    if not idx:
+        raise ValueError("no frame could be decoded")
+    return np.stack([kept[i] for i in idx]), idx, total, fps
 
 
 def run_batch(ctx, task, samples):

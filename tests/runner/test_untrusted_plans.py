@@ -1,0 +1,102 @@
+"""Untrusted plans at the controller's boundary: names that would leave their folders and manifests that
+would read outside their dataset are refused - one error, one hint, exit 2 - before anything is launched,
+billed or written (also on a rented SSH host, where the audit saw a refusal after launch + bootstrap)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.runner.conftest import db
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "plans" / "smoke.yaml"
+
+
+def _plan(tmp_path: Path, name: str = "smoke", task: str = "captions", manifest: list[dict] | None = None) -> Path:
+    doc = yaml.safe_load(SMOKE.read_text())
+    doc["name"] = name
+    doc["tasks"] = [dict(doc["tasks"][0], name=task)]
+    if manifest is not None:
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        (data / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in manifest))
+        doc["tasks"][0]["dataset"] = {"kind": "local", "path": "data/m.jsonl"}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    return path
+
+
+def _one_error(code, err, needle):
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and lines[0].startswith("error:") and lines[1].startswith("hint:"), err
+    assert needle in lines[0], err
+
+
+def _nothing_happened(home: Path, outside: Path) -> None:
+    if (home / "ledger.db").exists():
+        assert db(home).execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+        assert db(home).execute("SELECT count(*) FROM instances").fetchone()[0] == 0
+    assert not list((home / "runs").glob("*")) if (home / "runs").exists() else True
+    assert not (home / "instances").exists() or not list((home / "instances").iterdir())
+    assert not list(outside.glob("escaped*"))
+
+
+def _secret(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8)).save(secret)
+    return secret
+
+
+CASES = {
+    "plan name ../": (dict(name="../../escaped"), "plan name '../../escaped' is not allowed"),
+    "plan name /abs": (dict(name="/tmp/escaped"), "is not allowed"),
+    "task name ../": (dict(task="../../victim"), "task name '../../victim' is not allowed"),
+    "absolute media": ("abs", "relative to the manifest"),
+    "media ../": ("up", "relative to the manifest"),
+    "symlink out": ("link", "points outside the dataset"),
+    "int path": ("int", "expected a path string"),
+}
+
+
+def _case(tmp_path: Path, case: str) -> tuple[Path, str]:
+    change, needle = CASES[case]
+    if isinstance(change, dict):
+        return _plan(tmp_path, **change), needle
+    secret = _secret(tmp_path)
+    image = {"abs": str(secret), "up": "../secret.png", "link": "link.png", "int": 7}[change]
+    plan = _plan(tmp_path, manifest=[{"id": "a", "image": image, "references": ["x"]}])
+    (tmp_path / "data" / "link.png").symlink_to(secret)
+    return plan, needle
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_untrusted_plans_are_refused_before_launch(cli, budget_home, tmp_path, case):
+    plan, needle = _case(tmp_path, case)
+    code, _, err = cli("run", plan, "--provider", "local", "--yuan", "5", "--yes")
+    _one_error(code, err, needle)
+    _nothing_happened(budget_home, tmp_path)
+    code, _, err = cli("eval", plan, "--out", tmp_path / "out")  # the same boundary for `budget eval`
+    _one_error(code, err, needle)
+
+
+@pytest.mark.slow
+def test_a_rented_host_is_not_touched_for_a_bad_manifest(cli, ssh_host, budget_home, tmp_path):
+    plan, needle = _case(tmp_path, "symlink out")
+    code, _, err = cli("run", plan, "--provider", "ssh", "--yuan", "5", "--yes")
+    _one_error(code, err, needle)
+    _nothing_happened(budget_home, tmp_path)
+    assert not list(ssh_host.remote_dir.iterdir())  # nothing pushed, nothing started, nothing billed
+
+
+def test_run_ids_from_the_command_line_cannot_leave_runs(cli, budget_home, tmp_path):
+    for args in (["drive", "../../escaped"], ["stop", "../x"], ["status", "../x"]):
+        code, _, err = cli(*args)
+        assert code == 2 and "Traceback" not in err, (args, err)
+    assert not list(tmp_path.glob("escaped*")) and not os.path.exists(budget_home.parent / "escaped")
