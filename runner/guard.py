@@ -9,6 +9,8 @@ A decision projects every instance of a pool to the latest moment it can still b
 
     live:   max(now + tick_s, lease_until) + teardown_s     (the next decision may come a tick late,
                                                              and stopping takes teardown_s)
+    lapsed: lease_until + teardown_s                        (a lease a tick past due: no controller extends
+                                                             it, the watchdog ends the instance)
     ended:  ended_at
 
 and charges each under its billing rule (whole increments started, at least the minimum). The run may
@@ -47,6 +49,10 @@ class Meter:
     def projected_end(self, now: float, tick_s: float, teardown_s: float) -> float:
         if self.ended is not None:
             return self.ended
+        if self.lease_until + tick_s < now:
+            # lapsed: nobody extended its lease for over a tick (its controller is gone), so its own watchdog
+            # ends it by lease + teardown - projecting it to `now` would block the pool with money not spent
+            return self.lease_until + teardown_s
         return max(now + tick_s, self.lease_until) + teardown_s
 
     def next_increment_cny(self, now: float) -> Decimal:

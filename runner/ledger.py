@@ -12,6 +12,7 @@ the guard's admission check, so concurrent runs on one pool cannot both spend th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -251,12 +252,16 @@ class Ledger:
         return d_pool
 
     def admit(self, run_id: str, *, offer, price_cny_h: Decimal, price_original_h: Decimal, spot: bool,
-              provider: str, now: float, policy: Policy) -> tuple[Decision, int | None]:
-        """The guard's launch check and, if it passes, the intent row - in one transaction."""
+              provider: str, now: float, policy: Policy, min_lease_s: float = 0.0) -> tuple[Decision, int | None]:
+        """The guard's launch check and, if it passes, the intent row - in one transaction. A launch whose
+        money would not last `min_lease_s` (its boot and a first stretch of work) is refused: admitted, it
+        would only be stopped at its first tick with nothing done."""
         run = self.run(run_id)
         with self.transaction():
             mine = Meter(price_cny_h, offer.billing_increment_s, offer.billing_minimum_s, now, now)
             d = self._check(run_id, run["pool"], mine, None, now, policy)
+            if d.go and d.lease_until < now + min_lease_s:
+                d = dataclasses.replace(d, go=False, reason="short")
             if not d.go:
                 return d, None
             cur = self.db.execute(

@@ -33,6 +33,7 @@ from .errors import BootstrapError, RemoteError, RunError, WorkerError
 from .evaluate import last_line, read_json
 from .guard import Policy
 from .ledger import Ledger
+from .liveness import KILL, PROBE, Liveness, stale_after
 from .providers.base import LaunchSpec
 from .remote import fetch, push_tree, wait_for
 from .units import iso, money
@@ -273,10 +274,18 @@ class Orchestrator:
         offer = self.req.offer_obj
         now = self.clock()
         boot = dataclasses.replace(self.policy, lease_s=self.policy.lease_s + self.req.ssh_wait_s)
+        stretch = first_stretch_s(self.req.ssh_wait_s, self.policy)
         d, iid = self.led.admit(self.req.run_id, offer=offer, price_cny_h=Decimal(self.req.price_cny_h),
                                 price_original_h=Decimal(self.req.price_original_h), spot=self.req.spot,
-                                provider=self.provider.name, now=now, policy=boot)
+                                provider=self.provider.name, now=now, policy=boot, min_lease_s=stretch)
         self.decision = d
+        if not d.go and d.reason == "short":
+            run = self.led.run(self.req.run_id)
+            raise BudgetTooSmall(
+                f"not launching: the money left would keep {offer.instance_type} at {self.req.price_cny_h} CNY/h "
+                f"running for less than {stretch:.0f} s (its boot and a first stretch of work); it would be stopped "
+                f"at its first tick with nothing done (committed {d.committed_cny:.2f} of {d.cap_cny} CNY, pool "
+                f"{run['pool']} has {self.led.spent_pool(run['pool'])} CNY spent)", "raise --yuan, or use another --pool")
         if not d.go:
             run = self.led.run(self.req.run_id)
             raise BudgetTooSmall(
@@ -338,7 +347,15 @@ class Orchestrator:
         self._open_session(self.req.ssh_wait_s)
         self.led.set_instance(self.iid, state="running")
         self.event("connected", getattr(self.session, "address", ""))
-        # the instance's own guard, before anything slow happens there
+        self._arm_watchdog()  # the instance's own guard, before anything slow happens there
+        after = getattr(self.provider, "after_watchdog", None)
+        if after:
+            rc, out = self.session.run(after, timeout=60)
+            self.event("boot-guard", f"`{after}` exit {rc}: {out.strip()[-200:]}")
+
+    def _arm_watchdog(self) -> None:
+        """Put the watchdog there and start it (a running one is left alone), holding the instance to its
+        ledger lease. On a new instance and on every takeover: nothing is extended before it runs."""
         self.session.put_file(INSTANCE_FILES / "watchdog.sh", "watchdog.sh", 0o755)
         self.session.put_bytes((self.provider.poweroff + "\n").encode(), "poweroff.sh", 0o755)
         # the worker's flush time after a lease runs out; the other half of teardown_s is the power-off
@@ -346,20 +363,23 @@ class Orchestrator:
         # the boot lease covered the wait for SSH; from now on the watchdog holds the instance to the
         # normal lease (shortening is safe in this order: the instance first, then the ledger)
         lease = min(self.led.instance(self.iid).lease_until, self.clock() + self.policy.lease_s)
+        self.lease_written = 0  # whatever the file says, the ledger's lease is the one that holds
         self.write_lease(lease)
         self.led.set_instance(self.iid, lease_until=float(int(lease)))
         rc, out = self.session.run(START_WATCHDOG, timeout=60)
         if rc != 0:
             raise RemoteError(f"cannot start the watchdog: {out.strip()[-200:]}", "check the instance's disk")
-        self.event("watchdog", f"started; lease until {iso(self.lease_written)}")
-        after = getattr(self.provider, "after_watchdog", None)
-        if after:
-            rc, out = self.session.run(after, timeout=60)
-            self.event("boot-guard", f"`{after}` exit {rc}: {out.strip()[-200:]}")
+        self.event("watchdog", f"armed; lease until {iso(self.lease_written)}")
+
+    def _python(self) -> str:
+        """The Python that runs the worker there: given, this one (local), or what bootstrap.sh found."""
+        if self.req.remote_python or self.provider.name == "local":
+            return self.req.remote_python or sys.executable
+        return (self.session.read("python.path") or b"").decode().strip() or "python3"
 
     def _bootstrap(self) -> None:
         if self.req.remote_python or self.provider.name == "local":
-            self.python = self.req.remote_python or sys.executable
+            self.python = self._python()
             return
         self.phase("bootstrapping")
         self.session.put_file(INSTANCE_FILES / "bootstrap.sh", "bootstrap.sh", 0o755)
@@ -378,7 +398,7 @@ class Orchestrator:
             raise BootstrapError(f"bootstrap.sh exited {rc} on the instance: {last}",
                                  "fix the instance's Python (or pass --remote-python PATH to one that can import "
                                  "torch, transformers, accelerate, bitsandbytes)")
-        self.python = (self.session.read("python.path") or b"").decode().strip() or "python3"
+        self.python = self._python()
 
     def _push(self) -> None:
         self.phase("pushing")
@@ -409,6 +429,9 @@ class Orchestrator:
 
     def _start(self) -> None:
         self.phase("starting")
+        self._start_worker()
+
+    def _start_worker(self) -> None:
         rc, out = self.session.run(f"sh ./start.sh {shlex.quote(self.python)}", timeout=60)
         if rc != 0:
             raise WorkerError(f"cannot start the worker: {out.strip()[-300:]}", "see the run's controller.log")
@@ -418,21 +441,40 @@ class Orchestrator:
     def _monitor(self) -> tuple[str, str]:
         self.phase("running")
         out = self.dir / "out"
+        watch = Liveness(stale_after(float(self.req.job.get("heartbeat_s", 10.0)), self.policy.tick_s))
         while True:
             try:
                 fetch(self.session, "out", out)
                 self.status = read_json(out / "status.json")
-                code = self.session.read("worker.exit")
-                if code is not None and code.strip():
+                _, probe = self.session.run(PROBE, timeout=60)
+                verdict = watch.verdict(probe, self.status.get("updated_at"), time.monotonic())
+                if verdict.startswith("exit "):
                     fetch(self.session, "out", out)
                     self.status = read_json(out / "status.json")
-                    return self._finished(int(code.strip()))
+                    code = verdict.removeprefix("exit ").strip()
+                    return self._finished(int(code) if code.lstrip("-").isdigit() else 1)
+                if verdict != "ok":
+                    self._revive(watch, verdict)
                 self.tick()
             except RemoteError as e:  # the worker runs on, detached: reconnect and carry on
                 self.event("ssh", f"lost ({e.message}); reconnecting")
                 self._reconnect()
                 continue
             time.sleep(self.policy.tick_s * 0.8)
+
+    def _revive(self, watch: Liveness, verdict: str) -> None:
+        """The worker died without an exit code, or hangs: restart it (it resumes from its results) while
+        restarts are left, else fail the run - never keep paying for an instance that does nothing."""
+        what = ("its process is gone and it left no exit code" if verdict == "dead"
+                else f"its heartbeat has not moved for {watch.stale_s:.0f} s")
+        if not watch.may_restart():
+            raise WorkerError(f"the worker stopped working ({what}) after {watch.restarted} restart(s)",
+                              f"see {self.dir}/out/worker.log; finished samples are kept in {self.dir}/out")
+        if verdict == "hung":
+            self.session.run(KILL, timeout=60)
+        watch.restarting(time.monotonic())
+        self.event("worker", f"{what}; restarting it ({watch.restarted} of {watch.restarts})")
+        self._start_worker()
 
     def _reconnect(self) -> None:
         try:
@@ -461,8 +503,13 @@ class Orchestrator:
             raise RunError(f"{self.pid} is gone: its watchdog ended it when the lease ran out",
                            f"the samples fetched before are in {self.dir}/out; start a new run for the rest")
         self._open_session(min(self.req.ssh_wait_s, 300.0))
+        if (self.session.read("watchdog.fired") or b"").strip():
+            raise RunError(f"{self.pid}: its watchdog stopped it when the lease ran out",
+                           f"the samples fetched before are in {self.dir}/out; start a new run for the rest")
         if self.session.read("worker.pid") is None:
             raise RunError(f"run {self.req.run_id} died before its worker started", "start a new run")
+        self._arm_watchdog()  # it may have died with the controller: the guard first, then any extension
+        self.python = self._python()
         self.started_worker = True
         self.event("reattached", getattr(self.session, "address", ""))
         self.tick()
@@ -552,11 +599,14 @@ def terminate_instance(led: Ledger, provider, iid: int, run_id: str, policy: Pol
     led.set_instance(iid, state="stopping")
     event("terminating", pid)
     try:
+        running = provider.status(pid).state in ("pending", "running")
         ended = provider.terminate(pid)
     except GpuBudgetError as e:
         event("terminate", f"failed: {e.message}")
         raise
-    spent = led.settle(iid, billing_end(led.instance(iid), ended, policy))
+    # still running when we terminated it: it billed until now, lease or not (its watchdog may have died
+    # with everything else) - the ledger never records less than the provider bills
+    spent = led.settle(iid, ended if running else billing_end(led.instance(iid), ended, policy))
     event("terminated", f"{pid}; {money(spent)} CNY")
     return pid
 
@@ -598,6 +648,11 @@ def remote_job(job: dict, root: str, provider: str) -> dict:
         model["source"] = f"{root}/model"
     job["cache_dir"] = f"{root}/../../cache"
     return job
+
+
+def first_stretch_s(ssh_wait_s: float, policy: Policy) -> float:
+    """The least lease a launch must be able to pay for: its boot (the wait for SSH) and ten ticks of work."""
+    return ssh_wait_s + 10 * policy.tick_s
 
 
 def lease_minutes(lease_until: float, now: float) -> int:

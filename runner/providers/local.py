@@ -19,6 +19,7 @@ POWEROFF = 'kill -TERM -"$(cat worker.pid)" 2>/dev/null; touch POWEROFF'
 class LocalProvider:
     name = "local"
     teardown_s = 30.0  # SIGTERM, then the worker flushes and exits; SIGKILL after that
+    ssh_wait_s = 10.0  # nothing boots: the directory is there at once
     poweroff = POWEROFF
 
     def __init__(self, home: Path):
@@ -39,7 +40,8 @@ class LocalProvider:
 
     def status(self, provider_id: str) -> InstanceInfo:
         d = self._dir(provider_id)
-        gone = not d.exists() or (d / "TERMINATED").exists()
+        # POWEROFF: its watchdog powered it off at the lease (what EC2 reports as terminated)
+        gone = not d.exists() or (d / "TERMINATED").exists() or (d / "POWEROFF").exists()
         return InstanceInfo(provider_id, "terminated" if gone else "running", "localhost")
 
     def terminate(self, provider_id: str) -> float:

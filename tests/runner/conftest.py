@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import shutil
 import sqlite3
 import sys
 import urllib.request
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from runner.worker.tiny import NAME as TINY
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "infra" / "localcloud"))
@@ -60,6 +62,30 @@ def spent(home: Path) -> Decimal:
 
 def caption_plan(directory: Path, name: str, samples: int) -> Path:
     return localcloud.caption_plan(REPO / "plans" / "smoke.yaml", directory, name, samples)
+
+
+def result_lines(run: dict) -> int:
+    res = Path(run["dir"]) / "out" / "results"
+    return sum(len(p.read_text().splitlines()) for p in res.glob("*.jsonl")) if res.exists() else 0
+
+
+def instance_pids(run: dict, home: Path) -> list[int]:
+    d = home / "instances" / run["id"]
+    return [int((d / n).read_text()) for n in ("worker.pid", "watchdog.pid") if (d / n).exists()]
+
+
+@pytest.fixture
+def local_home(budget_home, tiny_model):
+    (budget_home / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(tiny_model, budget_home / "models" / TINY)
+    write_config(budget_home, run={"tick_s": 1})  # decisions, stops and teardowns in seconds, not 5 s ticks
+    return budget_home
+
+
+@pytest.fixture
+def long_plan(tmp_path) -> Path:
+    """Thousands of tiny captions at batch 1: a run that lasts long enough to be stopped."""
+    return caption_plan(tmp_path, "long", 5000)
 
 
 FAST = {"tick_s": 1, "lease_s": 60, "ssh_wait_s": 20, "bootstrap_timeout_s": 120}

@@ -115,14 +115,17 @@ def scenarios(draw):
 @given(scenarios())
 def test_settled_spend_never_exceeds_the_cap(tmp_path_factory, sc):
     """Random prices, billing rules, tick jitter (any gap up to tick_s), teardown times, concurrent instances
-    on one pool, controllers that die mid-run (their watchdog ends the instance at its lease): the pool's
-    settled spend stays within its cap, and every run's within its own."""
+    on one pool, controllers that die mid-run (their watchdog ends the instance at its lease; the ledger
+    learns it only when a later command settles it - meanwhile the other runs see its lease lapse): the
+    pool's settled spend stays within its cap, every run's within its own, and each instance's recorded
+    spend is exactly what its provider billed."""
     rng = random.Random(sc["seed"])
     led = Ledger(tmp_path_factory.mktemp("g") / "ledger.db")
     cap, p = sc["cap"], sc["policy"]
     led.ensure_pool("pool", cap, T0)
     queue: list[tuple[float, int, str]] = []
     live: dict[int, int] = {}
+    ends: dict[int, float] = {}
     for k, inst in enumerate(sc["instances"]):
         run_cap = min(cap, Decimal(inst["run_cap"]) / 100) if inst["run_cap"] else cap
         led.create_run(id=f"r{k}", pool="pool", plan="p", plan_path="p", provider="sim", offer="o", quantization="nf4",
@@ -137,12 +140,18 @@ def test_settled_spend_never_exceeds_the_cap(tmp_path_factory, sc):
             if not d.go:
                 continue
             live[k] = iid
+        elif what == "settle":
+            led.settle(live[k], ends[k])
+            continue
         else:
             iid = live[k]
             started = led.instance(iid).started_at
             if inst["dies"] is not None and now >= started + inst["dies"]:
-                # the controller is gone: the watchdog powers off at the lease; billing ends within teardown_s
-                led.settle(iid, led.instance(iid).lease_until + rng.uniform(0, p.teardown_s))
+                # the controller is gone: the watchdog powers off at the lease, billing ends within teardown_s -
+                # but nobody settles it until some later command does (the others meanwhile see it lapsed)
+                end = led.instance(iid).lease_until + rng.uniform(0, p.teardown_s)
+                heapq.heappush(queue, (end + rng.uniform(0, 20) * p.tick_s, k, "settle"))
+                ends[k] = end
                 continue
             if now >= started + inst["work"]:
                 led.settle(iid, now + rng.uniform(0, p.teardown_s))
@@ -158,3 +167,58 @@ def test_settled_spend_never_exceeds_the_cap(tmp_path_factory, sc):
         assert i.state == "terminated"
         assert led.spent_instance(i.id) == i.meter.cost(i.ended_at)
     led.close()
+
+
+def _two_runs(tmp_path, cap: str):
+    led = Ledger(tmp_path / "ledger.db")
+    led.ensure_pool("p", Decimal(cap), T0)
+    for r in ("a", "b"):
+        led.create_run(id=r, pool="p", plan="s", plan_path="x", provider="local", offer="o", quantization="nf4",
+                       spot=0, cap_cny=Decimal(cap), dir=".", created_at=T0)
+    return led
+
+
+def test_a_dead_run_is_projected_to_its_lease_not_to_now(tmp_path):
+    """The audit: kill -9 run A; 75 s later run B on the same pool was stopped at "committed 151 of 150" while
+    the real spend was 52. A lease a tick past due has no controller; its watchdog ends it by lease + teardown."""
+    led = _two_runs(tmp_path, "150")
+    p = Policy(tick_s=5, teardown_s=10, lease_s=30)
+    _, a = led.admit("a", offer=offer(1, 0), price_cny_h=Decimal(3600), price_original_h=Decimal(3600), spot=False,
+                     provider="local", now=T0, policy=p)  # 1 CNY/s
+    led.tick(a, T0 + 5, p)
+    lease = led.instance(a).lease_until
+    assert lease == T0 + 35  # ... and then A's controller dies
+    later = T0 + 80
+    d, b = led.admit("b", offer=offer(1, 0), price_cny_h=Decimal(360), price_original_h=Decimal(360), spot=False,
+                     provider="local", now=later, policy=p)
+    assert d.go and b  # A is bounded by 35 + 10 = 45 CNY, not by 80 + 5 + 10 = 95 CNY still growing
+    assert d.committed_cny < Decimal(45) + Decimal(10)
+
+
+def test_admission_reserves_a_first_stretch_or_refuses(tmp_path):
+    """Admitted with a lease of one tick, a run is stopped at its first tick with nothing done: refuse it."""
+    led = _two_runs(tmp_path, "20")
+    p = Policy(tick_s=1, teardown_s=5, lease_s=60)
+    d, iid = led.admit("a", offer=offer(1, 0), price_cny_h=Decimal(3600), price_original_h=Decimal(3600), spot=False,
+                       provider="local", now=T0, policy=p, min_lease_s=30)  # 1 CNY/s: 20 CNY is 15 s + teardown
+    assert not d.go and d.reason == "short" and iid is None and not led.instances()
+    d, iid = led.admit("a", offer=offer(1, 0), price_cny_h=Decimal(3600), price_original_h=Decimal(3600), spot=False,
+                       provider="local", now=T0, policy=p, min_lease_s=10)
+    assert d.go and d.lease_until >= T0 + 10
+
+
+def test_liveness_tells_dead_hung_and_slow_starts_apart():
+    from runner.liveness import STARTUP_S, Liveness
+
+    w = Liveness(stale_s=60, restarts=1)
+    assert w.verdict("alive", None, 0) == "ok"
+    assert w.verdict("alive", None, 300) == "ok"  # importing torch on a cold disk: not a hang yet
+    assert w.verdict("alive", None, STARTUP_S + 1) == "hung"
+    assert w.verdict("alive", "t1", STARTUP_S + 2) == "ok"  # it beats
+    assert w.verdict("alive", "t1", STARTUP_S + 50) == "ok"
+    assert w.verdict("alive", "t1", STARTUP_S + 63) == "hung"  # then its heartbeat stops for over 60 s
+    assert w.verdict("gone", "t1", 0) == "dead" and w.verdict(" exit 3\n", "t1", 0) == "exit 3"
+    assert w.may_restart()
+    w.restarting(1000)
+    assert not w.may_restart()
+    assert w.verdict("alive", "t1", 1100) == "ok"  # the old beat is not the new worker's

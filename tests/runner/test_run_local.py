@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 
 from runner.providers.local import pid_alive as alive
 from runner.worker.tiny import NAME as TINY
-from tests.runner.conftest import caption_plan, db, spent, the_run, write_config
+from tests.runner.conftest import caption_plan, db, instance_pids, result_lines, spent, the_run, write_config
 
 pytestmark = pytest.mark.slow  # whole runs: real processes, sshd, kills
 
@@ -29,30 +28,6 @@ SMOKE = REPO / "plans" / "smoke.yaml"
 SIM_OFFER = ("provider,instance_type,gpu,gpu_count,price_per,price,spot_price,currency,region,billing_increment_s,"
              "billing_minimum_s,source,date\n"
              'sim,cpu,T4,1,gpu,3600,,CNY,local,1,0,"test: 1 CNY a second, per-second billing, no minimum",2026-11-25\n')
-
-
-def result_lines(run: dict) -> int:
-    res = Path(run["dir"]) / "out" / "results"
-    return sum(len(p.read_text().splitlines()) for p in res.glob("*.jsonl")) if res.exists() else 0
-
-
-def instance_pids(run: dict, home: Path) -> list[int]:
-    d = home / "instances" / run["id"]
-    return [int((d / n).read_text()) for n in ("worker.pid", "watchdog.pid") if (d / n).exists()]
-
-
-@pytest.fixture
-def local_home(budget_home, tiny_model):
-    (budget_home / "models").mkdir(parents=True, exist_ok=True)
-    shutil.copytree(tiny_model, budget_home / "models" / TINY)
-    write_config(budget_home, run={"tick_s": 1})  # decisions, stops and teardowns in seconds, not 5 s ticks
-    return budget_home
-
-
-@pytest.fixture
-def long_plan(tmp_path) -> Path:
-    """Thousands of tiny captions at batch 1: a run that lasts long enough to be stopped."""
-    return caption_plan(tmp_path, "long", 5000)
 
 
 def sim_offer(cli, tmp_path) -> None:
