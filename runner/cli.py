@@ -20,11 +20,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 prices_app = typer.Typer(no_args_is_help=True, help="List and import GPU offers (prices in CNY).")
 model_app = typer.Typer(no_args_is_help=True, help="Inspect Qwen3-VL architectures.")
 pool_app = typer.Typer(no_args_is_help=True, help="Budget pools: named caps in CNY that runs draw on.")
+ledger_app = typer.Typer(no_args_is_help=True, help="The spend ledger itself: check it, rebuild it from run directories.")
 data_app = typer.Typer(no_args_is_help=True, help="A plan's own data: template manifests for what only you have.")
 app.add_typer(prices_app, name="prices")
 app.add_typer(model_app, name="model")
 app.add_typer(pool_app, name="pool")
 app.add_typer(data_app, name="data")
+app.add_typer(ledger_app, name="ledger")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document.")]
 # the bundled models' short names, for help (the catalog also takes full names and $BUDGET_HOME/catalog/models)
@@ -394,6 +396,30 @@ def _pools(fn, *args):
         return fn(led, *args)
     finally:
         led.close()
+
+
+@ledger_app.command("check")
+def ledger_check(as_json: JsonOpt = False) -> None:
+    """Is the ledger whole? SQLite's integrity check, runs on disk it lacks, instances it does not count."""
+    from . import recovery, render
+
+    doc = recovery.check(budget_home())
+    render.json_dict(doc) if as_json else render.ledger_check(doc)
+    if not doc["ok"]:
+        raise typer.Exit(1)
+
+
+@ledger_app.command("rebuild")
+def ledger_rebuild(yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+                   as_json: JsonOpt = False) -> None:
+    """Move ledger.db aside (kept) and rebuild it from the run directories' money journals."""
+    from . import recovery, render
+
+    if not yes and not typer.confirm(f"move {budget_home() / 'ledger.db'} aside and rebuild it from "
+                                     f"{budget_home() / 'runs'}?", default=False):
+        raise typer.Exit(1)
+    doc = recovery.rebuild(budget_home())
+    render.json_dict(doc) if as_json else render.ledger_rebuilt(doc)
 
 
 @pool_app.command("list")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -72,7 +73,13 @@ def _m2(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2]
+def _m3(db: sqlite3.Connection) -> None:
+    """A controller is its pid *and* its start time: a pid reused by another process is not our controller."""
+    db.execute("ALTER TABLE runs ADD COLUMN controller_start TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3]
+JOURNAL = "money.jsonl"  # in each run directory: the ledger's money facts of that run, for `budget ledger rebuild`
 LIVE = ("intent", "launching", "running", "stopping")
 
 
@@ -111,8 +118,10 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self.db.row_factory = sqlite3.Row
+            self._dirs: dict[str, str] = {}
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, safe against corruption
+            # FULL: a committed launch intent or spend row survives a power failure (NORMAL may lose the last ones)
+            self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA busy_timeout=30000")
             self._migrate()
@@ -187,11 +196,32 @@ class Ledger:
             row["estimate_cny"] = str(row["estimate_cny"])
         cols = ", ".join(row)
         self.db.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+        self.journal(row["id"], {"run": dict(row), "pool": {"name": row["pool"], "cap_cny": str(self.pool_cap(row["pool"]))}})
         self.event(row["id"], "created", f"{row['provider']} {row['offer']} {row['quantization']}")
 
     def update_run(self, run_id: str, **fields) -> None:
         sets = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE runs SET {sets} WHERE id=?", (*fields.values(), run_id))
+        if "state" in fields:
+            self.journal(run_id, {"run": {k: fields[k] for k in ("state", "reason", "finished_at") if k in fields}})
+
+    def journal(self, run_id: str, record: dict) -> None:
+        """Append one money fact to the run directory's money.jsonl (fsynced): the ledger can be rebuilt from
+        run directories when ledger.db is lost (runner/recovery.py). A run directory that cannot be written
+        does not stop the money path - the ledger itself holds."""
+        d = self._dirs.get(run_id)
+        if d is None:
+            row = self.db.execute("SELECT dir FROM runs WHERE id=?", (run_id,)).fetchone()
+            d = self._dirs[run_id] = row[0] if row else ""
+        if not d or not Path(d).is_absolute() or not Path(d).is_dir():  # run directories are absolute
+            return
+        try:
+            with open(Path(d) / JOURNAL, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"at": time.time(), **record}, default=str) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            pass
 
     def run(self, run_id: str) -> dict | None:
         row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
@@ -273,7 +303,11 @@ class Ledger:
                  now, d.lease_until))
             self.event(run_id, "intent", f"launch {offer.instance_type} at {price_cny_h} CNY/h "
                        f"(lease to {iso(d.lease_until)})", cur.lastrowid, now)
+        self.journal(run_id, {"instance": self._row(cur.lastrowid)})
         return d, cur.lastrowid
+
+    def _row(self, instance_id: int) -> dict:
+        return dict(self.db.execute("SELECT * FROM instances WHERE id=?", (instance_id,)).fetchone())
 
     def tick(self, instance_id: int, now: float, policy: Policy) -> Decision:
         """Accrue spend up to `now` and decide: on `go`, the lease is extended (ledger first, then the
@@ -284,6 +318,8 @@ class Ledger:
             self._accrue(inst, now)
             if d.go and d.lease_until > inst.lease_until:
                 self.db.execute("UPDATE instances SET lease_until=? WHERE id=?", (d.lease_until, instance_id))
+        if d.go and d.lease_until > inst.lease_until:
+            self.journal(inst.run_id, {"instance": {"id": instance_id, "lease_until": d.lease_until}})
         return d
 
     def _accrue(self, inst: Instance, until: float) -> None:
@@ -300,6 +336,8 @@ class Ledger:
     def set_instance(self, instance_id: int, **fields) -> None:
         sets = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE instances SET {sets} WHERE id=?", (*fields.values(), instance_id))
+        row = self._row(instance_id)
+        self.journal(row["run_id"], {"instance": {"id": instance_id, **fields}})
 
     def settle(self, instance_id: int, ended_at: float | None, state: str = "terminated") -> Decimal:
         """Close an instance: its last spend interval up to `ended_at` (None: it never existed, no charge)."""
@@ -316,6 +354,9 @@ class Ledger:
                 self.db.execute("UPDATE instances SET state=?, ended_at=? WHERE id=?", (state, ended_at, instance_id))
                 self._accrue(self.instance(instance_id), ended_at)
             self.event(inst.run_id, "settled", f"{state}; {money(self.spent_instance(instance_id))} CNY", instance_id)
+        row = self._row(instance_id)
+        self.journal(inst.run_id, {"instance": {k: row[k] for k in ("id", "state", "ended_at", "lease_until")},
+                                   "spent_cny": str(self.spent_instance(instance_id))})
         return self.spent_instance(instance_id)
 
     # ------------------------------------------------------------------ money

@@ -18,6 +18,7 @@ import os
 import secrets
 import shlex
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .guard import Policy
 from .ledger import Ledger
 from .liveness import KILL, PROBE, Liveness, stale_after
 from .providers.base import LaunchSpec
+from .providers.local import proc_start
 from .remote import fetch, push_tree, wait_for
 from .units import iso, money
 from .worker.run import EXIT_DONE, EXIT_STOPPED
@@ -168,9 +170,12 @@ class Orchestrator:
     # ------------------------------------------------------------------ bookkeeping
 
     def event(self, kind: str, detail: str = "") -> None:
+        try:
+            self.log.write(f"{iso(time.time())} {kind}: {detail}\n")
+            self.log.flush()
+        except OSError:  # a full disk: the ledger may still take it, and nothing here may stop a teardown
+            pass
         self.led.event(self.req.run_id, kind, detail, self.iid)
-        self.log.write(f"{iso(time.time())} {kind}: {detail}\n")
-        self.log.flush()
 
     def phase(self, name: str) -> None:
         self.led.update_run(self.req.run_id, phase=name, state="running" if name not in FINAL else name)
@@ -228,7 +233,7 @@ class Orchestrator:
     def execute(self, resume: bool = False) -> str:
         """Drive the run to its end (`resume`: take over a running one); returns the final state.
         Raises our errors after tearing down."""
-        self.led.update_run(self.req.run_id, controller_pid=os.getpid())
+        self.led.update_run(self.req.run_id, controller_pid=os.getpid(), controller_start=proc_start(os.getpid()))
         old = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
         error: GpuBudgetError | None = None
         state, reason = "failed", ""
@@ -534,15 +539,7 @@ class Orchestrator:
         run_id = self.req.run_id
         try:
             if self.session is not None and self.started_worker:
-                try:  # keep what the worker finished: ask it to stop, let it flush (briefly), take the last lines
-                    if state != "done":
-                        self.session.put_bytes(b"", "out/STOP")
-                        end = time.monotonic() + min(self.policy.tick_s, self.policy.teardown_s / 4)
-                        while time.monotonic() < end and not (self.session.read("worker.exit") or b"").strip():
-                            time.sleep(0.2)
-                    fetch(self.session, "out", self.dir / "out")
-                except GpuBudgetError as e:
-                    self.event("fetch", f"final fetch failed: {e.message}")
+                final_fetch(self.session, self.dir, self.policy, self.event, stop=state != "done")
             summary = read_json(self.dir / "out" / "summary.json")
             if summary:
                 self.led.record_tasks(run_id, summary)
@@ -595,20 +592,66 @@ def terminate_instance(led: Ledger, provider, iid: int, run_id: str, policy: Pol
             led.settle(iid, None, "failed")
             return None
         pid = found[0]
-        led.set_instance(iid, provider_id=pid)
-    led.set_instance(iid, state="stopping")
-    event("terminating", pid)
+        _record(lambda: led.set_instance(iid, provider_id=pid))
+    _record(lambda: led.set_instance(iid, state="stopping"))
+    _record(lambda: event("terminating", pid))
     try:
         running = provider.status(pid).state in ("pending", "running")
         ended = provider.terminate(pid)
     except GpuBudgetError as e:
-        event("terminate", f"failed: {e.message}")
+        why = e.message
+        _record(lambda: event("terminate", f"failed: {why}"))
         raise
     # still running when we terminated it: it billed until now, lease or not (its watchdog may have died
     # with everything else) - the ledger never records less than the provider bills
     spent = led.settle(iid, ended if running else billing_end(led.instance(iid), ended, policy))
     event("terminated", f"{pid}; {money(spent)} CNY")
     return pid
+
+
+def _record(write: Callable[[], None]) -> None:
+    """A bookkeeping write on the way to a terminate: a full disk or a locked ledger must not keep the
+    instance running - terminate first; the settle after it raises if the ledger still cannot take it."""
+    try:
+        write()
+    except sqlite3.Error:
+        pass
+
+
+def final_fetch(session, run_dir: Path, policy: Policy, event: Callable[[str, str], None], stop: bool = True) -> None:
+    """Before any terminate: ask the worker to stop (it flushes), give it a moment (bounded by the teardown
+    allowance), fetch the last lines. A fetch that cannot finish says how many finished samples it left."""
+    try:
+        if stop:
+            session.put_bytes(b"", "out/STOP")
+            end = time.monotonic() + min(policy.tick_s, policy.teardown_s / 4)
+            while time.monotonic() < end and not (session.read("worker.exit") or b"").strip():
+                time.sleep(0.2)
+        fetch(session, "out", run_dir / "out")
+    except GpuBudgetError as e:
+        held, known = held_samples(run_dir)
+        left = f"; {known - held} finished samples left on the instance" if known > held else ""
+        event("fetch", f"final fetch failed: {e.message}; {held} samples fetched{left}")
+
+
+def held_samples(run_dir: Path) -> tuple[int, int]:
+    """(result lines held here, samples the worker's last fetched status said were done)."""
+    res = run_dir / "out" / "results"
+    held = sum(f.read_bytes().count(b"\n") for f in res.glob("*.jsonl")) if res.is_dir() else 0
+    tasks = read_json(run_dir / "out" / "status.json").get("tasks") or {}
+    return held, sum(int(t.get("done") or 0) for t in tasks.values() if isinstance(t, dict))
+
+
+def open_session(provider, pid: str, run_id: str, wait_s: float):
+    """A session on a live instance without a controller (`budget stop`): local directly, else SSH."""
+    if provider.name == "local":
+        return provider.session(pid)
+    from .remote import SshSession
+
+    ep = provider.endpoint(pid)
+    if ep is None:
+        raise RemoteError(f"{pid} has no address", "it may be gone already")
+    return SshSession.connect(ep, f"{provider.remote_dir.rstrip('/')}/runs/{run_id}", wait_s=wait_s)
 
 
 def billing_end(inst, terminated_at: float, policy: Policy) -> float:

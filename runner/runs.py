@@ -18,20 +18,23 @@ from planner.errors import InputError
 from planner.models import EvalPlan, Recommendation
 
 from . import config as configmod
-from . import jobs, pools
-from .errors import RunError
+from . import jobs, pools, recovery
+from .errors import LedgerError, RunError
 from .ledger import Ledger
 from .orchestrate import (
     FINAL,
     Orchestrator,
     Request,
+    final_fetch,
+    held_samples,
     make_provider,
     new_run_id,
+    open_session,
     policy_for,
     ssh_wait_for,
     terminate_instance,
 )
-from .providers.local import pid_alive
+from .providers.local import same_process
 
 PROVIDERS = ("local", "aws", "ssh")
 
@@ -63,7 +66,24 @@ def directory(home: Path, run_id: str) -> Path:
 
 
 def ledger(home: Path) -> Ledger:
-    return Ledger(home / "ledger.db")
+    """The spend ledger - refused when it is missing or empty while run directories exist: a lost ledger
+    must never reset the budget (`budget ledger rebuild` restores it from the run directories)."""
+    path = home / "ledger.db"
+    on_disk = recovery.run_dirs(home)
+    if on_disk and not path.exists():
+        raise LedgerError(f"{path} is missing but {len(on_disk)} run(s) are in {home / 'runs'}: starting an empty "
+                          "ledger would forget their spend", recovery.HINT)
+    led = Ledger(path)
+    if on_disk and not led.runs(1):
+        led.close()
+        raise LedgerError(f"{path} holds no runs but {len(on_disk)} run(s) are in {home / 'runs'} (was it truncated "
+                          "or replaced?): their spend would be forgotten", recovery.HINT)
+    return led
+
+
+def controller_alive(run: dict) -> bool:
+    """Whether the run's controller process still runs - the same process, not a reuse of its pid."""
+    return same_process(run.get("controller_pid"), run.get("controller_start"))
 
 
 def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, provider, yuan: Decimal | None,
@@ -180,7 +200,7 @@ def drive(run_id: str, home: Path, on_progress=lambda _: None, resume: bool = Fa
             run = resolve(led, run_id)
             if run["state"] in ("done", "stopped", "failed"):
                 raise RunError(f"run {run_id} is already {run['state']}", "see `budget status " + run_id + "`")
-            if pid_alive(run["controller_pid"]) and run["controller_pid"] != os.getpid():
+            if controller_alive(run) and run["controller_pid"] != os.getpid():
                 raise RunError(f"run {run_id} still has a controller (pid {run['controller_pid']})",
                                f"watch it with `budget logs {run_id} -f`")
             led.update_run(run_id, stop_requested=0)
@@ -239,7 +259,7 @@ def listing(home: Path) -> list[dict]:
     """Every run, newest first, with its spend and whether a controller is driving it."""
     led = ledger(home)
     try:
-        return [dict(r, spent_cny=led.spent_run(r["id"]), controller_alive=pid_alive(r["controller_pid"]))
+        return [dict(r, spent_cny=led.spent_run(r["id"]), controller_alive=controller_alive(r))
                 for r in led.runs()]
     finally:
         led.close()
@@ -250,7 +270,7 @@ def describe(home: Path, run_id: str | None) -> dict:
     led = ledger(home)
     try:
         run = resolve(led, run_id)
-        return {**run, "controller_alive": pid_alive(run["controller_pid"]), "spent_cny": led.spent_run(run["id"]),
+        return {**run, "controller_alive": controller_alive(run), "spent_cny": led.spent_run(run["id"]),
                 "pool_spent_cny": led.spent_pool(run["pool"]), "pool_cap_cny": led.pool_cap(run["pool"]),
                 "instances": [vars(i) for i in led.instances(run["id"])], "tasks": led.tasks(run["id"]),
                 "events": led.events(run["id"])}
@@ -282,29 +302,70 @@ def log_lines(home: Path, run_id: str, follow: bool):
 
 def stop(run_id: str, home: Path, wait_s: float = 300) -> dict:
     """Ask the run's controller to stop (it keeps finished results and tears down). If no controller is
-    alive, tear down here: terminate every live instance of the run and settle the ledger."""
-    led = ledger(home)
+    alive, tear down here: fetch what the worker finished, terminate every live instance, settle. Works
+    without request.json, and from the run directory alone when the ledger cannot be read."""
+    try:
+        led = ledger(home)
+    except LedgerError as e:
+        return recovery.stop_without_ledger(run_id, home, e.message)
     try:
         run = resolve(led, run_id)
         ended_before = run["state"] in FINAL
         if ended_before and not led.instances(run_id=run["id"], live=True):
             return run
         led.update_run(run["id"], stop_requested=1)
-        Path(run["dir"], "STOP").touch()
-        if not ended_before and pid_alive(run["controller_pid"]) and run["controller_pid"] != os.getpid():
+        if Path(run["dir"]).is_dir():
+            Path(run["dir"], "STOP").touch()
+        if not ended_before and controller_alive(run) and run["controller_pid"] != os.getpid():
             end = time.monotonic() + wait_s
             while time.monotonic() < end and led.run(run["id"])["state"] not in FINAL:
                 time.sleep(0.5)
             if led.run(run["id"])["state"] in FINAL and not led.instances(run_id=run["id"], live=True):
                 return led.run(run["id"])
-        req = Request.load(Path(run["dir"]) / "request.json")
-        provider = make_provider(run["provider"], configmod.load(home), home, region=req.offer.get("region"))
-        policy = req.policy_obj
-        for inst in led.instances(run_id=run["id"], live=True):
-            terminate_instance(led, provider, inst.id, run["id"], policy,
-                               lambda kind, detail, i=inst.id: led.event(run["id"], kind, f"{detail} (budget stop)", i))
+        live = led.instances(run_id=run["id"], live=True)
+        provider, policy = _provider_for(run, home, live)
+        for inst in live:
+            def event(kind, detail, i=inst.id):
+                led.event(run["id"], kind, f"{detail} (budget stop)", i)
+            take_last_lines(provider, inst.provider_id, run["id"], Path(run["dir"]), policy, event)
+            terminate_instance(led, provider, inst.id, run["id"], policy, event)
         if not ended_before:  # a run that already ended (e.g. failed to terminate) keeps its verdict
-            led.update_run(run["id"], state="stopped", phase="stopped", reason="user", finished_at=time.time())
+            held, _ = held_samples(Path(run["dir"]))
+            led.update_run(run["id"], state="stopped", phase="stopped", reason="user", finished_at=time.time(),
+                           samples_done=max(held, run["samples_done"]))
         return led.run(run["id"])
     finally:
         led.close()
+
+
+def _provider_for(run: dict, home: Path, live: list):
+    """The run's provider and guard policy: from request.json, else from the ledger's rows and the config."""
+    cfg = configmod.load(home)
+    try:
+        req = Request.load(Path(run["dir"]) / "request.json")
+    except RunError:
+        req = None
+    region = req.offer.get("region") if req else (live[0].region if live else None)
+    provider = make_provider(run["provider"], cfg, home, region=region)
+    return provider, req.policy_obj if req else policy_for(cfg, provider)
+
+
+def take_last_lines(provider, pid: str | None, run_id: str, run_dir: Path, policy, event) -> None:
+    """What the worker finished, fetched before its instance is terminated (bounded; a failure is an event)."""
+    from planner.errors import GpuBudgetError
+
+    if pid is None:
+        return
+    try:
+        if provider.status(pid).state != "running":
+            return
+        session = open_session(provider, pid, run_id, wait_s=min(30.0, policy.teardown_s / 2))
+    except GpuBudgetError as e:
+        held, known = held_samples(run_dir)
+        left = f"; {known - held} finished samples left on the instance" if known > held else ""
+        event("fetch", f"final fetch failed: {e.message}; {held} samples fetched{left}")
+        return
+    try:
+        final_fetch(session, run_dir, policy, event)
+    finally:
+        session.close()

@@ -5,7 +5,9 @@
 set -eu
 cd "$(dirname "$0")"
 PY=$1
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive and ours (works in this directory): a pid reused after a reboot is not our worker
+alive() { p=$(cat "$1" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null &&
+  { [ ! -d /proc/self ] || [ "$(readlink /proc/$p/cwd 2>/dev/null)" = "$(pwd -P)" ]; }; }
 mkdir -p out
 if alive worker.pid; then
   echo "start: worker already running (pid $(cat worker.pid))"

@@ -9,7 +9,9 @@ cd "$(dirname "$0")"
 GRACE=$(cat grace 2>/dev/null || echo 20)  # seconds the worker gets to flush (the controller sets it)
 POLL=2
 lease() { l=$(cat lease 2>/dev/null || echo 0); echo "${l%.*}"; }
-worker_alive() { [ -f worker.pid ] && kill -0 "$(cat worker.pid)" 2>/dev/null; }
+# alive and still our worker (it works in this directory): a pid reused after a reboot is not
+worker_alive() { p=$(cat worker.pid 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null &&
+  { [ ! -d /proc/self ] || [ "$(readlink /proc/$p/cwd 2>/dev/null)" = "$(pwd -P)" ]; }; }
 echo "watchdog: started $(date -u +%FT%TZ), lease $(lease), grace $GRACE s"
 while :; do
   now=$(date +%s)

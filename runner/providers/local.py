@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 from ..remote import LocalSession
-from .base import Endpoint, InstanceInfo, LaunchSpec
+from .base import MANAGED_TAG, RUN_TAG, Endpoint, InstanceInfo, LaunchSpec
 
-# the watchdog's "power off" for a directory: end the worker's process group
-POWEROFF = 'kill -TERM -"$(cat worker.pid)" 2>/dev/null; touch POWEROFF'
+# the watchdog's "power off" for a directory: end the worker's process group (if the pid is still the
+# worker's: it works in this directory)
+POWEROFF = ('p=$(cat worker.pid 2>/dev/null); [ -n "$p" ] && [ "$(readlink /proc/$p/cwd 2>/dev/null)" = "$(pwd -P)" ] '
+            '&& kill -TERM -"$p" 2>/dev/null; touch POWEROFF')
 
 
 class LocalProvider:
@@ -64,8 +66,9 @@ class LocalProvider:
     def list_managed(self) -> list[InstanceInfo]:
         if not self.base.exists():
             return []
-        return [InstanceInfo(f"local-{d.name}", "running", "localhost") for d in sorted(self.base.iterdir())
-                if d.is_dir() and not (d / "TERMINATED").exists() and _alive(d / "worker.pid")]
+        return [InstanceInfo(f"local-{d.name}", "running", "localhost", tags={RUN_TAG: d.name, MANAGED_TAG: "true"})
+                for d in sorted(self.base.iterdir())
+                if d.is_dir() and not (d / "TERMINATED").exists() and not (d / "POWEROFF").exists()]
 
 
 def _pid(path: Path) -> int | None:
@@ -93,10 +96,38 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def proc_start(pid: int | None) -> str | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22): with the pid, its
+    identity - a pid reused by another process has another start time. None where /proc is missing."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+    except (OSError, IndexError, TypeError):
+        return None
+
+
+def same_process(pid: int | None, start: str | None) -> bool:
+    """Whether `pid` still is the process that had start time `start` (None: unknown, trust the pid)."""
+    if not pid_alive(pid):
+        return False
+    now = proc_start(pid)
+    return start is None or now is None or now == start
+
+
+def runs_in(pid: int, directory: Path) -> bool:
+    """Whether process `pid` works in `directory` (a worker or watchdog of that instance, not some other
+    process that got its pid after a power-off). True where /proc cannot tell."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")) == Path(directory).resolve()
+    except FileNotFoundError:
+        return not Path(f"/proc/{pid}").exists() and not Path("/proc/self").exists()
+    except OSError:
+        return False
+
+
 def _kill_group(path: Path, sig: int) -> None:
     pid = _pid(path)
-    if pid is None:
-        return
+    if pid is None or not pid_alive(pid) or not runs_in(pid, path.parent):
+        return  # gone, or the pid now belongs to an unrelated process: never signal that
     try:
         os.killpg(pid, sig)  # started with setsid: the pid is its group's id
     except OSError:

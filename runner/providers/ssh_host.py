@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import getpass
 import os
-import shlex
 import time
 from pathlib import Path
+
+from planner.names import is_safe as names_ok
 
 from ..config import SshConfig
 from ..errors import ConfigError, RemoteError
 from ..remote import SshSession
-from .base import Endpoint, InstanceInfo, LaunchSpec
+from .base import MANAGED_TAG, RUN_TAG, Endpoint, InstanceInfo, LaunchSpec
 
-STOP_WORKER = ('touch TERMINATED; for f in worker.pid watchdog.pid; do [ -f "$f" ] && kill -TERM -"$(cat "$f")" '
-               '2>/dev/null; done; true')
+# stop our worker and watchdog - only if their pids are still theirs (they work in this run directory)
+STOP_WORKER = ('touch TERMINATED; for f in worker.pid watchdog.pid; do p=$(cat "$f" 2>/dev/null) && [ -n "$p" ] && '
+               '{ [ ! -d /proc/self ] || [ "$(readlink /proc/$p/cwd 2>/dev/null)" = "$(pwd -P)" ]; } && '
+               'kill -TERM -"$p" 2>/dev/null; done; true')
 
 
 def address_override() -> tuple[str, int] | None:
@@ -101,5 +104,6 @@ class SshHostProvider:
         finally:
             s.close()
         base = f"{self.ep.user}@{self.cfg.host}:{self.cfg.port}/"
-        return [InstanceInfo(base + shlex.quote(line.strip()), "running", self.cfg.host)
-                for line in out.splitlines() if line.strip()]
+        return [InstanceInfo(base + line.strip(), "running", self.cfg.host,
+                             tags={RUN_TAG: line.strip(), MANAGED_TAG: "true"})
+                for line in out.splitlines() if names_ok(line.strip())]

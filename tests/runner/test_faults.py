@@ -90,3 +90,113 @@ def test_resume_rearms_the_watchdog_before_extending_anything(cli, local_home, t
     ids = _ids(run)
     assert len(ids) == len(set(ids)) == 120
     assert spent(local_home) > 0
+
+
+def _detached(cli, plan: Path) -> str:
+    code, out, err = cli("run", plan, "--provider", "local", "--yuan", "5", "--yes", "--detach", "--batch-size", "1")
+    assert code == 0, err
+    return out.strip()
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_budget_stop_without_a_controller_fetches_before_it_terminates(cli, local_home, tmp_path):
+    """The audit: `budget stop` with no live controller terminated without a final fetch (5 of 13 trials lost
+    47-351 finished samples). Now every sample the worker finished comes back first."""
+    run_id = _detached(cli, caption_plan(tmp_path, "medium", 400))
+    run = the_run(local_home)
+    inst = local_home / "instances" / run_id / "out" / "results" / "captions.jsonl"
+    local = Path(run["dir"]) / "out" / "results" / "captions.jsonl"
+    _wait(lambda: _lines(local) > 0, 120, "results")
+    os.kill(the_run(local_home)["controller_pid"], signal.SIGKILL)
+    held = _lines(local)
+    _wait(lambda: _lines(inst) >= held + 10, 120, "the orphaned worker to finish more")  # it runs on to its lease
+    code, out, err = cli("stop", run_id)
+    assert code == 0 and "stopped (user)" in out, err
+    assert _lines(local) == _lines(inst) > held  # nothing left behind
+    ids = _ids(the_run(local_home))
+    assert len(ids) == len(set(ids))
+    assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
+    kinds = [k for k, _ in _events(local_home)]
+    assert the_run(local_home)["samples_done"] == len(ids)
+    assert kinds.index("terminating") > max(i for i, k in enumerate(kinds) if k == "settled" or k == "phase") - 5
+
+
+def test_budget_stop_needs_no_request_json_and_never_signals_a_reused_pid(cli, local_home, tmp_path):
+    """The audit: `budget stop` errored without request.json (the worker ran on), and a stale pid after a
+    power-off made it killpg an unrelated process group. Both pids here belong to a bystander now."""
+    import subprocess
+
+    run_id = _detached(cli, caption_plan(tmp_path, "medium", 400))
+    inst = local_home / "instances" / run_id
+    _wait(lambda: result_lines(the_run(local_home)) > 0, 120, "results")
+    run = the_run(local_home)
+    os.kill(run["controller_pid"], signal.SIGKILL)
+    _killpg(inst / "worker.pid")
+    _killpg(inst / "watchdog.pid")
+    bystander = subprocess.Popen(["sleep", "600"], start_new_session=True, cwd=tmp_path)
+    try:
+        (inst / "worker.pid").write_text(f"{bystander.pid}\n")  # the worker's pid, reused after a power-off
+        db_ = db(local_home)
+        db_.execute("UPDATE runs SET controller_pid=?", (bystander.pid,))  # so is the controller's
+        db_.commit()
+        (Path(run["dir"]) / "request.json").unlink()
+        code, out, err = cli("stop", run_id)
+        assert code == 0 and "stopped (user)" in out, err
+        assert bystander.poll() is None  # untouched
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
+    assert (inst / "TERMINATED").exists()
+
+
+def test_a_lost_or_garbled_ledger_never_resets_the_budget(cli, local_home, tmp_path):
+    """The audit: deleting or truncating ledger.db recreated it empty (a pool capped at 50 spent 83), and a
+    garbled page made every command fail, `budget stop` included. Now: refused with the way back, stop
+    works from the run directory, and the rebuilt ledger holds the same money to the cent."""
+    code, _, err = cli("run", caption_plan(tmp_path, "short", 6), "--provider", "local", "--yuan", "5", "--yes")
+    assert code == 0, err
+    before = spent(local_home)
+    assert before > 0
+    ledger = local_home / "ledger.db"
+    for damage in ("delete", "truncate"):
+        if damage == "delete":
+            ledger.unlink()
+        else:
+            ledger.write_bytes(b"")
+        code, _, err = cli("status")
+        assert code == 2 and ("is missing" in err or "holds no runs" in err) and "budget ledger rebuild" in err, err
+        code, _, err = cli("run", caption_plan(tmp_path, "again", 6), "--provider", "local", "--yuan", "5", "--yes")
+        assert code == 2 and "budget ledger rebuild" in err, err
+        code, out, _ = cli("ledger", "check")
+        assert code == 1 and "problem:" in out
+        code, out, err = cli("ledger", "rebuild", "--yes")
+        assert code == 0, err
+        assert spent(local_home) == before  # the same money, to the cent
+        code, out, _ = cli("ledger", "check")
+        assert code == 0 and "ok" in out, out
+
+    # a live run, then a garbled ledger: `budget stop` still fetches, terminates and records it
+    run_id = _detached(cli, caption_plan(tmp_path, "medium", 400))
+
+    def run_of():
+        return dict(db(local_home).execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone())
+    _wait(lambda: result_lines(run_of()) > 0 and run_of()["controller_pid"], 120, "results")
+    os.kill(run_of()["controller_pid"], signal.SIGKILL)
+    data = bytearray(ledger.read_bytes())
+    data[100:4096 * 3] = os.urandom(4096 * 3 - 100)  # the header's tail and the first pages
+    ledger.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        Path(str(ledger) + suffix).unlink(missing_ok=True)
+    code, out, err = cli("stop", run_id)
+    assert code == 0 and "ledger cannot be read" in out, err
+    assert (local_home / "instances" / run_id / "TERMINATED").exists()
+    code, _, err = cli("ledger", "rebuild", "--yes")
+    assert code == 0, err
+    assert list(local_home.glob("ledger.db.broken-*"))  # the damaged file is kept
+    rows = db(local_home).execute("SELECT state, ended_at FROM instances WHERE run_id=?", (run_id,)).fetchall()
+    assert [r[0] for r in rows] == ["terminated"] and rows[0][1] is not None
+    assert spent(local_home) > before

@@ -1,0 +1,207 @@
+"""When the ledger is lost or broken. The ledger is the budget, so losing it must never reset it: every run
+directory keeps money.jsonl, the ledger's money facts of that run (its row, pool cap, each instance's
+intent, launch, lease extensions and settlement), appended and fsynced as the ledger writes them.
+
+This module owns what happens without a readable ledger: which run directories exist (`run_dirs`),
+`budget ledger check` (SQLite's integrity check, runs on disk the ledger lacks, instances the provider
+still runs that the ledger has no live row for), `budget ledger rebuild` (the broken file moved aside, a
+new ledger replayed from the run directories - spend re-derived from each instance's price at launch,
+billing rule and times; an instance with no recorded end stays live with its lease, so the guard counts
+it and `budget stop` settles it against the provider's real state), and `budget stop` from the run
+directory alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+from planner.errors import InputError
+
+from .ledger import JOURNAL, LIVE, Ledger
+
+HINT = "`budget ledger check` shows what is on disk; `budget ledger rebuild` restores the ledger from the run directories"
+
+
+def run_dirs(home: Path) -> list[Path]:
+    """Run directories under $BUDGET_HOME/runs that hold a run (request.json or money.jsonl)."""
+    base = Path(home) / "runs"
+    if not base.is_dir():
+        return []
+    return sorted(d for d in base.iterdir() if d.is_dir() and ((d / "request.json").exists() or (d / JOURNAL).exists()))
+
+
+def replay(run_dir: Path) -> dict:
+    """One run's money facts from its journal: {"run": row, "pool": {...}, "instances": {id: row}}."""
+    facts: dict = {"run": None, "pool": None, "instances": {}}
+    try:
+        lines = (run_dir / JOURNAL).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return facts
+    for raw in lines:
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue  # a torn last line (a kill mid-write): the facts before it stand
+        if not isinstance(rec, dict):
+            continue
+        if isinstance(rec.get("run"), dict):
+            facts["run"] = {**(facts["run"] or {}), **rec["run"]}
+        if isinstance(rec.get("pool"), dict):
+            facts["pool"] = rec["pool"]
+        inst = rec.get("instance")
+        if isinstance(inst, dict) and "id" in inst:
+            facts["instances"][inst["id"]] = {**facts["instances"].get(inst["id"], {}), **inst}
+        gone = rec.get("terminated")  # `budget stop` while the ledger could not be read
+        if isinstance(gone, dict):
+            for i in facts["instances"].values():
+                if i.get("provider_id") == gone.get("provider_id") and i.get("ended_at") is None:
+                    i.update(state="terminated", ended_at=gone.get("at"))
+    return facts
+
+
+def check(home: Path) -> dict:
+    """What `budget ledger check` reports: {"ok", "ledger": str, "problems": [...], "runs_on_disk", ...}."""
+    path = Path(home) / "ledger.db"
+    problems: list[str] = []
+    in_ledger: set[str] = set()
+    live: list[str] = []
+    if not path.exists():
+        problems.append(f"{path} is missing")
+    else:
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            try:
+                verdict = [r[0] for r in db.execute("PRAGMA integrity_check")]
+                if verdict != ["ok"]:
+                    problems.append(f"integrity check: {'; '.join(verdict[:3])}")
+                in_ledger = {r[0] for r in db.execute("SELECT id FROM runs")}
+                live = [r[0] for r in db.execute(f"SELECT run_id FROM instances WHERE state IN "
+                                                 f"({', '.join('?' * len(LIVE))})", LIVE)]
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as e:
+            problems.append(f"{path} cannot be read: {e}")
+    disk = [d.name for d in run_dirs(home)]
+    missing = [r for r in disk if r not in in_ledger]
+    if missing and not any("cannot be read" in p or "missing" in p for p in problems):
+        problems.append(f"{len(missing)} run(s) on disk are not in the ledger: {', '.join(missing[:5])}")
+    orphans = [d.name for d in (Path(home) / "instances").iterdir()
+               if d.is_dir() and not (d / "TERMINATED").exists() and not (d / "POWEROFF").exists()
+               and d.name not in live] if (Path(home) / "instances").is_dir() else []
+    if orphans:
+        problems.append(f"{len(orphans)} local instance(s) run with no live row in the ledger: {', '.join(orphans[:5])}")
+    return {"ok": not problems, "ledger": str(path), "problems": problems, "runs_on_disk": len(disk),
+            "runs_in_ledger": len(in_ledger), "live_instances": len(live)}
+
+
+def rebuild(home: Path, now: float | None = None) -> dict:
+    """Move ledger.db aside (kept, never deleted) and replay every run directory into a new one."""
+    now = time.time() if now is None else now
+    home = Path(home)
+    path = home / "ledger.db"
+    aside = None
+    if path.exists():
+        aside = path.with_name(f"ledger.db.broken-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}")
+        for suffix in ("", "-wal", "-shm"):
+            if Path(str(path) + suffix).exists():
+                shutil.move(str(path) + suffix, str(aside) + suffix)
+    led = Ledger(path)
+    runs = instances = 0
+    try:
+        for d in run_dirs(home):
+            facts = replay(d)
+            run = facts["run"]
+            if not run or "pool" not in run:
+                continue
+            pool = facts["pool"] or {"name": run["pool"], "cap_cny": run["cap_cny"]}
+            led.ensure_pool(pool["name"], _dec(pool["cap_cny"]), run.get("created_at", now), f"rebuilt from {d.name}")
+            if led.run(run["id"]) is None:
+                row = {k: v for k, v in run.items() if k in _RUN_COLUMNS}
+                row["dir"] = str(d)
+                led.create_run(**row)
+                runs += 1
+            for inst in sorted(facts["instances"].values(), key=lambda i: i["id"]):
+                _restore_instance(led, run["id"], inst, now)
+                instances += 1
+            state = run.get("state", "created")
+            if state not in ("done", "stopped", "failed") and not led.instances(run_id=run["id"], live=True):
+                state = "failed"  # its controller is gone and so is its instance
+            led.update_run(run["id"], state=state, phase=state, reason=run.get("reason") or "rebuilt",
+                           finished_at=run.get("finished_at"))
+    finally:
+        led.close()
+    return {"ledger": str(path), "moved_aside": str(aside) if aside else None, "runs": runs, "instances": instances}
+
+
+_RUN_COLUMNS = ("id", "pool", "plan", "plan_path", "provider", "offer", "quantization", "spot", "cap_cny",
+                "estimate_cny", "estimate_s", "dir", "created_at")
+_INSTANCE_COLUMNS = ("run_id", "pool", "provider", "provider_id", "instance_type", "region", "spot", "price_cny_h",
+                     "price_original_h", "currency", "increment_s", "minimum_s", "state", "started_at", "launched_at",
+                     "lease_until", "ended_at", "address")
+
+
+def _dec(x):
+    from decimal import Decimal
+
+    return Decimal(str(x))
+
+
+def _restore_instance(led: Ledger, run_id: str, inst: dict, now: float) -> None:
+    """One instance back into the ledger, its spend re-derived under its billing rule: to its recorded end;
+    with none recorded, to its lease + teardown (its watchdog's bound) - left live, so the guard still
+    counts it until `budget stop` settles it against the provider's real state."""
+    row = {k: inst.get(k) for k in _INSTANCE_COLUMNS}
+    row["run_id"] = run_id
+    ended = row.pop("ended_at")
+    state = row.get("state") or "intent"
+    cols = ", ".join(row)
+    cur = led.db.execute(f"INSERT INTO instances ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+    iid = cur.lastrowid
+    if ended is not None or state not in LIVE:
+        led.settle(iid, ended if ended is not None else None, state if state not in LIVE else "terminated")
+        return
+    led._accrue(led.instance(iid), min(now, float(row["lease_until"])))
+
+
+def stop_without_ledger(run_id: str, home: Path, why: str) -> dict:
+    """`budget stop` when the ledger cannot be read: the run directory says which provider and offer, the
+    provider finds the run's instances by tag; fetch, terminate, and journal the settlement in the run
+    directory (a later `budget ledger rebuild` takes it in)."""
+    from . import runs
+    from .orchestrate import Request, make_provider
+    from .providers.base import RUN_TAG
+    from .units import iso
+
+    run_dir = runs.directory(home, run_id)
+    try:
+        req = Request.load(run_dir / "request.json")
+    except Exception:  # noqa: BLE001 - any reason: without it there is no provider to ask
+        raise InputError(f"the ledger cannot be read ({why}) and {run_dir} has no readable request.json: the run's "
+                         "provider is unknown", "give the full run id; " + HINT) from None
+    from . import config as configmod
+
+    cfg = configmod.load(home)
+    provider = make_provider(req.provider, cfg, home, region=req.offer.get("region"))
+    policy = req.policy_obj
+
+    def event(kind: str, detail: str) -> None:
+        with open(run_dir / "controller.log", "a", encoding="utf-8") as f:
+            f.write(f"{iso(time.time())} {kind}: {detail} (budget stop, ledger unreadable)\n")
+
+    ended = []
+    for info in provider.list_managed():
+        if info.tags.get(RUN_TAG) != run_id:
+            continue
+        runs.take_last_lines(provider, info.provider_id, run_id, run_dir, policy, event)
+        at = provider.terminate(info.provider_id)
+        event("terminated", info.provider_id)
+        ended.append((info.provider_id, at))
+    with open(run_dir / JOURNAL, "a", encoding="utf-8") as f:
+        for pid, at in ended:
+            f.write(json.dumps({"at": time.time(), "terminated": {"provider_id": pid, "at": at}}) + "\n")
+    return {"id": run_id, "state": "stopped",
+            "reason": f"user; the ledger cannot be read, so this stop is recorded in {run_dir} - run `budget ledger "
+                      f"rebuild` ({len(ended)} instance(s) terminated)"}
