@@ -81,6 +81,31 @@ def ledger(home: Path) -> Ledger:
     return led
 
 
+MIN_FREE_BYTES = 256 * 2**20  # results, logs and the ledger of a run; below this a launch is a gamble
+
+
+def writable(home: Path) -> None:
+    """Refuse a $BUDGET_HOME that cannot take a run's records (read-only, full) before anything launches: a
+    controller that cannot write its ledger cannot account for an instance it started."""
+    import shutil
+    import tempfile
+
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=home, prefix=".write-test-") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+        free = shutil.disk_usage(home).free
+    except OSError as e:
+        raise InputError(f"BUDGET_HOME {home} cannot be written ({e.strerror or e}): nothing was launched",
+                         "point BUDGET_HOME at a writable folder") from None
+    if free < MIN_FREE_BYTES:
+        raise InputError(f"BUDGET_HOME {home} has {free / 2**20:.0f} MiB free (a run needs {MIN_FREE_BYTES >> 20} MiB "
+                         "for results, logs and the ledger): nothing was launched",
+                         "free some space, or point BUDGET_HOME at another disk")
+
+
 def controller_alive(run: dict) -> bool:
     """Whether the run's controller process still runs - the same process, not a reuse of its pid."""
     return same_process(run.get("controller_pid"), run.get("controller_start"))
@@ -94,6 +119,7 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
     from planner.optimize import optimize
 
     prov, provider = provider, provider.name
+    writable(home)
     cfg = configmod.load(home)
     led = ledger(home)
     try:

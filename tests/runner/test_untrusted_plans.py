@@ -100,3 +100,16 @@ def test_run_ids_from_the_command_line_cannot_leave_runs(cli, budget_home, tmp_p
         code, _, err = cli(*args)
         assert code == 2 and "Traceback" not in err, (args, err)
     assert not list(tmp_path.glob("escaped*")) and not os.path.exists(budget_home.parent / "escaped")
+
+
+def test_a_home_that_cannot_be_written_is_refused_before_launch(tmp_path, monkeypatch):
+    """Disk full / read-only home: the controller must not start an instance it could not account for."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    env = dict(os.environ, BUDGET_HOME=str(blocker / "home"))  # a path no one can create: ENOTDIR
+    p = subprocess.run([sys.executable, "-m", "runner.cli", "run", str(SMOKE), "--provider", "local", "--yuan", "5",
+                        "--yes"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    _one_error(p.returncode, p.stderr, "cannot be written")
