@@ -1,0 +1,62 @@
+"""infra/iam-policy.json grants exactly the API calls our code makes (each boto3 call in
+runner/providers/aws.py, found by parsing it) - no more, no fewer - and the least of each: tags only
+while creating, launches only of the catalog's GPU families from Amazon's or the account's own images,
+destructive calls only on resources tagged as ours, and no DescribeInstanceAttribute (which would
+expose user-data)."""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+from pathlib import Path
+
+from planner.catalog import load_catalog
+
+REPO = Path(__file__).resolve().parents[2]
+POLICY = json.loads((REPO / "infra" / "iam-policy.json").read_text())
+SERVICE = {"ec2": "ec2", "ssm": "ssm", "sts": "sts"}
+
+
+def _calls() -> set[str]:
+    """Every `self._call(self.<client>, "<operation>", ...)` in the aws provider, as IAM actions."""
+    tree = ast.parse((REPO / "runner" / "providers" / "aws.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_call"
+                and len(node.args) >= 2 and isinstance(node.args[0], ast.Attribute)
+                and isinstance(node.args[1], ast.Constant)):
+            client, op = node.args[0].attr, node.args[1].value
+            found.add(f"{SERVICE[client]}:{''.join(w.capitalize() for w in op.split('_'))}")
+    return found
+
+
+def _actions() -> set[str]:
+    out = set()
+    for st in POLICY["Statement"]:
+        acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        out.update(acts)
+    return out
+
+
+def test_the_policy_covers_exactly_the_calls_we_make():
+    calls = _calls()
+    assert "ec2:RunInstances" in calls and "ec2:TerminateInstances" in calls  # the parser finds them
+    granted = _actions() - {"iam:CreateServiceLinkedRole", "ec2:CreateTags"}  # implied by spot / tag-on-create
+    assert granted == calls, (granted - calls, calls - granted)
+    assert "ec2:DescribeInstanceAttribute" not in _actions()
+
+
+def test_each_grant_is_the_least_it_can_be():
+    by_sid = {st["Sid"]: st for st in POLICY["Statement"]}
+    tags = by_sid["TagOnlyWhileCreating"]
+    assert tags["Condition"]["StringEquals"]["ec2:CreateAction"]  # never on existing resources
+    for st in POLICY["Statement"]:
+        acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        if {"ec2:TerminateInstances", "ec2:DeleteSecurityGroup", "ec2:AuthorizeSecurityGroupIngress"} & set(acts):
+            assert st["Condition"]["StringEquals"]["aws:ResourceTag/gpubudget:managed"] == "true"
+    launch = by_sid["LaunchOnlyCatalogGpuTypesTaggedAsOurs"]["Condition"]["StringLike"]["ec2:InstanceType"]
+    types = {o.instance_type for o in load_catalog().offers if o.provider == "aws"}
+    assert types and all(any(fnmatch.fnmatch(t, p) for p in launch) for t in types)  # every catalog type launches
+    assert not any(fnmatch.fnmatch("t3.micro", p) or fnmatch.fnmatch("x2iedn.32xlarge", p) for p in launch)
+    assert by_sid["LaunchFromAmazonOrOwnImagesOnly"]["Condition"]["StringEquals"]["ec2:Owner"] == ["amazon", "self"]
