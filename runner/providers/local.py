@@ -79,7 +79,9 @@ def _pid(path: Path) -> int | None:
 
 
 def _alive(path: Path) -> bool:
-    return pid_alive(_pid(path))
+    """The process in `path` (worker.pid, watchdog.pid) runs and is still that instance's."""
+    pid = _pid(path)
+    return pid_alive(pid) and runs_in(pid, path.parent)
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -125,9 +127,9 @@ def runs_in(pid: int, directory: Path) -> bool:
 
 
 def _kill_group(path: Path, sig: int) -> None:
-    pid = _pid(path)
-    if pid is None or not pid_alive(pid) or not runs_in(pid, path.parent):
+    if not _alive(path):
         return  # gone, or the pid now belongs to an unrelated process: never signal that
+    pid = _pid(path)
     try:
         os.killpg(pid, sig)  # started with setsid: the pid is its group's id
     except OSError:

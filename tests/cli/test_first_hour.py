@@ -410,7 +410,7 @@ def test_a_plans_missing_data_is_listed_at_once(cli, budget_home, tmp_path, monk
     (tmp_path / "secret.jpg").write_bytes(b"not yours")
     (tmp_path / "data" / "poetry.jsonl").write_text('{"id": "x", "image": "../secret.jpg"}\n')
     code, out, err = cli("run", "qwen3-vl-8b.yaml", "--provider", "local", "--yes")
-    one_error(code, out, err, "media path ../secret.jpg must be relative to the manifest, inside its folder")
+    one_error(code, out, err, "../secret.jpg: media paths must be relative to the manifest, inside its folder")
     assert not (budget_home / "runs").exists()
 
 
