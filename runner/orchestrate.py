@@ -35,17 +35,14 @@ from .evaluate import last_line, read_json
 from .guard import Policy
 from .ledger import Ledger
 from .liveness import KILL, PROBE, Liveness, stale_after
-from .providers.base import LaunchSpec
+from .providers.base import INSTANCE_FILES, START_WATCHDOG, LaunchSpec
 from .providers.local import proc_start
 from .remote import fetch, push_tree, wait_for
 from .units import iso, money
 from .worker.run import EXIT_DONE, EXIT_STOPPED
 from .worker.tiny import NAME as TINY
 
-INSTANCE_FILES = Path(__file__).parent / "instance"
 WORKER_DIR = Path(__file__).parent / "worker"
-START_WATCHDOG = ("mkdir -p out; if ! { [ -f watchdog.pid ] && kill -0 \"$(cat watchdog.pid)\" 2>/dev/null; }; then "
-                  "nohup setsid sh ./watchdog.sh >> watchdog.log 2>&1 < /dev/null & echo $! > watchdog.pid; fi")
 FINAL = ("done", "stopped", "failed")
 
 
@@ -242,10 +239,13 @@ class Orchestrator:
                 self._reattach()
             else:
                 self._admit()
+                kill_point("intent")
                 self._launch()
+                kill_point("launched")
                 self._connect()
                 self._bootstrap()
                 self._push()
+                kill_point("pushed")
                 self._start()
             state, reason = self._monitor()
         except Stop as s:
@@ -304,6 +304,7 @@ class Orchestrator:
         self.phase("launching")
         spec = self._spec()
         info = self.provider.launch(spec)
+        kill_point("launch")  # the launch's answer is lost: the instance exists, the ledger does not know it
         self.pid = info.provider_id
         self.led.set_instance(self.iid, provider_id=info.provider_id, state="launching",
                               launched_at=info.launched_at or self.clock(), address=info.address)
@@ -320,7 +321,8 @@ class Orchestrator:
             _, public = self.provider.login_key()
         lease = self.led.instance(self.iid).lease_until
         return LaunchSpec(self.req.run_id, self.req.offer_obj, self.req.spot, public, host_key,
-                          boot_minutes=lease_minutes(lease, self.clock()))
+                          boot_minutes=lease_minutes(lease, self.clock()), lease_until=lease,
+                          grace_s=max(1, int(self.policy.teardown_s / 2)))
 
     def _open_session(self, wait_s: float) -> None:
         """A session on the instance: SSH once it has an address and answers (the guard ticks meanwhile)."""
@@ -349,6 +351,7 @@ class Orchestrator:
 
     def _connect(self) -> None:
         self.phase("booting")
+        kill_point("boot")  # before the watchdog: only the boot guard holds the instance
         self._open_session(self.req.ssh_wait_s)
         self.led.set_instance(self.iid, state="running")
         self.event("connected", getattr(self.session, "address", ""))
@@ -461,6 +464,8 @@ class Orchestrator:
                 if verdict != "ok":
                     self._revive(watch, verdict)
                 self.tick()
+                if self.samples()[0]:
+                    kill_point("running")  # with finished samples on both sides
             except RemoteError as e:  # the worker runs on, detached: reconnect and carry on
                 self.event("ssh", f"lost ({e.message}); reconnecting")
                 self._reconnect()
@@ -540,6 +545,9 @@ class Orchestrator:
         try:
             if self.session is not None and self.started_worker:
                 final_fetch(self.session, self.dir, self.policy, self.event, stop=state != "done")
+            elif self.session is None and self.pid is not None:  # e.g. a takeover of an instance powered off
+                take_last_lines(self.provider, self.pid, self.req.run_id, self.dir, self.policy, self.event)
+            kill_point("teardown")
             summary = read_json(self.dir / "out" / "summary.json")
             if summary:
                 self.led.record_tasks(run_id, summary)
@@ -642,6 +650,27 @@ def held_samples(run_dir: Path) -> tuple[int, int]:
     return held, sum(int(t.get("done") or 0) for t in tasks.values() if isinstance(t, dict))
 
 
+def take_last_lines(provider, pid: str | None, run_id: str, run_dir: Path, policy: Policy, event) -> None:
+    """What the worker finished, fetched before its instance is terminated, with no controller session:
+    from a running instance, or a stopped one whose disk can still be read (a local instance its watchdog
+    powered off). Bounded by the teardown allowance; a failure is an event saying what was left."""
+    if pid is None:
+        return
+    try:
+        if provider.status(pid).state not in ("pending", "running", "stopped"):
+            return
+        session = open_session(provider, pid, run_id, wait_s=min(30.0, policy.teardown_s / 2))
+    except GpuBudgetError as e:
+        held, known = held_samples(run_dir)
+        left = f"; {known - held} finished samples left on the instance" if known > held else ""
+        event("fetch", f"final fetch failed: {e.message}; {held} samples fetched{left}")
+        return
+    try:
+        final_fetch(session, run_dir, policy, event)
+    finally:
+        session.close()
+
+
 def open_session(provider, pid: str, run_id: str, wait_s: float):
     """A session on a live instance without a controller (`budget stop`): local directly, else SSH."""
     if provider.name == "local":
@@ -693,9 +722,17 @@ def remote_job(job: dict, root: str, provider: str) -> dict:
     return job
 
 
+def kill_point(step: str) -> None:
+    """Fault injection for the kill -9 matrix (tests/runner/test_kill_matrix.py): with
+    GPUBUDGET_KILL_AT=<step> the controller SIGKILLs itself there - a real kill -9 at an exact step."""
+    if os.environ.get("GPUBUDGET_KILL_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def first_stretch_s(ssh_wait_s: float, policy: Policy) -> float:
-    """The least lease a launch must be able to pay for: its boot (the wait for SSH) and ten ticks of work."""
-    return ssh_wait_s + 10 * policy.tick_s
+    """The least lease a launch must be able to pay for: its boot (the wait for SSH) and ten ticks of work
+    (or a whole lease, when that is shorter)."""
+    return ssh_wait_s + min(10 * policy.tick_s, policy.lease_s)
 
 
 def lease_minutes(lease_until: float, now: float) -> int:

@@ -171,7 +171,7 @@ def stop_without_ledger(run_id: str, home: Path, why: str) -> dict:
     provider finds the run's instances by tag; fetch, terminate, and journal the settlement in the run
     directory (a later `budget ledger rebuild` takes it in)."""
     from . import runs
-    from .orchestrate import Request, make_provider
+    from .orchestrate import Request, make_provider, take_last_lines
     from .providers.base import RUN_TAG
     from .units import iso
 
@@ -195,7 +195,7 @@ def stop_without_ledger(run_id: str, home: Path, why: str) -> dict:
     for info in provider.list_managed():
         if info.tags.get(RUN_TAG) != run_id:
             continue
-        runs.take_last_lines(provider, info.provider_id, run_id, run_dir, policy, event)
+        take_last_lines(provider, info.provider_id, run_id, run_dir, policy, event)
         at = provider.terminate(info.provider_id)
         event("terminated", info.provider_id)
         ended.append((info.provider_id, at))

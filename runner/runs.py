@@ -25,13 +25,12 @@ from .orchestrate import (
     FINAL,
     Orchestrator,
     Request,
-    final_fetch,
     held_samples,
     make_provider,
     new_run_id,
-    open_session,
     policy_for,
     ssh_wait_for,
+    take_last_lines,
     terminate_instance,
 )
 from .providers.local import same_process
@@ -374,24 +373,3 @@ def _provider_for(run: dict, home: Path, live: list):
     region = req.offer.get("region") if req else (live[0].region if live else None)
     provider = make_provider(run["provider"], cfg, home, region=region)
     return provider, req.policy_obj if req else policy_for(cfg, provider)
-
-
-def take_last_lines(provider, pid: str | None, run_id: str, run_dir: Path, policy, event) -> None:
-    """What the worker finished, fetched before its instance is terminated (bounded; a failure is an event)."""
-    from planner.errors import GpuBudgetError
-
-    if pid is None:
-        return
-    try:
-        if provider.status(pid).state != "running":
-            return
-        session = open_session(provider, pid, run_id, wait_s=min(30.0, policy.teardown_s / 2))
-    except GpuBudgetError as e:
-        held, known = held_samples(run_dir)
-        left = f"; {known - held} finished samples left on the instance" if known > held else ""
-        event("fetch", f"final fetch failed: {e.message}; {held} samples fetched{left}")
-        return
-    try:
-        final_fetch(session, run_dir, policy, event)
-    finally:
-        session.close()

@@ -13,10 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Protocol
 
 from planner.models import Offer
 
+INSTANCE_FILES = Path(__file__).resolve().parent.parent / "instance"  # what runs on every instance
+# start the instance's watchdog unless its own is running (a pid reused by another process is not its own)
+START_WATCHDOG = ("mkdir -p out; p=$(cat watchdog.pid 2>/dev/null); if ! { [ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null "
+                  "&& { [ ! -d /proc/self ] || [ \"$(readlink /proc/$p/cwd 2>/dev/null)\" = \"$(pwd -P)\" ]; }; }; then "
+                  "nohup setsid sh ./watchdog.sh >> watchdog.log 2>&1 < /dev/null & echo $! > watchdog.pid; fi")
 MANAGED_TAG = "gpubudget:managed"
 RUN_TAG = "gpubudget:run"
 
@@ -38,6 +44,8 @@ class LaunchSpec:
     host_key: HostKey | None = None    # what the instance must present (aws injects it)
     max_spot_price: Decimal | None = None
     boot_minutes: int = 0              # power off after this long unless the watchdog took over (0: none)
+    lease_until: float = 0.0           # the boot lease (epoch seconds) the ledger admitted
+    grace_s: int = 20                  # the worker's flush time when a lease runs out
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..remote import LocalSession
-from .base import MANAGED_TAG, RUN_TAG, Endpoint, InstanceInfo, LaunchSpec
+from .base import INSTANCE_FILES, MANAGED_TAG, RUN_TAG, START_WATCHDOG, Endpoint, InstanceInfo, LaunchSpec
 
 # the watchdog's "power off" for a directory: end the worker's process group (if the pid is still the
 # worker's: it works in this directory)
@@ -35,6 +35,16 @@ class LocalProvider:
         d = self.base / spec.run_id
         d.mkdir(parents=True, exist_ok=True)
         (d / "TERMINATED").unlink(missing_ok=True)
+        if spec.lease_until:
+            # the boot guard (EC2's is a boot-time `shutdown -h +M` in user-data): the watchdog runs from the
+            # first moment, held to the admitted boot lease, so a controller killed before it arms one costs
+            # no more than that lease
+            s = LocalSession(d)
+            s.put_file(INSTANCE_FILES / "watchdog.sh", "watchdog.sh", 0o755)
+            s.put_bytes((POWEROFF + "\n").encode(), "poweroff.sh", 0o755)
+            s.put_bytes(f"{spec.grace_s}\n".encode(), "grace")
+            s.put_bytes(f"{int(spec.lease_until)}\n".encode(), "lease")
+            s.run(START_WATCHDOG, timeout=60)
         return InstanceInfo(f"local-{spec.run_id}", "running", "localhost", time.time(), spec.spot)
 
     def session(self, provider_id: str) -> LocalSession:
@@ -42,9 +52,10 @@ class LocalProvider:
 
     def status(self, provider_id: str) -> InstanceInfo:
         d = self._dir(provider_id)
-        # POWEROFF: its watchdog powered it off at the lease (what EC2 reports as terminated)
-        gone = not d.exists() or (d / "TERMINATED").exists() or (d / "POWEROFF").exists()
-        return InstanceInfo(provider_id, "terminated" if gone else "running", "localhost")
+        if not d.exists() or (d / "TERMINATED").exists():
+            return InstanceInfo(provider_id, "terminated", "localhost")
+        # POWEROFF: its watchdog powered it off at the lease - nothing runs or bills, its disk is still there
+        return InstanceInfo(provider_id, "stopped" if (d / "POWEROFF").exists() else "running", "localhost")
 
     def terminate(self, provider_id: str) -> float:
         d = self._dir(provider_id)

@@ -139,26 +139,6 @@ def test_detach_then_budget_stop(cli, local_home, long_plan):
     assert code == 0 and "[controller] " in out and "[worker] " in out
 
 
-def test_a_dead_controller_is_ended_by_the_watchdog(cli, local_home, long_plan):
-    write_config(local_home, run={"tick_s": 1, "lease_s": 12})
-    code, out, err = cli("run", long_plan, "--provider", "local", "--yuan", "5", "--yes", "--detach")
-    assert code == 0, err
-    _wait(lambda: result_lines(the_run(local_home)) > 0, 90, "results")
-    run = the_run(local_home)
-    os.kill(run["controller_pid"], signal.SIGKILL)  # the controller dies; nobody extends the lease now
-    lease = float(db(local_home).execute("SELECT lease_until FROM instances").fetchone()[0])
-    inst = local_home / "instances" / run["id"]
-    _wait(lambda: (inst / "POWEROFF").exists(), 60, "the watchdog's power-off")
-    assert time.time() <= lease + 30  # within the local provider's teardown allowance
-    assert (inst / "watchdog.fired").exists() and (inst / "worker.exit").read_text().strip() == "3"  # clean stop
-    _wait(lambda: not [p for p in instance_pids(run, local_home) if alive(p)], 10, "the processes to end")
-    # `budget stop` finds no controller, settles the ledger itself
-    code, out, _ = cli("stop", run["id"])
-    assert code == 0 and "stopped (user)" in out
-    assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
-    assert spent(local_home) <= Decimal(5)
-
-
 def test_ssh_host_happy_path(cli, ssh_host, budget_home):
     code, _, err = cli("run", SMOKE, "--provider", "ssh", "--yuan", "5", "--yes", "--quant", "nf4", "--limit", "1")
     assert code == 0, err

@@ -1,0 +1,98 @@
+"""kill -9 of the controller at each step of a run (GPUBUDGET_KILL_AT makes the detached controller
+SIGKILL itself exactly there), on the local provider: afterwards exactly one instance per launch intent,
+nothing left running once `budget stop` ran (or, with no command at all, once lease + teardown passed),
+the ledger's spend within the cap and never below what the instance billed, and every sample the worker
+finished brought back."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from runner.providers.local import pid_alive as alive
+from tests.runner.conftest import caption_plan, db, instance_pids, spent, the_run, write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+STEPS = ["intent", "launch", "launched", "boot", "pushed", "running", "teardown"]
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if cond():
+                return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _killed(cli, home: Path, tmp_path: Path, monkeypatch, step: str) -> dict:
+    write_config(home, run={"tick_s": 1, "lease_s": 6, "teardown_s": 10, "ssh_wait_s": 2})
+    samples = 20 if step == "teardown" else 400  # teardown: the run must reach its end
+    plan = caption_plan(tmp_path, "matrix", samples)
+    monkeypatch.setenv("GPUBUDGET_KILL_AT", step)  # the detached controller inherits it; this process does not act
+    code, out, err = cli("run", plan, "--provider", "local", "--yuan", "5", "--yes", "--detach", "--batch-size", "1")
+    assert code == 0, err
+    monkeypatch.delenv("GPUBUDGET_KILL_AT")
+    _wait(lambda: the_run(home)["controller_pid"] and not alive(the_run(home)["controller_pid"]), 120,
+          f"the controller's death at {step}")
+    run = the_run(home)
+    assert run["state"] not in ("done", "stopped", "failed"), run  # it died; nobody recorded an end
+    return run
+
+
+def _check_after(home: Path, run: dict) -> None:
+    rows = db(home).execute("SELECT state, ended_at, provider_id FROM instances").fetchall()
+    assert len(rows) == 1  # exactly one instance per launch intent
+    inst = home / "instances" / run["id"]
+    assert not [p for p in instance_pids(run, home) if alive(p)]  # nothing of it runs
+    assert rows[0][0] in ("terminated", "failed")
+    money = spent(home)
+    assert money <= Decimal(5)
+    if (inst / "TERMINATED").exists() and rows[0][0] == "terminated" and not (inst / "POWEROFF").exists():
+        # billed until the terminate: the ledger's end is not before it
+        assert rows[0][1] >= float((inst / "TERMINATED").read_text()) - 0.01
+    local = Path(run["dir"]) / "out" / "results" / "captions.jsonl"
+    remote = inst / "out" / "results" / "captions.jsonl"
+    assert _lines(local) == _lines(remote)  # every finished sample came back
+    if run["phase"] == "running":
+        assert _lines(local) > 0
+    ids = [json.loads(x)["id"] for x in local.read_text().splitlines()] if local.exists() else []
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_kill_9_of_the_controller_then_budget_stop(cli, local_home, tmp_path, monkeypatch, step):
+    run = _killed(cli, local_home, tmp_path, monkeypatch, step)
+    code, out, err = cli("stop", run["id"])
+    assert code == 0, err
+    _check_after(local_home, run)
+
+
+@pytest.mark.parametrize("step", ["boot", "running"])
+def test_kill_9_of_the_controller_then_nothing(cli, local_home, tmp_path, monkeypatch, step):
+    """No command at all: the boot guard (before the watchdog is armed) or the watchdog ends the instance by
+    lease + teardown; a later `budget stop` only settles it, at no more than that."""
+    run = _killed(cli, local_home, tmp_path, monkeypatch, step)
+    lease = db(local_home).execute("SELECT lease_until FROM instances").fetchone()[0]
+    inst = local_home / "instances" / run["id"]
+    _wait(lambda: (inst / "POWEROFF").exists(), lease - time.time() + 60, "the watchdog's power-off")
+    _wait(lambda: not [p for p in instance_pids(run, local_home) if alive(p)], 60, "its processes to end")
+    assert (inst / "watchdog.fired").exists()
+    if step == "running":
+        assert (inst / "worker.exit").read_text().strip() == "3"  # the worker was asked to stop and flushed
+    code, _, err = cli("stop", run["id"])
+    assert code == 0, err
+    ended = db(local_home).execute("SELECT ended_at FROM instances").fetchone()[0]
+    assert ended <= lease + 10 + 0.01  # billed to lease + teardown at most: it was off by then
+    _check_after(local_home, run)
