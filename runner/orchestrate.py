@@ -234,6 +234,7 @@ class Orchestrator:
         old = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
         error: GpuBudgetError | None = None
         state, reason = "failed", ""
+        self.resumed = resume
         try:
             if resume:
                 self._reattach()
@@ -312,15 +313,9 @@ class Orchestrator:
                    f"{', spot' if self.req.spot else ''})")
 
     def _spec(self) -> LaunchSpec:
-        host_key = None
-        public = ""
-        if self.provider.name == "aws":
-            from .providers.aws import make_key
-            host_key = make_key()
-            (self.dir / "host_key.pub").write_text(host_key.public_line + "\n")
-            _, public = self.provider.login_key()
+        public = self.provider.login_key()[1] if self.provider.name == "aws" else ""
         lease = self.led.instance(self.iid).lease_until
-        return LaunchSpec(self.req.run_id, self.req.offer_obj, self.req.spot, public, host_key,
+        return LaunchSpec(self.req.run_id, self.req.offer_obj, self.req.spot, public,
                           boot_minutes=lease_minutes(lease, self.clock()), lease_until=lease,
                           grace_s=max(1, int(self.policy.teardown_s / 2)))
 
@@ -340,8 +335,9 @@ class Orchestrator:
                 raise RemoteError(f"{self.pid} is {state}", "a spot instance may have been reclaimed, or the "
                                   "instance's watchdog ended it at its lease; fetched samples are kept")
             if time.monotonic() > end:
-                raise RemoteError(f"{self.pid} got no address within {wait_s:.0f} s",
-                                  "check the instance in the provider's console")
+                raise RemoteError(f"cannot reach {self.pid} over SSH within {wait_s:.0f} s: it has no address, or its "
+                                  "console shows no host key yet (still booting?)",
+                                  "check the instance in the provider's console; raise run.ssh_wait_s for slow boots")
             self.tick()
             time.sleep(min(2.0, self.policy.tick_s))
             ep = self.provider.endpoint(self.pid)
@@ -545,7 +541,9 @@ class Orchestrator:
         try:
             if self.session is not None and self.started_worker:
                 final_fetch(self.session, self.dir, self.policy, self.event, stop=state != "done")
-            elif self.session is None and self.pid is not None:  # e.g. a takeover of an instance powered off
+            elif self.session is None and self.resumed and self.pid is not None:
+                # a takeover that could not reattach (e.g. the watchdog powered the instance off): its worker
+                # ran, so what it finished may still be there
                 take_last_lines(self.provider, self.pid, self.req.run_id, self.dir, self.policy, self.event)
             kill_point("teardown")
             summary = read_json(self.dir / "out" / "summary.json")
@@ -659,7 +657,7 @@ def take_last_lines(provider, pid: str | None, run_id: str, run_dir: Path, polic
     try:
         if provider.status(pid).state not in ("pending", "running", "stopped"):
             return
-        session = open_session(provider, pid, run_id, wait_s=min(30.0, policy.teardown_s / 2))
+        session = open_session(provider, pid, run_id, wait_s=min(10.0, policy.teardown_s / 4))
     except GpuBudgetError as e:
         held, known = held_samples(run_dir)
         left = f"; {known - held} finished samples left on the instance" if known > held else ""

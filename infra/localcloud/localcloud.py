@@ -6,10 +6,13 @@ human runs it to try `budget run --provider aws` with no AWS account:
 
 What it plays:
 - cloud-init: for each running instance tagged gpubudget:managed it reads the instance's user-data from
-  the EC2 API and starts sshd with the host key and authorized key found there (`ssh_keys`,
-  `ssh_authorized_keys`), on the one loopback port the controller reaches through
-  BUDGET_SSH_ADDRESS=127.0.0.1:PORT. The controller therefore verifies the key it generated and
-  injected - the same path as on EC2, with no bypass.
+  the EC2 API, generates the instance's own ed25519 host key (as cloud-init does at first boot; a
+  user-data that carries a host *private* key is an error), prints its public half to the instance's
+  console in cloud-init's `-----BEGIN SSH HOST KEY KEYS-----` block (served by moto's
+  GetConsoleOutput), and starts sshd with it and the authorized key from user-data
+  (`ssh_authorized_keys`), on the one loopback port the controller reaches through
+  BUDGET_SSH_ADDRESS=127.0.0.1:PORT. The controller pins the key it reads from the console - the same
+  path as on EC2, with no bypass.
 - the OS shutdown: the instance's power-off command in this cloud is `touch POWEROFF` (config
   aws.poweroff); when a run directory shows that file, the agent does what EC2 does on an OS shutdown:
   terminate the instance if its InstanceInitiatedShutdownBehavior is terminate, else stop it.
@@ -123,6 +126,44 @@ def register_dlami(ec2) -> str:
                               BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 100}}])["ImageId"]
 
 
+CONSOLE: dict[str, str] = {}  # instance id -> its console output, as cloud-init printed it
+
+
+def play_console() -> None:
+    """moto's GetConsoleOutput returns one canned text; serve what our cloud-init printed instead (moto
+    runs in this process: ThreadedMotoServer)."""
+    from moto.core.responses import ActionResult
+    from moto.core.utils import utcnow
+    from moto.ec2.responses.general import General
+    from moto.ec2.utils import Base64EncodedString
+
+    if getattr(General, "_localcloud", False):
+        return
+    original = General.get_console_output
+
+    def get_console_output(self):
+        iid = self._get_param("InstanceId")
+        if iid not in CONSOLE:
+            return original(self)
+        return ActionResult({"InstanceId": iid, "Timestamp": utcnow(),
+                             "Output": Base64EncodedString.from_raw_string(CONSOLE[iid])})
+
+    General.get_console_output = get_console_output
+    General._localcloud = True
+
+
+def host_key() -> tuple[str, str]:
+    """A fresh ed25519 host key: (OpenSSH private key, public line) - what cloud-init generates at boot."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    k = Ed25519PrivateKey.generate()
+    private = k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                              serialization.NoEncryption()).decode()
+    public = k.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return private, public
+
+
 class CloudInitAgent(threading.Thread):
     """Plays cloud-init and the OS shutdown for moto's instances (see the module docstring)."""
 
@@ -135,7 +176,10 @@ class CloudInitAgent(threading.Thread):
         self.shutdowns: list[tuple[str, str]] = []  # (instance id, what EC2 did) for each OS power-off
         self.volume_tags: dict[str, list[dict]] = {}  # instance id -> its volumes' tags, seen at boot
         self.ingress: dict[str, list[dict]] = {}      # instance id -> its security groups' ingress rules
-        self.impostor_key: str | None = None  # tests: serve this host key instead of the injected one
+        self.impostor_key: str | None = None  # tests: serve this host key instead of the one on the console
+        self.host_keys: dict[str, str] = {}  # instance id -> the public line of the host key it generated
+        self._private: dict[str, str] = {}
+        play_console()
         self.start_sshd = True   # tests flip this to play an instance whose sshd never comes up
         self._halt = threading.Event()
         self.errors: list[str] = []
@@ -181,10 +225,17 @@ class CloudInitAgent(threading.Thread):
         raw = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"].get("Value", "")
         text = base64.b64decode(raw).decode() if raw else ""
         doc = yaml.safe_load(text) or {}
-        keys = doc.get("ssh_keys") or {}
-        if "ed25519_private" not in keys:
-            self.errors.append(f"{iid}: user-data carries no ed25519 host key")
+        if "PRIVATE KEY" in text or doc.get("ssh_keys"):
+            self.errors.append(f"{iid}: user-data carries a host private key (anyone who may read it could "
+                               "impersonate the instance)")
             return
+        if iid not in self._private:  # cloud-init makes it once, at first boot; a restarted sshd keeps it
+            self._private[iid], self.host_keys[iid] = host_key()
+        private, public = self._private[iid], self.host_keys[iid]
+        CONSOLE[iid] = ("[   12.345678] cloud-init[1234]: Generating public/private ed25519 key pair.\n"
+                        "-----BEGIN SSH HOST KEY FINGERPRINTS-----\n256 SHA256:(localcloud) root@localcloud (ED25519)\n"
+                        "-----END SSH HOST KEY FINGERPRINTS-----\n"
+                        f"-----BEGIN SSH HOST KEY KEYS-----\n{public} root@localcloud\n-----END SSH HOST KEY KEYS-----\n")
         vols = self.ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [iid]}])["Volumes"]
         self.volume_tags[iid] = [{t["Key"]: t["Value"] for t in v.get("Tags", [])} for v in vols]
         groups = [g["GroupId"] for g in inst.get("SecurityGroups", [])]
@@ -192,8 +243,7 @@ class CloudInitAgent(threading.Thread):
                              for p in g["IpPermissions"]] if groups else []
         for other in list(self.sshd):  # one loopback port: a new instance replaces an old one's sshd
             self.sshd.pop(other).stop()
-        s = Sshd(self.dir / iid, self.port, self.impostor_key or keys["ed25519_private"],
-                 doc.get("ssh_authorized_keys") or [])
+        s = Sshd(self.dir / iid, self.port, self.impostor_key or private, doc.get("ssh_authorized_keys") or [])
         s.wait_ready()
         self.sshd[iid] = s
 

@@ -3,8 +3,9 @@
 Every resource carries the tags gpubudget:run=<run id> and gpubudget:managed=true. Instances launch
 with ClientToken=<run id> and InstanceInitiatedShutdownBehavior=terminate (so the instance's own
 watchdog ends billing with `shutdown -h now`), into a security group whose only ingress is SSH from
-the caller's /32. The SSH host key is generated here and injected through cloud-init user-data, then
-pinned in the run's known_hosts (see providers/base.py).
+the caller's /32. The instance makes its own SSH host key at first boot; the controller reads it from the
+instance's console through the EC2 API and pins it in the run's known_hosts (see providers/base.py) -
+no secret travels in user-data.
 
 botocore errors are mapped where they enter (`_mapped`): capacity, quota, auth, not found, transient;
 only transient ones are retried (tenacity)."""
@@ -99,17 +100,40 @@ def make_key() -> HostKey:
 
 
 def user_data(spec: LaunchSpec) -> str:
-    """cloud-init: the pinned host key replaces the generated ones; the login key is authorized."""
-    doc: dict = {"ssh_deletekeys": True, "ssh_genkeytypes": []}
-    if spec.host_key is not None:
-        doc["ssh_keys"] = {"ed25519_private": spec.host_key.private_openssh,
-                           "ed25519_public": spec.host_key.public_line}
+    """cloud-init: fresh host keys made on the instance (ed25519 only), printed to its console - no
+    secret in user-data, which anyone allowed DescribeInstanceAttribute can read; the login key is
+    authorized; until the watchdog runs, a boot-time power-off is the instance's guard."""
+    doc: dict = {"ssh_deletekeys": True, "ssh_genkeytypes": ["ed25519"]}
     if spec.ssh_public_key:
         doc["ssh_authorized_keys"] = [spec.ssh_public_key]
     if spec.boot_minutes:
         # until the controller has the watchdog running, this is the instance's only guard
         doc["runcmd"] = [["shutdown", "-h", f"+{spec.boot_minutes}"]]
     return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1000)
+
+
+def host_keys_from_console(text: str) -> list[str]:
+    """The ed25519 host keys (`type base64`) in cloud-init's `-----BEGIN SSH HOST KEY KEYS-----` block of a
+    console output (GetConsoleOutput returns it base64-encoded; plain text is accepted too)."""
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(text, validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        decoded = text
+    if "BEGIN SSH HOST KEY KEYS" not in decoded and "BEGIN SSH HOST KEY KEYS" in text:
+        decoded = text
+    keys, inside = [], False
+    for line in decoded.splitlines():
+        line = line.strip()
+        if line.endswith("-----BEGIN SSH HOST KEY KEYS-----"):
+            inside = True
+        elif line.endswith("-----END SSH HOST KEY KEYS-----"):
+            inside = False
+        elif inside and "ssh-ed25519 " in line:  # some consoles prefix each line (timestamps, ci-info:)
+            keys.append(" ".join(line[line.index("ssh-ed25519 "):].split()[:2]))
+    return keys
 
 
 def client_token(run_id: str) -> str:
@@ -335,6 +359,21 @@ class AwsProvider:
         except ProviderError:
             pass  # a leftover empty group costs nothing; `budget status` still lists the run as done
 
+    def host_key(self, provider_id: str, run_dir: Path) -> str | None:
+        """The instance's host key, pinned in the run directory the first time it is read from the
+        instance's console (cloud-init prints it there at first boot; the console comes through the EC2
+        API, authenticated, so no key is taken on trust from the network). None while not printed yet."""
+        pinned = run_dir / "host_key.pub"
+        if pinned.exists():
+            return pinned.read_text().strip()
+        out = self._call(self.ec2, "get_console_output", f"reading {provider_id}'s console", InstanceId=provider_id,
+                         Latest=True).get("Output") or ""
+        keys = host_keys_from_console(out)
+        if not keys:
+            return None
+        pinned.write_text(keys[0] + "\n")
+        return keys[0]
+
     def endpoint(self, provider_id: str) -> Endpoint | None:
         info = self.status(provider_id)
         if info.state != "running":
@@ -344,7 +383,9 @@ class AwsProvider:
             return None
         host, port = override or (info.address, 22)
         run_dir = self.home / "runs" / info.tags.get(RUN_TAG, "")
-        pinned = (run_dir / "host_key.pub").read_text().strip()
+        pinned = self.host_key(provider_id, run_dir)
+        if pinned is None:
+            return None  # booting: its console has no host key yet
         known = run_dir / "known_hosts"
         known.write_text(f"{host if port == 22 else f'[{host}]:{port}'} {pinned}\n")
         key, _ = self.login_key()

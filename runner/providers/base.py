@@ -3,8 +3,12 @@
 aws.py, ssh_host.py.
 
 How each establishes the instance's SSH host key (we never trust a key on first use):
-- aws: the controller generates an ed25519 host key per run, hands it to the instance through
-  cloud-init user-data (`ssh_keys`), and pins its public half in the run's known_hosts.
+- aws: the instance generates its ed25519 host key at first boot (cloud-init) and prints the public half
+  to its console; the controller reads the console through the EC2 API (authenticated, like every call)
+  and pins that key in the run's known_hosts. Nothing secret is in user-data, which anyone allowed
+  ec2:DescribeInstanceAttribute could read (why not the controller-made key shipped in user-data, as
+  before: its private half was readable there for the instance's life, so anyone with that permission
+  could impersonate the instance; the console holds only the public half).
 - ssh_host: the user's known_hosts file (config `known_hosts`, default ~/.ssh/known_hosts) must
   already hold the host's key, exactly as `ssh -o StrictHostKeyChecking=yes` would require.
 - local: no SSH at all."""
@@ -29,7 +33,7 @@ RUN_TAG = "gpubudget:run"
 
 @dataclass(frozen=True)
 class HostKey:
-    """An SSH host key pair made by the controller (OpenSSH private key text, public key line)."""
+    """An SSH key pair made by the controller (OpenSSH private key text, public key line): the login key."""
 
     private_openssh: str
     public_line: str
@@ -41,7 +45,6 @@ class LaunchSpec:
     offer: Offer
     spot: bool
     ssh_public_key: str = ""          # the login key's public line (authorized_keys)
-    host_key: HostKey | None = None    # what the instance must present (aws injects it)
     max_spot_price: Decimal | None = None
     boot_minutes: int = 0              # power off after this long unless the watchdog took over (0: none)
     lease_until: float = 0.0           # the boot lease (epoch seconds) the ledger admitted

@@ -30,17 +30,18 @@ def offer(name="g4dn.xlarge"):
 
 def test_launch_is_idempotent_per_run_and_tags_spot(provider, aws_cloud):
     aws_cloud.agent.start_sshd = False
-    host = make_key()
-    spec = LaunchSpec("run-1", offer(), spot=True, ssh_public_key=make_key().public_line, host_key=host,
-                      boot_minutes=15)
+    spec = LaunchSpec("run-1", offer(), spot=True, ssh_public_key=make_key().public_line, boot_minutes=15)
     a = provider.launch(spec)
     b = provider.launch(spec)
     assert a.provider_id == b.provider_id
     [inst] = [i for r in aws_cloud.ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     assert inst["InstanceLifecycle"] == "spot"
     raw = aws_cloud.ec2.describe_instance_attribute(InstanceId=a.provider_id, Attribute="userData")["UserData"]["Value"]
-    doc = yaml.safe_load(base64.b64decode(raw))
-    assert doc["ssh_keys"]["ed25519_public"] == host.public_line and doc["ssh_deletekeys"] is True
+    text = base64.b64decode(raw).decode()
+    doc = yaml.safe_load(text)
+    # no secret in user-data: the instance makes its own host key and prints it to its console
+    assert "PRIVATE KEY" not in text and "ssh_keys" not in doc
+    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == ["ed25519"]
     assert doc["runcmd"] == [["shutdown", "-h", "+15"]]  # the instance's guard until the watchdog runs
     assert [i.provider_id for i in provider.list_managed()] == [a.provider_id]
     provider.terminate(a.provider_id)
@@ -89,3 +90,17 @@ def test_missing_credentials_are_one_line(aws_cloud, cli, budget_home, monkeypat
     assert code == 1 and err.count("\n") == 2 and "no AWS credentials found" in err and "hint:" in err
     assert [r for r in aws_cloud.ec2.describe_instances()["Reservations"]] == []
     assert not (budget_home / "ledger.db").exists()  # checked before asking: no run was made
+
+
+def test_host_keys_are_read_from_cloud_inits_console_block():
+    from runner.providers.aws import host_keys_from_console
+
+    console = ("noise\n[  9.1] ci-info: -----BEGIN SSH HOST KEY KEYS-----\n"
+               "[  9.1] ci-info: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK root@ip-10-0-0-1\n"
+               "ssh-ed25519 AAAAsecond\n-----END SSH HOST KEY KEYS-----\nssh-ed25519 AAAAoutside\n")
+    plain = "-----BEGIN SSH HOST KEY KEYS-----\nssh-ed25519 AAAAC3Nza root@x\n-----END SSH HOST KEY KEYS-----\n"
+    assert host_keys_from_console(plain) == ["ssh-ed25519 AAAAC3Nza"]
+    assert host_keys_from_console(base64.b64encode(plain.encode()).decode()) == ["ssh-ed25519 AAAAC3Nza"]
+    assert host_keys_from_console("booting...\n") == []
+    # inside the block only, console prefixes allowed
+    assert host_keys_from_console(console) == ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK", "ssh-ed25519 AAAAsecond"]

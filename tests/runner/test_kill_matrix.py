@@ -96,3 +96,44 @@ def test_kill_9_of_the_controller_then_nothing(cli, local_home, tmp_path, monkey
     ended = db(local_home).execute("SELECT ended_at FROM instances").fetchone()[0]
     assert ended <= lease + 10 + 0.01  # billed to lease + teardown at most: it was off by then
     _check_after(local_home, run)
+
+
+def _moto_ended_at(inst: dict) -> float:
+    """When EC2 (moto) says the instance was terminated: 'User initiated (2026-11-28 12:00:00 GMT)'."""
+    import datetime as dt
+    import re
+
+    m = re.search(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)", inst.get("StateTransitionReason", ""))
+    assert m, inst.get("StateTransitionReason")
+    return dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC).timestamp()
+
+
+@pytest.mark.parametrize("step", ["launch", "boot", "running"])
+def test_kill_9_of_the_controller_on_the_aws_test_cloud(aws_cloud, cli, budget_home, tiny_model, tmp_path,
+                                                        monkeypatch, step):
+    """The same on moto's EC2 + sshd: the launch's answer lost (found again by its tag), killed while booting
+    (no watchdog yet: billed until `budget stop` terminates it, never less), killed while running (every
+    finished sample fetched over SSH first)."""
+    plan = caption_plan(tmp_path, "matrix", 400)
+    monkeypatch.setenv("GPUBUDGET_KILL_AT", step)
+    code, out, err = cli("run", plan, "--provider", "aws", "--yuan", "20", "--yes", "--detach", "--batch-size", "1",
+                         "--model-path", tiny_model)
+    assert code == 0, err
+    monkeypatch.delenv("GPUBUDGET_KILL_AT")
+    _wait(lambda: the_run(budget_home)["controller_pid"] and not alive(the_run(budget_home)["controller_pid"]), 180,
+          f"the controller's death at {step}")
+    run = the_run(budget_home)
+    code, out, err = cli("stop", run["id"])
+    assert code == 0, err
+    ours = [i for r in aws_cloud.ec2.describe_instances(Filters=[{"Name": "tag:gpubudget:run", "Values": [run["id"]]}])
+            ["Reservations"] for i in r["Instances"]]
+    assert len(ours) == 1 and ours[0]["State"]["Name"] == "terminated"  # one instance per intent, none left
+    [row] = db(budget_home).execute("SELECT state, ended_at, provider_id FROM instances").fetchall()
+    assert row[0] == "terminated" and row[2] == ours[0]["InstanceId"]
+    assert row[1] >= _moto_ended_at(ours[0]) - 1  # the ledger bills at least until EC2 stopped billing
+    assert spent(budget_home) <= Decimal(20)
+    local = Path(run["dir"]) / "out" / "results" / "captions.jsonl"
+    remote = aws_cloud.remote_dir / "runs" / run["id"] / "out" / "results" / "captions.jsonl"
+    assert _lines(local) == _lines(remote)
+    if step == "running":
+        assert _lines(local) > 0

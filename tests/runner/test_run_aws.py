@@ -4,6 +4,7 @@ instance's filesystem, the SQLite ledger."""
 
 from __future__ import annotations
 
+import base64
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +35,10 @@ def test_happy_path(aws_cloud, cli, budget_home, tiny_model):
     assert inst["State"]["Name"] == "terminated"
     assert inst["InstanceType"] == run["offer"].split(":")[1]
     assert inst["ImageId"] == aws_cloud.image_id
+    # the host key was the instance's own, read from its console - no private key ever in user-data
+    assert (Path(run["dir"]) / "host_key.pub").read_text().strip() == aws_cloud.agent.host_keys[inst["InstanceId"]]
+    raw = aws_cloud.ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")
+    assert "PRIVATE KEY" not in base64.b64decode(raw["UserData"]["Value"]).decode()
     behaviour = aws_cloud.ec2.describe_instance_attribute(InstanceId=inst["InstanceId"],
                                                           Attribute="instanceInitiatedShutdownBehavior")
     assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
@@ -124,7 +129,7 @@ def test_worker_crash_terminates_and_keeps_the_log(aws_cloud, cli, budget_home, 
     assert (Path(run["dir"]) / "out" / "worker.log").read_text()  # fetched before the teardown
 
 
-def test_a_host_key_other_than_the_injected_one_is_refused(aws_cloud, cli, budget_home, tiny_model):
+def test_a_host_key_other_than_the_one_on_the_console_is_refused(aws_cloud, cli, budget_home, tiny_model):
     from runner.providers.aws import make_key
 
     aws_cloud.agent.impostor_key = make_key().private_openssh  # someone else answers on the address
