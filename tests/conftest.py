@@ -18,6 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # spin-waiting threads made a busy 2-core machine (CI next to another job) up to 8x slower (400 s vs 52 s
 # for the public-plan test). Set before torch is imported; every worker subprocess inherits it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Tables are asserted on: the same width everywhere (a terminal, a pipe, an xdist worker) unless a test
+# sets its own. Set before runner.render is imported (its console reads it when made).
+os.environ["COLUMNS"] = "200"
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,7 @@ def test_a_killed_worker_is_restarted_and_resume_rearms_the_watchdog(cli, local_
     on and on - 85 of 90 CNY spent, stuck at 19 samples. Now it notices and restarts it. Then worker,
     watchdog and controller are all killed: `budget resume` re-arms the watchdog before it extends anything,
     restarts the worker, and the run completes with every sample exactly once."""
-    plan = caption_plan(tmp_path, "medium", 150)
+    plan = caption_plan(tmp_path, "medium", 80)
     code, out, err = cli("run", plan, "--provider", "local", "--yuan", "5", "--yes", "--detach", "--batch-size", "1")
     assert code == 0, err
     run_id = out.strip()
@@ -75,9 +75,9 @@ def test_a_killed_worker_is_restarted_and_resume_rearms_the_watchdog(cli, local_
     restart = max(i for i, (k, d) in enumerate(events) if k == "worker" and "restarting" in d)
     assert reattaching < rearm < kinds.index("reattached") < restart  # the guard first, then the worker
     run = the_run(local_home)
-    assert (run["state"], run["samples_done"]) == ("done", 150)
+    assert (run["state"], run["samples_done"]) == ("done", 80)
     ids = _ids(run)
-    assert len(ids) == len(set(ids)) == 150
+    assert len(ids) == len(set(ids)) == 80
     assert not [p for p in instance_pids(run, local_home) if alive(p)]
 
 
@@ -121,7 +121,7 @@ def test_budget_stop_without_a_controller(cli, local_home, tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
-    assert _lines(local) == _lines(remote) > held + 10  # every finished sample came back before the terminate
+    assert _lines(local) == _lines(remote) >= held + 10  # every finished sample came back before the terminate
     ids = _ids(the_run(local_home))
     assert len(ids) == len(set(ids)) and the_run(local_home)["samples_done"] == len(ids)
     assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.models import Offer
+from runner import recovery
 from runner.guard import Meter, Policy, decide
 from runner.ledger import Ledger
 
@@ -112,6 +113,7 @@ def scenarios(draw):
             "run_cap": draw(st.one_of(st.none(), st.integers(1, 20000))),
         } for _ in range(n)],
         "seed": draw(st.integers(0, 2**31)),
+        "ledger_lost_at": draw(st.one_of(st.none(), st.integers(0, 6000))),  # deleted, then rebuilt from journals
     }
 
 
@@ -120,9 +122,10 @@ def scenarios(draw):
 def test_settled_spend_never_exceeds_the_cap(tmp_path_factory, sc):
     """Random prices, billing rules, tick jitter (any gap up to tick_s), teardown times, concurrent instances
     on one pool, controllers that die mid-run (their watchdog ends the instance at its lease; the ledger
-    learns it only when a later command settles it - meanwhile the other runs see its lease lapse): the
-    pool's settled spend stays within its cap, every run's within its own, and each instance's recorded
-    spend is exactly what its provider billed."""
+    learns it only when a later command settles it - meanwhile the other runs see its lease lapse), and the
+    ledger file deleted at a random moment and rebuilt from the runs' journals: the pool's settled spend
+    stays within its cap, every run's within its own, and each instance's recorded spend is exactly what
+    its provider billed - a lost ledger neither forgets money nor invents it."""
     rng = random.Random(sc["seed"])
     # a real SQLite file; on tmpfs where there is one, since synchronous=FULL fsyncs every one of its
     # thousands of ticks (the guard's logic is what is under test here, not the disk)
@@ -136,11 +139,23 @@ def test_settled_spend_never_exceeds_the_cap(tmp_path_factory, sc):
     ends: dict[int, float] = {}
     for k, inst in enumerate(sc["instances"]):
         run_cap = min(cap, Decimal(inst["run_cap"]) / 100) if inst["run_cap"] else cap
+        (base / "runs" / f"r{k}").mkdir(parents=True)  # each run's money.jsonl: what a lost ledger is rebuilt from
         led.create_run(id=f"r{k}", pool="pool", plan="p", plan_path="p", provider="sim", offer="o", quantization="nf4",
-                       spot=0, cap_cny=run_cap, dir=".", created_at=T0)
+                       spot=0, cap_cny=run_cap, dir=str(base / "runs" / f"r{k}"), created_at=T0)
         heapq.heappush(queue, (T0 + inst["launch"], k, "launch"))
+    if sc["ledger_lost_at"] is not None:
+        heapq.heappush(queue, (T0 + sc["ledger_lost_at"], -1, "lose"))
     while queue:
         now, k, what = heapq.heappop(queue)
+        if what == "lose":  # the ledger file is deleted mid-run; `budget ledger rebuild` restores it
+            led.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{base / 'ledger.db'}{suffix}").unlink(missing_ok=True)
+            recovery.rebuild(base, now=now)
+            led = Ledger(base / "ledger.db")
+            live = {j: led.instances(run_id=f"r{j}")[0].id for j in live}
+            assert led.pool_cap("pool") == cap
+            continue
         inst = sc["instances"][k]
         if what == "launch":
             d, iid = led.admit(f"r{k}", offer=offer(*inst["billing"]), price_cny_h=inst["price"],

@@ -199,7 +199,7 @@ def test_runs_sharing_a_pool_cannot_both_commit_the_last_yuan(cli, local_home, l
 
 
 def test_resume_takes_over_a_run_whose_controller_died(cli, local_home, tmp_path):
-    plan = caption_plan(tmp_path, "medium", 200)
+    plan = caption_plan(tmp_path, "medium", 80)
     code, out, err = cli("run", plan, "--provider", "local", "--yuan", "5", "--yes", "--detach", "--batch-size", "1")
     assert code == 0, err
     run_id = out.strip()
@@ -208,9 +208,9 @@ def test_resume_takes_over_a_run_whose_controller_died(cli, local_home, tmp_path
     code, out, err = cli("resume", run_id)
     assert code == 0, err
     run = the_run(local_home)
-    assert run["state"] == "done" and run["samples_done"] == run["samples_total"] == 200
+    assert run["state"] == "done" and run["samples_done"] == run["samples_total"] == 80
     lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
-    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 200  # nothing lost, nothing twice
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 80  # nothing lost, nothing twice
     kinds = [r["kind"] for r in db(local_home).execute("SELECT kind FROM events ORDER BY id")]
     assert "reattached" in kinds and kinds[-1] == "done"
     assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
@@ -226,7 +226,7 @@ def test_a_dead_host_is_one_error_and_budget_stop_retries(cli, ssh_host, budget_
     p = _spawn(["run", str(long_plan), "--provider", "ssh", "--yuan", "5", "--yes", "--quant", "fp16"], budget_home)
     _wait(lambda: (budget_home / "ledger.db").exists() and result_lines(the_run(budget_home)) > 0, 120, "results")
     ssh_host.crash()
-    _, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=400)  # reconnect attempts, then a terminate that cannot reach the host
     assert p.returncode == 1 and "could not terminate" in err and "budget stop" in err and "Traceback" not in err
     run = the_run(budget_home)
     assert run["state"] == "failed"

@@ -14,7 +14,7 @@ from .conftest import job, lines, run_inline, spawn, status, summary, write_job
 
 pytestmark = pytest.mark.slow  # real kills and restarts of the worker
 
-MANY = 150
+MANY = 60
 
 
 def _long_job(model, **extra):

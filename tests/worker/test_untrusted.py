@@ -183,11 +183,13 @@ def test_one_writer_per_output_directory(tiny_model, tmp_path):
             assert first.poll() is None and time.monotonic() < end, first.stderr.read().decode()[-2000:]
             time.sleep(0.05)
         assert "in use by another worker (pid" in (files.locked(out) or "")
+        first.send_signal(signal.SIGSTOP)  # frozen mid-run (it keeps its lock, burns no CPU meanwhile)
         second = spawn(job_path, out)
         assert second.wait(timeout=300) == EXIT_BUSY
         assert "not starting a second one" in second.stderr.read().decode()
         assert first.poll() is None  # the first one is untouched
     finally:
+        first.send_signal(signal.SIGCONT)
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=300)
     ids = [x["id"] for x in lines(out, "cap")]
