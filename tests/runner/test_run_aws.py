@@ -148,7 +148,7 @@ def test_a_dropped_ssh_connection_is_reconnected(aws_cloud, budget_home, tiny_mo
     import sys
     import time
 
-    plan = caption_plan(tmp_path, "longer", 300)
+    plan = caption_plan(tmp_path, "longer", 150)
     p = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(plan), "--provider", "aws", "--yuan", "20",
                           "--yes", "--model-path", str(tiny_model), "--quant", "fp16", "--batch-size", "1"],
                          env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -169,8 +169,8 @@ def test_a_dropped_ssh_connection_is_reconnected(aws_cloud, budget_home, tiny_mo
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     run = the_run(budget_home)
-    assert run["state"] == "done" and run["samples_done"] == 300
+    assert run["state"] == "done" and run["samples_done"] == 150
     kinds = [r[0] + ":" + r[1] for r in db(budget_home).execute("SELECT kind, detail FROM events ORDER BY id")]
     assert any(k.startswith("ssh:lost") for k in kinds) and "ssh:reconnected" in kinds
     lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
-    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 300
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 150
