@@ -218,12 +218,13 @@ def test_resume_takes_over_a_run_whose_controller_died(cli, local_home, tmp_path
     assert code == 1 and "already done" in err
 
 
-def test_a_dead_host_is_one_error_and_budget_stop_retries(cli, ssh_host, budget_home, long_plan):
+def test_a_dead_host_is_one_error_and_budget_stop_retries(cli, ssh_host, budget_home, tmp_path):
     """The rented host goes dark mid-run: the controller cannot reconnect nor run the stop command, says
     so in one line, keeps the instance live in the ledger; once the host answers again, `budget stop`
     terminates and settles it."""
     write_config(budget_home, run={"ssh_wait_s": 3})
-    p = _spawn(["run", str(long_plan), "--provider", "ssh", "--yuan", "5", "--yes", "--quant", "fp16"], budget_home)
+    plan = caption_plan(tmp_path, "medium", 400)  # the worker on the dark host runs on: not for 5000 samples
+    p = _spawn(["run", str(plan), "--provider", "ssh", "--yuan", "5", "--yes", "--quant", "fp16"], budget_home)
     _wait(lambda: (budget_home / "ledger.db").exists() and result_lines(the_run(budget_home)) > 0, 120, "results")
     ssh_host.crash()
     _, err = p.communicate(timeout=400)  # reconnect attempts, then a terminate that cannot reach the host
