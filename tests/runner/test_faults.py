@@ -176,3 +176,46 @@ def test_a_lost_or_garbled_ledger_never_resets_the_budget(cli, local_home, tmp_p
     rows = db(local_home).execute("SELECT state, ended_at FROM instances WHERE run_id=?", (run_id,)).fetchall()
     assert [r[0] for r in rows] == ["terminated"] and rows[0][1] is not None
     assert spent(local_home) > before
+
+
+def test_a_ledger_that_cannot_be_written_does_not_keep_an_instance_running(tmp_path):
+    """Disk full / locked ledger on the way out (the audit: the controller died on OperationalError before it
+    terminated). A real SQLite lock held by another connection makes every write fail: the instance is
+    terminated first, then the failure to record is raised."""
+    import sqlite3
+    from decimal import Decimal
+
+    from planner.models import Offer
+    from runner.guard import Policy
+    from runner.ledger import Ledger
+    from runner.orchestrate import terminate_instance
+    from runner.providers.base import LaunchSpec
+    from runner.providers.local import LocalProvider
+
+    led = Ledger(tmp_path / "ledger.db")
+    led.ensure_pool("p", Decimal(10), time.time())
+    led.create_run(id="r", pool="p", plan="s", plan_path="x", provider="local", offer="o", quantization="nf4", spot=0,
+                   cap_cny=Decimal(10), dir=str(tmp_path), created_at=time.time())
+    offer = Offer(provider="local", instance_type="x", gpu="T4", gpu_count=1, price=Decimal(1), billing_increment_s=1,
+                  billing_minimum_s=0)
+    policy = Policy(tick_s=1, teardown_s=10, lease_s=60)
+    _, iid = led.admit("r", offer=offer, price_cny_h=Decimal(36), price_original_h=Decimal(36), spot=False,
+                       provider="local", now=time.time(), policy=policy)
+    provider = LocalProvider(tmp_path / "home")
+    info = provider.launch(LaunchSpec("r", offer, False, lease_until=time.time() + 60, grace_s=2))
+    led.set_instance(iid, provider_id=info.provider_id, state="running")
+    watchdog = provider.base / "r" / "watchdog.pid"
+    _wait(lambda: alive(int(watchdog.read_text())), 30, "the boot guard's watchdog")
+    led.db.execute("PRAGMA busy_timeout=200")  # fail fast instead of waiting 30 s for the lock below
+    other = sqlite3.connect(tmp_path / "ledger.db")
+    other.execute("BEGIN EXCLUSIVE")  # nobody else may write now
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            terminate_instance(led, provider, iid, "r", policy, lambda kind, detail: led.event("r", kind, detail, iid))
+        assert (provider.base / "r" / "TERMINATED").exists()  # terminated before anything failed to record
+        _wait(lambda: not alive(int(watchdog.read_text())), 30, "the watchdog to end")
+    finally:
+        other.rollback()
+        other.close()
+    assert led.settle(iid, time.time()) >= 0 and led.instance(iid).state == "terminated"  # a retry records it
+    led.close()
