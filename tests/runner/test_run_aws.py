@@ -24,7 +24,7 @@ def instances(ec2) -> list[dict]:
 
 def test_happy_path(aws_cloud, cli, budget_home, tiny_model):
     code, out, err = cli("run", SMOKE, "--provider", "aws", "--yuan", "20", "--yes", "--model-path", tiny_model,
-                         "--quant", "nf4")
+                         "--quant", "nf4", "--limit", "1")  # every task kind, one sample each
     assert code == 0, err
     run = the_run(budget_home)
     assert run["state"] == "done" and run["provider"] == "aws" and run["quantization"] == "nf4"
