@@ -69,7 +69,8 @@ def check(home: Path) -> dict:
     in_ledger: set[str] = set()
     live: list[str] = []
     if not path.exists():
-        problems.append(f"{path} is missing")
+        if run_dirs(home):  # a home never used has no ledger yet, and nothing to lose
+            problems.append(f"{path} is missing")
     else:
         try:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
