@@ -60,6 +60,22 @@ def spent(home: Path) -> Decimal:
     return sum((Decimal(r[0]) for r in db(home).execute("SELECT amount_cny FROM spend")), Decimal(0))
 
 
+def wait_until(cond, timeout: float, what: str) -> None:
+    """Poll `cond` until it holds (a generous bound, never a race with a sleep). Reading a ledger or run
+    directory the controller is still writing may fail for a moment: that is "not yet", not a failure."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if cond():
+                return
+        except (sqlite3.OperationalError, OSError, ValueError, KeyError, TypeError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def caption_plan(directory: Path, name: str, samples: int) -> Path:
     return localcloud.caption_plan(REPO / "plans" / "smoke.yaml", directory, name, samples)
 

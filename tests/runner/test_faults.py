@@ -12,21 +12,9 @@ from pathlib import Path
 import pytest
 
 from runner.providers.local import pid_alive as alive
-from tests.runner.conftest import caption_plan, db, instance_pids, result_lines, spent, the_run
+from tests.runner.conftest import caption_plan, db, instance_pids, result_lines, spent, the_run, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def _wait(cond, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if cond():
-                return
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _events(home: Path) -> list[tuple[str, str]]:
@@ -38,7 +26,8 @@ def _killpg(path: Path) -> None:
 
 
 def _ids(run: dict) -> list[str]:
-    return [json.loads(x)["id"] for x in (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()]
+    results = Path(run["dir"]) / "out" / "results" / "captions.jsonl"
+    return [json.loads(x)["id"] for x in results.read_text().splitlines()]
 
 
 def test_a_killed_worker_is_restarted_and_resume_rearms_the_watchdog(cli, local_home, tmp_path):
@@ -51,19 +40,19 @@ def test_a_killed_worker_is_restarted_and_resume_rearms_the_watchdog(cli, local_
     assert code == 0, err
     run_id = out.strip()
     inst = local_home / "instances" / run_id
-    _wait(lambda: result_lines(the_run(local_home)) > 0, 120, "results")
+    wait_until(lambda: result_lines(the_run(local_home)) > 0, 120, "results")
     first = (inst / "worker.pid").read_text()
     _killpg(inst / "worker.pid")
-    _wait(lambda: any(k == "worker" and "restarting" in d for k, d in _events(local_home)), 120, "a restart")
+    wait_until(lambda: any(k == "worker" and "restarting" in d for k, d in _events(local_home)), 120, "a restart")
     restarts = [d for k, d in _events(local_home) if k == "worker" and "restarting" in d]
     assert len(restarts) == 1 and "no exit code" in restarts[0]
-    _wait(lambda: (inst / "worker.pid").read_text() != first and result_lines(the_run(local_home)) > 5, 120,
-          "the restarted worker's results")
+    wait_until(lambda: (inst / "worker.pid").read_text() != first and result_lines(the_run(local_home)) > 5, 120,
+               "the restarted worker's results")
 
     os.kill(the_run(local_home)["controller_pid"], signal.SIGKILL)
     _killpg(inst / "worker.pid")
     _killpg(inst / "watchdog.pid")
-    _wait(lambda: not [p for p in instance_pids(the_run(local_home), local_home) if alive(p)], 60, "all dead")
+    wait_until(lambda: not [p for p in instance_pids(the_run(local_home), local_home) if alive(p)], 60, "all dead")
     armed_before = sum(1 for k, _ in _events(local_home) if k == "watchdog")
     code, _, err = cli("resume", run_id)
     assert code == 0, err
@@ -100,13 +89,14 @@ def test_budget_stop_without_a_controller(cli, local_home, tmp_path):
 
     run_id = _detached(cli, caption_plan(tmp_path, "medium", 400))
     inst = local_home / "instances" / run_id
-    _wait(lambda: result_lines(the_run(local_home)) > 0, 120, "results")
+    wait_until(lambda: result_lines(the_run(local_home)) > 0, 120, "results")
     run = the_run(local_home)
     os.kill(run["controller_pid"], signal.SIGKILL)
     remote = inst / "out" / "results" / "captions.jsonl"
     local = Path(run["dir"]) / "out" / "results" / "captions.jsonl"
     held = _lines(local)
-    _wait(lambda: _lines(remote) >= held + 10, 120, "the orphaned worker to finish more")  # it runs on to its lease
+    # the orphaned worker runs on to its lease
+    wait_until(lambda: _lines(remote) >= held + 10, 120, "the orphaned worker to finish more")
     _killpg(inst / "watchdog.pid")
     bystander = subprocess.Popen(["sleep", "600"], start_new_session=True, cwd=tmp_path)
     try:
@@ -160,7 +150,7 @@ def test_a_lost_or_garbled_ledger_never_resets_the_budget(cli, local_home, tmp_p
 
     def run_of():
         return dict(db(local_home).execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone())
-    _wait(lambda: result_lines(run_of()) > 0 and run_of()["controller_pid"], 120, "results")
+    wait_until(lambda: result_lines(run_of()) > 0 and run_of()["controller_pid"], 120, "results")
     os.kill(run_of()["controller_pid"], signal.SIGKILL)
     data = bytearray(ledger.read_bytes())
     data[100:4096 * 3] = os.urandom(4096 * 3 - 100)  # the header's tail and the first pages
@@ -205,7 +195,7 @@ def test_a_ledger_that_cannot_be_written_does_not_keep_an_instance_running(tmp_p
     info = provider.launch(LaunchSpec("r", offer, False, lease_until=time.time() + 60, grace_s=2))
     led.set_instance(iid, provider_id=info.provider_id, state="running")
     watchdog = provider.base / "r" / "watchdog.pid"
-    _wait(lambda: alive(int(watchdog.read_text())), 30, "the boot guard's watchdog")
+    wait_until(lambda: alive(int(watchdog.read_text())), 30, "the boot guard's watchdog")
     led.db.execute("PRAGMA busy_timeout=200")  # fail fast instead of waiting 30 s for the lock below
     other = sqlite3.connect(tmp_path / "ledger.db")
     other.execute("BEGIN EXCLUSIVE")  # nobody else may write now
@@ -213,7 +203,7 @@ def test_a_ledger_that_cannot_be_written_does_not_keep_an_instance_running(tmp_p
         with pytest.raises(sqlite3.OperationalError):
             terminate_instance(led, provider, iid, "r", policy, lambda kind, detail: led.event("r", kind, detail, iid))
         assert (provider.base / "r" / "TERMINATED").exists()  # terminated before anything failed to record
-        _wait(lambda: not alive(int(watchdog.read_text())), 30, "the watchdog to end")
+        wait_until(lambda: not alive(int(watchdog.read_text())), 30, "the watchdog to end")
     finally:
         other.rollback()
         other.close()

@@ -14,22 +14,10 @@ from pathlib import Path
 import pytest
 
 from runner.providers.local import pid_alive as alive
-from tests.runner.conftest import caption_plan, db, instance_pids, spent, the_run, write_config
+from tests.runner.conftest import caption_plan, db, instance_pids, spent, the_run, wait_until, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 STEPS = ["intent", "launch", "launched", "boot", "pushed", "running", "teardown"]
-
-
-def _wait(cond, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if cond():
-                return
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _lines(path: Path) -> int:
@@ -44,8 +32,8 @@ def _killed(cli, home: Path, tmp_path: Path, monkeypatch, step: str) -> dict:
     code, out, err = cli("run", plan, "--provider", "local", "--yuan", "5", "--yes", "--detach", "--batch-size", "1")
     assert code == 0, err
     monkeypatch.delenv("GPUBUDGET_KILL_AT")
-    _wait(lambda: the_run(home)["controller_pid"] and not alive(the_run(home)["controller_pid"]), 120,
-          f"the controller's death at {step}")
+    wait_until(lambda: the_run(home)["controller_pid"] and not alive(the_run(home)["controller_pid"]), 120,
+               f"the controller's death at {step}")
     run = the_run(home)
     assert run["state"] not in ("done", "stopped", "failed"), run  # it died; nobody recorded an end
     return run
@@ -86,8 +74,8 @@ def test_kill_9_of_the_controller_then_nothing(cli, local_home, tmp_path, monkey
     run = _killed(cli, local_home, tmp_path, monkeypatch, step)
     lease = db(local_home).execute("SELECT lease_until FROM instances").fetchone()[0]
     inst = local_home / "instances" / run["id"]
-    _wait(lambda: (inst / "POWEROFF").exists(), lease - time.time() + 60, "the watchdog's power-off")
-    _wait(lambda: not [p for p in instance_pids(run, local_home) if alive(p)], 60, "its processes to end")
+    wait_until(lambda: (inst / "POWEROFF").exists(), lease - time.time() + 60, "the watchdog's power-off")
+    wait_until(lambda: not [p for p in instance_pids(run, local_home) if alive(p)], 60, "its processes to end")
     assert (inst / "watchdog.fired").exists()
     if step == "running" and (inst / "worker.exit").exists():  # absent: it outlived its grace and was killed
         assert (inst / "worker.exit").read_text().strip() == "3"  # asked to stop at the lease, it flushed
@@ -120,8 +108,10 @@ def test_kill_9_of_the_controller_on_the_aws_test_cloud(aws_cloud, cli, budget_h
                          "--model-path", tiny_model)
     assert code == 0, err
     monkeypatch.delenv("GPUBUDGET_KILL_AT")
-    _wait(lambda: the_run(budget_home)["controller_pid"] and not alive(the_run(budget_home)["controller_pid"]), 180,
-          f"the controller's death at {step}")
+    def dead() -> bool:
+        pid = the_run(budget_home)["controller_pid"]
+        return bool(pid) and not alive(pid)
+    wait_until(dead, 180, f"the controller's death at {step}")
     run = the_run(budget_home)
     code, out, err = cli("stop", run["id"])
     assert code == 0, err

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +18,16 @@ import pytest
 
 from runner.providers.local import pid_alive as alive
 from runner.worker.tiny import NAME as TINY
-from tests.runner.conftest import caption_plan, db, instance_pids, result_lines, spent, the_run, write_config
+from tests.runner.conftest import (
+    caption_plan,
+    db,
+    instance_pids,
+    result_lines,
+    spent,
+    the_run,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow  # whole runs: real processes, sshd, kills
 
@@ -70,7 +78,7 @@ def test_budget_stop_keeps_results_and_stays_under_the_cap(cli, local_home, long
                          "--detach")
     assert code == 0, err
     run_id = out.strip()
-    _wait(lambda: result_lines(the_run(local_home)) > 0, 120, "results")
+    wait_until(lambda: result_lines(the_run(local_home)) > 0, 120, "results")
     led = Ledger(local_home / "ledger.db")
     try:
         with led.transaction():  # the controller's next tick waits for this: nothing moves meanwhile
@@ -79,14 +87,14 @@ def test_budget_stop_keeps_results_and_stays_under_the_cap(cli, local_home, long
             led.db.execute("UPDATE pools SET cap_cny=? WHERE name='default'", (str(cap),))
     finally:
         led.close()
-    _wait(lambda: the_run(local_home)["state"] in ("done", "stopped", "failed"), 120, "the guard's stop")
+    wait_until(lambda: the_run(local_home)["state"] in ("done", "stopped", "failed"), 120, "the guard's stop")
     run = the_run(local_home)
     assert (run["id"], run["state"], run["reason"]) == (run_id, "stopped", "budget")
     money = spent(local_home)
     assert Decimal(0) < money <= cap
     done = result_lines(run)
     assert 0 < done < 5000  # what it finished before the money ran out is kept
-    _wait(lambda: not [p for p in instance_pids(run, local_home) if alive(p)], 30, "the processes to end")
+    wait_until(lambda: not [p for p in instance_pids(run, local_home) if alive(p)], 30, "the processes to end")
     events = [r["kind"] for r in db(local_home).execute("SELECT kind FROM events ORDER BY id")]
     assert events.index("guard") < events.index("terminating")
     code, out, _ = cli("status")
@@ -98,22 +106,10 @@ def _spawn(args: list[str], home: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait(cond, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if cond():
-                return
-        except (sqlite3.OperationalError, ValueError):  # the controller is still creating the ledger / run
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_ctrl_c_tears_down(local_home, long_plan):
     p = _spawn(["run", str(long_plan), "--provider", "local", "--yuan", "5", "--yes"], local_home)
-    _wait(lambda: (local_home / "ledger.db").exists() and the_run(local_home)["phase"] == "running"
-          and result_lines(the_run(local_home)) > 0, 90, "results")
+    wait_until(lambda: (local_home / "ledger.db").exists() and the_run(local_home)["phase"] == "running"
+               and result_lines(the_run(local_home)) > 0, 90, "results")
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 1 and "stopped (interrupted)" in err and "Traceback" not in err
@@ -128,7 +124,7 @@ def test_detach_then_budget_stop(cli, local_home, long_plan):
     code, out, err = cli("run", long_plan, "--provider", "local", "--yuan", "5", "--yes", "--detach")
     assert code == 0, err
     run_id = out.strip()
-    _wait(lambda: result_lines(the_run(local_home)) > 0, 90, "results")
+    wait_until(lambda: result_lines(the_run(local_home)) > 0, 90, "results")
     code, out, _ = cli("stop", run_id)
     assert code == 0 and "stopped (user)" in out
     run = the_run(local_home)
@@ -181,12 +177,12 @@ def test_runs_sharing_a_pool_cannot_both_commit_the_last_yuan(cli, local_home, l
     """Run A's admission commits (most of) the pool; run B on the same pool is refused before launching.
     (At 1 CNY/s and the local provider's 30 s teardown, 60 CNY pays A's first stretch - 20 s - and little more.)"""
     sim_offer(cli, tmp_path)
-    code, out, err = cli("run", long_plan, "--provider", "local", "--offer", "sim:cpu", "--yuan", "60", "--pool", "team",
-                         "--yes", "--detach")
+    code, out, err = cli("run", long_plan, "--provider", "local", "--offer", "sim:cpu", "--yuan", "60", "--pool",
+                         "team", "--yes", "--detach")
     assert code == 0, err
     first = out.strip()
-    _wait(lambda: (local_home / "ledger.db").exists() and db(local_home).execute(
-        "SELECT count(*) FROM instances WHERE run_id=?", (first,)).fetchone()[0] == 1, 60, "run A's intent row")
+    wait_until(lambda: (local_home / "ledger.db").exists() and db(local_home).execute(
+               "SELECT count(*) FROM instances WHERE run_id=?", (first,)).fetchone()[0] == 1, 60, "run A's intent row")
     code, _, err = cli("run", long_plan, "--provider", "local", "--offer", "sim:cpu", "--yuan", "60", "--pool", "team",
                        "--yes")
     assert code == 1 and "not launching" in err and "pool team" in err
@@ -203,7 +199,7 @@ def test_resume_takes_over_a_run_whose_controller_died(cli, local_home, tmp_path
     code, out, err = cli("run", plan, "--provider", "local", "--yuan", "5", "--yes", "--detach", "--batch-size", "1")
     assert code == 0, err
     run_id = out.strip()
-    _wait(lambda: result_lines(the_run(local_home)) > 0, 90, "results")
+    wait_until(lambda: result_lines(the_run(local_home)) > 0, 90, "results")
     os.kill(the_run(local_home)["controller_pid"], signal.SIGKILL)
     code, out, err = cli("resume", run_id)
     assert code == 0, err
@@ -225,7 +221,7 @@ def test_a_dead_host_is_one_error_and_budget_stop_retries(cli, ssh_host, budget_
     write_config(budget_home, run={"ssh_wait_s": 3})
     plan = caption_plan(tmp_path, "medium", 400)  # the worker on the dark host runs on: not for 5000 samples
     p = _spawn(["run", str(plan), "--provider", "ssh", "--yuan", "5", "--yes", "--quant", "fp16"], budget_home)
-    _wait(lambda: (budget_home / "ledger.db").exists() and result_lines(the_run(budget_home)) > 0, 120, "results")
+    wait_until(lambda: (budget_home / "ledger.db").exists() and result_lines(the_run(budget_home)) > 0, 120, "results")
     ssh_host.crash()
     _, err = p.communicate(timeout=400)  # reconnect attempts, then a terminate that cannot reach the host
     assert p.returncode == 1 and "could not terminate" in err and "budget stop" in err and "Traceback" not in err
