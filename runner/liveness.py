@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# "the worker's pid is alive *and still the worker*": it works in this run directory (after a power-off the
-# pid may belong to any other process; /proc tells, where there is one)
-OURS = ('ours() { p=$(cat worker.pid 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null && '
-        '{ [ ! -d /proc/self ] || [ "$(readlink /proc/$p/cwd 2>/dev/null)" = "$(pwd -P)" ]; }; }; ')
+from .providers.base import OURS
+
 PROBE = OURS + ('if [ -s worker.exit ]; then echo "exit $(cat worker.exit)"; '
-                'elif ours; then echo alive; else echo gone; fi')
-KILL = OURS + ('if ours; then kill -KILL -"$p" 2>/dev/null; i=0; '
+                'elif ours worker.pid; then echo alive; else echo gone; fi')
+KILL = OURS + ('if ours worker.pid; then kill -KILL -"$p" 2>/dev/null; i=0; '
                'while kill -0 "$p" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done; fi; '
                'rm -f worker.pid; true')
 

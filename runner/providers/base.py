@@ -23,10 +23,14 @@ from typing import Protocol
 from planner.models import Offer
 
 INSTANCE_FILES = Path(__file__).resolve().parent.parent / "instance"  # what runs on every instance
-# start the instance's watchdog unless its own is running (a pid reused by another process is not its own)
-START_WATCHDOG = ("mkdir -p out; p=$(cat watchdog.pid 2>/dev/null); if ! { [ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null "
-                  "&& { [ ! -d /proc/self ] || [ \"$(readlink /proc/$p/cwd 2>/dev/null)\" = \"$(pwd -P)\" ]; }; }; then "
-                  "nohup setsid sh ./watchdog.sh >> watchdog.log 2>&1 < /dev/null & echo $! > watchdog.pid; fi")
+# `ours FILE`: the pid in FILE is alive *and still ours* - it works in this run directory (after a power-off
+# the pid may belong to any other process; /proc tells, where there is one). Sets $p. Every command below
+# that signals or trusts a pid file goes through it (watchdog.sh and start.sh, standalone scripts, restate it).
+OURS = ('ours() { p=$(cat "$1" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null && '
+        '{ [ ! -d /proc/self ] || [ "$(readlink /proc/$p/cwd 2>/dev/null)" = "$(pwd -P)" ]; }; }; ')
+# start the instance's watchdog unless its own is running
+START_WATCHDOG = OURS + ("mkdir -p out; if ! ours watchdog.pid; then "
+                         "nohup setsid sh ./watchdog.sh >> watchdog.log 2>&1 < /dev/null & echo $! > watchdog.pid; fi")
 MANAGED_TAG = "gpubudget:managed"
 RUN_TAG = "gpubudget:run"
 

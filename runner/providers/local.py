@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 from ..remote import LocalSession
-from .base import INSTANCE_FILES, MANAGED_TAG, RUN_TAG, START_WATCHDOG, Endpoint, InstanceInfo, LaunchSpec
+from .base import INSTANCE_FILES, MANAGED_TAG, OURS, RUN_TAG, START_WATCHDOG, Endpoint, InstanceInfo, LaunchSpec
 
 # the watchdog's "power off" for a directory: end the worker's process group (if the pid is still the
 # worker's: it works in this directory)
-POWEROFF = ('p=$(cat worker.pid 2>/dev/null); [ -n "$p" ] && [ "$(readlink /proc/$p/cwd 2>/dev/null)" = "$(pwd -P)" ] '
-            '&& kill -TERM -"$p" 2>/dev/null; touch POWEROFF')
+POWEROFF = OURS + 'ours worker.pid && kill -TERM -"$p" 2>/dev/null; touch POWEROFF'
 
 
 class LocalProvider:

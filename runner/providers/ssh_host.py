@@ -18,12 +18,11 @@ from planner.names import is_safe as names_ok
 from ..config import SshConfig
 from ..errors import ConfigError, RemoteError
 from ..remote import SshSession
-from .base import MANAGED_TAG, RUN_TAG, Endpoint, InstanceInfo, LaunchSpec
+from .base import MANAGED_TAG, OURS, RUN_TAG, Endpoint, InstanceInfo, LaunchSpec
 
 # stop our worker and watchdog - only if their pids are still theirs (they work in this run directory)
-STOP_WORKER = ('touch TERMINATED; for f in worker.pid watchdog.pid; do p=$(cat "$f" 2>/dev/null) && [ -n "$p" ] && '
-               '{ [ ! -d /proc/self ] || [ "$(readlink /proc/$p/cwd 2>/dev/null)" = "$(pwd -P)" ]; } && '
-               'kill -TERM -"$p" 2>/dev/null; done; true')
+STOP_WORKER = OURS + ('touch TERMINATED; for f in worker.pid watchdog.pid; do '
+                      'ours "$f" && kill -TERM -"$p" 2>/dev/null; done; true')
 
 
 def address_override() -> tuple[str, int] | None:
