@@ -460,8 +460,7 @@ class Orchestrator:
                 if verdict != "ok":
                     self._revive(watch, verdict)
                 self.tick()
-                if self.samples()[0]:
-                    kill_point("running")  # with finished samples on both sides
+                kill_point("running", lambda: self.samples()[0] > 0)  # with finished samples on both sides
             except RemoteError as e:  # the worker runs on, detached: reconnect and carry on
                 self.event("ssh", f"lost ({e.message}); reconnecting")
                 self._reconnect()
@@ -635,9 +634,14 @@ def final_fetch(session, run_dir: Path, policy: Policy, event: Callable[[str, st
                 time.sleep(0.2)
         fetch(session, "out", run_dir / "out")
     except GpuBudgetError as e:
-        held, known = held_samples(run_dir)
-        left = f"; {known - held} finished samples left on the instance" if known > held else ""
-        event("fetch", f"final fetch failed: {e.message}; {held} samples fetched{left}")
+        fetch_failed(run_dir, e.message, event)
+
+
+def fetch_failed(run_dir: Path, why: str, event: Callable[[str, str], None]) -> None:
+    """The event for a final fetch that could not finish: how many samples are here, how many were left."""
+    held, known = held_samples(run_dir)
+    left = f"; {known - held} finished samples left on the instance" if known > held else ""
+    event("fetch", f"final fetch failed: {why}; {held} samples fetched{left}")
 
 
 def held_samples(run_dir: Path) -> tuple[int, int]:
@@ -659,9 +663,7 @@ def take_last_lines(provider, pid: str | None, run_id: str, run_dir: Path, polic
             return
         session = open_session(provider, pid, run_id, wait_s=min(10.0, policy.teardown_s / 4))
     except GpuBudgetError as e:
-        held, known = held_samples(run_dir)
-        left = f"; {known - held} finished samples left on the instance" if known > held else ""
-        event("fetch", f"final fetch failed: {e.message}; {held} samples fetched{left}")
+        fetch_failed(run_dir, e.message, event)
         return
     try:
         final_fetch(session, run_dir, policy, event)
@@ -720,10 +722,11 @@ def remote_job(job: dict, root: str, provider: str) -> dict:
     return job
 
 
-def kill_point(step: str) -> None:
+def kill_point(step: str, when: Callable[[], bool] = lambda: True) -> None:
     """Fault injection for the kill -9 matrix (tests/runner/test_kill_matrix.py): with
-    GPUBUDGET_KILL_AT=<step> the controller SIGKILLs itself there - a real kill -9 at an exact step."""
-    if os.environ.get("GPUBUDGET_KILL_AT") == step:
+    GPUBUDGET_KILL_AT=<step> the controller SIGKILLs itself there (once `when` holds) - a real kill -9 at
+    an exact step. Without the variable it costs one environment lookup."""
+    if os.environ.get("GPUBUDGET_KILL_AT") == step and when():
         os.kill(os.getpid(), signal.SIGKILL)
 
 
