@@ -401,7 +401,8 @@ def _pools(fn, *args):
 @ledger_app.command("check")
 def ledger_check(as_json: JsonOpt = False) -> None:
     """Is the ledger whole? SQLite's integrity check, runs on disk it lacks, instances it does not count."""
-    from . import recovery, render
+    from . import render
+    from .money import recovery
 
     doc = recovery.check(budget_home())
     render.json_dict(doc) if as_json else render.ledger_check(doc)
@@ -413,7 +414,8 @@ def ledger_check(as_json: JsonOpt = False) -> None:
 def ledger_rebuild(yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
                    as_json: JsonOpt = False) -> None:
     """Move ledger.db aside (kept) and rebuild it from the run directories' money journals."""
-    from . import recovery, render
+    from . import render
+    from .money import recovery
 
     if not yes and not typer.confirm(f"move {budget_home() / 'ledger.db'} aside and rebuild it from "
                                      f"{budget_home() / 'runs'}?", default=False):
@@ -425,7 +427,8 @@ def ledger_rebuild(yes: Annotated[bool, typer.Option("--yes", help="Do not ask."
 @pool_app.command("list")
 def pool_list(as_json: JsonOpt = False) -> None:
     """Every pool: cap, spent, committed by live instances, left (CNY), runs."""
-    from . import pools, render
+    from . import render
+    from .money import pools
 
     rows = _pools(pools.listing)
     render.json_dict({"pools": rows}) if as_json else render.pools_table(rows)
@@ -434,7 +437,8 @@ def pool_list(as_json: JsonOpt = False) -> None:
 @pool_app.command("show")
 def pool_show(name: Annotated[str, typer.Argument(help="Pool name.", metavar="NAME")], as_json: JsonOpt = False) -> None:
     """One pool: its money, its runs and every change of its cap."""
-    from . import pools, render
+    from . import render
+    from .money import pools
 
     doc = _pools(pools.show, name)
     render.json_dict(doc) if as_json else render.pool_detail(doc)
@@ -447,7 +451,8 @@ def pool_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a pool with a cap in CNY (recorded as an event in the ledger)."""
-    from . import pools, render
+    from . import render
+    from .money import pools
 
     doc = _pools(pools.create, name, _decimal(yuan, "--yuan"))
     render.json_dict(doc) if as_json else render.pool_detail(doc)
@@ -460,7 +465,8 @@ def pool_set_cap(
     as_json: JsonOpt = False,
 ) -> None:
     """Change a pool's cap; live runs obey it at their next guard tick (recorded as an event)."""
-    from . import pools, render
+    from . import render
+    from .money import pools
 
     doc = _pools(pools.set_cap, name, _decimal(yuan, "AMOUNT", zero_ok=True))
     render.json_dict(doc) if as_json else render.pool_detail(doc)

@@ -15,7 +15,7 @@
     ├── WorkerError                    the worker crashed or rejected its job
     └── RunError                       a run cannot be found, resumed or stopped as asked
 
-botocore and paramiko exceptions are translated where they enter (providers/aws.py, remote.py)."""
+botocore and paramiko exceptions are translated where they enter (cloud/aws.py, cloud/remote.py)."""
 
 from __future__ import annotations
 

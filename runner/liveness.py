@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .providers.base import OURS
+from .cloud.base import OURS
 
 PROBE = OURS + ('if [ -s worker.exit ]; then echo "exit $(cat worker.exit)"; '
                 'elif ours worker.pid; then echo alive; else echo gone; fi')

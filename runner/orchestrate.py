@@ -29,15 +29,15 @@ from planner.errors import BudgetTooSmall, GpuBudgetError, InputError
 from planner.models import Offer
 
 from . import plandata
+from .cloud.base import INSTANCE_FILES, START_WATCHDOG, LaunchSpec
+from .cloud.local import proc_start
+from .cloud.remote import fetch, push_tree, wait_for
 from .config import Config
 from .errors import BootstrapError, RemoteError, RunError, WorkerError
 from .evaluate import last_line, read_json
-from .guard import Policy
-from .ledger import Ledger
 from .liveness import KILL, PROBE, Liveness, stale_after
-from .providers.base import INSTANCE_FILES, START_WATCHDOG, LaunchSpec
-from .providers.local import proc_start
-from .remote import fetch, push_tree, wait_for
+from .money.guard import Policy
+from .money.ledger import Ledger
 from .units import iso, money
 from .worker.run import EXIT_DONE, EXIT_STOPPED
 from .worker.tiny import NAME as TINY
@@ -125,7 +125,7 @@ def make_provider(name: str, cfg: Config, home: Path, region: str | None = None)
     """The provider named `name` (boto3 / paramiko are imported only here, when needed); `region`:
     where an aws run's offer is (its price is that region's)."""
     if name == "local":
-        from .providers.local import LocalProvider
+        from .cloud.local import LocalProvider
         return LocalProvider(home)
     if name not in ("aws", "ssh"):
         raise InputError(f"unknown provider {name!r}", "use --provider local, aws or ssh")
@@ -137,9 +137,9 @@ def make_provider(name: str, cfg: Config, home: Path, region: str | None = None)
         if missing:
             raise ImportError(name=missing[0])
         if name == "aws":
-            from .providers.aws import AwsProvider
+            from .cloud.aws import AwsProvider
             return AwsProvider(cfg.aws, home, region)
-        from .providers.ssh_host import SshHostProvider
+        from .cloud.ssh_host import SshHostProvider
         return SshHostProvider(cfg.ssh, cfg.run.ssh_wait_s)
     except ImportError as e:  # the core install is light: boto3 / paramiko / tenacity come with the cloud extra
         missing = getattr(e, "name", None) or str(e)
@@ -325,7 +325,7 @@ class Orchestrator:
             self.session = self.provider.session(self.pid)
             self.connected = True
             return
-        from .remote import SshSession
+        from .cloud.remote import SshSession
 
         end = time.monotonic() + wait_s
         ep = self.provider.endpoint(self.pid)
@@ -675,7 +675,7 @@ def open_session(provider, pid: str, run_id: str, wait_s: float):
     """A session on a live instance without a controller (`budget stop`): local directly, else SSH."""
     if provider.name == "local":
         return provider.session(pid)
-    from .remote import SshSession
+    from .cloud.remote import SshSession
 
     ep = provider.endpoint(pid)
     if ep is None:
@@ -691,7 +691,7 @@ def billing_end(inst, terminated_at: float, policy: Policy) -> float:
 
 def find_by_run(provider, run_id: str) -> list[str]:
     """Live instances the provider holds for `run_id` (by tag), for launches whose answer was lost."""
-    from .providers.base import RUN_TAG
+    from .cloud.base import RUN_TAG
 
     try:
         return [i.provider_id for i in provider.list_managed() if i.tags.get(RUN_TAG) == run_id]

@@ -18,9 +18,11 @@ from planner.errors import InputError
 from planner.models import EvalPlan, Recommendation
 
 from . import config as configmod
-from . import jobs, pools, recovery
+from . import jobs
+from .cloud.local import same_process
 from .errors import LedgerError, RunError
-from .ledger import Ledger
+from .money import pools, recovery
+from .money.ledger import Ledger
 from .orchestrate import (
     FINAL,
     Orchestrator,
@@ -33,7 +35,6 @@ from .orchestrate import (
     take_last_lines,
     terminate_instance,
 )
-from .providers.local import same_process
 
 PROVIDERS = ("local", "aws", "ssh")
 

@@ -72,7 +72,7 @@ CLOUD_LIBS = {"boto3": {"aws.py"}, "botocore": {"aws.py"}, "paramiko": {"remote.
 
 
 def test_cloud_libraries_stay_in_their_adapters():
-    """boto3 only in providers/aws.py, paramiko only in remote.py (STYLE.md: one module owns each)."""
+    """boto3 only in cloud/aws.py, paramiko only in cloud/remote.py (STYLE.md: one module owns each)."""
     for f in (REPO / "runner").rglob("*.py"):
         for lib, owners in CLOUD_LIBS.items():
             if lib in imports(f):
@@ -80,7 +80,7 @@ def test_cloud_libraries_stay_in_their_adapters():
 
 
 def test_the_guard_is_pure():
-    mods = imports(REPO / "runner" / "guard.py")
+    mods = imports(REPO / "runner" / "money" / "guard.py")
     assert mods <= {"planner"} | set(sys.stdlib_module_names), mods
 
 
@@ -88,9 +88,34 @@ def test_status_and_local_runs_load_no_cloud_library(tmp_path):
     """`budget status` and the modules a local run drives import neither boto3, paramiko nor torch."""
     import subprocess
 
-    code = ("import sys, runner.cli as c, runner.runs, runner.orchestrate, runner.providers.local\n"
+    code = ("import sys, runner.cli as c, runner.runs, runner.orchestrate, runner.cloud.local\n"
             "try:\n    c.main(['status'])\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('boto3', 'botocore', 'paramiko', 'torch') if m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                        env={"PATH": "/usr/bin:/bin", "BUDGET_HOME": str(tmp_path), "PYTHONPATH": str(REPO)})
     assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout + p.stderr
+
+
+def _relative_imports(path: Path) -> set[str]:
+    """Module-level `from .x` / `from ..x` imports of a file, as dotted names inside runner/."""
+    pkg = path.relative_to(REPO).parent.parts
+    out = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = pkg[: len(pkg) - node.level + 1]
+            out.add(".".join([*base, *(node.module.split(".") if node.module else [])]))
+    return out
+
+
+def test_groups_import_down_only():
+    """runner/cloud/ (providers + sessions) and runner/money/ (ledger, guard, pools, recovery, report) do not
+    import each other at module level, and no provider adapter imports another: shared types are in
+    cloud/base.py."""
+    adapters = {"local", "aws", "ssh_host"}
+    for f in (REPO / "runner" / "cloud").glob("*.py"):
+        deps = _relative_imports(f)
+        assert not {d for d in deps if d.startswith("runner.money")}, (f, deps)
+        assert not {d for d in deps if d.split(".")[-1] in adapters - {f.stem}}, (f, deps)
+    for f in (REPO / "runner" / "money").glob("*.py"):
+        deps = _relative_imports(f)
+        assert not {d for d in deps if d.startswith(("runner.cloud", "runner.orchestrate", "runner.runs"))}, (f, deps)

@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")"
 PY=$1
 # alive and ours (works in this directory): a pid reused after a reboot is not our worker
-# (providers/base.py OURS, restated: this script runs alone)
+# (cloud/base.py OURS, restated: this script runs alone)
 alive() { p=$(cat "$1" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null &&
   { [ ! -d /proc/self ] || [ "$(readlink /proc/$p/cwd 2>/dev/null)" = "$(pwd -P)" ]; }; }
 mkdir -p out

@@ -1,6 +1,6 @@
 #!/bin/sh
 # The instance's own budget guard. The controller keeps extending the lease (file `lease`: epoch
-# seconds; see runner/guard.py); if the lease runs out - budget spent, or the controller gone - this
+# seconds; see runner/money/guard.py); if the lease runs out - budget spent, or the controller gone - this
 # asks the worker to stop (out/STOP: it flushes finished samples and exits), waits for it at most
 # `grace` seconds (half the guard's teardown allowance, so billing still ends within it), then runs
 # poweroff.sh (on EC2 `shutdown -h now`, which terminates the instance because
@@ -10,7 +10,7 @@ GRACE=$(cat grace 2>/dev/null || echo 20)  # seconds the worker gets to flush (t
 POLL=2
 lease() { l=$(cat lease 2>/dev/null || echo 0); echo "${l%.*}"; }
 # alive and still our worker (it works in this directory): a pid reused after a reboot is not
-# (providers/base.py OURS, restated: this script runs alone)
+# (cloud/base.py OURS, restated: this script runs alone)
 worker_alive() { p=$(cat worker.pid 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null &&
   { [ ! -d /proc/self ] || [ "$(readlink /proc/$p/cwd 2>/dev/null)" = "$(pwd -P)" ]; }; }
 echo "watchdog: started $(date -u +%FT%TZ), lease $(lease), grace $GRACE s"

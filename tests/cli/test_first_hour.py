@@ -160,7 +160,7 @@ def test_aws_without_the_cloud_extra(cli, monkeypatch, budget_home):
 
 
 def test_unknown_and_ambiguous_run_ids_are_bad_input(cli, budget_home):
-    from runner.ledger import Ledger
+    from runner.money.ledger import Ledger
 
     led = Ledger(budget_home / "ledger.db")
     led.ensure_pool("default", Decimal(5), 1.0)
@@ -205,7 +205,7 @@ def _cli_vocabulary():
 def _messages() -> list[tuple[str, int, str]]:
     """The text (constant parts) of every error message and hint raised by the controller's code."""
     found = []
-    for path in [*REPO.glob("planner/**/*.py"), *REPO.glob("runner/*.py"), *REPO.glob("runner/providers/*.py")]:
+    for path in [*REPO.glob("planner/**/*.py"), *REPO.glob("runner/*.py"), *REPO.glob("runner/cloud/*.py"), *REPO.glob("runner/money/*.py")]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")).endswith(
@@ -240,9 +240,9 @@ def test_every_hint_names_flags_and_commands_that_exist():
 
 def test_an_aws_profile_that_does_not_exist_is_named(monkeypatch, budget_home):
     pytest.importorskip("boto3")
+    from runner.cloud.aws import AwsProvider
     from runner.config import AwsConfig
     from runner.errors import AuthError
-    from runner.providers.aws import AwsProvider
 
     monkeypatch.setenv("AWS_PROFILE", "nosuch")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(budget_home / "none"))
@@ -296,7 +296,7 @@ def test_prices_list_shows_the_offer_id(cli):
 def test_status_json_lists_every_run_and_is_valid_with_none(cli, budget_home):
     code, out, err = cli("status", "--json")
     assert code == 0 and json.loads(out) == {"runs": []}, err
-    from runner.ledger import Ledger
+    from runner.money.ledger import Ledger
 
     led = Ledger(budget_home / "ledger.db")
     led.ensure_pool("default", Decimal(5), 1.0)

@@ -181,7 +181,7 @@ class SshHost:
 def ssh_host(tmp_path, budget_home, monkeypatch):
     """A machine 'the user already rents': sshd on loopback, its host key in a known_hosts file."""
     need("sshd (apt-get install -y openssh-server)", localcloud.sshd_binary() is not None)
-    from runner.providers.aws import make_key
+    from runner.cloud.aws import make_key
 
     monkeypatch.delenv("BUDGET_SSH_ADDRESS", raising=False)
     host_key, login = make_key(), make_key()

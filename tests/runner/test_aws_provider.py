@@ -12,10 +12,10 @@ import yaml
 from botocore.stub import Stubber
 
 from planner.catalog import load_catalog
+from runner.cloud.aws import AwsProvider, make_key
+from runner.cloud.base import LaunchSpec
 from runner.config import AwsConfig
 from runner.errors import AuthError, CapacityError, QuotaError, TransientError
-from runner.providers.aws import AwsProvider, make_key
-from runner.providers.base import LaunchSpec
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_missing_credentials_are_one_line(aws_cloud, cli, budget_home, monkeypat
 
 
 def test_host_keys_are_read_from_cloud_inits_console_block():
-    from runner.providers.aws import host_keys_from_console
+    from runner.cloud.aws import host_keys_from_console
 
     console = ("noise\n[  9.1] ci-info: -----BEGIN SSH HOST KEY KEYS-----\n"
                "[  9.1] ci-info: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK root@ip-10-0-0-1\n"

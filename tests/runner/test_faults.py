@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.providers.local import pid_alive as alive
+from runner.cloud.local import pid_alive as alive
 from tests.runner.conftest import caption_plan, db, instance_pids, result_lines, spent, the_run, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -176,11 +176,11 @@ def test_a_ledger_that_cannot_be_written_does_not_keep_an_instance_running(tmp_p
     from decimal import Decimal
 
     from planner.models import Offer
-    from runner.guard import Policy
-    from runner.ledger import Ledger
+    from runner.cloud.base import LaunchSpec
+    from runner.cloud.local import LocalProvider
+    from runner.money.guard import Policy
+    from runner.money.ledger import Ledger
     from runner.orchestrate import terminate_instance
-    from runner.providers.base import LaunchSpec
-    from runner.providers.local import LocalProvider
 
     led = Ledger(tmp_path / "ledger.db")
     led.ensure_pool("p", Decimal(10), time.time())

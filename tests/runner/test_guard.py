@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.models import Offer
-from runner import recovery
-from runner.guard import Meter, Policy, decide
-from runner.ledger import Ledger
+from runner.money import recovery
+from runner.money.guard import Meter, Policy, decide
+from runner.money.ledger import Ledger
 
 T0 = 1_800_000_000.0
 

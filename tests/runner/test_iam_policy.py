@@ -1,5 +1,5 @@
 """infra/iam-policy.json grants exactly the API calls our code makes (each boto3 call in
-runner/providers/aws.py, found by parsing it) - no more, no fewer - and the least of each: tags only
+runner/cloud/aws.py, found by parsing it) - no more, no fewer - and the least of each: tags only
 while creating, launches only of the catalog's GPU families from Amazon's or the account's own images,
 destructive calls only on resources tagged as ours, and no DescribeInstanceAttribute (which would
 expose user-data)."""
@@ -20,7 +20,7 @@ SERVICE = {"ec2": "ec2", "ssm": "ssm", "sts": "sts"}
 
 def _calls() -> set[str]:
     """Every `self._call(self.<client>, "<operation>", ...)` in the aws provider, as IAM actions."""
-    tree = ast.parse((REPO / "runner" / "providers" / "aws.py").read_text())
+    tree = ast.parse((REPO / "runner" / "cloud" / "aws.py").read_text())
     found = set()
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_call"

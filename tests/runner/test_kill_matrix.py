@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.providers.local import pid_alive as alive
+from runner.cloud.local import pid_alive as alive
 from tests.runner.conftest import caption_plan, db, instance_pids, spent, the_run, wait_until, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -130,7 +130,7 @@ def test_worker_crash_terminates_and_keeps_the_log(aws_cloud, cli, budget_home, 
 
 
 def test_a_host_key_other_than_the_one_on_the_console_is_refused(aws_cloud, cli, budget_home, tiny_model):
-    from runner.providers.aws import make_key
+    from runner.cloud.aws import make_key
 
     aws_cloud.agent.impostor_key = make_key().private_openssh  # someone else answers on the address
     code, _, err = cli("run", SMOKE, "--provider", "aws", "--yuan", "20", "--yes", "--model-path", tiny_model)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.providers.local import pid_alive as alive
+from runner.cloud.local import pid_alive as alive
 from runner.worker.tiny import NAME as TINY
 from tests.runner.conftest import (
     caption_plan,
@@ -69,8 +69,8 @@ def test_budget_stop_keeps_results_and_stays_under_the_cap(cli, local_home, long
     load: the run starts with room, and once results exist the pool's cap is lowered - under the ledger's
     write lock - to what is committed now plus 3 CNY (3 s at 1 CNY/s), so the guard must stop it within
     a few ticks and the final spend must stay within that cap."""
-    from runner.guard import Policy, committed
-    from runner.ledger import Ledger
+    from runner.money.guard import Policy, committed
+    from runner.money.ledger import Ledger
 
     sim_offer(cli, tmp_path)
     write_config(local_home, run={"tick_s": 1, "teardown_s": 5, "lease_s": 10})

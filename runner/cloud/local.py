@@ -9,8 +9,8 @@ import signal
 import time
 from pathlib import Path
 
-from ..remote import LocalSession
 from .base import INSTANCE_FILES, MANAGED_TAG, OURS, RUN_TAG, START_WATCHDOG, Endpoint, InstanceInfo, LaunchSpec
+from .remote import LocalSession
 
 # the watchdog's "power off" for a directory: end the worker's process group (if the pid is still the
 # worker's: it works in this directory)

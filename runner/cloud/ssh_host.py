@@ -4,12 +4,11 @@ the worker and runs the configured stop command (e.g. `shutdown -h now`, which e
 platforms that bill while the machine is on). Without a stop command the platform keeps billing
 after the run; the run's events say so.
 
-The host key must already be in the configured known_hosts (see providers/base.py)."""
+The host key must already be in the configured known_hosts (see cloud/base.py)."""
 
 from __future__ import annotations
 
 import getpass
-import os
 import time
 from pathlib import Path
 
@@ -17,24 +16,12 @@ from planner.names import is_safe as names_ok
 
 from ..config import SshConfig
 from ..errors import ConfigError, RemoteError
-from ..remote import SshSession
-from .base import MANAGED_TAG, OURS, RUN_TAG, Endpoint, InstanceInfo, LaunchSpec
+from .base import MANAGED_TAG, OURS, RUN_TAG, Endpoint, InstanceInfo, LaunchSpec, address_override
+from .remote import SshSession
 
 # stop our worker and watchdog - only if their pids are still theirs (they work in this run directory)
 STOP_WORKER = OURS + ('touch TERMINATED; for f in worker.pid watchdog.pid; do '
                       'ours "$f" && kill -TERM -"$p" 2>/dev/null; done; true')
-
-
-def address_override() -> tuple[str, int] | None:
-    """BUDGET_SSH_ADDRESS=host:port: reach instances through this address instead of their own
-    (a bastion's forwarded port, a tunnel, the local test cloud)."""
-    raw = os.environ.get("BUDGET_SSH_ADDRESS", "").strip()
-    if not raw:
-        return None
-    host, _, port = raw.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"BUDGET_SSH_ADDRESS={raw!r} is not host:port", "e.g. BUDGET_SSH_ADDRESS=127.0.0.1:2222")
-    return host.strip("[]"), int(port)
 
 
 class SshHostProvider:

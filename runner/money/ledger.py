@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from .errors import LedgerError
+from ..errors import LedgerError
+from ..units import iso, money
 from .guard import Decision, Meter, Policy, decide
-from .units import iso, money
 
 
 def _script(db: sqlite3.Connection, sql: str) -> None:
@@ -207,7 +207,7 @@ class Ledger:
 
     def journal(self, run_id: str, record: dict) -> None:
         """Append one money fact to the run directory's money.jsonl (fsynced): the ledger can be rebuilt from
-        run directories when ledger.db is lost (runner/recovery.py). A run directory that cannot be written
+        run directories when ledger.db is lost (runner/money/recovery.py). A run directory that cannot be written
         does not stop the money path - the ledger itself holds."""
         d = self._dirs.get(run_id)
         if d is None:

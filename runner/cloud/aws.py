@@ -4,7 +4,7 @@ Every resource carries the tags gpubudget:run=<run id> and gpubudget:managed=tru
 with ClientToken=<run id> and InstanceInitiatedShutdownBehavior=terminate (so the instance's own
 watchdog ends billing with `shutdown -h now`), into a security group whose only ingress is SSH from
 the caller's /32. The instance makes its own SSH host key at first boot; the controller reads it from the
-instance's console through the EC2 API and pins it in the run's known_hosts (see providers/base.py) -
+instance's console through the EC2 API and pins it in the run's known_hosts (see cloud/base.py) -
 no secret travels in user-data.
 
 botocore errors are mapped where they enter (`_mapped`): capacity, quota, auth, not found, transient;
@@ -42,8 +42,7 @@ from ..errors import (
     QuotaError,
     TransientError,
 )
-from .base import MANAGED_TAG, RUN_TAG, Endpoint, HostKey, InstanceInfo, LaunchSpec
-from .ssh_host import address_override
+from .base import MANAGED_TAG, RUN_TAG, Endpoint, HostKey, InstanceInfo, LaunchSpec, address_override
 
 CAPACITY = {"InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity",
             "SpotMaxPriceTooLow", "InsufficientFreeAddressesInSubnet", "Unsupported"}

@@ -171,10 +171,10 @@ def stop_without_ledger(run_id: str, home: Path, why: str) -> dict:
     """`budget stop` when the ledger cannot be read: the run directory says which provider and offer, the
     provider finds the run's instances by tag; fetch, terminate, and journal the settlement in the run
     directory (a later `budget ledger rebuild` takes it in)."""
-    from . import runs
-    from .orchestrate import Request, make_provider, take_last_lines
-    from .providers.base import RUN_TAG
-    from .units import iso
+    from .. import runs
+    from ..cloud.base import RUN_TAG
+    from ..orchestrate import Request, make_provider, take_last_lines
+    from ..units import iso
 
     run_dir = runs.directory(home, run_id)
     try:
@@ -182,7 +182,7 @@ def stop_without_ledger(run_id: str, home: Path, why: str) -> dict:
     except Exception:  # noqa: BLE001 - any reason: without it there is no provider to ask
         raise InputError(f"the ledger cannot be read ({why}) and {run_dir} has no readable request.json: the run's "
                          "provider is unknown", "give the full run id; " + HINT) from None
-    from . import config as configmod
+    from .. import config as configmod
 
     cfg = configmod.load(home)
     provider = make_provider(req.provider, cfg, home, region=req.offer.get("region"))

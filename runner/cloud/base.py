@@ -15,12 +15,15 @@ How each establishes the instance's SSH host key (we never trust a key on first 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Protocol
 
 from planner.models import Offer
+
+from ..errors import ConfigError
 
 INSTANCE_FILES = Path(__file__).resolve().parent.parent / "instance"  # what runs on every instance
 # `ours FILE`: the pid in FILE is alive *and still ours* - it works in this run directory (after a power-off
@@ -101,3 +104,15 @@ class Provider(Protocol):
 
     def list_managed(self) -> list[InstanceInfo]:
         """Every live instance this tool launched (tags / run directories), for `budget status`."""
+
+
+def address_override() -> tuple[str, int] | None:
+    """BUDGET_SSH_ADDRESS=host:port: reach instances through this address instead of their own
+    (a bastion's forwarded port, a tunnel, the local test cloud)."""
+    raw = os.environ.get("BUDGET_SSH_ADDRESS", "").strip()
+    if not raw:
+        return None
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"BUDGET_SSH_ADDRESS={raw!r} is not host:port", "e.g. BUDGET_SSH_ADDRESS=127.0.0.1:2222")
+    return host.strip("[]"), int(port)

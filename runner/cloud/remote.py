@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import RemoteError
-from .providers.base import Endpoint
+from .base import Endpoint
+from ..errors import RemoteError
 
 FETCH_WHOLE = ("status.json", "summary.json")
 FETCH_APPEND = ("worker.log", "worker.stderr.log")
