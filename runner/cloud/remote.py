@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .base import Endpoint
 from ..errors import RemoteError
+from .base import Endpoint
 
 FETCH_WHOLE = ("status.json", "summary.json")
 FETCH_APPEND = ("worker.log", "worker.stderr.log")

@@ -41,10 +41,14 @@ class Meter:
     lease_until: float
     ended: float | None = None
 
+    def billed(self, t: float) -> int:
+        """Seconds billed if billing ends at `t` (or at its end, if that is earlier)."""
+        end = t if self.ended is None else min(t, self.ended)
+        return billed_seconds(max(0.0, end - self.started), self.increment_s, self.minimum_s)
+
     def cost(self, t: float) -> Decimal:
         """What the instance costs if billing ends at `t` (or at its end, if that is earlier)."""
-        end = t if self.ended is None else min(t, self.ended)
-        return self.price_cny_h * billed_seconds(max(0.0, end - self.started), self.increment_s, self.minimum_s) / HOUR
+        return self.price_cny_h * self.billed(t) / HOUR
 
     def projected_end(self, now: float, tick_s: float, teardown_s: float) -> float:
         if self.ended is not None:

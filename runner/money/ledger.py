@@ -78,7 +78,25 @@ def _m3(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN controller_start TEXT")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3]
+def _m4(db: sqlite3.Connection) -> None:
+    """For `budget report`: each spend row's billed seconds (its amount is price_cny_h x billed_s / 3600, so
+    reports sum integers in SQL and multiply once per instance - exactly); the GPU and count of the offer
+    at launch (a later catalog change must not rename what ran); a time index for period statements."""
+    _script(db, """
+    ALTER TABLE spend ADD COLUMN billed_s INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN gpu TEXT;
+    ALTER TABLE instances ADD COLUMN gpu_count INTEGER;
+    CREATE INDEX spend_time ON spend(start_at, end_at);
+    CREATE INDEX runs_plan ON runs(plan, created_at)
+    """)
+    prices = {r[0]: Decimal(r[1]) for r in db.execute("SELECT id, price_cny_h FROM instances")}
+    for sid, iid, start, end, amount in db.execute("SELECT id, instance_id, start_at, end_at, amount_cny FROM spend").fetchall():
+        price = prices.get(iid, Decimal(0))
+        billed = round(Decimal(amount) * 3600 / price) if price > 0 else round(end - start)
+        db.execute("UPDATE spend SET billed_s=? WHERE id=?", (int(billed), sid))
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3, _m4]
 JOURNAL = "money.jsonl"  # in each run directory: the ledger's money facts of that run, for `budget ledger rebuild`
 LIVE = ("intent", "launching", "running", "stopping")
 
@@ -104,6 +122,8 @@ class Instance:
     lease_until: float
     ended_at: float | None
     address: str | None
+    gpu: str | None = None
+    gpu_count: int | None = None
 
     @property
     def meter(self) -> Meter:
@@ -296,11 +316,11 @@ class Ledger:
                 return d, None
             cur = self.db.execute(
                 "INSERT INTO instances (run_id, pool, provider, instance_type, region, spot, price_cny_h, "
-                "price_original_h, currency, increment_s, minimum_s, state, started_at, lease_until) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,'intent',?,?)",
+                "price_original_h, currency, increment_s, minimum_s, state, started_at, lease_until, gpu, gpu_count) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,'intent',?,?,?,?)",
                 (run_id, run["pool"], provider, offer.instance_type, offer.region, int(spot), str(price_cny_h),
                  str(price_original_h), offer.currency, offer.billing_increment_s, offer.billing_minimum_s,
-                 now, d.lease_until))
+                 now, d.lease_until, getattr(offer, "gpu", None), getattr(offer, "gpu_count", None)))
             self.event(run_id, "intent", f"launch {offer.instance_type} at {price_cny_h} CNY/h "
                        f"(lease to {iso(d.lease_until)})", cur.lastrowid, now)
         self.journal(run_id, {"instance": self._row(cur.lastrowid)})
@@ -324,14 +344,17 @@ class Ledger:
 
     def _accrue(self, inst: Instance, until: float) -> None:
         """Add the interval from the end of the last one to `until`. An instance's rows sum to its cost up to
-        the end of its last row, so the new row is the difference of two costs - no re-summing per tick."""
+        the end of its last row, so the new row is the difference of two costs - no re-summing per tick. Its
+        billed seconds are the difference of two billed durations: amount = price_cny_h x billed_s / 3600."""
         last = self.db.execute("SELECT MAX(end_at) FROM spend WHERE instance_id=?", (inst.id,)).fetchone()[0]
         start = inst.started_at if last is None else last
-        delta = inst.meter.cost(until) - (Decimal(0) if last is None else inst.meter.cost(last))
+        m = inst.meter
+        delta = m.cost(until) - (Decimal(0) if last is None else m.cost(last))
+        billed = m.billed(until) - (0 if last is None else m.billed(last))
         if until <= start and delta <= 0:
             return
-        self.db.execute("INSERT INTO spend (instance_id, start_at, end_at, amount_cny) VALUES (?,?,?,?)",
-                        (inst.id, start, max(start, until), str(max(delta, Decimal(0)))))
+        self.db.execute("INSERT INTO spend (instance_id, start_at, end_at, amount_cny, billed_s) VALUES (?,?,?,?,?)",
+                        (inst.id, start, max(start, until), str(max(delta, Decimal(0))), max(billed, 0)))
 
     def set_instance(self, instance_id: int, **fields) -> None:
         sets = ", ".join(f"{k}=?" for k in fields)

@@ -32,4 +32,5 @@ def run_batch(ctx, task, samples):
 
 
 def summarize(task, lines):
-    return base.summary(lines, agreement="agree", agreement_f1="agreement_f1")  # agree: True counts 1
+    # agree: True counts 1; of_task says whose answers were checked (the cost-of-quality report joins on it)
+    return {**base.summary(lines, agreement="agree", agreement_f1="agreement_f1"), "of_task": task.of_task}

@@ -1,0 +1,154 @@
+"""The cost of quality: what each evaluated sample and each point of quality cost, per task x quantization,
+across the runs of one plan (or the runs named) - the table a tech lead takes to the person who approved
+the money.
+
+A run's cost is its ledger spend (exact); it is shared among its tasks by the worker's busy seconds per
+task (model loading, boot and idle time shared alike). Per task x quantization: the task's quality metric
+(sample-weighted over runs), answered samples, CNY per sample, CNY per 1,000 generated tokens, throughput,
+peak memory and - from the run's fp16_verify task - agreement with the 16-bit model. One line per
+quantization compares it with the plan's 16-bit reference run on the first task both measured:
+"nf4: 94% of bf16's CIDEr-D at 62% of its cost" (cost per answered sample)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from decimal import Decimal
+from fractions import Fraction
+
+from planner.errors import InputError
+
+from ..units import iso
+from .ledger import Ledger
+from .report import SCHEMA, cents, exact, yuan
+
+# each kind's headline metric: (summary key, how people write it); kinds without one report none
+METRIC = {"caption": ("cider_d", "CIDEr-D"), "document": ("anls", "ANLS"), "poetry": ("keyword_recall", "keyword recall"),
+          "multiturn_vqa": ("consistency", "consistency")}
+SIXTEEN = ("bf16", "fp16", "fp32")
+
+
+def select(led: Ledger, runs: list[str] | None, plan: str | None) -> list[dict]:
+    """The runs the view covers: those named (ids or unique prefixes), else every run of `plan`."""
+    if runs:
+        out = []
+        for r in runs:
+            found = led.find_runs(r)
+            if len(found) != 1:
+                known = ", ".join(x["id"] for x in led.runs(5)) or "none yet"
+                raise InputError(f"no run {r!r}" if not found else f"run {r!r} is ambiguous ({', '.join(found[:4])})",
+                                 f"see `budget status` for run ids (latest: {known})")
+            out.append(led.run(found[0]))
+        return out
+    rows = [dict(r) for r in led.db.execute("SELECT * FROM runs WHERE plan=? ORDER BY created_at", (plan,))]
+    if not rows:
+        plans = ", ".join(r[0] for r in led.db.execute("SELECT DISTINCT plan FROM runs ORDER BY plan")) or "none yet"
+        raise InputError(f"no runs of plan {plan!r} (plans with runs: {plans})", "see `budget status`, or pass --run RUN")
+    return rows
+
+
+def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | None = None, now: float) -> dict:
+    chosen = select(led, runs, plan)
+    acc: dict[tuple[str, str], dict] = {}
+    agreement: dict[tuple[str, str], list] = defaultdict(lambda: [0, Fraction(0)])  # (of_task, quant) -> [n, sum]
+    sweeps: list[dict] = []
+    order: list[str] = []
+    run_lines = []
+    for run in chosen:
+        spent = Fraction(led.spent_run(run["id"]))
+        tasks = {t["task"]: json.loads(t["summary"]) for t in led.tasks(run["id"])}
+        busy = {name: Fraction(Decimal(str(s.get("busy_s") or 0))) for name, s in tasks.items()}
+        all_busy = sum(busy.values(), Fraction(0))
+        q = run["quantization"]
+        run_lines.append({"run": run["id"], "plan": run["plan"], "quant": q, "state": run["state"],
+                          "created_at": iso(run["created_at"]), "spent_cny": yuan(cents(spent)),
+                          "tasks": len(tasks)})
+        for name, s in tasks.items():
+            share = spent * busy[name] / all_busy if all_busy else Fraction(0)
+            if s.get("kind") == "fp16_verify":
+                if s.get("agreement") is not None and s.get("of_task"):
+                    a = agreement[(s["of_task"], q)]
+                    a[0] += s.get("ok") or 0
+                    a[1] += Fraction(Decimal(str(s["agreement"]))) * (s.get("ok") or 0)
+                continue
+            if s.get("kind") == "memory_sweep":
+                for x in s.get("by_resolution") or []:
+                    sweeps.append({"run": run["id"], "quant": q, "task": name, **x})
+            if name not in order:
+                order.append(name)
+            e = acc.setdefault((name, q), {"kind": s.get("kind", ""), "runs": 0, "ok": 0, "done": 0, "cost": Fraction(0),
+                                           "decode_tokens": 0, "busy": Fraction(0), "metric_sum": Fraction(0),
+                                           "metric_n": 0, "peak": 0})
+            e["runs"] += 1
+            e["ok"] += s.get("ok") or 0
+            e["done"] += s.get("done") or 0
+            e["cost"] += share
+            e["decode_tokens"] += s.get("decode_tokens") or 0
+            e["busy"] += busy[name]
+            e["peak"] = max(e["peak"], s.get("peak_memory_bytes") or 0)
+            key = METRIC.get(e["kind"], (None,))[0]
+            if key and s.get(key) is not None and s.get("ok"):
+                e["metric_sum"] += Fraction(Decimal(str(s[key]))) * s["ok"]
+                e["metric_n"] += s["ok"]
+    rows = []
+    for (name, q), e in sorted(acc.items(), key=lambda kv: (order.index(kv[0][0]), _quant_order(kv[0][1]))):
+        metric = METRIC.get(e["kind"], (None, None))
+        value = e["metric_sum"] / e["metric_n"] if e["metric_n"] else None
+        n_agree, s_agree = agreement.get((name, q), (0, Fraction(0)))
+        rows.append({
+            "task": name, "kind": e["kind"], "quant": q, "runs": e["runs"], "samples": e["ok"], "done": e["done"],
+            "metric": metric[1], "metric_key": metric[0], "value": None if value is None else f"{float(value):.4f}",
+            "cost_cny": yuan(cents(e["cost"])), "exact_cost_cny": exact(e["cost"]),
+            "cny_per_sample": _per(e["cost"], e["ok"], 1), "cny_per_1k_tokens": _per(e["cost"], e["decode_tokens"], 1000),
+            "decode_tokens": e["decode_tokens"],
+            "tokens_per_s": f"{e['decode_tokens'] / float(e['busy']):.1f}" if e["busy"] else None,
+            "samples_per_s": f"{e['ok'] / float(e['busy']):.3f}" if e["busy"] else None,
+            "peak_memory_gib": f"{e['peak'] / 2**30:.2f}" if e["peak"] else None,
+            "agreement_16bit": f"{float(s_agree / n_agree):.3f}" if n_agree else None, "agreement_samples": n_agree,
+            "_value": value, "_per_sample": e["cost"] / e["ok"] if e["ok"] else None})
+    return {"schema": SCHEMA, "view": "quality", "generated_at": iso(now), "runs": run_lines,
+            "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+            "verdicts": verdicts(rows), "memory_sweep": sweeps,
+            "allocation": "a run's spend is shared among its tasks by the worker's busy seconds per task"}
+
+
+def _quant_order(q: str) -> int:
+    return ["fp32", "bf16", "fp16", "int8", "nf4"].index(q) if q in ("fp32", "bf16", "fp16", "int8", "nf4") else 9
+
+
+def _per(cost: Fraction, n: int, scale: int) -> str | None:
+    """CNY per unit to 4 decimals (a sample often costs less than a cent)."""
+    if not n:
+        return None
+    return str((Decimal((cost * scale / n).numerator) / Decimal((cost * scale / n).denominator)).quantize(Decimal("0.0001")))
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """One line per quantization against the 16-bit reference, on the first task both measured; without a
+    16-bit run, the quantization's own agreement with 16-bit answers (fp16_verify) where it has one."""
+    quants = sorted({r["quant"] for r in rows}, key=_quant_order)
+    ref = next((q for q in SIXTEEN if q in quants), None)
+    out = []
+    for q in quants:
+        if q == ref:
+            continue
+        line = None
+        if ref is not None:
+            for r in rows:
+                if r["quant"] != q or r["_value"] is None or r["_per_sample"] is None:
+                    continue
+                base = next((b for b in rows if b["task"] == r["task"] and b["quant"] == ref), None)
+                if base and base["_value"] and base["_per_sample"]:
+                    quality = float(r["_value"] / base["_value"] * 100)
+                    cost = float(r["_per_sample"] / base["_per_sample"] * 100)
+                    line = (f"{q}: {quality:.0f}% of {ref}'s {r['metric']} ({r['task']}) at {cost:.0f}% of its cost "
+                            f"per sample")
+                    break
+        if line is None:
+            agree = next((r for r in rows if r["quant"] == q and r["agreement_16bit"] is not None), None)
+            if agree:
+                line = (f"{q}: agrees with the 16-bit answers on {float(agree['agreement_16bit']) * 100:.0f}% of "
+                        f"{agree['agreement_samples']} {agree['task']} samples; no 16-bit run to compare cost with")
+        if line:
+            out.append(line)
+    return out

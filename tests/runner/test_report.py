@@ -1,0 +1,191 @@
+"""`budget report`'s statement over real SQLite ledgers written through the Ledger's own API (admission,
+ticks, settlement): every grouping sums to the total, exactly, and to the ledger's own total to the cent."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from fractions import Fraction
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from planner.models import Offer
+from runner.money import report
+from runner.money.guard import Policy
+from runner.money.ledger import Ledger
+
+T0 = 1_800_000_000.0 - 1_800_000_000.0 % 86400 + 80000  # 22:13 UTC: runs cross midnight
+BIG = Policy(tick_s=5, teardown_s=0, lease_s=10**7)
+QUANTS = ["bf16", "fp16", "int8", "nf4"]
+
+
+def offer(increment: int, minimum: int, gpu: str = "T4", count: int = 1, currency: str = "USD") -> Offer:
+    return Offer(provider="aws" if currency == "USD" else "local", instance_type=f"g.{gpu.lower()}x{count}", gpu=gpu,
+                 gpu_count=count, price=Decimal(1), currency=currency, region="us-east-1",
+                 billing_increment_s=increment, billing_minimum_s=minimum)
+
+
+def new_run(led: Ledger, run_id: str, pool: str, *, quant="nf4", plan="p", estimate="1.00", at=T0) -> None:
+    led.ensure_pool(pool, Decimal(10**6), at - 10)
+    led.create_run(id=run_id, pool=pool, plan=plan, plan_path="x.yaml", provider="aws", offer="aws:x",
+                   quantization=quant, spot=0, cap_cny=Decimal(10**6), estimate_cny=Decimal(estimate),
+                   dir="", created_at=at)
+
+
+def launch(led: Ledger, run_id: str, o: Offer, price: Decimal, at: float, ticks: list[float],
+           end: float | None) -> int:
+    d, iid = led.admit(run_id, offer=o, price_cny_h=price, price_original_h=price / Decimal("7.2"), spot=False,
+                       provider=o.provider, now=at, policy=BIG)
+    assert d.go
+    led.set_instance(iid, state="running", launched_at=at)
+    for t in ticks:
+        led.tick(iid, t, BIG)
+    if end is not None:
+        led.settle(iid, end)
+    return iid
+
+
+def ledger_total(led: Ledger, pools: list[str] | None = None) -> Decimal:
+    q = "SELECT s.amount_cny FROM spend s JOIN instances i ON i.id=s.instance_id"
+    rows = led.db.execute(q + (f" WHERE i.pool IN ({','.join('?' * len(pools))})" if pools else ""), pools or [])
+    return sum((Decimal(r[0]) for r in rows), Decimal(0))
+
+
+def no_floats(doc) -> None:
+    if isinstance(doc, dict):
+        for v in doc.values():
+            no_floats(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            no_floats(v)
+    else:
+        assert not isinstance(doc, float), doc
+
+
+instance_st = st.fixed_dictionaries({
+    "pool": st.integers(0, 2), "run": st.integers(0, 4),
+    "price": st.decimals(min_value=Decimal("0.01"), max_value=Decimal(80), places=4),
+    "rule": st.sampled_from([(1, 0), (1, 60), (60, 60), (3600, 3600), (86400, 0)]),
+    "start": st.floats(0, 3 * 86400), "gaps": st.lists(st.floats(0.5, 9000), min_size=0, max_size=6),
+    "ends": st.booleans(), "tail": st.floats(0, 40000),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances=st.lists(instance_st, min_size=1, max_size=8), cut=st.floats(-86400, 5 * 86400),
+       width=st.floats(1, 4 * 86400), by=st.sampled_from(report.GROUPS),
+       busy=st.lists(st.integers(0, 500), min_size=3, max_size=3))
+def test_every_grouping_sums_to_the_total_to_the_cent(instances, cut, width, by, busy):
+    led = Ledger(":memory:")
+    for n, spec in enumerate(instances):
+        run_id = f"r{spec['run']}-p{spec['pool']}"
+        if led.run(run_id) is None:
+            new_run(led, run_id, f"pool{spec['pool']}", quant=QUANTS[spec["run"] % 4], plan=f"plan{spec['run'] % 2}")
+            if spec["run"] % 2:  # some runs have task results, some with no busy time at all
+                led.record_tasks(run_id, {"tasks": {f"t{k}": {"kind": "caption", "done": 1, "busy_s": b}
+                                                    for k, b in enumerate(busy)}})
+        start = T0 + spec["start"]
+        ticks, t = [], start
+        for g in spec["gaps"]:
+            t += g
+            ticks.append(t)
+        launch(led, run_id, offer(*spec["rule"], gpu=["T4", "A10G", "L4"][n % 3], count=1 + n % 2),
+               spec["price"], start, ticks, t + spec["tail"] if spec["ends"] else None)
+    whole = report.statement(led, by=by, now=T0 + 10 * 86400)
+    no_floats(whole)
+    # the whole ledger: the statement's total is the ledger's own sum of its spend rows, to the cent
+    assert Decimal(whole["spent_cny"]) == ledger_total(led).quantize(Decimal("0.01"))
+    assert sum(Decimal(g["amount_cny"]) for g in whole["groups"]) == Decimal(whole["spent_cny"])
+    # exactly, before any rounding: the groups' exact sums are the total's
+    insts = report.instances(led, None)
+    cells = report.billed(led, report.Period(), by in report.TIME_GROUPS, None)
+    total = sum((insts[i].amount(s) for (_, i), s in cells.items()), Fraction(0))
+    assert sum((g[0] for g in report.grouped(cells, insts, by, led).values()), Fraction(0)) == total
+    # a period cut anywhere: before + inside + after is the whole, exactly; each view sums to its own total
+    lo, hi = T0 + cut, T0 + cut + width
+    parts = [report.Period(None, lo), report.Period(lo, hi), report.Period(hi, None)]
+    exact = []
+    for p in parts:
+        c = report.billed(led, p, by in report.TIME_GROUPS, None)
+        exact.append(sum((insts[i].amount(s) for (_, i), s in c.items()), Fraction(0)))
+        assert sum((g[0] for g in report.grouped(c, insts, by, led).values()), Fraction(0)) == exact[-1]
+    assert sum(exact, Fraction(0)) == total
+    mid = report.statement(led, period=parts[1], by=by, now=T0 + 10 * 86400)
+    assert sum(Decimal(g["amount_cny"]) for g in mid["groups"]) == Decimal(mid["spent_cny"])
+    assert Decimal(mid["opening_balance_cny"]) - Decimal(mid["spent_cny"]) - Decimal(mid["remaining_cny"]) \
+        in (Decimal(0), Decimal("0.01"), Decimal("-0.01"))
+    # the per-instance statement of one pool: its lines sum to its total, which is the pool's ledger total
+    pool = f"pool{instances[0]['pool']}"
+    one = report.statement(led, pool=pool, now=T0 + 10 * 86400)
+    assert sum(Decimal(c["amount_cny"]) for c in one["charges"]) == Decimal(one["spent_cny"])
+    assert Decimal(one["spent_cny"]) == ledger_total(led, [pool]).quantize(Decimal("0.01"))
+    led.close()
+
+
+def test_an_interval_across_midnight_bills_both_days_in_proportion():
+    led = Ledger(":memory:")
+    midnight = T0 - 80000 + 86400
+    new_run(led, "r1", "p")
+    # 36 CNY/h per second: one interval from 23:00 to 01:00 -> 36 CNY on each day
+    launch(led, "r1", offer(1, 0), Decimal(36), midnight - 3600, [], midnight + 3600)
+    doc = report.statement(led, by="day", now=midnight + 86400)
+    assert [(g["key"], g["amount_cny"]) for g in doc["groups"]] == [
+        (report.bucket(int((midnight - 1) // 86400), "day"), "36.00"),
+        (report.bucket(int(midnight // 86400), "day"), "36.00")]
+    half = report.statement(led, period=report.Period(midnight - 1800, midnight + 900), now=midnight + 86400)
+    assert half["spent_cny"] == "27.00" and half["charges"][0]["billed"] == "0:45:00"
+
+
+def test_lines_add_up_to_the_printed_total():
+    # three lines of 1/3 CNY: 0.33 + 0.33 + 0.34 = 1.00, never 0.99
+    assert report.apportion([Fraction(1, 3)] * 3) == [34, 33, 33]
+    assert report.apportion([Fraction(1, 200), Fraction(1, 200)]) == [1, 0]  # 0.01 total (half-even of 0.01)
+    assert report.yuan(report.cents(Fraction(1, 200))) == "0.00"  # 0.005 -> 0.00 half-even
+    assert report.yuan(report.cents(Fraction(3, 200))) == "0.02"  # 0.015 -> 0.02
+
+
+def test_charge_lines_say_what_was_recorded_at_launch():
+    led = Ledger(":memory:")
+    new_run(led, "r1", "p", estimate="10.00")
+    iid = launch(led, "r1", offer(3600, 3600, gpu="A10G", count=4), Decimal("36.72"), T0, [T0 + 100], T0 + 4000)
+    new_run(led, "r2", "p", at=T0 + 5000)
+    led.update_run("r2", state="failed", reason="launch refused: InsufficientInstanceCapacity")
+    d, failed = led.admit("r2", offer=offer(1, 60), price_cny_h=Decimal(5), price_original_h=Decimal("0.69"),
+                          spot=True, provider="aws", now=T0 + 5000, policy=BIG)
+    led.settle(failed, None, "failed")
+    new_run(led, "r3", "p", at=T0 + 6000)
+    led.update_run("r3", state="failed", reason="preflight: no SSH key")
+    new_run(led, "r4", "p", at=T0 + 7000)
+    launch(led, "r4", offer(1, 60), Decimal(18), T0 + 7000, [T0 + 7100], None)
+    doc = report.statement(led, now=T0 + 7105)
+    by_run = {c["run"]: c for c in doc["charges"]}
+    c = by_run["r1"]
+    # hourly billing: 4000 s are two hours at 36.72 CNY/h, FX 7.2 at launch
+    assert (c["gpu"], c["gpu_count"], c["billed"], c["amount_cny"], c["fx_cny_per_unit"], c["currency"]) == \
+        ("A10G", 4, "2:00:00", "73.44", "7.200000", "USD")
+    assert c["rate_cny_h"] == "36.72" and c["status"] == "terminated"
+    assert (by_run["r2"]["amount_cny"], by_run["r2"]["status"]) == ("0.00", "not billed")
+    assert "InsufficientInstanceCapacity" in by_run["r2"]["reason"]
+    assert (by_run["r3"]["amount_cny"], by_run["r3"]["status"], by_run["r3"]["reason"]) == \
+        ("0.00", "never launched", "preflight: no SSH key")
+    assert by_run["r4"]["status"] == "accruing" and by_run["r4"]["amount_cny"] == "0.50"  # 100 s at 18 CNY/h
+    assert doc["burn"]["current_cny_per_h"] == "18.00" and doc["runway_basis"] == "the live instances' rate"
+    var = {v["run"]: v for v in doc["variance"]["runs"]}
+    assert (var["r1"]["estimate_cny"], var["r1"]["actual_cny"], var["r1"]["variance_cny"], var["r1"]["variance_pct"]) \
+        == ("10.00", "73.44", "63.44", "+634.4")
+    assert doc["spent_cny"] == "73.94" and json.loads(json.dumps(doc)) == doc
+    iid_row = led.instance(iid)
+    assert (iid_row.gpu, iid_row.gpu_count) == ("A10G", 4)
+    led.close()
+
+
+def test_task_grouping_shares_a_run_by_busy_seconds():
+    led = Ledger(":memory:")
+    new_run(led, "r1", "p")
+    led.record_tasks("r1", {"tasks": {"captions": {"kind": "caption", "done": 4, "busy_s": 30},
+                                      "documents": {"kind": "document", "done": 2, "busy_s": 10}}})
+    launch(led, "r1", offer(1, 0), Decimal(36), T0, [], T0 + 1000)  # 10 CNY
+    doc = report.statement(led, by="task", now=T0 + 2000)
+    assert [(g["key"], g["amount_cny"], g["share_pct"]) for g in doc["groups"]] == [
+        ("captions", "7.50", "75.0"), ("documents", "2.50", "25.0")]
