@@ -445,8 +445,7 @@ def report_cmd(
     if data is None:
         return
     if out is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
+        sys.stdout.write(data.decode("utf-8"))
     else:
         documents.write(out, data)
         render.wrote(out, fmt)

@@ -31,12 +31,23 @@ def check_out(out: Path | None) -> None:
         raise InputError(f"--out {out} is a directory", "pass a file name, e.g. --out report.html")
     if not parent.is_dir():
         raise InputError(f"--out {out}: the folder {parent} does not exist", "create it first, or pass another --out")
-    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise InputError(f"--out {out} is not writable", "pass --out in a folder you can write to")
+    try:  # the real test (permission bits say nothing to root, a read-only mount says nothing to them)
+        with tempfile.NamedTemporaryFile(prefix=f".{out.name}.", dir=parent):
+            pass
+        if out.exists() and not os.access(out, os.W_OK):
+            raise OSError("not writable")
+    except OSError as e:
+        raise InputError(f"--out {out} cannot be written ({e.strerror or e})",
+                         "pass --out in a folder you can write to") from None
 
 
 def write(out: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else ".")
+    """Atomically (a temporary file beside it, renamed); a failure leaves nothing and says so (exit 2)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else ".")
+    except OSError as e:
+        raise InputError(f"--out {out} cannot be written ({e.strerror or e})", "pass --out in a folder you can write to") \
+            from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -44,8 +55,11 @@ def write(out: Path, data: bytes) -> None:
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)  # a report is a normal file (mkstemp makes it private)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise InputError(f"--out {out} cannot be written ({e.strerror or e})",
+                             "pass --out in a folder with room that you can write to") from None
         raise
 
 

@@ -20,11 +20,11 @@ from planner.errors import InputError
 
 from ..units import iso
 from .ledger import Ledger
-from .report import SCHEMA, cents, exact, yuan
+from .report import SCHEMA, apportion, cents, exact, yuan
 
 # each kind's headline metric: (summary key, how people write it); kinds without one report none
 METRIC = {"caption": ("cider_d", "CIDEr-D"), "document": ("anls", "ANLS"), "poetry": ("keyword_recall", "keyword recall"),
-          "multiturn_vqa": ("consistency", "consistency")}
+          "multiturn_vqa": ("consistency", "consistency"), "fp16_verify": ("agreement", "agreement with 16-bit")}
 SIXTEEN = ("bf16", "fp16", "fp32")
 
 
@@ -54,6 +54,7 @@ def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | N
     sweeps: list[dict] = []
     order: list[str] = []
     run_lines = []
+    unattributed = Fraction(0)  # spend of runs without task results (failed before any answer)
     for run in chosen:
         spent = Fraction(led.spent_run(run["id"]))
         tasks = {t["task"]: json.loads(t["summary"]) for t in led.tasks(run["id"])}
@@ -63,14 +64,14 @@ def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | N
         run_lines.append({"run": run["id"], "plan": run["plan"], "quant": q, "state": run["state"],
                           "created_at": iso(run["created_at"]), "spent_cny": yuan(cents(spent)),
                           "tasks": len(tasks)})
+        if not all_busy:
+            unattributed += spent
         for name, s in tasks.items():
             share = spent * busy[name] / all_busy if all_busy else Fraction(0)
-            if s.get("kind") == "fp16_verify":
-                if s.get("agreement") is not None and s.get("of_task"):
-                    a = agreement[(s["of_task"], q)]
-                    a[0] += s.get("ok") or 0
-                    a[1] += Fraction(Decimal(str(s["agreement"]))) * (s.get("ok") or 0)
-                continue
+            if s.get("kind") == "fp16_verify" and s.get("agreement") is not None and s.get("of_task"):
+                a = agreement[(s["of_task"], q)]
+                a[0] += s.get("ok") or 0
+                a[1] += Fraction(Decimal(str(s["agreement"]))) * (s.get("ok") or 0)
             if s.get("kind") == "memory_sweep":
                 for x in s.get("by_resolution") or []:
                     sweeps.append({"run": run["id"], "quant": q, "task": name, **x})
@@ -91,14 +92,16 @@ def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | N
                 e["metric_sum"] += Fraction(Decimal(str(s[key]))) * s["ok"]
                 e["metric_n"] += s["ok"]
     rows = []
-    for (name, q), e in sorted(acc.items(), key=lambda kv: (order.index(kv[0][0]), _quant_order(kv[0][1]))):
+    ordered = sorted(acc.items(), key=lambda kv: (order.index(kv[0][0]), _quant_order(kv[0][1])))
+    shown = dict(zip([k for k, _ in ordered], apportion([e["cost"] for _, e in ordered])))
+    for (name, q), e in ordered:
         metric = METRIC.get(e["kind"], (None, None))
         value = e["metric_sum"] / e["metric_n"] if e["metric_n"] else None
         n_agree, s_agree = agreement.get((name, q), (0, Fraction(0)))
         rows.append({
             "task": name, "kind": e["kind"], "quant": q, "runs": e["runs"], "samples": e["ok"], "done": e["done"],
             "metric": metric[1], "metric_key": metric[0], "value": None if value is None else f"{float(value):.4f}",
-            "cost_cny": yuan(cents(e["cost"])), "exact_cost_cny": exact(e["cost"]),
+            "cost_cny": yuan(shown[(name, q)]), "exact_cost_cny": exact(e["cost"]),
             "cny_per_sample": _per(e["cost"], e["ok"], 1), "cny_per_1k_tokens": _per(e["cost"], e["decode_tokens"], 1000),
             "decode_tokens": e["decode_tokens"],
             "tokens_per_s": f"{e['decode_tokens'] / float(e['busy']):.1f}" if e["busy"] else None,
@@ -106,7 +109,10 @@ def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | N
             "peak_memory_gib": f"{e['peak'] / 2**30:.2f}" if e["peak"] else None,
             "agreement_16bit": f"{float(s_agree / n_agree):.3f}" if n_agree else None, "agreement_samples": n_agree,
             "_value": value, "_per_sample": e["cost"] / e["ok"] if e["ok"] else None})
+    attributed = sum((e["cost"] for e in acc.values()), Fraction(0))
     return {"schema": SCHEMA, "view": "quality", "generated_at": iso(now), "runs": run_lines,
+            "spent_cny": yuan(cents(attributed + unattributed)), "attributed_cny": yuan(cents(attributed)),
+            "unattributed_cny": yuan(cents(unattributed)),
             "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
             "verdicts": verdicts(rows), "memory_sweep": sweeps,
             "allocation": "a run's spend is shared among its tasks by the worker's busy seconds per task"}

@@ -3,10 +3,18 @@ ticks, settlement): every grouping sums to the total, exactly, and to the ledger
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
+import re
+import shutil
+import time
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +22,7 @@ from planner.models import Offer
 from runner.money import report
 from runner.money.guard import Policy
 from runner.money.ledger import Ledger
+from tests.runner.conftest import need
 
 T0 = 1_800_000_000.0 - 1_800_000_000.0 % 86400 + 80000  # 22:13 UTC: runs cross midnight
 BIG = Policy(tick_s=5, teardown_s=0, lease_s=10**7)
@@ -163,7 +172,7 @@ def test_charge_lines_say_what_was_recorded_at_launch():
     c = by_run["r1"]
     # hourly billing: 4000 s are two hours at 36.72 CNY/h, FX 7.2 at launch
     assert (c["gpu"], c["gpu_count"], c["billed"], c["amount_cny"], c["fx_cny_per_unit"], c["currency"]) == \
-        ("A10G", 4, "2:00:00", "73.44", "7.200000", "USD")
+        ("A10G", 4, "2:00:00", "73.44", "7.2", "USD")
     assert c["rate_cny_h"] == "36.72" and c["status"] == "terminated"
     assert (by_run["r2"]["amount_cny"], by_run["r2"]["status"]) == ("0.00", "not billed")
     assert "InsufficientInstanceCapacity" in by_run["r2"]["reason"]
@@ -189,3 +198,150 @@ def test_task_grouping_shares_a_run_by_busy_seconds():
     doc = report.statement(led, by="task", now=T0 + 2000)
     assert [(g["key"], g["amount_cny"], g["share_pct"]) for g in doc["groups"]] == [
         ("captions", "7.50", "75.0"), ("documents", "2.50", "25.0")]
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+def demo_home(home: Path) -> dict:
+    """A ledger like a week of work: three quantizations of one plan (with task results and a memory
+    sweep), a launch that never billed, a run that failed before launch, one instance still running."""
+    home.mkdir(parents=True, exist_ok=True)
+    led = Ledger(home / "ledger.db")
+    now = time.time()
+    day0 = now - 3 * 86400
+    for k, q in enumerate(["bf16", "nf4", "int8"]):
+        rid = f"smoke-{q}"
+        new_run(led, rid, "team", quant=q, plan="smoke", estimate="5.00", at=day0 + k * 30000)
+        led.record_tasks(rid, {"tasks": {
+            "captions": {"kind": "caption", "done": 4, "ok": 4, "busy_s": 30 - 5 * k, "cider_d": 0.9 - 0.05 * k,
+                         "decode_tokens": 400 + 10 * k, "peak_memory_bytes": (3 - k) * 2**30},
+            "sweep": {"kind": "memory_sweep", "done": 2, "ok": 2, "busy_s": 3, "peak_memory_bytes": (4 - k) * 2**30,
+                      "by_resolution": [{"resolution": [448, 448], "status": "ok", "peak_memory_bytes": (3 - k) * 2**30},
+                                        {"resolution": [1024, 1024], "status": "ok",
+                                         "peak_memory_bytes": (4 - k) * 2**30}]},
+            "fp16_check": {"kind": "fp16_verify", "done": 2, "ok": 2, "busy_s": 4, "agreement": 0.5,
+                           "of_task": "captions"}}})
+        start = day0 + k * 30000
+        launch(led, rid, offer(1, 60, gpu="T4"), Decimal("3.7872") * (3 - k) / 2, start, [start + 3000], start + 7000)
+        led.update_run(rid, state="done")
+    new_run(led, "refused", "team", at=day0 + 100000)
+    led.update_run("refused", state="failed", reason="InsufficientInstanceCapacity")
+    _, iid = led.admit("refused", offer=offer(1, 60), price_cny_h=Decimal(5), price_original_h=Decimal("0.69"),
+                       spot=True, provider="aws", now=day0 + 100000, policy=BIG)
+    led.settle(iid, None, "failed")
+    new_run(led, "live", "other", at=now - 600)
+    launch(led, "live", offer(3600, 3600, gpu="L4", currency="CNY"), Decimal("6.5"), now - 600, [now - 5], None)
+    led.close()
+    return {"now": now, "day0": day0}
+
+
+def test_the_files_agree_with_each_other_and_the_ledger(cli, budget_home, tmp_path):
+    demo_home(budget_home)
+    for args in ([], ["--by", "day"], ["--by", "gpu", "--pool", "team"], ["--plan", "smoke"]):
+        code, out, err = cli("report", *args, "--format", "json")
+        assert code == 0, err
+        doc = json.loads(out)
+        code, _, err = cli("report", *args, "--format", "csv", "--out", tmp_path / "r.csv")
+        assert code == 0 and "wrote" in err
+        raw = (tmp_path / "r.csv").read_bytes()
+        assert raw.startswith(b"\xef\xbb\xbf") and raw.count(b"\r\n") >= 2  # Excel's UTF-8 marker, one header row
+        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
+        amount = "cost_cny" if doc["view"] == "quality" else "amount_cny"
+        total = doc["attributed_cny"] if doc["view"] == "quality" else doc["spent_cny"]
+        assert sum(Decimal(r[amount]) for r in rows) == Decimal(total)
+        assert all(re.fullmatch(r"-?\d+\.\d\d", r[amount]) for r in rows)
+        for r in rows:
+            for key in ("started_at", "ended_at"):
+                assert key not in r or r[key] == "-" or re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r[key])
+        try:
+            import pandas
+        except ImportError:
+            continue
+        frame = pandas.read_csv(tmp_path / "r.csv", dtype=str, encoding="utf-8-sig")
+        assert sum(Decimal(x) for x in frame[amount]) == Decimal(total)
+    code, out, _ = cli("report", "--format", "json")
+    doc = json.loads(out)
+    led = Ledger(budget_home / "ledger.db")
+    assert Decimal(doc["spent_cny"]) == ledger_total(led).quantize(Decimal("0.01"))
+    led.close()
+    status = {c["run"]: c["status"] for c in doc["charges"]}
+    assert status["live"] == "accruing" and status["refused"] == "not billed" and status["smoke-bf16"] == "terminated"
+    code, out, _ = cli("report", "--plan", "smoke")
+    assert code == 0 and "nf4: 94% of bf16's CIDEr-D (captions) at" in out
+    code, out, _ = cli("report")
+    assert code == 0 and "accruing" in out and "6.50 CNY/h now" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pool", "nope"], "no pool 'nope'"),
+    (["--run", "nope"], "no run 'nope'"),
+    (["--plan", "nope"], "no runs of plan 'nope'"),
+    (["--since", "2026-11-30", "--until", "2026-11-01"], "is not before --until"),
+    (["--since", "last tuesday"], "--since 'last tuesday' is not a date"),
+    (["--until", "2026-13-01"], "--until '2026-13-01' is not a date"),
+    (["--by", "hour"], "--by 'hour' is not one of"),
+    (["--format", "pdf"], "--format 'pdf' is not one of"),
+    (["--out", "{tmp}/missing/r.csv", "--format", "csv"], "does not exist"),
+    (["--out", "{tmp}", "--format", "csv"], "is a directory"),
+    (["--out", "/proc/r.csv", "--format", "csv"], "cannot be written"),
+    (["--run", "smoke-nf4", "--by", "day"], "belong to the statement"),
+])
+def test_bad_input_is_one_error_and_a_hint(cli, budget_home, tmp_path, args, message):
+    demo_home(budget_home)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, out, err = cli("report", *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    lines = err.strip().splitlines()
+    assert code == 2 and not out and len(lines) == 2, err
+    assert lines[0].startswith("error: ") and message in lines[0] and lines[1].startswith("hint: ")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_an_empty_ledger_is_bad_input_and_stays_unwritten(cli, budget_home, tmp_path):
+    code, out, err = cli("report", "--format", "csv", "--out", tmp_path / "r.csv")
+    assert code == 2 and "nothing has been run" in err and "hint: " in err
+    assert not (budget_home / "ledger.db").exists() and not (tmp_path / "r.csv").exists()
+    Ledger(budget_home / "ledger.db").close()  # a ledger with no runs yet
+    code, _, err = cli("report")
+    assert code == 2 and "holds no runs yet" in err
+
+
+def browser():
+    """Playwright driving Debian's chromium (or Playwright's own, if it has one)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None, None
+    exe = os.environ.get("GPUBUDGET_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    return sync_playwright, exe
+
+
+def test_the_html_report_renders_in_a_real_browser(cli, budget_home, tmp_path):
+    sync_playwright, exe = browser()
+    need("playwright + chromium (apt-get install chromium; pip install playwright)", sync_playwright is not None
+         and exe is not None)
+    demo_home(budget_home)
+    page_file = tmp_path / "report.html"
+    code, _, err = cli("report", "--format", "html", "--out", page_file)
+    assert code == 0, err
+    text = page_file.read_text()
+    assert "http://" not in text and "https://" not in text and "<script" not in text  # nothing fetched or run
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            page = b.new_page()
+            problems = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("request", lambda r: problems.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+            page.goto(page_file.as_uri(), wait_until="load")
+            images = page.evaluate("() => Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            b.close()
+    assert not problems, problems
+    titles = [alt for alt, _, _ in images]
+    assert all(done and width > 0 for _, done, width in images), images
+    assert any("Burn-down" in t for t in titles) and any("provider and GPU" in t for t in titles)
+    assert any("Cost vs quality" in t for t in titles) and any("memory sweep" in t for t in titles)
+    assert (tmp_path / "report.png").stat().st_size > 10_000

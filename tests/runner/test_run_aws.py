@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from planner.catalog import load_catalog
 from tests.runner.conftest import caption_plan, db, spent, the_run, write_config
 
 pytestmark = pytest.mark.slow  # whole runs on the moto + sshd test cloud
@@ -79,6 +80,29 @@ def test_happy_path(aws_cloud, cli, budget_home, tiny_model):
     assert code == 0
     doc = json.loads(out)
     assert doc["state"] == "done" and Decimal(doc["spent_cny"]) == money and doc["samples_done"] > 0
+
+    # the statement: its charge line is what was recorded at launch, and a later catalog or FX change
+    # (USD at 9.99 CNY, the offer at 100 USD/h) changes nothing in it
+    code, out, err = cli("report", "--format", "json")
+    assert code == 0, err
+    before = json.loads(out)
+    [charge] = before["charges"]
+    assert Decimal(before["spent_cny"]) == money.quantize(Decimal("0.01")) == Decimal(charge["amount_cny"])
+    assert (charge["currency"], charge["instance_type"], charge["status"]) == ("USD", inst["InstanceType"], "terminated")
+    assert Decimal(charge["rate_cny_h"]) == Decimal(inst_row["price_cny_h"]) and charge["gpu"]
+    catalog = budget_home / "catalog"
+    (catalog / "offers").mkdir(parents=True, exist_ok=True)
+    (catalog / "fx.yaml").write_text('- {currency: USD, cny_per_unit: "9.99", date: "2026-11-28", source: test}\n')
+    (catalog / "offers" / "aws.csv").write_text(
+        "provider,instance_type,gpu,gpu_count,price_per,price,spot_price,currency,region,billing_increment_s,"
+        f"billing_minimum_s,source,date\naws,{inst['InstanceType']},T4,1,instance,100,,USD,us-east-1,1,60,test,2026-11-28\n")
+    changed = load_catalog(catalog)  # the change took: today's catalog prices this instance type 10x higher
+    assert changed.fx["USD"].cny_per_unit == Decimal("9.99")
+    assert [o.price for o in changed.offers if o.instance_type == inst["InstanceType"]] == [Decimal(100)]
+    code, out, err = cli("report", "--format", "json")
+    after = json.loads(out)
+    timeless = lambda d: {k: v for k, v in d.items() if k not in ("generated_at", "burn", "runway_h")}  # noqa: E731
+    assert code == 0 and timeless(after) == timeless(before), err  # (the average burn runs to now)
 
 
 def test_ami_missing_launches_nothing(aws_cloud, cli, budget_home, tiny_model):

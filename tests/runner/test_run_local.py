@@ -62,6 +62,18 @@ def test_local_happy_path(cli, local_home):
     assert code == 0 and controller and all(re.match(r"\[controller\] \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", ln)
                                             for ln in controller)
     assert "terminated" in out and not re.search(r"\b1[6-9]\d{8}\b", out) and not re.search(r"\d\.\d{5,} CNY", out)
+    # the cost of quality of this real run: every task with its samples, its share of the spend summing to it
+    code, out, err = cli("report", "--run", run["id"], "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    tasks = {r["task"]: r for r in doc["rows"]}
+    assert set(tasks) == set(summary["tasks"]) and all(r["quant"] == run["quantization"] for r in doc["rows"])
+    assert Decimal(doc["spent_cny"]) == spent(local_home).quantize(Decimal("0.01")) == \
+        sum(Decimal(r["cost_cny"]) for r in doc["rows"])
+    assert tasks["captions"]["metric"] == "CIDEr-D" and tasks["captions"]["value"] is not None
+    assert tasks["captions"]["samples"] == summary["tasks"]["captions"]["ok"] > 0 and tasks["captions"]["cny_per_sample"]
+    # this run is 16-bit already: its fp16 check had nothing to verify, so no agreement and no verdict
+    assert tasks["fp16_check"]["agreement_16bit"] is None and tasks["fp16_check"]["samples"] == 0 and not doc["verdicts"]
 
 
 def test_budget_stop_keeps_results_and_stays_under_the_cap(cli, local_home, long_plan, tmp_path):
