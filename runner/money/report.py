@@ -22,7 +22,7 @@ import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 
 from planner.errors import InputError
@@ -125,43 +125,51 @@ def bucket(day: int, by: str) -> str:
 def billed(led: Ledger, period: Period, daily: bool | int, pools: list[str] | None) -> dict[tuple[int, int], Fraction]:
     """(cell or 0, instance id) -> billed seconds inside the period; cells are days when `daily` is True, or
     `daily` seconds wide when it is a number (the burn-down's steps). Rows inside one cell are summed in SQL
-    (integers); rows crossing the period's edge or a cell boundary are cut here, in proportion to time."""
+    (integers; for days and whole instances along the ledger's covering index spend_day, in its order: no
+    sort); rows crossing the period's edge or a cell boundary are cut here, in proportion to time."""
     width = DAY if daily is True else int(daily)
-    day = "CAST(s.start_at / :w AS INTEGER)" if width else "0"
-    same_day = " AND CAST(s.start_at / :w AS INTEGER) = CAST(s.end_at / :w AS INTEGER)" if width else ""
-    where_pool, args = "", {"lo": period.lo, "hi": period.hi, "w": width}
+    if width in (0, DAY):  # the index's own expression, so SQLite walks the index in group order
+        cell, index = ("CAST(s.start_at / 86400 AS INTEGER)" if width else "0"), " INDEXED BY spend_day"
+        same = " AND CAST(s.start_at / 86400 AS INTEGER) = CAST(s.end_at / 86400 AS INTEGER)" if width else ""
+    else:
+        cell, index = f"CAST(s.start_at / {width} AS INTEGER)", ""
+        same = f" AND {cell} = CAST(s.end_at / {width} AS INTEGER)"
+    where_pool, args = "", {"lo": period.lo, "hi": period.hi}
     if pools is not None:
         marks = ", ".join(f":p{i}" for i in range(len(pools)))
         where_pool = f" AND s.instance_id IN (SELECT id FROM instances WHERE pool IN ({marks}))"
         args |= {f"p{i}": p for i, p in enumerate(pools)}
-    inside = f"s.start_at >= :lo AND s.end_at <= :hi AND s.start_at < :hi{same_day}"
-    out: dict[tuple[int, int], Fraction] = defaultdict(Fraction)
-    for d, iid, secs in led.db.execute(
-            f"SELECT {day} AS d, s.instance_id, SUM(s.billed_s) FROM spend s WHERE {inside}{where_pool} "
-            "GROUP BY d, s.instance_id", args):
-        out[(d, iid)] += secs
+    inside = f"s.start_at >= :lo AND s.end_at <= :hi AND s.start_at < :hi{same}"
+    out: dict[tuple[int, int], Fraction] = {}
+    group = "s.instance_id" + (f", {cell}" if width else "")  # (a literal 0 in GROUP BY would name a column)
+    for iid, d, secs in led.db.execute(
+            f"SELECT s.instance_id, {cell}, SUM(s.billed_s) FROM spend s{index} WHERE {inside}{where_pool} "
+            f"GROUP BY {group}", args):
+        out[(d, iid)] = secs  # an int: exact, and cheaper than a Fraction for the million-row case
     for iid, start, end, secs in led.db.execute(
-            f"SELECT s.instance_id, s.start_at, s.end_at, s.billed_s FROM spend s WHERE s.start_at < :hi AND "
+            f"SELECT s.instance_id, s.start_at, s.end_at, s.billed_s FROM spend s{index} WHERE s.start_at < :hi AND "
             f"s.end_at > :lo AND s.end_at > s.start_at AND NOT ({inside}){where_pool}", args):
         for d, piece in cut(start, end, secs, period, width):
-            out[(d, iid)] += piece
+            out[(d, iid)] = out.get((d, iid), 0) + piece
     return out
 
 
 def cut(start: float, end: float, secs: int, period: Period, width: int) -> list[tuple[int, Fraction]]:
     """A row's billed seconds shared over the cells it spans (`width` seconds each; 0: one cell), inside the
-    period only. The cumulative share at each cut is exact, so the pieces sum to `secs` when the period
-    holds the row."""
-    s, e = Fraction(start), Fraction(end)
-    edges = {s, e, Fraction(period.lo), Fraction(period.hi)}
+    period only, in proportion to time (on a millisecond grid). Each piece is the difference of two exact
+    cumulative shares, so the pieces of a row the period holds sum to `secs` exactly."""
+    edges = {start, end, period.lo, period.hi}
     if width:
-        edges |= {Fraction(k * width) for k in range(math.floor(start / width) + 1, math.floor(end / width) + 1)}
-    edges = sorted(x for x in edges if s <= x <= e)
-    share = lambda x: secs * (x - s) / (e - s)  # noqa: E731
+        edges |= {float(k * width) for k in range(math.floor(start / width) + 1, math.floor(end / width) + 1)}
+    edges = sorted(x for x in edges if start <= x <= end)
+    span = round(end * 1000) - round(start * 1000)
+    if span <= 0:  # under half a millisecond long: all of it where it starts
+        return [(math.floor(start / width) if width else 0, Fraction(secs))] if period.lo <= start < period.hi else []
     pieces = []
     for a, b in zip(edges, edges[1:]):
-        if a >= Fraction(period.lo) and b <= Fraction(period.hi) and b > a:
-            pieces.append((math.floor(a / width) if width else 0, share(b) - share(a)))
+        if a >= period.lo and b <= period.hi and b > a:
+            share = Fraction(secs * (round(b * 1000) - round(a * 1000)), span)
+            pieces.append((math.floor(a / width) if width else 0, share))
     return pieces
 
 
@@ -188,7 +196,9 @@ class Inst:
     row: dict
     price: Fraction
 
-    def amount(self, secs: Fraction) -> Fraction:
+    def amount(self, secs: Fraction | int) -> Fraction:
+        if isinstance(secs, int):  # one normalisation instead of two Fraction operations
+            return Fraction(self.price.numerator * secs, self.price.denominator * 3600)
         return self.price * secs / 3600
 
 
@@ -199,7 +209,9 @@ def instances(led: Ledger, pools: list[str] | None) -> dict[int, Inst]:
     if pools is not None:
         q += f" WHERE i.pool IN ({', '.join('?' * len(pools))})"
         args = pools
-    return {r["id"]: Inst(dict(r), Fraction(Decimal(r["price_cny_h"]))) for r in led.db.execute(q, args)}
+    prices: dict[str, Fraction] = {}  # a few distinct prices among thousands of instances
+    return {r["id"]: Inst(dict(r), prices.get(r["price_cny_h"]) or prices.setdefault(
+        r["price_cny_h"], Fraction(Decimal(r["price_cny_h"])))) for r in led.db.execute(q, args)}
 
 
 def task_weights(led: Ledger, run_ids: set[str]) -> dict[str, dict[str, Fraction]]:
@@ -233,19 +245,21 @@ def grouped(cells: dict[tuple[int, int], Fraction], insts: dict[int, Inst], by: 
     """group -> [amount CNY, billed seconds], exact."""
     out: dict[str, list[Fraction]] = defaultdict(lambda: [Fraction(0), Fraction(0)])
     weights = task_weights(led, {i.row["run_id"] for i in insts.values()}) if by == "task" else {}
+    names: dict[int, str] = {}
     for (d, iid), secs in cells.items():
         inst = insts[iid]
         amount = inst.amount(secs)
         if by in TIME_GROUPS:
-            keys = [(bucket(d, by), Fraction(1))]
+            keys = [(names.get(d) or names.setdefault(d, bucket(d, by)), 1)]
         elif by == "task":
             w = weights.get(inst.row["run_id"])
-            keys = list(w.items()) if w else [("(no task results)", Fraction(1))]
+            keys = list(w.items()) if w else [("(no task results)", 1)]
         else:
-            keys = [(key_of(by, inst), Fraction(1))]
+            keys = [(key_of(by, inst), 1)]
         for k, share in keys:
-            out[k][0] += amount * share
-            out[k][1] += secs * share
+            g = out[k]
+            g[0] += amount * share if share != 1 else amount
+            g[1] += secs * share if share != 1 else secs
     return dict(out)
 
 
@@ -290,7 +304,8 @@ def statement(led: Ledger, *, pool: str | None = None, period: Period = Period()
     daily = by in TIME_GROUPS
     cells = billed(led, period, daily, pools)
     per_inst = _per_instance(cells)
-    total = sum((insts[i].amount(s) for i, s in per_inst.items()), Fraction(0))
+    amounts = {i: insts[i].amount(s) for i, s in per_inst.items()}
+    total = sum(amounts.values(), Fraction(0))
     before = Fraction(0)
     if period.since is not None:
         before = sum((insts[i].amount(s) for (_, i), s in billed(led, Period(None, period.since), False, pools).items()),
@@ -337,13 +352,14 @@ def statement(led: Ledger, *, pool: str | None = None, period: Period = Period()
                          for k, c in zip(keys, shares)]
     else:
         doc["charges"] = charges(led, insts, per_inst, period, pools)
-    whole = per_inst if period == Period() else _per_instance(billed(led, Period(), False, pools))
+    whole = amounts if period == Period() else {
+        i: insts[i].amount(s) for i, s in _per_instance(billed(led, Period(), False, pools)).items()}
     doc["variance"] = variance(led, insts, {insts[i].row["run_id"] for i in per_inst}, whole)
     return doc
 
 
 def _per_instance(cells: dict[tuple[int, int], Fraction]) -> dict[int, Fraction]:
-    out: dict[int, Fraction] = defaultdict(Fraction)
+    out: dict[int, Fraction] = defaultdict(int)
     for (_, iid), secs in cells.items():
         out[iid] += secs
     return out
@@ -397,26 +413,30 @@ def charges(led: Ledger, insts: dict[int, Inst], per_inst: dict[int, Fraction], 
 
 
 def variance(led: Ledger, insts: dict[int, Inst], run_ids: set[str], whole: dict[int, Fraction]) -> dict:
-    """Each run's whole cost (not cut by the period) against the plan's estimate when it was launched."""
+    """Each run's whole cost (not cut by the period; `whole`: instance -> CNY) against the plan's estimate
+    when it was launched."""
     runs: dict[str, Fraction] = defaultdict(Fraction)
-    for iid, secs in whole.items():
+    for iid, amount in whole.items():
         if insts[iid].row["run_id"] in run_ids:
-            runs[insts[iid].row["run_id"]] += insts[iid].amount(secs)
-    lines, est_sum, act_sum = [], Fraction(0), Fraction(0)
+            runs[insts[iid].row["run_id"]] += amount
+    lines, est_sum, act_sum = [], Decimal(0), Fraction(0)
     rows = {r["id"]: r for r in led.db.execute("SELECT id, state, estimate_cny FROM runs")}
     for run_id in sorted(run_ids):
         r = rows[run_id]
         actual = runs.get(run_id, Fraction(0))
-        est = None if r["estimate_cny"] is None else Fraction(Decimal(r["estimate_cny"]))
-        final = r["state"] in ("done", "stopped", "failed")
-        line = {"run": run_id, "state": r["state"], "estimate_cny": None if est is None else yuan(cents(est)),
-                "actual_cny": yuan(cents(actual)), "variance_cny": None, "variance_pct": None}
-        if est is not None:
-            line["variance_cny"] = yuan(cents(actual - est))
-            line["variance_pct"] = f"{float((actual - est) / est * 100):+.1f}" if est else None
-            if final:
+        a_c = cents(actual)
+        line = {"run": run_id, "state": r["state"], "estimate_cny": None, "actual_cny": yuan(a_c),
+                "variance_cny": None, "variance_pct": None}
+        if r["estimate_cny"] is not None:
+            est = Decimal(r["estimate_cny"])
+            e_c = int(est.quantize(Decimal("0.01"), ROUND_HALF_EVEN).scaleb(2))
+            # the printed difference of the printed figures (each rounded once, half-even)
+            line.update(estimate_cny=yuan(e_c), variance_cny=yuan(a_c - e_c),
+                        variance_pct=f"{(a_c - e_c) * 100 / e_c:+.1f}" if e_c else None)
+            if r["state"] in ("done", "stopped", "failed"):
                 est_sum, act_sum = est_sum + est, act_sum + actual
         lines.append(line)
-    return {"runs": lines, "finished_estimate_cny": yuan(cents(est_sum)), "finished_actual_cny": yuan(cents(act_sum)),
-            "finished_variance_cny": yuan(cents(act_sum - est_sum)),
-            "finished_variance_pct": f"{float((act_sum - est_sum) / est_sum * 100):+.1f}" if est_sum else None}
+    e_c, a_c = cents(Fraction(est_sum)), cents(act_sum)
+    return {"runs": lines, "finished_estimate_cny": yuan(e_c), "finished_actual_cny": yuan(a_c),
+            "finished_variance_cny": yuan(a_c - e_c),
+            "finished_variance_pct": f"{(a_c - e_c) * 100 / e_c:+.1f}" if e_c else None}
