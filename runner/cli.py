@@ -395,7 +395,8 @@ def report_cmd(
     until: Annotated[str | None, typer.Option("--until", help="To this UTC date (inclusive) or time (exclusive).")] = None,
     by: Annotated[str | None, typer.Option("--by", help="Group: run, day, week, month, provider, gpu, quant, task, plan.")] = None,
     run: Annotated[list[str] | None, typer.Option("--run", help="Cost of quality of this run (repeatable).")] = None,
-    plan: Annotated[str | None, typer.Option("--plan", help="Cost of quality across the runs of this plan.")] = None,
+    plan: Annotated[str | None, typer.Option("--plan", metavar="NAME",
+                                             help="Cost of quality across the runs of this plan (its name).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or html.")] = "table",
     out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")] = None,
 ) -> None:
@@ -563,7 +564,7 @@ def _plain_metavars(cmd) -> None:
             param.metavar = param.metavar or (param.name or "value").upper()
             param.display_type_rich = lambda ctx=None: None
         else:
-            param.metavar = None if param.is_flag else METAVARS.get(max(param.opts, key=len), "VALUE")
+            param.metavar = None if param.is_flag else (param.metavar or METAVARS.get(max(param.opts, key=len), "VALUE"))
     for sub in getattr(cmd, "commands", {}).values():
         _plain_metavars(sub)
 

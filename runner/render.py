@@ -519,6 +519,8 @@ def _statement(con: Console, d: dict) -> None:
                                   f" CNY/h now ({burn['live_instances']} live instance(s))"),
                          ("runway", runway)):
         con.print(f"  {label:<16} {value}")
+    if len(d["subtotals"]) > 1:
+        con.print("  subtotals        " + ", ".join(f"{s['pool']} {s['amount_cny']} CNY" for s in d["subtotals"]))
     for e in d["cap_changes"]:
         con.print(f"  cap change       {e['at']} {e['pool']}: {e['old_cap_cny'] or '-'} -> {e['new_cap_cny']} CNY")
     if "groups" in d:

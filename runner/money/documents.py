@@ -83,7 +83,10 @@ def rows_of(doc: dict) -> tuple[list[str], list[dict]]:
 
 
 def to_csv(doc: dict) -> bytes:
+    """Amounts as the statement prints them (2 decimals, adding up to its total); the 1e-12 figures are
+    JSON's, for scripts."""
     cols, rows = rows_of(doc)
+    cols = [c for c in cols if not c.startswith("exact_")]
     buf = io.StringIO(newline="")
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\r\n")
     w.writeheader()

@@ -91,6 +91,15 @@ def _m4(db: sqlite3.Connection) -> None:
                                     start_at, end_at, billed_s);
     CREATE INDEX runs_plan ON runs(plan, created_at)
     """)
+    for iid, run_dir in db.execute("SELECT i.id, r.dir FROM instances i JOIN runs r ON r.id = i.run_id").fetchall():
+        if not Path(run_dir).is_absolute():
+            continue
+        try:  # what ran, from the run's request.json (its offer as chosen at launch); a report shows "-" without it
+            offer = json.loads((Path(run_dir) / "request.json").read_text(encoding="utf-8"))["offer"]
+            db.execute("UPDATE instances SET gpu=?, gpu_count=? WHERE id=?",
+                       (str(offer["gpu"]), int(offer["gpu_count"]), iid))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     prices = {r[0]: Decimal(r[1]) for r in db.execute("SELECT id, price_cny_h FROM instances")}
     for sid, iid, start, end, amount in db.execute("SELECT id, instance_id, start_at, end_at, amount_cny FROM spend").fetchall():
         price = prices.get(iid, Decimal(0))

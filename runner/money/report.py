@@ -341,6 +341,11 @@ def statement(led: Ledger, *, pool: str | None = None, period: Period = Period()
                             f"SELECT * FROM pool_events WHERE at>=? AND at<? AND pool IN ({', '.join('?' * len(names))}) "
                             "ORDER BY at, id", (period.lo, period.hi, *names))],
     }
+    per_pool: dict[str, Fraction] = defaultdict(Fraction)
+    for i, a in amounts.items():
+        per_pool[insts[i].row["pool"]] += a
+    doc["subtotals"] = [{"pool": p, "amount_cny": yuan(c)}
+                        for p, c in zip(names, apportion([per_pool.get(p, Fraction(0)) for p in names]))]
     if by is not None:
         groups = grouped(cells, insts, by, led)
         keys = sorted(groups)

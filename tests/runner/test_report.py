@@ -345,3 +345,46 @@ def test_the_html_report_renders_in_a_real_browser(cli, budget_home, tmp_path):
     assert any("Burn-down" in t for t in titles) and any("provider and GPU" in t for t in titles)
     assert any("Cost vs quality" in t for t in titles) and any("memory sweep" in t for t in titles)
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_a_ledger_from_before_reports_migrates_its_rows(tmp_path):
+    """Migration 4 on a ledger written by the previous version: each spend row's billed seconds derived from its
+    amount and price, the GPU from the run's request.json."""
+    import sqlite3
+
+    from runner.money.ledger import MIGRATIONS
+
+    run_dir = tmp_path / "runs" / "old"
+    run_dir.mkdir(parents=True)
+    (run_dir / "request.json").write_text(json.dumps({"offer": {"gpu": "A10G", "gpu_count": 4}}))
+    db = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    for n, step in enumerate(MIGRATIONS[:3], start=1):
+        step(db)
+        db.execute(f"PRAGMA user_version = {n}")
+    db.execute("INSERT INTO pools VALUES ('p', '100', ?)", (T0,))
+    db.execute("INSERT INTO runs (id, pool, plan, plan_path, provider, offer, quantization, spot, cap_cny, state, dir, "
+               "created_at) VALUES ('old', 'p', 'smoke', 'x', 'aws', 'aws:x', 'nf4', 0, '100', 'done', ?, ?)",
+               (str(run_dir), T0))
+    db.execute("INSERT INTO instances (run_id, pool, provider, instance_type, region, spot, price_cny_h, "
+               "price_original_h, currency, increment_s, minimum_s, state, started_at, lease_until, ended_at) VALUES "
+               "('old', 'p', 'aws', 'g5.12xlarge', 'us-east-1', 0, '40.32', '5.6', 'USD', 1, 60, 'terminated', ?, ?, ?)",
+               (T0, T0 + 300, T0 + 300))
+    for a, b, amount in ((T0, T0 + 100, Decimal("40.32") * 100 / 3600), (T0 + 100, T0 + 300, Decimal("40.32") * 200 / 3600)):
+        db.execute("INSERT INTO spend (instance_id, start_at, end_at, amount_cny) VALUES (1, ?, ?, ?)", (a, b, str(amount)))
+    db.close()
+    led = Ledger(tmp_path / "ledger.db")
+    assert [r[0] for r in led.db.execute("SELECT billed_s FROM spend ORDER BY id")] == [100, 200]
+    doc = report.statement(led, now=T0 + 1000)
+    [c] = doc["charges"]
+    assert (c["gpu"], c["gpu_count"], c["billed"], c["amount_cny"]) == ("A10G", 4, "0:05:00", "3.36")
+    led.close()
+
+
+def test_html_without_matplotlib_says_what_to_install(cli, budget_home, tmp_path, monkeypatch):
+    import sys
+
+    demo_home(budget_home)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the `report` extra were not installed
+    code, out, err = cli("report", "--format", "html", "--out", tmp_path / "r.html")
+    assert code == 2 and "gpubudget[report]" in err and err.count("\n") == 2 and not (tmp_path / "r.html").exists()
+    assert not list(tmp_path.glob(".r.html*"))
