@@ -92,7 +92,8 @@ def _m4(db: sqlite3.Connection) -> None:
     CREATE INDEX spend_last ON spend(instance_id, end_at);
     CREATE INDEX spend_day ON spend(instance_id, CAST(start_at / 86400 AS INTEGER), CAST(end_at / 86400 AS INTEGER),
                                     start_at, end_at, billed_s);
-    CREATE INDEX runs_plan ON runs(plan, created_at)
+    CREATE INDEX runs_plan ON runs(plan, created_at);
+    CREATE INDEX instances_run ON instances(run_id)
     """)
     for iid, run_dir in db.execute("SELECT i.id, r.dir FROM instances i JOIN runs r ON r.id = i.run_id").fetchall():
         if not Path(run_dir).is_absolute():

@@ -53,7 +53,7 @@ def yuan(c: int) -> str:
 def apportion(amounts: list[Fraction]) -> list[int]:
     """Cents per line that add up to the total's cents (half-even): each line its floor, the cents left
     to the largest remainders (ties: the earlier line)."""
-    total = cents(sum(amounts, Fraction(0)))
+    total = cents(fsum(amounts))
     floors = [math.floor(a * 100) for a in amounts]
     left = total - sum(floors)
     order = sorted(range(len(amounts)), key=lambda i: (-(amounts[i] * 100 - floors[i]), i))
@@ -67,6 +67,33 @@ def apportion(amounts: list[Fraction]) -> list[int]:
 def exact(x: Fraction) -> str:
     """Every digit a script may want (to 1e-12 CNY), as a decimal string."""
     return str((Decimal(x.numerator) / Decimal(x.denominator)).quantize(Decimal("1e-12")))
+
+
+class Total:
+    """An exact running sum of Fractions: numerators added per denominator (ints), one Fraction at the end.
+    Amounts share a handful of denominators (prices x 3600), so a million additions stay integer additions."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: dict[int, int] = {}
+
+    def add(self, x: Fraction | int) -> None:
+        if isinstance(x, int):
+            self.parts[1] = self.parts.get(1, 0) + x
+        else:
+            self.parts[x.denominator] = self.parts.get(x.denominator, 0) + x.numerator
+
+    @property
+    def value(self) -> Fraction:
+        return sum((Fraction(n, d) for d, n in self.parts.items()), Fraction(0))
+
+
+def fsum(xs) -> Fraction:
+    t = Total()
+    for x in xs:
+        t.add(x)
+    return t.value
 
 
 # ---------------------------------------------------------------------------------------------- period
@@ -139,7 +166,10 @@ def billed(led: Ledger, period: Period, daily: bool | int, pools: list[str] | No
         marks = ", ".join(f":p{i}" for i in range(len(pools)))
         where_pool = f" AND s.instance_id IN (SELECT id FROM instances WHERE pool IN ({marks}))"
         args |= {f"p{i}": p for i, p in enumerate(pools)}
-    inside = f"s.start_at >= :lo AND s.end_at <= :hi AND s.start_at < :hi{same}"
+    if period == Period():  # no edges to test: whole cells only (a fifth less work on a million rows)
+        inside = same.removeprefix(" AND ") or "1"
+    else:
+        inside = f"s.start_at >= :lo AND s.end_at <= :hi AND s.start_at < :hi{same}"
     out: dict[tuple[int, int], Fraction] = {}
     group = "s.instance_id" + (f", {cell}" if width else "")  # (a literal 0 in GROUP BY would name a column)
     for iid, d, secs in led.db.execute(
@@ -243,7 +273,7 @@ def key_of(by: str, inst: Inst) -> str:
 def grouped(cells: dict[tuple[int, int], Fraction], insts: dict[int, Inst], by: str, led: Ledger
             ) -> dict[str, list[Fraction]]:
     """group -> [amount CNY, billed seconds], exact."""
-    out: dict[str, list[Fraction]] = defaultdict(lambda: [Fraction(0), Fraction(0)])
+    out: dict[str, list[Total]] = defaultdict(lambda: [Total(), Total()])
     weights = task_weights(led, {i.row["run_id"] for i in insts.values()}) if by == "task" else {}
     names: dict[int, str] = {}
     for (d, iid), secs in cells.items():
@@ -258,9 +288,9 @@ def grouped(cells: dict[tuple[int, int], Fraction], insts: dict[int, Inst], by: 
             keys = [(key_of(by, inst), 1)]
         for k, share in keys:
             g = out[k]
-            g[0] += amount * share if share != 1 else amount
-            g[1] += secs * share if share != 1 else secs
-    return dict(out)
+            g[0].add(amount * share if share != 1 else amount)
+            g[1].add(secs * share if share != 1 else secs)
+    return {k: [a.value, s.value] for k, (a, s) in out.items()}
 
 
 # ---------------------------------------------------------------------------------------------- statement
@@ -305,11 +335,10 @@ def statement(led: Ledger, *, pool: str | None = None, period: Period = Period()
     cells = billed(led, period, daily, pools)
     per_inst = _per_instance(cells)
     amounts = {i: insts[i].amount(s) for i, s in per_inst.items()}
-    total = sum(amounts.values(), Fraction(0))
+    total = fsum(amounts.values())
     before = Fraction(0)
     if period.since is not None:
-        before = sum((insts[i].amount(s) for (_, i), s in billed(led, Period(None, period.since), False, pools).items()),
-                     Fraction(0))
+        before = fsum(insts[i].amount(s) for (_, i), s in billed(led, Period(None, period.since), False, pools).items())
     cap = cap_at(led, names, period.until)
     opening = Fraction(cap) - before
     remaining = opening - total
@@ -341,11 +370,11 @@ def statement(led: Ledger, *, pool: str | None = None, period: Period = Period()
                             f"SELECT * FROM pool_events WHERE at>=? AND at<? AND pool IN ({', '.join('?' * len(names))}) "
                             "ORDER BY at, id", (period.lo, period.hi, *names))],
     }
-    per_pool: dict[str, Fraction] = defaultdict(Fraction)
+    per_pool: dict[str, Total] = defaultdict(Total)
     for i, a in amounts.items():
-        per_pool[insts[i].row["pool"]] += a
-    doc["subtotals"] = [{"pool": p, "amount_cny": yuan(c)}
-                        for p, c in zip(names, apportion([per_pool.get(p, Fraction(0)) for p in names]))]
+        per_pool[insts[i].row["pool"]].add(a)
+    doc["subtotals"] = [{"pool": p, "amount_cny": yuan(c)} for p, c in
+                        zip(names, apportion([per_pool[p].value if p in per_pool else Fraction(0) for p in names]))]
     if by is not None:
         groups = grouped(cells, insts, by, led)
         keys = sorted(groups)
@@ -420,11 +449,12 @@ def charges(led: Ledger, insts: dict[int, Inst], per_inst: dict[int, Fraction], 
 def variance(led: Ledger, insts: dict[int, Inst], run_ids: set[str], whole: dict[int, Fraction]) -> dict:
     """Each run's whole cost (not cut by the period; `whole`: instance -> CNY) against the plan's estimate
     when it was launched."""
-    runs: dict[str, Fraction] = defaultdict(Fraction)
+    runs: dict[str, Fraction] = {}
     for iid, amount in whole.items():
-        if insts[iid].row["run_id"] in run_ids:
-            runs[insts[iid].row["run_id"]] += amount
-    lines, est_sum, act_sum = [], Decimal(0), Fraction(0)
+        rid = insts[iid].row["run_id"]
+        if rid in run_ids:
+            runs[rid] = runs[rid] + amount if rid in runs else amount
+    lines, est_sum, act_sum = [], Decimal(0), Total()
     rows = {r["id"]: r for r in led.db.execute("SELECT id, state, estimate_cny FROM runs")}
     for run_id in sorted(run_ids):
         r = rows[run_id]
@@ -439,9 +469,10 @@ def variance(led: Ledger, insts: dict[int, Inst], run_ids: set[str], whole: dict
             line.update(estimate_cny=yuan(e_c), variance_cny=yuan(a_c - e_c),
                         variance_pct=f"{(a_c - e_c) * 100 / e_c:+.1f}" if e_c else None)
             if r["state"] in ("done", "stopped", "failed"):
-                est_sum, act_sum = est_sum + est, act_sum + actual
+                est_sum += est
+                act_sum.add(actual)
         lines.append(line)
-    e_c, a_c = cents(Fraction(est_sum)), cents(act_sum)
+    e_c, a_c = cents(Fraction(est_sum)), cents(act_sum.value)
     return {"runs": lines, "finished_estimate_cny": yuan(e_c), "finished_actual_cny": yuan(a_c),
             "finished_variance_cny": yuan(a_c - e_c),
             "finished_variance_pct": f"{(a_c - e_c) * 100 / e_c:+.1f}" if e_c else None}
