@@ -399,12 +399,15 @@ def report_cmd(
                                              help="Cost of quality across the runs of this plan (its name).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or html.")] = "table",
     out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
     """Spend statements from the ledger (per instance, or grouped --by) and the cost of quality (--run, --plan)."""
     import time
 
     from . import render
     from .money import documents, quality, report
+
+    fmt = "json" if as_json else fmt
 
     if fmt not in documents.FORMATS:
         raise InputError(f"--format {fmt!r} is not one of {', '.join(documents.FORMATS)}", "e.g. --format csv")

@@ -46,8 +46,8 @@ def write(out: Path, data: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else ".")
     except OSError as e:
-        raise InputError(f"--out {out} cannot be written ({e.strerror or e})", "pass --out in a folder you can write to") \
-            from None
+        raise InputError(f"--out {out} cannot be written ({e.strerror or e})",
+                         "pass --out in a folder you can write to") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -161,7 +161,8 @@ def charts(doc: dict, quality: dict | None, burn: list[tuple[float, float]], cap
             for r in pts:
                 ax.annotate(r["quant"], (float(r["cny_per_sample"]), float(r["value"])), textcoords="offset points",
                             xytext=(4, 4))
-        ax.set(title="Cost vs quality per quantization", xlabel="CNY per answered sample", ylabel="metric (0-1 or CIDEr-D)")
+        ax.set(title="Cost vs quality per quantization", xlabel="CNY per answered sample",
+               ylabel="metric (0-1 or CIDEr-D)")
         ax.legend(loc="best", fontsize="small")
         out.append(("Cost vs quality per quantization", _png(fig)))
         plt.close(fig)

@@ -105,7 +105,8 @@ def _m4(db: sqlite3.Connection) -> None:
         except (OSError, ValueError, KeyError, TypeError):
             pass
     prices = {r[0]: Decimal(r[1]) for r in db.execute("SELECT id, price_cny_h FROM instances")}
-    for sid, iid, start, end, amount in db.execute("SELECT id, instance_id, start_at, end_at, amount_cny FROM spend").fetchall():
+    rows = db.execute("SELECT id, instance_id, start_at, end_at, amount_cny FROM spend").fetchall()
+    for sid, iid, start, end, amount in rows:
         price = prices.get(iid, Decimal(0))
         billed = round(Decimal(amount) * 3600 / price) if price > 0 else round(end - start)
         db.execute("UPDATE spend SET billed_s=? WHERE id=?", (int(billed), sid))

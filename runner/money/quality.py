@@ -23,8 +23,8 @@ from .ledger import Ledger
 from .report import SCHEMA, apportion, cents, exact, yuan
 
 # each kind's headline metric: (summary key, how people write it); kinds without one report none
-METRIC = {"caption": ("cider_d", "CIDEr-D"), "document": ("anls", "ANLS"), "poetry": ("keyword_recall", "keyword recall"),
-          "multiturn_vqa": ("consistency", "consistency"), "fp16_verify": ("agreement", "agreement with 16-bit")}
+METRIC = {"caption": ("cider_d", "CIDEr-D"), "document": ("anls", "ANLS"),
+          "poetry": ("keyword_recall", "keyword recall"), "multiturn_vqa": ("consistency", "consistency"), "fp16_verify": ("agreement", "agreement with 16-bit")}
 SIXTEEN = ("bf16", "fp16", "fp32")
 
 
@@ -43,7 +43,8 @@ def select(led: Ledger, runs: list[str] | None, plan: str | None) -> list[dict]:
     rows = [dict(r) for r in led.db.execute("SELECT * FROM runs WHERE plan=? ORDER BY created_at", (plan,))]
     if not rows:
         plans = ", ".join(r[0] for r in led.db.execute("SELECT DISTINCT plan FROM runs ORDER BY plan")) or "none yet"
-        raise InputError(f"no runs of plan {plan!r} (plans with runs: {plans})", "see `budget status`, or pass --run RUN")
+        raise InputError(f"no runs of plan {plan!r} (plans with runs: {plans})",
+                         "see `budget status`, or pass --run RUN")
     return rows
 
 
@@ -77,8 +78,8 @@ def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | N
                     sweeps.append({"run": run["id"], "quant": q, "task": name, **x})
             if name not in order:
                 order.append(name)
-            e = acc.setdefault((name, q), {"kind": s.get("kind", ""), "runs": 0, "ok": 0, "done": 0, "cost": Fraction(0),
-                                           "decode_tokens": 0, "busy": Fraction(0), "metric_sum": Fraction(0),
+            e = acc.setdefault((name, q), {"kind": s.get("kind", ""), "runs": 0, "ok": 0, "done": 0,
+                                           "cost": Fraction(0), "decode_tokens": 0, "busy": Fraction(0), "metric_sum": Fraction(0),
                                            "metric_n": 0, "peak": 0})
             e["runs"] += 1
             e["ok"] += s.get("ok") or 0
@@ -102,7 +103,8 @@ def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | N
             "task": name, "kind": e["kind"], "quant": q, "runs": e["runs"], "samples": e["ok"], "done": e["done"],
             "metric": metric[1], "metric_key": metric[0], "value": None if value is None else f"{float(value):.4f}",
             "cost_cny": yuan(shown[(name, q)]), "exact_cost_cny": exact(e["cost"]),
-            "cny_per_sample": _per(e["cost"], e["ok"], 1), "cny_per_1k_tokens": _per(e["cost"], e["decode_tokens"], 1000),
+            "cny_per_sample": _per(e["cost"], e["ok"], 1),
+            "cny_per_1k_tokens": _per(e["cost"], e["decode_tokens"], 1000),
             "decode_tokens": e["decode_tokens"],
             "tokens_per_s": f"{e['decode_tokens'] / float(e['busy']):.1f}" if e["busy"] else None,
             "samples_per_s": f"{e['ok'] / float(e['busy']):.3f}" if e["busy"] else None,
@@ -126,7 +128,8 @@ def _per(cost: Fraction, n: int, scale: int) -> str | None:
     """CNY per unit to 4 decimals (a sample often costs less than a cent)."""
     if not n:
         return None
-    return str((Decimal((cost * scale / n).numerator) / Decimal((cost * scale / n).denominator)).quantize(Decimal("0.0001")))
+    x = cost * scale / n
+    return str((Decimal(x.numerator) / Decimal(x.denominator)).quantize(Decimal("0.0001")))
 
 
 def verdicts(rows: list[dict]) -> list[str]:

@@ -120,12 +120,12 @@ def parse_when(text: str | None, flag: str, end: bool = False) -> float | None:
         return None
     raw = text.strip()
     try:
-        if len(raw) == 10:
-            d = dt.datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=dt.UTC)
-            return (d + dt.timedelta(days=1 if end else 0)).timestamp()
-        d = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        return (d if d.tzinfo else d.replace(tzinfo=dt.UTC)).timestamp()
-    except ValueError:
+        d = dt.datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+        d = d if d.tzinfo else d.replace(tzinfo=dt.UTC)
+        if "T" not in raw.upper() and " " not in raw and end:  # a date alone: --until includes that day
+            d += dt.timedelta(days=1)
+        return d.timestamp()
+    except (ValueError, OverflowError):
         raise InputError(f"{flag} {text!r} is not a date", f"e.g. {flag} 2026-11-01 or {flag} 2026-11-01T08:00Z") \
             from None
 
@@ -203,7 +203,8 @@ def cut(start: float, end: float, secs: int, period: Period, width: int) -> list
     return pieces
 
 
-def burn_down(led: Ledger, period: Period, pools: list[str] | None, now: float, steps: int = 400) -> list[tuple[float, Fraction]]:
+def burn_down(led: Ledger, period: Period, pools: list[str] | None, now: float,
+              steps: int = 400) -> list[tuple[float, Fraction]]:
     """Cumulative spend over the period at about `steps` points: (epoch seconds, CNY so far), exact."""
     insts = instances(led, pools)
     lo = period.since if period.since is not None else min((i.row["started_at"] for i in insts.values()), default=now)
@@ -367,8 +368,8 @@ def statement(led: Ledger, *, pool: str | None = None, period: Period = Period()
         "cap_changes": [{"pool": e["pool"], "at": iso(e["at"]), "old_cap_cny": e["old_cap_cny"],
                          "new_cap_cny": e["new_cap_cny"], "detail": e["detail"]}
                         for e in led.db.execute(
-                            f"SELECT * FROM pool_events WHERE at>=? AND at<? AND pool IN ({', '.join('?' * len(names))}) "
-                            "ORDER BY at, id", (period.lo, period.hi, *names))],
+                            "SELECT * FROM pool_events WHERE at>=? AND at<? AND pool IN "
+                            f"({', '.join('?' * len(names))}) ORDER BY at, id", (period.lo, period.hi, *names))],
     }
     per_pool: dict[str, Total] = defaultdict(Total)
     for i, a in amounts.items():
@@ -403,8 +404,8 @@ def charges(led: Ledger, insts: dict[int, Inst], per_inst: dict[int, Fraction], 
             pools: list[str] | None) -> list[dict]:
     """One line per instance billed in the period, plus zero lines: launches that never billed and runs
     that ended before any launch (each with its reason)."""
-    shown = sorted(set(per_inst) | {i for i, x in insts.items() if i not in per_inst and
-                                    period.lo <= x.row["started_at"] < period.hi}, key=lambda i: insts[i].row["started_at"])
+    unbilled = {i for i, x in insts.items() if i not in per_inst and period.lo <= x.row["started_at"] < period.hi}
+    shown = sorted(set(per_inst) | unbilled, key=lambda i: insts[i].row["started_at"])
     amounts = [insts[i].amount(per_inst.get(i, Fraction(0))) for i in shown]
     lines = []
     for iid, amount, c in zip(shown, amounts, apportion(amounts)):
@@ -427,10 +428,12 @@ def charges(led: Ledger, insts: dict[int, Inst], per_inst: dict[int, Fraction], 
             "fx_cny_per_unit": format((Decimal(r["price_cny_h"]) / original).quantize(Decimal("1e-6")).normalize(), "f")
             if original else None,
             "increment_s": r["increment_s"], "minimum_s": r["minimum_s"],
-            "billed_s": f"{float(secs):.0f}", "billed": duration(secs), "amount_cny": yuan(c), "exact_cny": exact(amount),
+            "billed_s": f"{float(secs):.0f}", "billed": duration(secs), "amount_cny": yuan(c),
+            "exact_cny": exact(amount),
             "status": status, "reason": reason})
     args: list = [period.lo, period.hi]
-    q = "SELECT * FROM runs r WHERE created_at>=? AND created_at<? AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.run_id=r.id)"
+    q = ("SELECT * FROM runs r WHERE created_at>=? AND created_at<? "
+         "AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.run_id=r.id)")
     if pools is not None:
         q += f" AND pool IN ({', '.join('?' * len(pools))})"
         args += pools
