@@ -44,6 +44,7 @@ class AwsConfig(_Model):
     python: str | None = None  # a ready Python on the instance for bootstrap.sh (default: search the AMI's)
     cancel_boot_poweroff: str = "sudo -n shutdown -c"  # once the watchdog runs, the boot-time fallback goes
     terminate_timeout_s: float = Field(default=600, gt=0)
+    results_bucket: str | None = None  # S3 bucket whose gpubudget/RUN/ prefixes hold uploaded results (sweep lists them)
 
 
 class SshConfig(_Model):

@@ -12,6 +12,7 @@ only transient ones are retried (tenacity)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 import urllib.request
@@ -42,7 +43,7 @@ from ..errors import (
     QuotaError,
     TransientError,
 )
-from .base import MANAGED_TAG, RUN_TAG, Endpoint, HostKey, InstanceInfo, LaunchSpec, address_override
+from .base import MANAGED_TAG, RUN_TAG, Endpoint, HostKey, InstanceInfo, LaunchSpec, Leftover, address_override
 
 CAPACITY = {"InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity",
             "SpotMaxPriceTooLow", "InsufficientFreeAddressesInSubnet", "Unsupported"}
@@ -161,9 +162,8 @@ class AwsProvider:
             self.region = session.region_name
             if session.region_name is None:  # none configured: the offer's region decides (STS is global)
                 session = boto3.Session(profile_name=cfg.profile, region_name="us-east-1")
-            self.ec2 = session.client("ec2")
-            self.ssm = session.client("ssm")
-            self.sts = session.client("sts")
+            self.session = session
+            _ = self.ec2  # the one client every use needs: a bad region fails here, not mid-run
         except ProfileNotFound as e:
             name = (getattr(e, "kwargs", None) or {}).get("profile") or cfg.profile
             where = "aws.profile in $BUDGET_HOME/config.yaml" if cfg.profile else "the AWS_PROFILE variable"
@@ -172,6 +172,23 @@ class AwsProvider:
         except NoRegionError:
             raise ConfigError("no AWS region configured", "set aws.region in $BUDGET_HOME/config.yaml or "
                               "AWS_DEFAULT_REGION") from None
+
+    # clients are made when first used (a third of a second each): sweep and launch need different ones
+    @functools.cached_property
+    def ec2(self):
+        return self.session.client("ec2")
+
+    @functools.cached_property
+    def ssm(self):
+        return self.session.client("ssm")
+
+    @functools.cached_property
+    def sts(self):
+        return self.session.client("sts")
+
+    @functools.cached_property
+    def s3(self):
+        return self.session.client("s3")
 
     @_retry
     def _call(self, client, op: str, what: str, **kw):
@@ -395,3 +412,78 @@ class AwsProvider:
                          Filters=[{"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]},
                                   {"Name": "instance-state-name", "Values": LIVE_STATES}])
         return [self._info(i) for r in res["Reservations"] for i in r["Instances"]]
+
+    # ------------------------------------------------------------------ leftovers (`budget sweep`)
+
+    def leftovers(self) -> list[Leftover]:
+        """Every resource in this region tagged gpubudget:managed - instances not terminated, volumes, security
+        groups, key pairs - and the run prefixes under aws.results_bucket, each with what uses it."""
+        managed = [{"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]}]
+        region = self.region or ""
+        found: list[Leftover] = []
+        res = self._call(self.ec2, "describe_instances", "listing gpubudget instances", Filters=[
+            *managed, {"Name": "instance-state-name", "Values": LIVE_STATES}])
+        live = [i for r in res["Reservations"] for i in r["Instances"]]
+        for i in live:
+            found.append(Leftover("instance", i["InstanceId"], _tag(i), region, f"{i['InstanceType']} {i['State']['Name']}",
+                                  instance_type=i["InstanceType"]))
+        for v in self._call(self.ec2, "describe_volumes", "listing gpubudget volumes", Filters=managed)["Volumes"]:
+            users = tuple(a["InstanceId"] for a in v.get("Attachments", []))
+            found.append(Leftover("volume", v["VolumeId"], _tag(v), region, f"{v['Size']} GiB {v.get('VolumeType', '')}",
+                                  size_gib=float(v["Size"]), used_by=users))
+        for g in self._call(self.ec2, "describe_security_groups", "listing gpubudget security groups",
+                            Filters=managed)["SecurityGroups"]:
+            users = tuple(i["InstanceId"] for i in live if any(s["GroupId"] == g["GroupId"] for s in i.get("SecurityGroups", [])))
+            found.append(Leftover("security-group", g["GroupId"], _tag(g), region, g.get("GroupName", ""), used_by=users))
+        for k in self._call(self.ec2, "describe_key_pairs", "listing gpubudget key pairs", Filters=managed)["KeyPairs"]:
+            users = tuple(i["InstanceId"] for i in live if i.get("KeyName") == k["KeyName"])
+            found.append(Leftover("key-pair", k["KeyName"], _tag(k), region, k["KeyName"], used_by=users))
+        if self.cfg.results_bucket:
+            found += self._prefixes(region)
+        return found
+
+    def _prefixes(self, region: str) -> list[Leftover]:
+        bucket, sizes = self.cfg.results_bucket, {}
+        token: dict = {}
+        while True:  # every object under gpubudget/, summed per run prefix
+            page = self._call(self.s3, "list_objects_v2", f"listing s3://{bucket}/gpubudget/", Bucket=bucket,
+                              Prefix="gpubudget/", **token)
+            for o in page.get("Contents", []):
+                run_id = o["Key"].split("/")[1] if o["Key"].count("/") >= 2 else ""
+                if run_id:
+                    sizes[run_id] = sizes.get(run_id, 0) + o["Size"]
+            if not page.get("IsTruncated"):
+                break
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+        return [Leftover("s3-prefix", f"s3://{bucket}/gpubudget/{r}/", r, region, f"{n:,} bytes", size_gib=n / 2**30)
+                for r, n in sorted(sizes.items())]
+
+    def remove(self, item: Leftover) -> None:
+        """Delete one leftover (an instance: terminate and wait until it is gone)."""
+        try:
+            self._remove(item)
+        except NotFoundError:  # gone already (a volume deleted with its instance, a second sweep)
+            pass
+
+    def _remove(self, item: Leftover) -> None:
+        if item.kind == "instance":
+            self.terminate(item.id)
+        elif item.kind == "volume":
+            self._call(self.ec2, "delete_volume", f"deleting {item.id}", VolumeId=item.id)
+        elif item.kind == "security-group":
+            self._call(self.ec2, "delete_security_group", f"deleting {item.id}", GroupId=item.id)
+        elif item.kind == "key-pair":
+            self._call(self.ec2, "delete_key_pair", f"deleting key pair {item.id}", KeyName=item.id)
+        elif item.kind == "s3-prefix":
+            bucket, prefix = self.cfg.results_bucket, f"gpubudget/{item.run_id}/"
+            while True:
+                page = self._call(self.s3, "list_objects_v2", f"listing {item.id}", Bucket=bucket, Prefix=prefix)
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if not keys:
+                    break
+                self._call(self.s3, "delete_objects", f"deleting {item.id}", Bucket=bucket,
+                           Delete={"Objects": keys[:1000], "Quiet": True})
+
+
+def _tag(resource: dict) -> str | None:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}.get(RUN_TAG)

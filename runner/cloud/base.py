@@ -106,6 +106,20 @@ class Provider(Protocol):
         """Every live instance this tool launched (tags / run directories), for `budget status`."""
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """A cloud resource tagged as ours (gpubudget:managed) that `budget sweep` may list and delete."""
+
+    kind: str  # instance | volume | security-group | key-pair | s3-prefix
+    id: str
+    run_id: str | None  # its gpubudget:run tag
+    region: str = ""
+    detail: str = ""  # instance type, size, name
+    instance_type: str = ""
+    size_gib: float = 0.0  # what a volume or an S3 prefix is billed by
+    used_by: tuple[str, ...] = ()  # instances (not terminated) that use it: attached, member, key
+
+
 def address_override() -> tuple[str, int] | None:
     """BUDGET_SSH_ADDRESS=host:port: reach instances through this address instead of their own
     (a bastion's forwarded port, a tunnel, the local test cloud)."""

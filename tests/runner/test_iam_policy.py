@@ -15,7 +15,9 @@ from planner.catalog import load_catalog
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY = json.loads((REPO / "infra" / "iam-policy.json").read_text())
-SERVICE = {"ec2": "ec2", "ssm": "ssm", "sts": "sts"}
+SERVICE = {"ec2": "ec2", "ssm": "ssm", "sts": "sts", "s3": "s3"}
+# S3's IAM actions are not its API names: ListObjectsV2 is allowed by s3:ListBucket, DeleteObjects by s3:DeleteObject
+IAM_NAME = {"s3:ListObjectsV2": "s3:ListBucket", "s3:DeleteObjects": "s3:DeleteObject"}
 
 
 def _calls() -> set[str]:
@@ -27,7 +29,8 @@ def _calls() -> set[str]:
                 and len(node.args) >= 2 and isinstance(node.args[0], ast.Attribute)
                 and isinstance(node.args[1], ast.Constant)):
             client, op = node.args[0].attr, node.args[1].value
-            found.add(f"{SERVICE[client]}:{''.join(w.capitalize() for w in op.split('_'))}")
+            action = f"{SERVICE[client]}:{''.join(w.capitalize() for w in op.split('_'))}"
+            found.add(IAM_NAME.get(action, action))
     return found
 
 
@@ -53,7 +56,8 @@ def test_each_grant_is_the_least_it_can_be():
     assert tags["Condition"]["StringEquals"]["ec2:CreateAction"]  # never on existing resources
     for st in POLICY["Statement"]:
         acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
-        if {"ec2:TerminateInstances", "ec2:DeleteSecurityGroup", "ec2:AuthorizeSecurityGroupIngress"} & set(acts):
+        if {"ec2:TerminateInstances", "ec2:DeleteSecurityGroup", "ec2:AuthorizeSecurityGroupIngress",
+                "ec2:DeleteVolume", "ec2:DeleteKeyPair"} & set(acts):
             assert st["Condition"]["StringEquals"]["aws:ResourceTag/gpubudget:managed"] == "true"
     launch = by_sid["LaunchOnlyCatalogGpuTypesTaggedAsOurs"]["Condition"]["StringLike"]["ec2:InstanceType"]
     types = {o.instance_type for o in load_catalog().offers if o.provider == "aws"}
