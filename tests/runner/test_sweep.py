@@ -68,7 +68,7 @@ def test_sweep_finds_prices_and_deletes_what_no_live_run_owns(cli, budget_home, 
     doc = json.loads(out)
     leaks = {(r["kind"], r["id"]) for r in doc["resources"] if r["leak"]}
     kept = {(r["kind"], r["id"]) for r in doc["resources"] if not r["leak"]}
-    gone_group = f"gpubudget-gone-run"
+    gone_group = "gpubudget-gone-run"
     groups = {g["GroupName"]: g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
     assert {("instance", gone), ("volume", loose), ("security-group", groups[gone_group]),
             ("s3-prefix", "s3://results/gpubudget/gone-run/")} <= leaks
