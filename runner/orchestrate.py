@@ -31,7 +31,7 @@ from planner.models import Offer
 from . import plandata
 from .cloud.base import INSTANCE_FILES, START_WATCHDOG, LaunchSpec
 from .cloud.local import proc_start
-from .cloud.remote import fetch, push_tree, wait_for
+from .cloud.remote import FETCH_APPEND, fetch, push_tree, wait_for
 from .config import Config
 from .errors import BootstrapError, RemoteError, RunError, WorkerError
 from .evaluate import last_line, read_json
@@ -44,6 +44,7 @@ from .worker.tiny import NAME as TINY
 
 WORKER_DIR = Path(__file__).parent / "worker"
 FINAL = ("done", "stopped", "failed")
+MAX_RELAUNCHES = 3  # new instances a spot run gets after reclaims before it gives up
 
 
 class Stop(Exception):
@@ -162,6 +163,7 @@ class Orchestrator:
         self.lease_written = 0
         self.status: dict = {}
         self.decision = None
+        self.relaunches = 0  # new instances after the cloud took one away (a spot reclaim)
         self.log = open(run_dir / "controller.log", "a", encoding="utf-8")
 
     # ------------------------------------------------------------------ bookkeeping
@@ -317,7 +319,7 @@ class Orchestrator:
         lease = self.led.instance(self.iid).lease_until
         return LaunchSpec(self.req.run_id, self.req.offer_obj, self.req.spot, public,
                           boot_minutes=lease_minutes(lease, self.clock()), lease_until=lease,
-                          grace_s=max(1, int(self.policy.teardown_s / 2)))
+                          grace_s=max(1, int(self.policy.teardown_s / 2)), attempt=self.relaunches)
 
     def _open_session(self, wait_s: float) -> None:
         """A session on the instance: SSH once it has an address and answers (the guard ticks meanwhile)."""
@@ -462,10 +464,66 @@ class Orchestrator:
                 self.tick()
                 kill_point("running", lambda: self.samples()[0] > 0)  # with finished samples on both sides
             except RemoteError as e:  # the worker runs on, detached: reconnect and carry on
+                gone = self._reclaimed()
+                if gone:
+                    self._relaunch(gone)
+                    watch = Liveness(stale_after(float(self.req.job.get("heartbeat_s", 10.0)), self.policy.tick_s))
+                    continue
                 self.event("ssh", f"lost ({e.message}); reconnecting")
                 self._reconnect()
                 continue
             time.sleep(self.policy.tick_s * 0.8)
+
+    def _reclaimed(self) -> str:
+        """Why a spot run's instance is gone from under it ("" when it is not: reconnect instead)."""
+        if not self.req.spot or self.pid is None:
+            return ""
+        try:
+            info = self.provider.status(self.pid)
+        except GpuBudgetError:
+            return ""
+        return f"{self.pid} is {info.state}" if info.state in ("shutting-down", "terminated", "stopping", "stopped") \
+            else ""
+
+    def _relaunch(self, why: str) -> None:
+        """The cloud took the instance (a spot reclaim): settle it, then - while the budget admits one and
+        relaunches are left - a new instance of the same offer, with the result lines fetched so far pushed
+        back so the worker goes on after them (no sample twice, none lost)."""
+        held, _ = held_samples(self.dir)
+        self.event("interrupted", f"{why}; {held} finished samples were fetched before")
+        self.led.settle(self.iid, self.clock(), "reclaimed")
+        try:
+            self.session.close()
+        except Exception:  # noqa: BLE001 - its instance is gone
+            pass
+        self.session, self.pid, self.connected, self.started_worker, self.lease_written = None, None, False, False, 0
+        self.iid = None  # settled: nothing of it is left to terminate
+        self.relaunches += 1
+        if self.relaunches > MAX_RELAUNCHES:
+            raise RunError(f"the instance was taken away {self.relaunches} times; not launching another",
+                           f"the {held} finished samples are in {self.dir}/out; run again (on-demand: without --spot)")
+        try:
+            self._admit()
+        except BudgetTooSmall as e:
+            self.event("guard", f"no relaunch: {e.message}")
+            raise Stop("budget") from None
+        self._launch()
+        self._connect()
+        self._bootstrap()
+        self._push()
+        self._push_results()
+        self._start()
+
+    def _push_results(self) -> None:
+        """What was fetched from the lost instance, onto the new one: its result lines (the worker resumes after
+        them) and its logs (so fetching appends where it left off)."""
+        out = self.dir / "out"
+        names = [*FETCH_APPEND, *(f"results/{p.name}" for p in sorted((out / "results").glob("*.jsonl")))]
+        for name in names:
+            if (out / name).is_file():
+                self.session.put_file(out / name, f"out/{name}")
+        held, _ = held_samples(self.dir)
+        self.event("pushed", f"{held} finished samples back onto the new instance: the worker goes on after them")
 
     def _revive(self, watch: Liveness, verdict: str) -> None:
         """The worker died without an exit code, or hangs: restart it (it resumes from its results) while

@@ -181,6 +181,10 @@ class CloudInitAgent(threading.Thread):
         self._private: dict[str, str] = {}
         play_console()
         self.start_sshd = True   # tests flip this to play an instance whose sshd never comes up
+        # tests set this to play what a terminate really does to a machine: every process of the instance dies
+        # and its disk is gone (kept aside in .gone/ for the test to look at), so a relaunch starts empty
+        self.disks_die = False
+        self.gone: set[str] = set()
         self._halt = threading.Event()
         self.errors: list[str] = []
 
@@ -204,11 +208,17 @@ class CloudInitAgent(threading.Thread):
         return [i for r in res["Reservations"] for i in r["Instances"]]
 
     def _step(self) -> None:
-        for inst in self._instances():
+        # the dead first: a relaunched run's new instance must never boot onto the disk of the one it replaces
+        for inst in sorted(self._instances(), key=lambda i: i["State"]["Name"] in ("pending", "running")):
             iid, state = inst["InstanceId"], inst["State"]["Name"]
             if state in ("shutting-down", "terminated", "stopping", "stopped"):
                 if iid in self.sshd:
-                    self.sshd.pop(iid).stop()
+                    s = self.sshd.pop(iid)
+                    if self.disks_die:  # the machine is gone: its open connections die with it
+                        subprocess.run(["pkill", "-KILL", "-P", str(s.proc.pid)], check=False)
+                    s.stop()
+                if self.disks_die and state in ("shutting-down", "terminated") and iid not in self.gone:
+                    self._disk_gone(iid, inst)
                 continue
             self.seen.setdefault(iid, time.monotonic())
             if iid in self.sshd and self.sshd[iid].proc.poll() is not None:
@@ -246,6 +256,27 @@ class CloudInitAgent(threading.Thread):
         s = Sshd(self.dir / iid, self.port, self.impostor_key or private, doc.get("ssh_authorized_keys") or [])
         s.wait_ready()
         self.sshd[iid] = s
+
+    def _disk_gone(self, iid: str, inst: dict) -> None:
+        self.gone.add(iid)
+        run = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}.get("gpubudget:run")
+        if not run:
+            return
+        root = (self.remote_dir / "runs" / run).resolve()
+        for proc in Path("/proc").iterdir():  # the instance's processes: those working in its directory
+            try:
+                cwd = Path(os.readlink(proc / "cwd"))
+            except OSError:
+                continue
+            if proc.name.isdigit() and (cwd == root or root in cwd.parents):
+                try:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                except OSError:
+                    pass
+        if root.exists():
+            aside = self.remote_dir / ".gone" / iid
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(root), str(aside))
 
     def _power_off(self, iid: str) -> None:
         behaviour = self.ec2.describe_instance_attribute(

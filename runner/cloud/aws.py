@@ -318,7 +318,8 @@ class AwsProvider:
             "ImageId": ami["ImageId"], "InstanceType": spec.offer.instance_type, "MinCount": 1, "MaxCount": 1,
             "KeyName": self._key_pair(spec.ssh_public_key or public, spec.run_id),
             "SecurityGroupIds": [self._security_group(spec.run_id)], "UserData": user_data(spec),
-            "ClientToken": client_token(spec.run_id), "InstanceInitiatedShutdownBehavior": "terminate",
+            "ClientToken": client_token(spec.run_id if not spec.attempt else f"{spec.run_id}.{spec.attempt}"),
+            "InstanceInitiatedShutdownBehavior": "terminate",
             "TagSpecifications": [_tags(spec.run_id, "instance"), _tags(spec.run_id, "volume")]}
         if self.cfg.subnet_id:
             kw["SubnetId"] = self.cfg.subnet_id
@@ -379,7 +380,7 @@ class AwsProvider:
         """The instance's host key, pinned in the run directory the first time it is read from the
         instance's console (cloud-init prints it there at first boot; the console comes through the EC2
         API, authenticated, so no key is taken on trust from the network). None while not printed yet."""
-        pinned = run_dir / "host_key.pub"
+        pinned = run_dir / f"host_key-{provider_id}.pub"  # each instance its own (a relaunch has a new one)
         if pinned.exists():
             return pinned.read_text().strip()
         out = self._call(self.ec2, "get_console_output", f"reading {provider_id}'s console", InstanceId=provider_id,

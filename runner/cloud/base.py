@@ -56,6 +56,7 @@ class LaunchSpec:
     boot_minutes: int = 0              # power off after this long unless the watchdog took over (0: none)
     lease_until: float = 0.0           # the boot lease (epoch seconds) the ledger admitted
     grace_s: int = 20                  # the worker's flush time when a lease runs out
+    attempt: int = 0                   # relaunches of this run before this launch (a spot reclaim, ...)
 
 
 @dataclass(frozen=True)

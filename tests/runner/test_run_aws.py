@@ -37,7 +37,8 @@ def test_happy_path(aws_cloud, cli, budget_home, tiny_model):
     assert inst["InstanceType"] == run["offer"].split(":")[1]
     assert inst["ImageId"] == aws_cloud.image_id
     # the host key was the instance's own, read from its console - no private key ever in user-data
-    assert (Path(run["dir"]) / "host_key.pub").read_text().strip() == aws_cloud.agent.host_keys[inst["InstanceId"]]
+    assert (Path(run["dir"]) / f"host_key-{inst['InstanceId']}.pub").read_text().strip() == \
+        aws_cloud.agent.host_keys[inst["InstanceId"]]
     raw = aws_cloud.ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")
     assert "PRIVATE KEY" not in base64.b64decode(raw["UserData"]["Value"]).decode()
     behaviour = aws_cloud.ec2.describe_instance_attribute(InstanceId=inst["InstanceId"],
@@ -198,3 +199,46 @@ def test_a_dropped_ssh_connection_is_reconnected(aws_cloud, budget_home, tiny_mo
     assert any(k.startswith("ssh:lost") for k in kinds) and "ssh:reconnected" in kinds
     lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
     assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 150
+
+
+def test_a_spot_reclaim_relaunches_and_no_sample_is_lost_or_repeated(aws_cloud, budget_home, tiny_model, tmp_path):
+    """The cloud takes a spot instance mid-run (terminated in moto: its processes die, its disk is gone). The
+    controller settles it, launches a new one within the budget, pushes the lines it had fetched and the
+    worker goes on after them: the run completes with every sample exactly once, spend <= cap including
+    the reclaimed instance's billed time."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    aws_cloud.agent.disks_die = True
+    plan = caption_plan(tmp_path, "reclaimed", 60)
+    p = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(plan), "--provider", "aws", "--spot",
+                          "--yuan", "20", "--yes", "--model-path", str(tiny_model), "--quant", "fp16",
+                          "--batch-size", "1", "--remote-python", sys.executable], env=dict(os.environ),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 180
+    while time.monotonic() < end and p.poll() is None:
+        res = list((budget_home / "runs").glob("*/out/results/captions.jsonl"))
+        if res and len(res[0].read_text().splitlines()) >= 10:
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, p.communicate()[1]
+    [first] = [i["InstanceId"] for i in instances(aws_cloud.ec2) if i["State"]["Name"] == "running"]
+    aws_cloud.ec2.terminate_instances(InstanceIds=[first])  # the reclaim
+    _, err = p.communicate(timeout=400)
+    assert p.returncode == 0, err
+    run = the_run(budget_home)
+    assert run["state"] == "done" and run["samples_done"] == 60 and run["spot"] == 1
+    lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 60
+    gone = aws_cloud.remote_dir / ".gone" / first / "out" / "results" / "captions.jsonl"
+    assert len(gone.read_text().splitlines()) >= 10  # work really happened on the instance that was taken
+    rows = [dict(r) for r in db(budget_home).execute("SELECT * FROM instances ORDER BY id")]
+    assert [r["state"] for r in rows] == ["reclaimed", "terminated"] and rows[0]["provider_id"] == first
+    assert all(i["State"]["Name"] == "terminated" for i in instances(aws_cloud.ec2)) and len(instances(aws_cloud.ec2)) == 2
+    first_cost = sum(Decimal(r[0]) for r in db(budget_home).execute(
+        "SELECT amount_cny FROM spend WHERE instance_id=?", (rows[0]["id"],)))
+    assert Decimal(0) < first_cost < spent(budget_home) <= Decimal(20)
+    kinds = [r[0] for r in db(budget_home).execute("SELECT kind FROM events ORDER BY id")]
+    assert "interrupted" in kinds and kinds.count("launched") == 2
