@@ -44,6 +44,8 @@ class AwsConfig(_Model):
     python: str | None = None  # a ready Python on the instance for bootstrap.sh (default: search the AMI's)
     cancel_boot_poweroff: str = "sudo -n shutdown -c"  # once the watchdog runs, the boot-time fallback goes
     terminate_timeout_s: float = Field(default=600, gt=0)
+    # the instance-metadata service a spot instance's watchdog polls for the interruption notice
+    metadata_url: str = Field(default="http://169.254.169.254", pattern=r"^https?://[^\s'\"]+$")
     results_bucket: str | None = None  # S3 bucket whose gpubudget/RUN/ prefixes hold uploaded results (sweep lists them)
 
 

@@ -366,6 +366,9 @@ class Orchestrator:
         self.session.put_bytes((self.provider.poweroff + "\n").encode(), "poweroff.sh", 0o755)
         # the worker's flush time after a lease runs out; the other half of teardown_s is the power-off
         self.session.put_bytes(f"{max(1, int(self.policy.teardown_s / 2))}\n".encode(), "grace")
+        notice = getattr(self.provider, "notice_url", None)
+        if self.req.spot and notice:
+            self.session.put_bytes(f"{notice}\n".encode(), "notice_url")
         # the boot lease covered the wait for SSH; from now on the watchdog holds the instance to the
         # normal lease (shortening is safe in this order: the instance first, then the ledger)
         lease = min(self.led.instance(self.iid).lease_until, self.clock() + self.policy.lease_s)
@@ -458,6 +461,12 @@ class Orchestrator:
                     fetch(self.session, "out", out)
                     self.status = read_json(out / "status.json")
                     code = verdict.removeprefix("exit ").strip()
+                    notice = (self.session.read("interrupted") or b"").decode(errors="replace").strip()
+                    if notice and self.req.spot and code == str(EXIT_STOPPED):
+                        self._move_on(notice)  # the cloud warned: leave before it takes the instance
+                        watch = Liveness(stale_after(float(self.req.job.get("heartbeat_s", 10.0)),
+                                                     self.policy.tick_s))
+                        continue
                     return self._finished(int(code) if code.lstrip("-").isdigit() else 1)
                 if verdict != "ok":
                     self._revive(watch, verdict)
@@ -485,13 +494,23 @@ class Orchestrator:
         return f"{self.pid} is {info.state}" if info.state in ("shutting-down", "terminated", "stopping", "stopped") \
             else ""
 
-    def _relaunch(self, why: str) -> None:
+    def _move_on(self, notice: str) -> None:
+        """The cloud's interruption notice reached the watchdog, the worker flushed and stopped, its lines are
+        fetched: terminate the instance now (billing ends now, not at the reclaim) and go on elsewhere."""
+        held, _ = held_samples(self.dir)
+        self.event("interrupted", f"spot interruption notice on {self.pid} ({notice[:200]}); {held} finished "
+                   "samples fetched; moving to a new instance")
+        self._terminate()
+        self._relaunch("", settled=True)
+
+    def _relaunch(self, why: str, settled: bool = False) -> None:
         """The cloud took the instance (a spot reclaim): settle it, then - while the budget admits one and
         relaunches are left - a new instance of the same offer, with the result lines fetched so far pushed
         back so the worker goes on after them (no sample twice, none lost)."""
         held, _ = held_samples(self.dir)
-        self.event("interrupted", f"{why}; {held} finished samples were fetched before")
-        self.led.settle(self.iid, self.clock(), "reclaimed")
+        if not settled:
+            self.event("interrupted", f"{why}; {held} finished samples were fetched before")
+            self.led.settle(self.iid, self.clock(), "reclaimed")
         try:
             self.session.close()
         except Exception:  # noqa: BLE001 - its instance is gone

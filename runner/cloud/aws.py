@@ -156,6 +156,7 @@ class AwsProvider:
         self.poweroff = cfg.poweroff
         self.after_watchdog = cfg.cancel_boot_poweroff
         self.remote_dir = cfg.remote_dir
+        self.notice_url = cfg.metadata_url  # spot instances: where their watchdog hears of a reclaim
         try:
             session = boto3.Session(profile_name=cfg.profile, region_name=region or cfg.region)
             # the region configured (config, AWS_DEFAULT_REGION, profile): the planner prices offers there

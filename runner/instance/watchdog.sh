@@ -5,6 +5,10 @@
 # `grace` seconds (half the guard's teardown allowance, so billing still ends within it), then runs
 # poweroff.sh (on EC2 `shutdown -h now`, which terminates the instance because
 # it was launched with InstanceInitiatedShutdownBehavior=terminate). It never extends anything itself.
+# A spot instance (file `notice_url`: the instance-metadata service) is also watched for the cloud's
+# interruption notice (IMDSv2: a token, then spot/instance-action; about 2 minutes before the reclaim):
+# on it the worker is asked to flush now (out/STOP) and `interrupted` says why, so the controller fetches
+# every finished line and moves the run to a new instance before the cloud takes this one.
 cd "$(dirname "$0")"
 GRACE=$(cat grace 2>/dev/null || echo 20)  # seconds the worker gets to flush (the controller sets it)
 POLL=2
@@ -13,11 +17,21 @@ lease() { l=$(cat lease 2>/dev/null || echo 0); echo "${l%.*}"; }
 # (cloud/base.py OURS, restated: this script runs alone)
 worker_alive() { p=$(cat worker.pid 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null &&
   { [ ! -d /proc/self ] || [ "$(readlink /proc/$p/cwd 2>/dev/null)" = "$(pwd -P)" ]; }; }
-echo "watchdog: started $(date -u +%FT%TZ), lease $(lease), grace $GRACE s"
+NOTICE=$(cat notice_url 2>/dev/null)
+notice() {
+  t=$(curl -sf --connect-timeout 1 -m 1 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 300" "$NOTICE/latest/api/token") &&
+    curl -sf --connect-timeout 1 -m 1 -H "X-aws-ec2-metadata-token: $t" "$NOTICE/latest/meta-data/spot/instance-action"
+}
+echo "watchdog: started $(date -u +%FT%TZ), lease $(lease), grace $GRACE s${NOTICE:+, spot notices from $NOTICE}"
 while :; do
   now=$(date +%s)
   l=$(lease)
   if [ -f TERMINATED ]; then echo "watchdog: instance terminated by the controller"; exit 0; fi
+  if [ -n "$NOTICE" ] && [ ! -f interrupted ] && n=$(notice 2>/dev/null); then
+    echo "watchdog: interruption notice $n: stopping the worker"
+    echo "$n" > interrupted
+    mkdir -p out && touch out/STOP
+  fi
   if [ "$now" -ge "$l" ]; then
     echo "watchdog: lease $l ran out (now $now): stopping the worker"
     echo "lease $l expired at $now" > watchdog.fired

@@ -242,3 +242,75 @@ def test_a_spot_reclaim_relaunches_and_no_sample_is_lost_or_repeated(aws_cloud, 
     assert Decimal(0) < first_cost < spent(budget_home) <= Decimal(20)
     kinds = [r[0] for r in db(budget_home).execute("SELECT kind FROM events ORDER BY id")]
     assert "interrupted" in kinds and kinds.count("launched") == 2
+
+
+def test_a_spot_interruption_notice_moves_the_run_before_the_reclaim(aws_cloud, budget_home, tiny_model, tmp_path):
+    """The instance-metadata service (a local HTTP server, IMDSv2: token, then spot/instance-action) gives the
+    two-minute notice once: the watchdog has the worker flush, the controller fetches, terminates the instance
+    itself and goes on on a new one - every sample exactly once."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state = {"armed": False, "served": 0}
+
+    class Metadata(BaseHTTPRequestHandler):
+        def _reply(self, code: int, body: bytes = b"") -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_PUT(self):  # noqa: N802
+            ok = self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+            self._reply(200 if ok else 400, b"token-1" if ok else b"")
+
+        def do_GET(self):  # noqa: N802
+            notice = (self.path == "/latest/meta-data/spot/instance-action" and state["armed"]
+                      and self.headers.get("X-aws-ec2-metadata-token") == "token-1")
+            if notice:  # a notice per instance: the next one has not been warned
+                state["armed"], state["served"] = False, state["served"] + 1
+                return self._reply(200, b'{"action": "terminate", "time": "2026-11-28T15:32:00Z"}')
+            self._reply(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    write_config(budget_home, aws={"metadata_url": f"http://127.0.0.1:{server.server_port}"})
+    aws_cloud.agent.disks_die = True
+    plan = caption_plan(tmp_path, "warned", 60)
+    p = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(plan), "--provider", "aws", "--spot",
+                          "--yuan", "20", "--yes", "--model-path", str(tiny_model), "--quant", "fp16",
+                          "--batch-size", "1", "--remote-python", sys.executable], env=dict(os.environ),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 180
+        while time.monotonic() < end and p.poll() is None:
+            res = list((budget_home / "runs").glob("*/out/results/captions.jsonl"))
+            if res and len(res[0].read_text().splitlines()) >= 10:
+                break
+            time.sleep(0.2)
+        assert p.poll() is None, p.communicate()[1]
+        [first] = [i["InstanceId"] for i in instances(aws_cloud.ec2) if i["State"]["Name"] == "running"]
+        state["armed"] = True
+        _, err = p.communicate(timeout=400)
+    finally:
+        server.shutdown()
+    assert p.returncode == 0, err
+    run = the_run(budget_home)
+    assert run["state"] == "done" and run["samples_done"] == 60 and state["served"] == 1
+    lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 60
+    notice = (aws_cloud.remote_dir / ".gone" / first / "interrupted").read_text()
+    assert '"action": "terminate"' in notice  # the watchdog heard it on the first instance
+    rows = [dict(r) for r in db(budget_home).execute("SELECT * FROM instances ORDER BY id")]
+    assert [r["state"] for r in rows] == ["terminated", "terminated"] and rows[0]["provider_id"] == first
+    assert spent(budget_home) <= Decimal(20)
+    events = [(r[0], r[1]) for r in db(budget_home).execute("SELECT kind, detail FROM events ORDER BY id")]
+    assert any(k == "interrupted" and "notice" in d for k, d in events)
+    assert [k for k, _ in events].count("launched") == 2
