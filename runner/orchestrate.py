@@ -312,14 +312,20 @@ class Orchestrator:
         self.led.set_instance(self.iid, provider_id=info.provider_id, state="launching",
                               launched_at=info.launched_at or self.clock(), address=info.address)
         self.event("launched", f"{info.provider_id} ({self.req.offer['instance_type']}"
-                   f"{', spot' if self.req.spot else ''})")
+                   f"{f', spot, MaxPrice {spec.max_spot_price} USD/h' if spec.max_spot_price else ''}"
+                   f"{', spot' if self.req.spot and not spec.max_spot_price else ''})")
 
     def _spec(self) -> LaunchSpec:
         public = self.provider.login_key()[1] if self.provider.name == "aws" else ""
         lease = self.led.instance(self.iid).lease_until
-        return LaunchSpec(self.req.run_id, self.req.offer_obj, self.req.spot, public,
+        offer = self.req.offer_obj
+        # a spot instance may never cost more than the price the ledger bills it at: EC2 charges the market
+        # price up to MaxPrice, so the guard's figures stay an upper bound of the real bill
+        ceiling = Decimal(self.req.price_original_h) if self.req.spot and offer.currency == "USD" else None
+        return LaunchSpec(self.req.run_id, offer, self.req.spot, public,
                           boot_minutes=lease_minutes(lease, self.clock()), lease_until=lease,
-                          grace_s=max(1, int(self.policy.teardown_s / 2)), attempt=self.relaunches)
+                          grace_s=max(1, int(self.policy.teardown_s / 2)), attempt=self.relaunches,
+                          max_spot_price=ceiling)
 
     def _open_session(self, wait_s: float) -> None:
         """A session on the instance: SSH once it has an address and answers (the guard ticks meanwhile)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import getpass
+from decimal import Decimal
 
 import pytest
 import yaml
@@ -30,9 +31,14 @@ def offer(name="g4dn.xlarge"):
 
 def test_launch_is_idempotent_per_run_and_tags_spot(provider, aws_cloud):
     aws_cloud.agent.start_sshd = False
-    spec = LaunchSpec("run-1", offer(), spot=True, ssh_public_key=make_key().public_line, boot_minutes=15)
+    sent = []
+    provider.ec2.meta.events.register("provide-client-params.ec2.RunInstances", lambda params, **_: sent.append(params))
+    spec = LaunchSpec("run-1", offer(), spot=True, ssh_public_key=make_key().public_line, boot_minutes=15,
+                      max_spot_price=Decimal("0.2104"))
     a = provider.launch(spec)
     b = provider.launch(spec)
+    # never above the price the ledger bills it at (moto does not keep MaxPrice: the request shows it)
+    assert [p["InstanceMarketOptions"]["SpotOptions"]["MaxPrice"] for p in sent] == ["0.2104"]
     assert a.provider_id == b.provider_id
     [inst] = [i for r in aws_cloud.ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     assert inst["InstanceLifecycle"] == "spot"
