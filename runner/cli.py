@@ -251,6 +251,9 @@ def run_cmd(
     model_path: Annotated[Path | None, typer.Option("--model-path", help="Push this saved model instead of downloading.")] = None,
     remote_python: Annotated[str | None, typer.Option("--remote-python", help="Python on the instance that is ready (skips bootstrap).")] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Return once launched; watch with status/logs.")] = False,
+    unattended: Annotated[bool, typer.Option("--unattended", help="aws: once the worker runs, the instance holds "
+                                             "its budget deadline, uploads to S3 and powers off alone; no "
+                                             "controller (`budget status RUN` collects).")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before spending.")] = False,
 ) -> None:
     """Provision, push the worker, evaluate, track spend against the cap, tear down."""
@@ -263,13 +266,20 @@ def run_cmd(
     p = runs.prepare(ev, plan_file(plan), _catalog(), budget_home(), provider=prov, yuan=_decimal(yuan, "--yuan"),
                      pool=pool, offer_id=offer, spot=spot, quant=quant, limit=limit, batch_size=_batch_size(batch_size),
                      price_yuan_h=_decimal(price_yuan_hour, "--price-yuan-hour"), model_path=model_path,
-                     remote_python=remote_python)
+                     remote_python=remote_python, unattended=unattended)
     render.run_estimate(p)
     if not yes and not _confirm("Launch and start spending?"):
         from .errors import RunError
 
         raise RunError("nothing launched, nothing spent", "run it again and answer y, or pass --yes")
     runs.create(p, budget_home())
+    if unattended:  # set up here, with the live line; then the instance is on its own
+        with render.RunProgress() as bar:
+            state = runs.drive(p.request.run_id, budget_home(), bar.update)
+        if state != "running":
+            runs.check(p.request.run_id, budget_home(), state)
+        render.unattended(p.request.run_id)
+        return
     if detach:
         pid = runs.detach(p.request.run_id, budget_home())
         render.detached(p.request.run_id, pid)

@@ -46,7 +46,8 @@ class AwsConfig(_Model):
     terminate_timeout_s: float = Field(default=600, gt=0)
     # the instance-metadata service a spot instance's watchdog polls for the interruption notice
     metadata_url: str = Field(default="http://169.254.169.254", pattern=r"^https?://[^\s'\"]+$")
-    results_bucket: str | None = None  # S3 bucket whose gpubudget/RUN/ prefixes hold uploaded results (sweep lists them)
+    results_bucket: str | None = None
+    upload_every_s: float = Field(default=60, gt=0)  # an unattended instance uploads its output this often  # S3 bucket whose gpubudget/RUN/ prefixes hold uploaded results (sweep lists them)
 
 
 class SshConfig(_Model):

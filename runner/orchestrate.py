@@ -89,6 +89,7 @@ class Request:
     model_path: str | None = None
     ssh_wait_s: float = 600.0
     bootstrap_timeout_s: float = 3600.0
+    unattended: bool = False  # hand the instance its deadline and upload URLs once the worker runs, then leave
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=1, ensure_ascii=False), encoding="utf-8")
@@ -164,6 +165,7 @@ class Orchestrator:
         self.status: dict = {}
         self.decision = None
         self.relaunches = 0  # new instances after the cloud took one away (a spot reclaim)
+        self.handed_over = False  # unattended: the instance runs on alone; no teardown here
         self.log = open(run_dir / "controller.log", "a", encoding="utf-8")
 
     # ------------------------------------------------------------------ bookkeeping
@@ -250,7 +252,13 @@ class Orchestrator:
                 self._push()
                 kill_point("pushed")
                 self._start()
-            state, reason = self._monitor()
+            if self.req.unattended and not resume:
+                from . import unattended
+
+                unattended.hand_over(self)
+                self.handed_over, state = True, "running"
+            else:
+                state, reason = self._monitor()
         except Stop as s:
             state, reason = "stopped", s.reason
         except KeyboardInterrupt:
@@ -267,7 +275,10 @@ class Orchestrator:
             if old is not None:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
-                self._teardown(state, reason)
+                if not self.handed_over:
+                    self._teardown(state, reason)
+                elif self.session is not None:
+                    self.session.close()
             finally:
                 if old is not None:
                     signal.signal(signal.SIGTERM, old)

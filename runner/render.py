@@ -601,3 +601,9 @@ def swept(doc: dict) -> None:
     out.print(f"{doc['leaks']} leak(s) {verb}, costing about {money(doc['leak_cny_per_h'])} CNY/h ({doc['assumptions']})")
     if doc["leaks"] and not doc["deleted"]:
         out.print("delete them with `budget sweep --yes`")
+
+
+def unattended(run_id: str) -> None:
+    out.print(f"run {run_id} runs unattended: its instance holds the deadline its budget pays, uploads its results "
+              "to S3 and powers itself off when done - this machine may sleep")
+    out.print(f"collect it (results, spend settled) with `budget status {run_id}`")

@@ -18,7 +18,7 @@ from planner.errors import InputError
 from planner.models import EvalPlan, Recommendation
 
 from . import config as configmod
-from . import jobs
+from . import jobs, unattended
 from .cloud.local import same_process
 from .errors import LedgerError, RunError
 from .money import pools, recovery
@@ -113,7 +113,8 @@ def controller_alive(run: dict) -> bool:
 
 def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, provider, yuan: Decimal | None,
             pool: str, offer_id: str | None, spot: bool, quant: str | None, price_yuan_h: Decimal | None,
-            limit: int | None, batch_size, model_path: Path | None, remote_python: str | None) -> Prepared:
+            limit: int | None, batch_size, model_path: Path | None, remote_python: str | None,
+            unattended: bool = False) -> Prepared:
     """Pick the offer and quantization (the planner's choice unless given), the cap it runs under, the
     job, and the request a controller drives. Nothing is written yet."""
     from planner.optimize import optimize
@@ -126,6 +127,12 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
         cap = pools.run_cap(led, pool, yuan, plan.budget_yuan)
     finally:
         led.close()
+    if unattended and (provider != "aws" or not cfg.aws.results_bucket):
+        raise InputError("--unattended needs --provider aws and aws.results_bucket: the instance uploads its "
+                         "results to S3 and powers itself off, with no controller" if provider == "aws" else
+                         f"--unattended works with --provider aws only (not {provider}): its instance uploads to S3",
+                         "set aws.results_bucket in $BUDGET_HOME/config.yaml (a bucket you own)" if provider == "aws"
+                         else "use --provider aws, or --detach (a background controller on this machine)")
     if provider == "aws" and price_yuan_h is not None:
         raise InputError("--price-yuan-hour does not apply to aws: EC2 bills its own price",
                          "refresh the catalog's prices with `budget prices import` instead")
@@ -178,7 +185,8 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
                   quantization=rec.quantization, spot=rec.spot, price_cny_h=str(price), price_original_h=str(original),
                   job=job, policy={**dataclasses.asdict(policy), "reserve_cny": str(policy.reserve_cny)},
                   remote_python=remote_python, model_path=str(model_path) if model_path else None,
-                  ssh_wait_s=ssh_wait_for(cfg, prov), bootstrap_timeout_s=cfg.run.bootstrap_timeout_s)
+                  ssh_wait_s=ssh_wait_for(cfg, prov), bootstrap_timeout_s=cfg.run.bootstrap_timeout_s,
+                  unattended=unattended)
     return Prepared(req, plan, rec, cap, run_dir)
 
 
@@ -296,6 +304,9 @@ def describe(home: Path, run_id: str | None) -> dict:
     led = ledger(home)
     try:
         run = resolve(led, run_id)
+        if run["phase"] == unattended.PHASE and run["state"] not in FINAL:
+            unattended.reconcile(led, run, home)  # the cloud and S3 say where it is; settled once it is gone
+            run = resolve(led, run["id"])
         return {**run, "controller_alive": controller_alive(run), "spent_cny": led.spent_run(run["id"]),
                 "pool_spent_cny": led.spent_pool(run["pool"]), "pool_cap_cny": led.pool_cap(run["pool"]),
                 "instances": [vars(i) for i in led.instances(run["id"])], "tasks": led.tasks(run["id"]),

@@ -12,14 +12,17 @@ only transient ones are retried (tenacity)."""
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
+import re
 import time
 import urllib.request
 from pathlib import Path
 
 import boto3
 import yaml
+from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -157,6 +160,7 @@ class AwsProvider:
         self.after_watchdog = cfg.cancel_boot_poweroff
         self.remote_dir = cfg.remote_dir
         self.notice_url = cfg.metadata_url  # spot instances: where their watchdog hears of a reclaim
+        self.upload_every_s = cfg.upload_every_s
         try:
             session = boto3.Session(profile_name=cfg.profile, region_name=region or cfg.region)
             # the region configured (config, AWS_DEFAULT_REGION, profile): the planner prices offers there
@@ -188,8 +192,8 @@ class AwsProvider:
         return self.session.client("sts")
 
     @functools.cached_property
-    def s3(self):
-        return self.session.client("s3")
+    def s3(self):  # SigV4: presigned URLs for every region (SigV2 is refused by the newer ones)
+        return self.session.client("s3", config=BotoConfig(signature_version="s3v4"))
 
     @_retry
     def _call(self, client, op: str, what: str, **kw):
@@ -487,5 +491,59 @@ class AwsProvider:
                            Delete={"Objects": keys[:1000], "Quiet": True})
 
 
+    # ------------------------------------------------------------------ the unattended mode's S3 side
+
+    def results_prefix(self, run_id: str) -> str:
+        return f"s3://{self._bucket()}/gpubudget/{run_id}/out/"
+
+    def _bucket(self) -> str:
+        if not self.cfg.results_bucket:
+            raise ConfigError("the unattended mode uploads results to S3, and aws.results_bucket is not set",
+                              "set aws.results_bucket in $BUDGET_HOME/config.yaml (a bucket you own)")
+        return self.cfg.results_bucket
+
+    def upload_urls(self, run_id: str, rels: list[str], expires_s: int) -> list[tuple[str, str]]:
+        """One presigned PUT URL per output file, valid for `expires_s`: the instance uploads with these and
+        holds no credential (signing is local; S3 checks this identity's s3:PutObject when the PUT comes)."""
+        bucket = self._bucket()
+        try:
+            return [(rel, self.s3.generate_presigned_url(
+                "put_object", Params={"Bucket": bucket, "Key": f"gpubudget/{run_id}/out/{rel}"},
+                ExpiresIn=expires_s)) for rel in rels]
+        except (ClientError, BotoCoreError) as e:
+            raise _mapped(e, "signing the upload URLs") from None
+
+    def download_results(self, run_id: str, out_dir: Path) -> int:
+        """The run's files from S3 into out_dir (each replaced whole, atomically); returns how many."""
+        bucket, prefix, got = self._bucket(), f"gpubudget/{run_id}/out/", 0
+        page = self._call(self.s3, "list_objects_v2", f"listing s3://{bucket}/{prefix}", Bucket=bucket,
+                          Prefix=prefix)
+        for o in page.get("Contents", []):
+            rel = o["Key"][len(prefix):]
+            dest = (out_dir / rel).resolve()
+            if not rel or out_dir.resolve() not in dest.parents:  # a key is input too: it stays inside out/
+                continue
+            body = self._call(self.s3, "get_object", f"reading s3://{bucket}/{o['Key']}", Bucket=bucket,
+                              Key=o["Key"])["Body"].read()
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".part")
+            tmp.write_bytes(body)
+            tmp.replace(dest)
+            got += 1
+        return got
+
+    def ended_at(self, provider_id: str) -> float | None:
+        """When EC2 says the instance stopped running: its StateTransitionReason, e.g. 'User initiated
+        (2026-11-28 15:30:02 GMT)' (None when it does not say)."""
+        res = self._call(self.ec2, "describe_instances", f"describing {provider_id}", InstanceIds=[provider_id])
+        found = [i for r in res["Reservations"] for i in r["Instances"]]
+        m = re.search(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) GMT\)", found[0].get("StateTransitionReason") or "") \
+            if found else None
+        if not m:
+            return None
+        return datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.UTC).timestamp()
+
+
 def _tag(resource: dict) -> str | None:
     return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}.get(RUN_TAG)
+

@@ -45,7 +45,10 @@ def _actions() -> set[str]:
 def test_the_policy_covers_exactly_the_calls_we_make():
     calls = _calls()
     assert "ec2:RunInstances" in calls and "ec2:TerminateInstances" in calls  # the parser finds them
-    granted = _actions() - {"iam:CreateServiceLinkedRole", "ec2:CreateTags"}  # implied by spot / tag-on-create
+    # implied by spot / tag-on-create / the presigned PUT URLs an unattended instance uploads with (signed here,
+    # checked by S3 against this identity when the PUT comes)
+    granted = _actions() - {"iam:CreateServiceLinkedRole", "ec2:CreateTags", "s3:PutObject"}
+    assert "generate_presigned_url(\n                \"put_object\"" in (REPO / "runner" / "cloud" / "aws.py").read_text()
     assert granted == calls, (granted - calls, calls - granted)
     assert "ec2:DescribeInstanceAttribute" not in _actions()
 

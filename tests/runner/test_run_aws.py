@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from planner.catalog import load_catalog
-from tests.runner.conftest import caption_plan, db, spent, the_run, write_config
+from tests.runner.conftest import caption_plan, db, spent, the_run, wait_until, write_config
 
 pytestmark = pytest.mark.slow  # whole runs on the moto + sshd test cloud
 
@@ -316,3 +317,51 @@ def test_a_spot_interruption_notice_moves_the_run_before_the_reclaim(aws_cloud, 
     events = [(r[0], r[1]) for r in db(budget_home).execute("SELECT kind, detail FROM events ORDER BY id")]
     assert any(k == "interrupted" and "notice" in d for k, d in events)
     assert [k for k, _ in events].count("launched") == 2
+
+
+def test_unattended_run_finishes_alone_and_status_collects_it(aws_cloud, cli, budget_home, tiny_model, tmp_path,
+                                                              monkeypatch):
+    """`--unattended`: once the worker runs, the controller leaves (nothing of ours runs here any more). The
+    instance holds the deadline its budget pays, uploads its output through presigned URLs (no credential on
+    it) and powers itself off when done; a later `budget status RUN` finds it terminated, takes every line from
+    (moto's) S3 and settles the ledger: spend <= cap."""
+    import boto3
+
+    secret = "SECRETnotOnTheInstance0123456789abcdefXYZ"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTESTUNATTENDED01")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="results")
+    write_config(budget_home, aws={"results_bucket": "results", "upload_every_s": 2})
+    plan = caption_plan(tmp_path, "alone", 40)
+    code, out, err = cli("run", plan, "--provider", "aws", "--unattended", "--yuan", "20", "--yes", "--model-path",
+                         tiny_model, "--quant", "fp16", "--batch-size", "1", "--remote-python", sys.executable)
+    assert code == 0, err
+    assert "runs unattended" in out
+    run = the_run(budget_home)
+    assert run["state"] == "running" and run["phase"] == "unattended" and run["controller_pid"] is None
+    [inst] = [dict(r) for r in db(budget_home).execute("SELECT * FROM instances")]
+    deadline = inst["lease_until"]
+    assert deadline > inst["started_at"] + 600  # the budget's deadline, not a 60 s lease a controller renews
+    # nothing here drives it: wait (bounded) for the instance to end itself
+    wait_until(lambda: instances(aws_cloud.ec2)[0]["State"]["Name"] == "terminated", 300, "the instance powers off")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    body = s3.get_object(Bucket="results", Key=f"gpubudget/{run['id']}/out/results/captions.jsonl")["Body"].read()
+    assert len(body.splitlines()) == 40
+    code, out, err = cli("status", run["id"], "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["state"] == "done" and doc["samples_done"] == 40
+    lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 40
+    [inst] = [dict(r) for r in db(budget_home).execute("SELECT * FROM instances")]
+    assert inst["state"] == "terminated" and inst["ended_at"] <= deadline + 90
+    assert Decimal(0) < spent(budget_home) <= Decimal(20)
+    kinds = [r[0] for r in db(budget_home).execute("SELECT kind FROM events ORDER BY id")]
+    assert "unattended" in kinds and "reconciled" in kinds
+    # no credential ever reached the instance: not in its user-data, the files pushed there, or any log
+    raw = aws_cloud.ec2.describe_instance_attribute(InstanceId=inst["provider_id"], Attribute="userData")
+    assert secret not in base64.b64decode(raw["UserData"]["Value"]).decode()
+    remote = aws_cloud.remote_dir / "runs" / run["id"]
+    seen = [p for p in remote.rglob("*") if p.is_file()] + [p for p in Path(run["dir"]).rglob("*") if p.is_file()]
+    assert seen and not [p for p in seen if secret.encode() in p.read_bytes()]
+    assert (remote / "upload_urls").read_text().count("X-Amz-Signature=") == 5  # signed URLs, one per output file

@@ -1,0 +1,100 @@
+"""The unattended mode (`budget run --provider aws --unattended`): a run that needs no controller after its
+worker starts - the laptop may sleep or be switched off.
+
+At hand-over the controller (1) extends the instance's lease to the hard deadline the budget can pay (the
+guard's longest lease: cap left - reserve - teardown, under the billing rule), which the instance's
+watchdog enforces alone; (2) leaves the instance presigned S3 PUT URLs, one per output file, valid until
+that deadline - no cloud credential is ever on the instance; (3) exits. The watchdog uploads the worker's
+output files as they grow (every `aws.upload_every_s`) and once more at the end, then powers the instance
+off (it terminates: InstanceInitiatedShutdownBehavior) - when the plan is done, or at the deadline.
+
+Later, `budget status RUN` reconciles: the instance's real state from the cloud, the results from S3 into
+the run directory, and - once the instance is gone - the ledger settled (to the time EC2 reports, never
+past the deadline + teardown) and the run finished as its summary says."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .cloud.remote import FETCH_APPEND, FETCH_WHOLE
+from .evaluate import read_json
+from .money.ledger import Ledger
+from .units import iso
+
+PHASE = "unattended"
+GONE = ("shutting-down", "terminated", "stopping", "stopped")
+# the guard finds the longest lease the money pays, up to this: S3 signs URLs for at most 7 days, and the
+# uploads must outlive the deadline by the teardown and an hour
+LONG = 7 * 86400.0 - 2 * 3600
+
+
+def outputs(job: dict) -> list[str]:
+    """The worker's output files (relative to out/) the instance uploads."""
+    return [*FETCH_WHOLE, *FETCH_APPEND, *(f"results/{t['name']}.jsonl" for t in job["tasks"])]
+
+
+def hand_over(orch) -> float:
+    """Give the running instance its deadline and upload URLs; returns the deadline (epoch seconds)."""
+    import dataclasses
+
+    from .orchestrate import Stop
+
+    now = orch.clock()
+    d = orch.led.tick(orch.iid, now, dataclasses.replace(orch.policy, lease_s=LONG))
+    if not d.go:
+        raise Stop("budget")
+    deadline = orch.led.instance(orch.iid).lease_until
+    expires = min(7 * 86400, int(deadline - now + orch.policy.teardown_s + 3600))  # past the last upload
+    urls = orch.provider.upload_urls(orch.req.run_id, outputs(orch.req.job), expires)
+    orch.session.put_bytes("".join(f"{rel} {url}\n" for rel, url in urls).encode(), "upload_urls", 0o600)
+    orch.session.put_bytes(f"{int(orch.provider.upload_every_s)}\n".encode(), "upload_every")
+    orch.write_lease(deadline)
+    orch.led.update_run(orch.req.run_id, phase=PHASE, controller_pid=None, controller_start=None)
+    orch.event(PHASE, f"deadline {iso(deadline)} (what the budget pays, enforced by the instance's watchdog); "
+               f"results to {orch.provider.results_prefix(orch.req.run_id)} every {orch.provider.upload_every_s:.0f} s;"
+               f" the instance powers itself off when done. `budget status {orch.req.run_id}` collects them")
+    return deadline
+
+
+def reconcile(led: Ledger, run: dict, home: Path, now: float | None = None) -> dict:
+    """Bring an unattended run up to date: results from S3; once its instance is gone, the ledger settled and
+    the run finished. Returns what it did (for `budget status`)."""
+    from . import config as configmod
+    from .orchestrate import Request, billing_end, make_provider
+
+    now = time.time() if now is None else now
+    run_dir = Path(run["dir"])
+    req = Request.load(run_dir / "request.json")
+    cfg = configmod.load(home)
+    live = led.instances(run_id=run["id"], live=True)
+    region = live[0].region if live else req.offer.get("region") or None
+    provider = make_provider("aws", cfg, home, region)
+    got = provider.download_results(run["id"], run_dir / "out")
+    if not live:
+        return {"downloaded": got, "state": run["state"]}
+    inst = live[0]
+    info = provider.status(inst.provider_id) if inst.provider_id else None
+    if info is not None and info.state not in GONE:
+        return {"downloaded": got, "state": "running", "instance": info.state}
+    reported = provider.ended_at(inst.provider_id) if inst.provider_id else None
+    end = billing_end(inst, reported if reported is not None else now, req.policy_obj)
+    led.settle(inst.id, end)
+    summary = read_json(run_dir / "out" / "summary.json")
+    if summary:
+        led.record_tasks(run["id"], summary)
+    status = read_json(run_dir / "out" / "status.json")
+    tasks = (summary.get("tasks") or status.get("tasks") or {}) if (summary or status) else {}
+    done = sum(int(t.get("done") or 0) for t in tasks.values() if "skipped" not in t)
+    total = sum(int(t.get("total") or 0) for t in tasks.values() if "skipped" not in t)
+    if summary.get("complete"):
+        state, reason = "done", ""
+    elif summary.get("stopped"):
+        state, reason = "stopped", "deadline" if summary.get("stopped") == "stop file" else summary["stopped"]
+    else:
+        state, reason = "failed", summary.get("error") or "the instance ended without a summary"
+    led.update_run(run["id"], state=state, phase=state, reason=reason, finished_at=end, samples_done=done,
+                   samples_total=total)
+    led.event(run["id"], "reconciled", f"{inst.provider_id} ended {iso(end)}; {done} samples from S3; {state}",
+              inst.id)
+    return {"downloaded": got, "state": state, "ended_at": end}
