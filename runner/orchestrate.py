@@ -33,7 +33,7 @@ from .cloud.base import INSTANCE_FILES, START_WATCHDOG, LaunchSpec
 from .cloud.local import proc_start
 from .cloud.remote import FETCH_APPEND, fetch, push_tree, wait_for
 from .config import Config
-from .errors import BootstrapError, RemoteError, RunError, WorkerError
+from .errors import BootstrapError, CapacityError, QuotaError, RemoteError, RunError, WorkerError
 from .evaluate import last_line, read_json
 from .liveness import KILL, PROBE, Liveness, stale_after
 from .money.guard import Policy
@@ -90,6 +90,7 @@ class Request:
     ssh_wait_s: float = 600.0
     bootstrap_timeout_s: float = 3600.0
     unattended: bool = False  # hand the instance its deadline and upload URLs once the worker runs, then leave
+    fallbacks: list = dataclasses.field(default_factory=list)  # spot: offers to relaunch on when its own has none
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=1, ensure_ascii=False), encoding="utf-8")
@@ -538,12 +539,26 @@ class Orchestrator:
         if self.relaunches > MAX_RELAUNCHES:
             raise RunError(f"the instance was taken away {self.relaunches} times; not launching another",
                            f"the {held} finished samples are in {self.dir}/out; run again (on-demand: without --spot)")
-        try:
-            self._admit()
-        except BudgetTooSmall as e:
-            self.event("guard", f"no relaunch: {e.message}")
-            raise Stop("budget") from None
-        self._launch()
+        while True:  # the same offer, else the planner's next cheapest the budget admits
+            try:
+                self._admit()
+            except BudgetTooSmall as e:
+                self.event("guard", f"no relaunch: {e.message}")
+                raise Stop("budget") from None
+            try:
+                self._launch()
+                break
+            except (CapacityError, QuotaError) as e:
+                self.led.settle(self.iid, None, "failed")
+                self.iid = None
+                if not self.req.fallbacks:
+                    raise
+                nxt, rest = self.req.fallbacks[0], self.req.fallbacks[1:]
+                self.event("fallback", f"{self.req.offer['instance_type']} refused ({e.message}); relaunching on "
+                           f"{nxt['offer']['instance_type']} at {nxt['price_cny_h']} CNY/h")
+                self.req = dataclasses.replace(self.req, offer=nxt["offer"], price_cny_h=nxt["price_cny_h"],
+                                               price_original_h=nxt["price_original_h"], fallbacks=rest)
+                self.req.save(self.dir / "request.json")  # `budget stop` / `resume` see the offer it runs on
         self._connect()
         self._bootstrap()
         self._push()

@@ -160,7 +160,7 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
     cat = dataclasses.replace(catalog, offers=offers)
     spec = catalog.model(plan.model)
     spot_only = True if spot else (None if provider == "local" else False)
-    result = optimize(plan, spec, cat, cap.cap_cny, spot=spot_only, quantizations=[quant] if quant else None, top=1)
+    result = optimize(plan, spec, cat, cap.cap_cny, spot=spot_only, quantizations=[quant] if quant else None, top=6)
     rec = result.report.recommendation
     if rec is None and result.rows:
         # the plan costs more than the cap: run it anyway if the user agrees - the guard stops it when
@@ -186,8 +186,24 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
                   job=job, policy={**dataclasses.asdict(policy), "reserve_cny": str(policy.reserve_cny)},
                   remote_python=remote_python, model_path=str(model_path) if model_path else None,
                   ssh_wait_s=ssh_wait_for(cfg, prov), bootstrap_timeout_s=cfg.run.bootstrap_timeout_s,
-                  unattended=unattended)
+                  unattended=unattended, fallbacks=_fallbacks(result.report, rec, offers) if rec.spot else [])
     return Prepared(req, plan, rec, cap, run_dir)
+
+
+def _fallbacks(report, rec, offers) -> list[dict]:
+    """For a spot run whose offer the cloud has no capacity for at a relaunch: the planner's next cheapest
+    offers of the same provider and quantization, in its order, each with the price it would be billed at."""
+    out = []
+    for alt in report.alternatives:
+        if (alt.provider, alt.instance_type, alt.region) == (rec.provider, rec.instance_type, rec.region) or \
+                alt.provider != rec.provider or alt.quantization != rec.quantization or alt.spot != rec.spot:
+            continue
+        offer = next((o for o in offers if (o.provider, o.instance_type, o.region) ==
+                      (alt.provider, alt.instance_type, alt.region)), None)
+        if offer is not None:
+            out.append({"offer": offer.model_dump(mode="json"), "price_cny_h": str(alt.price_cny_per_hour),
+                        "price_original_h": str(alt.price_original_per_hour)})
+    return out[:3]
 
 
 def preflight(provider: str, home: Path):

@@ -365,3 +365,58 @@ def test_unattended_run_finishes_alone_and_status_collects_it(aws_cloud, cli, bu
     seen = [p for p in remote.rglob("*") if p.is_file()] + [p for p in Path(run["dir"]).rglob("*") if p.is_file()]
     assert seen and not [p for p in seen if secret.encode() in p.read_bytes()]
     assert (remote / "upload_urls").read_text().count("X-Amz-Signature=") == 5  # signed URLs, one per output file
+
+
+def test_a_relaunch_the_cloud_has_no_capacity_for_moves_to_the_next_cheapest_offer(aws_cloud, cli, budget_home,
+                                                                                  tiny_model, tmp_path, monkeypatch):
+    """After a reclaim the same offer is out of capacity (InsufficientInstanceCapacity, injected into the
+    launch): the run relaunches on the planner's next cheapest offer the budget admits and completes there."""
+    import threading
+    import time
+
+    from runner.cloud.aws import AwsProvider
+    from runner.errors import CapacityError
+
+    real_launch = AwsProvider.launch
+    refused = []
+
+    def launch(self, spec):
+        if spec.attempt and spec.offer.instance_type == first_type[0]:
+            refused.append(spec.offer.instance_type)
+            raise CapacityError(f"We currently do not have sufficient {spec.offer.instance_type} capacity (injected)",
+                                "try another instance type")
+        return real_launch(self, spec)
+
+    first_type: list[str] = []
+    monkeypatch.setattr(AwsProvider, "launch", launch)
+    aws_cloud.agent.disks_die = True
+    plan = caption_plan(tmp_path, "moved", 40)
+
+    def reclaim():  # the cloud takes the first instance once it has done some work
+        end = time.monotonic() + 180
+        while time.monotonic() < end:
+            res = list((budget_home / "runs").glob("*/out/results/captions.jsonl"))
+            if res and len(res[0].read_text().splitlines()) >= 8:
+                [i] = [i for i in instances(aws_cloud.ec2) if i["State"]["Name"] == "running"]
+                first_type.append(i["InstanceType"])
+                aws_cloud.ec2.terminate_instances(InstanceIds=[i["InstanceId"]])
+                return
+            time.sleep(0.2)
+
+    taker = threading.Thread(target=reclaim, daemon=True)
+    taker.start()
+    code, out, err = cli("run", plan, "--provider", "aws", "--spot", "--yuan", "20", "--yes", "--model-path",
+                         tiny_model, "--quant", "fp16", "--batch-size", "1", "--remote-python", sys.executable)
+    taker.join(5)
+    assert code == 0, err
+    run = the_run(budget_home)
+    assert run["state"] == "done" and run["samples_done"] == 40 and refused == first_type
+    lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 40
+    rows = [dict(r) for r in db(budget_home).execute("SELECT * FROM instances ORDER BY id")]
+    assert [r["state"] for r in rows] == ["reclaimed", "failed", "terminated"]
+    assert rows[0]["instance_type"] == rows[1]["instance_type"] == first_type[0] != rows[2]["instance_type"]
+    assert Decimal(0) < spent(budget_home) <= Decimal(20)
+    assert json.loads((Path(run["dir"]) / "request.json").read_text())["offer"]["instance_type"] == rows[2]["instance_type"]
+    events = [(r[0], r[1]) for r in db(budget_home).execute("SELECT kind, detail FROM events ORDER BY id")]
+    assert any(k == "fallback" and "refused" in d for k, d in events)
