@@ -323,6 +323,12 @@ class Orchestrator:
         self.pid = info.provider_id
         self.led.set_instance(self.iid, provider_id=info.provider_id, state="launching",
                               launched_at=info.launched_at or self.clock(), address=info.address)
+        market = getattr(self.provider, "market_price", None) if self.req.spot else None
+        price = market(info.provider_id) if market else None
+        if price is not None:
+            self.led.set_instance(self.iid, market_price_h=str(price))
+            self.event("spot", f"market price at launch {price} {self.req.offer.get('currency', '')}/h; the ledger "
+                       f"bills {spec.max_spot_price or self.req.price_original_h} (the most it may be charged)")
         self.event("launched", f"{info.provider_id} ({self.req.offer['instance_type']}"
                    f"{f', spot, MaxPrice {spec.max_spot_price} USD/h' if spec.max_spot_price else ''}"
                    f"{', spot' if self.req.spot and not spec.max_spot_price else ''})")

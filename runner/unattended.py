@@ -75,6 +75,8 @@ def reconcile(led: Ledger, run: dict, home: Path, now: float | None = None) -> d
         return {"downloaded": got, "state": run["state"]}
     inst = live[0]
     info = provider.status(inst.provider_id) if inst.provider_id else None
+    if info is not None and info.launched_at and info.launched_at != inst.launched_at:
+        led.set_instance(inst.id, launched_at=info.launched_at)  # the cloud's own launch time
     if info is not None and info.state not in GONE:
         return {"downloaded": got, "state": "running", "instance": info.state}
     reported = provider.ended_at(inst.provider_id) if inst.provider_id else None

@@ -18,6 +18,7 @@ import hashlib
 import re
 import time
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 
 import boto3
@@ -490,6 +491,21 @@ class AwsProvider:
                 self._call(self.s3, "delete_objects", f"deleting {item.id}", Bucket=bucket,
                            Delete={"Objects": keys[:1000], "Quiet": True})
 
+
+    def market_price(self, provider_id: str) -> Decimal | None:
+        """The spot market price (USD/h) of the instance's type in its zone now, as EC2 reports it; None when
+        it does not say (the figure is for the record: it never stops a run)."""
+        try:
+            res = self._call(self.ec2, "describe_instances", f"describing {provider_id}", InstanceIds=[provider_id])
+            [inst] = [i for r in res["Reservations"] for i in r["Instances"]]
+            zone, kind = inst["Placement"]["AvailabilityZone"], inst["InstanceType"]
+            rows = self._call(self.ec2, "describe_spot_price_history", f"reading {kind}'s spot price",
+                              InstanceTypes=[kind], AvailabilityZone=zone, ProductDescriptions=["Linux/UNIX"],
+                              StartTime=datetime.datetime.now(datetime.UTC))["SpotPriceHistory"]
+        except (ProviderError, KeyError, ValueError):
+            return None
+        rows = [r for r in rows if r.get("AvailabilityZone") == zone and r.get("InstanceType") == kind]
+        return Decimal(max(rows, key=lambda r: r["Timestamp"])["SpotPrice"]) if rows else None
 
     # ------------------------------------------------------------------ the unattended mode's S3 side
 

@@ -112,7 +112,13 @@ def _m4(db: sqlite3.Connection) -> None:
         db.execute("UPDATE spend SET billed_s=? WHERE id=?", (int(billed), sid))
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3, _m4]
+def _m5(db: sqlite3.Connection) -> None:
+    """A spot instance's market price at launch, in its offer's currency per hour, where the provider says it
+    (the ledger bills it at its MaxPrice - the most EC2 may charge - so this is what it was really charged)."""
+    db.execute("ALTER TABLE instances ADD COLUMN market_price_h TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3, _m4, _m5]
 JOURNAL = "money.jsonl"  # in each run directory: the ledger's money facts of that run, for `budget ledger rebuild`
 LIVE = ("intent", "launching", "running", "stopping")
 
@@ -140,6 +146,7 @@ class Instance:
     address: str | None
     gpu: str | None = None
     gpu_count: int | None = None
+    market_price_h: str | None = None
 
     @property
     def meter(self) -> Meter:

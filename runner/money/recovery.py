@@ -141,7 +141,7 @@ _RUN_COLUMNS = ("id", "pool", "plan", "plan_path", "provider", "offer", "quantiz
                 "estimate_cny", "estimate_s", "dir", "created_at")
 _INSTANCE_COLUMNS = ("run_id", "pool", "provider", "provider_id", "instance_type", "region", "spot", "price_cny_h",
                      "price_original_h", "currency", "increment_s", "minimum_s", "state", "started_at", "launched_at",
-                     "lease_until", "ended_at", "address", "gpu", "gpu_count")
+                     "lease_until", "ended_at", "address", "gpu", "gpu_count", "market_price_h")
 
 
 def _dec(x):

@@ -243,6 +243,8 @@ def test_a_spot_reclaim_relaunches_and_no_sample_is_lost_or_repeated(aws_cloud, 
     assert Decimal(0) < first_cost < spent(budget_home) <= Decimal(20)
     kinds = [r[0] for r in db(budget_home).execute("SELECT kind FROM events ORDER BY id")]
     assert "interrupted" in kinds and kinds.count("launched") == 2
+    # the market price EC2 reports (moto's: 0.00001 USD/h) is recorded; the ledger bills MaxPrice, the most it may be
+    assert [r["market_price_h"] for r in rows] == ["0.00001", "0.00001"]
     launched = [r[0] for r in db(budget_home).execute("SELECT detail FROM events WHERE kind='launched'")]
     assert all(f"MaxPrice {Decimal(rows[0]['price_original_h'])} USD/h" in d for d in launched), launched
 

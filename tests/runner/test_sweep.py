@@ -53,8 +53,14 @@ def test_sweep_finds_prices_and_deletes_what_no_live_run_owns(cli, budget_home, 
     led.create_run(id="live-run", pool="p", plan="smoke", plan_path="x", provider="aws", offer="aws:g4dn.xlarge",
                    quantization="nf4", spot=0, cap_cny=Decimal(100), dir=str(budget_home / "runs" / "live-run"),
                    created_at=0, state="running")
+    led.create_run(id="gone-run", pool="p", plan="smoke", plan_path="x", provider="aws", offer="aws:g4dn.xlarge",
+                   quantization="nf4", spot=0, cap_cny=Decimal(100), dir="", created_at=0, state="running")
     led.close()
-    gone = launch_as_a_run(budget_home, "gone-run")  # its ledger rows were removed: nothing owns it
+    gone = launch_as_a_run(budget_home, "gone-run")
+    led = Ledger(budget_home / "ledger.db")  # then its ledger rows are removed: nothing owns what it left
+    led.db.execute("DELETE FROM events WHERE run_id='gone-run'")
+    led.db.execute("DELETE FROM runs WHERE id='gone-run'")
+    led.close()
     live = launch_as_a_run(budget_home, "live-run")
     tags = lambda run: [{"ResourceType": "volume", "Tags": [{"Key": "gpubudget:run", "Value": run},  # noqa: E731
                                                              {"Key": "gpubudget:managed", "Value": "true"}]}]
