@@ -262,6 +262,8 @@ def run_cmd(
     from . import render, runs
 
     ev = load_plan(plan)
+    if unattended:
+        runs.check_unattended(provider, budget_home())
     prov = runs.preflight(provider, budget_home())
     p = runs.prepare(ev, plan_file(plan), _catalog(), budget_home(), provider=prov, yuan=_decimal(yuan, "--yuan"),
                      pool=pool, offer_id=offer, spot=spot, quant=quant, limit=limit, batch_size=_batch_size(batch_size),

@@ -127,12 +127,8 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
         cap = pools.run_cap(led, pool, yuan, plan.budget_yuan)
     finally:
         led.close()
-    if unattended and (provider != "aws" or not cfg.aws.results_bucket):
-        raise InputError("--unattended needs --provider aws and aws.results_bucket: the instance uploads its "
-                         "results to S3 and powers itself off, with no controller" if provider == "aws" else
-                         f"--unattended works with --provider aws only (not {provider}): its instance uploads to S3",
-                         "set aws.results_bucket in $BUDGET_HOME/config.yaml (a bucket you own)" if provider == "aws"
-                         else "use --provider aws, or --detach (a background controller on this machine)")
+    if unattended:
+        check_unattended(provider, home)
     if provider == "aws" and price_yuan_h is not None:
         raise InputError("--price-yuan-hour does not apply to aws: EC2 bills its own price",
                          "refresh the catalog's prices with `budget prices import` instead")
@@ -188,6 +184,18 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
                   ssh_wait_s=ssh_wait_for(cfg, prov), bootstrap_timeout_s=cfg.run.bootstrap_timeout_s,
                   unattended=unattended, fallbacks=_fallbacks(result.report, rec, offers) if rec.spot else [])
     return Prepared(req, plan, rec, cap, run_dir)
+
+
+def check_unattended(provider: str, home: Path) -> None:
+    """--unattended is for aws with a results bucket (the instance uploads there): refused otherwise, before
+    anything is asked of a cloud."""
+    if provider != "aws":
+        raise InputError(f"--unattended works with --provider aws only (not {provider}): its instance uploads to S3",
+                         "use --provider aws, or --detach (a background controller on this machine)")
+    if not configmod.load(home).aws.results_bucket:
+        raise InputError("--unattended needs --provider aws and aws.results_bucket: the instance uploads its results "
+                         "to S3 and powers itself off, with no controller",
+                         "set aws.results_bucket in $BUDGET_HOME/config.yaml (a bucket you own)")
 
 
 def _fallbacks(report, rec, offers) -> list[dict]:

@@ -45,3 +45,9 @@ def cli(capsys):
         out, err = capsys.readouterr()
         return code, out, err
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow end-to-end tests first (a stable sort: otherwise in file order). With three xdist workers, a
+    long test started last leaves the other two idle while it runs; longest-first keeps them all busy to the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

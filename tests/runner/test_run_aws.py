@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +23,27 @@ SMOKE = Path(__file__).resolve().parents[2] / "plans" / "smoke.yaml"
 
 def instances(ec2) -> list[dict]:
     return [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+def spot_run_at_work(aws_cloud, budget_home, tiny_model, plan: Path, lines: int = 10):
+    """`budget run PLAN --spot` in a subprocess, returned once `lines` results are fetched, with the instance
+    doing that work (the one running)."""
+    import os
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(plan), "--provider", "aws", "--spot",
+                          "--yuan", "20", "--yes", "--model-path", str(tiny_model), "--quant", "fp16",
+                          "--batch-size", "1", "--remote-python", sys.executable], env=dict(os.environ),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 180
+    while time.monotonic() < end and p.poll() is None:
+        res = list((budget_home / "runs").glob("*/out/results/captions.jsonl"))
+        if res and len(res[0].read_text().splitlines()) >= lines:
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, p.communicate()[1]
+    [first] = [i["InstanceId"] for i in instances(aws_cloud.ec2) if i["State"]["Name"] == "running"]
+    return p, first
 
 
 def test_happy_path(aws_cloud, cli, budget_home, tiny_model):
@@ -207,32 +229,16 @@ def test_a_spot_reclaim_relaunches_and_no_sample_is_lost_or_repeated(aws_cloud, 
     controller settles it, launches a new one within the budget, pushes the lines it had fetched and the
     worker goes on after them: the run completes with every sample exactly once, spend <= cap including
     the reclaimed instance's billed time."""
-    import os
-    import subprocess
-    import sys
-    import time
 
     aws_cloud.agent.disks_die = True
-    plan = caption_plan(tmp_path, "reclaimed", 60)
-    p = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(plan), "--provider", "aws", "--spot",
-                          "--yuan", "20", "--yes", "--model-path", str(tiny_model), "--quant", "fp16",
-                          "--batch-size", "1", "--remote-python", sys.executable], env=dict(os.environ),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    end = time.monotonic() + 180
-    while time.monotonic() < end and p.poll() is None:
-        res = list((budget_home / "runs").glob("*/out/results/captions.jsonl"))
-        if res and len(res[0].read_text().splitlines()) >= 10:
-            break
-        time.sleep(0.2)
-    assert p.poll() is None, p.communicate()[1]
-    [first] = [i["InstanceId"] for i in instances(aws_cloud.ec2) if i["State"]["Name"] == "running"]
+    p, first = spot_run_at_work(aws_cloud, budget_home, tiny_model, caption_plan(tmp_path, "reclaimed", 40))
     aws_cloud.ec2.terminate_instances(InstanceIds=[first])  # the reclaim
     _, err = p.communicate(timeout=400)
     assert p.returncode == 0, err
     run = the_run(budget_home)
-    assert run["state"] == "done" and run["samples_done"] == 60 and run["spot"] == 1
+    assert run["state"] == "done" and run["samples_done"] == 40 and run["spot"] == 1
     lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
-    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 60
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 40
     gone = aws_cloud.remote_dir / ".gone" / first / "out" / "results" / "captions.jsonl"
     assert len(gone.read_text().splitlines()) >= 10  # work really happened on the instance that was taken
     rows = [dict(r) for r in db(budget_home).execute("SELECT * FROM instances ORDER BY id")]
@@ -253,11 +259,7 @@ def test_a_spot_interruption_notice_moves_the_run_before_the_reclaim(aws_cloud, 
     """The instance-metadata service (a local HTTP server, IMDSv2: token, then spot/instance-action) gives the
     two-minute notice once: the watchdog has the worker flush, the controller fetches, terminates the instance
     itself and goes on on a new one - every sample exactly once."""
-    import os
-    import subprocess
-    import sys
     import threading
-    import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     state = {"armed": False, "served": 0}
@@ -288,29 +290,17 @@ def test_a_spot_interruption_notice_moves_the_run_before_the_reclaim(aws_cloud, 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     write_config(budget_home, aws={"metadata_url": f"http://127.0.0.1:{server.server_port}"})
     aws_cloud.agent.disks_die = True
-    plan = caption_plan(tmp_path, "warned", 60)
-    p = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(plan), "--provider", "aws", "--spot",
-                          "--yuan", "20", "--yes", "--model-path", str(tiny_model), "--quant", "fp16",
-                          "--batch-size", "1", "--remote-python", sys.executable], env=dict(os.environ),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        end = time.monotonic() + 180
-        while time.monotonic() < end and p.poll() is None:
-            res = list((budget_home / "runs").glob("*/out/results/captions.jsonl"))
-            if res and len(res[0].read_text().splitlines()) >= 10:
-                break
-            time.sleep(0.2)
-        assert p.poll() is None, p.communicate()[1]
-        [first] = [i["InstanceId"] for i in instances(aws_cloud.ec2) if i["State"]["Name"] == "running"]
+        p, first = spot_run_at_work(aws_cloud, budget_home, tiny_model, caption_plan(tmp_path, "warned", 40))
         state["armed"] = True
         _, err = p.communicate(timeout=400)
     finally:
         server.shutdown()
     assert p.returncode == 0, err
     run = the_run(budget_home)
-    assert run["state"] == "done" and run["samples_done"] == 60 and state["served"] == 1
+    assert run["state"] == "done" and run["samples_done"] == 40 and state["served"] == 1
     lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
-    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 60
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 40
     notice = (aws_cloud.remote_dir / ".gone" / first / "interrupted").read_text()
     assert '"action": "terminate"' in notice  # the watchdog heard it on the first instance
     rows = [dict(r) for r in db(budget_home).execute("SELECT * FROM instances ORDER BY id")]

@@ -169,6 +169,9 @@ def test_ssh_host_happy_path(cli, ssh_host, budget_home):
     (["--provider", "local", "--offer", "nope:x"], None, 2, "no offer 'nope:x' in the catalog"),
     (["--provider", "local", "--yuan", "-3"], None, 2, "--yuan must be a positive amount"),
     (["--provider", "local", "--price-yuan-hour", "x"], None, 2, "--price-yuan-hour 'x' is not a number"),
+    (["--provider", "local", "--unattended"], None, 2, "--unattended works with --provider aws only (not local)"),
+    (["--provider", "aws", "--unattended"], "aws: {region: us-east-1}\n", 2,
+     "--unattended needs --provider aws and aws.results_bucket"),
 ])
 def test_bad_input_is_one_line_and_launches_nothing(cli, budget_home, args, config, code, message):
     if config:
