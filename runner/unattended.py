@@ -92,7 +92,8 @@ def reconcile(led: Ledger, run: dict, home: Path, now: float | None = None) -> d
     if summary.get("complete"):
         state, reason = "done", ""
     elif summary.get("stopped"):
-        state, reason = "stopped", "deadline" if summary.get("stopped") == "stop file" else summary["stopped"]
+        # the watchdog stops the worker (a stop file) only at the deadline: the budget ran out
+        state, reason = "stopped", "budget" if summary.get("stopped") == "stop_file" else summary["stopped"]
     else:
         state, reason = "failed", summary.get("error") or "the instance ended without a summary"
     led.update_run(run["id"], state=state, phase=state, reason=reason, finished_at=end, samples_done=done,
