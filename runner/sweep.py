@@ -3,7 +3,8 @@ volumes, security groups, key pairs, result prefixes in S3, and local instances 
 hour, and, on --yes, deleting them (instances first, so what they held can go after).
 
 A run owns its resources while the ledger says it is not finished (created or running: `budget stop RUN`
-is its tool, not sweep). A resource used by an instance that is kept is kept too. Anything else tagged as
+is its tool, not sweep). A resource used by an instance that is kept is kept too. Results in S3 of a run the
+ledger knows are never swept (results are not lost to a cleanup), only those of runs it does not. Anything else tagged as
 ours - a run finished or failed whose teardown did not complete, a run missing from the ledger - is a leak.
 
 Costs per hour are estimates at today's catalog, and say so: an instance at its catalog price in its region
@@ -93,6 +94,8 @@ def find(home: Path, led: Ledger, catalog: Catalog, regions: list[str] | None = 
             known = item.run_id is not None and led.run(item.run_id) is not None
             if item.run_id in live_runs:
                 why = f"run {item.run_id} is live (`budget stop {item.run_id}` ends it)"
+            elif item.kind == "s3-prefix" and known:  # results are never a leak while their run is known
+                why = f"results of run {item.run_id} (not swept; `budget status {item.run_id}` collects them)"
             elif kept & set(item.used_by):
                 why = f"used by {', '.join(sorted(kept & set(item.used_by)))}, which a live run owns"
             else:

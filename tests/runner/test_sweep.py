@@ -65,8 +65,12 @@ def test_sweep_finds_prices_and_deletes_what_no_live_run_owns(cli, budget_home, 
     tags = lambda run: [{"ResourceType": "volume", "Tags": [{"Key": "gpubudget:run", "Value": run},  # noqa: E731
                                                              {"Key": "gpubudget:managed", "Value": "true"}]}]
     loose = ec2.create_volume(Size=50, AvailabilityZone="us-east-1a", TagSpecifications=tags("gone-run"))["VolumeId"]
-    for run in ("gone-run", "live-run"):
+    for run in ("gone-run", "live-run", "done-run"):  # done-run: finished, in the ledger - its results stay
         s3.put_object(Bucket="results", Key=f"gpubudget/{run}/out/results/captions.jsonl", Body=b'{"id": "1"}\n' * 100)
+    led = Ledger(budget_home / "ledger.db")
+    led.create_run(id="done-run", pool="p", plan="smoke", plan_path="x", provider="aws", offer="aws:g4dn.xlarge",
+                   quantization="nf4", spot=0, cap_cny=Decimal(100), dir="", created_at=0, state="done")
+    led.close()
     s3.put_object(Bucket="results", Key="someone-else/data.csv", Body=b"x")  # not ours: never listed
 
     code, out, err = cli("sweep", "--json")
@@ -80,7 +84,7 @@ def test_sweep_finds_prices_and_deletes_what_no_live_run_owns(cli, budget_home, 
             ("s3-prefix", "s3://results/gpubudget/gone-run/")} <= leaks
     assert any(k == "key-pair" for k, _ in leaks)
     assert {("instance", live), ("security-group", groups["gpubudget-live-run"]),
-            ("s3-prefix", "s3://results/gpubudget/live-run/")} <= kept
+            ("s3-prefix", "s3://results/gpubudget/live-run/"), ("s3-prefix", "s3://results/gpubudget/done-run/")} <= kept
     assert not leaks & kept and all(r["run"] == "gone-run" for r in doc["resources"] if r["leak"])
     priced = {r["kind"]: Decimal(r["cny_per_h"]) for r in doc["resources"] if r["leak"] and r["cny_per_h"]}
     assert priced["instance"] > 0 and priced["volume"] > 0 and Decimal(doc["leak_cny_per_h"]) >= priced["instance"]
@@ -100,7 +104,8 @@ def test_sweep_finds_prices_and_deletes_what_no_live_run_owns(cli, budget_home, 
     assert len(keys) == 1 and [i["KeyName"] for r in ec2.describe_instances(InstanceIds=[live])["Reservations"]
                                for i in r["Instances"]] == keys
     objects = {o["Key"] for o in s3.list_objects_v2(Bucket="results").get("Contents", [])}
-    assert objects == {"gpubudget/live-run/out/results/captions.jsonl", "someone-else/data.csv"}
+    assert objects == {"gpubudget/live-run/out/results/captions.jsonl", "gpubudget/done-run/out/results/captions.jsonl",
+                       "someone-else/data.csv"}
     code, out, _ = cli("sweep", "--json")
     assert json.loads(out)["leaks"] == 0
 
