@@ -13,6 +13,7 @@ exchange rate; security groups and key pairs cost nothing."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -120,6 +121,10 @@ def sweep(home: Path, led: Ledger, catalog: Catalog, regions: list[str] | None =
             f["deleted"] = True
             if item.run_id and led.run(item.run_id) is not None:
                 led.event(item.run_id, "swept", f"{item.kind} {item.id} deleted by budget sweep")
+            if item.kind == "instance":  # one the ledger still counts as live (its teardown failed): billed to now
+                for inst in led.instances(run_id=item.run_id, live=True) if item.run_id else []:
+                    if inst.provider_id == item.id:
+                        led.settle(inst.id, time.time())
         except ProviderError as e:
             f["deleted"], f["error"] = False, e.message
     rows = [{"provider": f["provider"], "kind": f["item"].kind, "id": f["item"].id, "run": f["item"].run_id,

@@ -4,6 +4,7 @@ launch code - is found, priced and deleted; nothing a live run owns is touched."
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from decimal import Decimal
 
@@ -125,9 +126,16 @@ def test_a_local_worker_left_running_is_a_leak_and_aws_is_not_asked(cli, budget_
     led.create_run(id="live-run", pool="p", plan="smoke", plan_path="x", provider="local", offer="local:cpu",
                    quantization="nf4", spot=0, cap_cny=Decimal(100), dir=str(budget_home / "runs" / "live-run"),
                    created_at=0, state="running")
+    # a run that failed with its instance still live in the ledger (its teardown could not terminate it)
+    led.create_run(id="failed-run", pool="p", plan="smoke", plan_path="x", provider="local", offer="local:cpu",
+                   quantization="nf4", spot=0, cap_cny=Decimal(100), dir="", created_at=0, state="failed")
+    led.db.execute("INSERT INTO instances (run_id, pool, provider, provider_id, instance_type, region, spot, "
+                   "price_cny_h, price_original_h, currency, increment_s, minimum_s, state, started_at, lease_until) "
+                   "VALUES ('failed-run', 'p', 'local', 'local-failed-run', 'cpu', 'local', 0, '3.6', '3.6', 'CNY', "
+                   "1, 0, 'running', ?, ?)", (time.time() - 100, time.time() + 3600))
     led.close()
     procs = {}
-    for run in ("orphan-run", "live-run"):
+    for run in ("orphan-run", "live-run", "failed-run"):
         d = budget_home / "instances" / run
         d.mkdir(parents=True)
         procs[run] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], cwd=d,
@@ -137,11 +145,16 @@ def test_a_local_worker_left_running_is_a_leak_and_aws_is_not_asked(cli, budget_
         code, out, err = cli("sweep", "--json")
         doc = json.loads(out)
         assert code == 0 and not doc["unchecked"], err
-        assert [(r["id"], r["leak"]) for r in doc["resources"]] == [("local-live-run", False), ("local-orphan-run", True)]
+        assert [(r["id"], r["leak"]) for r in doc["resources"]] == [
+            ("local-failed-run", True), ("local-live-run", False), ("local-orphan-run", True)]
         code, out, err = cli("sweep", "--yes", "--json")
         assert code == 0, err
         assert procs["orphan-run"].wait(timeout=60) is not None and pid_alive(procs["live-run"].pid)
         assert (budget_home / "instances" / "orphan-run" / "TERMINATED").exists()
+        led = Ledger(budget_home / "ledger.db")  # the ledger stops counting it as live: settled at the sweep
+        [inst] = led.instances(run_id="failed-run")
+        assert inst.state == "terminated" and inst.ended_at is not None and led.spent_instance(inst.id) > 0
+        led.close()
     finally:
         for p in procs.values():
             p.kill()
