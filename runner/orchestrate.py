@@ -29,7 +29,7 @@ from planner.errors import BudgetTooSmall, GpuBudgetError, InputError
 from planner.models import Offer
 
 from . import plandata
-from .cloud.base import INSTANCE_FILES, START_WATCHDOG, LaunchSpec
+from .cloud.base import GONE_STATES, INSTANCE_FILES, START_WATCHDOG, LaunchSpec
 from .cloud.local import proc_start
 from .cloud.remote import FETCH_APPEND, fetch, push_tree, wait_for
 from .config import Config
@@ -37,13 +37,12 @@ from .errors import BootstrapError, CapacityError, QuotaError, RemoteError, RunE
 from .evaluate import last_line, read_json
 from .liveness import KILL, PROBE, Liveness, stale_after
 from .money.guard import Policy
-from .money.ledger import Ledger
+from .money.ledger import FINAL, Ledger
 from .units import iso, money
 from .worker.run import EXIT_DONE, EXIT_STOPPED
 from .worker.tiny import NAME as TINY
 
 WORKER_DIR = Path(__file__).parent / "worker"
-FINAL = ("done", "stopped", "failed")
 MAX_RELAUNCHES = 3  # new instances a spot run gets after reclaims before it gives up
 
 
@@ -474,7 +473,7 @@ class Orchestrator:
     def _monitor(self) -> tuple[str, str]:
         self.phase("running")
         out = self.dir / "out"
-        watch = Liveness(stale_after(float(self.req.job.get("heartbeat_s", 10.0)), self.policy.tick_s))
+        watch = self._watch()
         while True:
             try:
                 fetch(self.session, "out", out)
@@ -488,8 +487,7 @@ class Orchestrator:
                     notice = (self.session.read("interrupted") or b"").decode(errors="replace").strip()
                     if notice and self.req.spot and code == str(EXIT_STOPPED):
                         self._move_on(notice)  # the cloud warned: leave before it takes the instance
-                        watch = Liveness(stale_after(float(self.req.job.get("heartbeat_s", 10.0)),
-                                                     self.policy.tick_s))
+                        watch = self._watch()
                         continue
                     return self._finished(int(code) if code.lstrip("-").isdigit() else 1)
                 if verdict != "ok":
@@ -500,12 +498,16 @@ class Orchestrator:
                 gone = self._reclaimed()
                 if gone:
                     self._relaunch(gone)
-                    watch = Liveness(stale_after(float(self.req.job.get("heartbeat_s", 10.0)), self.policy.tick_s))
+                    watch = self._watch()
                     continue
                 self.event("ssh", f"lost ({e.message}); reconnecting")
                 self._reconnect()
                 continue
             time.sleep(self.policy.tick_s * 0.8)
+
+    def _watch(self) -> Liveness:
+        """A fresh watch on the worker (a new one for each instance it runs on)."""
+        return Liveness(stale_after(float(self.req.job.get("heartbeat_s", 10.0)), self.policy.tick_s))
 
     def _reclaimed(self) -> str:
         """Why a spot run's instance is gone from under it ("" when it is not: reconnect instead)."""
@@ -515,8 +517,7 @@ class Orchestrator:
             info = self.provider.status(self.pid)
         except GpuBudgetError:
             return ""
-        return f"{self.pid} is {info.state}" if info.state in ("shutting-down", "terminated", "stopping", "stopped") \
-            else ""
+        return f"{self.pid} is {info.state}" if info.state in GONE_STATES else ""
 
     def _move_on(self, notice: str) -> None:
         """The cloud's interruption notice reached the watchdog, the worker flushed and stopped, its lines are

@@ -256,7 +256,7 @@ def drive(run_id: str, home: Path, on_progress=lambda _: None, resume: bool = Fa
         provider = make_provider(req.provider, configmod.load(home), home, region=req.offer.get("region"))
         if resume:
             run = resolve(led, run_id)
-            if run["state"] in ("done", "stopped", "failed"):
+            if run["state"] in FINAL:
                 raise RunError(f"run {run_id} is already {run['state']}", "see `budget status " + run_id + "`")
             if controller_alive(run) and run["controller_pid"] != os.getpid():
                 raise RunError(f"run {run_id} still has a controller (pid {run['controller_pid']})",
@@ -354,7 +354,7 @@ def log_lines(home: Path, run_id: str, follow: bool):
                         chunk = fh.read()
                         offsets[f] = fh.tell()
                     yield from (f"[{f.stem}] {line}" for line in chunk.splitlines())
-            if not follow or led.run(run["id"])["state"] in ("done", "stopped", "failed"):
+            if not follow or led.run(run["id"])["state"] in FINAL:
                 return
             time.sleep(1)
     finally:

@@ -23,8 +23,8 @@ from planner.errors import GpuBudgetError
 from . import config as configmod
 from .cloud.base import Leftover
 from .errors import ProviderError
-from .money.ledger import Ledger
-from .orchestrate import FINAL, make_provider
+from .money.ledger import FINAL, Ledger
+from .orchestrate import make_provider
 
 # list prices, us-east-1 (https://aws.amazon.com/ebs/pricing/, https://aws.amazon.com/s3/pricing/, 2026-11)
 GP3_USD_PER_GIB_MONTH = Decimal("0.08")

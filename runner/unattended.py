@@ -17,13 +17,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .cloud.base import GONE_STATES
 from .cloud.remote import FETCH_APPEND, FETCH_WHOLE
 from .evaluate import read_json
 from .money.ledger import Ledger
 from .units import iso
 
 PHASE = "unattended"
-GONE = ("shutting-down", "terminated", "stopping", "stopped")
 # the guard finds the longest lease the money pays, up to this: S3 signs URLs for at most 7 days, and the
 # uploads must outlive the deadline by the teardown and an hour
 LONG = 7 * 86400.0 - 2 * 3600
@@ -77,7 +77,7 @@ def reconcile(led: Ledger, run: dict, home: Path, now: float | None = None) -> d
     info = provider.status(inst.provider_id) if inst.provider_id else None
     if info is not None and info.launched_at and info.launched_at != inst.launched_at:
         led.set_instance(inst.id, launched_at=info.launched_at)  # the cloud's own launch time
-    if info is not None and info.state not in GONE:
+    if info is not None and info.state not in GONE_STATES:
         return {"downloaded": got, "state": "running", "instance": info.state}
     reported = provider.ended_at(inst.provider_id) if inst.provider_id else None
     end = billing_end(inst, reported if reported is not None else now, req.policy_obj)

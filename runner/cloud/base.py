@@ -34,6 +34,7 @@ OURS = ('ours() { p=$(cat "$1" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/de
 # start the instance's watchdog unless its own is running
 START_WATCHDOG = OURS + ("mkdir -p out; if ! ours watchdog.pid; then "
                          "nohup setsid sh ./watchdog.sh >> watchdog.log 2>&1 < /dev/null & echo $! > watchdog.pid; fi")
+GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")  # no longer running (EC2's names)
 MANAGED_TAG = "gpubudget:managed"
 RUN_TAG = "gpubudget:run"
 

@@ -120,7 +120,8 @@ def _m5(db: sqlite3.Connection) -> None:
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3, _m4, _m5]
 JOURNAL = "money.jsonl"  # in each run directory: the ledger's money facts of that run, for `budget ledger rebuild`
-LIVE = ("intent", "launching", "running", "stopping")
+LIVE = ("intent", "launching", "running", "stopping")  # an instance's states while it may bill
+FINAL = ("done", "stopped", "failed")  # a run's states once it has ended
 
 
 @dataclass(frozen=True)

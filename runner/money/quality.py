@@ -20,7 +20,7 @@ from planner.errors import InputError
 
 from ..units import iso
 from .ledger import Ledger
-from .report import SCHEMA, apportion, cents, exact, yuan
+from .report import SCHEMA, apportion, cents, exact, task_weights, yuan
 
 # each kind's headline metric: (summary key, how people write it); kinds without one report none
 METRIC = {"caption": ("cider_d", "CIDEr-D"), "document": ("anls", "ANLS"),
@@ -56,19 +56,20 @@ def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | N
     order: list[str] = []
     run_lines = []
     unattributed = Fraction(0)  # spend of runs without task results (failed before any answer)
+    weights = task_weights(led, {r["id"] for r in chosen})  # the same shares as `budget report --by task`
     for run in chosen:
         spent = Fraction(led.spent_run(run["id"]))
         tasks = {t["task"]: json.loads(t["summary"]) for t in led.tasks(run["id"])}
         busy = {name: Fraction(Decimal(str(s.get("busy_s") or 0))) for name, s in tasks.items()}
-        all_busy = sum(busy.values(), Fraction(0))
+        shares = weights.get(run["id"]) or {}
         q = run["quantization"]
         run_lines.append({"run": run["id"], "plan": run["plan"], "quant": q, "state": run["state"],
                           "created_at": iso(run["created_at"]), "spent_cny": yuan(cents(spent)),
                           "tasks": len(tasks)})
-        if not all_busy:
+        if not shares:
             unattributed += spent
         for name, s in tasks.items():
-            share = spent * busy[name] / all_busy if all_busy else Fraction(0)
+            share = spent * shares.get(name, Fraction(0))
             if s.get("kind") == "fp16_verify" and s.get("agreement") is not None and s.get("of_task"):
                 a = agreement[(s["of_task"], q)]
                 a[0] += s.get("ok") or 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from planner.errors import InputError
 
-from .ledger import JOURNAL, LIVE, Ledger
+from .ledger import FINAL, JOURNAL, LIVE, Ledger
 
 HINT = "`budget ledger check` shows what is on disk; `budget ledger rebuild` restores the ledger from the run directories"
 
@@ -128,7 +128,7 @@ def rebuild(home: Path, now: float | None = None) -> dict:
                 _restore_instance(led, run["id"], inst, now)
                 instances += 1
             state = run.get("state", "created")
-            if state not in ("done", "stopped", "failed") and not led.instances(run_id=run["id"], live=True):
+            if state not in FINAL and not led.instances(run_id=run["id"], live=True):
                 state = "failed"  # its controller is gone and so is its instance
             led.update_run(run["id"], state=state, phase=state, reason=run.get("reason") or "rebuilt",
                            finished_at=run.get("finished_at"))

@@ -22,13 +22,13 @@ import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from fractions import Fraction
 
 from planner.errors import InputError
 
 from ..units import iso
-from .ledger import LIVE, Ledger
+from .ledger import FINAL, LIVE, Ledger
 
 GROUPS = ("run", "day", "week", "month", "provider", "gpu", "quant", "task", "plan")
 TIME_GROUPS = ("day", "week", "month")
@@ -446,7 +446,7 @@ def charges(led: Ledger, insts: dict[int, Inst], per_inst: dict[int, Fraction], 
                       "fx_cny_per_unit": None,
                       "increment_s": None, "minimum_s": None, "billed_s": "0", "billed": duration(Fraction(0)),
                       "amount_cny": yuan(0), "exact_cny": exact(Fraction(0)),
-                      "status": "never launched" if r["state"] in ("done", "stopped", "failed") else "not launched yet",
+                      "status": "never launched" if r["state"] in FINAL else "not launched yet",
                       "reason": r["reason"] or r["state"]})
     return lines
 
@@ -469,11 +469,11 @@ def variance(led: Ledger, insts: dict[int, Inst], run_ids: set[str], whole: dict
                 "variance_cny": None, "variance_pct": None}
         if r["estimate_cny"] is not None:
             est = Decimal(r["estimate_cny"])
-            e_c = int(est.quantize(Decimal("0.01"), ROUND_HALF_EVEN).scaleb(2))
+            e_c = cents(Fraction(est))
             # the printed difference of the printed figures (each rounded once, half-even)
             line.update(estimate_cny=yuan(e_c), variance_cny=yuan(a_c - e_c),
                         variance_pct=f"{(a_c - e_c) * 100 / e_c:+.1f}" if e_c else None)
-            if r["state"] in ("done", "stopped", "failed"):
+            if r["state"] in FINAL:
                 est_sum += est
                 act_sum.add(actual)
         lines.append(line)
