@@ -5,6 +5,14 @@ the real worker (from_pretrained, batching, measurements), and put each measured
 
     python benchmarks/gpu_check.py [--arch Qwen3-VL-2B-Instruct] [--quant fp16] [--out DIR]
     python benchmarks/gpu_check.py --arch tiny-random-qwen3-vl --device cpu   # plumbing check, no GPU
+    python benchmarks/gpu_check.py --grid [--archs A,B] [--quants bf16,nf4,int8] [--deadline-s 420]
+
+--grid measures what `budget calibrate --measurements FILE` reads: the real architectures with random
+weights (no download), each quantization, a grid of (batch, prompt tokens, image size, new tokens) with
+generation forced to full length; per point the time to first token (a 1-token generate), the whole
+generate, the vision tower alone, and torch's peak allocated/reserved bytes. One JSON line per point in
+OUT/measurements.jsonl (schema gpubudget.measurement/1), written as it goes (a timeout keeps what was
+measured); then the estimate-vs-measured table.
 
 Budget: ~2-4 min on an H100 for 2B (model build + save ~1 min, load, 8 captions, 5 resolutions).
 The measured number is torch's allocator peak (max_memory_allocated); the planner's total also counts
@@ -73,8 +81,169 @@ def planner_estimates(plan: EvalPlan, quant: str) -> dict:
     return out
 
 
+# (batch, text prompt tokens, image (w, h) or None, new tokens): text-only, small and large images, a batch,
+# a long prompt - enough spread to separate prefill compute from per-step streaming and overhead
+GRID = [(1, 128, None, 64), (1, 32, (448, 448), 64), (1, 32, (1024, 1024), 32), (4, 32, (448, 448), 64),
+        (1, 4096, None, 16)]
+
+
+def _inputs(cfg, batch: int, prompt: int, image, torch, device):
+    """Token ids and pixels the way Qwen3-VL's processor lays them out (no tokenizer needed): the
+    image's placeholder tokens, then random text tokens."""
+    v = cfg.vision_config
+    ids = torch.randint(10, min(cfg.text_config.vocab_size, 151000), (batch, prompt), device=device)
+    out = {}
+    if image is not None:
+        f = v.patch_size * v.spatial_merge_size
+        gh, gw = max(1, round(image[1] / f)) * v.spatial_merge_size, max(1, round(image[0] / f)) * v.spatial_merge_size
+        n_tok = gh * gw // v.spatial_merge_size**2
+        vis = torch.full((batch, n_tok), cfg.image_token_id, device=device)
+        ids = torch.cat([torch.full((batch, 1), cfg.vision_start_token_id, device=device), vis,
+                         torch.full((batch, 1), cfg.vision_end_token_id, device=device), ids], dim=1)
+        patch = v.in_channels * v.temporal_patch_size * v.patch_size**2
+        out["pixel_values"] = torch.randn(batch * gh * gw, patch, device=device, dtype=torch.bfloat16)
+        out["image_grid_thw"] = torch.tensor([[1, gh, gw]] * batch, device=device)
+    out["input_ids"] = ids
+    out["attention_mask"] = torch.ones_like(ids)
+    return out
+
+
+def _timed(fn, torch):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    r = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, r
+
+
+def grid(a) -> None:
+    """Measure every (arch, quantization, grid point); see the module docstring."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig
+
+    started = time.monotonic()
+    out_file = a.out / "measurements.jsonl"
+    dev = a.device
+    if dev != "cuda":  # plumbing check of the grid on CPU: no allocator statistics there
+        for name in ("empty_cache", "reset_peak_memory_stats"):
+            setattr(torch.cuda, name, lambda *_: None)
+        for name in ("memory_allocated", "max_memory_allocated", "max_memory_reserved"):
+            setattr(torch.cuda, name, lambda *_: 0)
+    card = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"
+    versions = {"torch": torch.__version__}
+    for mod in ("transformers", "bitsandbytes", "accelerate"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = None
+    root = Path(__file__).resolve().parents[1] / "planner" / "data" / "models"
+    scratch = Path(a.scratch)
+    print(f"grid on {card}: {versions}", flush=True)
+    for arch in a.archs.split(","):
+        raw = json.loads((root / f"{arch}.json").read_text())
+        cfg = AutoConfig.for_model(**tiny.with_tiny_tokens(raw))  # placeholder ids inside any vocabulary
+        saved = scratch / arch
+        for quant in a.quants.split(","):
+            if time.monotonic() - started > a.deadline_s:
+                print(f"deadline: {arch} {quant} not measured", flush=True)
+                continue
+            try:
+                _measure(a, arch, quant, cfg, saved, dev, card, versions, out_file, started)
+            except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others
+                print(f"{arch} {quant} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            torch.cuda.empty_cache()
+        shutil.rmtree(saved, ignore_errors=True)
+    print(f"wrote {out_file} in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def _measure(a, arch, quant, cfg, saved, dev, card, versions, out_file, started) -> None:
+    """Load `arch` as `quant` and measure the grid on it (bf16 builds the random weights in place and
+    saves them once for the quantized loads, which read them back through bitsandbytes)."""
+    import torch
+    from transformers import BitsAndBytesConfig, GenerationConfig, Qwen3VLForConditionalGeneration
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    t0 = time.monotonic()
+    if quant in ("bf16", "fp16"):
+        torch.manual_seed(0)
+        with torch.device(dev):
+            model = Qwen3VLForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16).eval()
+        if any(q not in ("bf16", "fp16") for q in a.quants.split(",")) and not saved.exists():
+            model.save_pretrained(saved)
+    else:
+        if not saved.exists():
+            torch.manual_seed(0)
+            with torch.device(dev):
+                m16 = Qwen3VLForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16)
+            m16.save_pretrained(saved)
+            del m16
+            torch.cuda.empty_cache()
+        q = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.bfloat16) if quant == "nf4"
+             else BitsAndBytesConfig(load_in_8bit=True))
+        model = Qwen3VLForConditionalGeneration.from_pretrained(saved, quantization_config=q, dtype=torch.bfloat16,
+                                                                device_map=dev).eval()
+    load_s = time.monotonic() - t0
+    weights = torch.cuda.memory_allocated() - base
+    # greedy, never stopping early; the placeholder/special ids (0..15) are never generated - a random model
+    # that emits a vision placeholder would send decode down paths a real answer never takes
+    gen = dict(do_sample=False, eos_token_id=None, pad_token_id=0, suppress_tokens=list(range(16)))
+    with torch.inference_mode():
+        warm = _inputs(cfg, 1, 16, (224, 224), torch, dev)
+        model.generate(**warm, generation_config=GenerationConfig(max_new_tokens=4, min_new_tokens=4, **gen))
+        for batch, prompt, image, new in GRID:
+            if time.monotonic() - started > a.deadline_s:
+                break
+            x = _inputs(cfg, batch, prompt, image, torch, dev)
+            vision_s = None
+            if image is not None:
+                try:
+                    vision_s, _ = _timed(lambda: model.model.get_image_features(
+                        x["pixel_values"], x["image_grid_thw"]), torch)
+                except Exception as e:  # noqa: BLE001 - the generate timings still count
+                    print(f"vision timing failed: {type(e).__name__}: {e}", flush=True)
+            ttft_s, _ = _timed(lambda: model.generate(**x, generation_config=GenerationConfig(
+                max_new_tokens=1, min_new_tokens=1, **gen)), torch)
+            torch.cuda.reset_peak_memory_stats()
+            total_s, y = _timed(lambda: model.generate(**x, generation_config=GenerationConfig(
+                max_new_tokens=new, min_new_tokens=new, **gen)), torch)
+            generated = y.shape[1] - x["input_ids"].shape[1]
+            if a.show_tokens:
+                print("generated ids:", y[0, x["input_ids"].shape[1]:][:12].tolist(), flush=True)
+            row = {"schema": "gpubudget.measurement/1", "device": card, "gpu_count": 1, "model": arch,
+                   "quantization": quant, "double_quant": quant == "nf4", "batch": batch,
+                   "prompt_tokens": prompt, "image": list(image) if image else None,
+                   "prefill_tokens": x["input_ids"].shape[1],
+                   "visual_tokens": int((x["input_ids"][0] == cfg.image_token_id).sum()),
+                   "new_tokens": generated, "vision_s": vision_s, "ttft_s": ttft_s, "total_s": total_s,
+                   "decode_s": total_s - ttft_s,
+                   "decode_tokens_per_s": batch * (generated - 1) / max(total_s - ttft_s, 1e-9),
+                   "peak_allocated_bytes": torch.cuda.max_memory_allocated() - base,
+                   "peak_reserved_bytes": torch.cuda.max_memory_reserved(), "weights_bytes": weights,
+                   "load_s": load_s, "attn_implementation": model.config._attn_implementation,
+                   "versions": versions, "source": "benchmarks/gpu_check.py --grid"}
+            with out_file.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{arch:>24} {quant:>5} b{batch} p{prompt} {image} n{generated}: ttft {ttft_s:.3f} s, "
+                  f"decode {row['decode_tokens_per_s']:.1f} tok/s, peak {row['peak_allocated_bytes'] / GIB:.2f} "
+                  f"GiB (weights {weights / GIB:.2f}), load {load_s:.0f} s", flush=True)
+    del model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", action="store_true", help="measure the grid for `budget calibrate` (see above)")
+    ap.add_argument("--archs", default="Qwen3-VL-2B-Instruct,Qwen3-VL-8B-Instruct,Qwen3-VL-4B-Instruct")
+    ap.add_argument("--quants", default="bf16,nf4,int8")
+    ap.add_argument("--deadline-s", type=float, default=420, help="start no new measurement after this")
+    ap.add_argument("--show-tokens", action="store_true", help="print the first generated ids of each point")
+    ap.add_argument("--scratch", default="/tmp/gpubudget-grid", help="where quantized loads read the saved weights")
     ap.add_argument("--arch", default="Qwen3-VL-2B-Instruct")
     ap.add_argument("--quant", default="fp16")
     ap.add_argument("--device", default="cuda")
@@ -84,6 +253,10 @@ def main() -> None:
     ap.add_argument("--resolutions", default="448x448,896x896,1344x1344,2048x2048,3072x3072")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or tempfile.mkdtemp()))
     a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.grid:
+        grid(a)
+        return
     import torch
 
     resolutions = [[int(v) for v in r.split("x")] for r in a.resolutions.split(",")]

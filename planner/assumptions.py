@@ -1,6 +1,7 @@
 """Every number the memory, speed and cost models assume that is not in a catalog: named,
 documented, with its source, and overridable (`budget plan --assume NAME=VALUE`).
-`planner.calibrate` (later) fits the efficiency factors from measured runs."""
+`planner.calibration` fits the speed factors per GPU x quantization, the fixed costs per provider and
+the memory margins from measurements; a fitted value replaces the default for that rig only."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ class Assumptions(Model):
     attn_implementation: str = Field("sdpa", pattern="^(sdpa|eager)$", description=(
         "sdpa: attention memory linear in length (flash / memory-efficient kernels); eager materialises "
         "heads x length^2 scores"))
+    memory_extra_mib: float = Field(0, ge=0, description=(
+        "allocations per card the model does not itemise (cuBLAS workspaces, small buffers), MiB; 0 until "
+        "`budget calibrate` sets it from measured peaks, so that every measured peak is covered"))
     template_tokens: int = Field(16, ge=0, description="chat-template tokens around each prompt (role markers)")
     # ---- speed
     prefill_efficiency: float = Field(0.40, gt=0, le=1, description=(
@@ -37,12 +41,12 @@ class Assumptions(Model):
     decode_overhead_ms_per_layer: float = Field(0.45, ge=0, description=(
         "per-decoder-layer launch/Python overhead of a transformers generate step; with the two above it "
         "reproduces 7B fp16 ~40 tok/s and Llama-2-13B 37 ms/token on A100 (FACTS)"))
-    nf4_decode_slowdown: float = Field(1.4, ge=1, description=(
+    nf4_decode_slowdown: float = Field(1.4, gt=0, description=(
         "bitsandbytes NF4 decode time vs fp16 at batch 1 (FACTS: Llama-2-13B on A100, 52.0 vs 37.0 ms/token)"))
-    nf4_prefill_slowdown: float = Field(1.15, ge=1, description="NF4 prefill vs fp16 (weights dequantized per matmul)")
-    int8_decode_slowdown: float = Field(4.0, ge=1, description=(
+    nf4_prefill_slowdown: float = Field(1.15, gt=0, description="NF4 prefill vs fp16 (weights dequantized per matmul)")
+    int8_decode_slowdown: float = Field(4.0, gt=0, description=(
         "LLM.int8 decode vs fp16 (FACTS: reports from ~15% of fp16 speed to 5x slower; bnb #181, #490)"))
-    int8_prefill_slowdown: float = Field(2.0, ge=1, description="LLM.int8 prefill vs fp16 (outlier decomposition)")
+    int8_prefill_slowdown: float = Field(2.0, gt=0, description="LLM.int8 prefill vs fp16 (outlier decomposition)")
     hop_latency_ms: float = Field(1.0, ge=0, description=(
         "per forward pass and per extra card: accelerate moves activations between cards and only one card "
         "works at a time (accelerate docs)"))
@@ -50,6 +54,9 @@ class Assumptions(Model):
     # ---- fixed costs
     boot_s: float = Field(90, ge=0, description="instance start to SSH-ready on hourly platforms, s")
     boot_s_aws: float = Field(150, ge=0, description="EC2 launch to SSH-ready, s (FACTS: SkyPilot 1.7-2.7 min)")
+    boot_s_local: float = Field(10, ge=0, description=(
+        "a local run: starting the controller and the worker process and importing torch + transformers, s "
+        "(nothing to install or download: the model is on this machine)"))
     install_s: float = Field(240, ge=0, description="installing the worker's Python packages on a fresh instance, s")
     download_mb_s: float = Field(50, gt=0, description="weight download bandwidth on the instance, MB/s")
     load_gb_s: float = Field(1.5, gt=0, description="checkpoint load from local disk into GPU memory, GB/s")

@@ -129,10 +129,12 @@ def dynamic(spec: ModelSpec, peak: Peak, a: Assumptions) -> Dynamic:
         llm += 2 * peak.batch * t.num_attention_heads * peak.prefill_len**2 * 2
     else:
         llm += peak.batch * peak.prefill_len**2 * 2  # the 4-D padding mask transformers builds
-    vit = peak.vit_patches * (a.vit_hidden_copies * v.hidden_size + a.vit_mlp_copies * v.intermediate_size) * 2
-    vit += (1 + len(v.deepstack_visual_indexes)) * peak.visual_tokens * v.out_hidden_size * 2
-    if a.attn_implementation == "eager":
-        vit += 2 * v.num_heads * peak.vit_longest**2 * 2
+    vit = 0
+    if v is not None:
+        vit = peak.vit_patches * (a.vit_hidden_copies * v.hidden_size + a.vit_mlp_copies * v.intermediate_size) * 2
+        vit += (1 + len(v.deepstack_visual_indexes)) * peak.visual_tokens * v.out_hidden_size * 2
+        if a.attn_implementation == "eager":
+            vit += 2 * v.num_heads * peak.vit_longest**2 * 2
     return Dynamic(kv_per_token_layer * peak.kv_tokens, int(llm), int(vit))
 
 
@@ -154,6 +156,7 @@ class _Rig:
         act = d.llm_act if n_layers else 0
         vis = d.vision_act if c == 0 else 0
         scratch = w.largest_quantized16 if self.quantized and n_layers else 0
+        scratch += int(self.a.memory_extra_mib * MIB)  # fitted by `budget calibrate` (0 by default)
         slack = int(self.a.allocator_slack * (kv + max(act, vis) + scratch))
         subtotal = weights + kv + max(act, vis) + scratch + self.ctx + slack
         floor = int(self.a.headroom * weights)

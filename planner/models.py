@@ -85,7 +85,10 @@ class TextArch(Model):
     num_attention_heads: int
     num_key_value_heads: int
     head_dim: int
-    attention_bias: bool = False
+    attention_bias: bool = False  # bias on q, k, v and o (Qwen3, Llama's attention_bias)
+    qkv_bias: bool = False  # bias on q, k and v only (Qwen2 / Qwen2-VL / Qwen2.5-VL)
+    qk_norm: bool = True  # per-head RMSNorm of q and k (Qwen3 family)
+    mlp_bias: bool = False  # Llama's mlp_bias
     # MoE (qwen3_vl_moe); num_experts == 0 means dense
     num_experts: int = 0
     num_experts_per_tok: int = 0
@@ -95,6 +98,11 @@ class TextArch(Model):
 
 
 class VisionArch(Model):
+    """The vision tower. `kind`: qwen3 (LayerNorm, fc1/fc2 MLP, learned position table, deepstack
+    mergers), qwen2 (Qwen2-VL: LayerNorm, fc1/fc2, one merger), qwen2_5 (Qwen2.5-VL: RMSNorm, gated
+    MLP with biases, window attention except in `fullatt_block_indexes`)."""
+
+    kind: Literal["qwen3", "qwen2", "qwen2_5"] = "qwen3"
     depth: int
     hidden_size: int
     intermediate_size: int
@@ -106,14 +114,22 @@ class VisionArch(Model):
     out_hidden_size: int
     num_position_embeddings: int = 2304
     deepstack_visual_indexes: list[int] = []
+    window_size: int = 0  # pixels; 0 = full attention in every block
+    fullatt_block_indexes: list[int] = []
+
+
+MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe", "qwen2_vl", "qwen2_5_vl", "qwen2", "qwen3", "qwen3_moe", "llama", "mistral")
 
 
 class ModelSpec(Model):
+    """A model's architecture. `vision` is None for a text-only decoder."""
+
     name: str
     hf_id: str = ""
-    model_type: Literal["qwen3_vl", "qwen3_vl_moe"]
+    model_type: Literal["qwen3_vl", "qwen3_vl_moe", "qwen2_vl", "qwen2_5_vl", "qwen2", "qwen3", "qwen3_moe", "llama",
+                        "mistral"]
     text: TextArch
-    vision: VisionArch
+    vision: VisionArch | None
     tie_word_embeddings: bool = False
     source: str = ""
 
@@ -166,7 +182,7 @@ class Task(Model):
     name: str
     kind: Literal["caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify"]
     samples: int = Field(default=1, gt=0)
-    image_size: tuple[int, int] = (640, 480)
+    image_size: tuple[int, int] | None = (640, 480)  # None: a text-only prompt
     resolutions: list[tuple[int, int]] = []
     prompt_tokens: int = Field(default=32, ge=1)
     prompt: str = ""  # the worker's default for the kind when empty; a dataset line's own prompt wins
@@ -190,7 +206,9 @@ class Task(Model):
             raise ValueError("a video task needs `video` (duration_s, fps, ...)")
         if self.kind == "fp16_verify" and not self.of_task:
             raise ValueError("an fp16_verify task needs `of_task` (the task whose samples it re-runs)")
-        for w, h in [self.image_size, *self.resolutions]:
+        if self.image_size is None and self.kind in ("memory_sweep", "video"):
+            raise ValueError(f"a {self.kind} task is visual: image_size: null does not apply")
+        for w, h in [s for s in (self.image_size, *self.resolutions) if s is not None]:
             if w <= 0 or h <= 0:
                 raise ValueError(f"image sizes must be positive, got {w}x{h}")
         return self
@@ -404,6 +422,6 @@ class InspectReport(Model):
     model_type: str
     params: ParamBreakdown
     text: TextArch
-    vision: VisionArch
+    vision: VisionArch | None
     weights: list[WeightsRow]
     kv_cache_kib_per_token: float

@@ -17,6 +17,7 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 from .architecture import inventory, param_breakdown
 from .assumptions import Assumptions
+from .calibration import Calibration
 from .catalog import Catalog
 from .errors import BudgetTooSmall, CatalogError, InputError
 from .memory import Parts, Peak, WeightLayout, card_parts, from_parts, peak_of, plan_peak, weight_layout
@@ -117,8 +118,8 @@ def _gib(b: float) -> float:
 
 
 class _Planner:
-    def __init__(self, plan: EvalPlan, spec: ModelSpec, a: Assumptions) -> None:
-        self.plan, self.spec, self.a = plan, spec, a
+    def __init__(self, plan: EvalPlan, spec: ModelSpec, a: Assumptions, calibration: Calibration | None = None) -> None:
+        self.plan, self.spec, self.a, self.cal = plan, spec, a, calibration
         self.inv = inventory(spec)
         self.mc = ModelCost(spec, self.inv)
         self.loads = task_loads(plan, spec, a)
@@ -183,19 +184,25 @@ class _Planner:
         key = (aws, spot)
         if key not in opt.times:
             sixteen = _sixteen(opt.gpu, ["bf16", "fp16"]) or "fp16"
+            provider = "aws" if aws else "ssh"  # every other offer is a host the runner reaches over SSH
+            a = self.a
+            if self.cal is not None:  # this rig's fitted factors, where `budget calibrate` has some
+                a, said = self.cal.for_rig(self.a, opt.gpu.name, opt.quant, provider)
+                if said and said not in opt.notes:
+                    opt.notes.append(said)
             opt.times[key] = plan_time(self.mc, self.loads, opt.quant, sixteen, opt.gpu, opt.gpu_count,
-                                       "aws" if aws else "", self.a, not self.plan.keep_vision_16bit,
-                                       opt.skipped, spot=spot)
+                                       provider, a, not self.plan.keep_vision_16bit, opt.skipped, spot=spot)
         return opt.times[key]
 
 
 def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Decimal, *,
              assumptions: Assumptions | None = None, providers: list[str] | None = None,
              spot: bool | None = None, objective: str = "cost", top: int = 5,
-             quantizations: list[str] | None = None) -> Optimization:
+             quantizations: list[str] | None = None, calibration: Calibration | None = None) -> Optimization:
     """Rank every candidate for `plan` on `spec` within `budget_cny`.
 
-    `spot`: None considers both, True only spot prices, False only on-demand. Raises InputError
+    `spot`: None considers both, True only spot prices, False only on-demand. `calibration`: fitted
+    factors per GPU x quantization and per provider (`budget calibrate`), used where they exist. Raises InputError
     for a non-positive budget or an empty (filtered) catalog; a budget too small for anything is
     not an error here: the report has no recommendation and the CLI says so."""
     if budget_cny <= 0:
@@ -209,7 +216,7 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
         raise CatalogError("no offers to plan over" + (f" for provider(s) {', '.join(providers)}" if providers else "")
                            + (" with a spot price" if spot else ""),
                            "check `budget prices list`; add offers with `budget prices import FILE`")
-    pl = _Planner(plan, spec, a)
+    pl = _Planner(plan, spec, a, calibration)
     allowed = list(quantizations or plan.quantizations)
     unknown = [q for q in allowed if q not in QUALITY_RANK]
     if unknown:

@@ -14,10 +14,11 @@ Every factor is a named assumption (`planner.assumptions`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from .architecture import ParamGroup
 from .assumptions import Assumptions
-from .models import Gpu, ModelSpec, TimeEstimate
+from .models import Gpu, ModelSpec, TimeEstimate, VisionArch
 from .workload import Pass, TaskLoad
 
 LINK_GB_S = {"PCIe 3": 12.0, "PCIe 4": 24.0}
@@ -53,6 +54,16 @@ class ModelCost:
         return self.llm_matmul + self.experts * k + self.lm_head
 
 
+def vit_attention(v: VisionArch, patches: int) -> int:
+    """Sum over the tower's blocks of the attention pairs of one image of `patches` patches: full
+    attention, except Qwen2.5-VL's windowed blocks (window_size px squares, full in fullatt_block_indexes)."""
+    if not v.window_size:
+        return v.depth * patches * patches
+    window = (v.window_size // v.patch_size) ** 2
+    full = len([i for i in v.fullatt_block_indexes if i < v.depth])
+    return full * patches * patches + (v.depth - full) * patches * min(patches, window)
+
+
 def _slowdowns(quant: str, a: Assumptions) -> tuple[float, float]:
     if quant == "nf4":
         return a.nf4_prefill_slowdown, a.nf4_decode_slowdown
@@ -61,15 +72,39 @@ def _slowdowns(quant: str, a: Assumptions) -> tuple[float, float]:
     return 1.0, 1.0
 
 
-def pass_seconds(mc: ModelCost, p: Pass, batch: int, quant: str, gpu: Gpu, n_cards: int, a: Assumptions,
-                 vision_quantized: bool = True) -> float:
-    """Seconds for one generate call over a batch of `batch` samples shaped like `p`."""
+@dataclass(frozen=True, slots=True)
+class Phases:
+    """One generate call over a batch, by phase (seconds): the vision tower, the prompt's prefill, one
+    decode step (the first token costs one too), and the pipeline hops of a multi-card rig."""
+
+    vision_s: float
+    prefill_s: float
+    step_s: float
+    new: int
+    hops_s: float
+
+    @property
+    def ttft_s(self) -> float:
+        return self.vision_s + self.prefill_s + self.step_s
+
+    @property
+    def decode_s(self) -> float:
+        return max(self.new - 1, 0) * self.step_s
+
+    @property
+    def total_s(self) -> float:
+        return self.ttft_s + self.decode_s + self.hops_s
+
+
+def pass_phases(mc: ModelCost, p: Pass, batch: int, quant: str, gpu: Gpu, n_cards: int, a: Assumptions,
+                vision_quantized: bool = True) -> Phases:
+    """The phases of one generate call over a batch of `batch` samples shaped like `p`."""
     s = mc.spec
     flops_s = gpu.fp16_tflops * 1e12 * a.prefill_efficiency
     pre_slow, dec_slow = _slowdowns(quant, a)
-    # vision encoder: linear layers over every patch + per-image full attention
+    # vision encoder: linear layers over every patch + per-image attention
     vit = 2 * mc.vision_linear * batch * sum(p.vit_seqs)
-    vit += 4 * s.vision.depth * s.vision.hidden_size * batch * sum(x * x for x in p.vit_seqs)
+    vit += 4 * s.vision.hidden_size * batch * sum(vit_attention(s.vision, x) for x in p.vit_seqs) if s.vision else 0
     vit_s = vit / flops_s * (pre_slow if vision_quantized else 1.0)
     # prefill: matmuls over every prompt token + causal attention
     n = batch * p.prefill
@@ -82,14 +117,20 @@ def pass_seconds(mc: ModelCost, p: Pass, batch: int, quant: str, gpu: Gpu, n_car
     step_flops = 2 * mc.active_matmul() * batch
     step = max(step_bytes / (gpu.bandwidth_gbs * 1e9 * a.bandwidth_efficiency), step_flops / flops_s)
     step += s.text.num_hidden_layers * a.decode_overhead_ms_per_layer / 1000
-    dec_s = p.new * step * dec_slow
     # pipeline hops: every forward pass crosses each card boundary once
     hops = n_cards - 1
     link = LINK_GB_S.get(gpu.link, 24.0)
     if gpu.link.startswith("NVLink"):
         link = float(gpu.link.split()[-1]) / 2
     hop_s = hops * (a.hop_latency_ms / 1000) * (1 + p.new) + hops * n * s.text.hidden_size * 2 / (link * 1e9)
-    return vit_s + pre_s + dec_s + hop_s
+    return Phases(vit_s, pre_s, step * dec_slow, p.new, hop_s)
+
+
+def pass_seconds(mc: ModelCost, p: Pass, batch: int, quant: str, gpu: Gpu, n_cards: int, a: Assumptions,
+                 vision_quantized: bool = True) -> float:
+    """Seconds for one generate call over a batch of `batch` samples shaped like `p`."""
+    ph = pass_phases(mc, p, batch, quant, gpu, n_cards, a, vision_quantized)
+    return ph.vision_s + ph.prefill_s + ph.new * ph.step_s + ph.hops_s
 
 
 def task_seconds(mc: ModelCost, t: TaskLoad, quant: str, gpu: Gpu, n_cards: int, a: Assumptions,
@@ -104,14 +145,17 @@ def fixed_seconds(mc: ModelCost, quant: str, provider: str, a: Assumptions,
                   extra_16bit_load: bool = False) -> tuple[float, float, float, float]:
     """(boot, install, download, load) seconds. The download is the bf16 checkpoint whatever
     the quantization (bitsandbytes quantizes on load)."""
-    boot = a.boot_s_aws if provider == "aws" else a.boot_s
-    download = mc.checkpoint_bytes / (a.download_mb_s * 1e6)
+    if provider == "local":  # this machine: no instance to boot, nothing to install or download
+        boot, install, download = a.boot_s_local, 0.0, 0.0
+    else:
+        boot, install = (a.boot_s_aws if provider == "aws" else a.boot_s), a.install_s
+        download = mc.checkpoint_bytes / (a.download_mb_s * 1e6)
     load = mc.checkpoint_bytes / (a.load_gb_s * 1e9)
     if quant in ("nf4", "int8"):
         load += mc.checkpoint_bytes / (a.quantize_gb_s * 1e9)
     if extra_16bit_load:  # fp16 verification reloads the model unquantized
         load += mc.checkpoint_bytes / (a.load_gb_s * 1e9)
-    return boot, a.install_s, download, load
+    return boot, install, download, load
 
 
 def plan_time(mc: ModelCost, loads: list[TaskLoad], quant: str, sixteen: str, gpu: Gpu, n_cards: int,

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 from .assumptions import Assumptions
+from .errors import InputError
 from .models import EvalPlan, ImageLimits, ModelSpec, Task, VideoSpec
 
 TIMESTAMP_TOKENS = 6  # "<1.5 seconds>" text before each temporal patch of a video
@@ -57,6 +58,9 @@ def smart_resize(height: int, width: int, limits: ImageLimits, factor: int = 32)
 def image_tokens(size: tuple[int, int], limits: ImageLimits, spec: ModelSpec) -> tuple[int, int]:
     """(LLM tokens, ViT patches) of one image of `size` = (width, height)."""
     v = spec.vision
+    if v is None:
+        raise InputError(f"{spec.name} is a text-only model ({spec.model_type}): it takes no images",
+                         "use a vision-language model, or give the task `image_size: null` (a text-only prompt)")
     factor = v.patch_size * v.spatial_merge_size
     h, w = smart_resize(size[1], size[0], limits, factor)
     tokens = (h // factor) * (w // factor)
@@ -74,7 +78,7 @@ def video_frames(video: VideoSpec) -> int:
 def video_tokens(video: VideoSpec, limits: ImageLimits, spec: ModelSpec) -> tuple[int, int]:
     """(LLM tokens incl. timestamps, ViT patches) of one clip."""
     per_frame_tokens, per_frame_patches = image_tokens(video.frame_size, limits, spec)
-    pairs = video_frames(video) // spec.vision.temporal_patch_size
+    pairs = video_frames(video) // spec.vision.temporal_patch_size  # type: ignore[union-attr] - image_tokens checked
     return pairs * (per_frame_tokens + TIMESTAMP_TOKENS), pairs * per_frame_patches
 
 
@@ -91,10 +95,11 @@ def _passes(task: Task, plan: EvalPlan, spec: ModelSpec, a: Assumptions) -> tupl
             vis, patches = image_tokens(size, plan.image_limits, spec)
             out.append(Pass(vis + text, new, vis, (patches,)))
         return tuple(out)
-    vis, patches = image_tokens(task.image_size, plan.image_limits, spec)
+    vis, patches = image_tokens(task.image_size, plan.image_limits, spec) if task.image_size else (0, 0)
     # multi-turn: each turn is a new generate call over the whole history (no cache reuse), the
     # image is encoded again each time
-    return tuple(Pass(vis + text + k * (task.prompt_tokens + new), new, vis, (patches,)) for k in range(task.turns))
+    seqs = (patches,) if patches else ()
+    return tuple(Pass(vis + text + k * (task.prompt_tokens + new), new, vis, seqs) for k in range(task.turns))
 
 
 def task_loads(plan: EvalPlan, spec: ModelSpec, a: Assumptions) -> list[TaskLoad]:

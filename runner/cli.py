@@ -109,8 +109,11 @@ def plan_cmd(
         raise InputError("no budget given", "pass --yuan AMOUNT (CNY) or set budget_yuan in the plan")
     cat = _catalog(fx)
     spec = load_config(model_config) if model_config else cat.model(ev.model if model is None else model)
+    from .calibrate import calibration
+
     result = optimize(ev, spec, cat, budget, assumptions=parse_overrides(assume or []), providers=provider,
-                      spot=spot, objective=objective, top=top, quantizations=quant)
+                      spot=spot, objective=objective, top=top, quantizations=quant,
+                      calibration=None if assume else calibration(budget_home()))
     rec = result.report.recommendation
     if rec is not None:
         try:
@@ -138,6 +141,97 @@ def _data_needs(ev, path: Path, plan_arg: str) -> list[str]:
         return []
     return [f"it reads {len(gone)} data file(s) of yours that are not there yet (e.g. {gone[0].path}): "
             f"`budget data init {plan_arg}` writes templates; plans/qwen3-vl-8b-public.yaml fetches public data instead"]
+
+
+def _size(value: str, flag: str) -> tuple[int, int]:
+    w, sep, h = value.lower().partition("x")
+    if not sep or not (w.isdigit() and h.isdigit()) or int(w) <= 0 or int(h) <= 0 or max(int(w), int(h)) > 100_000:
+        raise InputError(f"{flag} {value!r} is not WIDTHxHEIGHT in pixels (both at least 1)", f"e.g. {flag} 1024x768")
+    return int(w), int(h)
+
+
+@app.command("estimate")
+def estimate_cmd(
+    gpu: Annotated[str, typer.Option("--gpu", help="GPU name from the catalog (budget prices list), or cpu.")],
+    quant: Annotated[str, typer.Option("--quant", help="bf16, fp16, int8 or nf4.")],
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="Text tokens of the prompt (>= 1).")],
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens to generate (>= 1).")],
+    model: Annotated[str | None, typer.Option("--model", help=f"Catalog model: {MODELS}, or a full name.")] = None,
+    model_config: Annotated[Path | None, typer.Option("--model-config", help="Any supported config.json.")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", help="Cards (layers split across them).")] = 1,
+    image: Annotated[list[str] | None, typer.Option("--image", help="An image WxH in pixels (repeatable).")] = None,
+    video: Annotated[str | None, typer.Option("--video", help="A clip: SECONDS@FPS, e.g. 30@2.")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Requests generated together.")] = 1,
+    assume: Annotated[list[str] | None, typer.Option("--assume", help="Override a model assumption NAME=VALUE.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One request on one rig: peak memory per card by component, vision / prefill / decode seconds, decode
+    tokens/s and time to first token (calibrated where `budget calibrate` has fitted this GPU)."""
+    from planner.architecture import load_config
+    from planner.assumptions import parse_overrides
+    from planner.estimate import estimate_request, request_pass
+    from planner.models import ImageLimits, VideoSpec
+
+    from . import render
+    from .calibrate import calibration, devices
+
+    for flag, v in (("--prompt-tokens", prompt_tokens), ("--new-tokens", new_tokens), ("--batch", batch),
+                    ("--gpus", gpus)):
+        if v < 1:
+            raise InputError(f"{flag} must be at least 1, got {v}", f"e.g. {flag} 1")
+    if quant not in ("bf16", "fp16", "int8", "nf4"):
+        raise InputError(f"unknown quantization {quant!r}", "use --quant bf16, fp16, int8 or nf4")
+    if (model is None) == (model_config is None):
+        raise InputError("say which model: one of --model or --model-config", f"e.g. --model 8b ({MODELS})")
+    cat = _catalog()
+    spec = load_config(model_config) if model_config else cat.model(model)
+    rig = devices(cat, budget_home())(gpu)
+    images = [_size(v, "--image") for v in image or []]
+    clip = None
+    if video is not None:
+        secs, at, fps = video.partition("@")
+        try:
+            clip = VideoSpec(duration_s=float(secs), fps=float(fps or 2))
+        except ValueError:
+            raise InputError(f"--video {video!r} is not SECONDS@FPS with both above 0", "e.g. --video 30@2") from None
+    if spec.vision is None and (images or clip):
+        raise InputError(f"{spec.name} is a text-only model ({spec.model_type}): it takes no --image or --video",
+                         "drop --image/--video, or pick a vision-language model")
+    if quant == "bf16" and not rig.bf16:
+        raise InputError(f"no bf16 on {rig.name} (compute capability {rig.compute_capability})", "use --quant fp16")
+    a = parse_overrides(assume or [])
+    said = ""
+    cal = None if assume else calibration(budget_home())
+    if cal is not None:
+        a, said = cal.for_rig(a, rig.name, quant)
+    p = request_pass(spec, prompt_tokens, images, clip, new_tokens, ImageLimits(), a)
+    r = estimate_request(spec, rig, gpus, quant, p, batch, a, prompt_tokens=prompt_tokens, calibration=said)
+    render.json_doc(r) if as_json else render.estimate(r)
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    measurements: Annotated[list[Path] | None, typer.Option("--measurements", help="A measurement file of "
+                            "benchmarks/gpu_check.py --grid (repeatable), e.g. benchmarks/measured/*.jsonl.")] = None,
+    run: Annotated[list[str] | None, typer.Option("--run", help="Only these finished runs (repeatable).")] = None,
+    show: Annotated[bool, typer.Option("--show", help="Estimate vs actual for every finished run, before and "
+                                       "after the stored calibration; fits nothing.")] = False,
+    remeasure: Annotated[bool, typer.Option("--remeasure", help="Measure this machine's CPU profile again.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit the time model (per GPU x quantization), fixed costs (per provider) and memory margins to your
+    finished runs and measurement files; store the fit in the ledger for plan, estimate and run."""
+    from . import calibrate, localrig, render
+
+    home = budget_home()
+    if remeasure:
+        localrig.profile(home, remeasure=True)
+    if show:
+        doc = calibrate.show(home, _catalog())
+        render.json_dict(doc) if as_json else render.calibration_show(doc)
+        return
+    cal = calibrate.run(home, _catalog(), list(measurements or []), run)
+    render.json_doc(cal) if as_json else render.calibrated(cal)
 
 
 @prices_app.command("list")

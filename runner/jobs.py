@@ -28,6 +28,9 @@ def model_source(plan: EvalPlan, catalog: Catalog, model_path: Path | None, home
                              "point it at a directory saved by save_pretrained (config, weights, processor)")
         return {"name": plan.model, "source": str(Path(model_path).resolve())}
     spec = catalog.model(plan.model)
+    if spec.vision is None:
+        raise InputError(f"model {spec.name} is text-only ({spec.model_type}): the worker runs vision-language models",
+                         "`budget plan` and `budget estimate` price it; run a Qwen-VL model with `budget run`")
     if spec.name == TINY:
         return {"name": TINY, "source": str((home / "models" / TINY).resolve()), "recipe": TINY}
     if not spec.hf_id:
@@ -37,6 +40,10 @@ def model_source(plan: EvalPlan, catalog: Catalog, model_path: Path | None, home
 
 def _task(task, plan_dir: Path) -> dict:
     d = task.model_dump(exclude={"prompt_tokens"}, exclude_defaults=False)
+    if task.image_size is None:  # the worker's tasks show the model an image; a text-only prompt is planned only
+        raise InputError(f"task {task.name!r} has image_size: null (a text-only prompt): `budget plan` and "
+                         "`budget estimate` price it, but the worker runs image tasks only",
+                         "give the task an image_size to run it, or use `budget plan` for the estimate")
     d["image_size"] = list(task.image_size)
     d["resolutions"] = [list(r) for r in task.resolutions]
     if task.video is not None:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+from decimal import Decimal
 
 from rich import box
 from rich.console import Console
@@ -607,3 +608,70 @@ def unattended(run_id: str) -> None:
     out.print(f"run {run_id} runs unattended: its instance holds the deadline its budget pays, uploads its results "
               "to S3 and powers itself off when done - this machine may sleep")
     out.print(f"collect it (results, spend settled) with `budget status {run_id}`")
+
+
+# --------------------------------------------------------------------------- budget estimate / calibrate
+
+
+def estimate(r) -> None:
+    out.print(_t((f"{r.model}", "bold"), f" ({r.model_type}, {_params(r.params)} params) on {r.gpu} x{r.gpu_count}, "
+                 f"{r.quantization}, batch {r.batch}: {r.prompt_tokens} prompt + {r.visual_tokens} visual tokens "
+                 f"(prefill {r.prefill_tokens}), {r.new_tokens} new"), soft_wrap=True)
+    t = Table(title=f"Peak memory of the fullest card: {r.peak_memory_gib:.2f} GiB of {_gib(r.usable_bytes)}"
+                    f"{'' if r.fits else ' - DOES NOT FIT'}", title_justify="left")
+    t.add_column("component")
+    t.add_column("GiB", justify="right")
+    for k, v in r.memory.items():
+        if k != "total":
+            t.add_row(k.replace("_", " "), f"{v / 2**30:.3f}")
+    t.add_row(Text("total", style="bold"), f"{r.memory['total'] / 2**30:.3f}")
+    t.add_row("(allocator peak: weights + KV + activations + scratch)", f"{r.allocated_bytes / 2**30:.3f}")
+    out.print(t)
+    out.print(f"time: vision {r.vision_s:.3f} s + prefill {r.prefill_s:.3f} s -> first token at {r.ttft_s:.3f} s; "
+              f"decode {r.decode_s:.2f} s at {r.decode_tokens_per_s:.1f} tokens/s; total {r.total_s:.2f} s",
+              soft_wrap=True)
+    out.print("assumed: " + "; ".join(r.assumptions), soft_wrap=True)
+    out.print(r.calibration or "uncalibrated: the defaults above (`budget calibrate` fits them to your runs)",
+              soft_wrap=True)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:+.0f}%"
+
+
+def calibrated(cal) -> None:
+    t = Table(title=f"Calibration stored {cal.created_at}", title_justify="left")
+    for col in ("device", "quant", "samples", "factors", "time error before", "after", "memory error before", "after"):
+        t.add_column(col, justify="right" if "error" in col or col in ("after", "samples") else "left")
+    for r in cal.rigs:
+        t.add_row(r.device, r.quantization, str(r.samples), ", ".join(f"{k}={v:g}" for k, v in r.factors.items()),
+                  _pct(r.error_before).lstrip("+"), _pct(r.error_after).lstrip("+"),
+                  _pct(r.memory_error_before).lstrip("+"), _pct(r.memory_error_after).lstrip("+"))
+    for p in cal.providers:
+        t.add_row(p.provider, "(fixed costs)", str(len(p.runs)), ", ".join(f"{k}={v:g}" for k, v in p.factors.items()),
+                  _pct(p.error_before).lstrip("+"), _pct(p.error_after).lstrip("+"), "-", "-")
+    out.print(t)
+    for r in cal.rigs:
+        for o in r.outliers:
+            err.print(f"outlier left out of {r.device}/{r.quantization}: {o}", soft_wrap=True)
+    for x in cal.excluded:
+        err.print(f"not used: {x}", soft_wrap=True)
+    out.print("errors are mean |estimate - measured| / measured over the rows used; `budget plan`, `budget estimate` "
+              "and `budget run` now use these factors on these rigs", soft_wrap=True)
+
+
+def calibration_show(doc: dict) -> None:
+    t = Table(title="Finished runs: estimate vs actual", title_justify="left")
+    for col in ("run", "provider", "quant", "actual h", "estimate h", "error", "now h", "error now", "actual CNY",
+                "estimate CNY"):
+        t.add_column(col, justify="left" if col in ("run", "provider", "quant") else "right")
+    for r in doc["runs"]:
+        t.add_row(r["run"], r["provider"], r["quantization"], f"{r['actual_h']:.4f}", f"{r['estimate_h']:.4f}",
+                  _pct(r["error_before"]), "-" if r["estimate_after_h"] is None else f"{r['estimate_after_h']:.4f}",
+                  _pct(r["error_after"]), money(Decimal(r["actual_cny"])), r["estimate_cny"] or "-")
+    out.print(t)
+    cal = doc["calibration"]
+    out.print(f"mean |error|: {_pct(doc['mean_error_before']).lstrip('+')} as estimated at launch, "
+              f"{_pct(doc['mean_error_after']).lstrip('+')} with "
+              + (f"the calibration of {cal['created_at']}" if cal else "no calibration stored (`budget calibrate`)"),
+              soft_wrap=True)

@@ -17,8 +17,8 @@ from planner.catalog import Catalog
 from planner.errors import InputError
 from planner.models import EvalPlan, Recommendation
 
+from . import calibrate, jobs, unattended
 from . import config as configmod
-from . import jobs, unattended
 from .cloud.local import same_process
 from .errors import LedgerError, RunError
 from .money import pools, recovery
@@ -156,17 +156,22 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
     cat = dataclasses.replace(catalog, offers=offers)
     spec = catalog.model(plan.model)
     spot_only = True if spot else (None if provider == "local" else False)
-    result = optimize(plan, spec, cat, cap.cap_cny, spot=spot_only, quantizations=[quant] if quant else None, top=6)
+    cal = calibrate.calibration(home)
+    result = optimize(plan, spec, cat, cap.cap_cny, spot=spot_only, quantizations=[quant] if quant else None, top=6,
+                      calibration=cal)
     rec = result.report.recommendation
     if rec is None and result.rows:
         # the plan costs more than the cap: run it anyway if the user agrees - the guard stops it when
         # the money ends and the finished samples are kept (render.run_estimate says so before asking)
         rec = optimize(plan, spec, cat, Decimal(10) ** 12, spot=spot_only,
-                       quantizations=[quant] if quant else None, top=1).report.recommendation
+                       quantizations=[quant] if quant else None, top=1, calibration=cal).report.recommendation
     if rec is None:
         raise result.shortfall(plan.name, spec.name)
+
     offer = next(o for o in offers if (o.provider, o.instance_type, o.region) == (rec.provider, rec.instance_type,
                                                                                     rec.region))
+    if provider == "local":  # it runs on this machine's CPU, not on the offer's GPU: estimate it there
+        rec = _on_this_machine(rec, offer, plan, catalog, home, cal)
     price, original = rec.price_cny_per_hour, rec.price_original_per_hour
     if provider == "local":  # simulated: the chosen offer's billing rule at the chosen (or given) price
         offer = offer.model_copy(update={"provider": "local", "instance_type": f"{rec.provider}:{rec.instance_type}",
@@ -184,6 +189,19 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
                   ssh_wait_s=ssh_wait_for(cfg, prov), bootstrap_timeout_s=cfg.run.bootstrap_timeout_s,
                   unattended=unattended, fallbacks=_fallbacks(result.report, rec, offers) if rec.spot else [])
     return Prepared(req, plan, rec, cap, run_dir)
+
+
+def _on_this_machine(rec, offer, plan: EvalPlan, catalog: Catalog, home: Path, cal):
+    """`rec` with the time and cost of running on this machine (its CPU profile, calibrated where `budget
+    calibrate` fitted it), billed under the offer's rule at its price."""
+    from planner.optimize import billed_seconds
+
+    t, said = calibrate.run_time(plan, catalog, home, "local", rec.gpu, 1, rec.quantization, False, cal)
+    billed = billed_seconds(t.total_s, offer.billing_increment_s, offer.billing_minimum_s)
+    cost = (rec.price_cny_per_hour * Decimal(billed) / 3600).quantize(Decimal("0.01"), rounding="ROUND_CEILING")
+    return rec.model_copy(update={"time": t, "hours": round(t.total_s / 3600, 3), "billed_hours": round(billed / 3600, 4),
+                                  "cost_cny": cost, "notes": list(rec.notes) + [
+        said or "estimated on this machine's CPU profile (uncalibrated: `budget calibrate` after a local run fits it)"]})
 
 
 def check_unattended(provider: str, home: Path) -> None:

@@ -118,7 +118,13 @@ def _m5(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE instances ADD COLUMN market_price_h TEXT")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3, _m4, _m5]
+def _m6(db: sqlite3.Connection) -> None:
+    """`budget calibrate`'s fits (planner.calibration.Calibration as JSON), newest last; the plan and estimate
+    commands read the newest."""
+    db.execute("CREATE TABLE calibrations (id INTEGER PRIMARY KEY, created_at REAL NOT NULL, doc TEXT NOT NULL)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3, _m4, _m5, _m6]
 JOURNAL = "money.jsonl"  # in each run directory: the ledger's money facts of that run, for `budget ledger rebuild`
 LIVE = ("intent", "launching", "running", "stopping")  # an instance's states while it may bill
 FINAL = ("done", "stopped", "failed")  # a run's states once it has ended
@@ -435,6 +441,15 @@ class Ledger:
                 self.db.execute("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?)",
                                 (run_id, name, t.get("kind", ""), int(t.get("done") or 0), int(t.get("ok") or 0),
                                  json.dumps(t, ensure_ascii=False)))
+
+    def save_calibration(self, doc: str, now: float) -> None:
+        with self.transaction():
+            self.db.execute("INSERT INTO calibrations (created_at, doc) VALUES (?, ?)", (now, doc))
+
+    def calibration(self) -> str | None:
+        """The newest calibration's JSON, if any."""
+        row = self.db.execute("SELECT doc FROM calibrations ORDER BY id DESC LIMIT 1").fetchone()
+        return row[0] if row else None
 
     def tasks(self, run_id: str) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM tasks WHERE run_id=? ORDER BY task", (run_id,))]

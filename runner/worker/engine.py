@@ -200,6 +200,8 @@ class _Clock:
 
     def __call__(self, input_ids, scores, **kwargs):
         if self.first is None:
+            if input_ids.is_cuda:  # the first token is computed when the GPU says so, not when it was queued
+                torch.cuda.synchronize(input_ids.device)
             self.first = time.perf_counter()
         if self.should_stop():
             self.stopped = True

@@ -1,5 +1,6 @@
 """Parameter counts: exact against FACTS.md and against transformers' own classes on the meta device."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -39,14 +40,13 @@ def test_tied_models_share_lm_head_and_moe_active_params():
 
 
 def _meta_count(cfg: dict) -> int:
+    """Parameters of transformers' own class for `cfg`, built on the meta device."""
     torch = pytest.importorskip("torch")
     tf = pytest.importorskip("transformers")
-    moe = cfg["model_type"] == "qwen3_vl_moe"
-    conf_cls = tf.Qwen3VLMoeConfig if moe else tf.Qwen3VLConfig
-    model_cls = tf.Qwen3VLMoeForConditionalGeneration if moe else tf.Qwen3VLForConditionalGeneration
-    conf = conf_cls(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+    conf = tf.AutoConfig.for_model(**{k: v for k, v in copy.deepcopy(cfg).items() if not k.startswith("_")})
+    auto = tf.AutoModelForImageTextToText if "vision_config" in cfg else tf.AutoModelForCausalLM
     with torch.device("meta"):
-        model = model_cls(conf)
+        model = auto.from_config(conf)
     return sum(p.numel() for p in model.parameters())  # shared (tied) tensors counted once
 
 
@@ -70,6 +70,32 @@ def _tiny(moe: bool, tie: bool, layout: str) -> dict:
     return {"model_type": "qwen3_vl_moe" if moe else "qwen3_vl", "text_config": text, "vision_config": vision, **top}
 
 
+def _qwen2_vl(version: str, layout: str, tie: bool) -> dict:
+    """Qwen2-VL / Qwen2.5-VL with odd widths, flat (as released) or with a nested text_config (as
+    transformers 5.x saves)."""
+    text = dict(vocab_size=1200, hidden_size=160, intermediate_size=288, num_hidden_layers=3, num_attention_heads=5,
+                num_key_value_heads=1, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]})
+    if version == "2":
+        vision = dict(depth=3, embed_dim=96, hidden_size=160, mlp_ratio=3, num_heads=3, in_chans=3, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2)
+    else:
+        vision = dict(depth=4, hidden_size=96, intermediate_size=200, out_hidden_size=160, num_heads=3, in_chans=3,
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                      fullatt_block_indexes=[1, 3])
+    cfg = {"model_type": "qwen2_vl" if version == "2" else "qwen2_5_vl", "vision_config": vision,
+           "tie_word_embeddings": tie}
+    return {**cfg, "text_config": text} if layout == "nested" else {**cfg, **text}
+
+
+def _text_only(model_type: str, tie: bool = False, **extra) -> dict:
+    cfg = dict(model_type=model_type, vocab_size=1100, hidden_size=176, intermediate_size=304, num_hidden_layers=3,
+               num_attention_heads=11, num_key_value_heads=1, tie_word_embeddings=tie, **extra)
+    if model_type == "qwen3_moe":
+        cfg.update(num_experts=5, num_experts_per_tok=2, moe_intermediate_size=72, decoder_sparse_step=2,
+                   mlp_only_layers=[2])
+    return cfg
+
+
 CASES = {
     "2B tied (release layout)": lambda: json.loads((DATA / "Qwen3-VL-2B-Instruct.json").read_text()),
     "8B (release layout)": lambda: json.loads((DATA / "Qwen3-VL-8B-Instruct.json").read_text()),
@@ -79,6 +105,19 @@ CASES = {
     "tiny dense untied, 5.x layout": lambda: _tiny(False, False, "5.x"),
     "tiny MoE tied, 4.57 layout": lambda: _tiny(True, True, "4.57"),
     "tiny MoE untied, 5.x layout": lambda: _tiny(True, False, "5.x"),
+    "Qwen2-VL flat (release layout)": lambda: _qwen2_vl("2", "flat", False),
+    "Qwen2-VL nested text_config, tied": lambda: _qwen2_vl("2", "nested", True),
+    "Qwen2.5-VL flat (release layout), tied": lambda: _qwen2_vl("2.5", "flat", True),
+    "Qwen2.5-VL nested text_config": lambda: _qwen2_vl("2.5", "nested", False),
+    "qwen2": lambda: _text_only("qwen2"),
+    "qwen2 tied": lambda: _text_only("qwen2", tie=True),
+    "qwen3 (default head_dim 128)": lambda: _text_only("qwen3"),
+    "qwen3 head_dim 24, attention_bias": lambda: _text_only("qwen3", head_dim=24, attention_bias=True),
+    "qwen3_moe": lambda: _text_only("qwen3_moe", head_dim=32),
+    "llama": lambda: _text_only("llama"),
+    "llama attention and mlp biases, tied": lambda: _text_only("llama", tie=True, attention_bias=True, mlp_bias=True),
+    "mistral head_dim null": lambda: _text_only("mistral", head_dim=None),
+    "mistral head_dim 40": lambda: _text_only("mistral", head_dim=40),
 }
 
 
@@ -111,7 +150,7 @@ def test_config_saved_by_installed_transformers_parses(tmp_path: Path):
 
 
 @pytest.mark.parametrize("cfg,needle", [
-    ({"model_type": "llama"}, "not a Qwen3-VL"),
+    ({"model_type": "gemma3"}, "supported model types: qwen3_vl, qwen3_vl_moe, qwen2_vl, qwen2_5_vl, qwen2"),
     ({"model_type": "qwen3_vl"}, "text_config and vision_config"),
     ({"model_type": "qwen3_vl", "text_config": {"hidden_size": "big"}, "vision_config": {}}, "hidden_size"),
     ({"model_type": "qwen3_vl", "text_config": {}, "vision_config": {"deepstack_visual_indexes": "x"}},

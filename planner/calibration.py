@@ -1,0 +1,370 @@
+"""Calibration: fit the time model's factors and the memory margins to measurements, and hand each
+rig its fitted assumptions.
+
+A `Measurement` is one shape of generate call measured on one device (a catalog GPU, or `CPU` for
+this machine): per sample prompt/visual tokens and ViT patches, new tokens, the batch, time to first
+token, decode time, and the allocator's peak where the device reports one. They come from the
+worker's task summaries of finished runs and from `benchmarks/gpu_check.py --grid` files.
+
+The fit, per device:
+- 16-bit rows: decode step = bytes streamed / bandwidth x 1/bandwidth_efficiency + layers x per-layer
+  overhead (two-parameter least squares in relative error; when the rows cannot separate the two - one
+  model, similar shapes - one common scale of the defaults); then prefill_efficiency from what the
+  time to first token leaves after one decode step (one parameter).
+- nf4 / int8 rows: the slowdowns of decode and prefill against the device's 16-bit factors.
+- Rows more than 3x the median residual off (and over 25 %) are outliers: reported, left out, refitted.
+- Memory: memory_extra_mib = the largest amount a measured peak exceeds the modelled allocations by
+  (+5 %), and headroom (the floor over the weights) lowered only as far as the largest measured
+  reserved peak allows. Every fitted estimate stays >= every measured peak.
+Per provider, from finished runs: the fixed seconds (boot) and the per-sample overhead outside the
+generate calls, from the run's wall time less its busy time.
+
+Pure: no torch, no I/O. `runner/calibrate.py` gathers measurements and stores the result.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+
+from .architecture import inventory
+from .assumptions import Assumptions
+from .memory import dynamic, peak_of, weight_layout
+from .models import Gpu, Model, ModelSpec
+from .speed import ModelCost, pass_phases
+from .workload import Pass
+
+QUANTIZED = ("nf4", "int8")
+SIXTEEN = ("bf16", "fp16")
+OUTLIER_X, OUTLIER_MIN = 3.0, 0.25
+MEMORY_CUSHION = 1.05
+MEMORY_FACTORS = ("memory_extra_mib", "headroom")
+
+
+class Measurement(Model):
+    """One measured shape of generate call (times per call, tokens per sample)."""
+
+    device: str
+    model: str
+    quantization: str
+    batch: int
+    prefill_tokens: int
+    visual_tokens: int = 0
+    vit_patches: int = 0
+    new_tokens: int
+    ttft_s: float
+    decode_s: float
+    calls: int = 1  # generate calls this row averages
+    peak_allocated_bytes: int | None = None
+    peak_reserved_bytes: int | None = None
+    double_quant: bool = True
+    source: str
+
+    def shape(self) -> Pass:
+        return Pass(self.prefill_tokens, max(self.new_tokens, 1), self.visual_tokens,
+                    (self.vit_patches,) if self.vit_patches else ())
+
+
+class RunTiming(Model):
+    """A finished run's wall time against its generate calls, for the provider's fixed costs."""
+
+    run_id: str
+    provider: str
+    wall_s: float  # billed: instance start to end
+    busy_s: float  # inside generate calls
+    samples: int
+    modelled_load_s: float  # what the model says loading takes (kept out of the fit)
+
+
+class RigFit(Model):
+    """Fitted factors for one device x quantization, with where they came from."""
+
+    device: str
+    quantization: str
+    factors: dict[str, float]
+    samples: int
+    sources: list[str]
+    error_before: float | None  # mean |relative error| of call time on these rows, defaults
+    error_after: float | None
+    memory_error_before: float | None = None
+    memory_error_after: float | None = None
+    outliers: list[str] = []
+
+
+class ProviderFit(Model):
+    provider: str
+    factors: dict[str, float]
+    runs: list[str]
+    error_before: float | None
+    error_after: float | None
+
+
+class Calibration(Model):
+    """What `budget calibrate` stored: per rig and per provider fits, with their provenance."""
+
+    created_at: str
+    rigs: list[RigFit] = []
+    providers: list[ProviderFit] = []
+    excluded: list[str] = []  # runs or rows not used, with why
+
+    def rig(self, device: str, quant: str) -> RigFit | None:
+        quant = "bf16" if quant == "fp16" else quant
+        return next((r for r in self.rigs if r.device == device and r.quantization == quant), None)
+
+    def for_rig(self, base: Assumptions, device: str, quant: str, provider: str = "") -> tuple[Assumptions, str]:
+        """`base` with this rig's and provider's fitted factors; and a line saying what was used."""
+        said, data = [], base.model_dump()
+        base16 = self.rig(device, "bf16")
+        fit = self.rig(device, quant)
+        if base16 is not None:  # its speed factors; its memory margins speak for 16-bit loads only
+            data.update({k: v for k, v in base16.factors.items()
+                         if fit is base16 or k not in MEMORY_FACTORS})
+        if fit is not None:
+            data.update(fit.factors)
+        if fit is not None:
+            said.append(f"calibrated from {_count(fit)} on {device}/{quant}")
+        elif base16 is not None:
+            said.append(f"calibrated from {_count(base16)} on {device}/16-bit (no {quant} measurement: "
+                        "its slowdowns are the defaults)")
+        pf = next((p for p in self.providers if p.provider == provider), None)
+        if pf is not None:
+            data.update(pf.factors)
+            said.append(f"fixed costs from {len(pf.runs)} {provider} run{'s' if len(pf.runs) != 1 else ''}")
+        return (Assumptions.model_validate(data) if said else base), "; ".join(said)
+
+
+def _count(f: RigFit) -> str:
+    runs = [s for s in f.sources if not s.startswith("file:")]
+    files = sorted({s.split(":")[1] for s in f.sources if s.startswith("file:")})
+    parts = []
+    if runs:
+        parts.append(f"{len(runs)} run{'s' if len(runs) != 1 else ''}")
+    if files:
+        parts.append(f"{f.samples - len(runs)} measurements ({', '.join(files)})")
+    return " and ".join(parts) or f"{f.samples} measurements"
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+class Predictor:
+    """Model predictions for measurements (one ModelCost per model)."""
+
+    def __init__(self, specs: Callable[[str], ModelSpec], gpus: Callable[[str], Gpu]) -> None:
+        self.specs, self.gpus = specs, gpus
+        self._mc: dict[str, ModelCost] = {}
+
+    def cost(self, name: str) -> ModelCost:
+        if name not in self._mc:
+            spec = self.specs(name)
+            self._mc[name] = ModelCost(spec, inventory(spec))
+        return self._mc[name]
+
+    def phases(self, m: Measurement, a: Assumptions, quant: str | None = None):
+        return pass_phases(self.cost(m.model), m.shape(), m.batch, quant or m.quantization, self.gpus(m.device), 1, a)
+
+    def call_s(self, m: Measurement, a: Assumptions) -> float:
+        p = self.phases(m, a)
+        return p.ttft_s + p.decode_s
+
+    def dynamic_bytes(self, m: Measurement, a: Assumptions) -> tuple[int, int]:
+        """(modelled weights, modelled dynamic bytes: KV cache + activations + scratch + the fitted extra)."""
+        spec = self.specs(m.model)
+        w = weight_layout(spec, inventory(spec), m.quantization, double_quant=m.double_quant)
+        d = dynamic(spec, peak_of([(m.shape(), m.batch)]), a)
+        scratch = w.largest_quantized16 if m.quantization in QUANTIZED else 0
+        extra = int(a.memory_extra_mib * 2**20)
+        return w.total, d.kv_per_layer * spec.text.num_hidden_layers + max(d.llm_act, d.vision_act) + scratch + extra
+
+
+def relative_error(pred: float, measured: float) -> float:
+    return (pred - measured) / measured if measured > 0 else 0.0
+
+
+def mean_abs(xs: list[float]) -> float | None:
+    return sum(abs(x) for x in xs) / len(xs) if xs else None
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _scale(pred: list[float], meas: list[float]) -> float | None:
+    """k minimising sum((k p / m - 1)^2): the relative-error least-squares scale."""
+    r = [p / m for p, m in zip(pred, meas, strict=True) if m > 0 and p > 0]
+    den = sum(x * x for x in r)
+    return sum(r) / den if den > 0 else None
+
+
+def _two(a_: list[float], b_: list[float], meas: list[float]) -> tuple[float, float] | None:
+    """(x, y) minimising sum(((x a + y b) / m - 1)^2), both > 0; None when the rows cannot separate them."""
+    a = [x / m for x, m in zip(a_, meas, strict=True)]
+    b = [x / m for x, m in zip(b_, meas, strict=True)]
+    saa, sab, sbb = sum(x * x for x in a), sum(x * y for x, y in zip(a, b, strict=True)), sum(y * y for y in b)
+    det = saa * sbb - sab * sab
+    if len(meas) < 3 or saa == 0 or sbb == 0 or det <= 1e-6 * saa * sbb:
+        return None
+    sa, sb = sum(a), sum(b)
+    x, y = (sa * sbb - sb * sab) / det, (sb * saa - sa * sab) / det
+    return (x, y) if x > 0 and y > 0 else None
+
+
+def _decode_parts(pr: Predictor, m: Measurement, a: Assumptions) -> tuple[float, float, float]:
+    """(bandwidth seconds at efficiency 1, per-layer overhead seconds at 1 ms, measured step) of one row."""
+    unit = a.model_copy(update={"bandwidth_efficiency": 1.0, "decode_overhead_ms_per_layer": 0.0})
+    bw = pr.phases(m, unit).step_s
+    layers = pr.cost(m.model).spec.text.num_hidden_layers
+    return bw, layers * 1e-3, m.decode_s / max(m.new_tokens - 1, 1)
+
+
+def fit_sixteen(pr: Predictor, rows: list[Measurement], a: Assumptions) -> dict[str, float]:
+    """bandwidth_efficiency, decode_overhead_ms_per_layer and prefill_efficiency from 16-bit rows."""
+    out: dict[str, float] = {}
+    dec = [r for r in rows if r.new_tokens > 1 and r.decode_s > 0]
+    if dec:
+        parts = [_decode_parts(pr, r, a) for r in dec]
+        bw, lay, meas = ([p[i] for p in parts] for i in range(3))
+        two = _two(bw, lay, meas)
+        if two is not None and 1 / two[0] <= 1.0:
+            out["bandwidth_efficiency"], out["decode_overhead_ms_per_layer"] = 1 / two[0], two[1]
+        else:  # one common scale of the defaults' two terms
+            pred = [b / a.bandwidth_efficiency + ly * a.decode_overhead_ms_per_layer for b, ly in zip(bw, lay,
+                                                                                                   strict=True)]
+            k = _scale(pred, meas) or 1.0
+            out["bandwidth_efficiency"] = min(1.0, a.bandwidth_efficiency / k)
+            out["decode_overhead_ms_per_layer"] = a.decode_overhead_ms_per_layer * k
+    a2 = a.model_copy(update=out)
+    pre = [(pr.phases(r, a2.model_copy(update={"prefill_efficiency": 1.0})), r) for r in rows if r.ttft_s > 0]
+    k = _prefill_scale([p.vision_s + p.prefill_s for p, _ in pre], [(r.ttft_s, p.step_s) for p, r in pre])
+    if k:
+        out["prefill_efficiency"] = min(1.0, max(0.005, 1 / k))
+    return out
+
+
+def _prefill_scale(work: list[float], ttft: list[tuple[float, float]]) -> float | None:
+    """The scale of the modelled prefill work that the measured times to first token leave after their
+    decode step - from the rows where that rest is at least a fifth of the time (elsewhere the first step
+    swamps the prefill and says nothing about it)."""
+    pairs = [(w, t - step) for w, (t, step) in zip(work, ttft, strict=True) if t - step >= 0.2 * t and w > 0]
+    return _scale([w for w, _ in pairs], [x for _, x in pairs]) if pairs else None
+
+
+def fit_quantized(pr: Predictor, rows: list[Measurement], a: Assumptions, quant: str) -> dict[str, float]:
+    """The quantization's decode and prefill slowdowns against the device's (fitted) 16-bit factors."""
+    out: dict[str, float] = {}
+    dec = [r for r in rows if r.new_tokens > 1 and r.decode_s > 0]
+    if dec:
+        pred = [pr.phases(r, a, quant="bf16").step_s for r in dec]
+        k = _scale(pred, [r.decode_s / (r.new_tokens - 1) for r in dec])
+        if k:
+            out[f"{quant}_decode_slowdown"] = k
+    a2 = a.model_copy(update=out)
+    pre = [(pr.phases(r, a2), pr.phases(r, a, quant="bf16"), r) for r in rows if r.ttft_s > 0]
+    k = _prefill_scale([p16.vision_s + p16.prefill_s for _, p16, _ in pre], [(r.ttft_s, pq.step_s) for pq, _, r in pre])
+    if k:
+        out[f"{quant}_prefill_slowdown"] = min(max(k, 0.1), 50.0)
+    return out
+
+
+def fit_memory(pr: Predictor, rows: list[Measurement], a: Assumptions) -> dict[str, float]:
+    """memory_extra_mib and headroom from rows with a measured peak; the fitted estimate stays at or above
+    every one of them."""
+    mem = [r for r in rows if r.peak_allocated_bytes]
+    if not mem:
+        return {}
+    under, floors = 0, []
+    for r in mem:
+        weights, dyn = pr.dynamic_bytes(r, a)
+        under = max(under, r.peak_allocated_bytes - weights - dyn)
+        if r.peak_reserved_bytes and weights:
+            floors.append((r.peak_reserved_bytes + a.cuda_context_mib * 2**20) / weights)
+    out = {"memory_extra_mib": a.memory_extra_mib + under * MEMORY_CUSHION / 2**20}
+    if floors:  # only ever lowered, never below what the card really held
+        out["headroom"] = min(a.headroom, max(1.0, max(floors) * MEMORY_CUSHION))
+    return out
+
+
+def _memory_errors(pr: Predictor, rows: list[Measurement], a: Assumptions) -> list[float]:
+    out = []
+    for r in rows:
+        if r.peak_allocated_bytes:
+            weights, dyn = pr.dynamic_bytes(r, a)
+            out.append(relative_error(weights + dyn, r.peak_allocated_bytes))
+    return out
+
+
+def fit_rig(pr: Predictor, device: str, quant: str, rows: list[Measurement], base: Assumptions,
+            sixteen: dict[str, float] | None = None) -> RigFit:
+    """Fit one device x quantization (16-bit: its own factors; nf4/int8: slowdowns over `sixteen`),
+    dropping outliers once."""
+    a16 = base.model_copy(update=sixteen or {})
+    outliers: list[str] = []
+
+    def fit(rs: list[Measurement]) -> dict[str, float]:
+        f = fit_sixteen(pr, rs, base) if quant in SIXTEEN else fit_quantized(pr, rs, a16, quant)
+        return {**f, **fit_memory(pr, rs, base)}
+
+    factors = fit(rows)
+    errs = [relative_error(pr.call_s(r, a16.model_copy(update=factors)), r.ttft_s + r.decode_s) for r in rows]
+    med = statistics.median(abs(e) for e in errs) if errs else 0.0
+    keep = [r for r, e in zip(rows, errs, strict=True) if not (abs(e) > OUTLIER_MIN and abs(e) > OUTLIER_X * med)]
+    if len(keep) < len(rows) and keep:
+        outliers = [f"{r.source} ({e:+.0%})" for r, e in zip(rows, errs, strict=True) if r not in keep]
+        rows, factors = keep, fit(keep)
+    before = [relative_error(pr.call_s(r, base), r.ttft_s + r.decode_s) for r in rows]
+    after = [relative_error(pr.call_s(r, a16.model_copy(update=factors)), r.ttft_s + r.decode_s) for r in rows]
+    fitted = a16.model_copy(update=factors)
+    return RigFit(device=device, quantization="bf16" if quant == "fp16" else quant,
+                  factors={k: round(v, 6) for k, v in factors.items() if math.isfinite(v)}, samples=len(rows),
+                  sources=sorted({r.source for r in rows}), error_before=mean_abs(before), error_after=mean_abs(after),
+                  memory_error_before=mean_abs(_memory_errors(pr, rows, base)),
+                  memory_error_after=mean_abs(_memory_errors(pr, rows, fitted)), outliers=outliers)
+
+
+def fit_provider(provider: str, runs: list[RunTiming], a: Assumptions) -> ProviderFit | None:
+    """The provider's boot seconds and per-sample overhead from finished runs: wall time less the generate
+    calls and the modelled load is boot + samples x overhead (least squares when the runs differ in
+    samples, else the overhead stays and boot takes the rest)."""
+    if not runs:
+        return None
+    key = {"aws": "boot_s_aws", "local": "boot_s_local"}.get(provider, "boot_s")
+    rest = [max(r.wall_s - r.busy_s - r.modelled_load_s, 0.0) for r in runs]
+    n = [float(r.samples) for r in runs]
+    boot, per = None, a.sample_overhead_s
+    if len(set(n)) > 1:
+        mean_n, mean_r = statistics.fmean(n), statistics.fmean(rest)
+        slope = sum((x - mean_n) * (y - mean_r) for x, y in zip(n, rest, strict=True)) / sum((x - mean_n) ** 2 for x in n)
+        if slope >= 0 and mean_r - slope * mean_n >= 0:
+            per, boot = slope, mean_r - slope * mean_n
+    if boot is None:
+        boot = max(statistics.fmean(r - x * per for r, x in zip(rest, n, strict=True)), 0.0)
+    base_boot = getattr(a, key)
+
+    def err(b: float, p: float) -> float | None:
+        return mean_abs([relative_error(b + x * p + r.busy_s + r.modelled_load_s, r.wall_s) for r, x in zip(runs, n,
+                                                                                                           strict=True)])
+    return ProviderFit(provider=provider, factors={key: round(boot, 3), "sample_overhead_s": round(per, 4)},
+                       runs=[r.run_id for r in runs], error_before=err(base_boot, a.sample_overhead_s),
+                       error_after=err(boot, per))
+
+
+def calibrate(pr: Predictor, rows: list[Measurement], runs: list[RunTiming], base: Assumptions,
+              created_at: str, excluded: list[str] | None = None) -> Calibration:
+    """Fit every device x quantization in `rows` (16-bit first: the quantized fits build on it) and every
+    provider in `runs`."""
+    by: dict[tuple[str, str], list[Measurement]] = {}
+    for r in rows:
+        by.setdefault((r.device, "bf16" if r.quantization == "fp16" else r.quantization), []).append(r)
+    rigs: list[RigFit] = []
+    sixteen: dict[str, dict[str, float]] = {}
+    for (device, quant), rs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1] not in SIXTEEN, kv[0][1])):
+        fit = fit_rig(pr, device, quant, rs, base, sixteen.get(device))
+        if quant in SIXTEEN:
+            sixteen[device] = {k: v for k, v in fit.factors.items() if k not in MEMORY_FACTORS}
+        rigs.append(fit)
+    providers = []
+    for prov in sorted({r.provider for r in runs}):
+        f = fit_provider(prov, [r for r in runs if r.provider == prov], base)
+        if f is not None:
+            providers.append(f)
+    return Calibration(created_at=created_at, rigs=rigs, providers=providers, excluded=list(excluded or []))

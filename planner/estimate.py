@@ -1,0 +1,104 @@
+"""Estimates on one given rig: one request (`budget estimate`: the question a VRAM/speed calculator
+answers, with the full memory and time model) and a whole plan (a run's estimate on the machine it
+really runs on, e.g. this CPU). Both take the rig's calibrated assumptions when there are some."""
+
+from __future__ import annotations
+
+from .architecture import inventory, param_breakdown
+from .assumptions import Assumptions
+from .memory import card_parts, from_parts, peak_of, weight_layout
+from .models import GIB, EvalPlan, Gpu, ImageLimits, Model, ModelSpec, TimeEstimate, VideoSpec
+from .speed import ModelCost, pass_phases, plan_time
+from .workload import TIMESTAMP_TOKENS, Pass, image_tokens, task_loads, video_frames
+
+COMPONENTS = ("weights", "kv_cache", "activations", "vision_activations", "dequant_scratch", "cuda_context",
+              "allocator_slack", "floor_adjust")
+
+
+class RequestEstimate(Model):
+    """`budget estimate --json`: exactly this document. Memory in bytes (per card, the fullest card's
+    by component); times in seconds."""
+
+    model: str
+    model_type: str
+    params: int
+    gpu: str
+    gpu_count: int
+    quantization: str
+    batch: int
+    prompt_tokens: int
+    visual_tokens: int
+    prefill_tokens: int
+    new_tokens: int
+    peak_memory_gib: float
+    memory: dict[str, int]
+    allocated_bytes: int  # what torch.cuda.max_memory_allocated would report: weights + KV + activations + scratch
+    per_card_bytes: list[int]
+    usable_bytes: int
+    fits: bool
+    vision_s: float
+    prefill_s: float
+    decode_s: float
+    decode_tokens_per_s: float
+    ttft_s: float
+    total_s: float
+    assumptions: list[str]
+    calibration: str = ""
+
+
+def request_pass(spec: ModelSpec, prompt_tokens: int, images: list[tuple[int, int]], video: VideoSpec | None,
+                 new_tokens: int, limits: ImageLimits, a: Assumptions) -> Pass:
+    """One sample's generate call: the prompt's text tokens plus the template's, every image's and the
+    video's visual tokens (processor resize as in workload)."""
+    visual, seqs = 0, []
+    for size in images:
+        t, p = image_tokens(size, limits, spec)
+        visual, seqs = visual + t, seqs + [p]
+    if video is not None:
+        t, p = image_tokens(video.frame_size, limits, spec)
+        pairs = video_frames(video) // spec.vision.temporal_patch_size  # type: ignore[union-attr] - checked above
+        visual, seqs = visual + pairs * (t + TIMESTAMP_TOKENS), seqs + [pairs * p]
+    return Pass(prompt_tokens + a.template_tokens + visual, new_tokens, visual, tuple(seqs))
+
+
+def estimate_request(spec: ModelSpec, gpu: Gpu, gpu_count: int, quant: str, p: Pass, batch: int, a: Assumptions,
+                     *, prompt_tokens: int, double_quant: bool = True, keep_vision_16bit: bool = False,
+                     calibration: str = "") -> RequestEstimate:
+    inv = inventory(spec)
+    w = weight_layout(spec, inv, quant, keep_vision_16bit, double_quant)
+    parts = card_parts(spec, w, quant, peak_of([(p, batch)]), gpu_count, a)
+    usable = gpu.memory_mib * 2**20
+    mem = from_parts(parts, quant, w.total, usable)
+    worst = max(mem.per_gpu, key=lambda g: g.total)
+    ph = pass_phases(ModelCost(spec, inv), p, batch, quant, gpu, gpu_count, a, not keep_vision_16bit)
+    decode_tps = batch * max(p.new - 1, 0) / ph.decode_s if ph.decode_s > 0 else batch / ph.step_s
+    said = [f"{k}={getattr(a, k)}" for k in ("prefill_efficiency", "bandwidth_efficiency",
+                                              "decode_overhead_ms_per_layer")]
+    if quant in ("nf4", "int8"):
+        said += [f"{quant}_prefill_slowdown={getattr(a, quant + '_prefill_slowdown')}",
+                 f"{quant}_decode_slowdown={getattr(a, quant + '_decode_slowdown')}"]
+    said += [f"attention {a.attn_implementation}", f"{a.template_tokens} chat-template tokens",
+             f"CUDA context {a.cuda_context_mib:g} MiB", f"allocator slack {a.allocator_slack:g}",
+             f"peak >= {a.headroom:g} x weights", "greedy decoding to the full new-token count",
+             f"{gpu.name}: {gpu.fp16_tflops:g} TFLOPS 16-bit, {gpu.bandwidth_gbs:g} GB/s ({gpu.source})"]
+    if gpu_count > 1:
+        said.append("layers split across cards; one card works at a time (accelerate's device_map)")
+    return RequestEstimate(
+        model=spec.name, model_type=spec.model_type, params=param_breakdown(spec).total, gpu=gpu.name,
+        gpu_count=gpu_count, quantization=quant, batch=batch, prompt_tokens=prompt_tokens, visual_tokens=p.visual,
+        prefill_tokens=p.prefill, new_tokens=p.new, peak_memory_gib=round(worst.total / GIB, 3),
+        memory={k: getattr(worst, k) for k in COMPONENTS} | {"total": worst.total},
+        allocated_bytes=worst.weights + worst.kv_cache + max(worst.activations, worst.vision_activations)
+        + worst.dequant_scratch, per_card_bytes=[g.total for g in mem.per_gpu], usable_bytes=usable, fits=mem.fits,
+        vision_s=ph.vision_s, prefill_s=ph.prefill_s, decode_s=ph.decode_s, decode_tokens_per_s=decode_tps,
+        ttft_s=ph.ttft_s, total_s=ph.total_s, assumptions=said, calibration=calibration)
+
+
+def plan_on_rig(plan: EvalPlan, spec: ModelSpec, gpu: Gpu, gpu_count: int, quant: str, provider: str,
+                a: Assumptions, spot: bool = False) -> TimeEstimate:
+    """The plan's time on one given rig (no offer search): every task, the fixed costs of `provider`."""
+    loads = task_loads(plan, spec, a)
+    sixteen = "bf16" if gpu.bf16 else "fp16"
+    skipped = {t.name: "the plan already runs in 16-bit" for t in loads if t.sixteen_bit and quant in ("bf16", "fp16")}
+    return plan_time(ModelCost(spec, inventory(spec)), loads, quant, sixteen, gpu, gpu_count, provider, a,
+                     not plan.keep_vision_16bit, skipped, spot=spot)
