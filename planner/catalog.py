@@ -370,7 +370,7 @@ def load_catalog(user_dir: Path | None = None) -> Catalog:
                         cat.fx[item.currency.upper()] = item
         models_dir = root / "models"
         for p in sorted(models_dir.glob("*.json")) if models_dir.is_dir() else []:
-            spec = load_config(p, name=p.stem, hf_id=f"Qwen/{p.stem}" if root == base and p.stem.startswith("Qwen3-VL") else "")
+            spec = load_config(p, name=p.stem, hf_id=f"Qwen/{p.stem}" if root == base and p.stem.startswith("Qwen") else "")
             cat.models[spec.name] = spec
     bundled = [o for p in _offer_files(base) for o in _read_offer_file(p, cat)]
     user: list[Offer] = []

@@ -627,6 +627,7 @@ def estimate(r) -> None:
     t.add_row(Text("total", style="bold"), f"{r.memory['total'] / 2**30:.3f}")
     t.add_row("(allocator peak: weights + KV + activations + scratch)", f"{r.allocated_bytes / 2**30:.3f}")
     out.print(t)
+    out.print("(activations and vision encoder do not overlap: the peak counts the larger)")
     out.print(f"time: vision {r.vision_s:.3f} s + prefill {r.prefill_s:.3f} s -> first token at {r.ttft_s:.3f} s; "
               f"decode {r.decode_s:.2f} s at {r.decode_tokens_per_s:.1f} tokens/s; total {r.total_s:.2f} s",
               soft_wrap=True)

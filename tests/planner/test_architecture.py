@@ -105,6 +105,8 @@ CASES = {
     "tiny dense untied, 5.x layout": lambda: _tiny(False, False, "5.x"),
     "tiny MoE tied, 4.57 layout": lambda: _tiny(True, True, "4.57"),
     "tiny MoE untied, 5.x layout": lambda: _tiny(True, False, "5.x"),
+    "Qwen2.5-7B-Instruct (catalog, qwen2)": lambda: json.loads((DATA / "Qwen2.5-7B-Instruct.json").read_text()),
+    "Qwen3-8B (catalog, qwen3)": lambda: json.loads((DATA / "Qwen3-8B.json").read_text()),
     "Qwen2-VL flat (release layout)": lambda: _qwen2_vl("2", "flat", False),
     "Qwen2-VL nested text_config, tied": lambda: _qwen2_vl("2", "nested", True),
     "Qwen2.5-VL flat (release layout), tied": lambda: _qwen2_vl("2.5", "flat", True),
