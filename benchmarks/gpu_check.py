@@ -233,7 +233,6 @@ def _measure(a, arch, quant, cfg, saved, dev, card, versions, out_file, started)
             print(f"{arch:>24} {quant:>5} b{batch} p{prompt} {image} n{generated}: ttft {ttft_s:.3f} s, "
                   f"decode {row['decode_tokens_per_s']:.1f} tok/s, peak {row['peak_allocated_bytes'] / GIB:.2f} "
                   f"GiB (weights {weights / GIB:.2f}), load {load_s:.0f} s", flush=True)
-    del model
 
 
 def main() -> None:

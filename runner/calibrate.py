@@ -52,7 +52,7 @@ def _num(v, what: str, where: str, integer: bool = False, optional: bool = False
     ok = isinstance(v, int) if integer else isinstance(v, (int, float))
     if isinstance(v, bool) or not ok or not math.isfinite(v) or v < 0 or v > 1e15:
         raise InputError(f"{where}: {what} must be a non-negative {'integer' if integer else 'number'}, got {v!r}",
-                         "files come from `benchmarks/gpu_check.py --grid` (schema gpubudget.measurement/1)")
+                         "files come from the grid mode of benchmarks/gpu_check.py (schema gpubudget.measurement/1)")
     return v
 
 
@@ -64,8 +64,8 @@ def read_measurements(path: Path, catalog: Catalog) -> list[Measurement]:
             raise InputError(f"{path}: over {MAX_FILE_BYTES >> 20} MiB", "split the file")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(f"{path}: no such measurement file", "pass a file written by benchmarks/gpu_check.py "
-                         "--grid (e.g. benchmarks/measured/*.jsonl)") from None
+        raise InputError(f"{path}: no such measurement file", "pass a file written by the grid mode of "
+                         "benchmarks/gpu_check.py (e.g. benchmarks/measured/*.jsonl)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot be read ({e})", "pass a JSON-lines measurement file") from None
     out = []
@@ -78,7 +78,7 @@ def read_measurements(path: Path, catalog: Catalog) -> list[Measurement]:
         except json.JSONDecodeError:
             raise InputError(f"{where}: not JSON", "one JSON object per line") from None
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-            raise InputError(f"{where}: not a {SCHEMA} line", "files come from `benchmarks/gpu_check.py --grid`")
+            raise InputError(f"{where}: not a {SCHEMA} line", "files come from the grid mode of benchmarks/gpu_check.py")
         try:
             spec = catalog.model(str(d.get("model")))
         except ModelConfigError as e:
@@ -102,7 +102,7 @@ def read_measurements(path: Path, catalog: Catalog) -> list[Measurement]:
             peak_reserved_bytes=_num(d.get("peak_reserved_bytes"), "peak_reserved_bytes", where, True, True),
             source=f"file:{path.name}:{n}"))
     if not out:
-        raise InputError(f"{path}: no measurements in it", "pass a file written by benchmarks/gpu_check.py --grid")
+        raise InputError(f"{path}: no measurements in it", "pass a file written by the grid mode of benchmarks/gpu_check.py")
     return out
 
 

@@ -122,9 +122,9 @@ def test_bad_plans_exit_2(capsys, tmp_path, text, needle):
 
 def test_unusable_configs_exit_2(capsys, tmp_path):
     p = tmp_path / "config.json"
-    p.write_text(json.dumps({"model_type": "llama", "hidden_size": 4096}))
+    p.write_text(json.dumps({"model_type": "gemma3", "hidden_size": 4096}))
     code, _, err = run(capsys, "model", "inspect", str(p))
-    assert code == 2 and "not a Qwen3-VL" in err
+    assert code == 2 and "'gemma3' is not supported (supported model types: qwen3_vl" in err
     p.write_text("{")
     code, _, err = run(capsys, "plan", "--yuan", "2000", "--model-config", str(p))
     assert code == 2 and "not a readable JSON" in err

@@ -291,16 +291,16 @@ def test_a_spot_interruption_notice_moves_the_run_before_the_reclaim(aws_cloud, 
     write_config(budget_home, aws={"metadata_url": f"http://127.0.0.1:{server.server_port}"})
     aws_cloud.agent.disks_die = True
     try:
-        p, first = spot_run_at_work(aws_cloud, budget_home, tiny_model, caption_plan(tmp_path, "warned", 40))
+        p, first = spot_run_at_work(aws_cloud, budget_home, tiny_model, caption_plan(tmp_path, "warned", 80))
         state["armed"] = True
         _, err = p.communicate(timeout=400)
     finally:
         server.shutdown()
     assert p.returncode == 0, err
     run = the_run(budget_home)
-    assert run["state"] == "done" and run["samples_done"] == 40 and state["served"] == 1
+    assert run["state"] == "done" and run["samples_done"] == 80 and state["served"] == 1
     lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
-    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 40
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 80
     notice = (aws_cloud.remote_dir / ".gone" / first / "interrupted").read_text()
     assert '"action": "terminate"' in notice  # the watchdog heard it on the first instance
     rows = [dict(r) for r in db(budget_home).execute("SELECT * FROM instances ORDER BY id")]
