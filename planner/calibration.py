@@ -135,13 +135,16 @@ class Calibration(Model):
 
 
 def _count(f: RigFit) -> str:
-    runs = [s for s in f.sources if not s.startswith("file:")]
-    files = sorted({s.split(":")[1] for s in f.sources if s.startswith("file:")})
+    """'2 runs and 45 measurements (file.jsonl)': a run's rows share its id (one per task, per sweep size),
+    a file's rows are one source each."""
+    runs = {s.split(":")[0] for s in f.sources if not s.startswith("file:")}
+    rows = [s for s in f.sources if s.startswith("file:")]
+    files = sorted({s.split(":")[1] for s in rows})
     parts = []
     if runs:
         parts.append(f"{len(runs)} run{'s' if len(runs) != 1 else ''}")
     if files:
-        parts.append(f"{f.samples - len(runs)} measurements ({', '.join(files)})")
+        parts.append(f"{len(rows)} measurements ({', '.join(files)})")
     return " and ".join(parts) or f"{f.samples} measurements"
 
 

@@ -83,3 +83,13 @@ def test_rows_that_cannot_separate_two_factors_get_one_common_scale():
     d = Assumptions()
     k = f["decode_overhead_ms_per_layer"] / d.decode_overhead_ms_per_layer
     assert f["bandwidth_efficiency"] == pytest.approx(min(1.0, d.bandwidth_efficiency / k), rel=1e-4)
+
+
+def test_the_calibration_line_counts_runs_not_their_tasks():
+    """A run gives a row per task (and per sweep size, under one source): the line counts runs and file rows."""
+    from planner.calibration import RigFit
+
+    fit = RigFit(device="CPU", quantization="bf16", factors={}, samples=6, error_before=None, error_after=None,
+                 sources=["r1:captions", "r1:documents", "r2:captions", "r2:sweep", "file:m.jsonl:3"])
+    cal = Calibration(created_at="x", rigs=[fit])
+    assert cal.for_rig(Assumptions(), "CPU", "bf16")[1] == "calibrated from 2 runs and 1 measurements (m.jsonl) on CPU/bf16"
