@@ -129,8 +129,7 @@ def pass_phases(mc: ModelCost, p: Pass, batch: int, quant: str, gpu: Gpu, n_card
 def pass_seconds(mc: ModelCost, p: Pass, batch: int, quant: str, gpu: Gpu, n_cards: int, a: Assumptions,
                  vision_quantized: bool = True) -> float:
     """Seconds for one generate call over a batch of `batch` samples shaped like `p`."""
-    ph = pass_phases(mc, p, batch, quant, gpu, n_cards, a, vision_quantized)
-    return ph.vision_s + ph.prefill_s + ph.new * ph.step_s + ph.hops_s
+    return pass_phases(mc, p, batch, quant, gpu, n_cards, a, vision_quantized).total_s
 
 
 def task_seconds(mc: ModelCost, t: TaskLoad, quant: str, gpu: Gpu, n_cards: int, a: Assumptions,
