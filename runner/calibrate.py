@@ -129,9 +129,10 @@ def _ok_number(d: dict, key: str) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1e9
 
 
-def run_measurements(run: dict, catalog: Catalog) -> tuple[list[Measurement], RunTiming | None, str]:
-    """A finished run's generate calls as measurements, and its wall time against them; or why it is not
-    used ('' when it is)."""
+def run_measurements(run: dict, catalog: Catalog, led: Ledger,
+                     a: Assumptions) -> tuple[list[Measurement], RunTiming | None, str]:
+    """A finished run's generate calls as measurements, and its billed wall time against them (None for a
+    run relaunched on several instances: it has no one wall time); or why it is not used ('' when it is)."""
     rid = run["id"]
     if run["state"] != "done":
         return [], None, f"{rid}: {run['state']} ({run.get('reason') or 'not finished'}): not used"
@@ -184,30 +185,29 @@ def run_measurements(run: dict, catalog: Catalog) -> tuple[list[Measurement], Ru
             new_tokens=max(1, round(mean("decode_tokens"))), ttft_s=mean("ttft_s"),
             decode_s=max(mean("latency_s") - mean("ttft_s"), 0.0), calls=max(1, len(xs) // int(batch)),
             peak_allocated_bytes=peak or None if device != localrig.NAME else None, source=f"{rid}:{task}"))
-    timing = RunTiming(run_id=rid, provider=run["provider"], wall_s=0.0, busy_s=busy, samples=samples,
-                       modelled_load_s=0.0)
+    inst = led.instances(rid)
+    timing = None
+    if len(inst) == 1 and inst[0].ended_at:
+        load = fixed_seconds(ModelCost(spec, inventory(spec)), run["quantization"], run["provider"], a)[3]
+        timing = RunTiming(run_id=rid, provider=run["provider"], wall_s=inst[0].ended_at - inst[0].started_at,
+                           busy_s=busy, samples=samples, modelled_load_s=load)
     return rows, timing, ""
 
 
-def gather(led: Ledger, catalog: Catalog, home: Path, a: Assumptions,
+def gather(led: Ledger, catalog: Catalog, a: Assumptions,
            run_ids: list[str] | None = None) -> tuple[list[Measurement], list[RunTiming], list[str]]:
     """Measurements and timings of the ledger's finished runs (or `run_ids`), and why others were not used."""
     rows, timings, excluded = [], [], []
     chosen = [runs.resolve(led, r) for r in run_ids] if run_ids else led.runs()
     for run in chosen:
-        got, timing, why = run_measurements(run, catalog)
+        got, timing, why = run_measurements(run, catalog, led, a)
         if why:
             excluded.append(why)
             if run_ids:
                 raise InputError(f"run {why}", "calibrate from runs that finished their plan (`budget status`)")
             continue
-        inst = led.instances(run["id"])
-        if len(inst) == 1 and inst[0].ended_at and timing is not None:  # relaunched runs: no one wall time
-            spec = catalog.model(got[0].model) if got else None
-            load = fixed_seconds(ModelCost(spec, inventory(spec)), run["quantization"], run["provider"], a)[3] \
-                if spec is not None else 0.0
-            timings.append(timing.model_copy(update={"wall_s": inst[0].ended_at - inst[0].started_at,
-                                                     "modelled_load_s": load}))
+        if timing is not None:
+            timings.append(timing)
         rows += got
     return rows, timings, excluded
 
@@ -220,7 +220,7 @@ def run(home: Path, catalog: Catalog, files: list[Path], run_ids: list[str] | No
     led = runs.ledger(home)
     try:
         a = Assumptions()
-        rows, timings, excluded = gather(led, catalog, home, a, run_ids)
+        rows, timings, excluded = gather(led, catalog, a, run_ids)
         for f in files:
             rows += read_measurements(f, catalog)
         if not rows:

@@ -102,6 +102,7 @@ def plan_cmd(
     from planner.summaries import next_step
 
     from . import render
+    from .calibrate import calibration
 
     ev = load_plan(plan)
     budget = _decimal(yuan, "--yuan") or ev.budget_yuan
@@ -109,8 +110,6 @@ def plan_cmd(
         raise InputError("no budget given", "pass --yuan AMOUNT (CNY) or set budget_yuan in the plan")
     cat = _catalog(fx)
     spec = load_config(model_config) if model_config else cat.model(ev.model if model is None else model)
-    from .calibrate import calibration
-
     result = optimize(ev, spec, cat, budget, assumptions=parse_overrides(assume or []), providers=provider,
                       spot=spot, objective=objective, top=top, quantizations=quant,
                       calibration=None if assume else calibration(budget_home()))
@@ -189,7 +188,7 @@ def estimate_cmd(
     images = [_size(v, "--image") for v in image or []]
     clip = None
     if video is not None:
-        secs, at, fps = video.partition("@")
+        secs, _, fps = video.partition("@")
         try:
             clip = VideoSpec(duration_s=float(secs), fps=float(fps or 2))
         except ValueError:
@@ -199,8 +198,7 @@ def estimate_cmd(
                          "drop --image/--video, or pick a vision-language model")
     if quant == "bf16" and not rig.bf16:
         raise InputError(f"no bf16 on {rig.name} (compute capability {rig.compute_capability})", "use --quant fp16")
-    a = parse_overrides(assume or [])
-    said = ""
+    a, said = parse_overrides(assume or []), ""
     cal = None if assume else calibration(budget_home())
     if cal is not None:
         a, said = cal.for_rig(a, rig.name, quant)
