@@ -167,7 +167,6 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
                        quantizations=[quant] if quant else None, top=1, calibration=cal).report.recommendation
     if rec is None:
         raise result.shortfall(plan.name, spec.name)
-
     offer = next(o for o in offers if (o.provider, o.instance_type, o.region) == (rec.provider, rec.instance_type,
                                                                                     rec.region))
     if provider == "local":  # it runs on this machine's CPU, not on the offer's GPU: estimate it there
@@ -194,11 +193,13 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, pr
 def _on_this_machine(rec, offer, plan: EvalPlan, catalog: Catalog, home: Path, cal):
     """`rec` with the time and cost of running on this machine (its CPU profile, calibrated where `budget
     calibrate` fitted it), billed under the offer's rule at its price."""
-    from planner.optimize import billed_seconds
+    from decimal import ROUND_CEILING
+
+    from planner.optimize import CENT, billed_seconds
 
     t, said = calibrate.run_time(plan, catalog, home, "local", rec.gpu, 1, rec.quantization, False, cal)
     billed = billed_seconds(t.total_s, offer.billing_increment_s, offer.billing_minimum_s)
-    cost = (rec.price_cny_per_hour * Decimal(billed) / 3600).quantize(Decimal("0.01"), rounding="ROUND_CEILING")
+    cost = (rec.price_cny_per_hour * Decimal(billed) / 3600).quantize(CENT, rounding=ROUND_CEILING)  # as optimize
     return rec.model_copy(update={"time": t, "hours": round(t.total_s / 3600, 3), "billed_hours": round(billed / 3600, 4),
                                   "cost_cny": cost, "notes": list(rec.notes) + [
         said or "estimated on this machine's CPU profile (uncalibrated: `budget calibrate` after a local run fits it)"]})
