@@ -20,7 +20,9 @@ from planner.estimate import plan_on_rig
 from planner.models import EvalPlan, Gpu
 from planner.speed import ModelCost, fixed_seconds
 
-from . import localrig, runs
+from . import home as homes
+from . import localrig
+from .cloud import registry
 from .money.ledger import Ledger
 
 SCHEMA = "gpubudget.measurement/1"
@@ -198,7 +200,7 @@ def gather(led: Ledger, catalog: Catalog, a: Assumptions,
            run_ids: list[str] | None = None) -> tuple[list[Measurement], list[RunTiming], list[str]]:
     """Measurements and timings of the ledger's finished runs (or `run_ids`), and why others were not used."""
     rows, timings, excluded = [], [], []
-    chosen = [runs.resolve(led, r) for r in run_ids] if run_ids else led.runs()
+    chosen = [homes.resolve(led, r) for r in run_ids] if run_ids else led.runs()
     for run in chosen:
         got, timing, why = run_measurements(run, catalog, led, a)
         if why:
@@ -217,7 +219,7 @@ def gather(led: Ledger, catalog: Catalog, a: Assumptions,
 
 def run(home: Path, catalog: Catalog, files: list[Path], run_ids: list[str] | None = None) -> Calibration:
     """Fit from the ledger's finished runs (or `run_ids`) and `files`; store the fit; return it."""
-    led = runs.ledger(home)
+    led = homes.ledger(home)
     try:
         a = Assumptions()
         rows, timings, excluded = gather(led, catalog, a, run_ids)
@@ -260,7 +262,7 @@ def show(home: Path, catalog: Catalog) -> dict:
     """For every finished run: estimate vs actual (hours, cost, peak memory) before and after the stored
     calibration; and the stored fits."""
     cal = calibration(home)
-    led = runs.ledger(home)
+    led = homes.ledger(home)
     try:
         out = []
         for r in led.runs():
@@ -293,17 +295,19 @@ def _re_estimate(run: dict, catalog: Catalog, home: Path, cal: Calibration | Non
     try:
         req = json.loads((Path(run["dir"]) / "request.json").read_text())
         plan = load_plan(Path(run["plan_path"]))
+        here = registry.PROVIDERS[req["provider"]].this_machine
         return run_time(plan, catalog, home, req["provider"], req["offer"]["gpu"], int(req["offer"]["gpu_count"]),
-                        req["quantization"], bool(req.get("spot")), cal)[0].total_s / 3600
+                        req["quantization"], bool(req.get("spot")), cal, here)[0].total_s / 3600
     except Exception:  # noqa: BLE001 - a plan moved or changed since, an old request: no re-estimate for that run
         return None
 
 
 def run_time(plan: EvalPlan, catalog: Catalog, home: Path, provider: str, gpu: str, gpu_count: int, quant: str,
-             spot: bool, cal: Calibration | None):
-    """(TimeEstimate, calibration line) of `plan` on the rig a run really uses: this machine's CPU for a local
-    run, the offer's GPUs otherwise; with the rig's calibrated assumptions when there are some."""
-    rig = devices(catalog, home)(localrig.NAME if provider == "local" else gpu)
-    count = 1 if provider == "local" else gpu_count
+             spot: bool, cal: Calibration | None, this_machine: bool = False):
+    """(TimeEstimate, calibration line) of `plan` on the rig a run really uses: this machine's CPU when the
+    provider's instance is this machine, the offer's GPUs otherwise; with the rig's calibrated assumptions
+    when there are some."""
+    rig = devices(catalog, home)(localrig.NAME if this_machine else gpu)
+    count = 1 if this_machine else gpu_count
     a, said = cal.for_rig(Assumptions(), rig.name, quant, provider) if cal else (Assumptions(), "")
     return plan_on_rig(plan, catalog.model(plan.model), rig, count, quant, provider, a, spot), said

@@ -11,6 +11,7 @@
     │   ├── NotFoundError              e.g. no AMI matches
     │   └── TransientError             throttling, 5xx, connection drops: the only kind retried
     ├── RemoteError                    the instance over SSH: unreachable, refused, host key mismatch
+    │   ├── NotReadyError              it does not answer yet (booting): the caller may wait and retry
     │   └── BootstrapError             infra/bootstrap.sh exited non-zero
     ├── WorkerError                    the worker crashed or rejected its job
     └── RunError                       a run cannot be found, resumed or stopped as asked
@@ -55,6 +56,10 @@ class TransientError(ProviderError):
 
 
 class RemoteError(GpuBudgetError):
+    pass
+
+
+class NotReadyError(RemoteError):
     pass
 
 

@@ -6,10 +6,23 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 
-from .base import INSTANCE_FILES, MANAGED_TAG, OURS, RUN_TAG, START_WATCHDOG, Endpoint, InstanceInfo, LaunchSpec
+from ..clock import SYSTEM, Clock
+from ..procs import pid_alive, runs_in
+from .base import (
+    INSTANCE_FILES,
+    MANAGED_TAG,
+    OURS,
+    RUN_TAG,
+    START_WATCHDOG,
+    Capabilities,
+    InstanceInfo,
+    LaunchSpec,
+    ProviderBase,
+)
 from .remote import LocalSession
 
 # the watchdog's "power off" for a directory: end the worker's process group (if the pid is still the
@@ -17,15 +30,16 @@ from .remote import LocalSession
 POWEROFF = OURS + 'ours worker.pid && kill -TERM -"$p" 2>/dev/null; touch POWEROFF'
 
 
-class LocalProvider:
+class LocalProvider(ProviderBase):
     name = "local"
-    teardown_s = 30.0  # SIGTERM, then the worker flushes and exits; SIGKILL after that
-    ssh_wait_s = 10.0  # nothing boots: the directory is there at once
-    poweroff = POWEROFF
+    # nothing boots (the directory is there at once); a terminate is SIGTERM, the worker's flush, SIGKILL
+    caps = Capabilities(ssh_wait_s=10.0, teardown_s=30.0, poweroff=POWEROFF, this_machine=True)
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, clock: Clock = SYSTEM, price_cny_h: Decimal | None = None):
         self.base = Path(home) / "instances"
-        self.remote_dir = str(self.base)
+        self.clock = clock
+        if price_cny_h is not None:  # config local.price_yuan_per_hour: the simulated rate
+            self.caps = replace(self.caps, price_cny_h=price_cny_h)
 
     def _dir(self, provider_id: str) -> Path:
         return self.base / provider_id.removeprefix("local-")
@@ -44,9 +58,9 @@ class LocalProvider:
             s.put_bytes(f"{spec.grace_s}\n".encode(), "grace")
             s.put_bytes(f"{int(spec.lease_until)}\n".encode(), "lease")
             s.run(START_WATCHDOG, timeout=60)
-        return InstanceInfo(f"local-{spec.run_id}", "running", "localhost", time.time(), spec.spot)
+        return InstanceInfo(f"local-{spec.run_id}", "running", "localhost", self.clock.now(), spec.spot)
 
-    def session(self, provider_id: str) -> LocalSession:
+    def session(self, provider_id: str, run_id: str = "", timeout_s: float = 10.0) -> LocalSession:
         return LocalSession(self._dir(provider_id))
 
     def status(self, provider_id: str) -> InstanceInfo:
@@ -59,19 +73,16 @@ class LocalProvider:
     def terminate(self, provider_id: str) -> float:
         d = self._dir(provider_id)
         if not d.exists() or (d / "TERMINATED").exists():
-            return time.time()
+            return self.clock.now()
         for name in ("worker.pid", "watchdog.pid"):
             _kill_group(d / name, signal.SIGTERM)
-        end = time.monotonic() + self.teardown_s - 2
-        while time.monotonic() < end and _alive(d / "worker.pid"):
-            time.sleep(0.1)
+        end = self.clock.monotonic() + self.caps.teardown_s - 2
+        while self.clock.monotonic() < end and _alive(d / "worker.pid"):
+            self.clock.sleep(0.1)
         for name in ("worker.pid", "watchdog.pid"):
             _kill_group(d / name, signal.SIGKILL)
-        (d / "TERMINATED").write_text(f"{time.time():.3f}\n")
-        return time.time()
-
-    def endpoint(self, provider_id: str) -> Endpoint | None:
-        return None
+        (d / "TERMINATED").write_text(f"{self.clock.now():.3f}\n")
+        return self.clock.now()
 
     def list_managed(self) -> list[InstanceInfo]:
         if not self.base.exists():
@@ -92,48 +103,6 @@ def _alive(path: Path) -> bool:
     """The process in `path` (worker.pid, watchdog.pid) runs and is still that instance's."""
     pid = _pid(path)
     return pid_alive(pid) and runs_in(pid, path.parent)
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether process `pid` runs on this machine."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie (exited, not yet reaped by its parent) is not running
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
-
-
-def proc_start(pid: int | None) -> str | None:
-    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22): with the pid, its
-    identity - a pid reused by another process has another start time. None where /proc is missing."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
-    except (OSError, IndexError, TypeError):
-        return None
-
-
-def same_process(pid: int | None, start: str | None) -> bool:
-    """Whether `pid` still is the process that had start time `start` (None: unknown, trust the pid)."""
-    if not pid_alive(pid):
-        return False
-    now = proc_start(pid)
-    return start is None or now is None or now == start
-
-
-def runs_in(pid: int, directory: Path) -> bool:
-    """Whether process `pid` works in `directory` (a worker or watchdog of that instance, not some other
-    process that got its pid after a power-off). True where /proc cannot tell."""
-    try:
-        return Path(os.readlink(f"/proc/{pid}/cwd")) == Path(directory).resolve()
-    except FileNotFoundError:
-        return not Path(f"/proc/{pid}").exists() and not Path("/proc/self").exists()
-    except OSError:
-        return False
 
 
 def _kill_group(path: Path, sig: int) -> None:

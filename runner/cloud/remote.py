@@ -13,22 +13,15 @@ import os
 import shlex
 import shutil
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import RemoteError
-from .base import Endpoint
+from ..errors import NotReadyError, RemoteError
+from .base import Endpoint, Proc
 
+HINT_UNREACHABLE = ("check that the instance is up, that its port is open to this machine, and the key "
+                    "(BUDGET_SSH_ADDRESS=host:port overrides the address, e.g. through a bastion)")
 FETCH_WHOLE = ("status.json", "summary.json")
 FETCH_APPEND = ("worker.log", "worker.stderr.log")
-
-
-class Proc:
-    """A command started on the instance; poll() until it returns its exit code."""
-
-    def __init__(self, poll: Callable[[], int | None], output: Callable[[], str]):
-        self.poll, self.output = poll, output
 
 
 class LocalSession:
@@ -115,72 +108,50 @@ class SshSession:
         self.address = address
 
     @classmethod
-    def connect(cls, ep: Endpoint, root: str, *, wait_s: float, between: Callable[[str], None] = lambda _: None,
-                attempt_timeout: float = 10.0) -> SshSession:
-        """Connect, retrying while the instance boots (refused, timed out, no banner yet, keys not yet
-        installed) for up to `wait_s`; `between(reason)` runs between attempts (the orchestrator ticks
-        the guard there and may raise to give up). A host key that does not match is never retried."""
+    def connect(cls, ep: Endpoint, root: str, timeout_s: float = 10.0) -> SshSession:
+        """One attempt to connect (at most `timeout_s` for each of TCP, banner and auth) and make `root`.
+        NotReadyError while the instance boots (refused, timed out, no banner yet, keys not yet installed):
+        the caller decides whether to wait and try again. A host key that does not match is RemoteError."""
         import paramiko
-        from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-        class Booting(Exception):
-            pass
-
-        def attempt():
-            client = paramiko.SSHClient()
-            client.load_host_keys(ep.known_hosts)
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
-            try:
-                client.connect(ep.host, ep.port, username=ep.user, key_filename=ep.key_file, timeout=attempt_timeout,
-                               banner_timeout=attempt_timeout, auth_timeout=attempt_timeout, allow_agent=False,
-                               look_for_keys=False)
-            except paramiko.BadHostKeyException as e:
-                client.close()
-                raise RemoteError(f"{ep.host}:{ep.port} presented a host key that does not match the pinned one "
-                                  f"({e.key.get_name()} {e.key.fingerprint})",
-                                  "someone may be intercepting the connection; check the address, or the "
-                                  "known_hosts entry if the host was reinstalled") from None
-            except paramiko.AuthenticationException as e:
-                client.close()
-                raise Booting(f"authentication failed for {ep.user} ({e})") from None
-            except paramiko.SSHException as e:
-                client.close()
-                if "known_hosts" in str(e):
-                    raise RemoteError(f"{ep.host}:{ep.port} is not in {ep.known_hosts}; its host key cannot be "
-                                      "verified", "add the host's key to known_hosts (ssh-keyscan, checked against "
-                                      "the provider's console) - gpubudget never trusts a key on first use") from None
-                raise Booting(str(e) or e.__class__.__name__) from None
-            except (TimeoutError, OSError, EOFError) as e:
-                client.close()
-                raise Booting(getattr(e, "strerror", None) or str(e) or e.__class__.__name__) from None
-            return client
-
-        def before_sleep(state):
-            between(str(state.outcome.exception()))
-
+        client = paramiko.SSHClient()
+        client.load_host_keys(ep.known_hosts)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        where = f"{ep.user}@{ep.host}:{ep.port}"
         try:
-            for tryer in Retrying(retry=retry_if_exception_type(Booting), stop=stop_after_delay(wait_s),
-                                  wait=wait_exponential(multiplier=0.5, max=5), before_sleep=before_sleep,
-                                  reraise=False):
-                with tryer:
-                    client = attempt()
-        except RetryError as e:
-            why = e.last_attempt.exception()
-            raise RemoteError(f"cannot reach {ep.user}@{ep.host}:{ep.port} over SSH within {wait_s:.0f} s: {why}",
-                              "check that the instance is up, that port is open to this machine, and the key "
-                              "(BUDGET_SSH_ADDRESS=host:port overrides the address, e.g. through a bastion)") from None
-        address = f"{ep.user}@{ep.host}:{ep.port}"
+            client.connect(ep.host, ep.port, username=ep.user, key_filename=ep.key_file, timeout=timeout_s,
+                           banner_timeout=timeout_s, auth_timeout=timeout_s, allow_agent=False, look_for_keys=False)
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise RemoteError(f"{ep.host}:{ep.port} presented a host key that does not match the pinned one "
+                              f"({e.key.get_name()} {e.key.fingerprint})",
+                              "someone may be intercepting the connection; check the address, or the "
+                              "known_hosts entry if the host was reinstalled") from None
+        except paramiko.AuthenticationException as e:
+            client.close()
+            raise NotReadyError(f"{where}: authentication failed for {ep.user} ({e})", HINT_UNREACHABLE) from None
+        except paramiko.SSHException as e:
+            client.close()
+            if "known_hosts" in str(e):
+                raise RemoteError(f"{ep.host}:{ep.port} is not in {ep.known_hosts}; its host key cannot be "
+                                  "verified", "add the host's key to known_hosts (ssh-keyscan, checked against "
+                                  "the provider's console) - gpubudget never trusts a key on first use") from None
+            raise NotReadyError(f"{where}: {e or e.__class__.__name__}", HINT_UNREACHABLE) from None
+        except (TimeoutError, OSError, EOFError) as e:
+            client.close()
+            why = getattr(e, "strerror", None) or str(e) or e.__class__.__name__
+            raise NotReadyError(f"{where}: {why}", HINT_UNREACHABLE) from None
         try:
             _, out, _ = client.exec_command(f"mkdir -p {_remote_path(root)} && cd {_remote_path(root)} && pwd",
                                             timeout=60)
             resolved = out.read().decode().strip()
         except (OSError, paramiko.SSHException) as e:
             client.close()
-            raise RemoteError(f"{address}: cannot create {root} ({e})", "check the disk and permissions") from None
+            raise RemoteError(f"{where}: cannot create {root} ({e})", "check the disk and permissions") from None
         if not resolved.startswith("/"):
             client.close()
-            raise RemoteError(f"{address}: cannot create {root}", "check the disk and permissions on the instance")
-        return cls(client, resolved, address)
+            raise RemoteError(f"{where}: cannot create {root}", "check the disk and permissions on the instance")
+        return cls(client, resolved, where)
 
     def _abs(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -336,15 +307,3 @@ def fetch(session, out_rel: str, local_out: Path) -> int:
             tmp.replace(local_out / name)
             got += len(data)
     return got
-
-
-def wait_for(proc: Proc, timeout: float, between: Callable[[], None], poll_s: float = 1.0) -> int | None:
-    """Poll a started command, calling `between` (the guard's tick) each round; None on timeout."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        rc = proc.poll()
-        if rc is not None:
-            return rc
-        between()
-        time.sleep(poll_s)
-    return None

@@ -9,14 +9,25 @@ The host key must already be in the configured known_hosts (see cloud/base.py)."
 from __future__ import annotations
 
 import getpass
-import time
+from dataclasses import replace
 from pathlib import Path
 
 from planner.names import is_safe as names_ok
 
+from ..clock import SYSTEM, Clock
 from ..config import SshConfig
 from ..errors import ConfigError, RemoteError
-from .base import MANAGED_TAG, OURS, RUN_TAG, Endpoint, InstanceInfo, LaunchSpec, address_override
+from .base import (
+    MANAGED_TAG,
+    OURS,
+    RUN_TAG,
+    Capabilities,
+    Endpoint,
+    InstanceInfo,
+    LaunchSpec,
+    ProviderBase,
+    address_override,
+)
 from .remote import SshSession
 
 # stop our worker and watchdog - only if their pids are still theirs (they work in this run directory)
@@ -24,21 +35,23 @@ STOP_WORKER = OURS + ('touch TERMINATED; for f in worker.pid watchdog.pid; do '
                       'ours "$f" && kill -TERM -"$p" 2>/dev/null; done; true')
 
 
-class SshHostProvider:
+class SshHostProvider(ProviderBase):
     name = "ssh"
-    teardown_s = 60.0
+    # nothing is started on the host until we connect: a host never reached cost this run nothing; it is up
+    # already, so one that refuses is down (30 s, not a cloud boot's minutes)
+    caps = Capabilities(ssh_wait_s=30.0, teardown_s=60.0, poweroff=STOP_WORKER, rented=True)
 
-    rented = True  # nothing is started on the host until we connect: a host never reached cost this run nothing
-
-    def __init__(self, cfg: SshConfig, ssh_wait_s: float | None = None):
+    def __init__(self, cfg: SshConfig, ssh_wait_s: float | None = None, clock: Clock = SYSTEM):
         if not cfg.host:
             raise ConfigError("no SSH host configured", "set ssh.host (and ssh.user, ssh.key) in "
                               "$BUDGET_HOME/config.yaml")
         self.cfg = cfg
+        self.clock = clock
         self.remote_dir = cfg.remote_dir
-        self.poweroff = (cfg.stop_command + "; " if cfg.stop_command else "") + STOP_WORKER
-        self.keeps_billing = not cfg.stop_command
-        self.ssh_wait_s = 30.0 if ssh_wait_s is None else ssh_wait_s  # the host is up already: refused means down
+        self.caps = replace(self.caps, poweroff=(cfg.stop_command + "; " if cfg.stop_command else "") + STOP_WORKER,
+                            stop_command=bool(cfg.stop_command), python=cfg.python or "", offer=cfg.offer,
+                            price_cny_h=cfg.price_yuan_per_hour,
+                            ssh_wait_s=self.caps.ssh_wait_s if ssh_wait_s is None else ssh_wait_s)
         key = Path(cfg.key or "~/.ssh/id_ed25519").expanduser()
         if not key.is_file():
             raise ConfigError(f"SSH key {key} not found", "set ssh.key in $BUDGET_HOME/config.yaml")
@@ -54,22 +67,28 @@ class SshHostProvider:
 
     def launch(self, spec: LaunchSpec) -> InstanceInfo:
         return InstanceInfo(f"{self.ep.user}@{self.cfg.host}:{self.cfg.port}/{spec.run_id}", "running",
-                            self.cfg.host, time.time(), spec.spot)
+                            self.cfg.host, self.clock.now(), spec.spot)
 
     def status(self, provider_id: str) -> InstanceInfo:
         return InstanceInfo(provider_id, "running", self.cfg.host)
 
-    def endpoint(self, provider_id: str) -> Endpoint:
-        return self.ep
-
-    def session(self, provider_id: str, wait_s: float | None = None, between=lambda _: None) -> SshSession:
-        return SshSession.connect(self.ep, self._run_dir(provider_id), wait_s=self.ssh_wait_s if wait_s is None
-                                  else wait_s, between=between)
+    def session(self, provider_id: str, run_id: str = "", timeout_s: float = 10.0) -> SshSession:
+        return SshSession.connect(self.ep, self._run_dir(provider_id), timeout_s)
 
     def terminate(self, provider_id: str) -> float:
-        s = self.session(provider_id, wait_s=min(self.ssh_wait_s, 30.0))
+        """Stop the worker and run the stop command - retried for up to 30 s while the host does not answer
+        (a host that never comes back raises: the run stays live in the ledger and `budget stop` retries)."""
+        end = self.clock.monotonic() + min(self.caps.ssh_wait_s, 30.0)
+        while True:
+            try:
+                s = self.session(provider_id)
+                break
+            except RemoteError:
+                if self.clock.monotonic() >= end:
+                    raise
+                self.clock.sleep(2.0)
         try:
-            s.run(self.poweroff, timeout=60)
+            s.run(self.caps.poweroff, timeout=60)
         except RemoteError:
             pass  # `shutdown -h now` drops the connection: that is the stop working
         finally:
@@ -77,11 +96,11 @@ class SshHostProvider:
                 s.close()
             except Exception:  # noqa: BLE001 - the host may be going down
                 pass
-        return time.time()
+        return self.clock.now()
 
     def list_managed(self) -> list[InstanceInfo]:
         try:
-            s = SshSession.connect(self.ep, f"{self.remote_dir.rstrip('/')}/runs", wait_s=10)
+            s = SshSession.connect(self.ep, f"{self.remote_dir.rstrip('/')}/runs")
         except RemoteError:
             return []
         try:

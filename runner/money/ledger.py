@@ -16,13 +16,13 @@ import dataclasses
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from ..clock import SYSTEM, Clock
 from ..errors import LedgerError
 from ..units import iso, money
 from .guard import Decision, Meter, Policy, decide
@@ -124,7 +124,17 @@ def _m6(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE calibrations (id INTEGER PRIMARY KEY, created_at REAL NOT NULL, doc TEXT NOT NULL)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3, _m4, _m5, _m6]
+def _m7(db: sqlite3.Connection) -> None:
+    """One attempt record per instance: which attempt of its run it is (0: the first; a relaunch adds one) and
+    which of the run's offers it ran on (0: its own; then the planner's fallbacks). Admission is idempotent per
+    (run, attempt, offer): a controller that died after admitting and is resumed finds its intent again."""
+    _script(db, """
+    ALTER TABLE instances ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN offer_index INTEGER NOT NULL DEFAULT 0
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3, _m4, _m5, _m6, _m7]
 JOURNAL = "money.jsonl"  # in each run directory: the ledger's money facts of that run, for `budget ledger rebuild`
 LIVE = ("intent", "launching", "running", "stopping")  # an instance's states while it may bill
 FINAL = ("done", "stopped", "failed")  # a run's states once it has ended
@@ -154,6 +164,8 @@ class Instance:
     gpu: str | None = None
     gpu_count: int | None = None
     market_price_h: str | None = None
+    attempt: int = 0
+    offer_index: int = 0
 
     @property
     def meter(self) -> Meter:
@@ -162,8 +174,9 @@ class Instance:
 
 
 class Ledger:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, clock: Clock = SYSTEM):
         self.path = Path(path)
+        self.clock = clock  # stamps events and journal lines written without a time of their own
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -267,7 +280,7 @@ class Ledger:
             return
         try:
             with open(Path(d) / JOURNAL, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"at": time.time(), **record}, default=str) + "\n")
+                f.write(json.dumps({"at": self.clock.now(), **record}, default=str) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
         except OSError:
@@ -290,7 +303,7 @@ class Ledger:
     def event(self, run_id: str, kind: str, detail: str = "", instance_id: int | None = None,
               at: float | None = None) -> None:
         self.db.execute("INSERT INTO events (run_id, instance_id, at, kind, detail) VALUES (?,?,?,?,?)",
-                        (run_id, instance_id, time.time() if at is None else at, kind, detail))
+                        (run_id, instance_id, self.clock.now() if at is None else at, kind, detail))
 
     def events(self, run_id: str) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM events WHERE run_id=? ORDER BY at, id", (run_id,))]
@@ -332,12 +345,21 @@ class Ledger:
         return d_pool
 
     def admit(self, run_id: str, *, offer, price_cny_h: Decimal, price_original_h: Decimal, spot: bool,
-              provider: str, now: float, policy: Policy, min_lease_s: float = 0.0) -> tuple[Decision, int | None]:
+              provider: str, now: float, policy: Policy, min_lease_s: float = 0.0, attempt: int = 0,
+              offer_index: int = 0) -> tuple[Decision, int | None]:
         """The guard's launch check and, if it passes, the intent row - in one transaction. A launch whose
         money would not last `min_lease_s` (its boot and a first stretch of work) is refused: admitted, it
-        would only be stopped at its first tick with nothing done."""
+        would only be stopped at its first tick with nothing done. Idempotent per (run, attempt, offer): an
+        intent still live is found again, not doubled."""
         run = self.run(run_id)
         with self.transaction():
+            again = self.db.execute(
+                f"SELECT id FROM instances WHERE run_id=? AND attempt=? AND offer_index=? AND state IN "
+                f"({', '.join('?' * len(LIVE))})", (run_id, attempt, offer_index, *LIVE)).fetchone()
+            if again is not None:
+                inst = self.instance(again[0])
+                return Decision(True, "admitted before", Decimal(0), Decimal(0), Decimal(run["cap_cny"]),
+                                inst.lease_until), inst.id
             mine = Meter(price_cny_h, offer.billing_increment_s, offer.billing_minimum_s, now, now)
             d = self._check(run_id, run["pool"], mine, None, now, policy)
             if d.go and d.lease_until < now + min_lease_s:
@@ -346,11 +368,11 @@ class Ledger:
                 return d, None
             cur = self.db.execute(
                 "INSERT INTO instances (run_id, pool, provider, instance_type, region, spot, price_cny_h, "
-                "price_original_h, currency, increment_s, minimum_s, state, started_at, lease_until, gpu, gpu_count) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,'intent',?,?,?,?)",
+                "price_original_h, currency, increment_s, minimum_s, state, started_at, lease_until, gpu, gpu_count, "
+                "attempt, offer_index) VALUES (?,?,?,?,?,?,?,?,?,?,?,'intent',?,?,?,?,?,?)",
                 (run_id, run["pool"], provider, offer.instance_type, offer.region, int(spot), str(price_cny_h),
                  str(price_original_h), offer.currency, offer.billing_increment_s, offer.billing_minimum_s,
-                 now, d.lease_until, getattr(offer, "gpu", None), getattr(offer, "gpu_count", None)))
+                 now, d.lease_until, offer.gpu, offer.gpu_count, attempt, offer_index))
             self.event(run_id, "intent", f"launch {offer.instance_type} at {price_cny_h} CNY/h "
                        f"(lease to {iso(d.lease_until)})", cur.lastrowid, now)
         self.journal(run_id, {"instance": self._row(cur.lastrowid)})

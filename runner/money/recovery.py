@@ -7,8 +7,8 @@ This module owns what happens without a readable ledger: which run directories e
 still runs that the ledger has no live row for), `budget ledger rebuild` (the broken file moved aside, a
 new ledger replayed from the run directories - spend re-derived from each instance's price at launch,
 billing rule and times; an instance with no recorded end stays live with its lease, so the guard counts
-it and `budget stop` settles it against the provider's real state), and `budget stop` from the run
-directory alone."""
+it and `budget stop` settles it against the provider's real state). `budget stop` from the run directory
+alone is a run's teardown (runner/run/teardown.py `without_ledger`); it journals what it ended for rebuild."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
-
-from planner.errors import InputError
 
 from .ledger import FINAL, JOURNAL, LIVE, Ledger
 
@@ -141,7 +139,8 @@ _RUN_COLUMNS = ("id", "pool", "plan", "plan_path", "provider", "offer", "quantiz
                 "estimate_cny", "estimate_s", "dir", "created_at")
 _INSTANCE_COLUMNS = ("run_id", "pool", "provider", "provider_id", "instance_type", "region", "spot", "price_cny_h",
                      "price_original_h", "currency", "increment_s", "minimum_s", "state", "started_at", "launched_at",
-                     "lease_until", "ended_at", "address", "gpu", "gpu_count", "market_price_h")
+                     "lease_until", "ended_at", "address", "gpu", "gpu_count", "market_price_h", "attempt",
+                     "offer_index")
 
 
 def _dec(x):
@@ -165,44 +164,3 @@ def _restore_instance(led: Ledger, run_id: str, inst: dict, now: float) -> None:
         led.settle(iid, ended if ended is not None else None, state if state not in LIVE else "terminated")
         return
     led._accrue(led.instance(iid), min(now, float(row["lease_until"])))
-
-
-def stop_without_ledger(run_id: str, home: Path, why: str) -> dict:
-    """`budget stop` when the ledger cannot be read: the run directory says which provider and offer, the
-    provider finds the run's instances by tag; fetch, terminate, and journal the settlement in the run
-    directory (a later `budget ledger rebuild` takes it in)."""
-    from .. import runs
-    from ..cloud.base import RUN_TAG
-    from ..orchestrate import Request, make_provider, take_last_lines
-    from ..units import iso
-
-    run_dir = runs.directory(home, run_id)
-    try:
-        req = Request.load(run_dir / "request.json")
-    except Exception:  # noqa: BLE001 - any reason: without it there is no provider to ask
-        raise InputError(f"the ledger cannot be read ({why}) and {run_dir} has no readable request.json: the run's "
-                         "provider is unknown", "give the full run id; " + HINT) from None
-    from .. import config as configmod
-
-    cfg = configmod.load(home)
-    provider = make_provider(req.provider, cfg, home, region=req.offer.get("region"))
-    policy = req.policy_obj
-
-    def event(kind: str, detail: str) -> None:
-        with open(run_dir / "controller.log", "a", encoding="utf-8") as f:
-            f.write(f"{iso(time.time())} {kind}: {detail} (budget stop, ledger unreadable)\n")
-
-    ended = []
-    for info in provider.list_managed():
-        if info.tags.get(RUN_TAG) != run_id:
-            continue
-        take_last_lines(provider, info.provider_id, run_id, run_dir, policy, event)
-        at = provider.terminate(info.provider_id)
-        event("terminated", info.provider_id)
-        ended.append((info.provider_id, at))
-    with open(run_dir / JOURNAL, "a", encoding="utf-8") as f:
-        for pid, at in ended:
-            f.write(json.dumps({"at": time.time(), "terminated": {"provider_id": pid, "at": at}}) + "\n")
-    return {"id": run_id, "state": "stopped",
-            "reason": f"user; the ledger cannot be read, so this stop is recorded in {run_dir} - run `budget ledger "
-                      f"rebuild` ({len(ended)} instance(s) terminated)"}

@@ -203,3 +203,20 @@ def ssh_host(tmp_path, budget_home, monkeypatch):
     host = SshHost(sshd, remote, marker, known, host_key.private_openssh, [login.public_line])
     yield host
     host.sshd.stop()
+
+
+@pytest.fixture
+def fast_home(tmp_path):
+    """A home for in-process runs on the scripted cloud: in memory (tmpfs) where the machine has one - the
+    ledger is the same real SQLite file, its fsyncs just cost nothing there."""
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    d = Path(tempfile.mkdtemp(dir=shm, prefix="gpubudget-test-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -14,16 +14,24 @@ past the deadline + teardown) and the run finished as its summary says."""
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from pathlib import Path
 
-from .cloud.base import GONE_STATES
-from .cloud.remote import FETCH_APPEND, FETCH_WHOLE
-from .evaluate import read_json
-from .money.ledger import Ledger
-from .units import iso
+from .. import config as configmod
+from ..clock import SYSTEM, Clock
+from ..cloud import registry
+from ..cloud.base import GONE_STATES
+from ..cloud.remote import FETCH_APPEND, FETCH_WHOLE
+from ..evaluate import read_json
+from ..money.ledger import Ledger
+from ..units import iso
+from . import progress, teardown
+from .instance import OnInstance
+from .machine import GuardStop, HandedOver
+from .request import Request
 
-PHASE = "unattended"
+PHASE = "handed-over"
+LEGACY_PHASE = "unattended"  # what runs handed over before this name was used say
 # the guard finds the longest lease the money pays, up to this: S3 signs URLs for at most 7 days, and the
 # uploads must outlive the deadline by the teardown and an hour
 LONG = 7 * 86400.0 - 2 * 3600
@@ -34,42 +42,39 @@ def outputs(job: dict) -> list[str]:
     return [*FETCH_WHOLE, *FETCH_APPEND, *(f"results/{t['name']}.jsonl" for t in job["tasks"])]
 
 
-def hand_over(orch) -> float:
-    """Give the running instance its deadline and upload URLs; returns the deadline (epoch seconds)."""
-    import dataclasses
-
-    from .orchestrate import Stop
-
-    now = orch.clock()
-    d = orch.led.tick(orch.iid, now, dataclasses.replace(orch.policy, lease_s=LONG))
+def hand_over(led: Ledger, provider, req: Request, iid: int, on: OnInstance, now: float, event) -> HandedOver | GuardStop:
+    """Give the running instance its deadline (the longest lease the budget pays) and its upload URLs."""
+    policy = req.policy_obj
+    d = led.tick(iid, now, dataclasses.replace(policy, lease_s=LONG))
     if not d.go:
-        raise Stop("budget")
-    deadline = orch.led.instance(orch.iid).lease_until
-    expires = min(7 * 86400, int(deadline - now + orch.policy.teardown_s + 3600))  # past the last upload
-    urls = orch.provider.upload_urls(orch.req.run_id, outputs(orch.req.job), expires)
-    orch.session.put_bytes("".join(f"{rel} {url}\n" for rel, url in urls).encode(), "upload_urls", 0o600)
-    orch.session.put_bytes(f"{int(orch.provider.upload_every_s)}\n".encode(), "upload_every")
-    orch.write_lease(deadline)
-    orch.led.update_run(orch.req.run_id, phase=PHASE, controller_pid=None, controller_start=None)
-    orch.event(PHASE, f"deadline {iso(deadline)} (what the budget pays, enforced by the instance's watchdog); "
-               f"results to {orch.provider.results_prefix(orch.req.run_id)} every {orch.provider.upload_every_s:.0f} s;"
-               f" the instance powers itself off when done. `budget status {orch.req.run_id}` collects them")
-    return deadline
+        return GuardStop(why="the budget pays no deadline past the next tick")
+    deadline = led.instance(iid).lease_until
+    expires = min(7 * 86400, int(deadline - now + policy.teardown_s + 3600))  # past the last upload
+    urls = provider.upload_urls(req.run_id, outputs(req.job), expires)
+    on.session.put_bytes("".join(f"{rel} {url}\n" for rel, url in urls).encode(), "upload_urls", 0o600)
+    on.session.put_bytes(f"{int(provider.upload_every_s)}\n".encode(), "upload_every")
+    on.write_lease(deadline)
+    led.update_run(req.run_id, phase=PHASE, controller_pid=None, controller_start=None)
+    event(PHASE, f"deadline {iso(deadline)} (what the budget pays, enforced by the instance's watchdog); "
+          f"results to {provider.results_prefix(req.run_id)} every {provider.upload_every_s:.0f} s; "
+          f"the instance powers itself off when done. `budget status {req.run_id}` collects them")
+    return HandedOver()
 
 
-def reconcile(led: Ledger, run: dict, home: Path, now: float | None = None) -> dict:
-    """Bring an unattended run up to date: results from S3; once its instance is gone, the ledger settled and
-    the run finished. Returns what it did (for `budget status`)."""
-    from . import config as configmod
-    from .orchestrate import Request, billing_end, make_provider
+def handed_over(run: dict) -> bool:
+    return run["phase"] in (PHASE, LEGACY_PHASE)
 
-    now = time.time() if now is None else now
+
+def reconcile(led: Ledger, run: dict, home: Path, clock: Clock = SYSTEM) -> dict:
+    """Bring a handed-over run up to date: results from the provider's uploads; once its instance is gone, the
+    ledger settled (to the time the provider reports, never past the deadline + teardown) and the run
+    finished as its summary says. Returns what it did (for `budget status`)."""
+    now = clock.now()
     run_dir = Path(run["dir"])
     req = Request.load(run_dir / "request.json")
-    cfg = configmod.load(home)
     live = led.instances(run_id=run["id"], live=True)
     region = live[0].region if live else req.offer.get("region") or None
-    provider = make_provider("aws", cfg, home, region)
+    provider = registry.make(req.provider, configmod.load(home), home, region, clock)
     got = provider.download_results(run["id"], run_dir / "out")
     if not live:
         return {"downloaded": got, "state": run["state"]}
@@ -77,18 +82,20 @@ def reconcile(led: Ledger, run: dict, home: Path, now: float | None = None) -> d
     info = provider.status(inst.provider_id) if inst.provider_id else None
     if info is not None and info.launched_at and info.launched_at != inst.launched_at:
         led.set_instance(inst.id, launched_at=info.launched_at)  # the cloud's own launch time
+        inst = led.instance(inst.id)
     if info is not None and info.state not in GONE_STATES:
         return {"downloaded": got, "state": "running", "instance": info.state}
     reported = provider.ended_at(inst.provider_id) if inst.provider_id else None
-    end = billing_end(inst, reported if reported is not None else now, req.policy_obj)
-    led.settle(inst.id, end)
+
+    def note(kind: str, detail: str) -> None:
+        led.event(run["id"], kind, detail, inst.id)
+    teardown.end(led, provider, inst, how="gone", run_dir=run_dir, policy=req.policy_obj, event=note, clock=clock,
+                 at=reported if reported is not None else now)
+    end = led.instance(inst.id).ended_at
     summary = read_json(run_dir / "out" / "summary.json")
     if summary:
         led.record_tasks(run["id"], summary)
-    status = read_json(run_dir / "out" / "status.json")
-    tasks = (summary.get("tasks") or status.get("tasks") or {}) if (summary or status) else {}
-    done = sum(int(t.get("done") or 0) for t in tasks.values() if "skipped" not in t)
-    total = sum(int(t.get("total") or 0) for t in tasks.values() if "skipped" not in t)
+    done, total = progress.count(run_dir, run["id"])
     if summary.get("complete"):
         state, reason = "done", ""
     elif summary.get("stopped"):

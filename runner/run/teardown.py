@@ -1,0 +1,177 @@
+"""THE one way an instance's life ends, whoever ends it - a run that is done, stopped, capped or failed, the
+cloud taking a spot instance, `budget stop` with or without a controller (or a ledger), an unattended
+instance found gone, `budget sweep`:
+
+    1. its last lines: the worker is asked to stop (it flushes) and what it finished is fetched - over the
+       run's session, or one opened for the purpose while its disk can still be read;
+    2. its billing ended: terminated (a launch whose answer was lost is found by its run tag first), or
+       taken as ended where it ended by itself or was taken away;
+    3. settled in the ledger - never below what the provider can bill: an instance still running when it is
+       terminated is billed to the terminate, lease or not; one that ended alone, to its lease + teardown at
+       most (its watchdog's bound).
+
+A provider error while terminating leaves the instance live in the ledger and is raised: `budget stop` retries."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+from planner.errors import GpuBudgetError, InputError
+
+from ..clock import SYSTEM, Clock
+from ..cloud import registry
+from ..cloud.remote import fetch
+from ..money.guard import Policy
+from ..money.ledger import JOURNAL, Instance, Ledger
+from ..units import iso, money
+from . import progress
+
+EventFn = Callable[[str, str], None]
+HOWS = ("done", "stop", "reclaimed", "gone", "swept")  # how the instance's life ends (see end())
+
+
+def end(led: Ledger, provider, inst: Instance, *, how: str, run_dir: Path, policy: Policy, event: EventFn,
+        clock: Clock = SYSTEM, session=None, fetch_lines: bool = False, reached: bool = True,
+        at: float | None = None) -> Decimal:
+    """End `inst` (a ledger row) and settle it; returns what it cost. `how`: done (the worker finished: fetch
+    without stopping it), stop (ask the worker to stop, fetch, terminate), reclaimed (the cloud took it at
+    `at`: nothing to fetch or terminate), gone (it ended by itself, at `at` as the provider says), swept
+    (terminate, nothing to fetch). `fetch_lines`: the worker ran there, so its last lines are worth fetching.
+    `reached`: a session was ever opened on it (a rented host never reached ran nothing of ours)."""
+    if fetch_lines and how in ("done", "stop"):
+        last_lines(provider, inst.provider_id, inst.run_id, run_dir, policy, event, clock, session, stop=how != "done")
+    current = led.instance(inst.id)
+    if current.ended_at is not None:  # settled before (a retry, a second way out): nothing is billed twice
+        return led.spent_instance(inst.id)
+    if how == "reclaimed":
+        return led.settle(inst.id, at if at is not None else clock.now(), "reclaimed")
+    if how == "gone":
+        return led.settle(inst.id, billing_end(current, at if at is not None else clock.now(), policy))
+    if provider.caps.rented and not reached:
+        # nothing of ours ran there, so there is nothing to stop and nothing to bill to this run (its platform
+        # bills the user whatever we do)
+        spent = led.settle(inst.id, None, "failed")
+        event("settled", "the host was never reached: nothing ran there, nothing charged to this run")
+        return spent
+    return _terminate(led, provider, current, policy, event)
+
+
+def _terminate(led: Ledger, provider, inst: Instance, policy: Policy, event: EventFn) -> Decimal:
+    pid = inst.provider_id
+    if pid is None:
+        found = registry.find_by_run(provider, inst.run_id)
+        if not found:  # the launch never made one
+            return led.settle(inst.id, None, "failed")
+        pid = found[0]
+        _record(lambda: led.set_instance(inst.id, provider_id=pid))
+    _record(lambda: led.set_instance(inst.id, state="stopping"))
+    _record(lambda: event("terminating", pid))
+    try:
+        running = provider.status(pid).state in ("pending", "running")
+        ended = provider.terminate(pid)
+    except GpuBudgetError as e:
+        why = e.message
+        _record(lambda: event("terminate", f"failed: {why}"))
+        raise
+    # still running when we terminated it: it billed until now, lease or not (its watchdog may have died
+    # with everything else) - the ledger never records less than the provider bills
+    spent = led.settle(inst.id, ended if running else billing_end(led.instance(inst.id), ended, policy))
+    event("terminated", f"{pid}; {money(spent)} CNY")
+    if not provider.caps.stop_command:
+        event("billing", f"{pid} has no stop command: the platform keeps billing it after this run "
+              "(set ssh.stop_command)")
+    return spent
+
+
+def _record(write: Callable[[], None]) -> None:
+    """A bookkeeping write on the way to a terminate: a full disk or a locked ledger must not keep the
+    instance running - terminate first; the settle after it raises if the ledger still cannot take it."""
+    try:
+        write()
+    except sqlite3.Error:
+        pass
+
+
+def billing_end(inst: Instance, terminated_at: float, policy: Policy) -> float:
+    """When billing ended: at the terminate, or earlier if the instance's watchdog already ended it at
+    its lease (it powers off within the teardown allowance; the ledger never bills past that)."""
+    return min(terminated_at, inst.lease_until + policy.teardown_s)
+
+
+def last_lines(provider, pid: str | None, run_id: str, run_dir: Path, policy: Policy, event: EventFn,
+               clock: Clock = SYSTEM, session=None, stop: bool = True) -> None:
+    """What the worker finished, fetched before its instance goes: over `session`, else over one opened now
+    while its disk can still be read (running, or a local instance its watchdog powered off). Bounded by the
+    teardown allowance; a failure is an event saying how many finished samples were left there."""
+    own = None
+    try:
+        if session is None:
+            if pid is None or provider.status(pid).state not in ("pending", "running", "stopped"):
+                return
+            session = own = provider.session(pid, run_id, timeout_s=min(10.0, policy.teardown_s / 4))
+        if stop:
+            session.put_bytes(b"", "out/STOP")
+            end = clock.monotonic() + min(policy.tick_s, policy.teardown_s / 4)
+            while clock.monotonic() < end and not (session.read("worker.exit") or b"").strip():
+                clock.sleep(0.2)
+        fetch(session, "out", run_dir / "out")
+    except GpuBudgetError as e:
+        fetch_failed(run_dir, e.message, event)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def fetch_failed(run_dir: Path, why: str, event: EventFn) -> None:
+    """The event for a final fetch that could not finish: how many samples are here, how many were left."""
+    held, claimed = progress.held(run_dir), _claimed(run_dir)
+    left = f"; {claimed - held} finished samples left on the instance" if claimed > held else ""
+    event("fetch", f"final fetch failed: {why}; {held} samples fetched{left}")
+
+
+def _claimed(run_dir: Path) -> int:
+    """How many samples the worker's last fetched status said were done (only to say what a failed fetch left)."""
+    try:
+        tasks = json.loads((run_dir / "out" / "status.json").read_text(encoding="utf-8")).get("tasks") or {}
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return sum(int(t.get("done") or 0) for t in tasks.values() if isinstance(t, dict) and
+               isinstance(t.get("done"), int)) if isinstance(tasks, dict) else 0
+
+
+def without_ledger(run_id: str, run_dir: Path, home: Path, why: str, clock: Clock = SYSTEM) -> dict:
+    """`budget stop` when the ledger cannot be read: the run directory says which provider and offer, the
+    provider finds the run's instances by tag; fetch, terminate, and journal the settlement in the run
+    directory (a later `budget ledger rebuild` takes it in)."""
+    from .. import config as configmod
+    from ..money.recovery import HINT
+    from .request import Request
+
+    try:
+        req = Request.load(run_dir / "request.json")
+    except GpuBudgetError:
+        raise InputError(f"the ledger cannot be read ({why}) and {run_dir} has no readable request.json: the run's "
+                         "provider is unknown", "give the full run id; " + HINT) from None
+    provider = registry.make(req.provider, configmod.load(home), home, region=req.offer.get("region"), clock=clock)
+    policy = req.policy_obj
+
+    def event(kind: str, detail: str) -> None:
+        with open(run_dir / "controller.log", "a", encoding="utf-8") as f:
+            f.write(f"{iso(clock.now())} {kind}: {detail} (budget stop, ledger unreadable)\n")
+
+    ended = []
+    for pid in registry.find_by_run(provider, run_id):
+        last_lines(provider, pid, run_id, run_dir, policy, event, clock)
+        at = provider.terminate(pid)
+        event("terminated", pid)
+        ended.append((pid, at))
+    with open(run_dir / JOURNAL, "a", encoding="utf-8") as f:
+        for pid, at in ended:
+            f.write(json.dumps({"at": clock.now(), "terminated": {"provider_id": pid, "at": at}}) + "\n")
+    return {"id": run_id, "state": "stopped",
+            "reason": f"user; the ledger cannot be read, so this stop is recorded in {run_dir} - run `budget ledger "
+                      f"rebuild` ({len(ended)} instance(s) terminated)"}
