@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from planner.optimize import billed_seconds  # noqa: E402
+from planner.money import billed_seconds, charge, display  # noqa: E402
 from runner.money import report  # noqa: E402
 from runner.money.ledger import Ledger  # noqa: E402
 
@@ -62,7 +62,7 @@ def build(path: Path, runs: int, ticks: int, seed: int = 7) -> int:
         for k in range(1, ticks + 1):
             t = start + k * 300 + rng.uniform(-20, 20)
             b = billed_seconds(t - start, inc, minimum)
-            spend.append((iid, last, t, str(price * (b - billed_before) / 3600), b - billed_before))
+            spend.append((iid, last, t, str(charge(price, b - billed_before)), b - billed_before))
             last, billed_before = t, b
             n += 1
         if len(spend) >= 200_000:
@@ -99,7 +99,7 @@ def main() -> None:
         doc = json.loads(p.stdout)
         led = Ledger(home / "ledger.db")
         total = sum((Decimal(r[0]) for r in led.db.execute("SELECT amount_cny FROM spend")), Decimal(0))
-        assert Decimal(doc["spent_cny"]) == total.quantize(Decimal("0.01")), (doc["spent_cny"], total)
+        assert doc["spent_cny"] == display(total, 2), (doc["spent_cny"], total)
         assert sum(Decimal(g["amount_cny"]) for g in doc["groups"]) == Decimal(doc["spent_cny"])
         print(f"`budget report --by day --format json`: median {statistics.median(walls):.2f} s wall "
               f"(min {min(walls):.2f} s, {len(walls)} runs; a fresh process each; target <= 2 s); {len(doc['groups'])} "

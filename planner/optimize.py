@@ -4,16 +4,16 @@ every survivor for the whole plan under its offer's billing rules, rank by cost 
 the budget.
 
 Memory and time depend only on (GPU, count, quantization), so they are computed once per such
-group and shared by every offer of it; an offer then costs one Decimal multiplication. That is
-what lets a 100,000-offer catalog plan in well under the 2 s target.
+group and shared by every offer of it; an offer then costs one Decimal product (planner/money.py's billing
+rule: exact, rounded only where it is shown). That is what lets a 100,000-offer catalog plan in well under
+the 2 s target.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from .architecture import inventory, param_breakdown
 from .assumptions import Assumptions
@@ -21,6 +21,7 @@ from .calibration import Calibration
 from .catalog import Catalog
 from .errors import BudgetTooSmall, CatalogError, InputError
 from .memory import Parts, Peak, WeightLayout, card_parts, from_parts, peak_of, plan_peak, weight_layout
+from .money import billed_seconds, charge, display, unrounded
 from .models import (
     GIB,
     QUALITY_RANK,
@@ -37,8 +38,6 @@ from .models import (
 )
 from .speed import ModelCost, plan_time
 from .workload import task_loads
-
-CENT = Decimal("0.01")
 
 
 @dataclass(slots=True)
@@ -97,13 +96,8 @@ class Optimization:
         return BudgetTooSmall(
             f"{self.report.budget_cny} CNY is not enough for plan {plan}: the cheapest option is {c.offer.id} "
             f"({c.option.gpu.name} x{c.option.gpu_count}, {c.option.quant}{', spot' if c.spot else ''}) at "
-            f"{c.cost_cny.quantize(CENT, rounding=ROUND_CEILING)} CNY",
+            f"{display(c.cost_cny)} CNY",
             "raise --yuan, or make the plan smaller (fewer samples, smaller images)")
-
-
-def billed_seconds(seconds: float, increment_s: int, minimum_s: int) -> int:
-    """Seconds charged: whole increments started, at least the minimum."""
-    return max(minimum_s, math.ceil(seconds / increment_s) * increment_s)
 
 
 def _sixteen(gpu: Gpu, allowed: list[str]) -> str | None:
@@ -271,9 +265,8 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
             for (aws, is_spot, inc, minimum), items in priced.items():
                 t = pl.time(opt, aws, is_spot)
                 billed = billed_seconds(t.total_s, inc, minimum)
-                unit = Decimal(billed) / 3600
                 for o, price_cny in items:
-                    cost = price_cny * unit
+                    cost = charge(price_cny, billed)
                     row = ((t.total_s, cost, quality) if by_time else (cost, quality, t.total_s)) + (
                         n, o, opt, is_spot, price_cny, t, billed, cost)
                     n += 1
@@ -289,7 +282,7 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
     rej = [Rejection(gpu=g, gpu_count=c, quantization=q, reason=r, offers=len(os_), example=os_[0].id)
            for (g, c, q, r), os_ in rejected.items()]
     rej += [Rejection(gpu=g, gpu_count=c, quantization=q, offers=k, example=row[4].id,
-                      reason=f"over budget: from {_money(row[-1])} CNY > {_money(budget_cny)} CNY")
+                      reason=f"over budget: from {display(row[-1])} CNY > {display(budget_cny)} CNY")
             for (g, c, q), (row, k) in over.items()]
     pb = param_breakdown(spec)
     report = PlanReport(
@@ -304,25 +297,21 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
     return Optimization(report, within + [g[0] for g in over.values()])
 
 
-def _money(d: Decimal) -> Decimal:
-    return d.quantize(CENT, rounding=ROUND_HALF_UP)
-
-
 def _out(row: tuple, budget: Decimal) -> Recommendation:
     c = Candidate.of(row, budget)
     o, opt = c.offer, c.option
-    cost = c.cost_cny.quantize(CENT, rounding=ROUND_CEILING)
+    cost = unrounded(c.cost_cny)  # exact (planner/money.py's billing rule): rounded only where it is shown
     inc = o.billing_increment_s
     billing = ("per started hour" if inc == 3600 else f"per {inc} s") + (
         f", minimum {o.billing_minimum_s} s" if o.billing_minimum_s > inc else "")
     return Recommendation(
         provider=o.provider, instance_type=o.instance_type, region=o.region, gpu=opt.gpu.name,
-        gpu_count=opt.gpu_count, quantization=opt.quant, spot=c.spot, price_cny_per_hour=_money(c.price_cny_h),
+        gpu_count=opt.gpu_count, quantization=opt.quant, spot=c.spot, price_cny_per_hour=unrounded(c.price_cny_h),
         price_original_per_hour=(o.spot_price if c.spot else o.price) or Decimal(0), currency=o.currency,
         billing=billing, gpu_memory_gib=round(opt.usable_mib / 1024, 2),
         memory_per_gpu_gib=_gib(max(g.total for g in opt.memory.per_gpu)), memory=opt.memory.per_gpu,
         hours=round(c.hours, 3), time=c.time, billed_hours=round(c.billed_s / 3600, 4), cost_cny=cost,
-        fits_budget=c.fits_budget, budget_left_cny=budget - cost,  # adds up with the cost shown
+        fits_budget=c.fits_budget, budget_left_cny=unrounded(budget - cost),  # adds up with the cost (to 28 digits)
         plan_fits_times=int(budget // c.cost_cny) if c.cost_cny > 0 else 0,
         notes=list(opt.notes) + [f"{k} skipped: {v}" for k, v in opt.skipped.items()],
         offer_source=o.source, offer_date=o.date)

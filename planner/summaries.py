@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import shlex
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from .architecture import inventory, param_breakdown
 from .catalog import Catalog
 from .memory import weight_layout
 from .models import GIB, InspectReport, ModelSpec, NextStep, PriceList, PriceRow, Recommendation, WeightsRow
+from .money import unrounded
 
 # The seed document's table (GB), for comparison: model name -> (fp16, int8, int4).
 SEED_CLAIMS_GB = {"Qwen3-VL-4B-Instruct": (8, 4, 2), "Qwen3-VL-8B-Instruct": (16, 8, 4),
                   "Qwen3-VL-30B-A3B-Instruct": (60, 30, 15)}
-CENT = Decimal("0.01")
 
 
 def price_list(cat: Catalog, gpu: str | None = None, provider: str | None = None,
                max_yuan_hour: Decimal | None = None) -> PriceList:
-    """Offers in CNY (original currency beside), cheapest first, filtered."""
+    """Offers in CNY (original currency beside), cheapest first, filtered. Prices are exact (price x rate):
+    filtered and sorted as they are billed, rounded only where they are shown (planner/money.py)."""
     want_gpu = cat.gpu(gpu).name if gpu and cat.gpu(gpu) else gpu
     rows = []
     for o in cat.offers:
         if (want_gpu and o.gpu != want_gpu) or (provider and o.provider != provider):
             continue
-        price = cat.cny(o.price, o.currency).quantize(CENT, ROUND_HALF_UP)
+        price = unrounded(cat.cny(o.price, o.currency))
         if max_yuan_hour is not None and price > max_yuan_hour:
             continue
-        spot = None if o.spot_price is None else cat.cny(o.spot_price, o.currency).quantize(CENT, ROUND_HALF_UP)
+        spot = None if o.spot_price is None else unrounded(cat.cny(o.spot_price, o.currency))
         g = cat.gpus[o.gpu]
         mib = min(g.memory_mib, o.gpu_memory_mib or g.memory_mib)
         rows.append(PriceRow(id=o.id, provider=o.provider, instance_type=o.instance_type, region=o.region, gpu=o.gpu,

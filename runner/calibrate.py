@@ -23,6 +23,7 @@ from planner.speed import ModelCost, fixed_seconds
 from . import home as homes
 from . import localrig
 from .cloud import registry
+from .money import results
 from .money.ledger import Ledger
 
 SCHEMA = "gpubudget.measurement/1"
@@ -234,7 +235,7 @@ def run(home: Path, catalog: Catalog, files: list[Path], run_ids: list[str] | No
         gpu = devices(catalog, home)
         pr = Predictor(catalog.model, gpu)
         cal = calibrate(pr, rows, timings, a, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), excluded)
-        led.save_calibration(cal.model_dump_json(), time.time())
+        results.save_calibration(led, cal.model_dump_json(), time.time())
         return cal
     finally:
         led.close()
@@ -247,7 +248,7 @@ def calibration(home: Path) -> Calibration | None:
         return None
     led = Ledger(path)
     try:
-        doc = led.calibration()
+        doc = results.calibration(led)
     finally:
         led.close()
     if doc is None:

@@ -14,7 +14,8 @@ from planner.errors import InputError
 from planner.models import EvalPlan
 from planner.plans import bundled_plan
 
-from .worker.datasets import MEDIA_KEYS, DatasetError, check_row, inside, media_refs, read_manifest
+from .worker.manifests import MEDIA_KEYS, check_row, inside, media_refs, read_manifest
+from .worker.sample import DatasetError
 
 # What one manifest line holds, per task kind (README: manifest format); `budget data init` writes these.
 TEMPLATES: dict[str, list[dict]] = {

@@ -13,7 +13,6 @@ exchange rate; security groups and key pairs cost nothing."""
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,10 +20,13 @@ from planner.catalog import Catalog
 from planner.errors import GpuBudgetError
 
 from . import config as configmod
+from .clock import SYSTEM, Clock
+from .cloud import registry
 from .cloud.base import Leftover
 from .errors import ProviderError
 from .money.ledger import FINAL, Ledger
-from .orchestrate import make_provider
+from .run import teardown
+from .run.request import Request, policy_for
 
 # list prices, us-east-1 (https://aws.amazon.com/ebs/pricing/, https://aws.amazon.com/s3/pricing/, 2026-11)
 GP3_USD_PER_GIB_MONTH = Decimal("0.08")
@@ -49,44 +51,20 @@ def cost_cny_h(item: Leftover, provider: str, catalog: Catalog) -> Decimal | Non
     return Decimal(0) if item.kind in ("security-group", "key-pair") else None
 
 
-def _providers(home: Path, led: Ledger, regions: list[str] | None):
-    """(label, name, provider or the error that kept it from being checked) for this machine's local instances
-    and each AWS region worth looking in: those given, else the configured one and every region the ledger
-    has run aws instances in. AWS is not looked at when nothing says it is used (no --region, no aws runs,
-    no aws section in config.yaml)."""
-    cfg = configmod.load(home)
-    yield "local", "local", make_provider("local", cfg, home)
-    ledger_regions = sorted({r[0] for r in led.db.execute(
-        "SELECT DISTINCT region FROM instances WHERE provider='aws'") if r[0]})
-    used = bool(regions) or bool(ledger_regions) or cfg.aws != type(cfg.aws)()
-    if not used:
-        return
-    wanted = list(regions or [])
-    if not wanted:
-        wanted = ([cfg.aws.region] if cfg.aws.region else []) + [r for r in ledger_regions if r != cfg.aws.region]
-    for region in wanted or [None]:  # None: the credential chain's region (AWS_DEFAULT_REGION, the profile)
-        try:
-            yield f"aws {region or ''}".strip(), "aws", make_provider("aws", cfg, home, region)
-        except GpuBudgetError as e:
-            yield f"aws {region or ''}".strip(), "aws", e
-
-
-def _local(provider) -> list[Leftover]:
-    return [Leftover("instance", i.provider_id, i.tags.get("gpubudget:run"), "local", "local worker")
-            for i in provider.list_managed()]
-
-
 def find(home: Path, led: Ledger, catalog: Catalog, regions: list[str] | None = None) -> tuple[list[dict], list[str]]:
     """Every resource tagged as ours, each marked leak or kept (and why), with its cost per hour; and the
     places that could not be checked (with why)."""
     live_runs = {r["id"] for r in led.db.execute(
         f"SELECT id FROM runs WHERE state NOT IN ({', '.join('?' * len(FINAL))})", FINAL)}
     out, unchecked = [], []
-    for label, name, provider in _providers(home, led, regions):
+    used: dict[str, set[str]] = {}
+    for name, region in led.db.execute("SELECT DISTINCT provider, region FROM instances"):
+        used.setdefault(name, set()).add(region)
+    for label, name, provider in registry.placements(configmod.load(home), home, used, regions):
         try:
             if isinstance(provider, GpuBudgetError):
                 raise provider
-            items = _local(provider) if name == "local" else provider.leftovers()
+            items = provider.leftovers()
         except GpuBudgetError as e:
             unchecked.append(f"{label}: not checked: {e.message}" + (f" ({e.hint})" if e.hint else ""))
             continue
@@ -108,23 +86,17 @@ def find(home: Path, led: Ledger, catalog: Catalog, regions: list[str] | None = 
     return out, unchecked
 
 
-def sweep(home: Path, led: Ledger, catalog: Catalog, regions: list[str] | None = None, yes: bool = False) -> dict:
+def sweep(home: Path, led: Ledger, catalog: Catalog, regions: list[str] | None = None, yes: bool = False,
+          clock: Clock = SYSTEM) -> dict:
     found, unchecked = find(home, led, catalog, regions)
     leaks = [f for f in found if f["leak"]]
     for f in sorted(leaks, key=lambda f: ORDER.index(f["item"].kind)) if yes else []:
         item = f["item"]
         try:
-            if f["provider"] == "local":
-                f["_provider"].terminate(item.id)
-            else:
-                f["_provider"].remove(item)
+            _remove(led, home, f["_provider"], item, clock)
             f["deleted"] = True
             if item.run_id and led.run(item.run_id) is not None:
                 led.event(item.run_id, "swept", f"{item.kind} {item.id} deleted by budget sweep")
-            if item.kind == "instance":  # one the ledger still counts as live (its teardown failed): billed to now
-                for inst in led.instances(run_id=item.run_id, live=True) if item.run_id else []:
-                    if inst.provider_id == item.id:
-                        led.settle(inst.id, time.time())
         except ProviderError as e:
             f["deleted"], f["error"] = False, e.message
     rows = [{"provider": f["provider"], "kind": f["item"].kind, "id": f["item"].id, "run": f["item"].run_id,
@@ -137,3 +109,23 @@ def sweep(home: Path, led: Ledger, catalog: Catalog, regions: list[str] | None =
             "assumptions": "CNY/h at today's catalog: instances at their on-demand offer price, volumes at gp3 "
                            f"({GP3_USD_PER_GIB_MONTH} USD/GiB-month), S3 at Standard ({S3_USD_PER_GIB_MONTH} "
                            "USD/GiB-month), USD at the catalog's rate"}
+
+
+def _remove(led: Ledger, home: Path, provider, item: Leftover, clock: Clock) -> None:
+    """Delete one leak. An instance the ledger still counts as live (its teardown failed) ends the way every
+    instance does - terminated and settled by the one teardown; anything else the provider removes."""
+    live = [i for i in led.instances(run_id=item.run_id, live=True) if i.provider_id == item.id] \
+        if item.kind == "instance" and item.run_id else []
+    if not live:
+        provider.remove(item)
+        return
+    run = led.run(item.run_id)
+    try:
+        policy = Request.load(Path(run["dir"]) / "request.json").policy_obj
+    except GpuBudgetError:
+        policy = policy_for(configmod.load(home), provider)
+
+    def event(kind: str, detail: str) -> None:
+        led.event(item.run_id, kind, f"{detail} (budget sweep)", live[0].id)
+    teardown.end(led, provider, live[0], how="swept", run_dir=Path(run["dir"]), policy=policy, event=event,
+                 clock=clock)

@@ -1,17 +1,18 @@
 """How figures are written for people, in logs, events and tables alike: CNY amounts rounded for display
-only (half-even; 2 decimals, 4 below 1 CNY - the ledger keeps every digit) and instants as ISO 8601 UTC."""
+only (half-even; 2 decimals, 4 below 1 CNY - the ledger keeps every digit), instants as ISO 8601 UTC
+(`iso`) and spans of time in s / min / h (`duration`): one spelling of each everywhere."""
 
 from __future__ import annotations
 
 import datetime as dt
-from decimal import ROUND_HALF_EVEN, Decimal
+
+from planner.money import display
 
 
 def money(amount) -> str:
-    """'12.35', '0.0237': a CNY amount for display (never a float's tail, never rounded in storage)."""
-    d = Decimal(amount)
-    places = Decimal("0.01") if abs(d) >= 1 or d == 0 else Decimal("0.0001")
-    return str(d.quantize(places, ROUND_HALF_EVEN))
+    """'12.35', '0.0237': a CNY amount for display, by planner/money.py's display rule (half-even; 2 decimals,
+    4 below 1 CNY; never a float's tail, never rounded in storage)."""
+    return display(amount)
 
 
 def iso(epoch: float | None) -> str:
@@ -19,3 +20,19 @@ def iso(epoch: float | None) -> str:
     if not epoch:
         return "-"
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def duration(seconds: float | None) -> str:
+    """'0.0123 s', '42.5 s', '3 min 07 s', '2 h 05 min' (3 significant digits below a minute, then whole
+    seconds, then whole minutes from an hour on); '-' for none."""
+    if seconds is None or not -1e12 < seconds < 1e12:  # NaN and infinities fail the comparison too
+        return "-"
+    if abs(seconds) < 0.001:
+        return "0 s"
+    if seconds < 59.95:  # below what rounds to a whole minute
+        return f"{seconds:.3g} s"
+    s = round(seconds)
+    if s < 3600:
+        return f"{s // 60} min" + (f" {s % 60:02d} s" if s % 60 else "")
+    m = round(seconds / 60)
+    return f"{m // 60} h" + (f" {m % 60:02d} min" if m % 60 else "")

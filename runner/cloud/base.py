@@ -217,7 +217,8 @@ class ProviderBase:
         return None
 
     def leftovers(self) -> list[Leftover]:
-        return [Leftover("instance", i.provider_id, i.tags.get(RUN_TAG), "", self.name) for i in self.list_managed()]
+        return [Leftover("instance", i.provider_id, i.tags.get(RUN_TAG), self.caps.region or self.name,
+                         f"{self.name} worker") for i in self.list_managed()]
 
     def remove(self, item: Leftover) -> None:
         if item.kind == "instance":

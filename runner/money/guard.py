@@ -25,9 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from planner.optimize import billed_seconds
-
-HOUR = Decimal(3600)
+from planner.money import billed_seconds, charge
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class Meter:
 
     def cost(self, t: float) -> Decimal:
         """What the instance costs if billing ends at `t` (or at its end, if that is earlier)."""
-        return self.price_cny_h * self.billed(t) / HOUR
+        return charge(self.price_cny_h, self.billed(t))
 
     def projected_end(self, now: float, tick_s: float, teardown_s: float) -> float:
         if self.ended is not None:
@@ -121,3 +119,16 @@ def decide(cap_cny: Decimal, others: list[Meter], mine: Meter, now: float, polic
         hi = lo
     worst = base + mine.cost(hi + policy.teardown_s)
     return Decision(True, "", acc, worst, cap_cny, hi, mine.next_increment_cny(now))
+
+
+def check(pool_cap: Decimal, run_cap: Decimal, pool_others: list[Meter], run_others: list[Meter], mine: Meter,
+          now: float, policy: Policy) -> Decision:
+    """The stricter of the pool's and the run's decision (a run's cap may be below its pool's): `pool_others`
+    are the pool's other instances, `run_others` those of the run."""
+    d_pool = decide(pool_cap, pool_others, mine, now, policy)
+    d_run = decide(run_cap, run_others, mine, now, policy)
+    if not d_pool.go:
+        return d_pool
+    if not d_run.go or d_run.lease_until < d_pool.lease_until:
+        return d_run
+    return d_pool

@@ -13,10 +13,8 @@ the guard's admission check, so concurrent runs on one pool cannot both spend th
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,117 +23,10 @@ from pathlib import Path
 from ..clock import SYSTEM, Clock
 from ..errors import LedgerError
 from ..units import iso, money
-from .guard import Decision, Meter, Policy, decide
+from .guard import Decision, Meter, Policy, check
+from .journal import Journal
+from .migrations import MIGRATIONS
 
-
-def _script(db: sqlite3.Connection, sql: str) -> None:
-    # not executescript(): it commits, and a migration must stay inside its transaction
-    for statement in filter(str.strip, sql.split(";")):
-        db.execute(statement)
-
-
-def _m1(db: sqlite3.Connection) -> None:
-    _script(db, """
-    CREATE TABLE pools (name TEXT PRIMARY KEY, cap_cny TEXT NOT NULL, created_at REAL NOT NULL);
-    CREATE TABLE runs (
-        id TEXT PRIMARY KEY, pool TEXT NOT NULL REFERENCES pools(name), plan TEXT NOT NULL,
-        plan_path TEXT NOT NULL, provider TEXT NOT NULL, offer TEXT NOT NULL, quantization TEXT NOT NULL,
-        spot INTEGER NOT NULL, cap_cny TEXT NOT NULL, estimate_cny TEXT, estimate_s REAL,
-        state TEXT NOT NULL, reason TEXT, phase TEXT, dir TEXT NOT NULL, controller_pid INTEGER,
-        samples_done INTEGER NOT NULL DEFAULT 0, samples_total INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL, finished_at REAL, stop_requested INTEGER NOT NULL DEFAULT 0);
-    CREATE TABLE instances (
-        id INTEGER PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs(id), pool TEXT NOT NULL,
-        provider TEXT NOT NULL, provider_id TEXT, instance_type TEXT NOT NULL, region TEXT NOT NULL,
-        spot INTEGER NOT NULL, price_cny_h TEXT NOT NULL, price_original_h TEXT NOT NULL, currency TEXT NOT NULL,
-        increment_s INTEGER NOT NULL, minimum_s INTEGER NOT NULL, state TEXT NOT NULL,
-        started_at REAL NOT NULL, launched_at REAL, lease_until REAL NOT NULL, ended_at REAL, address TEXT);
-    CREATE TABLE events (id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, instance_id INTEGER, at REAL NOT NULL,
-        kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
-    CREATE TABLE spend (id INTEGER PRIMARY KEY, instance_id INTEGER NOT NULL REFERENCES instances(id),
-        start_at REAL NOT NULL, end_at REAL NOT NULL, amount_cny TEXT NOT NULL);
-    CREATE TABLE tasks (run_id TEXT NOT NULL REFERENCES runs(id), task TEXT NOT NULL, kind TEXT NOT NULL,
-        samples INTEGER NOT NULL, ok INTEGER NOT NULL, summary TEXT NOT NULL, PRIMARY KEY (run_id, task));
-    CREATE INDEX instances_pool ON instances(pool, state);
-    CREATE INDEX events_run ON events(run_id, at);
-    CREATE INDEX spend_instance ON spend(instance_id);
-    """)
-
-
-def _m2(db: sqlite3.Connection) -> None:
-    """Pools are explicit: every cap (the first one included) is an event with who set it and when."""
-    _script(db, """
-    CREATE TABLE pool_events (id INTEGER PRIMARY KEY, pool TEXT NOT NULL REFERENCES pools(name), at REAL NOT NULL,
-        kind TEXT NOT NULL, old_cap_cny TEXT, new_cap_cny TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
-    CREATE INDEX pool_events_pool ON pool_events(pool, at);
-    INSERT INTO pool_events (pool, at, kind, new_cap_cny, detail)
-        SELECT name, created_at, 'created', cap_cny, 'recorded before pool events existed' FROM pools
-    """)
-
-
-def _m3(db: sqlite3.Connection) -> None:
-    """A controller is its pid *and* its start time: a pid reused by another process is not our controller."""
-    db.execute("ALTER TABLE runs ADD COLUMN controller_start TEXT")
-
-
-def _m4(db: sqlite3.Connection) -> None:
-    """For `budget report`: each spend row's billed seconds (its amount is price_cny_h x billed_s / 3600, so
-    reports sum integers in SQL and multiply once per instance - exactly); the GPU and count of the offer
-    at launch (a later catalog change must not rename what ran); a covering index in (instance, UTC day) order, so
-    `budget report` groups a million rows without sorting them (runner/money/report.py); and (instance, end)
-    in place of (instance): each tick's "end of the last row" becomes one index seek instead of a scan."""
-    _script(db, """
-    ALTER TABLE spend ADD COLUMN billed_s INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE instances ADD COLUMN gpu TEXT;
-    ALTER TABLE instances ADD COLUMN gpu_count INTEGER;
-    DROP INDEX spend_instance;
-    CREATE INDEX spend_last ON spend(instance_id, end_at);
-    CREATE INDEX spend_day ON spend(instance_id, CAST(start_at / 86400 AS INTEGER), CAST(end_at / 86400 AS INTEGER),
-                                    start_at, end_at, billed_s);
-    CREATE INDEX runs_plan ON runs(plan, created_at);
-    CREATE INDEX instances_run ON instances(run_id)
-    """)
-    for iid, run_dir in db.execute("SELECT i.id, r.dir FROM instances i JOIN runs r ON r.id = i.run_id").fetchall():
-        if not Path(run_dir).is_absolute():
-            continue
-        try:  # what ran, from the run's request.json (its offer as chosen at launch); a report shows "-" without it
-            offer = json.loads((Path(run_dir) / "request.json").read_text(encoding="utf-8"))["offer"]
-            db.execute("UPDATE instances SET gpu=?, gpu_count=? WHERE id=?",
-                       (str(offer["gpu"]), int(offer["gpu_count"]), iid))
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    prices = {r[0]: Decimal(r[1]) for r in db.execute("SELECT id, price_cny_h FROM instances")}
-    rows = db.execute("SELECT id, instance_id, start_at, end_at, amount_cny FROM spend").fetchall()
-    for sid, iid, start, end, amount in rows:
-        price = prices.get(iid, Decimal(0))
-        billed = round(Decimal(amount) * 3600 / price) if price > 0 else round(end - start)
-        db.execute("UPDATE spend SET billed_s=? WHERE id=?", (int(billed), sid))
-
-
-def _m5(db: sqlite3.Connection) -> None:
-    """A spot instance's market price at launch, in its offer's currency per hour, where the provider says it
-    (the ledger bills it at its MaxPrice - the most EC2 may charge - so this is what it was really charged)."""
-    db.execute("ALTER TABLE instances ADD COLUMN market_price_h TEXT")
-
-
-def _m6(db: sqlite3.Connection) -> None:
-    """`budget calibrate`'s fits (planner.calibration.Calibration as JSON), newest last; the plan and estimate
-    commands read the newest."""
-    db.execute("CREATE TABLE calibrations (id INTEGER PRIMARY KEY, created_at REAL NOT NULL, doc TEXT NOT NULL)")
-
-
-def _m7(db: sqlite3.Connection) -> None:
-    """One attempt record per instance: which attempt of its run it is (0: the first; a relaunch adds one) and
-    which of the run's offers it ran on (0: its own; then the planner's fallbacks). Admission is idempotent per
-    (run, attempt, offer): a controller that died after admitting and is resumed finds its intent again."""
-    _script(db, """
-    ALTER TABLE instances ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE instances ADD COLUMN offer_index INTEGER NOT NULL DEFAULT 0
-    """)
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3, _m4, _m5, _m6, _m7]
-JOURNAL = "money.jsonl"  # in each run directory: the ledger's money facts of that run, for `budget ledger rebuild`
 LIVE = ("intent", "launching", "running", "stopping")  # an instance's states while it may bill
 FINAL = ("done", "stopped", "failed")  # a run's states once it has ended
 
@@ -181,12 +72,12 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self.db.row_factory = sqlite3.Row
-            self._dirs: dict[str, str] = {}
             self.db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed launch intent or spend row survives a power failure (NORMAL may lose the last ones)
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA busy_timeout=30000")
+            self.journal = Journal(self.db, clock)
             self._migrate()
             self.db.execute("SELECT count(*) FROM runs").fetchone()  # every table page of runs is readable
         except (sqlite3.DatabaseError, OSError) as e:
@@ -242,16 +133,6 @@ class Ledger:
         self.db.execute("INSERT INTO pool_events (pool, at, kind, old_cap_cny, new_cap_cny, detail) VALUES (?,?,?,?,?,?)",
                         (name, now, kind, None if old is None else str(old), str(new), detail))
 
-    def pools(self) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM pools ORDER BY name")]
-
-    def pool_events(self, name: str) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM pool_events WHERE pool=? ORDER BY at, id", (name,))]
-
-    def pool_runs(self, name: str) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM runs WHERE pool=? ORDER BY created_at DESC, id DESC",
-                                                  (name,))]
-
     def create_run(self, **row) -> None:
         row.setdefault("state", "created")
         row["cap_cny"] = str(row["cap_cny"])
@@ -259,32 +140,14 @@ class Ledger:
             row["estimate_cny"] = str(row["estimate_cny"])
         cols = ", ".join(row)
         self.db.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
-        self.journal(row["id"], {"run": dict(row), "pool": {"name": row["pool"], "cap_cny": str(self.pool_cap(row["pool"]))}})
+        self.journal.append(row["id"], {"run": dict(row), "pool": {"name": row["pool"], "cap_cny": str(self.pool_cap(row["pool"]))}})
         self.event(row["id"], "created", f"{row['provider']} {row['offer']} {row['quantization']}")
 
     def update_run(self, run_id: str, **fields) -> None:
         sets = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE runs SET {sets} WHERE id=?", (*fields.values(), run_id))
         if "state" in fields:
-            self.journal(run_id, {"run": {k: fields[k] for k in ("state", "reason", "finished_at") if k in fields}})
-
-    def journal(self, run_id: str, record: dict) -> None:
-        """Append one money fact to the run directory's money.jsonl (fsynced): the ledger can be rebuilt from
-        run directories when ledger.db is lost (runner/money/recovery.py). A run directory that cannot be written
-        does not stop the money path - the ledger itself holds."""
-        d = self._dirs.get(run_id)
-        if d is None:
-            row = self.db.execute("SELECT dir FROM runs WHERE id=?", (run_id,)).fetchone()
-            d = self._dirs[run_id] = row[0] if row else ""
-        if not d or not Path(d).is_absolute() or not Path(d).is_dir():  # run directories are absolute
-            return
-        try:
-            with open(Path(d) / JOURNAL, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"at": self.clock.now(), **record}, default=str) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError:
-            pass
+            self.journal.append(run_id, {"run": {k: fields[k] for k in ("state", "reason", "finished_at") if k in fields}})
 
     def run(self, run_id: str) -> dict | None:
         row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
@@ -333,16 +196,10 @@ class Ledger:
 
     def _check(self, run_id: str, pool: str, mine: Meter, skip: int | None, now: float,
                policy: Policy) -> Decision:
-        """The stricter of the pool's and the run's decision (a run's cap may be below its pool's)."""
+        """The guard's decision for `mine` against its pool's and its run's caps and every other instance."""
         others = [i for i in self.instances(pool=pool) if i.id != skip]
-        d_pool = decide(self.pool_cap(pool), [i.meter for i in others], mine, now, policy)
-        run_cap = Decimal(self.run(run_id)["cap_cny"])
-        d_run = decide(run_cap, [i.meter for i in others if i.run_id == run_id], mine, now, policy)
-        if not d_pool.go:
-            return d_pool
-        if not d_run.go or d_run.lease_until < d_pool.lease_until:
-            return d_run
-        return d_pool
+        return check(self.pool_cap(pool), Decimal(self.run(run_id)["cap_cny"]), [i.meter for i in others],
+                     [i.meter for i in others if i.run_id == run_id], mine, now, policy)
 
     def admit(self, run_id: str, *, offer, price_cny_h: Decimal, price_original_h: Decimal, spot: bool,
               provider: str, now: float, policy: Policy, min_lease_s: float = 0.0, attempt: int = 0,
@@ -375,7 +232,7 @@ class Ledger:
                  now, d.lease_until, offer.gpu, offer.gpu_count, attempt, offer_index))
             self.event(run_id, "intent", f"launch {offer.instance_type} at {price_cny_h} CNY/h "
                        f"(lease to {iso(d.lease_until)})", cur.lastrowid, now)
-        self.journal(run_id, {"instance": self._row(cur.lastrowid)})
+        self.journal.append(run_id, {"instance": self._row(cur.lastrowid)})
         return d, cur.lastrowid
 
     def _row(self, instance_id: int) -> dict:
@@ -387,11 +244,13 @@ class Ledger:
         with self.transaction():
             inst = self.instance(instance_id)
             d = self._check(inst.run_id, inst.pool, inst.meter, inst.id, now, policy)
-            self._accrue(inst, now)
+            # a lease that lapsed (a controller asleep or dead) ended the instance by lease + teardown: its
+            # watchdog powered it off; the terminate bills more if it finds it still running
+            self._accrue(inst, min(now, inst.lease_until + policy.teardown_s))
             if d.go and d.lease_until > inst.lease_until:
                 self.db.execute("UPDATE instances SET lease_until=? WHERE id=?", (d.lease_until, instance_id))
         if d.go and d.lease_until > inst.lease_until:
-            self.journal(inst.run_id, {"instance": {"id": instance_id, "lease_until": d.lease_until}})
+            self.journal.append(inst.run_id, {"instance": {"id": instance_id, "lease_until": d.lease_until}})
         return d
 
     def _accrue(self, inst: Instance, until: float) -> None:
@@ -412,7 +271,7 @@ class Ledger:
         sets = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE instances SET {sets} WHERE id=?", (*fields.values(), instance_id))
         row = self._row(instance_id)
-        self.journal(row["run_id"], {"instance": {"id": instance_id, **fields}})
+        self.journal.append(row["run_id"], {"instance": {"id": instance_id, **fields}})
 
     def settle(self, instance_id: int, ended_at: float | None, state: str = "terminated") -> Decimal:
         """Close an instance: its last spend interval up to `ended_at` (None: it never existed, no charge)."""
@@ -430,7 +289,7 @@ class Ledger:
                 self._accrue(self.instance(instance_id), ended_at)
             self.event(inst.run_id, "settled", f"{state}; {money(self.spent_instance(instance_id))} CNY", instance_id)
         row = self._row(instance_id)
-        self.journal(inst.run_id, {"instance": {k: row[k] for k in ("id", "state", "ended_at", "lease_until")},
+        self.journal.append(inst.run_id, {"instance": {k: row[k] for k in ("id", "state", "ended_at", "lease_until")},
                                    "spent_cny": str(self.spent_instance(instance_id))})
         return self.spent_instance(instance_id)
 
@@ -456,22 +315,3 @@ class Ledger:
             (run_id,))]
 
     # ------------------------------------------------------------------ results
-
-    def record_tasks(self, run_id: str, summary: dict) -> None:
-        with self.transaction():
-            for name, t in (summary.get("tasks") or {}).items():
-                self.db.execute("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?)",
-                                (run_id, name, t.get("kind", ""), int(t.get("done") or 0), int(t.get("ok") or 0),
-                                 json.dumps(t, ensure_ascii=False)))
-
-    def save_calibration(self, doc: str, now: float) -> None:
-        with self.transaction():
-            self.db.execute("INSERT INTO calibrations (created_at, doc) VALUES (?, ?)", (now, doc))
-
-    def calibration(self) -> str | None:
-        """The newest calibration's JSON, if any."""
-        row = self.db.execute("SELECT doc FROM calibrations ORDER BY id DESC LIMIT 1").fetchone()
-        return row[0] if row else None
-
-    def tasks(self, run_id: str) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM tasks WHERE run_id=? ORDER BY task", (run_id,))]

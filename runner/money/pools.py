@@ -84,7 +84,7 @@ def set_cap(led: Ledger, name: str, cap: Decimal) -> dict:
 def _existing(led: Ledger, name: str) -> Decimal:
     cap = led.pool_cap(name)
     if cap is None:
-        known = ", ".join(p["name"] for p in led.pools()) or "none yet"
+        known = ", ".join(pool_names(led)) or "none yet"
         raise InputError(f"no pool {name!r} (pools: {known})", f"create it with `budget pool create {name} --yuan AMOUNT`")
     return cap
 
@@ -99,7 +99,7 @@ def _summary(led: Ledger, pool: dict, now: float) -> dict:
     live = [i for i in instances if i.ended_at is None]
     # the guard's projection without its margins: every live instance to the end of its lease
     worst = max(spent, committed([i.meter for i in instances], now, _NO_MARGIN))
-    runs = led.pool_runs(pool["name"])
+    runs = _pool_runs(led, pool["name"])
     return {"name": pool["name"], "cap_cny": cap, "spent_cny": spent, "committed_cny": worst,
             "left_cny": cap - worst, "runs": len(runs),
             "active_runs": sum(r["state"] in ("created", "running") for r in runs),
@@ -108,16 +108,34 @@ def _summary(led: Ledger, pool: dict, now: float) -> dict:
 
 def listing(led: Ledger) -> list[dict]:
     now = time.time()
-    return [_summary(led, p, now) for p in led.pools()]
+    return [_summary(led, p, now) for p in _pools(led)]
 
 
 def show(led: Ledger, name: str) -> dict:
     _existing(led, name)
-    pool = next(p for p in led.pools() if p["name"] == name)
+    pool = next(p for p in _pools(led) if p["name"] == name)
     doc = _summary(led, pool, time.time())
     doc["cap_history"] = [{"at": e["at"], "kind": e["kind"], "old_cap_cny": None if e["old_cap_cny"] is None
                            else Decimal(e["old_cap_cny"]), "new_cap_cny": Decimal(e["new_cap_cny"]),
-                           "detail": e["detail"]} for e in led.pool_events(name)]
+                           "detail": e["detail"]} for e in _pool_events(led, name)]
     doc["run_list"] = [{"id": r["id"], "state": r["state"], "cap_cny": Decimal(r["cap_cny"]),
-                        "spent_cny": led.spent_run(r["id"]), "created_at": r["created_at"]} for r in led.pool_runs(name)]
+                        "spent_cny": led.spent_run(r["id"]), "created_at": r["created_at"]} for r in _pool_runs(led, name)]
     return doc
+
+
+def _pools(led: Ledger) -> list[dict]:
+    return [dict(r) for r in led.db.execute("SELECT * FROM pools ORDER BY name")]
+
+
+def pool_names(led: Ledger) -> list[str]:
+    """Every pool's name, in order."""
+    return [p["name"] for p in _pools(led)]
+
+
+def _pool_events(led: Ledger, name: str) -> list[dict]:
+    return [dict(r) for r in led.db.execute("SELECT * FROM pool_events WHERE pool=? ORDER BY at, id", (name,))]
+
+
+def _pool_runs(led: Ledger, name: str) -> list[dict]:
+    return [dict(r) for r in led.db.execute("SELECT * FROM runs WHERE pool=? ORDER BY created_at DESC, id DESC",
+                                             (name,))]

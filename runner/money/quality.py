@@ -17,10 +17,13 @@ from decimal import Decimal
 from fractions import Fraction
 
 from planner.errors import InputError
+from planner.money import apportion, display, yuan
 
 from ..units import iso
+from . import results
+from .aggregation import task_weights
 from .ledger import Ledger
-from .report import SCHEMA, apportion, cents, exact, task_weights, yuan
+from .report import SCHEMA, exact
 
 # each kind's headline metric: (summary key, how people write it); kinds without one report none
 METRIC = {"caption": ("cider_d", "CIDEr-D"), "document": ("anls", "ANLS"),
@@ -59,12 +62,12 @@ def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | N
     weights = task_weights(led, {r["id"] for r in chosen})  # the same shares as `budget report --by task`
     for run in chosen:
         spent = Fraction(led.spent_run(run["id"]))
-        tasks = {t["task"]: json.loads(t["summary"]) for t in led.tasks(run["id"])}
+        tasks = {t["task"]: json.loads(t["summary"]) for t in results.tasks(led, run["id"])}
         busy = {name: Fraction(Decimal(str(s.get("busy_s") or 0))) for name, s in tasks.items()}
         shares = weights.get(run["id"]) or {}
         q = run["quantization"]
         run_lines.append({"run": run["id"], "plan": run["plan"], "quant": q, "state": run["state"],
-                          "created_at": iso(run["created_at"]), "spent_cny": yuan(cents(spent)),
+                          "created_at": iso(run["created_at"]), "spent_cny": display(spent, 2),
                           "tasks": len(tasks)})
         if not shares:
             unattributed += spent
@@ -114,8 +117,8 @@ def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | N
             "_value": value, "_per_sample": e["cost"] / e["ok"] if e["ok"] else None})
     attributed = sum((e["cost"] for e in acc.values()), Fraction(0))
     return {"schema": SCHEMA, "view": "quality", "generated_at": iso(now), "runs": run_lines,
-            "spent_cny": yuan(cents(attributed + unattributed)), "attributed_cny": yuan(cents(attributed)),
-            "unattributed_cny": yuan(cents(unattributed)),
+            "spent_cny": display(attributed + unattributed, 2), "attributed_cny": display(attributed, 2),
+            "unattributed_cny": display(unattributed, 2),
             "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
             "verdicts": verdicts(rows), "memory_sweep": sweeps,
             "allocation": "a run's spend is shared among its tasks by the worker's busy seconds per task"}
@@ -126,11 +129,10 @@ def _quant_order(q: str) -> int:
 
 
 def _per(cost: Fraction, n: int, scale: int) -> str | None:
-    """CNY per unit to 4 decimals (a sample often costs less than a cent)."""
+    """CNY per unit to 4 decimals (a sample often costs less than a cent): the display rule at 4 places."""
     if not n:
         return None
-    x = cost * scale / n
-    return str((Decimal(x.numerator) / Decimal(x.denominator)).quantize(Decimal("0.0001")))
+    return display(cost * scale / n, 4)
 
 
 def verdicts(rows: list[dict]) -> list[str]:

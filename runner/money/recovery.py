@@ -18,7 +18,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .ledger import FINAL, JOURNAL, LIVE, Ledger
+from .journal import JOURNAL
+from .ledger import FINAL, LIVE, Ledger
 
 HINT = "`budget ledger check` shows what is on disk; `budget ledger rebuild` restores the ledger from the run directories"
 

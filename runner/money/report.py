@@ -1,15 +1,12 @@
-"""`budget report`'s statement: what a period cost, per instance or grouped, read from the ledger.
+"""`budget report`'s statement: what a period cost, per instance or grouped, read from the ledger - the
+document (totals, balance, burn and runway, charge lines or groups, variance against the plan's estimate).
+The period and groups are runner/money/periods.py's, the exact sums runner/money/aggregation.py's; the money
+rules are planner/money.py's (the README states them too):
 
-Money rules (the README states them too):
 - An instance's cost is what the ledger recorded at launch: its price in CNY per hour (and in the offer's
   currency; the exchange rate is their ratio, fixed at launch) times its *billed* seconds under the
   offer's rule (whole increments started, at least the minimum). A later catalog or FX change changes
-  nothing here: no price is looked up.
-- Each spend row holds its billed seconds, so SQL sums integers per (day, instance) and Python multiplies
-  once per instance: exact rational arithmetic (fractions.Fraction), never a float.
-- A period cuts a row that crosses its edge (or a day's, for --by day/week/month) in proportion to time:
-  the row's billed seconds are shared by the share of its interval on each side. Pieces are exact, so
-  every grouping sums to the total exactly.
+  nothing here: no price is looked up. Sums are exact (fractions.Fraction), never a float.
 - Rounding happens once, for display: the total to the cent half-even; the lines by largest remainder,
   so the printed lines add up to the printed total (each within a cent of its own rounding).
 - An instance still live is "accruing": its cost to the ledger's last tick. A launch that never billed is
@@ -17,291 +14,42 @@ Money rules (the README states them too):
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import math
 from collections import defaultdict
-from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
 from planner.errors import InputError
+from planner.money import apportion, cents, display, yuan
 
 from ..units import iso
+from .aggregation import (
+    Inst,
+    Total,
+    billed,
+    burn_down,  # noqa: F401 (the CLI reads it as report.burn_down)
+    fsum,
+    grouped,
+    instances,
+    per_instance,
+)
 from .ledger import FINAL, LIVE, Ledger
+from .periods import DAY, FAR, GROUPS, TIME_GROUPS, Period, check_period, parse_when  # noqa: F401 (the CLI reads them as report.X)
+from .pools import pool_names
 
-GROUPS = ("run", "day", "week", "month", "provider", "gpu", "quant", "task", "plan")
-TIME_GROUPS = ("day", "week", "month")
-DAY = 86400
-FAR = 1e15  # an open period end, as epoch seconds (year ~31 million): beyond any ledger row
 SCHEMA = "gpubudget.report/1"
+EXACT_PLACES = 12
 
 
-# ---------------------------------------------------------------------------------------------- money
-
-
-def cents(x: Fraction) -> int:
-    """Half-even at the cent (Python's round of a Fraction is exact and half-even)."""
-    return round(x * 100)
-
-
-def yuan(c: int) -> str:
-    """'12.35', '-0.40', '0.00': a whole number of cents as a fixed 2-decimal string."""
-    return str(Decimal(c).scaleb(-2).quantize(Decimal("0.01")))
-
-
-def apportion(amounts: list[Fraction]) -> list[int]:
-    """Cents per line that add up to the total's cents (half-even): each line its floor, the cents left
-    to the largest remainders (ties: the earlier line)."""
-    total = cents(fsum(amounts))
-    floors = [math.floor(a * 100) for a in amounts]
-    left = total - sum(floors)
-    order = sorted(range(len(amounts)), key=lambda i: (-(amounts[i] * 100 - floors[i]), i))
-    for i in order[:max(0, left)]:
-        floors[i] += 1
-    for i in order[::-1][:max(0, -left)]:  # only when lines are negative (never for spend)
-        floors[i] -= 1
-    return floors
-
-
-def exact(x: Fraction) -> str:
-    """Every digit a script may want (to 1e-12 CNY), as a decimal string."""
-    return str((Decimal(x.numerator) / Decimal(x.denominator)).quantize(Decimal("1e-12")))
-
-
-class Total:
-    """An exact running sum of Fractions: numerators added per denominator (ints), one Fraction at the end.
-    Amounts share a handful of denominators (prices x 3600), so a million additions stay integer additions."""
-
-    __slots__ = ("parts",)
-
-    def __init__(self) -> None:
-        self.parts: dict[int, int] = {}
-
-    def add(self, x: Fraction | int) -> None:
-        if isinstance(x, int):
-            self.parts[1] = self.parts.get(1, 0) + x
-        else:
-            self.parts[x.denominator] = self.parts.get(x.denominator, 0) + x.numerator
-
-    @property
-    def value(self) -> Fraction:
-        return sum((Fraction(n, d) for d, n in self.parts.items()), Fraction(0))
-
-
-def fsum(xs) -> Fraction:
-    t = Total()
-    for x in xs:
-        t.add(x)
-    return t.value
-
-
-# ---------------------------------------------------------------------------------------------- period
-
-
-@dataclass(frozen=True)
-class Period:
-    since: float | None = None
-    until: float | None = None
-
-    @property
-    def lo(self) -> float:
-        return -FAR if self.since is None else self.since
-
-    @property
-    def hi(self) -> float:
-        return FAR if self.until is None else self.until
-
-
-def parse_when(text: str | None, flag: str, end: bool = False) -> float | None:
-    """An ISO date (YYYY-MM-DD: the day's start; for --until the next day's start, so the day counts) or a
-    date and time (YYYY-MM-DDTHH:MM[:SS], UTC unless it says otherwise) -> epoch seconds."""
-    if text is None:
-        return None
-    raw = text.strip()
-    try:
-        d = dt.datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-        d = d if d.tzinfo else d.replace(tzinfo=dt.UTC)
-        if "T" not in raw.upper() and " " not in raw and end:  # a date alone: --until includes that day
-            d += dt.timedelta(days=1)
-        return d.timestamp()
-    except (ValueError, OverflowError):
-        raise InputError(f"{flag} {text!r} is not a date", f"e.g. {flag} 2026-11-01 or {flag} 2026-11-01T08:00Z") \
-            from None
-
-
-def check_period(p: Period) -> None:
-    if p.since is not None and p.until is not None and p.since >= p.until:
-        raise InputError(f"--since ({iso(p.since)}) is not before --until ({iso(p.until)})",
-                         "swap them, e.g. --since 2026-11-01 --until 2026-11-30")
-
-
-def bucket(day: int, by: str) -> str:
-    d = dt.date(1970, 1, 1) + dt.timedelta(days=day)
-    if by == "day":
-        return d.isoformat()
-    if by == "week":
-        y, w, _ = d.isocalendar()
-        return f"{y}-W{w:02d}"
-    return f"{d.year}-{d.month:02d}"
-
-
-# ---------------------------------------------------------------------------------------------- aggregation
-
-
-def billed(led: Ledger, period: Period, daily: bool | int, pools: list[str] | None) -> dict[tuple[int, int], Fraction]:
-    """(cell or 0, instance id) -> billed seconds inside the period; cells are days when `daily` is True, or
-    `daily` seconds wide when it is a number (the burn-down's steps). Rows inside one cell are summed in SQL
-    (integers; for days and whole instances along the ledger's covering index spend_day, in its order: no
-    sort); rows crossing the period's edge or a cell boundary are cut here, in proportion to time."""
-    width = DAY if daily is True else int(daily)
-    if width in (0, DAY):  # the index's own expression, so SQLite walks the index in group order
-        cell, index = ("CAST(s.start_at / 86400 AS INTEGER)" if width else "0"), " INDEXED BY spend_day"
-        same = " AND CAST(s.start_at / 86400 AS INTEGER) = CAST(s.end_at / 86400 AS INTEGER)" if width else ""
-    else:
-        cell, index = f"CAST(s.start_at / {width} AS INTEGER)", ""
-        same = f" AND {cell} = CAST(s.end_at / {width} AS INTEGER)"
-    where_pool, args = "", {"lo": period.lo, "hi": period.hi}
-    if pools is not None:
-        marks = ", ".join(f":p{i}" for i in range(len(pools)))
-        where_pool = f" AND s.instance_id IN (SELECT id FROM instances WHERE pool IN ({marks}))"
-        args |= {f"p{i}": p for i, p in enumerate(pools)}
-    if period == Period():  # no edges to test: whole cells only (a fifth less work on a million rows)
-        inside = same.removeprefix(" AND ") or "1"
-    else:
-        inside = f"s.start_at >= :lo AND s.end_at <= :hi AND s.start_at < :hi{same}"
-    out: dict[tuple[int, int], Fraction] = {}
-    group = "s.instance_id" + (f", {cell}" if width else "")  # (a literal 0 in GROUP BY would name a column)
-    for iid, d, secs in led.db.execute(
-            f"SELECT s.instance_id, {cell}, SUM(s.billed_s) FROM spend s{index} WHERE {inside}{where_pool} "
-            f"GROUP BY {group}", args):
-        out[(d, iid)] = secs  # an int: exact, and cheaper than a Fraction for the million-row case
-    for iid, start, end, secs in led.db.execute(
-            f"SELECT s.instance_id, s.start_at, s.end_at, s.billed_s FROM spend s{index} WHERE s.start_at < :hi AND "
-            f"s.end_at > :lo AND s.end_at > s.start_at AND NOT ({inside}){where_pool}", args):
-        for d, piece in cut(start, end, secs, period, width):
-            out[(d, iid)] = out.get((d, iid), 0) + piece
-    return out
-
-
-def cut(start: float, end: float, secs: int, period: Period, width: int) -> list[tuple[int, Fraction]]:
-    """A row's billed seconds shared over the cells it spans (`width` seconds each; 0: one cell), inside the
-    period only, in proportion to time (on a millisecond grid). Each piece is the difference of two exact
-    cumulative shares, so the pieces of a row the period holds sum to `secs` exactly."""
-    edges = {start, end, period.lo, period.hi}
-    if width:
-        edges |= {float(k * width) for k in range(math.floor(start / width) + 1, math.floor(end / width) + 1)}
-    edges = sorted(x for x in edges if start <= x <= end)
-    span = round(end * 1000) - round(start * 1000)
-    if span <= 0:  # under half a millisecond long: all of it where it starts
-        return [(math.floor(start / width) if width else 0, Fraction(secs))] if period.lo <= start < period.hi else []
-    pieces = []
-    for a, b in zip(edges, edges[1:]):
-        if a >= period.lo and b <= period.hi and b > a:
-            share = Fraction(secs * (round(b * 1000) - round(a * 1000)), span)
-            pieces.append((math.floor(a / width) if width else 0, share))
-    return pieces
-
-
-def burn_down(led: Ledger, period: Period, pools: list[str] | None, now: float,
-              steps: int = 400) -> list[tuple[float, Fraction]]:
-    """Cumulative spend over the period at about `steps` points: (epoch seconds, CNY so far), exact."""
-    insts = instances(led, pools)
-    lo = period.since if period.since is not None else min((i.row["started_at"] for i in insts.values()), default=now)
-    hi = min(period.hi, max([now, *(i.row["ended_at"] or 0 for i in insts.values())]))
-    width = max(60, math.ceil((hi - lo) / steps))
-    per_cell: dict[int, Fraction] = defaultdict(Fraction)
-    for (c, iid), secs in billed(led, period, width, pools).items():
-        per_cell[c] += insts[iid].amount(secs)
-    out, total = [(lo, Fraction(0))], Fraction(0)
-    for c in sorted(per_cell):
-        total += per_cell[c]
-        out.append((float((c + 1) * width), total))
-    return out
-
-
-@dataclass
-class Inst:
-    """An instance as the report sees it (one ledger row, read once)."""
-
-    row: dict
-    price: Fraction
-
-    def amount(self, secs: Fraction | int) -> Fraction:
-        if isinstance(secs, int):  # one normalisation instead of two Fraction operations
-            return Fraction(self.price.numerator * secs, self.price.denominator * 3600)
-        return self.price * secs / 3600
-
-
-def instances(led: Ledger, pools: list[str] | None) -> dict[int, Inst]:
-    q = ("SELECT i.*, r.plan, r.quantization, r.reason AS run_reason, r.state AS run_state FROM instances i "
-         "JOIN runs r ON r.id = i.run_id")
-    args: list = []
-    if pools is not None:
-        q += f" WHERE i.pool IN ({', '.join('?' * len(pools))})"
-        args = pools
-    prices: dict[str, Fraction] = {}  # a few distinct prices among thousands of instances
-    return {r["id"]: Inst(dict(r), prices.get(r["price_cny_h"]) or prices.setdefault(
-        r["price_cny_h"], Fraction(Decimal(r["price_cny_h"])))) for r in led.db.execute(q, args)}
-
-
-def task_weights(led: Ledger, run_ids: set[str]) -> dict[str, dict[str, Fraction]]:
-    """run -> task -> its share of the run's cost: the worker's busy seconds of that task over the run's."""
-    out: dict[str, dict[str, Fraction]] = {}
-    for run_id, task, summary in led.db.execute("SELECT run_id, task, summary FROM tasks"):
-        if run_id in run_ids:
-            busy = (json.loads(summary) or {}).get("busy_s") or 0
-            out.setdefault(run_id, {})[task] = Fraction(Decimal(str(busy))) if busy > 0 else Fraction(0)
-    for run_id, w in list(out.items()):
-        total = sum(w.values(), Fraction(0))
-        out[run_id] = {t: v / total for t, v in w.items()} if total else {}
-    return out
-
-
-def key_of(by: str, inst: Inst) -> str:
-    r = inst.row
-    if by == "run":
-        return r["run_id"]
-    if by == "provider":
-        return r["provider"]
-    if by == "gpu":
-        return f"{r['gpu']} x{r['gpu_count']}" if r.get("gpu") else r["instance_type"]
-    if by == "quant":
-        return r["quantization"]
-    return r["plan"]
-
-
-def grouped(cells: dict[tuple[int, int], Fraction], insts: dict[int, Inst], by: str, led: Ledger
-            ) -> dict[str, list[Fraction]]:
-    """group -> [amount CNY, billed seconds], exact."""
-    out: dict[str, list[Total]] = defaultdict(lambda: [Total(), Total()])
-    weights = task_weights(led, {i.row["run_id"] for i in insts.values()}) if by == "task" else {}
-    names: dict[int, str] = {}
-    for (d, iid), secs in cells.items():
-        inst = insts[iid]
-        amount = inst.amount(secs)
-        if by in TIME_GROUPS:
-            keys = [(names.get(d) or names.setdefault(d, bucket(d, by)), 1)]
-        elif by == "task":
-            w = weights.get(inst.row["run_id"])
-            keys = list(w.items()) if w else [("(no task results)", 1)]
-        else:
-            keys = [(key_of(by, inst), 1)]
-        for k, share in keys:
-            g = out[k]
-            g[0].add(amount * share if share != 1 else amount)
-            g[1].add(secs * share if share != 1 else secs)
-    return {k: [a.value, s.value] for k, (a, s) in out.items()}
-
-
-# ---------------------------------------------------------------------------------------------- statement
+def exact(x: Fraction | Decimal) -> str:
+    """Every digit a script may want: the display rule to 1e-12 CNY ('exact_cny' beside each rounded amount)."""
+    return display(x, EXACT_PLACES)
 
 
 def _pools(led: Ledger, pool: str | None) -> list[str] | None:
     if pool is None:
         return None
     if led.pool_cap(pool) is None:
-        known = ", ".join(p["name"] for p in led.pools()) or "none yet"
+        known = ", ".join(pool_names(led)) or "none yet"
         raise InputError(f"no pool {pool!r} (pools: {known})", "see `budget pool list`, or leave out --pool")
     return [pool]
 
@@ -330,11 +78,11 @@ def statement(led: Ledger, *, pool: str | None = None, period: Period = Period()
     if not led.db.execute("SELECT 1 FROM runs LIMIT 1").fetchone():
         raise InputError("the ledger holds no runs yet: nothing to report",
                          "start one with `budget run plans/smoke.yaml --yuan 5`, then `budget report`")
-    names = pools or [p["name"] for p in led.pools()]
+    names = pools or pool_names(led)
     insts = instances(led, pools)
     daily = by in TIME_GROUPS
     cells = billed(led, period, daily, pools)
-    per_inst = _per_instance(cells)
+    per_inst = per_instance(cells)
     amounts = {i: insts[i].amount(s) for i, s in per_inst.items()}
     total = fsum(amounts.values())
     before = Fraction(0)
@@ -360,10 +108,10 @@ def statement(led: Ledger, *, pool: str | None = None, period: Period = Period()
         "schema": SCHEMA, "view": "statement", "generated_at": iso(now), "pools": names,
         "period": {"since": iso(period.since) if period.since else None,
                    "until": iso(period.until) if period.until else None},
-        "currency": "CNY", "cap_cny": yuan(cents(Fraction(cap))), "opening_balance_cny": yuan(cents(opening)),
-        "spent_cny": yuan(cents(total)), "exact_spent_cny": exact(total), "remaining_cny": yuan(cents(remaining)),
-        "burn": {"average_cny_per_day": None if burn_day is None else yuan(cents(burn_day)),
-                 "current_cny_per_h": yuan(cents(burn_h)), "live_instances": len(live)},
+        "currency": "CNY", "cap_cny": display(cap, 2), "opening_balance_cny": display(opening, 2),
+        "spent_cny": display(total, 2), "exact_spent_cny": exact(total), "remaining_cny": display(remaining, 2),
+        "burn": {"average_cny_per_day": None if burn_day is None else display(burn_day, 2),
+                 "current_cny_per_h": display(burn_h, 2), "live_instances": len(live)},
         "runway_h": None if runway is None else f"{float(runway):.1f}", "runway_basis": basis,
         "cap_changes": [{"pool": e["pool"], "at": iso(e["at"]), "old_cap_cny": e["old_cap_cny"],
                          "new_cap_cny": e["new_cap_cny"], "detail": e["detail"]}
@@ -388,16 +136,9 @@ def statement(led: Ledger, *, pool: str | None = None, period: Period = Period()
     else:
         doc["charges"] = charges(led, insts, per_inst, period, pools)
     whole = amounts if period == Period() else {
-        i: insts[i].amount(s) for i, s in _per_instance(billed(led, Period(), False, pools)).items()}
+        i: insts[i].amount(s) for i, s in per_instance(billed(led, Period(), False, pools)).items()}
     doc["variance"] = variance(led, insts, {insts[i].row["run_id"] for i in per_inst}, whole)
     return doc
-
-
-def _per_instance(cells: dict[tuple[int, int], Fraction]) -> dict[int, Fraction]:
-    out: dict[int, Fraction] = defaultdict(int)
-    for (_, iid), secs in cells.items():
-        out[iid] += secs
-    return out
 
 
 def charges(led: Ledger, insts: dict[int, Inst], per_inst: dict[int, Fraction], period: Period,
@@ -469,7 +210,7 @@ def variance(led: Ledger, insts: dict[int, Inst], run_ids: set[str], whole: dict
                 "variance_cny": None, "variance_pct": None}
         if r["estimate_cny"] is not None:
             est = Decimal(r["estimate_cny"])
-            e_c = cents(Fraction(est))
+            e_c = cents(est)
             # the printed difference of the printed figures (each rounded once, half-even)
             line.update(estimate_cny=yuan(e_c), variance_cny=yuan(a_c - e_c),
                         variance_pct=f"{(a_c - e_c) * 100 / e_c:+.1f}" if e_c else None)
@@ -477,7 +218,7 @@ def variance(led: Ledger, insts: dict[int, Inst], run_ids: set[str], whole: dict
                 est_sum += est
                 act_sum.add(actual)
         lines.append(line)
-    e_c, a_c = cents(Fraction(est_sum)), cents(act_sum.value)
+    e_c, a_c = cents(est_sum), cents(act_sum.value)
     return {"runs": lines, "finished_estimate_cny": yuan(e_c), "finished_actual_cny": yuan(a_c),
             "finished_variance_cny": yuan(a_c - e_c),
             "finished_variance_pct": f"{(a_c - e_c) * 100 / e_c:+.1f}" if e_c else None}

@@ -16,6 +16,7 @@ from .. import home as homes
 from ..clock import SYSTEM, Clock
 from ..cloud import registry
 from ..errors import LedgerError, RunError
+from ..money import results
 from ..money.ledger import FINAL
 from . import handover, progress, teardown
 from .driver import Driver
@@ -120,7 +121,7 @@ def describe(home: Path, run_id: str | None, clock: Clock = SYSTEM) -> dict:
             run = homes.resolve(led, run["id"])
         return {**run, "controller_alive": homes.controller_alive(run), "spent_cny": led.spent_run(run["id"]),
                 "pool_spent_cny": led.spent_pool(run["pool"]), "pool_cap_cny": led.pool_cap(run["pool"]),
-                "instances": [vars(i) for i in led.instances(run["id"])], "tasks": led.tasks(run["id"]),
+                "instances": [vars(i) for i in led.instances(run["id"])], "tasks": results.tasks(led, run["id"]),
                 "events": led.events(run["id"])}
     finally:
         led.close()

@@ -27,10 +27,12 @@ from ..money.ledger import Ledger
 from ..procs import proc_start
 from ..units import iso
 from . import machine as m
+from . import messages as ev
 from . import progress
 from .effects import Effects
 from .liveness import Watch, stale_after
-from .machine import Ending, Rules, State
+from .machine import Rules, State
+from .messages import Ending
 from .request import Request
 
 STATE_FILE = "state.json"
@@ -68,7 +70,7 @@ class Driver:
         self.log = open(self.dir / "controller.log", "a", encoding="utf-8")
         self.effects = Effects(led, provider, req, self.dir, clock, self.event)
         self.state = State()
-        self.queue: list[m.Effect] = []
+        self.queue: list[ev.Effect] = []
         self.trace: list[tuple[str, str]] = []  # (phase, event kind) pairs fed, in order
 
     # ------------------------------------------------------------------------------ bookkeeping
@@ -107,9 +109,9 @@ class Driver:
         if resume:
             self.state = load(self.dir / STATE_FILE)
         self.led.update_run(self.req.run_id, controller_pid=os.getpid(), controller_start=proc_start(os.getpid()))
-        self.feed(m.Start(at=self.clock.now(), resume=resume))
+        self.feed(ev.Start(at=self.clock.now(), resume=resume))
 
-    def feed(self, event: m.Event) -> None:
+    def feed(self, event: ev.Event) -> None:
         self.kill(f"event:{event.kind}")
         before = self.state
         self.trace.append((before.phase, event.kind))
@@ -139,7 +141,7 @@ class Driver:
             return False
         if not self.queue:
             self.clock.sleep(pause_s(self.state, self.rules))
-            self.feed(m.Tick(at=self.clock.now()))
+            self.feed(ev.Tick(at=self.clock.now()))
             return True
         effect = self.queue.pop(0)
         try:
@@ -147,7 +149,7 @@ class Driver:
         except GpuBudgetError as e:
             answer = self._failed(e)
         except KeyboardInterrupt:
-            answer = m.Interrupted()
+            answer = ev.Interrupted()
         except Exception as e:  # noqa: BLE001 - anything unexpected still tears down, then shows up with --debug
             err = RunError(f"run {self.req.run_id}: {e.__class__.__name__}: {e}",
                            "rerun with --debug for the traceback; the instance was terminated")
@@ -155,16 +157,21 @@ class Driver:
             answer = self._failed(err)
         if answer is not None:
             self.feed(replace(answer, at=self.clock.now()))
-            if isinstance(answer, m.GuardGo):
+            if isinstance(answer, ev.GuardGo):
                 self.progress()
-            if isinstance(answer, (m.Polled, m.Exited)) and progress.held(self.dir):
+            if isinstance(answer, (ev.Polled, ev.Exited)) and progress.held(self.dir):
                 self.kill("samples")
         return True
 
-    def _failed(self, e: GpuBudgetError) -> m.Event:
+    def close(self) -> None:
+        """Let go of the session and the log (the run itself goes on where it is)."""
+        self.effects.on.close()
+        self.log.close()
+
+    def _failed(self, e: GpuBudgetError) -> ev.Event:
         if self.state.phase == "tearing-down":  # the teardown itself failed: never loop on it
-            return m.TornDown(stuck=e)
-        return m.Failed(error=e)
+            return ev.TornDown(stuck=e)
+        return ev.Failed(error=e)
 
     def run(self, resume: bool = False) -> str:
         """Drive the run to its end (`resume`: go on from its persisted state); returns the run's state
@@ -176,7 +183,7 @@ class Driver:
             try:
                 self.start(resume)
             except KeyboardInterrupt:
-                self.feed(m.Interrupted(at=self.clock.now()))
+                self.feed(ev.Interrupted(at=self.clock.now()))
             while True:
                 if main and self.state.phase == "tearing-down":  # a second Ctrl-C must not leave it running
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -185,13 +192,12 @@ class Driver:
                     if not self.step():
                         break
                 except KeyboardInterrupt:  # while waiting for the next tick
-                    self.feed(m.Interrupted(at=self.clock.now()))
+                    self.feed(ev.Interrupted(at=self.clock.now()))
         finally:
             if main:
                 signal.signal(signal.SIGTERM, old_term)
                 signal.signal(signal.SIGINT, old_int)
-            self.effects.on.close()
-            self.log.close()
+            self.close()
         if self.state.phase == "handed-over":
             return "running"
         ending = self.state.ending or Ending("failed")

@@ -16,11 +16,14 @@ from ..cloud import registry
 from ..cloud.base import GONE_STATES, LaunchSpec
 from ..errors import CapacityError, NotReadyError, QuotaError, RemoteError, RunError
 from ..evaluate import read_json
+from ..money import results
 from ..money.guard import Policy
 from ..money.ledger import Ledger
-from ..units import money
-from . import handover, machine as m, progress, teardown
+from ..units import duration, money
+from . import handover, progress, teardown
+from . import messages as ev
 from .instance import OnInstance
+from .machine import State
 from .request import Request
 
 
@@ -41,12 +44,12 @@ class Effects:
         self.on = OnInstance(req, provider, run_dir, event)
         self.decision = None  # the guard's last verdict (for the live line)
 
-    def perform(self, effect: m.Effect, s: m.State) -> m.Event | None:
+    def perform(self, effect: ev.Effect, s: State) -> ev.Event | None:
         return getattr(self, effect.kind.replace("-", "_"))(effect, s)
 
     # -------------------------------------------------------------------------------- money and launches
 
-    def admit(self, e: m.Admit, s: m.State) -> m.Event:
+    def admit(self, e: ev.Admit, s: State) -> ev.Event:
         choice = self.req.offers[s.offer]
         now, p = self.clock.now(), self.policy
         boot = dataclasses.replace(p, lease_s=p.lease_s + self.req.ssh_wait_s)
@@ -56,24 +59,32 @@ class Effects:
                                 provider=self.provider.name, now=now, policy=boot, min_lease_s=stretch,
                                 attempt=s.attempt, offer_index=s.offer)
         if d.go:
-            return m.Admitted(iid=iid)
+            return ev.Admitted(iid=iid)
         run = self.led.run(self.req.run_id)
-        pool = f"pool {run['pool']} has {self.led.spent_pool(run['pool'])} CNY spent"
+        pool = f"pool {run['pool']} has {money(self.led.spent_pool(run['pool']))} CNY spent"
         kind = choice.offer.instance_type
         if d.reason == "short":
-            why = (f"the money left would keep {kind} at {choice.price_cny_h} CNY/h running for less than "
-                   f"{stretch:.0f} s (its boot and a first stretch of work); it would be stopped at its first tick "
-                   f"with nothing done (committed {d.committed_cny:.2f} of {d.cap_cny} CNY, {pool})")
+            why = (f"the money left would keep {kind} at {money(choice.price_cny_h)} CNY/h running for less than "
+                   f"{duration(stretch)} (its boot and a first stretch of work); it would be stopped at its first tick "
+                   f"with nothing done (committed {money(d.committed_cny)} of {money(d.cap_cny)} CNY, {pool})")
         else:
-            why = (f"{kind} at {choice.price_cny_h} CNY/h would commit {d.committed_cny:.2f} CNY (billing minimum + "
-                   f"a tick + teardown) against a cap of {d.cap_cny} CNY ({pool})")
+            why = (f"{kind} at {money(choice.price_cny_h)} CNY/h would commit {money(d.committed_cny)} CNY (billing "
+                   f"minimum + a tick + teardown) against a cap of {money(d.cap_cny)} CNY ({pool})")
         if s.attempt:
             self.event("guard", f"no relaunch: not launching: {why}")
-        return m.AdmitRefused(error=BudgetTooSmall(f"not launching: {why}", "raise --yuan, or use another --pool"))
+        return ev.AdmitRefused(error=BudgetTooSmall(f"not launching: {why}", "raise --yuan, or use another --pool"))
 
-    def launch(self, e: m.Launch, s: m.State) -> m.Event:
-        choice = self.req.offers[s.offer]
-        lease, now = self.led.instance(s.iid).lease_until, self.clock.now()
+    def launch(self, e: ev.Launch, s: State) -> ev.Event:
+        """The launch call - after the guard renews the intent's boot lease: an admission made before the
+        controller slept or died must not send an instance off on a lease that has already run out."""
+        choice, now, p = self.req.offers[s.offer], self.clock.now(), self.policy
+        d = self.decision = self.led.tick(s.iid, now, dataclasses.replace(p, lease_s=p.lease_s + self.req.ssh_wait_s))
+        lease = self.led.instance(s.iid).lease_until
+        if not d.go or lease < now + first_stretch_s(self.req.ssh_wait_s, p):
+            return ev.AdmitRefused(error=BudgetTooSmall(
+                f"not launching: the money left no longer pays {choice.offer.instance_type}'s boot and a first "
+                f"stretch of work (committed {money(d.committed_cny)} of {money(d.cap_cny)} CNY)",
+                "raise --yuan, or use another --pool"))
         # a spot instance may never cost more than the price the ledger bills it at: EC2 charges the market
         # price up to MaxPrice, so the guard's figures stay an upper bound of the real bill
         ceiling = choice.price_original_h if self.req.spot and choice.offer.currency == "USD" else None
@@ -83,10 +94,10 @@ class Effects:
         try:
             info = self.provider.launch(spec)
         except (CapacityError, QuotaError) as err:
-            return m.LaunchRefused(error=err)
-        return m.Launched(pid=info.provider_id, address=info.address, launched_at=info.launched_at)
+            return ev.LaunchRefused(error=err)
+        return ev.Launched(pid=info.provider_id, address=info.address, launched_at=info.launched_at)
 
-    def note_launch(self, e: m.NoteLaunch, s: m.State) -> None:
+    def note_launch(self, e: ev.NoteLaunch, s: State) -> None:
         self.led.set_instance(s.iid, provider_id=e.pid, state="launching", launched_at=e.launched_at or self.clock.now(),
                               address=e.address)
         choice = self.req.offers[s.offer]
@@ -100,40 +111,40 @@ class Effects:
                    f"{f', spot, MaxPrice {ceiling} USD/h' if ceiling else ''}"
                    f"{', spot' if self.req.spot and not ceiling else ''})")
 
-    def abandon(self, e: m.Abandon, s: m.State) -> None:
+    def abandon(self, e: ev.Abandon, s: State) -> None:
         self.led.settle(e.iid, None, "failed")
         refused, nxt = self.req.offers[s.offer - 1], self.req.offers[s.offer]
         self.event("fallback", f"{refused.offer.instance_type} refused ({e.why}); relaunching on "
-                   f"{nxt.offer.instance_type} at {nxt.price_cny_h} CNY/h")
+                   f"{nxt.offer.instance_type} at {money(nxt.price_cny_h)} CNY/h")
 
-    def guard(self, e: m.Guard, s: m.State) -> m.Event:
+    def guard(self, e: ev.Guard, s: State) -> ev.Event:
         """Accrue, decide, extend the lease in the ledger (one transaction) - or say why not."""
         d = self.decision = self.led.tick(s.iid, self.clock.now(), self.policy)
         if not d.go:
-            why = (f"stop: the next {self.policy.tick_s:.0f} s + teardown would pass the cap (committed "
+            why = (f"stop: the next {duration(self.policy.tick_s)} + teardown would pass the cap (committed "
                    f"{money(d.committed_cny)} of {money(d.cap_cny)} CNY)")
             self.event("guard", why)
-            return m.GuardStop(why=why)
+            return ev.GuardStop(why=why)
         if self.led.run(self.req.run_id)["stop_requested"] or (self.dir / "STOP").exists():
             self.event("stop", "requested by the user")
-            return m.StopRequested()
-        return m.GuardGo(lease_until=self.led.instance(s.iid).lease_until)
+            return ev.StopRequested()
+        return ev.GuardGo(lease_until=self.led.instance(s.iid).lease_until)
 
-    def write_lease(self, e: m.WriteLease, s: m.State) -> None:
+    def write_lease(self, e: ev.WriteLease, s: State) -> None:
         self.on.write_lease(e.until)
 
-    def check_instance(self, e: m.CheckInstance, s: m.State) -> m.Event:
+    def check_instance(self, e: ev.CheckInstance, s: State) -> ev.Event:
         """The session broke: did the cloud take the instance, or does the worker run on, detached?"""
         try:
             state = self.provider.status(s.pid).state if s.pid else "running"
         except GpuBudgetError:  # an API that cannot tell: assume it is there and reconnect
             state = "running"
         if state in GONE_STATES:
-            return m.Gone(state=state)
+            return ev.Gone(state=state)
         self.event("ssh", f"lost ({e.why}); reconnecting")
-        return m.Present()
+        return ev.Present()
 
-    def leave(self, e: m.Leave, s: m.State) -> m.Event:
+    def leave(self, e: ev.Leave, s: State) -> ev.Event:
         """Leave the current instance for a new one: after a notice, terminate it now (billing ends now, not at
         the reclaim); after a reclaim, settle it where the cloud took it."""
         held = progress.held(self.dir)
@@ -148,9 +159,9 @@ class Effects:
             teardown.end(self.led, self.provider, inst, how="reclaimed", run_dir=self.dir, policy=self.policy,
                          event=self.event, clock=self.clock, at=self.clock.now())
         self.on.close()
-        return m.AttemptEnded()
+        return ev.AttemptEnded()
 
-    def reattach(self, e: m.Reattach, s: m.State) -> m.Event:
+    def reattach(self, e: ev.Reattach, s: State) -> ev.Event:
         """`budget resume`: the run's instance, while it still runs."""
         live = self.led.instances(run_id=self.req.run_id, live=True)
         if not live:
@@ -168,12 +179,12 @@ class Effects:
         if self.provider.status(pid).state not in ("pending", "running"):
             raise RunError(f"{pid} is gone: its watchdog ended it when the lease ran out",
                            f"the samples fetched before are in {self.dir}/out; start a new run for the rest")
-        return m.Found(iid=inst.id, pid=pid)
+        return ev.Found(iid=inst.id, pid=pid)
 
-    def hand_over(self, e: m.HandOver, s: m.State) -> m.Event:
+    def hand_over(self, e: ev.HandOver, s: State) -> ev.Event:
         return handover.hand_over(self.led, self.provider, self.req, s.iid, self.on, self.clock.now(), self.event)
 
-    def teardown(self, e: m.Teardown, s: m.State) -> m.Event:
+    def teardown(self, e: ev.Teardown, s: State) -> ev.Event:
         """The run's end: the instance's (runner/run/teardown.py), then the run's own record."""
         stuck = None
         try:
@@ -187,7 +198,7 @@ class Effects:
                     stuck = err
             summary = read_json(self.dir / "out" / "summary.json")
             if summary:
-                self.led.record_tasks(self.req.run_id, summary)
+                results.record_tasks(self.led, self.req.run_id, summary)
         finally:
             self.on.close()
         final = e.ending.state if stuck is None else "failed"
@@ -195,35 +206,35 @@ class Effects:
         done, total = progress.count(self.dir, self.req.run_id)
         self.led.update_run(self.req.run_id, state=final, phase=final, reason=reason, finished_at=self.clock.now(),
                             samples_done=done, samples_total=total)
-        return m.TornDown(stuck=stuck)
+        return ev.TornDown(stuck=stuck)
 
     # -------------------------------------------------------------------------------- on the instance
 
-    def connect(self, e: m.Connect, s: m.State) -> m.Event:
+    def connect(self, e: ev.Connect, s: State) -> ev.Event:
         try:
             self.on.session = self.provider.session(s.pid, self.req.run_id, timeout_s=10.0)
         except NotReadyError as err:
-            return m.NotReady(why=err.message)
+            return ev.NotReady(why=err.message)
         except RemoteError as err:
             try:
                 state = self.provider.status(s.pid).state
             except GpuBudgetError:
                 state = "unknown"
             if state in GONE_STATES:
-                return m.Gone(state=state)
-            return m.Failed(error=err)
+                return ev.Gone(state=state)
+            return ev.Failed(error=err)
         address = self.on.session.address
         if s.phase == "booting":
             self.led.set_instance(s.iid, state="running")
             self.event("connected", address)
         elif s.phase == "reconnecting":
             self.event("ssh", "reconnected")
-        return m.Connected()
+        return ev.Connected()
 
-    def disconnect(self, e: m.Disconnect, s: m.State) -> None:
+    def disconnect(self, e: ev.Disconnect, s: State) -> None:
         self.on.close()
 
-    def arm(self, e: m.Arm, s: m.State) -> m.Event:
+    def arm(self, e: ev.Arm, s: State) -> ev.Event:
         # the boot lease covered the wait for SSH; from now on the watchdog holds the instance to the normal
         # lease (shortening is safe in this order: the instance first, then the ledger)
         lease = min(self.led.instance(s.iid).lease_until, self.clock.now() + self.policy.lease_s)
@@ -231,33 +242,33 @@ class Effects:
         self.led.set_instance(s.iid, lease_until=float(int(lease)))
         if s.phase == "resuming" and s.worker:
             self.event("reattached", self.on.session.address)
-        return m.Armed()
+        return ev.Armed()
 
-    def bootstrap(self, e: m.Bootstrap, s: m.State) -> m.Event:
-        return self.on.start_bootstrap() if self.on.needs_bootstrap() else m.BootstrapDone(rc=0)
+    def bootstrap(self, e: ev.Bootstrap, s: State) -> ev.Event:
+        return self.on.start_bootstrap() if self.on.needs_bootstrap() else ev.BootstrapDone(rc=0)
 
-    def poll_bootstrap(self, e: m.PollBootstrap, s: m.State) -> m.Event:
+    def poll_bootstrap(self, e: ev.PollBootstrap, s: State) -> ev.Event:
         return self.on.poll_bootstrap()
 
-    def push(self, e: m.Push, s: m.State) -> m.Event:
+    def push(self, e: ev.Push, s: State) -> ev.Event:
         self.on.push()
-        return m.Pushed()
+        return ev.Pushed()
 
-    def start_worker(self, e: m.StartWorker, s: m.State) -> m.Event:
+    def start_worker(self, e: ev.StartWorker, s: State) -> ev.Event:
         self.on.start_worker()
-        return m.Started()
+        return ev.Started()
 
-    def restart_worker(self, e: m.RestartWorker, s: m.State) -> m.Event:
+    def restart_worker(self, e: ev.RestartWorker, s: State) -> ev.Event:
         if e.kill:
             self.on.kill_worker()
         self.event("worker", f"{e.why}; restarting it ({e.nth} of {e.of})")
         self.on.start_worker()
-        return m.Started()
+        return ev.Started()
 
-    def poll(self, e: m.Poll, s: m.State) -> m.Event:
+    def poll(self, e: ev.Poll, s: State) -> ev.Event:
         return self.on.poll()
 
-    def inspect(self, e: m.Inspect, s: m.State) -> m.Event:
+    def inspect(self, e: ev.Inspect, s: State) -> ev.Event:
         return self.on.inspect()
 
     # -------------------------------------------------------------------------------- helpers

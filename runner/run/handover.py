@@ -23,11 +23,12 @@ from ..cloud import registry
 from ..cloud.base import GONE_STATES
 from ..cloud.remote import FETCH_APPEND, FETCH_WHOLE
 from ..evaluate import read_json
+from ..money import results
 from ..money.ledger import Ledger
 from ..units import iso
 from . import progress, teardown
 from .instance import OnInstance
-from .machine import GuardStop, HandedOver
+from .messages import GuardStop, HandedOver
 from .request import Request
 
 PHASE = "handed-over"
@@ -94,7 +95,7 @@ def reconcile(led: Ledger, run: dict, home: Path, clock: Clock = SYSTEM) -> dict
     end = led.instance(inst.id).ended_at
     summary = read_json(run_dir / "out" / "summary.json")
     if summary:
-        led.record_tasks(run["id"], summary)
+        results.record_tasks(led, run["id"], summary)
     done, total = progress.count(run_dir, run["id"])
     if summary.get("complete"):
         state, reason = "done", ""

@@ -18,7 +18,7 @@ from ..evaluate import last_line, read_json
 from ..units import iso
 from . import progress
 from .liveness import KILL, PROBE
-from .machine import EXIT_STOPPED, BootstrapDone, Exited, Inspected, Notice, NotReady, Polled
+from .messages import EXIT_STOPPED, BootstrapDone, Exited, Inspected, Notice, NotReady, Polled
 from .request import Request, remote_job, worker_requirements
 
 WORKER_DIR = Path(__file__).resolve().parent.parent / "worker"

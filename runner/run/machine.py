@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import ClassVar
 
 from planner.errors import GpuBudgetError
 
@@ -28,11 +27,17 @@ from ..errors import BootstrapError, RemoteError, RunError, WorkerError
 from ..money.guard import Policy
 from . import liveness
 from .liveness import Watch
+from .messages import (
+    EXIT_DONE, EXIT_STOPPED, Abandon, Admit, AdmitRefused, Admitted, Arm, Armed, AttemptEnded, Bootstrap,
+    BootstrapDone, CheckInstance, Connect, Connected, Disconnect, Effect, Ending, Event, Exited, Failed, Found, Gone,
+    Guard, GuardGo, HandedOver, HandOver, Inspect, Inspected, Launch, Launched, LaunchRefused, Leave, NoteLaunch,
+    Notice, Poll, PollBootstrap, Polled, Push, Pushed, Reattach, RestartWorker, Start, Started, StartWorker,
+    Teardown, Tick, TornDown, WriteLease
+)
 
 PHASES = ("created", "admitted", "booting", "armed", "pushed", "running", "reconnecting", "reviving",
           "relaunching", "resuming", "tearing-down", "handed-over", "ended")
 FINAL_PHASES = ("handed-over", "ended")  # the controller's part is over
-EXIT_DONE, EXIT_STOPPED = 0, 3  # the worker's exit codes (runner/worker/run.py)
 RECONNECT_WAIT_S = 300.0  # the longest a lost session is waited for before the run gives up
 
 
@@ -55,15 +60,6 @@ class Rules:
 
 
 @dataclass(frozen=True)
-class Ending:
-    """How the run ends: done | stopped | failed, why, and the error raised after the teardown."""
-
-    state: str
-    reason: str = ""
-    error: GpuBudgetError | None = None
-
-
-@dataclass(frozen=True)
 class State:
     phase: str = "created"
     attempt: int = 0              # this instance's attempt (0: the first; a relaunch adds one)
@@ -82,297 +78,6 @@ class State:
     ending: Ending | None = None
 
 
-# ---------------------------------------------------------------------------------------------- events
-
-@dataclass(frozen=True)
-class Event:
-    kind: ClassVar[str] = ""
-    at: float = 0.0  # when it happened (the driver's clock)
-
-
-def _event(kind: str):
-    def wrap(cls):
-        cls.kind = kind
-        return dataclass(frozen=True)(cls)
-    return wrap
-
-
-@_event("start")
-class Start(Event):
-    resume: bool = False
-
-
-@_event("tick")
-class Tick(Event):
-    pass
-
-
-@_event("admitted")
-class Admitted(Event):
-    iid: int = 0
-
-
-@_event("admit-refused")
-class AdmitRefused(Event):
-    error: GpuBudgetError | None = None
-
-
-@_event("launched")
-class Launched(Event):
-    pid: str = ""
-    address: str | None = None
-    launched_at: float | None = None
-
-
-@_event("launch-refused")
-class LaunchRefused(Event):
-    error: GpuBudgetError | None = None
-
-
-@_event("connected")
-class Connected(Event):
-    pass
-
-
-@_event("not-ready")
-class NotReady(Event):
-    why: str = ""
-
-
-@_event("armed")
-class Armed(Event):
-    pass
-
-
-@_event("bootstrap-done")
-class BootstrapDone(Event):
-    rc: int = 0
-    last: str = ""
-
-
-@_event("pushed")
-class Pushed(Event):
-    pass
-
-
-@_event("started")
-class Started(Event):
-    pass
-
-
-@_event("probe")
-class Polled(Event):
-    probe: str = "alive"
-    beat: str | None = None
-
-
-@_event("worker-exited")
-class Exited(Event):
-    code: int = EXIT_DONE
-    fired: bool = False           # the instance's watchdog stopped it at its lease
-    stopped: str = ""             # why the worker says it stopped (status.json)
-    error: str = ""               # what the worker says went wrong (or its last output)
-
-
-@_event("notice")
-class Notice(Event):
-    text: str = ""
-
-
-@_event("reclaimed")
-class Gone(Event):
-    state: str = "terminated"
-
-
-@_event("still-there")
-class Present(Event):
-    pass
-
-
-@_event("guard-go")
-class GuardGo(Event):
-    lease_until: float = 0.0
-
-
-@_event("guard-stop")
-class GuardStop(Event):
-    why: str = ""
-
-
-@_event("stop-requested")
-class StopRequested(Event):
-    pass
-
-
-@_event("found")
-class Found(Event):
-    iid: int = 0
-    pid: str = ""
-
-
-@_event("inspected")
-class Inspected(Event):
-    fired: bool = False
-    worker: bool = False
-
-
-@_event("attempt-ended")
-class AttemptEnded(Event):
-    pass
-
-
-@_event("handed-over")
-class HandedOver(Event):
-    pass
-
-
-@_event("torn-down")
-class TornDown(Event):
-    stuck: GpuBudgetError | None = None
-
-
-@_event("interrupted")
-class Interrupted(Event):
-    pass
-
-
-@_event("error")
-class Failed(Event):
-    error: GpuBudgetError | None = None
-
-
-# ---------------------------------------------------------------------------------------------- effects
-
-@dataclass(frozen=True)
-class Effect:
-    """A request to the driver. `answers`: whether performing it yields an event (only the last effect of a
-    list may: the event's step decides what comes next)."""
-
-    kind: ClassVar[str] = ""
-    answers: ClassVar[bool] = True
-
-
-def _effect(kind: str, answers: bool = True):
-    def wrap(cls):
-        cls.kind, cls.answers = kind, answers
-        return dataclass(frozen=True)(cls)
-    return wrap
-
-
-@_effect("admit")
-class Admit(Effect):
-    pass
-
-
-@_effect("launch")
-class Launch(Effect):
-    pass
-
-
-@_effect("note-launch", answers=False)
-class NoteLaunch(Effect):
-    pid: str = ""
-    address: str | None = None
-    launched_at: float | None = None
-
-
-@_effect("abandon", answers=False)
-class Abandon(Effect):
-    """The provider refused this attempt's launch: its intent row settles at no charge."""
-
-    iid: int = 0
-    why: str = ""
-
-
-@_effect("connect")
-class Connect(Effect):
-    pass
-
-
-@_effect("disconnect", answers=False)
-class Disconnect(Effect):
-    pass
-
-
-@_effect("arm")
-class Arm(Effect):
-    pass
-
-
-@_effect("bootstrap")
-class Bootstrap(Effect):
-    pass
-
-
-@_effect("poll-bootstrap")
-class PollBootstrap(Effect):
-    pass
-
-
-@_effect("push")
-class Push(Effect):
-    pass
-
-
-@_effect("start-worker")
-class StartWorker(Effect):
-    pass
-
-
-@_effect("restart-worker")
-class RestartWorker(Effect):
-    kill: bool = False
-    why: str = ""
-    nth: int = 1
-    of: int = liveness.RESTARTS
-
-
-@_effect("poll")
-class Poll(Effect):
-    pass
-
-
-@_effect("guard")
-class Guard(Effect):
-    pass
-
-
-@_effect("write-lease", answers=False)
-class WriteLease(Effect):
-    until: float = 0.0
-
-
-@_effect("check-instance")
-class CheckInstance(Effect):
-    why: str = ""
-
-
-@_effect("leave")
-class Leave(Effect):
-    how: str = "moved"  # moved: we terminate it (after a notice); reclaimed: the cloud took it
-    why: str = ""
-
-
-@_effect("reattach")
-class Reattach(Effect):
-    pass
-
-
-@_effect("inspect")
-class Inspect(Effect):
-    pass
-
-
-@_effect("hand-over")
-class HandOver(Effect):
-    pass
-
-
-@_effect("teardown")
-class Teardown(Effect):
-    ending: Ending = Ending("failed")
-
-
 # ---------------------------------------------------------------------------------------------- the table
 
 Result = tuple[State, list[Effect]]
@@ -386,18 +91,6 @@ def _end(s: State, state: str, reason: str = "", error: GpuBudgetError | None = 
 
 def _fail(s: State, e: Event, r: Rules) -> Result:
     return _end(s, "failed", error=e.error)
-
-
-def _interrupted(s: State, e: Event, r: Rules) -> Result:
-    return _end(s, "stopped", "interrupted")
-
-
-def _guard_stop(s: State, e: Event, r: Rules) -> Result:
-    return _end(s, "stopped", "budget")
-
-
-def _user_stop(s: State, e: Event, r: Rules) -> Result:
-    return _end(s, "stopped", "user")
 
 
 def _guard_go(s: State, e: GuardGo, r: Rules) -> Result:
@@ -605,10 +298,6 @@ def _torn_down(s: State, e: TornDown, r: Rules) -> Result:
     return replace(s, phase="ended", ending=ending, session=False), []
 
 
-def _ignore(s: State, e: Event, r: Rules) -> Result:
-    return s, []
-
-
 WAITING = {"booting": Connect(), "reconnecting": Connect(), "resuming": Connect(), "armed": PollBootstrap()}
 TIMEOUTS = {"booting": _unreachable, "reconnecting": _unreachable, "resuming": _unreachable,
             "armed": _bootstrap_late}
@@ -620,12 +309,12 @@ def _table() -> dict[tuple[str, str], Handler]:
     t: dict[tuple[str, str], Handler] = {}
     for phase in LIVE:
         if phase != "tearing-down":
-            t[(phase, "interrupted")] = _interrupted
+            t[(phase, "interrupted")] = lambda s, e, r: _end(s, "stopped", "interrupted")
             t[(phase, "error")] = _fail
     for phase in GUARDED:
         t[(phase, "guard-go")] = _guard_go
-        t[(phase, "guard-stop")] = _guard_stop
-        t[(phase, "stop-requested")] = _user_stop
+        t[(phase, "guard-stop")] = lambda s, e, r: _end(s, "stopped", "budget")
+        t[(phase, "stop-requested")] = lambda s, e, r: _end(s, "stopped", "user")
     for phase, poll in WAITING.items():
         t[(phase, "tick")] = _wait_tick(poll, TIMEOUTS[phase])
         t[(phase, "not-ready")] = _waiting
@@ -634,6 +323,7 @@ def _table() -> dict[tuple[str, str], Handler]:
         ("created", "admitted"): _admitted,
         ("created", "admit-refused"): _admit_refused,
         ("admitted", "start"): _start_admitted,
+        ("admitted", "admit-refused"): _admit_refused,
         ("admitted", "launched"): _launched,
         ("admitted", "launch-refused"): _launch_refused,
         ("booting", "start"): _start_resuming,
@@ -678,7 +368,7 @@ def _table() -> dict[tuple[str, str], Handler]:
         ("resuming", "armed"): _armed,
         ("tearing-down", "start"): _start_tearing_down,
         ("tearing-down", "torn-down"): _torn_down,
-        ("tearing-down", "interrupted"): _ignore,  # a second Ctrl-C must not leave the instance running
+        ("tearing-down", "interrupted"): lambda s, e, r: (s, []),  # a second Ctrl-C must not stop a teardown
     })
     return t
 

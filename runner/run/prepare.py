@@ -71,10 +71,12 @@ def check_unattended(provider) -> None:
                      "use --provider aws, or --detach (a background controller on this machine)")
 
 
-def preflight(name: str, home: Path, clock: Clock = SYSTEM):
+def provider(name: str, home: Path, ask: Ask, clock: Clock = SYSTEM):
     """The provider, after checking what can be checked before asking the user to spend: its configuration
-    (an SSH host, key and known_hosts), its credentials."""
+    (an SSH host, key and known_hosts), that it can do what was asked (--unattended), its credentials."""
     p = registry.make(name, configmod.load(home), home, clock=clock)
+    if ask.unattended:
+        check_unattended(p)
     p.preflight()
     return p
 
@@ -92,8 +94,6 @@ def run_cap(home: Path, ask: Ask, plan: EvalPlan) -> pools.RunCap:
 def priced_offers(catalog: Catalog, provider, ask: Ask) -> list[Offer]:
     """The catalog offers the provider can launch, at the price the run would be billed."""
     caps = provider.caps
-    if ask.unattended:
-        check_unattended(provider)
     if caps.own_prices and ask.price_yuan_h is not None:
         raise InputError(f"--price-yuan-hour does not apply to {provider.name}: it bills its own price",
                          "refresh the catalog's prices with `budget prices import` instead")
@@ -160,15 +160,12 @@ def _fallbacks(report, rec, offers) -> list[dict]:
 def on_this_machine(rec, offer: Offer, plan: EvalPlan, catalog: Catalog, home: Path, cal):
     """`rec` with the time and cost of running on this machine (its CPU profile, calibrated where `budget
     calibrate` fitted it), billed under the offer's rule at its price."""
-    from decimal import ROUND_CEILING
-
-    from planner.optimize import CENT, billed_seconds
+    from planner.money import billed_seconds, charge
 
     t, said = calibrate.run_time(plan, catalog, home, "local", rec.gpu, 1, rec.quantization, False, cal, True)
     billed = billed_seconds(t.total_s, offer.billing_increment_s, offer.billing_minimum_s)
-    cost = (rec.price_cny_per_hour * Decimal(billed) / 3600).quantize(CENT, rounding=ROUND_CEILING)  # as optimize
     return rec.model_copy(update={"time": t, "hours": round(t.total_s / 3600, 3), "billed_hours": round(billed / 3600, 4),
-                                  "cost_cny": cost, "notes": list(rec.notes) + [
+                                  "cost_cny": charge(rec.price_cny_per_hour, billed), "notes": list(rec.notes) + [
         said or "estimated on this machine's CPU profile (uncalibrated: `budget calibrate` after a local run fits it)"]})
 
 

@@ -26,7 +26,8 @@ from ..clock import SYSTEM, Clock
 from ..cloud import registry
 from ..cloud.remote import fetch
 from ..money.guard import Policy
-from ..money.ledger import JOURNAL, Instance, Ledger
+from ..money.journal import JOURNAL
+from ..money.ledger import Instance, Ledger
 from ..units import iso, money
 from . import progress
 
@@ -104,26 +105,32 @@ def billing_end(inst: Instance, terminated_at: float, policy: Policy) -> float:
 
 def last_lines(provider, pid: str | None, run_id: str, run_dir: Path, policy: Policy, event: EventFn,
                clock: Clock = SYSTEM, session=None, stop: bool = True) -> None:
-    """What the worker finished, fetched before its instance goes: over `session`, else over one opened now
-    while its disk can still be read (running, or a local instance its watchdog powered off). Bounded by the
-    teardown allowance; a failure is an event saying how many finished samples were left there."""
-    own = None
-    try:
-        if session is None:
-            if pid is None or provider.status(pid).state not in ("pending", "running", "stopped"):
-                return
-            session = own = provider.session(pid, run_id, timeout_s=min(10.0, policy.teardown_s / 4))
-        if stop:
-            session.put_bytes(b"", "out/STOP")
-            end = clock.monotonic() + min(policy.tick_s, policy.teardown_s / 4)
-            while clock.monotonic() < end and not (session.read("worker.exit") or b"").strip():
-                clock.sleep(0.2)
-        fetch(session, "out", run_dir / "out")
-    except GpuBudgetError as e:
-        fetch_failed(run_dir, e.message, event)
-    finally:
-        if own is not None:
-            own.close()
+    """What the worker finished, fetched before its instance goes: over `session`, and - when there is none
+    or it broke - over one opened now while the instance's disk can still be read (running, or a local
+    instance its watchdog powered off). Bounded by the teardown allowance; a failure is an event saying how
+    many finished samples were left there."""
+    why = ""
+    for given in ([session] if session is not None else []) + [None]:
+        own = None
+        try:
+            if given is None:
+                if pid is None or provider.status(pid).state not in ("pending", "running", "stopped"):
+                    break
+                given = own = provider.session(pid, run_id, timeout_s=min(10.0, policy.teardown_s / 4))
+            if stop:
+                given.put_bytes(b"", "out/STOP")
+                end = clock.monotonic() + min(policy.tick_s, policy.teardown_s / 4)
+                while clock.monotonic() < end and not (given.read("worker.exit") or b"").strip():
+                    clock.sleep(0.2)
+            fetch(given, "out", run_dir / "out")
+            return
+        except GpuBudgetError as e:
+            why = e.message
+        finally:
+            if own is not None:
+                own.close()
+    if why:
+        fetch_failed(run_dir, why, event)
 
 
 def fetch_failed(run_dir: Path, why: str, event: EventFn) -> None:

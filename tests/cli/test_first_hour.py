@@ -103,19 +103,18 @@ def test_the_printed_cap_is_the_recorded_cap_and_the_estimate_uses_the_billed_pr
 
 def test_estimate_is_priced_at_the_given_rate(budget_home):
     from planner.catalog import load_catalog
-    from planner.optimize import billed_seconds
+    from planner.money import billed_seconds, charge
     from planner.plans import load_plan, plan_file
-    from runner import runs
+    from runner.run import prepare
 
-    prov = runs.preflight("local", budget_home)
-    p = runs.prepare(load_plan(SMOKE), plan_file(SMOKE), load_catalog(), budget_home, provider=prov,
-                     yuan=Decimal(500), pool="default", offer_id=None, spot=False, quant=None,
-                     price_yuan_h=Decimal(200), limit=None, batch_size=None, model_path=None, remote_python=None)
+    ask = prepare.Ask(yuan=Decimal(500), price_yuan_h=Decimal(200))
+    p = prepare.prepare(load_plan(SMOKE), plan_file(SMOKE), load_catalog(), budget_home,
+                        prepare.provider("local", budget_home, ask), ask)
     rec = p.recommendation
     assert rec.price_cny_per_hour == Decimal(200) == Decimal(p.request.price_cny_h)
     billed = billed_seconds(rec.time.total_s, p.request.offer["billing_increment_s"],
                             p.request.offer["billing_minimum_s"])
-    assert abs(rec.cost_cny - Decimal(200) * Decimal(billed) / 3600) <= Decimal("0.01")
+    assert rec.cost_cny == charge(Decimal(200), billed)  # exact: rounded only where it is shown
     assert p.cap_cny == Decimal(500) and p.cap.new_pool
 
 

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from planner.catalog import Catalog, load_catalog
 from planner.errors import CatalogError, InputError
 from planner.models import GIB, Offer
-from planner.optimize import billed_seconds, optimize
+from planner.money import billed_seconds, charge
+from planner.optimize import optimize
 from planner.plans import load_plan, parse_plan
 
 BASE = load_catalog()
@@ -59,8 +60,11 @@ def test_recommendation_is_cheapest_feasible_and_within_limits(offers, budget, m
     assert rec.cost_cny <= budget
     assert rec.fits_budget
     best = min(c.cost_cny for c in within)
-    assert all(rec.cost_cny <= c.cost_cny.quantize(Decimal("0.01"), "ROUND_CEILING") for c in res.candidates)
-    assert rec.cost_cny == best.quantize(Decimal("0.01"), "ROUND_CEILING")
+    # the cost is exact (the billing rule, never rounded to the cent): the cheapest, and what is left adds up
+    assert all(rec.cost_cny <= c.cost_cny for c in res.candidates)
+    assert rec.cost_cny == best
+    assert abs(rec.cost_cny + rec.budget_left_cny - budget) < Decimal("1e-20")  # Decimal keeps 28 digits
+    assert rec.cost_cny == charge(rec.price_cny_per_hour, round(rec.billed_hours * 3600))
     for g in rec.memory:
         assert g.total <= g.usable  # nothing recommended exceeds a card's memory
     for c in res.candidates:
@@ -140,7 +144,8 @@ def test_objective_time_and_spot_filter():
 def test_usd_offers_are_converted_with_the_catalog_rate():
     o = offer("A10G", 1, "1.006", provider="aws", inc=1, minimum=60, currency="USD")
     rec = optimize(PLAN, BASE.model("8b"), catalog([o]), Decimal(2000)).report.recommendation
-    assert rec.price_cny_per_hour == (Decimal("1.006") * BASE.fx["USD"].cny_per_unit).quantize(Decimal("0.01"))
+    # exact (price x rate, as the ledger will bill it); rounded only where it is shown
+    assert rec.price_cny_per_hour == Decimal("1.006") * BASE.fx["USD"].cny_per_unit == Decimal("7.16272")
     assert rec.price_original_per_hour == Decimal("1.006")
 
 

@@ -45,6 +45,7 @@ class Script:
     fail_at: dict[int, int] = field(default_factory=dict)      # ... when it exits 1
     no_capacity: set[str] = field(default_factory=set)         # instance types refused on a relaunch
     terminate_fails: int = 0                                    # terminates that fail (in all)
+    call_s: float = 0.05                                        # what each call to the cloud or instance takes
 
 
 class Instance:
@@ -63,6 +64,8 @@ class Instance:
         self.stop_at: float | None = None        # when it was asked to stop (STOP)
         self.pushes = 0
         self.boot_deadline = now + spec.boot_minutes * 60 if spec.boot_minutes else None
+        self.written: set[str] = set()           # every sample id its worker ever finished
+        self.ended_by = ""                       # terminate | reclaim | power-off
 
     # ------------------------------------------------------------------ what happened by `now`
 
@@ -150,6 +153,7 @@ class Instance:
                 i = self.lines(task)
                 rel = f"out/results/{task}.jsonl"
                 self.files[rel] = self.files.get(rel, b"") + json.dumps({"id": f"{task}-{i}", "task": task}).encode() + b"\n"
+                self.written.add(f"{task}-{i}")
 
     def _status(self, now: float, **extra) -> None:
         tasks = {t: {"done": self.lines(t), "total": n} for t, n in self.tasks()}
@@ -167,9 +171,9 @@ class Instance:
         if self.worker_alive:
             self._exit(3, now, stopped=why)
 
-    def power_off(self, at: float) -> None:
+    def power_off(self, at: float, by: str = "power-off") -> None:
         self.worker_alive = False
-        self.state, self.ended = "terminated", at
+        self.state, self.ended, self.ended_by = "terminated", at, by
 
     # ------------------------------------------------------------------ commands run there
 
@@ -268,6 +272,8 @@ class World:
         self.counter = itertools.count()
 
     def advance(self) -> None:
+        """Every call to the cloud or an instance takes a moment (`call_s`): the world moves on meanwhile."""
+        self.clock.advance(self.script.call_s)
         now = self.clock.now()
         for inst in list(self.instances.values()):
             inst.advance(now)
@@ -276,7 +282,7 @@ class World:
         """The cloud takes the instance: its processes and its disk are gone."""
         inst = self.instances[pid]
         if inst.state == "running":
-            inst.power_off(self.clock.now())
+            inst.power_off(self.clock.now(), by="reclaim")
             inst.files = {}
 
     def drop_sessions(self) -> None:
@@ -349,7 +355,7 @@ class ScriptedProvider(ProviderBase):
             raise ProviderError(f"terminating {provider_id} failed (scripted)", "retry")
         inst = self.world.instances.get(provider_id)
         if inst is not None and inst.state == "running":
-            inst.power_off(self.world.clock.now())
+            inst.power_off(self.world.clock.now(), by="terminate")
         return self.world.clock.now()
 
     def list_managed(self) -> list[InstanceInfo]:

@@ -13,16 +13,17 @@ import yaml
 from botocore.stub import Stubber
 
 from planner.catalog import load_catalog
-from runner.cloud.aws import AwsProvider, make_key
+from runner.clock import FakeClock
+from runner.cloud.aws import AwsProvider
 from runner.cloud.base import LaunchSpec
 from runner.config import AwsConfig
-from runner.errors import AuthError, CapacityError, QuotaError, TransientError
+from runner.errors import AuthError, CapacityError, QuotaError, RemoteError, TransientError
 
 
 @pytest.fixture
 def provider(aws_cloud, budget_home):
     cfg = AwsConfig(ami_owners=["self"], client_cidr="127.0.0.1/32", user=getpass.getuser())
-    return AwsProvider(cfg, budget_home)
+    return AwsProvider(cfg, budget_home, clock=FakeClock())  # backoff and terminate's polling wait for nothing
 
 
 def offer(name="g4dn.xlarge"):
@@ -33,8 +34,7 @@ def test_launch_is_idempotent_per_run_and_tags_spot(provider, aws_cloud):
     aws_cloud.agent.start_sshd = False
     sent = []
     provider.ec2.meta.events.register("provide-client-params.ec2.RunInstances", lambda params, **_: sent.append(params))
-    spec = LaunchSpec("run-1", offer(), spot=True, ssh_public_key=make_key().public_line, boot_minutes=15,
-                      max_spot_price=Decimal("0.2104"))
+    spec = LaunchSpec("run-1", offer(), spot=True, boot_minutes=15, max_spot_price=Decimal("0.2104"))
     a = provider.launch(spec)
     b = provider.launch(spec)
     # never above the price the ledger bills it at (moto does not keep MaxPrice: the request shows it)
@@ -54,6 +54,8 @@ def test_launch_is_idempotent_per_run_and_tags_spot(provider, aws_cloud):
     provider.terminate(a.provider_id)  # already gone: still success
     assert provider.status(a.provider_id).state == "terminated"
     assert provider.list_managed() == []
+    with pytest.raises(RemoteError):  # the contract's session, not boto3's
+        provider.session(a.provider_id, "run-1")
 
 
 def _stubbed(provider, op: str, codes: list[str], status: int = 400):
@@ -82,8 +84,16 @@ def test_transient_errors_are_retried(provider):
     with stub:
         assert provider.resolve_ami()["ImageId"] == "ami-12345678"
         stub.assert_no_pending_responses()
+    assert provider.clock.slept == 0.5 + 1  # exponential backoff, on the provider's clock
     with _stubbed(provider, "describe_images", ["ServiceUnavailable"] * 5, 503), pytest.raises(TransientError):
         provider.resolve_ami()
+
+
+def test_the_moved_helpers_are_still_importable_from_the_provider_module():
+    from runner.cloud import aws
+
+    assert {"make_key", "user_data", "host_keys_from_console", "client_token", "_mapped", "CAPACITY", "QUOTA", "AUTH",
+            "TRANSIENT", "NOT_FOUND_SUFFIX"} <= set(vars(aws))
 
 
 def test_missing_credentials_are_one_line(aws_cloud, cli, budget_home, monkeypatch, tmp_path):
@@ -96,17 +106,3 @@ def test_missing_credentials_are_one_line(aws_cloud, cli, budget_home, monkeypat
     assert code == 1 and err.count("\n") == 2 and "no AWS credentials found" in err and "hint:" in err
     assert [r for r in aws_cloud.ec2.describe_instances()["Reservations"]] == []
     assert not (budget_home / "ledger.db").exists()  # checked before asking: no run was made
-
-
-def test_host_keys_are_read_from_cloud_inits_console_block():
-    from runner.cloud.aws import host_keys_from_console
-
-    console = ("noise\n[  9.1] ci-info: -----BEGIN SSH HOST KEY KEYS-----\n"
-               "[  9.1] ci-info: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK root@ip-10-0-0-1\n"
-               "ssh-ed25519 AAAAsecond\n-----END SSH HOST KEY KEYS-----\nssh-ed25519 AAAAoutside\n")
-    plain = "-----BEGIN SSH HOST KEY KEYS-----\nssh-ed25519 AAAAC3Nza root@x\n-----END SSH HOST KEY KEYS-----\n"
-    assert host_keys_from_console(plain) == ["ssh-ed25519 AAAAC3Nza"]
-    assert host_keys_from_console(base64.b64encode(plain.encode()).decode()) == ["ssh-ed25519 AAAAC3Nza"]
-    assert host_keys_from_console("booting...\n") == []
-    # inside the block only, console prefixes allowed
-    assert host_keys_from_console(console) == ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK", "ssh-ed25519 AAAAsecond"]

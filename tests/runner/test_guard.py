@@ -42,6 +42,16 @@ def test_hourly_billing_uses_the_paid_hour_and_stops_before_the_next():
     assert d.go and d.lease_until + p.teardown_s <= T0 + 3600
 
 
+def test_the_guard_bills_by_the_planners_rule():
+    """One billing rule (planner/money.py): the guard's projection is the planner's estimate to the digit."""
+    from planner import money, optimize
+    from runner.money import guard
+
+    assert guard.billed_seconds is money.billed_seconds is optimize.billed_seconds
+    m = Meter(Decimal("7.16272"), 1, 60, T0, T0, ended=T0 + 61.2)
+    assert m.cost(T0 + 100) == money.charge(Decimal("7.16272"), 62) == Decimal("7.16272") * 62 / 3600
+
+
 def test_per_second_billing_stops_where_the_money_ends():
     p = Policy(tick_s=5, teardown_s=30, lease_s=600)
     m = Meter(Decimal(36), 1, 60, T0, T0)  # 0.01 CNY a second
@@ -232,17 +242,19 @@ def test_admission_reserves_a_first_stretch_or_refuses(tmp_path):
 
 
 def test_liveness_tells_dead_hung_and_slow_starts_apart():
-    from runner.liveness import STARTUP_S, Liveness
+    from runner.run.liveness import STARTUP_S, Watch, may_restart, restarted, verdict
 
-    w = Liveness(stale_s=60, restarts=1)
-    assert w.verdict("alive", None, 0) == "ok"
-    assert w.verdict("alive", None, 300) == "ok"  # importing torch on a cold disk: not a hang yet
-    assert w.verdict("alive", None, STARTUP_S + 1) == "hung"
-    assert w.verdict("alive", "t1", STARTUP_S + 2) == "ok"  # it beats
-    assert w.verdict("alive", "t1", STARTUP_S + 50) == "ok"
-    assert w.verdict("alive", "t1", STARTUP_S + 63) == "hung"  # then its heartbeat stops for over 60 s
-    assert w.verdict("gone", "t1", 0) == "dead" and w.verdict(" exit 3\n", "t1", 0) == "exit 3"
-    assert w.may_restart()
-    w.restarting(1000)
-    assert not w.may_restart()
-    assert w.verdict("alive", "t1", 1100) == "ok"  # the old beat is not the new worker's
+    w = Watch()
+    v, w = verdict(w, "alive", None, 0, 60)
+    assert v == "ok"
+    assert verdict(w, "alive", None, 300, 60)[0] == "ok"  # importing torch on a cold disk: not a hang yet
+    assert verdict(w, "alive", None, STARTUP_S + 1, 60)[0] == "hung"
+    v, w = verdict(w, "alive", "t1", STARTUP_S + 2, 60)
+    assert v == "ok"  # it beats
+    assert verdict(w, "alive", "t1", STARTUP_S + 50, 60)[0] == "ok"
+    assert verdict(w, "alive", "t1", STARTUP_S + 63, 60)[0] == "hung"  # then its heartbeat stops for over 60 s
+    assert verdict(w, "gone", "t1", 0, 60)[0] == "dead" and verdict(w, " exit 3\n", "t1", 0, 60)[0] == "exit 3"
+    assert may_restart(w, restarts=1)
+    w = restarted(w, 1000)
+    assert not may_restart(w, restarts=1)
+    assert verdict(w, "alive", "t1", 1100, 60)[0] == "ok"  # the old beat is not the new worker's

@@ -1,5 +1,5 @@
-"""infra/iam-policy.json grants exactly the API calls our code makes (each boto3 call in
-runner/cloud/aws.py, found by parsing it) - no more, no fewer - and the least of each: tags only
+"""infra/iam-policy.json grants exactly the API calls our code makes (each boto3 call in the aws provider's
+modules, runner/cloud/aws*.py, found by parsing them) - no more, no fewer - and the least of each: tags only
 while creating, launches only of the catalog's GPU families from Amazon's or the account's own images,
 destructive calls only on resources tagged as ours, and no DescribeInstanceAttribute (which would
 expose user-data)."""
@@ -20,17 +20,40 @@ SERVICE = {"ec2": "ec2", "ssm": "ssm", "sts": "sts", "s3": "s3"}
 IAM_NAME = {"s3:ListObjectsV2": "s3:ListBucket", "s3:DeleteObjects": "s3:DeleteObject"}
 
 
+def _modules() -> list[Path]:
+    """The aws provider and its collaborators (aws_results.py, aws_leftovers.py, ...): every AWS call is in one."""
+    found = sorted((REPO / "runner" / "cloud").glob("aws*.py"))
+    assert REPO / "runner" / "cloud" / "aws.py" in found, found
+    return found
+
+
 def _calls() -> set[str]:
-    """Every `self._call(self.<client>, "<operation>", ...)` in the aws provider, as IAM actions."""
-    tree = ast.parse((REPO / "runner" / "cloud" / "aws.py").read_text())
+    """Every `self._call(self.<client>, "<operation>", ...)` in the aws provider's modules, as IAM actions."""
     found = set()
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_call"
-                and len(node.args) >= 2 and isinstance(node.args[0], ast.Attribute)
-                and isinstance(node.args[1], ast.Constant)):
-            client, op = node.args[0].attr, node.args[1].value
-            action = f"{SERVICE[client]}:{''.join(w.capitalize() for w in op.split('_'))}"
-            found.add(IAM_NAME.get(action, action))
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_call":
+                # each call names its client and operation plainly, or it would escape this check
+                assert (len(node.args) >= 2 and isinstance(node.args[0], ast.Attribute)
+                        and node.args[0].attr in SERVICE and isinstance(node.args[1], ast.Constant)
+                        and isinstance(node.args[1].value, str)), f"{path.name}:{node.lineno}: {ast.unparse(node)}"
+                client, op = node.args[0].attr, node.args[1].value
+                action = f"{SERVICE[client]}:{''.join(w.capitalize() for w in op.split('_'))}"
+                found.add(IAM_NAME.get(action, action))
+    return found
+
+
+def _presigned() -> set[str]:
+    """Every `<x>.s3.generate_presigned_url("<operation>", ...)` in the aws provider's modules, as IAM actions
+    (the URL is signed here; S3 checks this identity's permission when it is used)."""
+    found = set()
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "generate_presigned_url"):
+                assert (isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "s3" and node.args
+                        and isinstance(node.args[0], ast.Constant)), f"{path.name}:{node.lineno}: {ast.unparse(node)}"
+                found.add(f"s3:{''.join(w.capitalize() for w in node.args[0].value.split('_'))}")
     return found
 
 
@@ -48,7 +71,7 @@ def test_the_policy_covers_exactly_the_calls_we_make():
     # implied by spot / tag-on-create / the presigned PUT URLs an unattended instance uploads with (signed here,
     # checked by S3 against this identity when the PUT comes)
     granted = _actions() - {"iam:CreateServiceLinkedRole", "ec2:CreateTags", "s3:PutObject"}
-    assert "generate_presigned_url(\n                \"put_object\"" in (REPO / "runner" / "cloud" / "aws.py").read_text()
+    assert _presigned() == {"s3:PutObject"} <= _actions()
     assert granted == calls, (granted - calls, calls - granted)
     assert "ec2:DescribeInstanceAttribute" not in _actions()
 

@@ -12,6 +12,7 @@ from planner.errors import BudgetTooSmall
 from runner.errors import CapacityError, RemoteError, WorkerError
 from runner.money.guard import Policy
 from runner.run import machine as m
+from runner.run import messages as ev
 from runner.run.liveness import Watch
 
 POLICY = Policy(tick_s=1, teardown_s=20, lease_s=60)
@@ -30,7 +31,7 @@ def S(phase: str, **kw) -> m.State:
 @dataclass
 class Case:
     state: m.State
-    event: m.Event
+    event: ev.Event
     phase: str                                  # where it leads
     effects: list[str] = field(default_factory=list)  # the kinds of the effects asked for, in order
     rules: m.Rules = RULES
@@ -50,77 +51,79 @@ LIVE = [p for p in m.PHASES if p not in ("tearing-down", "handed-over", "ended")
 
 CASES: list[Case] = [
     # in every live phase: Ctrl-C / SIGTERM, and an error nobody handles, tear down
-    *[Case(S(p), m.Interrupted(at=T), "tearing-down", ["teardown"], ending="stopped:interrupted") for p in LIVE],
-    *[Case(S(p), m.Failed(at=T, error=WorkerError("boom", "x")), "tearing-down", ["teardown"], ending="failed:boom")
+    *[Case(S(p), ev.Interrupted(at=T), "tearing-down", ["teardown"], ending="stopped:interrupted") for p in LIVE],
+    *[Case(S(p), ev.Failed(at=T, error=WorkerError("boom", "x")), "tearing-down", ["teardown"], ending="failed:boom")
       for p in LIVE if p not in ("armed", "pushed", "running", "reviving")],
     # a session error where the instance is worked on: is the instance still there?
-    *[Case(S(p), m.Failed(at=T, error=RemoteError("dropped", "x")), p, ["check-instance"])
+    *[Case(S(p), ev.Failed(at=T, error=RemoteError("dropped", "x")), p, ["check-instance"])
       for p in ("armed", "pushed", "running", "reviving")],
-    *[Case(S(p), m.Gone(at=T, state="terminated"), "relaunching", ["disconnect", "leave"])
+    *[Case(S(p), ev.Gone(at=T, state="terminated"), "relaunching", ["disconnect", "leave"])
       for p in ("armed", "pushed", "running", "reviving", "reconnecting")],
-    *[Case(S(p), m.Present(at=T), "reconnecting", ["disconnect", "connect"])
+    *[Case(S(p), ev.Present(at=T), "reconnecting", ["disconnect", "connect"])
       for p in ("armed", "pushed", "running", "reviving")],
     # a new session goes back where the old one broke
-    *[Case(S("reconnecting", back=b), m.Connected(at=T), b, e)
+    *[Case(S("reconnecting", back=b), ev.Connected(at=T), b, e)
       for b, e in (("running", []), ("armed", ["bootstrap"]), ("pushed", ["start-worker"]))],
     # wherever the guard ticks: go extends the lease there (when a session is open), stop and a user's stop end it
-    *[Case(S(p, session=True), m.GuardGo(at=T, lease_until=T + 60), p, ["write-lease"]) for p in GUARDED],
-    *[Case(S(p), m.GuardStop(at=T), "tearing-down", ["teardown"], ending="stopped:budget") for p in GUARDED],
-    *[Case(S(p), m.StopRequested(at=T), "tearing-down", ["teardown"], ending="stopped:user") for p in GUARDED],
+    *[Case(S(p, session=True), ev.GuardGo(at=T, lease_until=T + 60), p, ["write-lease"]) for p in GUARDED],
+    *[Case(S(p), ev.GuardStop(at=T), "tearing-down", ["teardown"], ending="stopped:budget") for p in GUARDED],
+    *[Case(S(p), ev.StopRequested(at=T), "tearing-down", ["teardown"], ending="stopped:user") for p in GUARDED],
     # waiting for a session or the bootstrap: not yet -> the guard ticks; a tick -> try again, or give up late
-    *[Case(S(p), m.NotReady(at=T, why="refused"), p, ["guard"]) for p in WAITING],
-    *[Case(S(p, deadline=T + 5), m.Tick(at=T), p, ["poll-bootstrap" if p == "armed" else "connect"]) for p in WAITING],
-    *[Case(S(p, deadline=T - 1), m.Tick(at=T), "tearing-down", ["teardown"]) for p in ("armed",)],
+    *[Case(S(p), ev.NotReady(at=T, why="refused"), p, ["guard"]) for p in WAITING],
+    *[Case(S(p, deadline=T + 5), ev.Tick(at=T), p, ["poll-bootstrap" if p == "armed" else "connect"]) for p in WAITING],
+    *[Case(S(p, deadline=T - 1), ev.Tick(at=T), "tearing-down", ["teardown"]) for p in ("armed",)],
     # created
-    Case(S("created", iid=None, pid=None), m.Start(at=T), "created", ["admit"]),
-    Case(S("created", iid=None, pid=None), m.Admitted(at=T, iid=7), "admitted", ["launch"]),
-    Case(S("created", iid=None, pid=None), m.AdmitRefused(at=T, error=BudgetTooSmall("not launching", "x")),
+    Case(S("created", iid=None, pid=None), ev.Start(at=T), "created", ["admit"]),
+    Case(S("created", iid=None, pid=None), ev.Admitted(at=T, iid=7), "admitted", ["launch"]),
+    Case(S("created", iid=None, pid=None), ev.AdmitRefused(at=T, error=BudgetTooSmall("not launching", "x")),
          "tearing-down", ["teardown"], ending="failed:not launching"),
     # admitted
-    Case(S("admitted", pid=None), m.Start(at=T, resume=True), "admitted", ["launch"]),
-    Case(S("admitted", pid=None), m.Launched(at=T, pid="i-9"), "booting", ["note-launch", "connect"]),
-    Case(S("admitted", attempt=1, pid=None), m.LaunchRefused(at=T, error=CapacityError("none left", "x")),
+    Case(S("admitted", pid=None), ev.Start(at=T, resume=True), "admitted", ["launch"]),
+    Case(S("admitted", pid=None), ev.AdmitRefused(at=T, error=BudgetTooSmall("not launching", "x")),
+         "tearing-down", ["teardown"], ending="failed:not launching"),
+    Case(S("admitted", pid=None), ev.Launched(at=T, pid="i-9"), "booting", ["note-launch", "connect"]),
+    Case(S("admitted", attempt=1, pid=None), ev.LaunchRefused(at=T, error=CapacityError("none left", "x")),
          "created", ["abandon", "admit"]),
     # booting
-    Case(S("booting"), m.Start(at=T, resume=True), "resuming", ["reattach"]),
-    Case(S("booting", session=False), m.Connected(at=T), "booting", ["arm"]),
-    Case(S("booting"), m.Gone(at=T, state="terminated"), "tearing-down", ["teardown"]),
-    Case(S("booting", session=True), m.Armed(at=T), "armed", ["bootstrap"]),
+    Case(S("booting"), ev.Start(at=T, resume=True), "resuming", ["reattach"]),
+    Case(S("booting", session=False), ev.Connected(at=T), "booting", ["arm"]),
+    Case(S("booting"), ev.Gone(at=T, state="terminated"), "tearing-down", ["teardown"]),
+    Case(S("booting", session=True), ev.Armed(at=T), "armed", ["bootstrap"]),
     # armed: bootstrap, push
-    Case(S("armed"), m.Start(at=T, resume=True), "resuming", ["reattach"]),
-    Case(S("armed"), m.BootstrapDone(at=T, rc=0), "armed", ["push"]),
-    Case(S("armed"), m.Pushed(at=T), "pushed", ["start-worker"]),
+    Case(S("armed"), ev.Start(at=T, resume=True), "resuming", ["reattach"]),
+    Case(S("armed"), ev.BootstrapDone(at=T, rc=0), "armed", ["push"]),
+    Case(S("armed"), ev.Pushed(at=T), "pushed", ["start-worker"]),
     # pushed
-    Case(S("pushed"), m.Start(at=T, resume=True), "resuming", ["reattach"]),
-    Case(S("pushed"), m.Started(at=T), "running", []),
+    Case(S("pushed"), ev.Start(at=T, resume=True), "resuming", ["reattach"]),
+    Case(S("pushed"), ev.Started(at=T), "running", []),
     # running
-    Case(S("running"), m.Start(at=T, resume=True), "resuming", ["reattach"]),
-    Case(S("running"), m.Tick(at=T), "running", ["poll"]),
-    Case(S("running"), m.Polled(at=T, probe="alive", beat="1"), "running", ["guard"]),
-    Case(S("running"), m.Exited(at=T, code=0), "tearing-down", ["teardown"], ending="done:"),
-    Case(S("running"), m.Notice(at=T, text="terminate"), "relaunching", ["leave"]),
-    Case(S("running"), m.HandedOver(at=T), "handed-over", ["disconnect"]),
+    Case(S("running"), ev.Start(at=T, resume=True), "resuming", ["reattach"]),
+    Case(S("running"), ev.Tick(at=T), "running", ["poll"]),
+    Case(S("running"), ev.Polled(at=T, probe="alive", beat="1"), "running", ["guard"]),
+    Case(S("running"), ev.Exited(at=T, code=0), "tearing-down", ["teardown"], ending="done:"),
+    Case(S("running"), ev.Notice(at=T, text="terminate"), "relaunching", ["leave"]),
+    Case(S("running"), ev.HandedOver(at=T), "handed-over", ["disconnect"]),
     # reconnecting
-    Case(S("reconnecting"), m.Start(at=T, resume=True), "resuming", ["reattach"]),
+    Case(S("reconnecting"), ev.Start(at=T, resume=True), "resuming", ["reattach"]),
     # reviving
-    Case(S("reviving"), m.Start(at=T, resume=True), "resuming", ["reattach"]),
-    Case(S("reviving"), m.Started(at=T), "running", []),
-    Case(S("reviving"), m.Failed(at=T, error=WorkerError("cannot start", "x")), "tearing-down", ["teardown"]),
+    Case(S("reviving"), ev.Start(at=T, resume=True), "resuming", ["reattach"]),
+    Case(S("reviving"), ev.Started(at=T), "running", []),
+    Case(S("reviving"), ev.Failed(at=T, error=WorkerError("cannot start", "x")), "tearing-down", ["teardown"]),
     # relaunching
-    Case(S("relaunching", leave="moved"), m.Start(at=T, resume=True), "relaunching", ["leave"]),
-    Case(S("relaunching"), m.AttemptEnded(at=T), "created", ["admit"]),
+    Case(S("relaunching", leave="moved"), ev.Start(at=T, resume=True), "relaunching", ["leave"]),
+    Case(S("relaunching"), ev.AttemptEnded(at=T), "created", ["admit"]),
     # resuming
-    Case(S("resuming"), m.Start(at=T, resume=True), "resuming", ["reattach"]),
-    Case(S("resuming"), m.Found(at=T, iid=1, pid="i-1"), "resuming", ["connect"]),
-    Case(S("resuming", session=False), m.Connected(at=T), "resuming", ["inspect"]),
-    Case(S("resuming"), m.Gone(at=T, state="stopped"), "tearing-down", ["teardown"], rules=ON_DEMAND),
-    Case(S("resuming", session=True), m.Inspected(at=T, fired=False, worker=True), "resuming", ["arm"]),
-    Case(S("resuming", session=True, worker=True), m.Armed(at=T), "running", ["guard"]),
+    Case(S("resuming"), ev.Start(at=T, resume=True), "resuming", ["reattach"]),
+    Case(S("resuming"), ev.Found(at=T, iid=1, pid="i-1"), "resuming", ["connect"]),
+    Case(S("resuming", session=False), ev.Connected(at=T), "resuming", ["inspect"]),
+    Case(S("resuming"), ev.Gone(at=T, state="stopped"), "tearing-down", ["teardown"], rules=ON_DEMAND),
+    Case(S("resuming", session=True), ev.Inspected(at=T, fired=False, worker=True), "resuming", ["arm"]),
+    Case(S("resuming", session=True, worker=True), ev.Armed(at=T), "running", ["guard"]),
     # tearing-down
-    Case(S("tearing-down", ending=m.Ending("stopped", "user")), m.Start(at=T, resume=True), "tearing-down",
+    Case(S("tearing-down", ending=ev.Ending("stopped", "user")), ev.Start(at=T, resume=True), "tearing-down",
          ["teardown"]),
-    Case(S("tearing-down", ending=m.Ending("done")), m.TornDown(at=T), "ended", []),
-    Case(S("tearing-down", ending=m.Ending("done")), m.Interrupted(at=T), "tearing-down", []),
+    Case(S("tearing-down", ending=ev.Ending("done")), ev.TornDown(at=T), "ended", []),
+    Case(S("tearing-down", ending=ev.Ending("done")), ev.Interrupted(at=T), "tearing-down", []),
 ]
 
 
@@ -142,7 +145,7 @@ def test_the_table_and_the_cases_agree():
 # ---------------------------------------------------------------------------------- branches within a pair
 
 def test_a_first_launch_refused_fails_and_a_relaunch_tries_the_next_offer_then_fails():
-    refused = m.LaunchRefused(at=T, error=CapacityError("no capacity", "x"))
+    refused = ev.LaunchRefused(at=T, error=CapacityError("no capacity", "x"))
     assert m.step(S("admitted", attempt=0), refused, RULES)[0].ending.state == "failed"
     s, effects = m.step(S("admitted", attempt=1, offer=0), refused, RULES)
     assert (s.phase, s.offer, s.iid) == ("created", 1, None)
@@ -150,73 +153,73 @@ def test_a_first_launch_refused_fails_and_a_relaunch_tries_the_next_offer_then_f
 
 
 def test_a_relaunch_the_budget_cannot_pay_is_the_budgets_stop():
-    refused = m.AdmitRefused(at=T, error=BudgetTooSmall("not launching", "x"))
+    refused = ev.AdmitRefused(at=T, error=BudgetTooSmall("not launching", "x"))
     s, _ = m.step(S("created", attempt=2, iid=None), refused, RULES)
     assert (s.ending.state, s.ending.reason) == ("stopped", "budget")
 
 
 def test_the_worker_ending_says_how_the_run_ends():
     lease_capped = S("running", lease_capped=True)
-    cases = [(m.Exited(at=T, code=0), S("running"), "done", ""),
-             (m.Exited(at=T, code=3, fired=True), S("running"), "stopped", "lease"),
-             (m.Exited(at=T, code=3, fired=True), lease_capped, "stopped", "budget"),
-             (m.Exited(at=T, code=3, stopped="deadline"), S("running"), "stopped", "deadline"),
-             (m.Exited(at=T, code=3), S("running"), "stopped", "worker"),
-             (m.Notice(at=T, text="x"), S("running"), "stopped", "worker")]  # (on-demand: no relaunch)
+    cases = [(ev.Exited(at=T, code=0), S("running"), "done", ""),
+             (ev.Exited(at=T, code=3, fired=True), S("running"), "stopped", "lease"),
+             (ev.Exited(at=T, code=3, fired=True), lease_capped, "stopped", "budget"),
+             (ev.Exited(at=T, code=3, stopped="deadline"), S("running"), "stopped", "deadline"),
+             (ev.Exited(at=T, code=3), S("running"), "stopped", "worker"),
+             (ev.Notice(at=T, text="x"), S("running"), "stopped", "worker")]  # (on-demand: no relaunch)
     for event, state, ending, reason in cases:
         s, _ = m.step(state, event, ON_DEMAND)
         assert (s.ending.state, s.ending.reason) == (ending, reason), event
-    s, _ = m.step(S("running"), m.Exited(at=T, code=1, error="CUDA out of memory"), RULES)
+    s, _ = m.step(S("running"), ev.Exited(at=T, code=1, error="CUDA out of memory"), RULES)
     assert s.ending.state == "failed" and "exit 1" in s.ending.reason and "out of memory" in s.ending.reason
 
 
 def test_a_dead_or_hung_worker_is_restarted_until_its_restarts_run_out():
     s = S("running", watch=Watch(beat="1", since=T, beating=True))
-    s2, effects = m.step(s, m.Polled(at=T + 1, probe="gone"), RULES)
+    s2, effects = m.step(s, ev.Polled(at=T + 1, probe="gone"), RULES)
     assert s2.phase == "reviving" and effects[0].kind == "restart-worker" and not effects[0].kill
-    s3, effects = m.step(s, m.Polled(at=T + 61, probe="alive", beat="1"), RULES)
+    s3, effects = m.step(s, ev.Polled(at=T + 61, probe="alive", beat="1"), RULES)
     assert s3.phase == "reviving" and effects[0].kill  # hung: its process group is killed first
     spent = S("running", watch=Watch(beat="1", since=T, beating=True, restarted=2))
-    s4, _ = m.step(spent, m.Polled(at=T + 1, probe="gone"), RULES)
+    s4, _ = m.step(spent, ev.Polled(at=T + 1, probe="gone"), RULES)
     assert s4.ending.state == "failed" and "after 2 restart(s)" in s4.ending.reason
 
 
 def test_waits_give_up_at_their_deadline_with_why():
-    s, _ = m.step(S("booting", deadline=T, note="connection refused"), m.Tick(at=T), RULES)
+    s, _ = m.step(S("booting", deadline=T, note="connection refused"), ev.Tick(at=T), RULES)
     assert s.ending.state == "failed" and "within 60 s" in s.ending.reason and "connection refused" in s.ending.reason
-    s, _ = m.step(S("armed", deadline=T), m.Tick(at=T), RULES)
+    s, _ = m.step(S("armed", deadline=T), ev.Tick(at=T), RULES)
     assert "bootstrap.sh did not finish within 600 s" in s.ending.reason
-    s, _ = m.step(S("armed"), m.BootstrapDone(at=T, rc=2, last="python3 not found"), RULES)
+    s, _ = m.step(S("armed"), ev.BootstrapDone(at=T, rc=2, last="python3 not found"), RULES)
     assert "bootstrap.sh exited 2" in s.ending.reason and "python3 not found" in s.ending.reason
 
 
 def test_an_instance_gone_off_spot_fails_and_the_fourth_reclaim_gives_up():
-    s, _ = m.step(S("running"), m.Gone(at=T, state="terminated"), ON_DEMAND)
+    s, _ = m.step(S("running"), ev.Gone(at=T, state="terminated"), ON_DEMAND)
     assert s.ending.state == "failed" and "i-1 is terminated" in s.ending.reason
-    s, _ = m.step(S("relaunching", attempt=3), m.AttemptEnded(at=T), RULES)
+    s, _ = m.step(S("relaunching", attempt=3), ev.AttemptEnded(at=T), RULES)
     assert s.ending.state == "failed" and "taken away 4 times" in s.ending.reason
 
 
 def test_the_guard_notes_a_lease_it_could_not_extend_in_full():
-    s, _ = m.step(S("running"), m.GuardGo(at=T, lease_until=T + 10), RULES)
+    s, _ = m.step(S("running"), ev.GuardGo(at=T, lease_until=T + 10), RULES)
     assert s.lease_capped
-    s, _ = m.step(S("running"), m.GuardGo(at=T, lease_until=T + 60), RULES)
+    s, _ = m.step(S("running"), ev.GuardGo(at=T, lease_until=T + 60), RULES)
     assert not s.lease_capped
 
 
 def test_a_teardown_that_cannot_terminate_ends_failed_saying_it_may_still_bill():
-    s, _ = m.step(S("tearing-down", ending=m.Ending("done")), m.TornDown(at=T, stuck=RemoteError("host down", "x")),
+    s, _ = m.step(S("tearing-down", ending=ev.Ending("done")), ev.TornDown(at=T, stuck=RemoteError("host down", "x")),
                   RULES)
     assert s.ending.state == "failed" and "may still be billing" in s.ending.error.message
 
 
 def test_a_pair_outside_the_table_ends_the_run_as_failed():
-    s, effects = m.step(S("pushed"), m.Tick(at=T), RULES)
+    s, effects = m.step(S("pushed"), ev.Tick(at=T), RULES)
     assert s.phase == "tearing-down" and s.ending.state == "failed" and "internal" in s.ending.reason
     assert [e.kind for e in effects] == ["teardown"]
 
 
 def test_the_state_is_a_value():
     s = S("running")
-    assert m.step(s, m.Tick(at=T), RULES) == m.step(s, m.Tick(at=T), RULES)
+    assert m.step(s, ev.Tick(at=T), RULES) == m.step(s, ev.Tick(at=T), RULES)
     assert s == S("running")  # step never changes the state it was given

@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from planner import money
 from planner.models import Offer
-from runner.money import report
+from runner.money import aggregation, periods, report, results
 from runner.money.guard import Policy
 from runner.money.ledger import Ledger
 from tests.runner.conftest import need
@@ -83,7 +84,7 @@ instance_st = st.fixed_dictionaries({
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(instances=st.lists(instance_st, min_size=1, max_size=8), cut=st.floats(-86400, 5 * 86400),
-       width=st.floats(1, 4 * 86400), by=st.sampled_from(report.GROUPS),
+       width=st.floats(1, 4 * 86400), by=st.sampled_from(periods.GROUPS),
        busy=st.lists(st.integers(0, 500), min_size=3, max_size=3))
 def test_every_grouping_sums_to_the_total_to_the_cent(instances, cut, width, by, busy):
     led = Ledger(":memory:")
@@ -92,7 +93,7 @@ def test_every_grouping_sums_to_the_total_to_the_cent(instances, cut, width, by,
         if led.run(run_id) is None:
             new_run(led, run_id, f"pool{spec['pool']}", quant=QUANTS[spec["run"] % 4], plan=f"plan{spec['run'] % 2}")
             if spec["run"] % 2:  # some runs have task results, some with no busy time at all
-                led.record_tasks(run_id, {"tasks": {f"t{k}": {"kind": "caption", "done": 1, "busy_s": b}
+                results.record_tasks(led, run_id, {"tasks": {f"t{k}": {"kind": "caption", "done": 1, "busy_s": b}
                                                     for k, b in enumerate(busy)}})
         start = T0 + spec["start"]
         ticks, t = [], start
@@ -107,18 +108,18 @@ def test_every_grouping_sums_to_the_total_to_the_cent(instances, cut, width, by,
     assert Decimal(whole["spent_cny"]) == ledger_total(led).quantize(Decimal("0.01"))
     assert sum(Decimal(g["amount_cny"]) for g in whole["groups"]) == Decimal(whole["spent_cny"])
     # exactly, before any rounding: the groups' exact sums are the total's
-    insts = report.instances(led, None)
-    cells = report.billed(led, report.Period(), by in report.TIME_GROUPS, None)
+    insts = aggregation.instances(led, None)
+    cells = aggregation.billed(led, periods.Period(), by in periods.TIME_GROUPS, None)
     total = sum((insts[i].amount(s) for (_, i), s in cells.items()), Fraction(0))
-    assert sum((g[0] for g in report.grouped(cells, insts, by, led).values()), Fraction(0)) == total
+    assert sum((g[0] for g in aggregation.grouped(cells, insts, by, led).values()), Fraction(0)) == total
     # a period cut anywhere: before + inside + after is the whole, exactly; each view sums to its own total
     lo, hi = T0 + cut, T0 + cut + width
-    parts = [report.Period(None, lo), report.Period(lo, hi), report.Period(hi, None)]
+    parts = [periods.Period(None, lo), periods.Period(lo, hi), periods.Period(hi, None)]
     exact = []
     for p in parts:
-        c = report.billed(led, p, by in report.TIME_GROUPS, None)
+        c = aggregation.billed(led, p, by in periods.TIME_GROUPS, None)
         exact.append(sum((insts[i].amount(s) for (_, i), s in c.items()), Fraction(0)))
-        assert sum((g[0] for g in report.grouped(c, insts, by, led).values()), Fraction(0)) == exact[-1]
+        assert sum((g[0] for g in aggregation.grouped(c, insts, by, led).values()), Fraction(0)) == exact[-1]
     assert sum(exact, Fraction(0)) == total
     mid = report.statement(led, period=parts[1], by=by, now=T0 + 10 * 86400)
     assert sum(Decimal(g["amount_cny"]) for g in mid["groups"]) == Decimal(mid["spent_cny"])
@@ -140,18 +141,26 @@ def test_an_interval_across_midnight_bills_both_days_in_proportion():
     launch(led, "r1", offer(1, 0), Decimal(36), midnight - 3600, [], midnight + 3600)
     doc = report.statement(led, by="day", now=midnight + 86400)
     assert [(g["key"], g["amount_cny"]) for g in doc["groups"]] == [
-        (report.bucket(int((midnight - 1) // 86400), "day"), "36.00"),
-        (report.bucket(int(midnight // 86400), "day"), "36.00")]
-    half = report.statement(led, period=report.Period(midnight - 1800, midnight + 900), now=midnight + 86400)
+        (periods.bucket(int((midnight - 1) // 86400), "day"), "36.00"),
+        (periods.bucket(int(midnight // 86400), "day"), "36.00")]
+    half = report.statement(led, period=periods.Period(midnight - 1800, midnight + 900), now=midnight + 86400)
     assert half["spent_cny"] == "27.00" and half["charges"][0]["billed"] == "0:45:00"
 
 
 def test_lines_add_up_to_the_printed_total():
     # three lines of 1/3 CNY: 0.33 + 0.33 + 0.34 = 1.00, never 0.99
-    assert report.apportion([Fraction(1, 3)] * 3) == [34, 33, 33]
-    assert report.apportion([Fraction(1, 200), Fraction(1, 200)]) == [1, 0]  # 0.01 total (half-even of 0.01)
-    assert report.yuan(report.cents(Fraction(1, 200))) == "0.00"  # 0.005 -> 0.00 half-even
-    assert report.yuan(report.cents(Fraction(3, 200))) == "0.02"  # 0.015 -> 0.02
+    assert money.apportion([Fraction(1, 3)] * 3) == [34, 33, 33]
+    assert money.apportion([Fraction(1, 200), Fraction(1, 200)]) == [1, 0]  # 0.01 total (half-even of 0.01)
+    assert money.yuan(money.cents(Fraction(1, 200))) == "0.00"  # 0.005 -> 0.00 half-even
+    assert money.yuan(money.cents(Fraction(3, 200))) == "0.02"  # 0.015 -> 0.02
+
+
+def test_one_display_rule_for_statements_and_logs():
+    """The statement's amounts, runner/units.money and the planner's messages round by planner/money.py."""
+    from runner.units import money as shown
+
+    assert shown(Decimal("0.02365")) == money.display(Decimal("0.02365")) == "0.0236"
+    assert shown(Decimal("12.345")) == "12.34" and report.exact(Fraction(0)) == "0.000000000000"
 
 
 def test_charge_lines_say_what_was_recorded_at_launch():
@@ -192,7 +201,7 @@ def test_charge_lines_say_what_was_recorded_at_launch():
 def test_task_grouping_shares_a_run_by_busy_seconds():
     led = Ledger(":memory:")
     new_run(led, "r1", "p")
-    led.record_tasks("r1", {"tasks": {"captions": {"kind": "caption", "done": 4, "busy_s": 30},
+    results.record_tasks(led, "r1", {"tasks": {"captions": {"kind": "caption", "done": 4, "busy_s": 30},
                                       "documents": {"kind": "document", "done": 2, "busy_s": 10}}})
     launch(led, "r1", offer(1, 0), Decimal(36), T0, [], T0 + 1000)  # 10 CNY
     doc = report.statement(led, by="task", now=T0 + 2000)
@@ -213,7 +222,7 @@ def demo_home(home: Path) -> dict:
     for k, q in enumerate(["bf16", "nf4", "int8"]):
         rid = f"smoke-{q}"
         new_run(led, rid, "team", quant=q, plan="smoke", estimate="5.00", at=day0 + k * 30000)
-        led.record_tasks(rid, {"tasks": {
+        results.record_tasks(led, rid, {"tasks": {
             "captions": {"kind": "caption", "done": 4, "ok": 4, "busy_s": 30 - 5 * k, "cider_d": 0.9 - 0.05 * k,
                          "decode_tokens": 400 + 10 * k, "peak_memory_bytes": (3 - k) * 2**30},
             "sweep": {"kind": "memory_sweep", "done": 2, "ok": 2, "busy_s": 3, "peak_memory_bytes": (4 - k) * 2**30,

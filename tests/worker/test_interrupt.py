@@ -68,13 +68,13 @@ def test_deadline_stops_cleanly_and_rerun_finishes(tiny_model, tmp_path, monkeyp
 
     out = tmp_path / "out"
     deadline = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    real_now = worker_run._now
+    real_now = worker_run.now
 
     def now():
         path = out / "results" / "cap.jsonl"
         done = len(path.read_bytes().splitlines()) if path.exists() else 0
         return deadline + dt.timedelta(seconds=1) if done >= 5 else real_now()
-    monkeypatch.setattr(worker_run, "_now", now)
+    monkeypatch.setattr(worker_run, "now", now)
     job_path = write_job(tmp_path, _long_job(tiny_model, deadline=deadline.isoformat()))
     assert run_inline(job_path, out) == 3
     s, st = summary(out), status(out)
@@ -89,7 +89,7 @@ def test_deadline_stops_cleanly_and_rerun_finishes(tiny_model, tmp_path, monkeyp
     assert summary(out)["loads"] == [] and len(lines(out, "cap")) == len(got)
 
     write_job(tmp_path, _long_job(tiny_model))  # the controller lifts the deadline
-    monkeypatch.setattr(worker_run, "_now", real_now)
+    monkeypatch.setattr(worker_run, "now", real_now)
     assert run_inline(job_path, out) == 0
     assert len(lines(out, "cap")) == MANY and summary(out)["complete"]
 

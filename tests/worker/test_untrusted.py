@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image
 
-from runner.worker import datasets, files
+from runner.worker import datasets, files, manifests
 from runner.worker import job as jobmod
 from runner.worker.run import EXIT_BUSY
 from tests.publicdata import Server, mp4
@@ -97,7 +97,7 @@ def test_url_manifest_allows_http_only_and_caps_sizes(tmp_path):
     root = tmp_path / "www"
     (root / "m").mkdir(parents=True)
     Image.new("RGB", (32, 32), "red").save(root / "m" / "ok.png")
-    (root / "m" / "huge.png").write_bytes(b"\0" * (datasets.MAX_MEDIA_BYTES + 1))
+    (root / "m" / "huge.png").write_bytes(b"\0" * (manifests.MAX_MEDIA_BYTES + 1))
     local = tmp_path / "local.png"
     Image.new("RGB", (32, 32), "blue").save(local)
     rows = [{"id": "ok", "image": "ok.png"}, {"id": "file", "image": local.as_uri()},

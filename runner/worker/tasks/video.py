@@ -3,7 +3,7 @@ per clip the frames kept, the visual tokens and the peak memory."""
 
 from __future__ import annotations
 
-from .. import datasets
+from .. import synthetic
 from ..engine import Request
 from . import base
 
@@ -30,7 +30,7 @@ def load(sample, spec):
     if isinstance(src, tuple) and src[0] == "synthetic":
         total = round(spec.duration_s * spec.source_fps)
         idx = frame_indices(total, spec.source_fps, spec.fps, spec.min_frames, spec.max_frames)
-        frames = datasets.synthetic_frames(src[1], spec.frame_size, idx)
+        frames = synthetic.frames(src[1], spec.frame_size, idx)
         fps = spec.source_fps
     elif isinstance(src, list):  # a list of frame images
         if not src:

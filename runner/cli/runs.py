@@ -1,0 +1,161 @@
+"""The run commands - where money is spent: `run` (provision, push the worker, evaluate against the cap,
+tear down), `resume` (take over a run whose controller died), the hidden `drive` (a detached run's
+controller), `status`, `logs` and `stop`. runner.run is imported where it is used: `budget plan` never
+pays for loading the run machinery."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import JsonOpt, amount, app, batch_size, budget_home, catalog
+
+
+@app.command("run")
+def run_cmd(
+    plan: Annotated[Path, typer.Argument(help="Plan YAML, e.g. plans/smoke.yaml.")],
+    yuan: Annotated[str | None, typer.Option("--yuan", help="This run's cap in CNY (default: the plan's budget_yuan).")] = None,
+    pool: Annotated[str, typer.Option("--pool", help="Budget pool the run draws on (made with the cap if new).")] = "default",
+    provider: Annotated[str, typer.Option("--provider", help="local (this machine, simulated price), aws or ssh.")] = "local",
+    offer: Annotated[str | None, typer.Option("--offer", help="Offer id (see `budget prices list`; default: the planner's choice).")] = None,
+    spot: Annotated[bool, typer.Option("--spot", help="Spot prices only (aws).")] = False,
+    quant: Annotated[str | None, typer.Option("--quant", help="Quantization (default: the planner's choice).")] = None,
+    price_yuan_hour: Annotated[str | None, typer.Option("--price-yuan-hour", help="Bill at this CNY/h (local, ssh).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N samples per task.")] = None,
+    batch: Annotated[str | None, typer.Option("--batch-size", help="Samples per batch, or auto.")] = None,
+    model_path: Annotated[Path | None, typer.Option("--model-path", help="Push this saved model instead of downloading.")] = None,
+    remote_python: Annotated[str | None, typer.Option("--remote-python", help="Python on the instance that is ready (skips bootstrap).")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Return once launched; watch with status/logs.")] = False,
+    unattended: Annotated[bool, typer.Option("--unattended", help="aws: once the worker runs, the instance holds "
+                                             "its budget deadline, uploads to S3 and powers off alone; no "
+                                             "controller (`budget status RUN` collects).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before spending.")] = False,
+) -> None:
+    """Provision, push the worker, evaluate, track spend against the cap, tear down."""
+    from planner.plans import load_plan, plan_file
+
+    from .. import render
+    from ..run import commands, prepare
+
+    ev = load_plan(plan)
+    ask = prepare.Ask(yuan=amount(yuan, "--yuan"), pool=pool, offer_id=offer, spot=spot, quant=quant, limit=limit,
+                      batch_size=batch_size(batch), price_yuan_h=amount(price_yuan_hour, "--price-yuan-hour"),
+                      model_path=model_path, remote_python=remote_python, unattended=unattended)
+    prov = prepare.provider(provider, budget_home(), ask)
+    p = prepare.prepare(ev, plan_file(plan), catalog(), budget_home(), prov, ask)
+    render.run_estimate(p)
+    if not yes and not _confirm("Launch and start spending?"):
+        from ..errors import RunError
+
+        raise RunError("nothing launched, nothing spent", "run it again and answer y, or pass --yes")
+    commands.create(p, budget_home())
+    if unattended:  # set up here, with the live line; then the instance is on its own
+        with render.RunProgress() as bar:
+            state = commands.drive(p.request.run_id, budget_home(), bar.update)
+        if state != "running":
+            commands.check(p.request.run_id, budget_home(), state)
+        render.unattended(p.request.run_id)
+        return
+    if detach:
+        pid = commands.detach(p.request.run_id, budget_home())
+        render.detached(p.request.run_id, pid)
+        return
+    _drive(p.request.run_id, resume=False)
+
+
+def _confirm(question: str) -> bool:
+    """y/N on stderr; no answer (end of input) is no. The answer starts its own line even when the
+    input is piped (no echo)."""
+    try:
+        yes = typer.confirm(question, default=False, err=True)
+    except typer.Abort:
+        yes = False
+    if not sys.stdin.isatty():
+        sys.stderr.write("\n")
+    return yes
+
+
+def _drive(run_id: str, resume: bool) -> None:
+    """Drive a run here with the live line, then print it; a run that did not finish exits 1."""
+    from .. import render
+    from ..run import commands
+
+    with render.RunProgress() as bar:
+        state = commands.drive(run_id, budget_home(), bar.update, resume=resume)
+    _status_of(run_id, as_json=False)
+    commands.check(run_id, budget_home(), state)
+
+
+@app.command("resume")
+def resume_cmd(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix) whose controller died.")],
+    detach: Annotated[bool, typer.Option("--detach", help="Drive it in the background.")] = False,
+) -> None:
+    """Take over a run whose controller died while its instance still runs (before its lease ends)."""
+    from .. import home, render
+    from ..run import commands
+
+    led = home.ledger(budget_home())
+    try:
+        run_id = home.resolve(led, run)["id"]
+    finally:
+        led.close()
+    if detach:
+        render.detached(run_id, commands.detach(run_id, budget_home(), resume=True))
+        return
+    _drive(run_id, resume=True)
+
+
+@app.command("drive", hidden=True)
+def drive_cmd(run_id: Annotated[str, typer.Argument()],
+              resume: Annotated[bool, typer.Option("--resume")] = False) -> None:
+    """The controller of a detached run (started by `budget run --detach`)."""
+    from ..run import commands
+
+    commands.drive(run_id, budget_home(), resume=resume)
+
+
+def _status_of(run_id: str | None, as_json: bool) -> None:
+    from .. import outputs, render
+    from ..run import commands
+
+    if run_id is None:
+        rows = commands.listing(budget_home())
+        render.json_doc(outputs.RunList(runs=rows)) if as_json else render.runs_table(rows)
+    else:
+        doc = commands.describe(budget_home(), run_id)
+        render.json_doc(outputs.RunDetail.model_validate(doc)) if as_json else render.run_detail(doc)
+
+
+@app.command("status")
+def status_cmd(
+    run: Annotated[str | None, typer.Argument(help="Run id (or a unique prefix); default: every run.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Runs with their state, spend against the cap and progress; one run in detail."""
+    _status_of(run, as_json)
+
+
+@app.command("logs")
+def logs_cmd(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
+) -> None:
+    """The run's controller log and the worker's log (fetched from the instance as they grow)."""
+    from .. import render
+    from ..run import commands
+
+    for line in commands.log_lines(budget_home(), run, follow):
+        render.log_line(line)
+
+
+@app.command("stop")
+def stop_cmd(run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]) -> None:
+    """Stop a run: finished samples are kept, the instance is terminated, the ledger settled."""
+    from .. import render
+    from ..run import commands
+
+    render.stopped(commands.stop(run, budget_home()))

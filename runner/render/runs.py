@@ -1,0 +1,130 @@
+"""Printers of the run commands: what `budget run` is about to do (before it asks), its live line, a
+detached or unattended hand-over, `status` (every run, or one in detail), `logs` and `stop`."""
+
+from __future__ import annotations
+
+import sys
+
+from ..units import duration, iso, money
+from . import base
+from .base import Bar, Clock, Table, billing, styled
+
+
+def run_estimate(p) -> None:
+    """What `budget run` is about to do, before it asks."""
+    err = base.err
+    rec, req = p.recommendation, p.request
+    offer = req.offer
+    err.print(f"run {req.run_id}: plan {p.plan.name} on {req.provider} "
+              f"({rec.gpu} x{rec.gpu_count}, {offer['instance_type']}{', spot' if req.spot else ''}), "
+              f"{req.quantization}", soft_wrap=True)
+    err.print(f"  price {money(req.price_cny_h)} CNY/h, billed every "
+              f"{billing(offer['billing_increment_s'], offer['billing_minimum_s'])}; estimate "
+              f"{duration(rec.time.total_s)}, {money(rec.cost_cny)} CNY (planner's speed model: {rec.gpu} x{rec.gpu_count}; "
+              f"a local run uses this machine's speed)", soft_wrap=True)
+    pol = req.policy
+    c = p.cap
+    if c.new_pool:
+        pool = f"new pool {c.pool!r}, created with the same cap"
+    else:
+        pool = (f"pool {c.pool!r}: cap {c.pool_cap_cny} CNY, {money(c.pool_spent_cny)} CNY spent, "
+                f"{money(c.pool_left_cny)} CNY left")
+    err.print(f"  cap {c.cap_cny} CNY for this run ({pool}); the guard decides every {duration(pol['tick_s'])}, plans "
+              f"{duration(pol['teardown_s'])} to tear down and a reserve of {pol['reserve_cny']} CNY; the instance "
+              f"stops itself if not heard from for {duration(pol['lease_s'])}", soft_wrap=True)
+    if not c.new_pool and c.pool_left_cny < c.cap_cny:
+        err.print(styled("  ", ("warning:", "yellow"), f" pool {c.pool!r} has {money(c.pool_left_cny)} CNY left, less "
+                         "than this run's cap: the guard stops the run when the pool's money ends"), soft_wrap=True)
+    if rec.cost_cny > p.cap_cny:
+        err.print(styled("  ", ("warning:", "yellow"), f" the estimate ({money(rec.cost_cny)} CNY) is over the cap "
+                         f"({p.cap_cny} CNY): the guard will stop the run when the money ends; finished samples are "
+                         "kept"), soft_wrap=True)
+    err.print(f"  results: {p.run_dir}/out", soft_wrap=True)
+
+
+def detached(run_id: str, pid: int) -> None:
+    base.out.print(run_id)
+    base.err.print(f"controller running in the background (pid {pid}); watch with `budget status {run_id}` or "
+                   f"`budget logs {run_id} -f`, stop with `budget stop {run_id}`", soft_wrap=True)
+
+
+def unattended(run_id: str) -> None:
+    base.out.print(f"run {run_id} runs unattended: its instance holds the deadline its budget pays, uploads its "
+                   "results to S3 and powers itself off when done - this machine may sleep")
+    base.out.print(f"collect it (results, spend settled) with `budget status {run_id}`")
+
+
+class RunProgress(Bar):
+    """`budget run`'s live line on stderr: phase, samples, spend vs cap, ETA."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Clock(),
+                                 console=base.err, transient=False)
+        self.bar = self.progress.add_task("starting", total=None)
+
+    def update(self, p: dict) -> None:
+        desc = f"{p['phase']}"
+        if p.get("task"):
+            desc += f" {p['task']}"
+        desc += f" | {money(p['spent_cny'])} of {money(p['cap_cny'])} CNY"
+        if p.get("eta_s") is not None:
+            desc += f" | eta {duration(p['eta_s'])}"
+        self.progress.update(self.bar, description=desc, completed=p["done"], total=p["total"] or None)
+
+
+def runs_table(rows: list[dict]) -> None:
+    if not rows:
+        base.err.print("no runs yet; start one with `budget run PLAN`")
+        return
+    t = Table(title="Runs (newest first)")
+    for col in ("run", "state", "provider", "offer", "quant", "samples", "spent CNY", "cap CNY", "started"):
+        t.add_column(col, justify="right" if col in ("samples", "spent CNY", "cap CNY") else "left")
+    for r in rows:
+        state = r["state"] + (f": {r['reason']}" if r.get("reason") and r["state"] == "stopped" else "")
+        if r["state"] in ("created", "running") and not r["controller_alive"]:
+            state += " (no controller: `budget stop` settles it)"
+        t.add_row(r["id"], state, r["provider"], r["offer"], r["quantization"],
+                  f"{r['samples_done']}/{r['samples_total']}", money(r["spent_cny"]), money(r["cap_cny"]),
+                  iso(r["created_at"]))
+    base.out.print(t)
+
+
+def run_detail(d: dict) -> None:
+    out = base.out
+    state = d["state"] + (f": {d['reason']}" if d.get("reason") else "")
+    if d["state"] in ("created", "running") and not d["controller_alive"]:
+        state += " - no controller is driving it; `budget stop` terminates and settles it"
+    out.print(styled(f"run {d['id']}  ", (state, "bold"), f"  (phase {d['phase']})"), soft_wrap=True)
+    out.print(f"  plan {d['plan']} ({d['plan_path']}), {d['provider']} {d['offer']}, {d['quantization']}"
+              f"{', spot' if d['spot'] else ''}", soft_wrap=True)
+    est = f"estimate {money(d['estimate_cny'])} CNY / {duration(d['estimate_s'])}" if d.get("estimate_cny") else ""
+    out.print(f"  spent {money(d['spent_cny'])} CNY of a {money(d['cap_cny'])} CNY cap; pool {d['pool']}: "
+              f"{money(d['pool_spent_cny'])} of {money(d['pool_cap_cny'])} CNY; {est}", soft_wrap=True)
+    out.print(f"  samples {d['samples_done']}/{d['samples_total']}; started {iso(d['created_at'])}, "
+              f"finished {iso(d.get('finished_at'))}; results in {d['dir']}/out", soft_wrap=True)
+    if d["instances"]:
+        t = Table(title="Instances")
+        for col in ("id", "state", "type", "price CNY/h", "billed every", "launched", "ended"):
+            t.add_column(col)
+        for i in d["instances"]:
+            t.add_row(str(i["provider_id"] or "-"), i["state"], i["instance_type"], str(i["price_cny_h"]),
+                      billing(i["increment_s"], i["minimum_s"]), iso(i["launched_at"]), iso(i["ended_at"]))
+        out.print(t)
+    if d["tasks"]:
+        t = Table(title="Tasks")
+        for col in ("task", "kind", "done", "ok"):
+            t.add_column(col)
+        for x in d["tasks"]:
+            t.add_row(x["task"], x["kind"], str(x["samples"]), str(x["ok"]))
+        out.print(t)
+
+
+def log_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def stopped(run: dict) -> None:
+    base.out.print(f"run {run['id']}: {run['state']}" + (f" ({run['reason']})" if run.get("reason") else ""))

@@ -1,0 +1,162 @@
+"""Manifest datasets: a JSONL file, local (shipped with the job) or at a URL (downloaded with its media),
+read into samples. A row whose fields or files are unusable becomes a sample carrying its error, so one
+bad row never ends a run; the controller reads the same rows strictly before launch.
+
+A manifest line is one JSON object: `id`, then what the task needs — `image` (or `video`, or
+`frames` + `fps`), `prompt` (or `question`), `references` (captions), `answers` (documents),
+`keywords` (poetry), `turns` (multi-turn questions) and optionally `sha256: {"image": HEX, ...}`.
+Relative paths resolve against the manifest's own location (directory or URL)."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from pathlib import Path
+
+from .downloads import cache_name, download, file_sha256
+from .job import MAX_PROMPT_CHARS
+from .sample import DatasetError, Sample
+
+MEDIA_KEYS = ("image", "video", "frames")
+MAX_MANIFEST_BYTES = 64 * 2**20  # a URL manifest
+MAX_MEDIA_BYTES = 256 * 2**20  # one image, clip or frame a URL manifest names
+
+
+def read_manifest(path: Path, where: str, strict: bool = True) -> list[dict]:
+    """A JSONL manifest's rows (blank lines skipped, a UTF-8 BOM allowed), each with a string `id`.
+    `strict` (the controller, before launch): any bad line or repeated id is a DatasetError. Otherwise (the
+    worker, on the instance): a line that is not a JSON object becomes a row carrying `_error` (a
+    per-sample error, id `line-N`), and a repeated id keeps its first row - one bad row never ends a run."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise DatasetError(f"{where}: cannot read manifest {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{where}: manifest {path} is not UTF-8 ({e.reason} at byte {e.start})") from None
+    rows, seen = [], set()
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            problem = "" if isinstance(row, dict) else "expected an object"
+        except ValueError as e:
+            row, problem = None, f"not JSON ({e.msg})"
+        if problem:
+            if strict:
+                raise DatasetError(f"{where}: {path}:{n}: {problem}")
+            row = {"id": f"line-{n}", "_error": f"{Path(path).name}:{n}: {problem}"}
+        row.setdefault("id", str(n))
+        if not isinstance(row["id"], str | int) or isinstance(row["id"], bool):
+            if strict:
+                raise DatasetError(f"{where}: {path}:{n}: id must be a string or a number")
+            row = {"id": f"line-{n}", "_error": f"{Path(path).name}:{n}: id must be a string or a number"}
+        row["id"] = str(row["id"])
+        if row["id"] in seen:
+            if strict:
+                raise DatasetError(f"{where}: {path}: sample id {row['id']!r} repeats (line {n})")
+            continue
+        seen.add(row["id"])
+        rows.append(row)
+    return rows
+
+
+def media_refs(row: dict, key: str) -> list[str]:
+    """The media references of one row under `key`: one string, or (frames) a non-empty list of strings."""
+    value = row[key]
+    refs = value if key == "frames" else [value]
+    if key == "frames" and (not isinstance(value, list) or not value):
+        raise DatasetError("frames: expected a non-empty list of paths")
+    if not all(isinstance(r, str) and r for r in refs):
+        raise DatasetError(f"{key}: expected a path string, got {json.dumps(value)[:60]}")
+    return refs
+
+
+def check_row(row: dict) -> None:
+    """What a row must hold before any of its files are touched (a problem is this sample's error)."""
+    if row.get("_error"):
+        raise DatasetError(row["_error"])
+    fps = row.get("fps")
+    if fps is not None and not (isinstance(fps, int | float) and not isinstance(fps, bool) and 0 < fps <= 1000):
+        raise DatasetError(f"fps: expected a positive number, got {json.dumps(fps)}")
+    for key in ("prompt", "question"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise DatasetError(f"{key}: expected text")
+        if len(row.get(key) or "") > MAX_PROMPT_CHARS:
+            raise DatasetError(f"{key}: {len(row[key])} characters is over the {MAX_PROMPT_CHARS} cap")
+    for key in ("references", "answers", "keywords", "turns"):
+        if row.get(key) is not None and not (isinstance(row[key], list) and all(isinstance(x, str) for x in row[key])):
+            raise DatasetError(f"{key}: expected a list of strings")
+        if sum(len(x) for x in row.get(key) or []) > MAX_PROMPT_CHARS:
+            raise DatasetError(f"{key}: over the {MAX_PROMPT_CHARS} character cap")
+
+
+def inside(root: Path, ref: str) -> Path:
+    """`ref` (relative, from a manifest) as a path inside `root`, symlinks followed; anything that
+    would leave it - absolute, `..`, a link pointing out - is refused."""
+    if Path(ref).is_absolute() or ".." in Path(ref).parts:
+        raise DatasetError(f"{ref}: media paths must be relative to the manifest, inside its folder")
+    base = Path(root).resolve()
+    full = (base / ref).resolve()
+    if not full.is_relative_to(base):
+        raise DatasetError(f"{ref}: a link that points outside the dataset's folder ({full})")
+    return full
+
+
+def _sample(row: dict, media: dict) -> Sample:
+    return Sample(
+        id=row["id"], image=media.get("image"), video=media.get("video") or media.get("frames"),
+        fps=row.get("fps"), prompt=row.get("prompt") or row.get("question") or "",
+        references=list(row.get("references") or []), answers=list(row.get("answers") or []),
+        keywords=list(row.get("keywords") or []), turns=list(row.get("turns") or []))
+
+
+def _rows(rows: list[dict], media_of) -> list[Sample]:
+    """Samples from manifest rows; a row whose fields or files are unusable is a sample carrying its error."""
+    out = []
+    for row in rows:
+        try:
+            check_row(row)
+            media = {key: media_of(key, media_refs(row, key)) for key in MEDIA_KEYS if key in row}
+            out.append(_sample(row, {k: v if k == "frames" else v[0] for k, v in media.items()}))
+        except DatasetError as e:
+            out.append(Sample(id=row["id"], error=str(e)))
+    return out
+
+
+def local_samples(task, base: Path, where: str) -> list[Sample]:
+    manifest = Path(task.dataset.path)
+    manifest = manifest if manifest.is_absolute() else base / manifest
+    rows = read_manifest(manifest, where, strict=False)
+    if task.dataset.sha256 and file_sha256(manifest) != task.dataset.sha256.lower():
+        raise DatasetError(f"{where}: {manifest}: sha256 differs from the plan's")
+
+    def media_of(key: str, refs: list[str]) -> list[Path]:
+        paths = [inside(manifest.parent, r) for r in refs]
+        for p in paths:
+            if not p.is_file():
+                raise DatasetError(f"{key} file {p} not found" if not p.exists() else f"{key} {p} is not a regular file")
+        return paths
+
+    return _rows(rows, media_of)
+
+
+def url_samples(task, cache: Path, where: str) -> list[Sample]:
+    url = task.dataset.url
+    manifest = download(url, cache / cache_name(url), task.dataset.sha256, max_bytes=MAX_MANIFEST_BYTES)
+    sums: dict = {}
+
+    def media_of(key: str, refs: list[str]) -> list[Path]:
+        files = []
+        for ref in refs:
+            full = urllib.parse.urljoin(url, ref)
+            files.append(download(full, cache / cache_name(full), sums.get(key, "") if key != "frames" else "",
+                                  max_bytes=MAX_MEDIA_BYTES))
+        return files
+
+    rows = read_manifest(manifest, where, strict=False)
+    out = []
+    for row in rows:
+        sums = row.get("sha256") if isinstance(row.get("sha256"), dict) else {}
+        out += _rows([row], media_of)
+    return out

@@ -1,0 +1,46 @@
+"""What this attempt has left to do, task by task: its samples, its results file (what earlier attempts
+finished there is never run again) and the samples not in it yet; and the tasks skipped, with why."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from . import datasets, files
+
+log = logging.getLogger("gpubudget.worker")
+
+
+class Work:
+    def __init__(self, job, out: Path, base_dir: Path):
+        cache = Path(job.cache_dir) if job.cache_dir else out / "cache"
+        self.main = [t for t in job.tasks if t.kind != "fp16_verify"]  # on the job's quantization
+        self.verify = [t for t in job.tasks if t.kind == "fp16_verify"]  # on the 16-bit reference, after
+        self.samples = {t.name: datasets.resolve(t, job, base_dir, cache) for t in self.main}
+        for t in self.verify:
+            n = t.samples if job.limit is None else min(t.samples, job.limit)
+            self.samples[t.name] = self.samples[t.of_task][:n]
+        self.results = {t.name: files.ResultFile(out / "results" / f"{t.name}.jsonl") for t in job.tasks}
+        for name, rf in self.results.items():
+            if rf.damaged:
+                log.warning("results/%s.jsonl: %d damaged line(s) skipped; their samples run again", name, rf.damaged)
+        self.todo = {t.name: [s for s in self.samples[t.name] if s.id not in self.results[t.name].done_ids]
+                     for t in job.tasks}
+        self.skipped: dict[str, str] = {}
+
+    def progress(self, task: str) -> dict:
+        from .tasks.base import counts
+
+        return {**counts(self.results[task].lines), "total": len(self.samples[task])}
+
+    def pending(self, tasks) -> bool:
+        return any(self.todo[t.name] for t in tasks)
+
+    def keep(self, task: str, ids) -> None:
+        """Only the samples whose id is in `ids` stay this task's, done or to do."""
+        self.samples[task] = [s for s in self.samples[task] if s.id in ids]
+        self.todo[task] = [s for s in self.todo[task] if s.id in ids]
+
+    def skip(self, tasks, why: str) -> None:
+        for t in tasks:
+            self.skipped[t.name] = why
