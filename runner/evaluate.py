@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from planner.errors import GpuBudgetError, InputError
 
 from . import jobs
+from .clock import SYSTEM, Clock
 from .worker import files
 from .worker.run import EXIT_DONE, EXIT_STOPPED
 
@@ -72,7 +72,7 @@ def worker_command(out: Path) -> list[str]:
     return [sys.executable, "-m", "runner.worker", str(out / "job.json"), str(out)]
 
 
-def run(out: Path, on_status: Callable[[dict], None], poll_s: float = 0.5) -> Outcome:
+def run(out: Path, on_status: Callable[[dict], None], poll_s: float = 0.5, clock: Clock = SYSTEM) -> Outcome:
     """Run the worker to its end, calling `on_status` with each new status.json."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     root = Path(__file__).resolve().parent.parent  # the worker runs from the package, as on an instance
@@ -84,7 +84,7 @@ def run(out: Path, on_status: Callable[[dict], None], poll_s: float = 0.5) -> Ou
         try:
             while proc.poll() is None:
                 last = _emit(out, last, on_status)
-                time.sleep(poll_s)
+                clock.sleep(poll_s)
         except KeyboardInterrupt:
             proc.send_signal(signal.SIGTERM)  # the worker finishes its files and exits 3
             try:

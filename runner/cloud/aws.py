@@ -44,6 +44,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from ..clock import SYSTEM, Clock
 from ..config import AwsConfig
 from ..errors import AuthError, NotFoundError, NotReadyError, ProviderError, RemoteError, TransientError
+from ..units import duration
 from . import aws_access as access
 from . import aws_requests as req
 
@@ -258,7 +259,7 @@ class AwsProvider(ProviderBase):
         info = self.status(provider_id)
         while info.state != "terminated":
             if self.clock.monotonic() > deadline:
-                raise ProviderError(f"{provider_id} is still {info.state} {self.cfg.terminate_timeout_s:.0f} s after "
+                raise ProviderError(f"{provider_id} is still {info.state} {duration(self.cfg.terminate_timeout_s)} after "
                                     "terminate", "check the EC2 console; `budget stop RUN` retries")
             self.clock.sleep(2)
             info = self.status(provider_id)

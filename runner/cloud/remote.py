@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import NotReadyError, RemoteError
+from ..units import duration
 from .base import Endpoint, Proc
 
 HINT_UNREACHABLE = ("check that the instance is up, that its port is open to this machine, and the key "
@@ -35,7 +36,7 @@ class LocalSession:
             p = subprocess.run(["sh", "-c", cmd], cwd=self.root, capture_output=True, text=True, timeout=timeout,
                                check=False)
         except subprocess.TimeoutExpired:
-            return 124, f"timed out after {timeout:.0f} s"
+            return 124, f"timed out after {duration(timeout)}"
         return p.returncode, p.stdout + p.stderr
 
     def start(self, cmd: str) -> Proc:
@@ -175,7 +176,7 @@ class SshSession:
                 out += chunk
             return chan.recv_exit_status(), out.decode(errors="replace")
         except TimeoutError:
-            return 124, f"timed out after {timeout:.0f} s"
+            return 124, f"timed out after {duration(timeout)}"
         except (OSError, EOFError, paramiko.SSHException, AttributeError) as e:
             raise self._err(f"running {cmd.split()[0]}", e) from None
 

@@ -7,7 +7,6 @@ refused before anything is written, with the commands that fix it."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -71,13 +70,13 @@ def create(led: Ledger, name: str, cap: Decimal, detail: str = "") -> dict:
     if led.pool_cap(name) is not None:
         raise InputError(f"pool {name!r} exists already (cap {led.pool_cap(name)} CNY)",
                          f"change its cap with `budget pool set-cap {name} {cap}`")
-    led.ensure_pool(name, cap, time.time(), detail or "budget pool create")
+    led.ensure_pool(name, cap, led.clock.now(), detail or "budget pool create")
     return show(led, name)
 
 
 def set_cap(led: Ledger, name: str, cap: Decimal) -> dict:
     _existing(led, name)
-    led.set_pool_cap(name, cap, time.time(), "budget pool set-cap")
+    led.set_pool_cap(name, cap, led.clock.now(), "budget pool set-cap")
     return show(led, name)
 
 
@@ -107,14 +106,14 @@ def _summary(led: Ledger, pool: dict, now: float) -> dict:
 
 
 def listing(led: Ledger) -> list[dict]:
-    now = time.time()
+    now = led.clock.now()
     return [_summary(led, p, now) for p in _pools(led)]
 
 
 def show(led: Ledger, name: str) -> dict:
     _existing(led, name)
     pool = next(p for p in _pools(led) if p["name"] == name)
-    doc = _summary(led, pool, time.time())
+    doc = _summary(led, pool, led.clock.now())
     doc["cap_history"] = [{"at": e["at"], "kind": e["kind"], "old_cap_cny": None if e["old_cap_cny"] is None
                            else Decimal(e["old_cap_cny"]), "new_cap_cny": Decimal(e["new_cap_cny"]),
                            "detail": e["detail"]} for e in _pool_events(led, name)]

@@ -109,7 +109,7 @@ def run_detail(d: dict) -> None:
         for col in ("id", "state", "type", "price CNY/h", "billed every", "launched", "ended"):
             t.add_column(col)
         for i in d["instances"]:
-            t.add_row(str(i["provider_id"] or "-"), i["state"], i["instance_type"], str(i["price_cny_h"]),
+            t.add_row(str(i["provider_id"] or "-"), i["state"], i["instance_type"], money(i["price_cny_h"]),
                       billing(i["increment_s"], i["minimum_s"]), iso(i["launched_at"]), iso(i["ended_at"]))
         out.print(t)
     if d["tasks"]:

@@ -25,7 +25,7 @@ from ..cloud.remote import FETCH_APPEND, FETCH_WHOLE
 from ..evaluate import read_json
 from ..money import results
 from ..money.ledger import Ledger
-from ..units import iso
+from ..units import duration, iso
 from . import progress, teardown
 from .instance import OnInstance
 from .messages import GuardStop, HandedOver
@@ -57,7 +57,7 @@ def hand_over(led: Ledger, provider, req: Request, iid: int, on: OnInstance, now
     on.write_lease(deadline)
     led.update_run(req.run_id, phase=PHASE, controller_pid=None, controller_start=None)
     event(PHASE, f"deadline {iso(deadline)} (what the budget pays, enforced by the instance's watchdog); "
-          f"results to {provider.results_prefix(req.run_id)} every {provider.upload_every_s:.0f} s; "
+          f"results to {provider.results_prefix(req.run_id)} every {duration(provider.upload_every_s)}; "
           f"the instance powers itself off when done. `budget status {req.run_id}` collects them")
     return HandedOver()
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from planner.errors import GpuBudgetError
 
+from ..units import duration
 from ..errors import BootstrapError, RemoteError, RunError, WorkerError
 from ..money.guard import Policy
 from . import liveness
@@ -114,12 +115,12 @@ def _wait_tick(poll: Effect, timeout: Callable[[State, Rules], GpuBudgetError]) 
 
 def _unreachable(s: State, r: Rules) -> GpuBudgetError:
     wait = r.ssh_wait_s if s.phase == "booting" else min(r.ssh_wait_s, RECONNECT_WAIT_S)
-    return RemoteError(f"cannot reach {s.pid} over SSH within {wait:.0f} s: {s.note or 'no answer'}",
+    return RemoteError(f"cannot reach {s.pid} over SSH within {duration(wait)}: {s.note or 'no answer'}",
                        "check the instance in the provider's console; raise run.ssh_wait_s for slow boots")
 
 
 def _bootstrap_late(s: State, r: Rules) -> GpuBudgetError:
-    return BootstrapError(f"bootstrap.sh did not finish within {r.bootstrap_timeout_s:.0f} s",
+    return BootstrapError(f"bootstrap.sh did not finish within {duration(r.bootstrap_timeout_s)}",
                           "pass --remote-python PATH if the instance already has a ready Python")
 
 
@@ -195,7 +196,7 @@ def _probe(s: State, e: Polled, r: Rules) -> Result:
     if verdict == "ok":
         return s, [Guard()]
     what = ("its process is gone and it left no exit code" if verdict == "dead"
-            else f"its heartbeat has not moved for {r.stale_s:.0f} s")
+            else f"its heartbeat has not moved for {duration(r.stale_s)}")
     if not liveness.may_restart(watch, r.restarts):
         return _end(s, "failed", error=WorkerError(
             f"the worker stopped working ({what}) after {watch.restarted} restart(s)",

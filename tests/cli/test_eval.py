@@ -51,15 +51,21 @@ def test_smoke_plan_builds_the_tiny_model_and_runs_every_kind(home, tmp_path):
 
 
 @pytest.mark.slow
-def test_model_path_limit_and_batch_size(home, tmp_path, tiny_model):
+def test_max_minutes_stops_then_a_rerun_with_a_model_path_limit_and_batch_size_finishes(home, tmp_path, tiny_model):
+    """--max-minutes 0: the worker stops at its deadline before loading anything; the same job without it
+    resumes there and finishes - from --model-path, --limit 1 a task, --batch-size auto."""
     out = tmp_path / "o"
-    p = budget("eval", "plans/smoke.yaml", "--model-path", str(tiny_model), "--quant", "fp32", "--limit", "1",
-               "--batch-size", "auto", "--out", str(out), "--json", cwd=tmp_path, home=home)
+    base = ["eval", "plans/smoke.yaml", "--model-path", str(tiny_model), "--quant", "fp32", "--limit", "1",
+            "--batch-size", "auto", "--out", str(out)]
+    p = budget(*base, "--max-minutes", "0", cwd=tmp_path, home=home)
+    assert p.returncode == 1 and "the evaluation stopped early (deadline)" in p.stderr, p.stderr
+    assert json.loads((out / "job.json").read_text())["deadline"].endswith("+00:00")
+    p = budget(*base, "--json", cwd=tmp_path, home=home)  # same job without the deadline: resumes and finishes
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     job = json.loads((out / "job.json").read_text())
     assert job["model"]["source"] == str(tiny_model.resolve()) and "recipe" not in job["model"]
-    assert all(t["done"] == t.get("total") for t in doc["tasks"].values() if "skipped" not in t)
+    assert doc["complete"] and all(t["done"] == t.get("total") for t in doc["tasks"].values() if "skipped" not in t)
     assert doc["tasks"]["captions"]["done"] == 1 and doc["tasks"]["sweep"]["done"] == 3  # 1 per resolution
     assert doc["batch_size"]["requested"] == "auto"
 
@@ -79,19 +85,30 @@ def test_bad_input_is_one_line_exit_2(home, tmp_path, args, message):
     assert "hint:" in p.stderr and "Traceback" not in p.stderr
 
 
-@pytest.mark.slow
 def test_other_job_in_out_dir_is_refused_then_fresh(home, tmp_path, tiny_model):
-    out = tmp_path / "o"
-    plan = tmp_path / "captions.yaml"  # one cheap task: the point is the out dir's job, not the kinds
+    """A directory holding another job's results is refused before any worker starts; --fresh discards them
+    (evaluate.prepare: the worker itself is not needed to check either)."""
+    from planner.catalog import load_catalog
+    from planner.plans import load_plan
+    from runner import evaluate, jobs
+
+    plan = tmp_path / "captions.yaml"
     plan.write_text("name: captions\nmodel: tiny-random-qwen3-vl\nquantizations: [nf4]\ngeneration: {max_new_tokens: 4}\n"
                     "tasks: [{name: captions, kind: caption, samples: 1, image_size: [64, 64]}]\n")
+    out = tmp_path / "o"
+
+    def job(quant):
+        return jobs.build(load_plan(plan), plan, load_catalog(), home, quantization=quant, model_path=tiny_model,
+                          limit=1)
+    evaluate.prepare(out, job("fp32"), fresh=False)
+    (out / "results").mkdir()
+    (out / "results" / "captions.jsonl").write_text('{"id": "syn-0", "quantization": "fp32"}\n')
     base = ["eval", str(plan), "--model-path", str(tiny_model), "--limit", "1", "--out", str(out)]
-    assert budget(*base, "--quant", "fp32", cwd=tmp_path, home=home).returncode == 0
-    p = budget(*base, "--quant", "int8", cwd=tmp_path, home=home)
+    p = budget(*base, "--quant", "int8", cwd=tmp_path, home=home, timeout=120)
     assert p.returncode == 2 and "holds results of a different job (differs in: quantization)" in p.stderr
-    p = budget(*base, "--quant", "int8", "--fresh", cwd=tmp_path, home=home)
-    assert p.returncode == 0, p.stderr
-    assert {json.loads(x)["quantization"] for x in (out / "results" / "captions.jsonl").read_text().splitlines()} == {"int8"}
+    assert (out / "results" / "captions.jsonl").exists()  # refused: nothing of it touched
+    evaluate.prepare(out, job("int8"), fresh=True)
+    assert not (out / "results").exists() and json.loads((out / "job.json").read_text())["quantization"] == "int8"
 
 
 @pytest.mark.slow
@@ -118,9 +135,12 @@ def test_ctrl_c_stops_the_worker_cleanly_and_keeps_results(home, tmp_path, tiny_
     (tmp_path / "long.yaml").write_text(yaml.safe_dump(plan))
     out = tmp_path / "o"
     env = dict(os.environ, BUDGET_HOME=str(home), HF_HUB_OFFLINE="1")
+    # Ctrl-C's default disposition in the child: a suite started with SIGINT ignored (a background job, nohup,
+    # some CI runners) would pass that on otherwise
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "eval", "long.yaml", "--model-path", str(tiny_model),
                              "--batch-size", "1", "--out", str(out)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     results = out / "results" / "captions.jsonl"
     deadline = time.monotonic() + 120
     while not (results.exists() and results.read_bytes().count(b"\n") >= 3):
@@ -134,17 +154,6 @@ def test_ctrl_c_stops_the_worker_cleanly_and_keeps_results(home, tmp_path, tiny_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"] == "sigterm" and 3 <= summary["tasks"]["captions"]["done"] < 400
     assert results.read_bytes().endswith(b"\n")
-
-
-@pytest.mark.slow
-def test_max_minutes_stops_then_a_rerun_finishes(home, tmp_path, tiny_model):
-    base = ["eval", "plans/smoke.yaml", "--model-path", str(tiny_model), "--limit", "1", "--out", str(tmp_path / "o")]
-    p = budget(*base, "--max-minutes", "0", cwd=tmp_path, home=home)
-    assert p.returncode == 1 and "the evaluation stopped early (deadline)" in p.stderr, p.stderr
-    assert json.loads((tmp_path / "o" / "job.json").read_text())["deadline"].endswith("+00:00")
-    p = budget(*base, cwd=tmp_path, home=home)  # same job without the deadline: resumes and finishes
-    assert p.returncode == 0, p.stderr
-    assert json.loads((tmp_path / "o" / "summary.json").read_text())["complete"]
 
 
 @pytest.mark.slow

@@ -86,7 +86,6 @@ def test_untrusted_plans_are_refused_before_launch(cli, budget_home, tmp_path, c
     _one_error(code, err, needle)
 
 
-@pytest.mark.slow
 def test_a_rented_host_is_not_touched_for_a_bad_manifest(cli, ssh_host, budget_home, tmp_path):
     plan, needle = _case(tmp_path, "symlink out")
     code, _, err = cli("run", plan, "--provider", "ssh", "--yuan", "5", "--yes")
