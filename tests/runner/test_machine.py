@@ -186,7 +186,7 @@ def test_a_dead_or_hung_worker_is_restarted_until_its_restarts_run_out():
 
 def test_waits_give_up_at_their_deadline_with_why():
     s, _ = m.step(S("booting", deadline=T, note="connection refused"), ev.Tick(at=T), RULES)
-    assert s.ending.state == "failed" and "within 60 s" in s.ending.reason and "connection refused" in s.ending.reason
+    assert s.ending.state == "failed" and "within 1 min" in s.ending.reason and "connection refused" in s.ending.reason
     s, _ = m.step(S("armed", deadline=T), ev.Tick(at=T), RULES)
     assert "bootstrap.sh did not finish within 600 s" in s.ending.reason
     s, _ = m.step(S("armed"), ev.BootstrapDone(at=T, rc=2, last="python3 not found"), RULES)
@@ -223,3 +223,27 @@ def test_the_state_is_a_value():
     s = S("running")
     assert m.step(s, ev.Tick(at=T), RULES) == m.step(s, ev.Tick(at=T), RULES)
     assert s == S("running")  # step never changes the state it was given
+
+
+def test_design_md_shows_every_pair_of_the_table():
+    """docs/DESIGN.md's state table names, for each phase, every event the table accepts there (in the phase's
+    own row, or a row of phases it belongs to), and no phase the machine lacks."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "DESIGN.md").read_text()
+    table = text[text.index("| phase | event"):].split("\n\n")[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        head, events = line.strip("|").split("|", 1)
+        rows[head.strip()] = events
+    live = [p for p in m.PHASES if p not in m.FINAL_PHASES]
+
+    def row_for(phase: str, kind: str) -> bool:
+        mine = rows.get(phase, "")
+        groups = [ev for head, ev in rows.items() if phase in [h.strip() for h in head.split(",")]
+                  or (head.startswith("every live phase") and phase != "tearing-down")]
+        return any(f"{kind} ->" in ev for ev in [mine, *groups])
+    missing = [(p, k) for p, k in m.TABLE if not row_for(p, k) and not (k == "probe" and "probe ok" in rows[p])]
+    assert not missing, missing
+    named = {h.strip() for head in rows for h in head.split(",")} - {"every live phase but tearing-down"}
+    assert named <= set(live), named - set(live)
