@@ -51,3 +51,16 @@ def pytest_collection_modifyitems(config, items):
     """The slow end-to-end tests first (a stable sort: otherwise in file order). With three xdist workers, a
     long test started last leaves the other two idle while it runs; longest-first keeps them all busy to the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+# The stateful property tests' thoroughness: CI runs the "ci" profile (seconds); `HYPOTHESIS_PROFILE=thorough`
+# runs ten times as many sequences (minutes) - e.g. before a release or after touching the run's state machine.
+def _hypothesis_profiles() -> None:
+    from hypothesis import settings
+
+    settings.register_profile("ci", settings())
+    settings.register_profile("thorough", settings(max_examples=3000))
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+_hypothesis_profiles()

@@ -25,6 +25,7 @@ from planner.errors import GpuBudgetError, InputError
 from ..clock import SYSTEM, Clock
 from ..cloud import registry
 from ..cloud.remote import fetch
+from ..errors import NotReadyError
 from ..money.guard import Policy
 from ..money.journal import JOURNAL
 from ..money.ledger import Instance, Ledger
@@ -39,19 +40,19 @@ def end(led: Ledger, provider, inst: Instance, *, how: str, run_dir: Path, polic
         clock: Clock = SYSTEM, session=None, fetch_lines: bool = False, reached: bool = True,
         at: float | None = None) -> Decimal:
     """End `inst` (a ledger row) and settle it; returns what it cost. `how`: done (the worker finished: fetch
-    without stopping it), stop (ask the worker to stop, fetch, terminate), reclaimed (the cloud took it at
-    `at`: nothing to fetch or terminate), gone (it ended by itself, at `at` as the provider says), swept
-    (terminate, nothing to fetch). `fetch_lines`: the worker ran there, so its last lines are worth fetching.
+    without stopping it), stop (ask the worker to stop, fetch, terminate), reclaimed (the cloud took it, by
+    `at`: nothing to fetch or terminate), gone (it ended by itself, by `at` as the provider says), swept
+    (terminate, nothing to fetch). What ended without us is billed to `at`, but never past lease + teardown:
+    by then its watchdog had powered it off. `fetch_lines`: the worker ran there, so its last lines are worth fetching.
     `reached`: a session was ever opened on it (a rented host never reached ran nothing of ours)."""
     if fetch_lines and how in ("done", "stop"):
         last_lines(provider, inst.provider_id, inst.run_id, run_dir, policy, event, clock, session, stop=how != "done")
     current = led.instance(inst.id)
     if current.ended_at is not None:  # settled before (a retry, a second way out): nothing is billed twice
         return led.spent_instance(inst.id)
-    if how == "reclaimed":
-        return led.settle(inst.id, at if at is not None else clock.now(), "reclaimed")
-    if how == "gone":
-        return led.settle(inst.id, billing_end(current, at if at is not None else clock.now(), policy))
+    if how in ("reclaimed", "gone"):  # it ended without us: when it did, never past its lease + teardown
+        end = billing_end(current, at if at is not None else clock.now(), policy)
+        return led.settle(inst.id, end, "reclaimed" if how == "reclaimed" else "terminated")
     if provider.caps.rented and not reached:
         # nothing of ours ran there, so there is nothing to stop and nothing to bill to this run (its platform
         # bills the user whatever we do)
@@ -114,9 +115,9 @@ def last_lines(provider, pid: str | None, run_id: str, run_dir: Path, policy: Po
         own = None
         try:
             if given is None:
-                if pid is None or provider.status(pid).state not in ("pending", "running", "stopped"):
+                given = own = _reopen(provider, pid, run_id, policy, clock)
+                if given is None:
                     break
-                given = own = provider.session(pid, run_id, timeout_s=min(10.0, policy.teardown_s / 4))
             if stop:
                 given.put_bytes(b"", "out/STOP")
                 end = clock.monotonic() + min(policy.tick_s, policy.teardown_s / 4)
@@ -131,6 +132,21 @@ def last_lines(provider, pid: str | None, run_id: str, run_dir: Path, policy: Po
                 own.close()
     if why:
         fetch_failed(run_dir, why, event)
+
+
+def _reopen(provider, pid: str | None, run_id: str, policy: Policy, clock: Clock):
+    """A session on an instance whose disk can still be read (running, or a local instance its watchdog powered
+    off), retried while it does not answer yet - for a quarter of the teardown allowance; None when it is gone."""
+    end = clock.monotonic() + policy.teardown_s / 4
+    while True:
+        if pid is None or provider.status(pid).state not in ("pending", "running", "stopped"):
+            return None
+        try:
+            return provider.session(pid, run_id, timeout_s=min(10.0, policy.teardown_s / 4))
+        except NotReadyError:
+            if clock.monotonic() >= end:
+                raise
+            clock.sleep(1.0)
 
 
 def fetch_failed(run_dir: Path, why: str, event: EventFn) -> None:

@@ -127,7 +127,7 @@ def scenarios(draw):
     }
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True)
 @given(scenarios())
 def test_settled_spend_never_exceeds_the_cap(tmp_path_factory, sc):
     """Random prices, billing rules, tick jitter (any gap up to tick_s), teardown times, concurrent instances

@@ -186,5 +186,6 @@ class RunUnderFaults(RuleBasedStateMachine):
 
 
 TestRunUnderFaults = RunUnderFaults.TestCase
-TestRunUnderFaults.settings = settings(max_examples=300, stateful_step_count=12, deadline=None,
-                                       suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+# 300 sequences in CI (about 10 s); HYPOTHESIS_PROFILE=thorough (tests/conftest.py) runs 3000
+TestRunUnderFaults.settings = settings(max_examples=max(300, settings.default.max_examples), stateful_step_count=12,
+                                       deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
