@@ -321,3 +321,35 @@ def test_the_guard_stops_a_run_its_money_runs_out_on(fast_home):
     rig.check()
     assert rig.led.spent_run(rig.run_id) <= Decimal(3)
 
+
+
+def test_an_instance_its_watchdog_ended_while_the_controller_slept_is_billed_to_its_lease(fast_home):
+    """Found by the property test: the controller sleeps (a laptop lid) while the instance bootstraps; the
+    lease lapses and the instance's watchdog powers it off. When the controller wakes it is billed to lease +
+    teardown at most - not to the moment the controller noticed - and the spot run goes on on a new one."""
+    rig = Rig(fast_home, World(script=Script(bootstrap_s=30)), samples=10, spot=True, cap=Decimal(4))
+    d = rig.driver()
+    d.start()
+    drive_until(d, lambda: d.state.phase == "armed")
+    first = rig.led.instances(run_id=rig.run_id)[0]
+    rig.clock.advance(400)  # asleep
+    drive_until(d, lambda: d.state.phase == "ended")
+    ended = rig.led.instance(first.id)
+    assert ended.state == "reclaimed" and ended.ended_at <= first.lease_until + rig.req.policy_obj.teardown_s
+    rig.check()
+
+
+def test_the_last_lines_come_over_a_new_session_when_the_old_one_broke(fast_home):
+    """Found by the property test: the run's session breaks, the user stops the run and the instance refuses
+    the first attempts: the teardown opens a new session (retried a while) and fetches every finished line
+    before it terminates."""
+    rig = Rig(fast_home, samples=200)
+    d = rig.driver()
+    d.start()
+    drive_until(d, lambda: d.state.phase == "running" and len(rig.held_ids()) > 2)
+    rig.world.drop_sessions()
+    rig.led.update_run(rig.run_id, stop_requested=1)
+    rig.world.script.refuse = 2
+    drive_until(d, lambda: d.state.phase == "ended")
+    assert rig.world.instances["i-0000"].written <= set(rig.held_ids())
+    rig.check()
