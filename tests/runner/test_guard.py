@@ -258,3 +258,41 @@ def test_liveness_tells_dead_hung_and_slow_starts_apart():
     w = restarted(w, 1000)
     assert not may_restart(w, restarts=1)
     assert verdict(w, "alive", "t1", 1100, 60)[0] == "ok"  # the old beat is not the new worker's
+
+ADMIT = """
+import sys
+from decimal import Decimal
+from planner.models import Offer
+from runner.money.guard import Policy
+from runner.money.ledger import Ledger
+led = Ledger(sys.argv[1])
+offer = Offer(provider="test", instance_type="x", gpu="T4", gpu_count=1, price=Decimal(1), billing_increment_s=1,
+              billing_minimum_s=0)
+d, iid = led.admit(sys.argv[2], offer=offer, price_cny_h=Decimal(3600), price_original_h=Decimal(3600), spot=False,
+                   provider="test", now=float(sys.argv[3]), policy=Policy(tick_s=1, teardown_s=5, lease_s=10))
+print("go" if d.go else "refused")
+"""
+
+
+def test_admission_is_atomic_across_processes(tmp_path):
+    """Eight controllers - real processes - ask one pool at once for an instance at 1 CNY/s that commits 15 CNY
+    (a 10 s lease + 5 s of teardown): a 50 CNY pool admits three and refuses the rest. Admission (the guard's
+    check and the intent row) is one BEGIN IMMEDIATE transaction, so no two can spend the same yuan."""
+    import subprocess
+    import sys
+
+    led = Ledger(tmp_path / "ledger.db")
+    led.ensure_pool("team", Decimal(50), T0)
+    for k in range(8):
+        led.create_run(id=f"r{k}", pool="team", plan="p", plan_path="x", provider="test", offer="o",
+                       quantization="nf4", spot=0, cap_cny=Decimal(50), dir="", created_at=T0)
+    led.close()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    procs = [subprocess.Popen([sys.executable, "-c", ADMIT, str(tmp_path / "ledger.db"), f"r{k}", str(T0)],
+                              stdout=subprocess.PIPE, text=True, env=env) for k in range(8)]
+    answers = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert sorted(answers) == ["go"] * 3 + ["refused"] * 5, answers
+    led = Ledger(tmp_path / "ledger.db")
+    assert len(led.instances(pool="team")) == 3
+    from runner.money.guard import committed
+    assert committed([i.meter for i in led.instances(pool="team")], T0, Policy(tick_s=1, teardown_s=5)) <= 50

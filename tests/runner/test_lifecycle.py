@@ -353,3 +353,21 @@ def test_the_last_lines_come_over_a_new_session_when_the_old_one_broke(fast_home
     drive_until(d, lambda: d.state.phase == "ended")
     assert rig.world.instances["i-0000"].written <= set(rig.held_ids())
     rig.check()
+
+
+def test_an_ssh_hosts_wait_is_its_own(budget_home, tmp_path):
+    """How long a new instance's session is waited for is the provider's own unless configured: a rented host
+    that refuses is down (30 s), an EC2 instance boots (10 min), this machine is there at once."""
+    from runner.config import load
+    from tests.runner.conftest import write_config
+
+    key, known = tmp_path / "id_ed25519", tmp_path / "known_hosts"
+    key.write_text("unused\n")
+    known.write_text("")
+    write_config(budget_home, ssh={"host": "127.0.0.1", "key": str(key), "known_hosts": str(known)})
+    cfg = load(budget_home)
+    assert registry.ssh_wait(cfg, registry.make("ssh", cfg, budget_home)) == 30.0
+    assert registry.ssh_wait(cfg, registry.make("local", cfg, budget_home)) == 10.0
+    write_config(budget_home, run={"ssh_wait_s": 7})
+    cfg = load(budget_home)
+    assert registry.ssh_wait(cfg, registry.make("ssh", cfg, budget_home)) == 7.0
