@@ -369,7 +369,7 @@ def _table() -> dict[tuple[str, str], Handler]:
         ("resuming", "armed"): _armed,
         ("tearing-down", "start"): _start_tearing_down,
         ("tearing-down", "torn-down"): _torn_down,
-        ("tearing-down", "interrupted"): lambda s, e, r: (s, []),  # a second Ctrl-C must not stop a teardown
+        ("tearing-down", "interrupted"): _start_tearing_down,  # a second Ctrl-C: the teardown goes on
     })
     return t
 
@@ -382,8 +382,10 @@ def step(state: State, event: Event, rules: Rules) -> Result:
     hold is a bug of ours: the run ends as failed, torn down like any other."""
     handler = TABLE.get((state.phase, event.kind))
     if handler is None:
-        if state.phase in FINAL_PHASES or state.phase == "tearing-down":
+        if state.phase in FINAL_PHASES:
             return state, []
+        if state.phase == "tearing-down":  # whatever came in, the teardown still has to happen
+            return _start_tearing_down(state, event, rules)
         return _end(state, "failed", error=RunError(f"internal: {event.kind} while {state.phase}",
                                                     "rerun with --debug and report it; the instance was terminated"))
     return handler(state, event, rules)

@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from runner.money.guard import committed
+from runner.run import machine, teardown
+from runner.run import messages as ev
 from runner.run.driver import Driver
 from tests.runner.scripted import Crash, Rig, Script, World, crash_at
 
@@ -65,6 +67,8 @@ class RunUnderFaults(RuleBasedStateMachine):
             try:
                 if not self.driver.step():
                     return
+            except KeyboardInterrupt:  # what the driver's own loop does with Ctrl-C
+                self.driver.feed(ev.Interrupted(at=self.rig.clock.now()))
             except Crash:
                 self.driver = None
                 return
@@ -74,6 +78,14 @@ class RunUnderFaults(RuleBasedStateMachine):
     @rule(n=st.integers(1, 40))
     def work(self, n):
         self._steps(n)
+
+    @rule(phase=st.sampled_from(["booting", "armed", "pushed", "running", "reconnecting", "reviving", "relaunching"]))
+    def work_until(self, phase):
+        """On until the run is in `phase` (or it ends, or 400 steps pass)."""
+        for _ in range(400):
+            if self.driver is None or self.driver.state.phase in (phase, *machine.FINAL_PHASES):
+                return
+            self._steps(1)
 
     @rule(seconds=st.sampled_from([5, 30, 90, 400]))
     def controller_stalls(self, seconds):
@@ -107,13 +119,41 @@ class RunUnderFaults(RuleBasedStateMachine):
     def stop(self):
         self.rig.led.update_run(self.rig.run_id, stop_requested=1)
 
-    @rule(point=st.sampled_from(["event:launched", "admitted", "booting", "armed", "running", "samples",
-                                 "relaunching", "tearing-down", "event:torn-down"]))
-    def controller_dies_at(self, point):
-        """kill -9 of the controller the next time it reaches `point` (now, if it is dead already)."""
+    @rule(n=st.integers(1, 2))
+    def cloud_api_fails(self, n):
+        self.rig.world.script.api_fails = n
+
+    @rule()
+    def ctrl_c(self):
+        """Ctrl-C (or SIGTERM) between two steps: the driver's loop feeds it as it would from the signal."""
+        if self.driver is not None and self.driver.state.phase not in machine.FINAL_PHASES:
+            try:
+                self.driver.feed(ev.Interrupted(at=self.rig.clock.now()))
+            except Crash:
+                self.driver = None
+
+    @rule(point=st.sampled_from(["event:launched", "admitted", "booting", "armed", "pushed", "running", "samples",
+                                 "reconnecting", "reviving", "relaunching", "tearing-down", "event:torn-down"]),
+          fault=st.sampled_from(["kill -9", "ctrl-c", "drop sessions", "reclaim", "stop", "api fails", "cap"]))
+    def when_the_run_reaches(self, point, fault):
+        """A fault at an exact moment: the next time the controller reaches `point` (a phase it enters, an
+        event it hears): its kill -9, Ctrl-C, sessions dropped, the instance reclaimed, a stop asked, the cloud's
+        API failing, the pool's cap lowered to what is committed."""
         if self.driver is None:
             return
-        self.driver.kill = crash_at(point)
+        actions = {"drop sessions": self.drop_sessions, "reclaim": self.reclaim, "stop": self.stop,
+                   "api fails": lambda: self.cloud_api_fails(1), "cap": lambda: self.lower_the_pool_cap(Decimal("0.01"))}
+
+        def hook(where: str) -> None:
+            if where != point:
+                return
+            self.driver.kill = lambda _: None  # once
+            if fault == "kill -9":
+                raise Crash(point)
+            if fault == "ctrl-c":
+                raise KeyboardInterrupt
+            actions[fault]()
+        self.driver.kill = hook
 
     @precondition(lambda self: self.driver is None)
     @rule(point=st.sampled_from(["", "event:launched", "booting"]))
@@ -164,6 +204,14 @@ class RunUnderFaults(RuleBasedStateMachine):
                 billable = row.price_cny_h * self.rig.world.billed(inst.pid, row.increment_s, row.minimum_s) / 3600
                 assert self.rig.led.spent_instance(row.id) >= billable
 
+    def _stop_what_is_left(self) -> None:
+        """`budget stop` after a run that ended with an instance it could not terminate (the cloud's API down)."""
+        self.rig.world.script.api_fails = 0
+        for inst in self.rig.led.instances(run_id=self.rig.run_id, live=True):
+            teardown.end(self.rig.led, self.rig.provider, inst, how="stop", run_dir=self.rig.dir,
+                         policy=self.rig.req.policy_obj, event=lambda kind, detail: None, clock=self.rig.clock,
+                         fetch_lines=True)
+
     def teardown(self):
         try:
             for _ in range(5):  # drive it out; a dead controller is resumed (as `budget resume` would)
@@ -179,6 +227,7 @@ class RunUnderFaults(RuleBasedStateMachine):
                 self.driver.close()
             run = self.rig.run_row()
             assert run["state"] in ("done", "stopped", "failed"), run
+            self._stop_what_is_left()
             self.rig.check(done=run["state"] == "done")
         finally:
             self.rig.led.close()
@@ -186,6 +235,7 @@ class RunUnderFaults(RuleBasedStateMachine):
 
 
 TestRunUnderFaults = RunUnderFaults.TestCase
-# 300 sequences in CI (about 10 s); HYPOTHESIS_PROFILE=thorough (tests/conftest.py) runs 3000
+# 300 sequences in CI (about 15 s); HYPOTHESIS_PROFILE=thorough (tests/conftest.py) runs 3000. Every pair of the
+# state table is driven on purpose in test_transitions.py; these sequences find what no one thought to try.
 TestRunUnderFaults.settings = settings(max_examples=max(300, settings.default.max_examples), stateful_step_count=12,
                                        deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)

@@ -123,7 +123,8 @@ CASES: list[Case] = [
     Case(S("tearing-down", ending=ev.Ending("stopped", "user")), ev.Start(at=T, resume=True), "tearing-down",
          ["teardown"]),
     Case(S("tearing-down", ending=ev.Ending("done")), ev.TornDown(at=T), "ended", []),
-    Case(S("tearing-down", ending=ev.Ending("done")), ev.Interrupted(at=T), "tearing-down", []),
+    # a second Ctrl-C while the teardown is pending: the teardown is still asked for, never dropped
+    Case(S("tearing-down", ending=ev.Ending("done")), ev.Interrupted(at=T), "tearing-down", ["teardown"]),
 ]
 
 
