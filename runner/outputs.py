@@ -11,12 +11,15 @@ unless the worker wrote them."""
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from planner.calibration import Calibration
+
+from .money import ledger
 
 
 class Output(BaseModel):
@@ -66,35 +69,17 @@ class RunList(Output):
     runs: list[RunRow]
 
 
-class Instance(Output):
-    """An instance of a run as the ledger holds it (prices at launch; `market_price_h`: a spot market price
-    in the offer's currency, where the provider said it; `attempt`: which launch of its run, from 0;
-    `offer_index`: which of the run's offers, 0 its own, then the planner's fallbacks)."""
+def _row_model(cls: type, doc: str) -> type[Output]:
+    """An output model with the fields of a ledger row's dataclass, in its order: one definition of the row."""
+    hints = get_type_hints(cls)
+    return create_model(cls.__name__, __base__=Output, __doc__=doc, **{
+        f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default) for f in dataclasses.fields(cls)})
 
-    id: int
-    run_id: str
-    pool: str
-    provider: str
-    provider_id: str | None
-    instance_type: str
-    region: str
-    spot: bool
-    price_cny_h: Decimal
-    price_original_h: Decimal
-    currency: str
-    increment_s: int
-    minimum_s: int
-    state: str
-    started_at: float
-    launched_at: float | None
-    lease_until: float
-    ended_at: float | None
-    address: str | None
-    gpu: str | None
-    gpu_count: int | None
-    market_price_h: Decimal | None
-    attempt: int
-    offer_index: int
+
+Instance = _row_model(ledger.Instance, """An instance of a run as the ledger holds it (prices at launch;
+    `market_price_h`: a spot market price in the offer's currency, where the provider said it; `attempt`: which
+    launch of its run, from 0; `offer_index`: which of the run's offers, 0 its own, then the planner's
+    fallbacks).""")
 
 
 class TaskRow(Output):
