@@ -110,11 +110,12 @@ def _die_with_parent() -> None:
 
 
 def read_json(path: Path) -> dict:
-    """A JSON document the worker wrote, or {} when it is missing or half-written."""
+    """A JSON object the worker wrote, or {} when it is missing, half-written or not an object at all."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def last_line(path: Path, width: int = 200) -> str:

@@ -23,6 +23,7 @@ from planner.errors import GpuBudgetError
 
 from ..clock import SYSTEM, Clock
 from ..errors import RunError
+from ..evaluate import read_json
 from ..money.ledger import Ledger
 from ..procs import proc_start
 from ..units import iso
@@ -88,7 +89,7 @@ class Driver:
         done, total = progress.count(self.dir, self.req.run_id)
         if (done, total) != (run["samples_done"], run["samples_total"]):
             self.led.update_run(self.req.run_id, samples_done=done, samples_total=total)
-        status = _status(self.dir)
+        status = read_json(self.dir / "out" / "status.json")
         decision = self.effects.decision
         self.on_progress({
             "run": self.req.run_id, "phase": self.state.phase, "done": done, "total": total,
@@ -208,14 +209,6 @@ class Driver:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def _status(run_dir: Path) -> dict:
-    try:
-        doc = json.loads((run_dir / "out" / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 # ---------------------------------------------------------------------------------- the persisted state

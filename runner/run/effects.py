@@ -51,13 +51,11 @@ class Effects:
 
     def admit(self, e: ev.Admit, s: State) -> ev.Event:
         choice = self.req.offers[s.offer]
-        now, p = self.clock.now(), self.policy
-        boot = dataclasses.replace(p, lease_s=p.lease_s + self.req.ssh_wait_s)
-        stretch = first_stretch_s(self.req.ssh_wait_s, p)
+        stretch = first_stretch_s(self.req.ssh_wait_s, self.policy)
         d, iid = self.led.admit(self.req.run_id, offer=choice.offer, price_cny_h=choice.price_cny_h,
                                 price_original_h=choice.price_original_h, spot=self.req.spot,
-                                provider=self.provider.name, now=now, policy=boot, min_lease_s=stretch,
-                                attempt=s.attempt, offer_index=s.offer)
+                                provider=self.provider.name, now=self.clock.now(), policy=self._boot(),
+                                min_lease_s=stretch, attempt=s.attempt, offer_index=s.offer)
         if d.go:
             return ev.Admitted(iid=iid)
         run = self.led.run(self.req.run_id)
@@ -77,20 +75,17 @@ class Effects:
     def launch(self, e: ev.Launch, s: State) -> ev.Event:
         """The launch call - after the guard renews the intent's boot lease: an admission made before the
         controller slept or died must not send an instance off on a lease that has already run out."""
-        choice, now, p = self.req.offers[s.offer], self.clock.now(), self.policy
-        d = self.decision = self.led.tick(s.iid, now, dataclasses.replace(p, lease_s=p.lease_s + self.req.ssh_wait_s))
+        choice, now = self.req.offers[s.offer], self.clock.now()
+        d = self.decision = self.led.tick(s.iid, now, self._boot())
         lease = self.led.instance(s.iid).lease_until
-        if not d.go or lease < now + first_stretch_s(self.req.ssh_wait_s, p):
+        if not d.go or lease < now + first_stretch_s(self.req.ssh_wait_s, self.policy):
             return ev.AdmitRefused(error=BudgetTooSmall(
                 f"not launching: the money left no longer pays {choice.offer.instance_type}'s boot and a first "
                 f"stretch of work (committed {money(d.committed_cny)} of {money(d.cap_cny)} CNY)",
                 "raise --yuan, or use another --pool"))
-        # a spot instance may never cost more than the price the ledger bills it at: EC2 charges the market
-        # price up to MaxPrice, so the guard's figures stay an upper bound of the real bill
-        ceiling = choice.price_original_h if self.req.spot and choice.offer.currency == "USD" else None
         spec = LaunchSpec(self.req.run_id, choice.offer, self.req.spot, boot_minutes=lease_minutes(lease, now),
                           lease_until=lease, grace_s=self._grace(), attempt=s.attempt, offer_index=s.offer,
-                          max_spot_price=ceiling)
+                          max_spot_price=self._ceiling(choice))
         try:
             info = self.provider.launch(spec)
         except (CapacityError, QuotaError) as err:
@@ -102,7 +97,7 @@ class Effects:
                               address=e.address)
         choice = self.req.offers[s.offer]
         price = self.provider.market_price(e.pid) if self.req.spot and self.provider.caps.spot_market else None
-        ceiling = choice.price_original_h if self.req.spot and choice.offer.currency == "USD" else None
+        ceiling = self._ceiling(choice)
         if price is not None:
             self.led.set_instance(s.iid, market_price_h=str(price))
             self.event("spot", f"market price at launch {price} {choice.offer.currency}/h; the ledger bills "
@@ -272,6 +267,15 @@ class Effects:
         return self.on.inspect()
 
     # -------------------------------------------------------------------------------- helpers
+
+    def _boot(self) -> Policy:
+        """The policy of an instance until its session opens: a lease that also covers the wait for SSH."""
+        return dataclasses.replace(self.policy, lease_s=self.policy.lease_s + self.req.ssh_wait_s)
+
+    def _ceiling(self, choice):
+        """A spot instance may never cost more than the price the ledger bills it at: EC2 charges the market price
+        up to MaxPrice, so the guard's figures stay an upper bound of the real bill."""
+        return choice.price_original_h if self.req.spot and choice.offer.currency == "USD" else None
 
     def _grace(self) -> int:
         """The worker's flush time after a lease runs out: half the teardown allowance (the power-off the rest)."""

@@ -371,3 +371,20 @@ def test_an_ssh_hosts_wait_is_its_own(budget_home, tmp_path):
     write_config(budget_home, run={"ssh_wait_s": 7})
     cfg = load(budget_home)
     assert registry.ssh_wait(cfg, registry.make("ssh", cfg, budget_home)) == 7.0
+
+
+def test_a_status_file_that_is_not_an_object_does_not_end_the_run(fast_home):
+    """status.json written as `[1, 2]` by the instance (a fault audit's case): it is not believed - the run
+    goes on and ends done."""
+    rig = Rig(fast_home, samples=12)
+    mangled = []
+
+    def hook(where: str) -> None:
+        if where == "samples" and not mangled:
+            inst = rig.world.running()[0]
+            inst._status = lambda now, **extra: inst.files.__setitem__("out/status.json", b"[1, 2]")
+            inst.files["out/status.json"] = b"[1, 2]"
+            mangled.append(inst.pid)
+    assert rig.driver(kill=hook).run() == "done"
+    assert mangled and json.loads((rig.dir / "out" / "status.json").read_text()) == [1, 2]
+    rig.check(done=True)
