@@ -81,6 +81,7 @@ def resolve(led: Ledger, run_id: str | None) -> dict:
     found = led.find_runs(run_id)
     if len(found) != 1:
         raise InputError(f"no run {run_id!r}" if not found else
-                         f"{run_id!r} matches {len(found)} runs: {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}",
+                         f"{run_id!r} matches {len(found)} runs: {', '.join(found[:3])}"
+                         f"{', ...' if len(found) > 3 else ''}",
                          "see `budget status` for run ids (a unique prefix is enough)")
     return led.run(found[0])

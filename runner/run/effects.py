@@ -93,8 +93,8 @@ class Effects:
         return ev.Launched(pid=info.provider_id, address=info.address, launched_at=info.launched_at)
 
     def note_launch(self, e: ev.NoteLaunch, s: State) -> None:
-        self.led.set_instance(s.iid, provider_id=e.pid, state="launching", launched_at=e.launched_at or self.clock.now(),
-                              address=e.address)
+        self.led.set_instance(s.iid, provider_id=e.pid, state="launching",
+                              launched_at=e.launched_at or self.clock.now(), address=e.address)
         choice = self.req.offers[s.offer]
         price = self.provider.market_price(e.pid) if self.req.spot and self.provider.caps.spot_market else None
         ceiling = self._ceiling(choice)

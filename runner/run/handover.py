@@ -43,7 +43,8 @@ def outputs(job: dict) -> list[str]:
     return [*FETCH_WHOLE, *FETCH_APPEND, *(f"results/{t['name']}.jsonl" for t in job["tasks"])]
 
 
-def hand_over(led: Ledger, provider, req: Request, iid: int, on: OnInstance, now: float, event) -> HandedOver | GuardStop:
+def hand_over(led: Ledger, provider, req: Request, iid: int, on: OnInstance, now: float,
+              event) -> HandedOver | GuardStop:
     """Give the running instance its deadline (the longest lease the budget pays) and its upload URLs."""
     policy = req.policy_obj
     d = led.tick(iid, now, dataclasses.replace(policy, lease_s=LONG))

@@ -164,9 +164,11 @@ def on_this_machine(rec, offer: Offer, plan: EvalPlan, catalog: Catalog, home: P
 
     t, said = calibrate.run_time(plan, catalog, home, "local", rec.gpu, 1, rec.quantization, False, cal, True)
     billed = billed_seconds(t.total_s, offer.billing_increment_s, offer.billing_minimum_s)
-    return rec.model_copy(update={"time": t, "hours": round(t.total_s / 3600, 3), "billed_hours": round(billed / 3600, 4),
-                                  "cost_cny": charge(rec.price_cny_per_hour, billed), "notes": list(rec.notes) + [
-        said or "estimated on this machine's CPU profile (uncalibrated: `budget calibrate` after a local run fits it)"]})
+    note = said or ("estimated on this machine's CPU profile (uncalibrated: `budget calibrate` after a local run "
+                    "fits it)")
+    return rec.model_copy(update={"time": t, "hours": round(t.total_s / 3600, 3),
+                                  "billed_hours": round(billed / 3600, 4),
+                                  "cost_cny": charge(rec.price_cny_per_hour, billed), "notes": [*rec.notes, note]})
 
 
 def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, provider, ask: Ask,
@@ -181,8 +183,8 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, provi
     price, original = rec.price_cny_per_hour, rec.price_original_per_hour
     if provider.caps.this_machine:  # it runs on this CPU, simulated at the chosen offer's rule and price
         rec = on_this_machine(rec, offer, plan, catalog, home, cal)
-        offer = offer.model_copy(update={"provider": provider.name, "instance_type": f"{rec.provider}:{rec.instance_type}",
-                                         "price": price, "currency": "CNY", "spot_price": None})
+        offer = offer.model_copy(update={"provider": provider.name, "price": price, "currency": "CNY",
+                                         "spot_price": None, "instance_type": f"{rec.provider}:{rec.instance_type}"})
         original = price
     run_id = new_run_id(plan.name, clock.now())
     job = jobs.build(plan, plan_path, catalog, home, quantization=rec.quantization, model_path=ask.model_path,

@@ -101,7 +101,8 @@ def worker_requirements() -> str:
     except PackageNotFoundError:
         reqs = []
     lines = [r.split(";")[0].strip() for r in reqs if "extra == \"worker\"" in r.replace("'", '"')]
-    return "\n".join(lines or ["torch", "torchvision", "transformers", "accelerate", "bitsandbytes", "pillow", "av"]) + "\n"
+    fallback = ["torch", "torchvision", "transformers", "accelerate", "bitsandbytes", "pillow", "av"]
+    return "\n".join(lines or fallback) + "\n"
 
 
 def remote_job(job: dict, root: str, this_machine: bool) -> dict:

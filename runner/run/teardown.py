@@ -33,7 +33,6 @@ from ..units import iso, money
 from . import progress
 
 EventFn = Callable[[str, str], None]
-HOWS = ("done", "stop", "reclaimed", "gone", "swept")  # how the instance's life ends (see end())
 
 
 def end(led: Ledger, provider, inst: Instance, *, how: str, run_dir: Path, policy: Policy, event: EventFn,
@@ -43,8 +42,8 @@ def end(led: Ledger, provider, inst: Instance, *, how: str, run_dir: Path, polic
     without stopping it), stop (ask the worker to stop, fetch, terminate), reclaimed (the cloud took it, by
     `at`: nothing to fetch or terminate), gone (it ended by itself, by `at` as the provider says), swept
     (terminate, nothing to fetch). What ended without us is billed to `at`, but never past lease + teardown:
-    by then its watchdog had powered it off. `fetch_lines`: the worker ran there, so its last lines are worth fetching.
-    `reached`: a session was ever opened on it (a rented host never reached ran nothing of ours)."""
+    by then its watchdog had powered it off. `fetch_lines`: the worker ran there, so its last lines are worth
+    fetching. `reached`: a session was ever opened on it (a rented host never reached ran nothing of ours)."""
     if fetch_lines and how in ("done", "stop"):
         last_lines(provider, inst.provider_id, inst.run_id, run_dir, policy, event, clock, session, stop=how != "done")
     current = led.instance(inst.id)

@@ -153,7 +153,8 @@ class Instance:
             while self.done() < target and self.lines(task) < total:
                 i = self.lines(task)
                 rel = f"out/results/{task}.jsonl"
-                self.files[rel] = self.files.get(rel, b"") + json.dumps({"id": f"{task}-{i}", "task": task}).encode() + b"\n"
+                line = json.dumps({"id": f"{task}-{i}", "task": task}).encode() + b"\n"
+                self.files[rel] = self.files.get(rel, b"") + line
                 self.written.add(f"{task}-{i}")
 
     def _status(self, now: float, **extra) -> None:

@@ -100,7 +100,8 @@ def test_a_dead_worker_is_revived_and_goes_on_after_its_samples(fast_home):
     rig = Rig(fast_home, World(script=Script(die_at={0: 6}, hang_at={0: 12})), samples=20)
     assert rig.driver().run() == "done"
     rig.check(done=True)
-    restarts = [e["detail"] for e in rig.led.events(rig.run_id) if e["kind"] == "worker" and "restarting" in e["detail"]]
+    restarts = [e["detail"] for e in rig.led.events(rig.run_id)
+                if e["kind"] == "worker" and "restarting" in e["detail"]]
     assert len(restarts) == 2 and "no exit code" in restarts[0] and "heartbeat" in restarts[1]
 
 

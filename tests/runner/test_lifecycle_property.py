@@ -142,7 +142,8 @@ class RunUnderFaults(RuleBasedStateMachine):
         if self.driver is None:
             return
         actions = {"drop sessions": self.drop_sessions, "reclaim": self.reclaim, "stop": self.stop,
-                   "api fails": lambda: self.cloud_api_fails(1), "cap": lambda: self.lower_the_pool_cap(Decimal("0.01"))}
+                   "api fails": lambda: self.cloud_api_fails(1),
+                   "cap": lambda: self.lower_the_pool_cap(Decimal("0.01"))}
 
         def hook(where: str) -> None:
             if where != point:

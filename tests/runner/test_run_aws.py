@@ -150,16 +150,16 @@ def test_a_spot_reclaim_relaunches_and_no_sample_is_lost_or_repeated(aws_cloud, 
     the reclaimed instance's billed time."""
 
     aws_cloud.agent.disks_die = True
-    p, first = spot_run_at_work(aws_cloud, budget_home, tiny_model, caption_plan(tmp_path, "reclaimed", 40))
+    p, first = spot_run_at_work(aws_cloud, budget_home, tiny_model, caption_plan(tmp_path, "reclaimed", 20), lines=6)
     aws_cloud.ec2.terminate_instances(InstanceIds=[first])  # the reclaim
     _, err = p.communicate(timeout=400)
     assert p.returncode == 0, err
     run = the_run(budget_home)
-    assert run["state"] == "done" and run["samples_done"] == 40 and run["spot"] == 1
+    assert run["state"] == "done" and run["samples_done"] == 20 and run["spot"] == 1
     lines = (Path(run["dir"]) / "out" / "results" / "captions.jsonl").read_text().splitlines()
-    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 40
+    assert len({json.loads(x)["id"] for x in lines}) == len(lines) == 20
     gone = aws_cloud.remote_dir / ".gone" / first / "out" / "results" / "captions.jsonl"
-    assert len(gone.read_text().splitlines()) >= 10  # work really happened on the instance that was taken
+    assert len(gone.read_text().splitlines()) >= 6  # work really happened on the instance that was taken
     rows = [dict(r) for r in db(budget_home).execute("SELECT * FROM instances ORDER BY id")]
     assert [r["state"] for r in rows] == ["reclaimed", "terminated"] and rows[0]["provider_id"] == first
     assert all(i["State"]["Name"] == "terminated" for i in instances(aws_cloud.ec2)) and len(instances(aws_cloud.ec2)) == 2

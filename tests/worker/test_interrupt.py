@@ -14,7 +14,7 @@ from .conftest import job, lines, run_inline, spawn, status, summary, write_job
 
 slow = pytest.mark.slow  # a real process, killed or signalled
 
-MANY = 60
+MANY = 40
 
 
 def _long_job(model, **extra):
