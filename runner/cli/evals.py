@@ -10,7 +10,7 @@ import typer
 
 from planner.errors import InputError
 
-from . import JsonOpt, app, batch_size, budget_home, catalog
+from .base import JsonOpt, app, batch_size, budget_home, catalog
 
 
 @app.command("eval")

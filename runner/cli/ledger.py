@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import JsonOpt, budget_home
+from .base import JsonOpt, budget_home
 
 app = typer.Typer(no_args_is_help=True, help="The spend ledger itself: check it, rebuild it from run directories.")
 

@@ -13,7 +13,7 @@ import typer
 
 from planner.errors import GpuBudgetError, InputError
 
-from . import MODELS, JsonOpt, amount, app, budget_home, catalog
+from .base import MODELS, JsonOpt, amount, app, budget_home, catalog
 
 prices_app = typer.Typer(no_args_is_help=True, help="List and import GPU offers (prices in CNY).")
 model_app = typer.Typer(no_args_is_help=True, help="Inspect Qwen3-VL architectures.")

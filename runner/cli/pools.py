@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import JsonOpt, amount, open_ledger
+from .base import JsonOpt, amount, open_ledger
 
 app = typer.Typer(no_args_is_help=True, help="Budget pools: named caps in CNY that runs draw on.")
 

@@ -12,7 +12,7 @@ import typer
 
 from planner.errors import InputError
 
-from . import app, budget_home, open_ledger
+from .base import app, budget_home, open_ledger
 
 
 @app.command("report")

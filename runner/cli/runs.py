@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from . import JsonOpt, amount, app, batch_size, budget_home, catalog
+from .base import JsonOpt, amount, app, batch_size, budget_home, catalog
 
 
 @app.command("run")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import JsonOpt, app, budget_home, catalog, open_ledger
+from .base import JsonOpt, app, budget_home, catalog, open_ledger
 
 
 @app.command("sweep")

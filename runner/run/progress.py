@@ -5,8 +5,9 @@ is held. Every count of samples - the ledger's, `budget status`, a stop, a recon
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ..evaluate import read_json
 
 
 def held(run_dir: Path) -> int:
@@ -17,22 +18,14 @@ def held(run_dir: Path) -> int:
     return sum(f.read_bytes().count(b"\n") for f in res.glob("*.jsonl"))
 
 
-def _doc(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
 def planned(run_dir: Path, run_id: str | None = None) -> int:
     """The samples the worker plans over the tasks that run (a skipped task plans none): from its summary of
     this run when there is one, else its last status."""
     out = Path(run_dir) / "out"
-    summary = _doc(out / "summary.json")
+    summary = read_json(out / "summary.json")
     tasks = summary.get("tasks") if run_id is None or summary.get("run_id") == run_id else None
     if not isinstance(tasks, dict):
-        tasks = _doc(out / "status.json").get("tasks")
+        tasks = read_json(out / "status.json").get("tasks")
     if not isinstance(tasks, dict):
         return 0
     total = 0
