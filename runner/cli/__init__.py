@@ -45,8 +45,8 @@ def _plain_metavars(cmd) -> None:
             param.metavar = param.metavar or (param.name or "value").upper()
             param.display_type_rich = lambda ctx=None: None
         else:
-            shown = param.metavar or METAVARS.get(max(param.opts, key=len), "VALUE")
-            param.metavar = None if param.is_flag else shown
+            metavar = param.metavar or METAVARS.get(max(param.opts, key=len), "VALUE")
+            param.metavar = None if param.is_flag else metavar
     for sub in getattr(cmd, "commands", {}).values():
         _plain_metavars(sub)
 
