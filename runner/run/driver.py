@@ -34,13 +34,13 @@ from .effects import Effects
 from .liveness import Watch, stale_after
 from .machine import Rules, State
 from .messages import Ending
-from .request import Request
+from .request import Request, ready_python
 
 STATE_FILE = "state.json"
 
 
 def kill_point(point: str) -> None:
-    """A real kill -9 of this controller at `point` when GPUBUDGET_KILL_AT names it (tests/runner/test_kill_9.py).
+    """A real kill -9 of this controller at `point` when GPUBUDGET_KILL_AT names it (tests/runner/test_kill_matrix.py).
     Without the variable it costs one environment lookup."""
     if os.environ.get("GPUBUDGET_KILL_AT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -49,7 +49,7 @@ def kill_point(point: str) -> None:
 def rules_for(req: Request, provider) -> Rules:
     return Rules(policy=req.policy_obj, spot=req.spot, unattended=req.unattended, ssh_wait_s=req.ssh_wait_s,
                  bootstrap_timeout_s=req.bootstrap_timeout_s,
-                 bootstrap=not (req.remote_python or provider.caps.this_machine), offers=len(req.offers),
+                 bootstrap=ready_python(req, provider.caps) is None, offers=len(req.offers),
                  stale_s=stale_after(float(req.job.get("heartbeat_s", 10.0)), req.policy_obj.tick_s))
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 
 from .. import plandata
@@ -19,7 +18,7 @@ from ..units import iso
 from . import progress
 from .liveness import KILL, PROBE
 from .messages import EXIT_STOPPED, BootstrapDone, Exited, Inspected, Notice, NotReady, Polled
-from .request import Request, remote_job, worker_requirements
+from .request import Request, ready_python, remote_job, worker_requirements
 
 WORKER_DIR = Path(__file__).resolve().parent.parent / "worker"
 
@@ -73,7 +72,7 @@ class OnInstance:
     # -------------------------------------------------------------------------------- bootstrap
 
     def needs_bootstrap(self) -> bool:
-        return not (self.req.remote_python or self.provider.caps.this_machine)
+        return ready_python(self.req, self.provider.caps) is None
 
     def start_bootstrap(self) -> NotReady:
         self.session.put_file(INSTANCE_FILES / "bootstrap.sh", "bootstrap.sh", 0o755)
@@ -95,9 +94,7 @@ class OnInstance:
 
     def python(self) -> str:
         """The Python that runs the worker there: given, this one (this machine), or what bootstrap.sh found."""
-        if self.req.remote_python or self.provider.caps.this_machine:
-            return self.req.remote_python or sys.executable
-        return _text(self.session.read("python.path")) or "python3"
+        return ready_python(self.req, self.provider.caps) or _text(self.session.read("python.path")) or "python3"
 
     # -------------------------------------------------------------------------------- push and start
 

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import json
 import secrets
+import sys
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -103,6 +104,14 @@ def worker_requirements() -> str:
     lines = [r.split(";")[0].strip() for r in reqs if "extra == \"worker\"" in r.replace("'", '"')]
     fallback = ["torch", "torchvision", "transformers", "accelerate", "bitsandbytes", "pillow", "av"]
     return "\n".join(lines or fallback) + "\n"
+
+
+def ready_python(req: Request, caps) -> str | None:
+    """The Python that can run the worker there without bootstrap.sh: the one given (--remote-python), or this
+    one where the instance is this machine; None when bootstrap.sh has to find one."""
+    if req.remote_python:
+        return req.remote_python
+    return sys.executable if caps.this_machine else None
 
 
 def remote_job(job: dict, root: str, this_machine: bool) -> dict:

@@ -26,6 +26,7 @@ from ..clock import SYSTEM, Clock
 from ..cloud import registry
 from ..cloud.remote import fetch
 from ..errors import NotReadyError
+from ..evaluate import read_json
 from ..money.guard import Policy
 from ..money.journal import JOURNAL
 from ..money.ledger import Instance, Ledger
@@ -157,12 +158,10 @@ def fetch_failed(run_dir: Path, why: str, event: EventFn) -> None:
 
 def _claimed(run_dir: Path) -> int:
     """How many samples the worker's last fetched status said were done (only to say what a failed fetch left)."""
-    try:
-        tasks = json.loads((run_dir / "out" / "status.json").read_text(encoding="utf-8")).get("tasks") or {}
-    except (OSError, ValueError, AttributeError):
+    tasks = read_json(run_dir / "out" / "status.json").get("tasks")
+    if not isinstance(tasks, dict):
         return 0
-    return sum(int(t.get("done") or 0) for t in tasks.values() if isinstance(t, dict) and
-               isinstance(t.get("done"), int)) if isinstance(tasks, dict) else 0
+    return sum(t["done"] for t in tasks.values() if isinstance(t, dict) and isinstance(t.get("done"), int))
 
 
 def without_ledger(run_id: str, run_dir: Path, home: Path, why: str, clock: Clock = SYSTEM) -> dict:
