@@ -5,11 +5,12 @@ field name says otherwise."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from functools import cache
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from . import names
+from . import names, numbers
 
 Quant = Literal["fp16", "bf16", "int8", "nf4"]
 # Higher is better quality; fp16 and bf16 are the same 16-bit reference.
@@ -19,6 +20,37 @@ GIB = 1024**3
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _ascii_numbers(cls, v, info: ValidationInfo):
+        """A number written as text (a CSV cell, YAML that is not a plain number) in ASCII digits only:
+        pydantic would read '1_000' and Decimal '１０' (planner/numbers.py)."""
+        if isinstance(v, (str, list, tuple)) and info.field_name in _numeric_fields(cls):
+            _check_numbers(v)
+        return v
+
+
+def _numeric(annotation) -> bool:
+    """The annotation holds a number (int, float, Decimal - not bool) and no str a number could be."""
+    args = get_args(annotation)
+    if args:
+        return any(_numeric(a) for a in args) and str not in args
+    return annotation in (int, float, Decimal)
+
+
+@cache
+def _numeric_fields(cls) -> frozenset[str]:
+    return frozenset(n for n, f in cls.model_fields.items() if _numeric(f.annotation))
+
+
+def _check_numbers(v) -> None:
+    if isinstance(v, str):
+        if not numbers.is_number(v):
+            raise ValueError(f"{v!r} is not a number: {numbers.SYNTAX}")
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            _check_numbers(x)
 
 
 # --------------------------------------------------------------------------- catalogs
@@ -152,7 +184,7 @@ class ParamBreakdown(Model):
 
 
 class GenerationConfig(Model):
-    max_new_tokens: int = Field(default=128, gt=0)
+    max_new_tokens: int = Field(default=128, gt=0, le=numbers.MAX_TOKENS)
     num_beams: int = Field(default=1, ge=1)
     do_sample: bool = False
     top_p: float = Field(default=1.0, gt=0, le=1)
@@ -181,12 +213,12 @@ class Dataset(Model):
 class Task(Model):
     name: str
     kind: Literal["caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify"]
-    samples: int = Field(default=1, gt=0)
+    samples: int = Field(default=1, gt=0, le=10_000_000)
     image_size: tuple[int, int] | None = (640, 480)  # None: a text-only prompt
     resolutions: list[tuple[int, int]] = []
-    prompt_tokens: int = Field(default=32, ge=1)
+    prompt_tokens: int = Field(default=32, ge=1, le=numbers.MAX_TOKENS)
     prompt: str = ""  # the worker's default for the kind when empty; a dataset line's own prompt wins
-    max_new_tokens: int | None = Field(default=None, gt=0)
+    max_new_tokens: int | None = Field(default=None, gt=0, le=numbers.MAX_TOKENS)
     turns: int = Field(default=1, ge=1)
     video: VideoSpec | None = None
     of_task: str = ""  # fp16_verify: which task's samples to re-run in 16-bit
@@ -229,12 +261,15 @@ class EvalPlan(Model):
     quality_floor: Quant = "nf4"
     keep_vision_16bit: bool = False
     double_quant: bool = True
-    batch_size: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=1, ge=1, le=numbers.MAX_BATCH)
     generation: GenerationConfig = GenerationConfig()
     image_limits: ImageLimits = ImageLimits()
     tasks: list[Task] = Field(min_length=1)
     budget_yuan: Decimal | None = Field(default=None, gt=0)
     seed: int = 0
+    # dataset URLs on loopback, link-local or private hosts (a mirror on your own network, the tests' server);
+    # refused before launch otherwise (runner/worker/downloads.py check_url)
+    allow_private_urls: bool = False
 
     @field_validator("name")
     @classmethod

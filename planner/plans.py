@@ -1,8 +1,17 @@
 """Load `plans/*.yaml` into `EvalPlan`. Every error names the file and the field:
-`plans/x.yaml:tasks.2.samples: Input should be greater than 0`."""
+`plans/x.yaml:tasks.2.samples: Input should be greater than 0`.
+
+A plan file is untrusted input: read only from a regular file, at most MAX_BYTES (a device, a FIFO or a
+huge file is refused before it is read), parsed as YAML nested at most MAX_DEPTH deep, with numbers in
+ASCII digits only (planner/numbers.py: YAML 1.1 would read `1_000`, `0x10` and `1:30` as integers; here
+they stay text, which the plan's number fields refuse)."""
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import stat
 from importlib import resources
 from pathlib import Path
 
@@ -13,6 +22,39 @@ from .errors import PlanError
 from .models import EvalPlan
 
 DEFAULT_PLAN = "qwen3-vl-8b.yaml"
+MAX_BYTES = 1024 * 1024  # the seed's plan is 4 KB
+MAX_DEPTH = 64           # the deepest real plan nests 4
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """SafeLoader with a nesting limit and numbers in ASCII digits only (no '_', hex, octal or base 60)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+_PlanLoader.yaml_implicit_resolvers = {k: [(t, r) for t, r in v if t not in (_INT, _FLOAT)]
+                                       for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_PlanLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+_PlanLoader.add_implicit_resolver(_FLOAT, re.compile(r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(?=[eE]))"
+                                                     r"(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+                                  list("-+0123456789."))
+_PlanLoader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node)))  # 017 is 17, not octal
 
 
 def bundled_plan(name: str = DEFAULT_PLAN) -> Path:
@@ -23,7 +65,12 @@ def bundled_plan(name: str = DEFAULT_PLAN) -> Path:
 def parse_plan(text: str, label: str) -> EvalPlan:
     """Validate YAML text into an EvalPlan; `label` is the file name used in errors."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_PlanLoader)  # a SafeLoader
+    except _TooDeep as e:
+        raise PlanError(f"{label}:{e.line}: nested more than {MAX_DEPTH} levels deep",
+                        "a plan nests a few levels (see plans/qwen3-vl-8b.yaml)") from None
+    except RecursionError:  # a nesting limit below MAX_DEPTH (a small stack): the same refusal
+        raise PlanError(f"{label}: nested too deep", "a plan nests a few levels (see plans/qwen3-vl-8b.yaml)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -45,23 +92,62 @@ def parse_plan(text: str, label: str) -> EvalPlan:
 
 
 def plan_file(path: str | Path | None) -> Path:
-    """Where a plan argument points: the file itself, else the bundled plan of that name (so
-    `plans/smoke.yaml` works from any directory), None: the bundled default. Relative dataset paths
-    in a plan are relative to this file's directory."""
-    p = bundled_plan() if path is None else Path(path)
-    if not p.is_file() and path is not None and (bundled_plan(Path(path).name)).is_file():
-        p = bundled_plan(Path(path).name)
+    """Where a plan argument points. None: the bundled default. A path that exists: that path (whatever it
+    is - load_plan refuses what is not a regular file). A path that does not exist: the bundled plan of
+    that name only when the argument is a bare name or `plans/NAME` (so `plans/smoke.yaml` works from any
+    directory, and the README's commands from a pip install); any other path is itself, and load_plan
+    refuses it - `/tmp/nowhere/smoke.yaml` is never the bundled smoke plan. Relative dataset paths in a
+    plan are relative to this file's directory."""
+    if path is None:
+        return bundled_plan()
+    p = Path(path)
+    try:
+        if os.path.lexists(p):
+            return p
+    except (OSError, ValueError):  # a name too long, a NUL byte: load_plan says so
+        return p
+    if not p.is_absolute() and str(p.parent) in (".", "plans") and bundled_plan(p.name).is_file():
+        return bundled_plan(p.name)
     return p
+
+
+def _short(p: Path) -> str:
+    s = str(p)
+    return s if len(s) <= 120 else f"{s[:50]}...{s[-50:]} ({len(s)} characters)"
+
+
+def read_plan_text(p: Path) -> str:
+    """The text of plan file `p`: a regular file of at most MAX_BYTES in UTF-8, else PlanError. Opened
+    without blocking (a FIFO is refused, not waited on) and read no further than the cap."""
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise PlanError(f"{_short(p)}: no such plan file", "give the path of a YAML plan, e.g. plans/smoke.yaml "
+                        "(`budget run` and `budget eval` take it as their argument, `budget plan --plan PATH` as an "
+                        "option)") from None
+    except (OSError, ValueError) as e:
+        why = "path too long" if getattr(e, "errno", None) == errno.ENAMETOOLONG else \
+            (getattr(e, "strerror", None) or str(e))
+        raise PlanError(f"{_short(p)}: cannot read ({why})", "pass the path of a readable YAML plan file") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PlanError(f"{_short(p)}: not a regular file", "pass the path of a YAML plan file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise PlanError(f"{_short(p)}: cannot read ({e.strerror or e})", "pass a readable YAML plan file") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise PlanError(f"{_short(p)}: larger than {MAX_BYTES // 1024} KiB, too large for a plan",
+                        "a plan lists tasks; samples belong in data files it names (budget data init PLAN)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PlanError(f"{_short(p)}: not UTF-8 text", "pass a UTF-8 YAML plan file") from None
 
 
 def load_plan(path: str | Path | None) -> EvalPlan:
     """Load a plan file; None loads the bundled default (the seed's Qwen3-VL-8B evaluation)."""
-    p = plan_file(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PlanError(f"{p}: no such plan file", "give the path of a YAML plan, e.g. plans/smoke.yaml "
-                        "(`budget plan` takes it as --plan PATH, `budget run` and `budget eval` as their argument)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PlanError(f"{p}: cannot read ({e})", "pass a UTF-8 YAML plan file") from None
-    return parse_plan(text, str(path) if path is not None else f"plans/{DEFAULT_PLAN}")
+    text = read_plan_text(plan_file(path))
+    return parse_plan(text, _short(Path(path)) if path is not None else f"plans/{DEFAULT_PLAN}")

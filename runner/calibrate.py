@@ -153,13 +153,13 @@ def run_measurements(run: dict, catalog: Catalog, led: Ledger,
     except ModelConfigError:
         return [], None, f"{rid}: model {model.get('name')!r} is not in the catalog: not used"
     loads = [x for x in summary.get("loads") or [] if isinstance(x, dict)]
-    env = summary.get("environment") or {}
+    env = summary.get("environment") if isinstance(summary.get("environment"), dict) else {}
     if not loads:
         return [], None, f"{rid}: no model load recorded: not used"
     if loads[0].get("device") == "cpu":
         device = localrig.NAME
     else:
-        names = env.get("gpus") or []
+        names = [str(n)[:200] for n in env.get("gpus") or [] if isinstance(n, str)] if isinstance(env.get("gpus"), list) else []
         g = catalog.gpu(str(names[0])) if names else None
         if g is None:
             return [], None, f"{rid}: its GPU {names[:1]} is not in the catalog: not used"

@@ -63,6 +63,10 @@ class NotReadyError(RemoteError):
     pass
 
 
+class RefusedError(NotReadyError):
+    """The host answered and refused the connection: nothing listens on its SSH port (yet)."""
+
+
 class BootstrapError(RemoteError):
     pass
 

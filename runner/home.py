@@ -13,6 +13,7 @@ from planner.errors import InputError
 from .clock import SYSTEM, Clock
 from .errors import LedgerError
 from .money import recovery
+from .money.ledger import HINT as LEDGER_HINT
 from .money.ledger import Ledger
 from .procs import same_process
 
@@ -35,12 +36,12 @@ def ledger(home: Path, clock: Clock = SYSTEM) -> Ledger:
     on_disk = recovery.run_dirs(home)
     if on_disk and not path.exists():
         raise LedgerError(f"{path} is missing but {len(on_disk)} run(s) are in {home / 'runs'}: starting an empty "
-                          "ledger would forget their spend", recovery.HINT)
+                          "ledger would forget their spend", LEDGER_HINT)
     led = Ledger(path, clock)
     if on_disk and not led.runs(1):
         led.close()
         raise LedgerError(f"{path} holds no runs but {len(on_disk)} run(s) are in {home / 'runs'} (was it truncated "
-                          "or replaced?): their spend would be forgotten", recovery.HINT)
+                          "or replaced?): their spend would be forgotten", LEDGER_HINT)
     return led
 
 

@@ -80,6 +80,8 @@ def build(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, quan
     }
     if limit is not None:
         doc["limit"] = limit
+    if plan.allow_private_urls:  # the worker checks every address it fetches (and each redirect) by it too
+        doc["allow_private_urls"] = True
     if deadline is not None:
         doc["deadline"] = deadline.astimezone(dt.UTC).isoformat()
     if max_memory:

@@ -1,8 +1,10 @@
 """A plan's own data as the controller sees it, before anything is launched: which local manifests a plan
 reads and which media files they name (paths resolved inside the manifest's folder - never absolute,
-never `..`), every missing one listed at once, and `budget data init`: template manifests with the fields
-each task kind expects, for data only the user has (their documents, poetry images, clips). Builtin
-public datasets and URL manifests are fetched on the instance and are not checked here."""
+never `..`, never longer than a path can be - and each under its kind's size cap), every missing one listed
+at once, and `budget data init`: template manifests with the fields each task kind expects, for data only
+the user has (their documents, poetry images, clips). Builtin public datasets and URL manifests are fetched
+on the instance; their addresses are checked here (http(s) only, no private or local host unless the plan
+sets allow_private_urls), and a local manifest names files, never URLs."""
 
 from __future__ import annotations
 
@@ -14,8 +16,12 @@ from planner.errors import InputError
 from planner.models import EvalPlan
 from planner.plans import bundled_plan
 
-from .worker.manifests import MEDIA_KEYS, check_row, inside, media_refs, read_manifest
+from .worker.downloads import check_url
+from .worker.manifests import MEDIA_KEYS, check_row, check_size, inside, media_refs, read_manifest
 from .worker.sample import DatasetError
+
+URL_HINT = ("datasets are fetched over http(s) from public hosts; for a mirror on your own network set "
+            "allow_private_urls: true in the plan")
 
 # What one manifest line holds, per task kind (README: manifest format); `budget data init` writes these.
 TEMPLATES: dict[str, list[dict]] = {
@@ -45,10 +51,11 @@ def manifest_path(task, plan_dir: Path) -> Path:
     return p if p.is_absolute() else plan_dir / p
 
 
-def media_files(manifest: Path, task_name: str) -> list[tuple[str, str]]:
-    """(key, relative path) of every media file a manifest names; URLs are fetched on the instance.
-    A malformed row, or a path that is absolute or leaves the manifest's folder (`..`, a symlink pointing
-    out), is refused: it would read - and upload - files outside the data."""
+def media_files(manifest: Path, task_name: str, allow_private_urls: bool = False) -> list[tuple[str, str]]:
+    """(key, relative path) of every media file a manifest names. A malformed row, or a path that is absolute
+    or leaves the manifest's folder (`..`, a symlink pointing out), is refused: it would read - and upload -
+    files outside the data. So is a URL: the worker reads a local manifest's media from the files pushed
+    beside it (`file://` and private hosts are named as such)."""
     try:
         rows = read_manifest(manifest, f"task {task_name}")
     except DatasetError as e:
@@ -61,8 +68,12 @@ def media_files(manifest: Path, task_name: str) -> list[tuple[str, str]]:
                 continue
             try:
                 check_row(row)
-                refs = [r for r in media_refs(row, key) if "://" not in r]
+                refs = media_refs(row, key)
                 for ref in refs:
+                    if "://" in ref:
+                        check_url(ref, allow_private_urls)
+                        raise DatasetError(f"{ref}: a local manifest names files beside it, not URLs (a manifest "
+                                           "of URLs is a `kind: url` dataset)")
                     inside(manifest.parent, ref)
             except DatasetError as e:
                 raise InputError(f"task {task_name}: {manifest}: sample {row['id']}: {e}",
@@ -70,6 +81,24 @@ def media_files(manifest: Path, task_name: str) -> list[tuple[str, str]]:
                                  "the instance beside it); `budget data init PLAN` shows the fields") from None
             found += [(key, ref) for ref in refs]
     return found
+
+
+def check_urls(plan: EvalPlan) -> None:
+    """Every dataset address of the plan (a URL manifest, a builtin's mirror) by downloads.check_url."""
+    for task in plan.tasks:
+        if task.dataset is not None and task.dataset.url:
+            try:
+                check_url(task.dataset.url, plan.allow_private_urls)
+            except DatasetError as e:
+                raise InputError(f"task {task.name}: dataset {e}", URL_HINT) from None
+
+
+def _oversized(task_name: str, manifest: Path, key: str, path: Path) -> None:
+    try:
+        check_size(key, path)
+    except DatasetError as e:
+        raise InputError(f"task {task_name}: {manifest}: {e}", "make it smaller (images are resized to the plan's "
+                         "image_limits anyway), or leave it out of the manifest") from None
 
 
 def missing(plan: EvalPlan, plan_path: Path) -> list[Missing]:
@@ -82,14 +111,18 @@ def missing(plan: EvalPlan, plan_path: Path) -> list[Missing]:
         if not manifest.is_file():
             gone.append(Missing(task.name, Path(task.dataset.path), manifest, "manifest"))
             continue
-        for key, rel in media_files(manifest, task.name):
+        for key, rel in media_files(manifest, task.name, plan.allow_private_urls):
             if not (manifest.parent / rel).is_file():
                 gone.append(Missing(task.name, Path(rel), manifest.parent / rel, key))
+            else:
+                _oversized(task.name, manifest, key, manifest.parent / rel)
     return gone
 
 
 def require(plan: EvalPlan, plan_path: Path) -> None:
-    """Refuse a plan whose local data is incomplete, naming every missing file in one line."""
+    """Refuse a plan whose dataset addresses are refused (check_urls) or whose local data is incomplete
+    (every missing file named in one line) or oversized."""
+    check_urls(plan)
     gone = missing(plan, plan_path)
     if not gone:
         return

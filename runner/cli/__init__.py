@@ -7,11 +7,13 @@ planning, evals, runs, reports, sweep, ledger, pools, data."""
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
 
-from planner.errors import GpuBudgetError
+from planner import numbers
+from planner.errors import GpuBudgetError, InputError
 
 # Each group registers its commands on `app` as it is imported: this order is the order help lists them in.
 from . import planning, evals, runs, reports, sweep, ledger, pools, data  # noqa: F401, I001
@@ -51,17 +53,63 @@ def _plain_metavars(cmd) -> None:
         _plain_metavars(sub)
 
 
+def _ascii_numbers(cmd) -> None:
+    """Every int and float option takes ASCII digits only (planner/numbers.py): typer's own parsing reads
+    `1_000` as 1000."""
+    for param in getattr(cmd, "params", []):
+        annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+        if annotation in (int, float):
+            param.process_value = _checked(param, annotation, param.process_value)
+    for sub in getattr(cmd, "commands", {}).values():
+        _ascii_numbers(sub)
+
+
+def _checked(param, annotation, process):
+    def process_value(ctx, value):
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, str) and not (numbers.is_int(v) if annotation is int else numbers.is_number(v)):
+                flag = max(param.opts, key=len)
+                raise InputError(f"{flag} {v!r} is not {'a whole number' if annotation is int else 'a number'}: "
+                                 f"{numbers.SYNTAX}", f"e.g. {flag} 1")
+        return process(ctx, value)
+    return process_value
+
+
 def command():
-    """The click command tree of `budget`, with plain metavars."""
+    """The click command tree of `budget`, with plain metavars and ASCII numbers."""
     cmd = typer.main.get_command(app)
     _plain_metavars(cmd)
+    _ascii_numbers(cmd)
     return cmd
+
+
+def _path(name) -> str:
+    """A path for an error line: whole when short, else its start, end and length."""
+    s = str(name)
+    return s if len(s) <= 120 else f"{s[:50]}...{s[-50:]} ({len(s)} characters)"
+
+
+def _os_error(e: OSError) -> GpuBudgetError | None:
+    """The operating system's refusals a user can act on, as our errors; None: a bug of ours."""
+    if e.errno == errno.ENOSPC:
+        where = _path(e.filename) if e.filename else "the disk of $BUDGET_HOME"
+        return GpuBudgetError(f"no space left on the device writing {where}; nothing already written was "
+                              "removed: finished results and the ledger are kept",
+                              "free space on that disk (df -h shows it), then run the command again "
+                              "(a run goes on with `budget resume RUN`)")
+    if e.errno == errno.ENAMETOOLONG:
+        return InputError(f"path too long for this system: {_path(e.filename or '')}",
+                          "use a shorter path (at most 255 characters per name, 4096 in all)")
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the one place errors become exit codes."""
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end]
+    if debug:  # accepted anywhere (the hint says "rerun with --debug"); it is the root's option
+        args = ["--debug", *[a for a in args[:end] if a != "--debug"], *args[end:]]
     try:
         rv = command().main(args=args, prog_name="budget", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)  # typer returns typer.Exit's code here
@@ -81,12 +129,28 @@ def main(argv: list[str] | None = None) -> None:
         ctx = getattr(e, "ctx", None)
         render.error(e.format_message().replace("\n", " "), f"see `{ctx.command_path if ctx else 'budget'} --help`")
         sys.exit(e.exit_code)
+    except OSError as e:  # a full disk, a path too long: one clear error, not an internal one
+        ours = _os_error(e)
+        if debug:
+            raise
+        if ours is None:
+            _internal(e)
+        from .. import render
+
+        render.error(ours)
+        sys.exit(ours.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("aborted\n")
         sys.exit(130)
-    except Exception as e:  # a bug of ours: one line, never locals (they may hold credentials)
+    except Exception as e:  # a bug of ours
         if debug:
             raise
-        sys.stderr.write(f"error: internal error: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
-                         "hint: rerun with --debug for the traceback and report it\n")
-        sys.exit(1)
+        _internal(e)
+
+
+def _internal(e: Exception) -> None:
+    """A bug of ours: one line, never locals (they may hold credentials); --debug shows the traceback."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    sys.stderr.write(f"error: internal error: {e.__class__.__name__}: {first[:300]}\n"
+                     "hint: rerun with --debug for the traceback and report it\n")
+    sys.exit(1)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from planner import numbers
 from planner.errors import InputError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -30,6 +31,10 @@ def budget_home() -> Path:
 def catalog(fx: list[str] | None = None):
     from planner.catalog import load_catalog, with_fx
 
+    for item in fx or []:  # the rate in ASCII digits (with_fx would read '7_2' and '７.2')
+        cur, _, rate = item.partition("=")
+        if rate and not numbers.is_number(rate):
+            raise InputError(f"--fx {item!r}: the rate is not a number: {numbers.SYNTAX}", "e.g. --fx USD=7.2")
     return with_fx(load_catalog(budget_home() / "catalog"), fx or [])
 
 
@@ -50,9 +55,11 @@ def amount(value: str | None, flag: str, zero_ok: bool = False) -> Decimal | Non
         return None
     example = f"e.g. {flag} {EXAMPLE.get(flag, '2000')}"
     try:
+        if not numbers.is_number(value):
+            raise InvalidOperation
         d = Decimal(value.strip())
     except InvalidOperation:
-        raise InputError(f"{flag} {value!r} is not a number", example) from None
+        raise InputError(f"{flag} {value!r} is not a number: {numbers.SYNTAX}", example) from None
     if not d.is_finite() or d < 0 or (d == 0 and not zero_ok):
         raise InputError(f"{flag} must be {'0 or more' if zero_ok else 'a positive amount'} in CNY, got {value}",
                          example)
@@ -64,9 +71,19 @@ def amount(value: str | None, flag: str, zero_ok: bool = False) -> Decimal | Non
 def batch_size(value: str | None) -> int | str | None:
     if value is None:
         return None
-    if value != "auto" and not (value.isdigit() and int(value) > 0):
-        raise InputError(f"--batch-size {value!r} is not a positive integer or auto", "e.g. --batch-size 4")
+    if value != "auto" and not (numbers.is_int(value) and 0 < int(value) <= numbers.MAX_BATCH):
+        raise InputError(f"--batch-size {value!r} is not a positive integer or auto (at most {numbers.MAX_BATCH}; "
+                         f"{numbers.SYNTAX})", "e.g. --batch-size 4")
     return value if value == "auto" else int(value)
+
+
+def count(value: int, flag: str, most: int) -> int:
+    """A count from the command line, between 1 and `most` (past it, a typo rather than a workload)."""
+    if value < 1:
+        raise InputError(f"{flag} must be at least 1, got {value}", f"e.g. {flag} 1")
+    if value > most:
+        raise InputError(f"{flag} must be at most {most:,}, got {value:,}", f"e.g. {flag} 1")
+    return value
 
 
 @app.callback()

@@ -31,7 +31,12 @@ def eval_cmd(
     from planner.plans import load_plan, plan_file
 
     from .. import evaluate, jobs, outputs, render
+    from ..run.prepare import WORKER_HINT, worker_missing
 
+    lib = worker_missing()
+    if lib:  # before anything is written: the worker runs here, in this Python
+        raise InputError(f"budget eval runs the worker on this machine: it needs the worker extra ({lib} is not "
+                         "installed)", WORKER_HINT)
     ev = load_plan(plan)
     q = (quant or ev.quantizations[0]).lower()
     if device not in ("auto", "cuda", "cpu"):

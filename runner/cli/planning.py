@@ -11,9 +11,10 @@ from typing import Annotated
 
 import typer
 
+from planner import numbers
 from planner.errors import GpuBudgetError, InputError
 
-from .base import MODELS, JsonOpt, amount, app, budget_home, catalog
+from .base import MODELS, JsonOpt, amount, app, budget_home, catalog, count
 
 prices_app = typer.Typer(no_args_is_help=True, help="List and import GPU offers (prices in CNY).")
 model_app = typer.Typer(no_args_is_help=True, help="Inspect Qwen3-VL architectures.")
@@ -79,13 +80,13 @@ def _data_needs(ev, path: Path, plan_arg: str) -> list[str]:
         return [f"its data needs fixing first: {e.message}"]
     if not gone:
         return []
-    return [f"it reads {len(gone)} data file(s) of yours that are not there yet (e.g. {gone[0].path}): "
-            f"`budget data init {plan_arg}` writes templates; plans/qwen3-vl-8b-public.yaml fetches public data instead"]
+    return [(f"it reads {len(gone)} data file(s) of yours that are not there yet (e.g. {gone[0].path}): "
+             f"`budget data init {plan_arg}` writes templates; plans/qwen3-vl-8b-public.yaml fetches public data instead")]
 
 
 def _size(value: str, flag: str) -> tuple[int, int]:
     w, sep, h = value.lower().partition("x")
-    if not sep or not (w.isdigit() and h.isdigit()) or int(w) <= 0 or int(h) <= 0 or max(int(w), int(h)) > 100_000:
+    if not sep or not (numbers.is_int(w) and numbers.is_int(h)) or int(w) <= 0 or int(h) <= 0 or max(int(w), int(h)) > 100_000:
         raise InputError(f"{flag} {value!r} is not WIDTHxHEIGHT in pixels (both at least 1)", f"e.g. {flag} 1024x768")
     return int(w), int(h)
 
@@ -115,23 +116,29 @@ def estimate_cmd(
     from .. import render
     from ..calibrate import calibration, devices
 
-    for flag, v in (("--prompt-tokens", prompt_tokens), ("--new-tokens", new_tokens), ("--batch", batch),
-                    ("--gpus", gpus)):
-        if v < 1:
-            raise InputError(f"{flag} must be at least 1, got {v}", f"e.g. {flag} 1")
+    for flag, v, most in (("--prompt-tokens", prompt_tokens, numbers.MAX_TOKENS),
+                          ("--new-tokens", new_tokens, numbers.MAX_TOKENS), ("--batch", batch, numbers.MAX_BATCH),
+                          ("--gpus", gpus, numbers.MAX_GPUS)):
+        count(v, flag, most)
+    if prompt_tokens + new_tokens > numbers.MAX_TOKENS:
+        raise InputError(f"--prompt-tokens + --new-tokens is {prompt_tokens + new_tokens:,} tokens: past any model's "
+                         f"context (at most {numbers.MAX_TOKENS:,} here)", "e.g. --prompt-tokens 512 --new-tokens 128")
     if quant not in ("bf16", "fp16", "int8", "nf4"):
         raise InputError(f"unknown quantization {quant!r}", "use --quant bf16, fp16, int8 or nf4")
     if (model is None) == (model_config is None):
         raise InputError("say which model: one of --model or --model-config", f"e.g. --model 8b ({MODELS})")
     cat = catalog()
     spec = load_config(model_config) if model_config else cat.model(model)
-    rig = devices(cat, budget_home())(gpu)
+    from ..localrig import NAME as CPU
+
+    # the catalog's rule: GPU names in any case (`--gpu t4`), this machine's CPU profile too (`--gpu cpu`)
+    rig = devices(cat, budget_home())(CPU if gpu.strip().lower() == CPU.lower() else gpu)
     images = [_size(v, "--image") for v in image or []]
     clip = None
     if video is not None:
         secs, _, fps = video.partition("@")
         try:
-            clip = VideoSpec(duration_s=float(secs), fps=float(fps or 2))
+            clip = VideoSpec(duration_s=secs, fps=fps or "2")  # ASCII digits only (the model's rule)
         except ValueError:
             raise InputError(f"--video {video!r} is not SECONDS@FPS with both above 0", "e.g. --video 30@2") from None
     if spec.vision is None and (images or clip):

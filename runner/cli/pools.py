@@ -52,9 +52,16 @@ def pool_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a pool with a cap in CNY (recorded as an event in the ledger)."""
+    from planner import names
+    from planner.errors import InputError
+
     from ..money import pools
 
-    _detail(_pools(pools.create, name, amount(yuan, "--yuan")), as_json)
+    cap = amount(yuan, "--yuan")
+    if not names.is_safe(name):  # said here: the money layer's hint names `budget run`'s --pool
+        raise InputError(f"pool name {name!r} is not allowed: {names.RULE}",
+                         f"e.g. `budget pool create team-eval --yuan {cap}`")
+    _detail(_pools(pools.create, name, cap), as_json)
 
 
 @app.command("set-cap")

@@ -46,10 +46,12 @@ def report_cmd(
     documents.check_out(out)
     if not (budget_home() / "ledger.db").exists() and not (budget_home() / "runs").is_dir():
         raise InputError(f"no ledger at {budget_home() / 'ledger.db'}: nothing has been run with this BUDGET_HOME",
-                         "start one with `budget run plans/smoke.yaml --yuan 5`, or set BUDGET_HOME")
+                         f"{_first_run()}, or set BUDGET_HOME")
     now = time.time()
     led = open_ledger()
     try:
+        if not (run or plan or pool) and not led.runs(limit=1):
+            raise InputError("the ledger holds no runs yet: nothing to report", f"{_first_run()}, then `budget report`")
         if run or plan:
             doc = quality.cost_of_quality(led, runs=run, plan=plan, now=now)
             extra, burn = doc, []
@@ -78,3 +80,13 @@ def report_cmd(
     else:
         documents.write(out, data)
         render.wrote(out, fmt)
+
+
+def _first_run() -> str:
+    """How to start a first run on this install: the smoke plan runs on this machine, with the worker extra."""
+    from ..run.prepare import worker_missing
+
+    run = "start one with `budget run plans/smoke.yaml --yuan 5`"
+    if worker_missing():
+        return 'install the worker extra first (pip install "gpubudget[worker]"), then ' + run
+    return run

@@ -40,10 +40,17 @@ def run_cmd(
     from .. import render
     from ..run import commands, prepare
 
+    if unattended and detach:  # an unattended run has no controller to put in the background
+        from planner.errors import InputError
+
+        raise InputError("--detach does not apply to --unattended: an unattended run has no controller here, it "
+                         "returns once the worker runs", "leave out --detach (or --unattended, for a background "
+                         "controller on this machine)")
     ev = load_plan(plan)
     ask = prepare.Ask(yuan=amount(yuan, "--yuan"), pool=pool, offer_id=offer, spot=spot, quant=quant, limit=limit,
                       batch_size=batch_size(batch), price_yuan_h=amount(price_yuan_hour, "--price-yuan-hour"),
                       model_path=model_path, remote_python=remote_python, unattended=unattended)
+    prepare.prerequisites(provider, budget_home(), ev, plan_file(plan), ask)  # all of them, before anything
     prov = prepare.provider(provider, budget_home(), ask)
     p = prepare.prepare(ev, plan_file(plan), catalog(), budget_home(), prov, ask)
     render.run_estimate(p)

@@ -102,8 +102,9 @@ class AwsProvider(ProviderBase):
     name = "aws"
     # an instance boots for minutes before sshd answers; terminate -> shutting-down (billing ends) is seconds,
     # with room for a slow API
+    # EC2 lists a terminated instance for about an hour: `find` is trusted for half of that
     caps = Capabilities(ssh_wait_s=600.0, teardown_s=90.0, poweroff="sudo shutdown -h now", spot_market=True,
-                        own_prices=True, offers_from="aws", regional=True)
+                        own_prices=True, offers_from="aws", regional=True, finds_ended_s=1800.0)
 
     def __init__(self, cfg: AwsConfig, home: Path, region: str | None = None, clock: Clock = SYSTEM):
         self.cfg = cfg
@@ -219,6 +220,10 @@ class AwsProvider(ProviderBase):
     def _by_run(self, run_id: str) -> list[dict]:
         return req.instances(self._call(self.ec2, "describe_instances", "looking up the run's instance",
                                         **req.live_of_run(run_id)))
+
+    def find(self, run_id: str) -> list[InstanceInfo]:
+        return [req.instance_info(i) for i in req.instances(self._call(
+            self.ec2, "describe_instances", "looking up the run's instances", **req.of_run(run_id)))]
 
     def _described(self, provider_id: str) -> list[dict]:
         return req.instances(self._call(self.ec2, "describe_instances", f"describing {provider_id}",

@@ -7,6 +7,7 @@ aws.py reads the console through the EC2 API and hands it here; nothing here imp
 
 from __future__ import annotations
 
+import ipaddress
 import urllib.request
 from pathlib import Path
 
@@ -54,11 +55,15 @@ def client_cidr(configured: str | None) -> str:
         return configured
     try:
         with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=10) as r:
-            ip = r.read().decode().strip()
+            ip = r.read(256).decode(errors="replace").strip()  # an address, never more
     except OSError as e:
         raise ConfigError(f"cannot find this machine's public IP ({e})",
                           "set aws.client_cidr (e.g. 203.0.113.7/32) in $BUDGET_HOME/config.yaml") from None
-    return f"{ip}/32"
+    try:
+        return f"{ipaddress.IPv4Address(ip)}/32"
+    except ValueError:
+        raise ConfigError(f"checkip.amazonaws.com answered {ip[:40]!r}, not an IPv4 address",
+                          "set aws.client_cidr (e.g. 203.0.113.7/32) in $BUDGET_HOME/config.yaml") from None
 
 
 def pinned_host_key(run_dir: Path, provider_id: str) -> str | None:

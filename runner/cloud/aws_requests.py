@@ -15,7 +15,6 @@ import datetime
 import hashlib
 import re
 from decimal import Decimal
-from pathlib import Path
 
 from .base import MANAGED_TAG, RUN_TAG, InstanceInfo, LaunchSpec, Leftover
 
@@ -49,6 +48,12 @@ def live_of_run(run_id: str) -> dict:
     """describe_instances: the run's instances that are not terminated (one, or none)."""
     return {"Filters": [{"Name": f"tag:{RUN_TAG}", "Values": [run_id]},
                         {"Name": "instance-state-name", "Values": LIVE_STATES}]}
+
+
+def of_run(run_id: str) -> dict:
+    """describe_instances: the run's instances in any state - terminated ones too, while EC2 still lists them
+    (a launch whose answer was lost is found after it ended; moto has no ClientToken)."""
+    return {"Filters": [{"Name": f"tag:{RUN_TAG}", "Values": [run_id]}]}
 
 
 def image_search(owners: list[str], name: str) -> dict:
@@ -233,11 +238,3 @@ def delete_batches(objects: list[dict]) -> list[dict]:
     """delete_objects' Delete arguments for these list_objects_v2 rows (it takes 1000 keys at most)."""
     return [{"Objects": [{"Key": o["Key"]} for o in objects[i:i + 1000]], "Quiet": True}
             for i in range(0, len(objects), 1000)]
-
-
-def download_path(out_dir: Path, prefix: str, key: str) -> Path | None:
-    """Where an object under `prefix` lands in out_dir; None for one that would land outside it (a key is
-    input too: the instance chose it)."""
-    rel = key[len(prefix):]
-    dest = (out_dir / rel).resolve()
-    return dest if rel and out_dir.resolve() in dest.parents else None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .. import inbound
 from . import aws_requests as req
 
 
@@ -47,19 +48,27 @@ class ResultsBucket:
                 ExpiresIn=expires_s)) for rel in rels]
 
     def download_results(self, run_id: str, out_dir: Path) -> int:
-        """The run's files from S3 into out_dir (each replaced whole, atomically); returns how many."""
-        bucket, prefix, got = self._bucket(), req.out_prefix(run_id), 0
+        """The run's files from S3 into out_dir, each through the boundary (runner/inbound.py: its name, its
+        size, its shape; its body streamed, never read whole); returns how many were taken. What was not taken
+        is said in out_dir/untrusted.log."""
+        bucket, prefix, got, refused = self._bucket(), req.out_prefix(run_id), 0, []
         for o in self.objects(bucket, prefix):
-            dest = req.download_path(out_dir, prefix, o["Key"])
-            if dest is None:
+            rel = o["Key"][len(prefix):]
+            if not inbound.name_taken(rel):
+                refused.append(f"s3://{bucket}/{o['Key'][:200]}: a name that is not taken")
                 continue
             body = self._call(self.s3, "get_object", f"reading s3://{bucket}/{o['Key']}", Bucket=bucket,
-                              Key=o["Key"])["Body"].read()
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".part")
-            tmp.write_bytes(body)
-            tmp.replace(dest)
-            got += 1
+                              Key=o["Key"])["Body"]
+            try:
+                why = inbound.take_object(rel, body.read, out_dir)
+            finally:
+                body.close()
+            got += not why or rel not in inbound.DOCS
+            if why:
+                refused.append(why)
+        if refused:
+            with open(out_dir / "untrusted.log", "a", encoding="utf-8") as f:
+                f.writelines(f"{line}\n" for line in refused)
         return got
 
     def objects(self, bucket: str, prefix: str) -> list[dict]:

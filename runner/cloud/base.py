@@ -97,7 +97,11 @@ class Capabilities:
     this_machine: bool = False        # the instance is this machine: no SSH, no bootstrap, files used in place,
                                       # times estimated on this CPU, any offer's price simulated
     rented: bool = False              # the machine exists before the run (launch opens a meter): a host never
-                                      # reached ran nothing of ours and bills this run nothing
+                                      # reached ran nothing of ours and bills this run nothing; nor does a launch
+                                      # whose answer was lost (it made nothing)
+    finds_ended_s: float = 0.0        # how long after it ended `find` still finds an instance by its run tag
+                                      # (EC2 lists terminated ones about an hour; a directory stays): within it, a
+                                      # launch not found made nothing; past it, one not found may have run
     spot_market: bool = False         # spot capacity: a ceiling price, the market price at launch, reclaims
     notice_url: str | None = None     # where a spot instance's watchdog hears the cloud's interruption notice
     self_shutdown: bool = True        # the watchdog's power-off ends billing (EC2: terminate on shutdown)
@@ -176,6 +180,11 @@ class Provider(Protocol):
     def list_managed(self) -> list[InstanceInfo]:
         """Every live instance this tool launched (tags / run directories)."""
 
+    def find(self, run_id: str) -> list[InstanceInfo]:
+        """Every instance of `run_id` the provider still knows (by tag), in any state - ended ones included, for
+        `caps.finds_ended_s` after they ended: a launch whose answer was lost is found and billed even after it
+        ended by itself. Does not block; raises ProviderError when the provider cannot be asked."""
+
     def preflight(self) -> None:
         """Fail before anything is spent when the provider cannot work (credentials, configuration)."""
 
@@ -226,6 +235,9 @@ class ProviderBase:
 
     def ended_at(self, provider_id: str) -> float | None:
         return None
+
+    def find(self, run_id: str) -> list[InstanceInfo]:  # live ones only: caps.finds_ended_s stays 0
+        return [i for i in self.list_managed() if i.tags.get(RUN_TAG) == run_id]
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ POWEROFF = OURS + 'ours worker.pid && kill -TERM -"$p" 2>/dev/null; touch POWERO
 class LocalProvider(ProviderBase):
     name = "local"
     # nothing boots (the directory is there at once); a terminate is SIGTERM, the worker's flush, SIGKILL
-    caps = Capabilities(ssh_wait_s=10.0, teardown_s=30.0, poweroff=POWEROFF, this_machine=True)
+    # (an instance's directory stays after it ended: `find` finds it for ever)
+    caps = Capabilities(ssh_wait_s=10.0, teardown_s=30.0, poweroff=POWEROFF, this_machine=True,
+                        finds_ended_s=float("inf"))
 
     def __init__(self, home: Path, clock: Clock = SYSTEM, price_cny_h: Decimal | None = None):
         self.base = Path(home) / "instances"
@@ -83,6 +85,26 @@ class LocalProvider(ProviderBase):
             _kill_group(d / name, signal.SIGKILL)
         (d / "TERMINATED").write_text(f"{self.clock.now():.3f}\n")
         return self.clock.now()
+
+    def find(self, run_id: str) -> list[InstanceInfo]:
+        """The run's instance in any state (its directory), ended ones included."""
+        d = self.base / run_id
+        if not d.is_dir():
+            return []
+        info = self.status(f"local-{run_id}")
+        return [replace(info, launched_at=d.stat().st_mtime, tags={RUN_TAG: run_id, MANAGED_TAG: "true"})]
+
+    def ended_at(self, provider_id: str) -> float | None:
+        """When it stopped running: its watchdog's power-off (POWEROFF's time), else the terminate's."""
+        d = self._dir(provider_id)
+        try:
+            return (d / "POWEROFF").stat().st_mtime
+        except OSError:
+            pass
+        try:
+            return float((d / "TERMINATED").read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def list_managed(self) -> list[InstanceInfo]:
         if not self.base.exists():

@@ -11,7 +11,7 @@ from planner.errors import GpuBudgetError, InputError
 
 from ..clock import SYSTEM, Clock
 from ..config import Config
-from .base import RUN_TAG, Provider
+from .base import RUN_TAG, InstanceInfo, Provider
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,18 @@ def placements(cfg: Config, home: Path, used: dict[str, set[str]],
                 yield label, name, e
 
 
+def lost_launch(provider: Provider, run_id: str, known: set[str]) -> InstanceInfo | None:
+    """The run's instance that no ledger row holds (`known`: the provider ids it does hold) - a launch whose
+    answer was lost - found by its run tag in any state, ended ones included: a live one first, else the last
+    launched. None when the provider has none; a provider that cannot be asked raises (nothing is decided)."""
+    found = [i for i in provider.find(run_id) if i.provider_id not in known]
+    found.sort(key=lambda i: (i.state in ("pending", "running"), i.launched_at or 0.0))
+    return found[-1] if found else None
+
+
 def find_by_run(provider: Provider, run_id: str) -> list[str]:
-    """Live instances the provider holds for `run_id` (by tag), for launches whose answer was lost."""
+    """Live instances the provider holds for `run_id` (by tag): one to resume, or to stop without a ledger (a
+    teardown looks in every state: `lost_launch`)."""
     try:
         return [i.provider_id for i in provider.list_managed() if i.tags.get(RUN_TAG) == run_id]
     except GpuBudgetError:

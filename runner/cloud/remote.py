@@ -3,9 +3,9 @@ implementations - `SshSession` (paramiko: key auth, pinned host key, SFTP) and `
 `local` provider: a directory and subprocesses on this machine). Paths are relative to the session's
 run directory on the instance. paramiko exceptions are translated here into RemoteError.
 
-`fetch()` copies the worker's output back incrementally: result files and logs by appending the bytes
-past what we already hold (whole lines only: a line the worker is still writing waits for the next
-fetch), status.json and summary.json whole."""
+What a session reads from the instance is believed only after runner/inbound.py took it (the one
+boundary: names, size caps, shapes - `inbound.fetch` brings the worker's output back through it); the
+output of a started command is kept to its last PROC_KEEP bytes here."""
 
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import NotReadyError, RemoteError
+from ..errors import NotReadyError, RefusedError, RemoteError
 from ..units import duration
 from .base import Endpoint, Proc
 
+PROC_KEEP = 64 << 10  # what is kept of a started command's output
 HINT_UNREACHABLE = ("check that the instance is up, that its port is open to this machine, and the key "
                     "(BUDGET_SSH_ADDRESS=host:port overrides the address, e.g. through a bastion)")
-FETCH_WHOLE = ("status.json", "summary.json")
-FETCH_APPEND = ("worker.log", "worker.stderr.log")
 
 
 class LocalSession:
@@ -49,7 +48,11 @@ class LocalSession:
             if rc is not None and not f.closed:
                 f.close()
             return rc
-        return Proc(poll, lambda: log.read_text(errors="replace"))
+        def output():
+            with open(log, "rb") as fh:
+                fh.seek(max(0, log.stat().st_size - PROC_KEEP))
+                return fh.read(PROC_KEEP).decode(errors="replace")
+        return Proc(poll, output)
 
     def put_file(self, local: Path, rel: str, mode: int | None = None) -> None:
         dest = self.root / rel
@@ -89,6 +92,15 @@ class LocalSession:
 
     def close(self) -> None:
         pass
+
+
+def _refused(e: BaseException) -> bool:
+    """Whether a connect failed because every address refused it (paramiko's NoValidConnectionsError holds one
+    error per address)."""
+    errors = getattr(e, "errors", None)
+    if isinstance(errors, dict) and errors:
+        return all(isinstance(x, ConnectionRefusedError) for x in errors.values())
+    return isinstance(e, ConnectionRefusedError)
 
 
 def _remote_path(path: str) -> str:
@@ -141,11 +153,13 @@ class SshSession:
         except (TimeoutError, OSError, EOFError) as e:
             client.close()
             why = getattr(e, "strerror", None) or str(e) or e.__class__.__name__
+            if _refused(e):
+                raise RefusedError(f"{where}: connection refused", HINT_UNREACHABLE) from None
             raise NotReadyError(f"{where}: {why}", HINT_UNREACHABLE) from None
         try:
             _, out, _ = client.exec_command(f"mkdir -p {_remote_path(root)} && cd {_remote_path(root)} && pwd",
                                             timeout=60)
-            resolved = out.read().decode().strip()
+            resolved = out.read(4096).decode(errors="replace").strip()
         except (OSError, paramiko.SSHException) as e:
             client.close()
             raise RemoteError(f"{where}: cannot create {root} ({e})", "check the disk and permissions") from None
@@ -190,9 +204,10 @@ class SshSession:
             raise self._err(f"starting {cmd.split()[0]}", e) from None
         buf = bytearray()
 
-        def drain():
+        def drain():  # what is kept of a command's output is its last 64 KiB (the instance writes it)
             while chan.recv_ready():
                 buf.extend(chan.recv(65536))
+                del buf[:-PROC_KEEP]
 
         def poll():
             try:
@@ -279,32 +294,3 @@ def push_tree(session, local: Path, rel: str, skip: tuple[str, ...] = ("__pycach
             session.put_file(path, f"{rel}/{path.relative_to(local).as_posix()}")
             sent += path.stat().st_size
     return sent
-
-
-def fetch(session, out_rel: str, local_out: Path) -> int:
-    """Bring the worker's output directory up to date locally; returns new bytes fetched."""
-    local_out.mkdir(parents=True, exist_ok=True)
-    (local_out / "results").mkdir(exist_ok=True)
-    got = 0
-    appends = [*FETCH_APPEND, *(f"results/{n}" for n in session.listdir(f"{out_rel}/results") if n.endswith(".jsonl"))]
-    for name in appends:
-        dest = local_out / name
-        have = dest.stat().st_size if dest.exists() else 0
-        size = session.size(f"{out_rel}/{name}")
-        if size is None or size <= have:
-            continue
-        data = session.read(f"{out_rel}/{name}", have, size - have) or b""
-        if name.endswith(".jsonl"):
-            data = data[: data.rfind(b"\n") + 1]  # whole lines only
-        if data:
-            with open(dest, "ab") as f:
-                f.write(data)
-            got += len(data)
-    for name in FETCH_WHOLE:
-        data = session.read(f"{out_rel}/{name}")
-        if data:
-            tmp = local_out / (name + ".part")
-            tmp.write_bytes(data)
-            tmp.replace(local_out / name)
-            got += len(data)
-    return got

@@ -39,8 +39,16 @@ class Meter:
     lease_until: float
     ended: float | None = None
 
+    @property
+    def void(self) -> bool:
+        """A launch that made nothing (the ledger settles it with its end and its lease at its start): it bills
+        nothing - not even the minimum - and commits nothing once it ended."""
+        return self.ended is not None and self.ended <= self.started and self.lease_until <= self.started
+
     def billed(self, t: float) -> int:
         """Seconds billed if billing ends at `t` (or at its end, if that is earlier)."""
+        if self.void:
+            return 0
         end = t if self.ended is None else min(t, self.ended)
         return billed_seconds(max(0.0, end - self.started), self.increment_s, self.minimum_s)
 

@@ -13,6 +13,7 @@ the guard's admission check, so concurrent runs on one pool cannot both spend th
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +26,12 @@ from ..errors import LedgerError
 from ..units import iso, money
 from .guard import Decision, Meter, Policy, check
 from .journal import Journal
-from .migrations import MIGRATIONS
+from .migrations import MIGRATIONS, NotALedger, connect, create, settings, upgrade, validate, why  # noqa: F401
 
 LIVE = ("intent", "launching", "running", "stopping")  # an instance's states while it may bill
 FINAL = ("done", "stopped", "failed")  # a run's states once it has ended
+# what a damaged ledger's refusal says to do, in every command (runner/money/recovery.py has the same words)
+HINT = "`budget ledger check` shows what is on disk; `budget ledger rebuild` restores the ledger from the run directories"
 
 
 @dataclass(frozen=True)
@@ -65,37 +68,38 @@ class Instance:
 
 
 class Ledger:
+    """The ledger at `path`. A new one is made aside and put in place whole (migrations.create), so a ledger.db
+    that exists is always one that was finished: one that fails migrations.validate is damage - refused with
+    LedgerError naming the file and pointing at `budget ledger check` / `rebuild` - never read as fresh."""
+
     def __init__(self, path: Path, clock: Clock = SYSTEM):
         self.path = Path(path)
         self.clock = clock  # stamps events and journal lines written without a time of their own
+        self.db = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed launch intent or spend row survives a power failure (NORMAL may lose the last ones)
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.execute("PRAGMA busy_timeout=30000")
+            if str(path) == ":memory:":  # a throwaway ledger (tests): no file to make or to validate
+                self.db = connect(":memory:")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if not os.path.lexists(self.path):
+                    create(self.path)
+                # mode=rw: a ledger.db gone since the check above is an error here, never a new empty file
+                self.db = connect(Path(os.path.abspath(self.path)).as_uri() + "?mode=rw", uri=True)
+                validate(self.path, self.db)  # before anything is written into it
+            settings(self.db)
             self.journal = Journal(self.db, clock)
             self._migrate()
-            self.db.execute("SELECT count(*) FROM runs").fetchone()  # every table page of runs is readable
-        except (sqlite3.DatabaseError, OSError) as e:
-            if getattr(self, "db", None) is not None:
+        except (sqlite3.DatabaseError, OSError, NotALedger) as e:
+            if self.db is not None:
                 self.db.close()
-            raise LedgerError(f"{self.path}: the spend ledger cannot be opened ({e})",
-                              "it is the record of your spend: copy it aside and inspect it with `sqlite3 "
-                              f"{self.path} 'PRAGMA integrity_check'`, or point BUDGET_HOME at another folder") from None
+            raise LedgerError(f"{self.path}: the spend ledger cannot be opened ({why(self.path, e)})", HINT) from None
 
     def close(self) -> None:
         self.db.close()
 
     def _migrate(self) -> None:
         with self.transaction():
-            have = self.db.execute("PRAGMA user_version").fetchone()[0]
-            for n, step in enumerate(MIGRATIONS[have:], start=have + 1):
-                step(self.db)
-                self.db.execute(f"PRAGMA user_version = {n}")
+            upgrade(self.db)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

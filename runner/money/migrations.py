@@ -1,10 +1,17 @@
-"""The ledger's schema, as numbered migrations (simonw/llm's way): each a small function appended to
+"""The ledger's file: its schema, as numbered migrations (simonw/llm's way): each a small function appended to
 MIGRATIONS, never edited once released; PRAGMA user_version counts those applied. A migration runs inside the
-opening transaction, so a ledger is either wholly at the new version or untouched."""
+opening transaction, so a ledger is either wholly at the new version or untouched.
+
+And what makes a file a ledger: a new one is made whole aside and linked into place (`create`), so a
+ledger.db that exists is always one that was finished; `validate` refuses anything else (a garbled page, a
+truncated file, another program's database) before a byte is written to it - a damaged ledger is never
+read, or migrated, as a fresh one."""
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sqlite3
 from collections.abc import Callable
 from decimal import Decimal
@@ -118,3 +125,95 @@ def _m7(db: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3, _m4, _m5, _m6, _m7]
+
+
+TABLES = frozenset({"pools", "runs", "instances", "events", "spend"})  # a file without them is not a ledger
+
+
+class NotALedger(Exception):
+    """A readable SQLite file that is not a whole ledger (empty, another program's, half made)."""
+
+
+def connect(target: str, uri: bool = False) -> sqlite3.Connection:
+    """A connection as the ledger uses it: autocommit (transactions are explicit), rows by column name."""
+    db = sqlite3.connect(target, timeout=30, isolation_level=None, check_same_thread=False, uri=uri)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def settings(db: sqlite3.Connection) -> None:
+    """The connection's settings; run only on a file that passed `validate` (journal_mode writes its header)."""
+    db.execute("PRAGMA journal_mode=WAL")  # stored in the file: every later connection is in WAL mode too
+    # FULL: a committed launch intent or spend row survives a power failure (NORMAL may lose the last ones)
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("PRAGMA busy_timeout=30000")
+
+
+def upgrade(db: sqlite3.Connection) -> None:
+    """The migrations this ledger lacks (inside the caller's transaction)."""
+    have = db.execute("PRAGMA user_version").fetchone()[0]
+    for n, step in enumerate(MIGRATIONS[have:], start=have + 1):
+        step(db)
+        db.execute(f"PRAGMA user_version = {n}")
+
+
+def create(path: Path) -> None:
+    """A new ledger, made whole in a file of its own and linked into place: nobody ever opens a half-made
+    ledger.db (a process killed while making one leaves nothing). Under a lock on its folder, so of two
+    processes making one at once the second finds the first's. A -wal/-shm left by a deleted ledger is moved
+    aside (kept): SQLite would replay its old pages onto the new file."""
+    import fcntl
+    import time
+
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if os.path.lexists(path):
+            return  # another process made it while this one waited
+        db = connect(str(tmp))
+        try:
+            settings(db)
+            db.execute("BEGIN IMMEDIATE")
+            upgrade(db)
+            db.execute("COMMIT")
+        finally:
+            db.close()  # the last connection: its WAL is checkpointed into the file
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        for suffix in ("-wal", "-shm"):
+            if os.path.lexists(f"{path}{suffix}"):
+                os.replace(f"{path}{suffix}", f"{path}{suffix}.orphaned-{stamp}")
+        try:
+            os.link(tmp, path)
+        except OSError:  # a filesystem without hard links (the lock keeps the rename from replacing a ledger)
+            os.replace(tmp, path)
+    finally:
+        os.close(folder)  # releases the lock
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+
+
+def validate(path: Path, db: sqlite3.Connection) -> None:
+    """Refuse what is not a whole ledger: SQLite's own quick check of every page (a garbled page anywhere,
+    not only in `runs`), a schema version and the ledger's tables (a valid database of another program, or an
+    empty one, is not ours to migrate). Reads only: nothing is written to a file that fails."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise NotALedger("it is 0 bytes: it holds no runs, no pools and no spend - was it truncated?")
+    verdict = [str(r[0]) for r in db.execute("PRAGMA quick_check(3)")]
+    if verdict != ["ok"]:
+        raise NotALedger("SQLite's quick check: " + "; ".join(" ".join(v.split()) for v in verdict)[:200])
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    missing = TABLES - {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if version == 0 or missing:
+        raise NotALedger("it is an SQLite database but not a spend ledger: " +
+                         (f"no table {', '.join(sorted(missing))}" if missing else "no schema version"))
+
+
+def why(path: Path, e: BaseException) -> str:
+    """What is wrong with the file at `path`, in one line, from the error opening it raised."""
+    if path.is_dir():
+        return "it is a directory, not a file"
+    if isinstance(e, sqlite3.OperationalError) and path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return "this user cannot read and write it"
+    return " ".join(str(e).split()) or e.__class__.__name__

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from planner import names
 from planner.errors import InputError
+from planner.money import display
 
 from .guard import Policy, committed
 from .ledger import Ledger
@@ -58,7 +59,7 @@ def run_cap(led: Ledger, pool: str, yuan: Decimal | None, plan_budget: Decimal |
             raise InputError("no budget given", "pass --yuan AMOUNT (CNY) or set budget_yuan in the plan")
         cap = pool_cap
     elif pool_cap is not None and cap > pool_cap:
-        raise InputError(f"{source} is above the cap of pool {pool!r} ({pool_cap} CNY, {spent} CNY spent): the run "
+        raise InputError(f"{source} is above the cap of pool {pool!r} ({display(pool_cap)} CNY, {display(spent)} CNY spent): the run "
                          f"would be stopped at the pool's cap, not at {cap} CNY",
                          f"raise the pool's cap with `budget pool set-cap {pool} {cap}`, pass --yuan {pool_cap} or "
                          "less, or draw on another pool with --pool NAME")

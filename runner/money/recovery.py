@@ -13,6 +13,7 @@ alone is a run's teardown (runner/run/teardown.py `without_ledger`); it journals
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -20,8 +21,6 @@ from pathlib import Path
 
 from .journal import JOURNAL
 from .ledger import FINAL, LIVE, Ledger
-
-HINT = "`budget ledger check` shows what is on disk; `budget ledger rebuild` restores the ledger from the run directories"
 
 
 def run_dirs(home: Path) -> list[Path]:
@@ -98,17 +97,17 @@ def check(home: Path) -> dict:
 
 
 def rebuild(home: Path, now: float | None = None) -> dict:
-    """Move ledger.db aside (kept, never deleted) and replay every run directory into a new one."""
+    """Replay every run directory into a new ledger, then move ledger.db aside (kept, never deleted or
+    overwritten) and put the new one in its place - so a rebuild that dies half way leaves the old ledger where
+    it was. The replay writes nothing to the run directories: what it replays is there already (journaled again
+    under new instance ids, it would be merged into other instances by the next rebuild)."""
     now = time.time() if now is None else now
     home = Path(home)
     path = home / "ledger.db"
-    aside = None
-    if path.exists():
-        aside = path.with_name(f"ledger.db.broken-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}")
-        for suffix in ("", "-wal", "-shm"):
-            if Path(str(path) + suffix).exists():
-                shutil.move(str(path) + suffix, str(aside) + suffix)
-    led = Ledger(path)
+    new = home / "ledger.db.rebuilding"
+    _remove(new)  # a rebuild that died before
+    led = Ledger(new)
+    led.journal = _Replayed()
     runs = instances = 0
     try:
         for d in run_dirs(home):
@@ -124,16 +123,45 @@ def rebuild(home: Path, now: float | None = None) -> dict:
                 led.create_run(**row)
                 runs += 1
             for inst in sorted(facts["instances"].values(), key=lambda i: i["id"]):
-                _restore_instance(led, run["id"], inst, now)
-                instances += 1
+                if _restore_instance(led, run["id"], inst, now):
+                    instances += 1
             state = run.get("state", "created")
+            reason = run.get("reason") or ""
             if state not in FINAL and not led.instances(run_id=run["id"], live=True):
-                state = "failed"  # its controller is gone and so is its instance
-            led.update_run(run["id"], state=state, phase=state, reason=run.get("reason") or "rebuilt",
-                           finished_at=run.get("finished_at"))
-    finally:
+                state, reason = "failed", "rebuilt: its controller and its instances are gone"
+            led.update_run(run["id"], state=state, phase=state, reason=reason, finished_at=run.get("finished_at"))
+        led.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except BaseException:
         led.close()
+        _remove(new)
+        raise
+    led.close()
+    aside = None
+    if path.exists():
+        stamp = time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))
+        aside = path.with_name(f"ledger.db.broken-{stamp}")
+        n = 1
+        while any(Path(str(aside) + x).exists() for x in ("", "-wal", "-shm")):
+            n += 1
+            aside = path.with_name(f"ledger.db.broken-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            if Path(str(path) + suffix).exists():
+                shutil.move(str(path) + suffix, str(aside) + suffix)
+    os.replace(new, path)
+    _remove(new)
     return {"ledger": str(path), "moved_aside": str(aside) if aside else None, "runs": runs, "instances": instances}
+
+
+class _Replayed:
+    """The journal of a ledger being rebuilt: it writes nothing (the facts come from the journals)."""
+
+    def append(self, run_id: str, record: dict) -> None:
+        return None
+
+
+def _remove(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
 
 
 _RUN_COLUMNS = ("id", "pool", "plan", "plan_path", "provider", "offer", "quantization", "spot", "cap_cny",
@@ -150,12 +178,18 @@ def _dec(x):
     return Decimal(str(x))
 
 
-def _restore_instance(led: Ledger, run_id: str, inst: dict, now: float) -> None:
-    """One instance back into the ledger, its spend re-derived under its billing rule: to its recorded end;
-    with none recorded, to its lease + teardown (its watchdog's bound) - left live, so the guard still
-    counts it until `budget stop` settles it against the provider's real state."""
+def _restore_instance(led: Ledger, run_id: str, inst: dict, now: float) -> bool:
+    """One instance back into the ledger under its own id, its spend re-derived under its billing rule: to its
+    recorded end; with none recorded, to its lease + teardown (its watchdog's bound) - left live, so the guard
+    still counts it until `budget stop` settles it against the provider's real state. A record with no intent
+    (a fragment an older rebuild journaled under another id) is skipped: False."""
+    if any(inst.get(k) is None for k in ("pool", "price_cny_h", "started_at", "lease_until")):
+        return False
     row = {k: inst.get(k) for k in _INSTANCE_COLUMNS}
     row["run_id"] = run_id
+    if isinstance(inst.get("id"), int) and led.db.execute("SELECT 1 FROM instances WHERE id=?",
+                                                          (inst["id"],)).fetchone() is None:
+        row["id"] = inst["id"]  # later facts (a stop's settlement) are journaled under the id the journal knows
     ended = row.pop("ended_at")
     state = row.get("state") or "intent"
     cols = ", ".join(row)
@@ -163,5 +197,6 @@ def _restore_instance(led: Ledger, run_id: str, inst: dict, now: float) -> None:
     iid = cur.lastrowid
     if ended is not None or state not in LIVE:
         led.settle(iid, ended if ended is not None else None, state if state not in LIVE else "terminated")
-        return
+        return True
     led._accrue(led.instance(iid), min(now, float(row["lease_until"])))
+    return True

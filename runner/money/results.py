@@ -5,16 +5,53 @@ connection."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
+from .. import inbound
 from .ledger import Ledger
 
 
-def record_tasks(led: Ledger, run_id: str, summary: dict) -> None:
+def summarize(out: Path, job: dict) -> dict[str, dict]:
+    """Each task's summary, computed here from the result lines held in `out` (valid lines of the job's tasks,
+    the last line of each sample id, at most the samples the task asks for) with the worker's own summarize -
+    never the instance's summary.json: its counts are kept beside as `reported_by_instance`, and a task it
+    says it skipped says so. A task with no line held and no word from the instance has no summary."""
+    from ..worker.tasks import KINDS, base, most_lines
+
+    reported = inbound.summary(out).tasks or inbound.status(out).tasks
+    done = {}
+    for spec in job.get("tasks") or []:
+        name, kind = spec["name"], spec["kind"]
+        by_id = {x["id"]: x for x in inbound.lines(Path(out) / "results" / f"{name}.jsonl", name)}
+        cap = most_lines(spec, job.get("limit"))
+        lines = list(by_id.values())[:cap]
+        try:
+            s = KINDS[kind].summarize(SimpleNamespace(**spec), lines)
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as e:  # lines of the right shape
+            s = {**base.counts(lines), "note": f"the lines held could not be scored ({e.__class__.__name__})"}
+        said = reported.get(name)
+        if not lines and said is None:
+            continue
+        if said is not None:
+            s["reported_by_instance"] = {"done": said.done, "ok": said.ok, "total": said.total}
+            if said.skipped and not lines:
+                s["skipped"] = said.skipped
+        done[name] = {"kind": kind, "total": cap, **s}
+    return done
+
+
+def record_tasks(led: Ledger, run_id: str, out: Path, job: dict) -> None:
+    """The run's task summaries into the ledger (what reports and the cost of quality read), by summarize()."""
+    save_tasks(led, run_id, summarize(out, job))
+
+
+def save_tasks(led: Ledger, run_id: str, tasks: dict[str, dict]) -> None:
     with led.transaction():
-        for name, t in (summary.get("tasks") or {}).items():
+        for name, t in tasks.items():
             led.db.execute("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?)",
-                           (run_id, name, t.get("kind", ""), int(t.get("done") or 0), int(t.get("ok") or 0),
-                            json.dumps(t, ensure_ascii=False)))
+                           (run_id, name, t["kind"], int(t.get("done") or 0), int(t.get("ok") or 0),
+                            json.dumps(t, ensure_ascii=False, default=str)))
 
 
 def tasks(led: Ledger, run_id: str) -> list[dict]:

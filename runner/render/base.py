@@ -13,6 +13,7 @@ import sys
 
 from rich import box
 from rich.console import Console
+from rich.padding import Padding
 from rich.progress import ProgressColumn
 from rich.table import Table as _Table
 from rich.text import Text
@@ -41,6 +42,45 @@ def styled(*parts) -> Text:
 
 def Table(**kw) -> _Table:
     return _Table(box=box.SIMPLE_HEAD, pad_edge=False, **kw)
+
+
+def add_columns(t: _Table, names, *, whole=(), right=()) -> None:
+    """Columns for `names`: those in `whole` (ids, money) are never wrapped (see show); those in `right` are
+    right-aligned."""
+    for name in names:
+        t.add_column(name, justify="right" if name in right else "left", no_wrap=name in whole)
+
+
+def show(con: Console, t: _Table) -> None:
+    """Print table `t` on `con` when it fits without breaking a word - ids and amounts stay whole; on a
+    narrower terminal (80 columns) each row is a block instead: its first cell on a line of its own, then
+    every other column as `header value`, wrapped between them."""
+    if _least_width(t) <= con.width:
+        con.print(t)
+        return
+    if t.title:
+        con.print(styled((str(t.title), "italic")))
+    cells = [[_plain(c) for c in col._cells] for col in t.columns]
+    headers = [_plain(col.header) for col in t.columns]
+    for row in zip(*cells):
+        con.print(styled((row[0], "bold")))
+        con.print(Padding(", ".join(f"{h} {v}" for h, v in zip(headers[1:], row[1:]) if v), (0, 0, 0, 2)))
+
+
+def _least_width(t: _Table) -> int:
+    """The narrowest `t` prints without breaking a word: each column as wide as its longest word (its
+    longest cell where it does not wrap), plus padding and rules."""
+    need = t._extra_width
+    for i, col in enumerate(t.columns):
+        texts = [_plain(col.header), *(_plain(c) for c in col._cells)]
+        longest = (max(map(len, line.split(" ")), default=0) for x in texts for line in x.splitlines() or [""]) \
+            if not col.no_wrap else (len(line) for x in texts for line in x.splitlines() or [""])
+        need += max(longest, default=0) + t._get_padding_width(i)
+    return need
+
+
+def _plain(cell) -> str:
+    return cell.plain if isinstance(cell, Text) else str(cell)
 
 
 def json_doc(model) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..units import iso, money
 from . import base
-from .base import Table, styled
+from .base import Table, add_columns, show, styled
 
 
 def pools_table(rows: list[dict]) -> None:
@@ -12,12 +12,12 @@ def pools_table(rows: list[dict]) -> None:
         base.err.print("no pools yet; `budget pool create NAME --yuan AMOUNT`, or the first `budget run` makes one")
         return
     t = Table(title="Budget pools (CNY)", title_justify="left")
-    for col in ("pool", "cap", "spent", "committed", "left", "runs", "active"):
-        t.add_column(col, justify="left" if col == "pool" else "right")
+    cols = ("pool", "cap", "spent", "committed", "left", "runs", "active")
+    add_columns(t, cols, whole=cols[:5], right=cols[1:])
     for r in rows:
         t.add_row(r["name"], money(r["cap_cny"]), money(r["spent_cny"]), money(r["committed_cny"]), money(r["left_cny"]),
                   str(r["runs"]), str(r["active_runs"]))
-    base.out.print(t)
+    show(base.out, t)
     base.out.print("committed = spent + what live instances may still bill up to their leases; left = cap - committed")
 
 
@@ -37,11 +37,11 @@ def pool_detail(d: dict) -> None:
     for e in d["cap_history"]:
         change = "created" if e["kind"] == "created" else f"{money(e['old_cap_cny'])} ->"
         t.add_row(iso(e["at"]), change, money(e["new_cap_cny"]), e["detail"])
-    out.print(t)
+    show(out, t)
     if d["run_list"]:
         t = Table(title="Runs (newest first)", title_justify="left")
-        for col in ("run", "state", "spent CNY", "cap CNY", "started"):
-            t.add_column(col, justify="right" if "CNY" in col else "left")
+        add_columns(t, ("run", "state", "spent CNY", "cap CNY", "started"), whole=("run", "spent CNY", "cap CNY"),
+                    right=("spent CNY", "cap CNY"))
         for r in d["run_list"]:
             t.add_row(r["id"], r["state"], money(r["spent_cny"]), money(r["cap_cny"]), iso(r["created_at"]))
-        out.print(t)
+        show(out, t)

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..units import duration, money
 from . import base
-from .base import Table, styled
+from .base import Table, add_columns, show, styled
 
 
 def report(doc: dict, to_string: bool = False) -> str | None:
@@ -31,8 +31,8 @@ def _statement(con: Console, d: dict) -> None:
     runway = f"{duration(float(d['runway_h']) * 3600)} at {d['runway_basis']}" if d["runway_h"] else d["runway_basis"]
     for label, value in (("cap", f"{d['cap_cny']} CNY"), ("opening balance", f"{d['opening_balance_cny']} CNY"),
                          ("spent in period", f"{d['spent_cny']} CNY"), ("remaining", f"{d['remaining_cny']} CNY"),
-                         ("burn", f"{burn['average_cny_per_day'] or '-'} CNY/day on average, {burn['current_cny_per_h']}"
-                                  f" CNY/h now ({burn['live_instances']} live instance(s))"),
+                         ("burn", (f"{burn['average_cny_per_day'] or '-'} CNY/day on average, "
+                                   f"{burn['current_cny_per_h']} CNY/h now ({burn['live_instances']} live instance(s))")),
                          ("runway", runway)):
         con.print(f"  {label:<16} {value}")
     if len(d["subtotals"]) > 1:
@@ -41,15 +41,15 @@ def _statement(con: Console, d: dict) -> None:
         con.print(f"  cap change       {e['at']} {e['pool']}: {e['old_cap_cny'] or '-'} -> {e['new_cap_cny']} CNY")
     if "groups" in d:
         t = Table(title=f"By {d['by']}", title_justify="left")
-        for col in (d["by"], "billed", "amount (CNY)", "share"):
-            t.add_column(col, justify="left" if col == d["by"] else "right")
+        add_columns(t, (d["by"], "billed", "amount (CNY)", "share"), whole=(d["by"], "amount (CNY)"),
+                    right=("billed", "amount (CNY)", "share"))
         for g in d["groups"]:
             t.add_row(g["key"], duration(float(g["billed_s"])), g["amount_cny"], f"{g['share_pct']}%")
         t.add_row(styled(("total", "bold")), "", styled((d["spent_cny"], "bold")), "")
     else:
         t = Table(title="Charges", title_justify="left")
-        for col in ("run", "provider", "instance", "GPU", "rate at launch", "billed", "amount (CNY)", "status"):
-            t.add_column(col, justify="right" if col in ("billed", "amount (CNY)") else "left")
+        add_columns(t, ("run", "provider", "instance", "GPU", "rate at launch", "billed", "amount (CNY)", "status"),
+                    whole=("run", "amount (CNY)"), right=("billed", "amount (CNY)"))
         for c in d["charges"]:
             rate = "-" if c["rate_cny_h"] is None else (
                 f"{money(c['rate_cny_h'])} CNY/h" + ("" if c["currency"] == "CNY" else
@@ -60,16 +60,16 @@ def _statement(con: Console, d: dict) -> None:
             t.add_row(c["run"], f"{c['provider']} {c['region']}".strip(), f"{c['instance_type'] or '-'} {kind}", gpu,
                       rate, duration(float(c["billed_s"])), c["amount_cny"], status)
         t.add_row(styled(("total", "bold")), "", "", "", "", "", styled((d["spent_cny"], "bold")), "")
-    con.print(t)
+    show(con, t)
     v = d["variance"]
     if v["runs"]:
         t = Table(title="Against the plan's estimate", title_justify="left")
-        for col in ("run", "state", "estimate (CNY)", "actual (CNY)", "variance (CNY)", "variance"):
-            t.add_column(col, justify="left" if col in ("run", "state") else "right")
+        cols = ("run", "state", "estimate (CNY)", "actual (CNY)", "variance (CNY)", "variance")
+        add_columns(t, cols, whole=(cols[0], *cols[2:5]), right=cols[2:])
         for r in v["runs"]:
             t.add_row(r["run"], r["state"], r["estimate_cny"] or "-", r["actual_cny"], r["variance_cny"] or "-",
                       f"{r['variance_pct']}%" if r["variance_pct"] else "-")
-        con.print(t)
+        show(con, t)
         con.print(f"finished runs: {v['finished_actual_cny']} CNY spent against {v['finished_estimate_cny']} CNY "
                   f"estimated ({v['finished_variance_cny']} CNY, {v['finished_variance_pct'] or '-'}%)")
 
@@ -86,7 +86,7 @@ def _quality(con: Console, d: dict) -> None:
                   f"{r['peak_memory_gib']} GiB" if r["peak_memory_gib"] else "-",
                   f"{float(r['agreement_16bit']) * 100:.0f}% of {r['agreement_samples']}" if r["agreement_16bit"] else "-",
                   r["cost_cny"])
-    con.print(t)
+    show(con, t)
     for v in d["verdicts"]:
         con.print(styled(("  " + v, "bold")))
     con.print(f"runs: {', '.join(r['run'] + ' (' + r['quant'] + ', ' + r['spent_cny'] + ' CNY)' for r in d['runs'])}")

@@ -7,7 +7,7 @@ import sys
 
 from ..units import duration, iso, money
 from . import base
-from .base import Bar, Clock, Table, billing, styled
+from .base import Bar, Clock, Table, add_columns, billing, show, styled
 
 
 def run_estimate(p) -> None:
@@ -79,8 +79,9 @@ def runs_table(rows: list[dict]) -> None:
         base.err.print("no runs yet; start one with `budget run PLAN`")
         return
     t = Table(title="Runs (newest first)")
-    for col in ("run", "state", "provider", "offer", "quant", "samples", "spent CNY", "cap CNY", "started"):
-        t.add_column(col, justify="right" if col in ("samples", "spent CNY", "cap CNY") else "left")
+    money_cols = ("spent CNY", "cap CNY")
+    add_columns(t, ("run", "state", "provider", "offer", "quant", "samples", *money_cols, "started"),
+                whole=("run", *money_cols), right=("samples", *money_cols))
     for r in rows:
         state = r["state"] + (f": {r['reason']}" if r.get("reason") and r["state"] == "stopped" else "")
         if r["state"] in ("created", "running") and not r["controller_alive"]:
@@ -88,7 +89,7 @@ def runs_table(rows: list[dict]) -> None:
         t.add_row(r["id"], state, r["provider"], r["offer"], r["quantization"],
                   f"{r['samples_done']}/{r['samples_total']}", money(r["spent_cny"]), money(r["cap_cny"]),
                   iso(r["created_at"]))
-    base.out.print(t)
+    show(base.out, t)
 
 
 def run_detail(d: dict) -> None:
@@ -111,14 +112,14 @@ def run_detail(d: dict) -> None:
         for i in d["instances"]:
             t.add_row(str(i["provider_id"] or "-"), i["state"], i["instance_type"], money(i["price_cny_h"]),
                       billing(i["increment_s"], i["minimum_s"]), iso(i["launched_at"]), iso(i["ended_at"]))
-        out.print(t)
+        show(out, t)
     if d["tasks"]:
         t = Table(title="Tasks")
         for col in ("task", "kind", "done", "ok"):
             t.add_column(col)
         for x in d["tasks"]:
             t.add_row(x["task"], x["kind"], str(x["samples"]), str(x["ok"]))
-        out.print(t)
+        show(out, t)
 
 
 def log_line(line: str) -> None:

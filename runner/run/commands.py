@@ -13,6 +13,7 @@ from planner.errors import InputError
 
 from .. import config as configmod
 from .. import home as homes
+from .. import inbound
 from ..clock import SYSTEM, Clock
 from ..cloud import registry
 from ..errors import LedgerError, RunError
@@ -137,11 +138,12 @@ def log_lines(home: Path, run_id: str, follow: bool, clock: Clock = SYSTEM):
         while True:
             for f in files:
                 if f.exists() and f.stat().st_size > offsets[f]:
-                    with open(f, encoding="utf-8", errors="replace") as fh:
+                    with open(f, encoding="utf-8", errors="replace", newline="") as fh:  # a \r is shown too
                         fh.seek(offsets[f])
                         chunk = fh.read()
                         offsets[f] = fh.tell()
-                    yield from (f"[{f.stem}] {line}" for line in chunk.splitlines())
+                    # the instance wrote worker.log (and errors quoted in controller.log): escaped, never raw
+                    yield from (f"[{f.stem}] {inbound.printable(line)}" for line in chunk.split("\n") if line)
             if not follow or led.run(run["id"])["state"] in FINAL:
                 return
             clock.sleep(1)
@@ -166,8 +168,12 @@ def stop(run_id: str, home: Path, wait_s: float = 300, clock: Clock = SYSTEM) ->
         if Path(run["dir"]).is_dir():
             Path(run["dir"], "STOP").touch()
         if not ended_before and homes.controller_alive(run) and run["controller_pid"] != os.getpid():
+            # wait on the run and on its controller's life: a controller that dies meanwhile is taken over at once
             end = clock.monotonic() + wait_s
-            while clock.monotonic() < end and led.run(run["id"])["state"] not in FINAL:
+            while clock.monotonic() < end and (now := led.run(run["id"]))["state"] not in FINAL:
+                if not homes.controller_alive(now):
+                    led.event(run["id"], "stop", "the controller died while stopping the run: taken over")
+                    break
                 clock.sleep(0.5)
             if led.run(run["id"])["state"] in FINAL and not led.instances(run_id=run["id"], live=True):
                 return led.run(run["id"])

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from planner.errors import GpuBudgetError
 
+from .. import inbound
 from ..clock import SYSTEM, Clock
 from ..errors import RunError
-from ..evaluate import read_json
 from ..money.ledger import Ledger
 from ..procs import proc_start
 from ..units import iso
@@ -32,7 +32,7 @@ from . import messages as ev
 from . import progress
 from .effects import Effects
 from .liveness import Watch, stale_after
-from .machine import Rules, State
+from .machine import REFUSED_S, Rules, State
 from .messages import Ending
 from .request import Request, ready_python
 
@@ -48,6 +48,7 @@ def kill_point(point: str) -> None:
 
 def rules_for(req: Request, provider) -> Rules:
     return Rules(policy=req.policy_obj, spot=req.spot, unattended=req.unattended, ssh_wait_s=req.ssh_wait_s,
+                 refused_s=REFUSED_S if provider.caps.rented else None,  # a cloud instance refuses while it boots
                  bootstrap_timeout_s=req.bootstrap_timeout_s,
                  bootstrap=ready_python(req, provider.caps) is None, offers=len(req.offers),
                  stale_s=stale_after(float(req.job.get("heartbeat_s", 10.0)), req.policy_obj.tick_s))
@@ -89,11 +90,11 @@ class Driver:
         done, total = progress.count(self.dir, self.req.run_id)
         if (done, total) != (run["samples_done"], run["samples_total"]):
             self.led.update_run(self.req.run_id, samples_done=done, samples_total=total)
-        status = read_json(self.dir / "out" / "status.json")
+        status = inbound.status(self.dir / "out")  # the instance's word: shown, never counted
         decision = self.effects.decision
         self.on_progress({
             "run": self.req.run_id, "phase": self.state.phase, "done": done, "total": total,
-            "task": status.get("task"), "eta_s": status.get("eta_s"),
+            "task": status.task, "eta_s": status.eta_s,
             "spent_cny": self.led.spent_run(self.req.run_id), "cap_cny": Decimal(run["cap_cny"]),
             "committed_cny": decision.committed_cny if decision else None,
         })

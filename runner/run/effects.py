@@ -14,8 +14,7 @@ from planner.errors import BudgetTooSmall, GpuBudgetError
 from ..clock import Clock
 from ..cloud import registry
 from ..cloud.base import GONE_STATES, LaunchSpec
-from ..errors import CapacityError, NotReadyError, QuotaError, RemoteError, RunError
-from ..evaluate import read_json
+from ..errors import CapacityError, NotReadyError, QuotaError, RefusedError, RemoteError, RunError, TransientError
 from ..money import results
 from ..money.guard import Policy
 from ..money.ledger import Ledger
@@ -89,7 +88,12 @@ class Effects:
         try:
             info = self.provider.launch(spec)
         except (CapacityError, QuotaError) as err:
+            self.led.settle(s.iid, None, "failed")  # the provider answered no: nothing was made
             return ev.LaunchRefused(error=err)
+        except GpuBudgetError as err:
+            if not isinstance(err, TransientError):  # an answer (or nothing asked): nothing was made. A transient
+                self.led.settle(s.iid, None, "failed")  # failure may hide a launch: the teardown looks for it
+            raise
         return ev.Launched(pid=info.provider_id, address=info.address, launched_at=info.launched_at)
 
     def note_launch(self, e: ev.NoteLaunch, s: State) -> None:
@@ -191,9 +195,7 @@ class Effects:
                                  fetch_lines=s.worker, reached=s.reached)
                 except GpuBudgetError as err:  # the instance may still run: say so, keep it live in the ledger
                     stuck = err
-            summary = read_json(self.dir / "out" / "summary.json")
-            if summary:
-                results.record_tasks(self.led, self.req.run_id, summary)
+            results.record_tasks(self.led, self.req.run_id, self.dir / "out", self.req.job)
         finally:
             self.on.close()
         final = e.ending.state if stuck is None else "failed"
@@ -209,7 +211,7 @@ class Effects:
         try:
             self.on.session = self.provider.session(s.pid, self.req.run_id, timeout_s=10.0)
         except NotReadyError as err:
-            return ev.NotReady(why=err.message)
+            return ev.NotReady(why=err.message, refused=isinstance(err, RefusedError))
         except RemoteError as err:
             try:
                 state = self.provider.status(s.pid).state

@@ -18,11 +18,10 @@ import dataclasses
 from pathlib import Path
 
 from .. import config as configmod
+from .. import inbound
 from ..clock import SYSTEM, Clock
 from ..cloud import registry
 from ..cloud.base import GONE_STATES
-from ..cloud.remote import FETCH_APPEND, FETCH_WHOLE
-from ..evaluate import read_json
 from ..money import results
 from ..money.ledger import Ledger
 from ..units import duration, iso
@@ -40,7 +39,7 @@ LONG = 7 * 86400.0 - 2 * 3600
 
 def outputs(job: dict) -> list[str]:
     """The worker's output files (relative to out/) the instance uploads."""
-    return [*FETCH_WHOLE, *FETCH_APPEND, *(f"results/{t['name']}.jsonl" for t in job["tasks"])]
+    return [*inbound.DOCS, *inbound.LOGS, *(f"results/{t['name']}.jsonl" for t in job["tasks"])]
 
 
 def hand_over(led: Ledger, provider, req: Request, iid: int, on: OnInstance, now: float,
@@ -94,17 +93,17 @@ def reconcile(led: Ledger, run: dict, home: Path, clock: Clock = SYSTEM) -> dict
     teardown.end(led, provider, inst, how="gone", run_dir=run_dir, policy=req.policy_obj, event=note, clock=clock,
                  at=reported if reported is not None else now)
     end = led.instance(inst.id).ended_at
-    summary = read_json(run_dir / "out" / "summary.json")
-    if summary:
-        results.record_tasks(led, run["id"], summary)
+    summary = inbound.summary(run_dir / "out")
+    results.record_tasks(led, run["id"], run_dir / "out", req.job)
     done, total = progress.count(run_dir, run["id"])
-    if summary.get("complete"):
+    if summary.complete and done >= total:  # its word that it finished, and every planned line held here
         state, reason = "done", ""
-    elif summary.get("stopped"):
+    elif summary.stopped:
         # the watchdog stops the worker (a stop file) only at the deadline: the budget ran out
-        state, reason = "stopped", "budget" if summary.get("stopped") == "stop_file" else summary["stopped"]
+        state, reason = "stopped", "budget" if summary.stopped == "stop_file" else summary.stopped
     else:
-        state, reason = "failed", summary.get("error") or "the instance ended without a summary"
+        state, reason = "failed", summary.error or ("the instance ended without a summary" if not summary.complete
+                                                    else f"it said it finished, but {done} of {total} samples came back")
     led.update_run(run["id"], state=state, phase=state, reason=reason, finished_at=end, samples_done=done,
                    samples_total=total)
     led.event(run["id"], "reconciled", f"{inst.provider_id} ended {iso(end)}; {done} samples from S3; {state}",

@@ -9,11 +9,11 @@ import json
 import shlex
 from pathlib import Path
 
-from .. import plandata
+from .. import inbound, plandata
 from ..cloud.base import INSTANCE_FILES, START_WATCHDOG, Proc, Session
-from ..cloud.remote import FETCH_APPEND, fetch, push_tree
+from ..cloud.remote import push_tree
 from ..errors import RemoteError, WorkerError
-from ..evaluate import last_line, read_json
+from ..evaluate import last_line
 from ..units import iso
 from . import progress
 from .liveness import KILL, PROBE
@@ -21,6 +21,9 @@ from .messages import EXIT_STOPPED, BootstrapDone, Exited, Inspected, Notice, No
 from .request import Request, ready_python, remote_job, worker_requirements
 
 WORKER_DIR = Path(__file__).resolve().parent.parent / "worker"
+
+
+SMALL = 4096  # the instance's one-line files (python.path, interrupted, watchdog.fired, worker.pid)
 
 
 def _text(raw: bytes | None) -> str:
@@ -35,6 +38,7 @@ class OnInstance:
         self.session: Session | None = None
         self.lease_written = 0
         self.bootstrap: Proc | None = None
+        self.refused: dict[tuple[str, str], int] = {}  # what the instance sent that was not taken, and how often
 
     def close(self) -> None:
         if self.session is not None:
@@ -42,7 +46,7 @@ class OnInstance:
                 self.session.close()
             except Exception:  # noqa: BLE001 - the connection or the instance is gone already
                 pass
-        self.session, self.lease_written, self.bootstrap = None, 0, None
+        self.session, self.lease_written, self.bootstrap, self.refused = None, 0, None, {}
 
     def write_lease(self, until: float) -> None:
         if self.session is not None and int(until) > self.lease_written:
@@ -87,14 +91,14 @@ class OnInstance:
         rc = self.bootstrap.poll()
         if rc is None:
             return NotReady(why="bootstrap.sh is running")
-        out = self.bootstrap.output().strip()
-        last = out.splitlines()[-1] if out else ""
+        out = self.bootstrap.output()[-SMALL:].strip()
+        last = out.splitlines()[-1][:300] if out else ""
         self.event("bootstrap", f"exit {rc}: {last}")
         return BootstrapDone(rc=rc, last=last)
 
     def python(self) -> str:
         """The Python that runs the worker there: given, this one (this machine), or what bootstrap.sh found."""
-        return ready_python(self.req, self.provider.caps) or _text(self.session.read("python.path")) or "python3"
+        return ready_python(self.req, self.provider.caps) or _text(self.session.read("python.path", 0, SMALL)) or "python3"
 
     # -------------------------------------------------------------------------------- push and start
 
@@ -110,6 +114,7 @@ class OnInstance:
         self.session.put_bytes(json.dumps(job, indent=1, ensure_ascii=False).encode(), "job.json")
         self.session.put_file(INSTANCE_FILES / "start.sh", "start.sh", 0o755)
         self.event("pushed", f"{sent / 1e6:.2f} MB")
+        inbound.forget_offsets(self.dir / "out")  # this instance's files start from what is held here
         self._push_results()
 
     def _push_dataset(self, task: dict) -> int:
@@ -130,7 +135,7 @@ class OnInstance:
         """What was fetched from an instance before this one: its result lines (the worker resumes after them)
         and its logs (so fetching appends where it left off). Nothing on a run's first instance."""
         out = self.dir / "out"
-        names = [*FETCH_APPEND, *(f"results/{p.name}" for p in sorted((out / "results").glob("*.jsonl")))]
+        names = [*inbound.LOGS, *(f"results/{p.name}" for p in sorted((out / "results").glob("*.jsonl")))]
         held = progress.held(self.dir)
         if not held:
             return
@@ -153,26 +158,33 @@ class OnInstance:
     def poll(self) -> Polled | Exited | Notice:
         """Fetch its output, probe it; once it exited, how (read with its files, fetched once more)."""
         out = self.dir / "out"
-        fetch(self.session, "out", out)
+        self.fetch()
         _, probe = self.session.run(PROBE, timeout=60)
         probe = probe.strip()
-        if not probe.startswith("exit "):
-            return Polled(probe=probe, beat=read_json(out / "status.json").get("updated_at"))
-        fetch(self.session, "out", out)
+        if not probe.startswith("exit "):  # a status that was refused leaves the last beat: a missed heartbeat
+            return Polled(probe=probe[:200], beat=inbound.status(out).updated_at)
+        self.fetch()
         raw = probe.removeprefix("exit ").strip()
         code = int(raw) if raw.lstrip("-").isdigit() else 1
         self.event("worker", f"exit {code}")
-        notice = _text(self.session.read("interrupted"))
+        notice = _text(self.session.read("interrupted", 0, SMALL))
         if notice and code == EXIT_STOPPED:
             return Notice(text=notice)
-        status = read_json(out / "status.json")
-        stopped = status.get("stopped") if isinstance(status.get("stopped"), str) else ""
-        error = status.get("error") if isinstance(status.get("error"), str) else ""
-        return Exited(code=code, fired=bool(_text(self.session.read("watchdog.fired"))), stopped=stopped,
-                      error=error or last_line(out / "worker.stderr.log", 300))
+        status = inbound.status(out)
+        return Exited(code=code, fired=bool(_text(self.session.read("watchdog.fired", 0, SMALL))), stopped=status.stopped or "",
+                      error=status.error or last_line(out / "worker.stderr.log", 300))
+
+    def fetch(self) -> None:
+        """The worker's output, through the boundary; what it refused is an event the first time each thing
+        is refused for each reason on this instance (a hostile instance cannot fill the ledger with events)."""
+        for what, why in inbound.fetch(self.session, "out", self.dir / "out").bad:
+            seen = self.refused.get((what, why), 0)
+            self.refused[(what, why)] = seen + 1
+            if not seen:
+                self.event("untrusted", f"the instance sent a bad {what}: {why}; not taken")
 
     def inspect(self) -> Inspected:
         """On a takeover: did its watchdog already stop it, and was its worker ever started?"""
-        return Inspected(fired=bool(_text(self.session.read("watchdog.fired"))),
-                         worker=self.session.read("worker.pid") is not None)
+        return Inspected(fired=bool(_text(self.session.read("watchdog.fired", 0, SMALL))),
+                         worker=self.session.read("worker.pid", 0, SMALL) is not None)
 

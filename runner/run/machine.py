@@ -40,6 +40,7 @@ PHASES = ("created", "admitted", "booting", "armed", "pushed", "running", "recon
           "relaunching", "resuming", "tearing-down", "handed-over", "ended")
 FINAL_PHASES = ("handed-over", "ended")  # the controller's part is over
 RECONNECT_WAIT_S = 300.0  # the longest a lost session is waited for before the run gives up
+REFUSED_S = 5.0  # how long a machine that is up before the run (a rented host) may refuse connections
 
 
 # ---------------------------------------------------------------------------------------------- values
@@ -52,6 +53,7 @@ class Rules:
     spot: bool = False
     unattended: bool = False
     ssh_wait_s: float = 600.0
+    refused_s: float | None = None  # a refused connection ends the wait this soon (None: waited on as silence is)
     bootstrap_timeout_s: float = 3600.0
     bootstrap: bool = True        # the instance needs bootstrap.sh (not this machine, no ready Python given)
     offers: int = 1               # the request's own offer and its fallbacks
@@ -72,6 +74,7 @@ class State:
     worker: bool = False          # the worker was started on this instance
     deadline: float | None = None  # when the current wait (a session, the bootstrap) gives up
     note: str = ""                # why the current wait is still waiting
+    refused: bool = False         # ... because the host refused the connection
     lease_capped: bool = False    # the last guard verdict could not extend the lease by a whole lease
     watch: Watch = Watch()
     leave: str = ""               # relaunching: how the current instance is left (reclaimed | moved)
@@ -87,7 +90,7 @@ Handler = Callable[[State, Event, Rules], Result]
 
 def _end(s: State, state: str, reason: str = "", error: GpuBudgetError | None = None) -> Result:
     ending = Ending(state, reason if reason or error is None else error.message, error)
-    return replace(s, phase="tearing-down", ending=ending, deadline=None, note=""), [Teardown(ending)]
+    return replace(s, phase="tearing-down", ending=ending, deadline=None, note="", refused=False), [Teardown(ending)]
 
 
 def _fail(s: State, e: Event, r: Rules) -> Result:
@@ -101,8 +104,12 @@ def _guard_go(s: State, e: GuardGo, r: Rules) -> Result:
 
 
 def _waiting(s: State, e: Event, r: Rules) -> Result:
-    """Not there yet (no session, bootstrap still running): remember why; the guard ticks meanwhile."""
-    return replace(s, note=getattr(e, "why", s.note)), [Guard()]
+    """Not there yet (no session, bootstrap still running): remember why; the guard ticks meanwhile. A host
+    that is up before the run and refuses the connection is down: its wait ends `refused_s` after that."""
+    refused = getattr(e, "refused", False) and r.refused_s is not None
+    if refused and s.deadline is not None:
+        s = replace(s, deadline=min(s.deadline, e.at + r.refused_s))
+    return replace(s, note=getattr(e, "why", s.note), refused=refused), [Guard()]
 
 
 def _wait_tick(poll: Effect, timeout: Callable[[State, Rules], GpuBudgetError]) -> Handler:
@@ -115,6 +122,8 @@ def _wait_tick(poll: Effect, timeout: Callable[[State, Rules], GpuBudgetError]) 
 
 def _unreachable(s: State, r: Rules) -> GpuBudgetError:
     wait = r.ssh_wait_s if s.phase == "booting" else min(r.ssh_wait_s, RECONNECT_WAIT_S)
+    if s.refused:
+        wait = min(wait, r.refused_s)
     return RemoteError(f"cannot reach {s.pid} over SSH within {duration(wait)}: {s.note or 'no answer'}",
                        "check the instance in the provider's console; raise run.ssh_wait_s for slow boots")
 
@@ -144,7 +153,7 @@ def _start_admitted(s: State, e: Start, r: Rules) -> Result:
 
 
 def _launched(s: State, e: Launched, r: Rules) -> Result:
-    s = replace(s, phase="booting", pid=e.pid, deadline=e.at + r.ssh_wait_s, note="")
+    s = replace(s, phase="booting", pid=e.pid, deadline=e.at + r.ssh_wait_s, note="", refused=False)
     return s, [NoteLaunch(e.pid, e.address, e.launched_at), Connect()]
 
 
@@ -157,7 +166,7 @@ def _launch_refused(s: State, e: LaunchRefused, r: Rules) -> Result:
 
 # booting / reconnecting / resuming: waiting for a session
 def _connected(s: State, e: Connected, r: Rules) -> Result:
-    s = replace(s, session=True, reached=True, deadline=None, note="")
+    s = replace(s, session=True, reached=True, deadline=None, note="", refused=False)
     if s.phase == "reconnecting":  # where the session broke: the worker runs on, or the setup is done again
         return replace(s, phase=s.back), {"armed": [Bootstrap()], "pushed": [StartWorker()]}.get(s.back, [])
     if s.phase == "resuming":
@@ -178,7 +187,7 @@ def _bootstrap_done(s: State, e: BootstrapDone, r: Rules) -> Result:
             f"bootstrap.sh exited {e.rc} on the instance: {e.last or '(no output)'}",
             "fix the instance's Python (or pass --remote-python PATH to one that can import torch, transformers, "
             "accelerate, bitsandbytes)"))
-    return replace(s, deadline=None, note=""), [Push()]
+    return replace(s, deadline=None, note="", refused=False), [Push()]
 
 
 def _pushed(s: State, e: Pushed, r: Rules) -> Result:
@@ -246,7 +255,7 @@ def _gone(s: State, e: Gone, r: Rules) -> Result:
 def _present(s: State, e: Event, r: Rules) -> Result:
     wait = min(r.ssh_wait_s, RECONNECT_WAIT_S)
     back = s.phase if s.phase in ("armed", "pushed") else "running"
-    return (replace(s, phase="reconnecting", session=False, deadline=e.at + wait, note="", back=back),
+    return (replace(s, phase="reconnecting", session=False, deadline=e.at + wait, note="", refused=False, back=back),
             [Disconnect(), Connect()])
 
 
@@ -266,7 +275,7 @@ def _attempt_ended(s: State, e: AttemptEnded, r: Rules) -> Result:
 
 # resuming: `budget resume` of a run whose controller died
 def _start_resuming(s: State, e: Start, r: Rules) -> Result:
-    return replace(s, phase="resuming", session=False, deadline=None, note=""), [Reattach()]
+    return replace(s, phase="resuming", session=False, deadline=None, note="", refused=False), [Reattach()]
 
 
 def _found(s: State, e: Found, r: Rules) -> Result:

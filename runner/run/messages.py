@@ -79,6 +79,7 @@ class Connected(Event):
 @_event("not-ready")
 class NotReady(Event):
     why: str = ""
+    refused: bool = False  # the host answered and refused the connection
 
 
 @_event("armed")

@@ -11,10 +11,10 @@ from decimal import Decimal
 from pathlib import Path
 
 from planner.catalog import Catalog
-from planner.errors import InputError
+from planner.errors import GpuBudgetError, InputError
 from planner.models import EvalPlan, Offer, Recommendation
 
-from .. import calibrate, jobs
+from .. import calibrate, jobs, plandata
 from .. import config as configmod
 from .. import home as homes
 from ..clock import SYSTEM, Clock
@@ -60,15 +60,97 @@ class Prepared:
 def check_unattended(provider) -> None:
     """--unattended needs a provider whose instance uploads its results and ends itself: refused otherwise,
     before anything is asked of a cloud."""
-    if provider.caps.uploads:
-        return
-    if registry.PROVIDERS[provider.name].unattended:
-        raise InputError(f"--unattended needs --provider {provider.name} and {provider.name}.results_bucket: the "
-                         "instance uploads its results to S3 and powers itself off, with no controller",
-                         f"set {provider.name}.results_bucket in $BUDGET_HOME/config.yaml (a bucket you own)")
-    raise InputError(f"--unattended works with --provider {' or '.join(registry.UNATTENDED)} only (not "
-                     f"{provider.name}): its instance uploads to S3",
-                     "use --provider aws, or --detach (a background controller on this machine)")
+    refusal = _unattended_refusal(provider.name, provider.caps.uploads)
+    if refusal is not None:
+        raise refusal
+
+
+def _unattended_refusal(name: str, uploads: bool) -> InputError | None:
+    """Why provider `name` cannot run --unattended (`uploads`: it is configured to upload), or None."""
+    if uploads:
+        return None
+    if registry.PROVIDERS[name].unattended:
+        return InputError(f"--unattended needs --provider {name} and {name}.results_bucket: the instance uploads "
+                          "its results to S3 and powers itself off, with no controller",
+                          f"set {name}.results_bucket in $BUDGET_HOME/config.yaml (a bucket you own)")
+    return InputError(f"--unattended works with --provider {' or '.join(registry.UNATTENDED)} only (not {name}): its "
+                      "instance uploads to S3", "use --provider aws, or --detach (a background controller on this "
+                      "machine)")
+
+
+WORKER_NEEDS = ("torch", "transformers")  # the worker extra's libraries the worker cannot start without
+WORKER_HINT = 'install it with: pip install "gpubudget[worker]"'
+
+
+def worker_missing() -> str | None:
+    """The first library of the worker extra this Python lacks (None: it has them); nothing is imported."""
+    from importlib.util import find_spec
+
+    for name in WORKER_NEEDS:
+        try:
+            if find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):  # a broken install reads as a missing one
+            return name
+    return None
+
+
+def prerequisites(name: str, home: Path, plan: EvalPlan, plan_path: Path, ask: Ask) -> None:
+    """Everything `budget run` needs that can be checked before anything is written, launched or billed - the
+    provider's libraries (cloud extra), the worker extra where the worker runs on this machine, an SSH host's
+    configuration, what --unattended needs, the plan's own data - checked all at once. One missing: its own
+    error; several: one InputError with the count and the list, and every fix in the hint."""
+    from importlib.util import find_spec
+
+    entry = registry.PROVIDERS.get(name)
+    if entry is None:
+        return  # registry.make names the providers there are
+    cfg = configmod.load(home)
+    found: list[GpuBudgetError] = []
+    lacking = [m for m in entry.needs if find_spec(m) is None]
+    if lacking:
+        found.append(InputError(f"--provider {name} needs the cloud extra ({lacking[0]} is not installed)",
+                                'install it with: pip install "gpubudget[cloud]"'))
+    lib = worker_missing() if entry.this_machine and not ask.remote_python else None
+    if lib:
+        found.append(InputError(f"--provider {name} runs the worker on this machine: it needs the worker extra "
+                                f"({lib} is not installed)", WORKER_HINT))
+    if name == "ssh":
+        found += _ssh_needs(cfg.ssh, ask)
+    refusal = _unattended_refusal(name, bool(getattr(getattr(cfg, name, None), "results_bucket", None))) \
+        if ask.unattended else None
+    if refusal is not None:
+        found.append(refusal)
+    try:
+        plandata.require(plan, plan_path)
+    except GpuBudgetError as e:
+        found.append(e)
+    if len(found) == 1:
+        raise found[0]
+    if found:
+        hints = list(dict.fromkeys(e.hint for e in found if e.hint))
+        raise InputError(f"{len(found)} prerequisites of this run are missing: " +
+                         " ".join(f"({i}) {e.message};" for i, e in enumerate(found, 1)).rstrip(";"),
+                         "; ".join(hints) + "; then run it again")
+
+
+def _ssh_needs(ssh, ask: Ask) -> list[GpuBudgetError]:
+    """What an SSH host's provider refuses to start without (cloud/ssh_host.py), and its offer."""
+    found: list[GpuBudgetError] = []
+    if not ssh.host:
+        found.append(InputError("no SSH host configured (ssh.host)",
+                                "set ssh.host (and ssh.user, ssh.key) in $BUDGET_HOME/config.yaml"))
+    key = Path(ssh.key or "~/.ssh/id_ed25519").expanduser()
+    if not key.is_file():
+        found.append(InputError(f"SSH key {key} not found", "set ssh.key in $BUDGET_HOME/config.yaml"))
+    known = Path(ssh.known_hosts or "~/.ssh/known_hosts").expanduser()
+    if not known.is_file():
+        found.append(InputError(f"known_hosts file {known} not found", "put the host's key in known_hosts "
+                                "(ssh.known_hosts): gpubudget verifies it"))
+    if not (ask.offer_id or ssh.offer):
+        found.append(InputError("an SSH host needs its offer (GPU and price): --offer ID or ssh.offer",
+                                "pass --offer ID (see `budget prices list`) or set ssh.offer"))
+    return found
 
 
 def provider(name: str, home: Path, ask: Ask, clock: Clock = SYSTEM):

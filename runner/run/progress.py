@@ -1,37 +1,77 @@
-"""The one sample-count rule: a sample is done when its result line is held here - a whole line in
-out/results/<task>.jsonl of the run directory - never because the instance says so. The planned total is the
-worker's (its status or summary of this run: how many samples each task that runs has), never below what
-is held. Every count of samples - the ledger's, `budget status`, a stop, a reconcile - is this one."""
+"""The one sample-count rule: a sample is done when its result line is held here - a valid line of one of the
+job's tasks in out/results/<task>.jsonl of the run directory (runner/inbound.py took it), counted once per
+sample id and never past what the job asks of that task - never because the instance says so. The planned
+total is the job's (request.json, written here before the launch): each task's samples, less the tasks the
+worker skipped, and never below what is held. Every count of samples - the ledger's, `budget status`, a stop,
+a reconcile, the report's cost per sample - is this one."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from ..evaluate import read_json
+from .. import inbound
+
+
+def tasks_of(run_dir: Path) -> dict[str, int | None]:
+    """The job's tasks and how many samples each asks for (None: not known here), from request.json; {} when
+    the run directory has none (then every task file held counts)."""
+    from ..worker.tasks import most_lines
+
+    try:
+        job = json.loads((Path(run_dir) / "request.json").read_bytes()[: 4 << 20]).get("job") or {}
+        return {t["name"]: most_lines(t, job.get("limit")) for t in job.get("tasks") or []}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
+
+
+_SEEN: dict[tuple[str, str, int, int], int] = {}  # (file, task, size, mtime) -> distinct ids: each tick reads anew
+
+
+def _distinct(f: Path, task: str) -> int:
+    st = f.stat()
+    key = (str(f), task, st.st_size, st.st_mtime_ns)
+    if key not in _SEEN:
+        if len(_SEEN) > 1024:
+            _SEEN.clear()
+        _SEEN[key] = len({line["id"] for line in inbound.lines(f, task)})
+    return _SEEN[key]
+
+
+def per_task(run_dir: Path) -> dict[str, int]:
+    """Samples done per task: the distinct ids of the valid lines held, at most what the job asks."""
+    res = Path(run_dir) / "out" / "results"
+    wanted = tasks_of(run_dir)
+    done = {}
+    for f in sorted(res.glob("*.jsonl")) if res.is_dir() else []:
+        task = f.stem
+        if wanted and task not in wanted:
+            continue
+        n, cap = _distinct(f, task), wanted.get(task)
+        done[task] = n if cap is None else min(n, cap)
+    return done
 
 
 def held(run_dir: Path) -> int:
-    """Whole result lines held in the run directory."""
-    res = Path(run_dir) / "out" / "results"
-    if not res.is_dir():
-        return 0
-    return sum(f.read_bytes().count(b"\n") for f in res.glob("*.jsonl"))
+    """Samples done, by the rule above."""
+    return sum(per_task(run_dir).values())
 
 
 def planned(run_dir: Path, run_id: str | None = None) -> int:
-    """The samples the worker plans over the tasks that run (a skipped task plans none): from its summary of
-    this run when there is one, else its last status."""
+    """The samples the job plans over the tasks that run. The worker's word (its summary of this run, else its
+    last status) can only lower it: a task it skipped, or one whose data has fewer samples than asked."""
     out = Path(run_dir) / "out"
-    summary = read_json(out / "summary.json")
-    tasks = summary.get("tasks") if run_id is None or summary.get("run_id") == run_id else None
-    if not isinstance(tasks, dict):
-        tasks = read_json(out / "status.json").get("tasks")
-    if not isinstance(tasks, dict):
-        return 0
+    summary = inbound.summary(out)
+    reported = summary.tasks if run_id is None or summary.run_id == run_id else {}
+    reported = reported or inbound.status(out).tasks
+    wanted = tasks_of(run_dir) or dict.fromkeys(reported)
     total = 0
-    for t in tasks.values():
-        if isinstance(t, dict) and "skipped" not in t and isinstance(t.get("total"), int) and t["total"] > 0:
-            total += t["total"]
+    for name, asked in wanted.items():
+        t = reported.get(name)
+        if t is not None and t.skipped:
+            continue
+        said = t.total if t is not None else None
+        total += min(x for x in (asked, said, 10**9) if x is not None) if (asked, said) != (None, None) else 0
     return total
 
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from planner.errors import GpuBudgetError, InputError
 
+from .. import inbound
 from ..clock import SYSTEM, Clock
 from ..cloud import registry
-from ..cloud.remote import fetch
 from ..errors import NotReadyError
-from ..evaluate import read_json
+from ..inbound import fetch
 from ..money.guard import Policy
 from ..money.journal import JOURNAL
 from ..money.ledger import Instance, Ledger
@@ -52,41 +52,81 @@ def end(led: Ledger, provider, inst: Instance, *, how: str, run_dir: Path, polic
         return led.spent_instance(inst.id)
     if how in ("reclaimed", "gone"):  # it ended without us: when it did, never past its lease + teardown
         end = billing_end(current, at if at is not None else clock.now(), policy)
-        return led.settle(inst.id, end, "reclaimed" if how == "reclaimed" else "terminated")
+        spent = led.settle(inst.id, end, "reclaimed" if how == "reclaimed" else "terminated")
+        if how == "gone" and current.provider_id:
+            _tidy(provider, current.provider_id, event)
+        return spent
     if provider.caps.rented and not reached:
         # nothing of ours ran there, so there is nothing to stop and nothing to bill to this run (its platform
         # bills the user whatever we do)
         spent = led.settle(inst.id, None, "failed")
         event("settled", "the host was never reached: nothing ran there, nothing charged to this run")
         return spent
+    if current.provider_id is None:  # the launch's answer was lost (or the launch made nothing)
+        return _unanswered(led, provider, current, policy, event, clock)
     return _terminate(led, provider, current, policy, event)
+
+
+LISTED_WITHIN_S = 60.0  # a launch this old is listed by its provider (EC2 lists a new instance within seconds)
+
+
+def _unanswered(led: Ledger, provider, inst: Instance, policy: Policy, event: EventFn, clock: Clock) -> Decimal:
+    """An intent with no instance id: the launch failed, was never sent, or its answer was lost. What the tool
+    launched is found by its run tag in any state - ended ones included - and ended and billed as any other.
+    None found: a rented host launched nothing; a provider that still lists every instance it made since the
+    intent (caps.finds_ended_s) made none; past that, one may have run and ended unseen - billed to its boot
+    lease + teardown, the most its boot guard let it run. Never 0 for what may have billed."""
+    known = {i.provider_id for i in led.instances(run_id=inst.run_id) if i.provider_id}
+    found = registry.lost_launch(provider, inst.run_id, known)
+    while found is None and not provider.caps.rented and clock.now() - inst.started_at < LISTED_WITHIN_S:
+        clock.sleep(5)  # a cloud lists a new instance a little after its launch: not there yet is not "none made"
+        found = registry.lost_launch(provider, inst.run_id, known)
+    if found is not None:
+        _record(lambda: led.set_instance(inst.id, provider_id=found.provider_id))
+        _record(lambda: event("found", f"{found.provider_id} ({found.state}) by its run tag: the launch's answer "
+                              "was lost"))
+        return _terminate(led, provider, led.instance(inst.id), policy, event)
+    if provider.caps.rented or clock.now() - inst.started_at <= provider.caps.finds_ended_s:
+        return led.settle(inst.id, None, "failed")  # the launch made nothing
+    spent = led.settle(inst.id, inst.lease_until + policy.teardown_s, "terminated")
+    event("settled", f"no instance of the run is found any more, though its launch may have made one: billed to "
+          f"its boot lease + teardown, {money(spent)} CNY")
+    return spent
 
 
 def _terminate(led: Ledger, provider, inst: Instance, policy: Policy, event: EventFn) -> Decimal:
     pid = inst.provider_id
-    if pid is None:
-        found = registry.find_by_run(provider, inst.run_id)
-        if not found:  # the launch never made one
-            return led.settle(inst.id, None, "failed")
-        pid = found[0]
-        _record(lambda: led.set_instance(inst.id, provider_id=pid))
     _record(lambda: led.set_instance(inst.id, state="stopping"))
     _record(lambda: event("terminating", pid))
     try:
         running = provider.status(pid).state in ("pending", "running")
         ended = provider.terminate(pid)
+        reported = None if running else provider.ended_at(pid)
     except GpuBudgetError as e:
         why = e.message
         _record(lambda: event("terminate", f"failed: {why}"))
         raise
     # still running when we terminated it: it billed until now, lease or not (its watchdog may have died
-    # with everything else) - the ledger never records less than the provider bills
-    spent = led.settle(inst.id, ended if running else billing_end(led.instance(inst.id), ended, policy))
+    # with everything else) - the ledger never records less than the provider bills. Ended before: when the
+    # provider says it did, else no later than its lease + teardown (its watchdog's bound)
+    spent = led.settle(inst.id, ended if running else reported if reported is not None
+                       else billing_end(led.instance(inst.id), ended, policy))
     event("terminated", f"{pid}; {money(spent)} CNY")
     if not provider.caps.stop_command:
         event("billing", f"{pid} has no stop command: the platform keeps billing it after this run "
               "(set ssh.stop_command)")
     return spent
+
+
+def _tidy(provider, pid: str, event: EventFn) -> None:
+    """What an instance that ended by itself leaves (EC2: its run's security group; a stopped instance's disk)
+    goes the way of every terminate - safe to repeat on what is gone. A failure leaves it to `budget sweep`."""
+    try:
+        provider.terminate(pid)
+    except GpuBudgetError as e:
+        why = e.message
+        _record(lambda: event("terminate", f"{pid} ended by itself; tidying after it failed ({why}): `budget sweep` "
+                              "finds what it left"))
 
 
 def _record(write: Callable[[], None]) -> None:
@@ -123,7 +163,8 @@ def last_lines(provider, pid: str | None, run_id: str, run_dir: Path, policy: Po
                 end = clock.monotonic() + min(policy.tick_s, policy.teardown_s / 4)
                 while clock.monotonic() < end and not (given.read("worker.exit") or b"").strip():
                     clock.sleep(0.2)
-            fetch(given, "out", run_dir / "out")
+            for what, why in fetch(given, "out", run_dir / "out").bad:
+                event("untrusted", f"the instance sent a bad {what}: {why}; not taken")
             return
         except GpuBudgetError as e:
             why = e.message
@@ -158,10 +199,7 @@ def fetch_failed(run_dir: Path, why: str, event: EventFn) -> None:
 
 def _claimed(run_dir: Path) -> int:
     """How many samples the worker's last fetched status said were done (only to say what a failed fetch left)."""
-    tasks = read_json(run_dir / "out" / "status.json").get("tasks")
-    if not isinstance(tasks, dict):
-        return 0
-    return sum(t["done"] for t in tasks.values() if isinstance(t, dict) and isinstance(t.get("done"), int))
+    return sum(t.done for t in inbound.status(run_dir / "out").tasks.values())
 
 
 def without_ledger(run_id: str, run_dir: Path, home: Path, why: str, clock: Clock = SYSTEM) -> dict:
@@ -169,7 +207,7 @@ def without_ledger(run_id: str, run_dir: Path, home: Path, why: str, clock: Cloc
     provider finds the run's instances by tag; fetch, terminate, and journal the settlement in the run
     directory (a later `budget ledger rebuild` takes it in)."""
     from .. import config as configmod
-    from ..money.recovery import HINT
+    from ..money.ledger import HINT
     from .request import Request
 
     try:

@@ -13,7 +13,7 @@ import urllib.parse
 import zipfile
 from pathlib import Path
 
-from . import manifests, synthetic
+from . import downloads, manifests, synthetic
 from .downloads import download
 from .job import BUILTIN  # the schema names the builtin datasets; this module fetches them
 from .sample import DatasetError, Sample
@@ -134,6 +134,7 @@ def _coco(task, cache: Path, n: int, seed: int, where: str) -> list[Sample]:
 def resolve(task, job, base_dir: Path, cache_dir: Path) -> list[Sample]:
     """The samples of `task` (at most task.samples, and at most job.limit), in a stable order."""
     where = f"task {task.name}"
+    downloads.policy(job.allow_private_urls)  # what every fetch below (and each redirect) may reach
     n = task.samples if job.limit is None else min(task.samples, job.limit)
     kind = task.dataset.kind
     if task.kind == "memory_sweep":

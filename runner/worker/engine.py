@@ -12,18 +12,10 @@ import os
 import resource
 import threading
 import time
-from dataclasses import dataclass, field
 
 import torch
 
-
-class OutOfMemory(Exception):
-    """A batch ran out of memory; its memory has been released."""
-
-
-class Interrupted(Exception):
-    """Generation was cut short by a stop request (deadline, stop file, signal); discard the batch."""
-
+from .generation import Batch, Interrupted, OutOfMemory, Output, Request
 
 # --------------------------------------------------------------------------- memory
 
@@ -155,40 +147,6 @@ def release() -> None:
 
 
 # --------------------------------------------------------------------------- generation
-
-@dataclass
-class Request:
-    """One conversation to continue: chat messages (images/videos as placeholders) and their media."""
-
-    messages: list[dict]
-    images: list = field(default_factory=list)
-    videos: list = field(default_factory=list)  # np.ndarray [T, H, W, 3]
-    video_metadata: list = field(default_factory=list)  # dicts: fps, frames_indices, total_num_frames, ...
-
-
-@dataclass
-class Output:
-    text: str
-    prefill_tokens: int
-    visual_tokens: int
-    decode_tokens: int
-
-
-@dataclass
-class Batch:
-    outputs: list[Output]
-    latency_s: float
-    ttft_s: float
-    peak_memory: list[dict]
-
-    @property
-    def peak_bytes(self) -> int:
-        return max(m["bytes"] for m in self.peak_memory)
-
-    @property
-    def decode_tokens(self) -> int:
-        return sum(o.decode_tokens for o in self.outputs)
-
 
 class _Clock:
     """A stopping criterion that timestamps the first generated token and obeys stop requests."""

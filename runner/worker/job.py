@@ -95,6 +95,7 @@ class Job:
     heartbeat_s: float = 10.0
     sweep_memory_cap_mib: int | None = None  # simulate a smaller card during the memory sweep
     cache_dir: str = ""  # downloads; default <out>/cache
+    allow_private_urls: bool = False  # the plan's: datasets may be fetched from loopback/private hosts
 
     def task(self, name: str) -> Task:
         return next(t for t in self.tasks if t.name == name)
@@ -234,6 +235,7 @@ def parse(doc: dict) -> Job:
         "max_memory": (dict, False), "generation": (dict, False), "image_limits": (dict, False),
         "batch_size": ((int, str), False), "seed": (int, False), "deadline": (str, False), "limit": (int, False),
         "heartbeat_s": ((int, float), False), "sweep_memory_cap_mib": (int, False), "cache_dir": (str, False),
+        "allow_private_urls": (bool, False),
     })
     _name(d["run_id"], "job.run_id")
     d["model"] = Model(**_take(d["model"], "job.model", {k: (str, k in ("name", "source"))

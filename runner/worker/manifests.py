@@ -19,7 +19,11 @@ from .sample import DatasetError, Sample
 
 MEDIA_KEYS = ("image", "video", "frames")
 MAX_MANIFEST_BYTES = 64 * 2**20  # a URL manifest
-MAX_MEDIA_BYTES = 256 * 2**20  # one image, clip or frame a URL manifest names
+# One media file, local or fetched: an image or a frame 64 MiB (as the builtin DocVQA pages, datasets.py), a
+# clip 512 MiB (a user's own clips run longer than the public 10 s ones, 128 MiB). The controller refuses a
+# local file over its cap before launch (it would be pushed whole to the instance); the worker, one fetched.
+MAX_MEDIA_BYTES = {"image": 64 * 2**20, "frames": 64 * 2**20, "video": 512 * 2**20}
+MAX_PATH_CHARS = 1024  # a media path in a manifest (a file system's own limit is 4096, a name's 255 bytes)
 
 
 def read_manifest(path: Path, where: str, strict: bool = True) -> list[dict]:
@@ -93,7 +97,11 @@ def check_row(row: dict) -> None:
 
 def inside(root: Path, ref: str) -> Path:
     """`ref` (relative, from a manifest) as a path inside `root`, symlinks followed; anything that
-    would leave it - absolute, `..`, a link pointing out - is refused."""
+    would leave it - absolute, `..`, a link pointing out - is refused, and so is a path too long to open."""
+    if len(ref) > MAX_PATH_CHARS or any(len(part.encode()) > 255 for part in Path(ref).parts):
+        shown = ref if len(ref) <= 60 else ref[:60] + "..."
+        raise DatasetError(f"{shown}: a media path of {len(ref)} characters (at most {MAX_PATH_CHARS}, 255 bytes a "
+                           "name)")
     if Path(ref).is_absolute() or ".." in Path(ref).parts:
         raise DatasetError(f"{ref}: media paths must be relative to the manifest, inside its folder")
     base = Path(root).resolve()
@@ -101,6 +109,14 @@ def inside(root: Path, ref: str) -> Path:
     if not full.is_relative_to(base):
         raise DatasetError(f"{ref}: a link that points outside the dataset's folder ({full})")
     return full
+
+
+def check_size(key: str, path: Path) -> None:
+    """A media file over its kind's cap is refused (`path` exists)."""
+    size, cap = path.stat().st_size, MAX_MEDIA_BYTES[key]
+    if size > cap:
+        raise DatasetError(f"{key} {path} is {size >> 20} MiB: over the {cap >> 20} MiB cap of "
+                           f"{'an image' if key == 'image' else 'a frame' if key == 'frames' else 'a video'}")
 
 
 def _sample(row: dict, media: dict) -> Sample:
@@ -136,6 +152,7 @@ def local_samples(task, base: Path, where: str) -> list[Sample]:
         for p in paths:
             if not p.is_file():
                 raise DatasetError(f"{key} file {p} not found" if not p.exists() else f"{key} {p} is not a regular file")
+            check_size(key, p)
         return paths
 
     return _rows(rows, media_of)
@@ -151,7 +168,7 @@ def url_samples(task, cache: Path, where: str) -> list[Sample]:
         for ref in refs:
             full = urllib.parse.urljoin(url, ref)
             files.append(download(full, cache / cache_name(full), sums.get(key, "") if key != "frames" else "",
-                                  max_bytes=MAX_MEDIA_BYTES))
+                                  max_bytes=MAX_MEDIA_BYTES[key]))
         return files
 
     rows = read_manifest(manifest, where, strict=False)

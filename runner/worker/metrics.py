@@ -138,7 +138,10 @@ def anls(prediction: str, answers: list[str], threshold: float = 0.5) -> float:
         a = _norm(answer)
         if not a and not p:
             return 1.0
-        nl = levenshtein(a, p) / max(len(a), len(p))
+        longer = max(len(a), len(p))
+        if abs(len(a) - len(p)) / longer >= threshold:  # the distance is at least the length difference: NL >= it
+            continue
+        nl = levenshtein(a, p) / longer
         best = max(best, 1.0 - nl if nl < threshold else 0.0)
     return best
 

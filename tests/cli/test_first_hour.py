@@ -80,7 +80,7 @@ def test_run_above_its_pools_cap_is_refused_before_anything_is_written(cli, budg
     enforced 5. Now it says both figures and refuses; nothing launched, no run row, no run directory."""
     cli("pool", "create", "default", "--yuan", "5")
     code, out, err = cli("run", SMOKE, "--provider", "local", "--yuan", "200", "--yes")
-    one_error(code, out, err, "--yuan 200 CNY is above the cap of pool 'default' (5 CNY, 0 CNY spent)")
+    one_error(code, out, err, "--yuan 200 CNY is above the cap of pool 'default' (5.00 CNY, 0.00 CNY spent)")
     assert "budget pool set-cap default 200" in err and "--pool NAME" in err
     assert not (budget_home / "runs").exists()
     assert sqlite3.connect(budget_home / "ledger.db").execute("SELECT count(*) FROM runs").fetchone()[0] == 0
@@ -216,7 +216,41 @@ def _messages() -> list[tuple[str, int, str]]:
     return found
 
 
-def test_every_hint_names_flags_and_commands_that_exist():
+# Bad input per command: the static walk below knows every flag of every command, not which command a hint
+# answers - `pool create ../x` hinted `--pool`, a flag of `budget run`. Each of these is run, and the flags its
+# hint names (outside a `budget ...` command it quotes) must be its own command's.
+BAD_INPUT = [
+    ["pool", "create", "../x", "--yuan", "5"], ["pool", "create", "team", "--yuan", "0"], ["pool", "set-cap", "../x", "5"],
+    ["pool", "show", "../x"], ["plan", "--yuan", "abc"], ["plan", "--yuan", "5", "--top", "1_0"],
+    ["estimate", "--gpu", "T4", "--quant", "q9", "--prompt-tokens", "8", "--new-tokens", "8", "--model", "2b"],
+    ["estimate", "--gpu", "T4", "--quant", "nf4", "--prompt-tokens", "0", "--new-tokens", "8", "--model", "2b"],
+    ["report", "--format", "pdf"], ["report", "--by", "moon"], ["status", "../x"], ["logs", "../x"],
+    ["run", "plans/smoke.yaml", "--yuan", "5", "--unattended", "--detach"], ["run", "nope.yaml"], ["eval", "nope.yaml"],
+]
+
+
+def _foreign_flags(args: list[str], hint: str) -> list[str]:
+    """The flags `hint` names that the command `args` ran does not have (nor the root's --debug, --help)."""
+    from runner.cli import command
+
+    cmd = command()
+    for word in args:
+        sub = getattr(cmd, "commands", {}).get(word)
+        if sub is None:
+            break
+        cmd = sub
+    own = {o for p in cmd.params for o in p.opts + p.secondary_opts} | {"--help", "--debug"}
+    hint = re.sub(r"`budget [^`]*`", "", hint)  # another command's flags, named with that command
+    hint = re.sub(r"\((aws|ssh-keyscan|pip|sqlite3) [^)]*\)", "", hint)
+    return [f for f in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", hint) if f not in own]
+
+
+def test_every_hint_names_flags_and_commands_that_exist(cli):
+    for args in BAD_INPUT:
+        code, _, err = cli(*args)
+        hint = err.strip().splitlines()[-1]
+        assert code != 0 and hint.startswith("hint:"), (args, err)
+        assert not _foreign_flags(args, hint), (args, hint)
     flags, commands = _cli_vocabulary()
     messages = _messages()
     assert len(messages) > 100  # the walk found the messages

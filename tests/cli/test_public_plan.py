@@ -33,6 +33,7 @@ def pointed_at(server: Server, directory: Path) -> Path:
     plan["model"] = TINY
     plan["generation"] = {"max_new_tokens": 4, "do_sample": False}
     plan["image_limits"] = {"min_pixels": 4096, "max_pixels": 65536}
+    plan["allow_private_urls"] = True  # the mirror is on loopback
     builtin = [t for t in plan["tasks"] if (t.get("dataset") or {}).get("kind") == "builtin"]
     assert {t["dataset"]["name"] for t in builtin} == {"coco-val2017-captions", "docvqa-val",
                                                        "coco-val2017-multiturn", "public-clips"}
@@ -92,12 +93,16 @@ def test_a_source_that_is_not_a_rows_page_is_one_error(public_mirror, tmp_path):
     task = jobmod._task({"name": "d", "kind": "document", "samples": 2,
                          "dataset": {"kind": "builtin", "name": "docvqa-val", "url": public_mirror.url + "bad/"}}, "d")
     job = jobmod.parse({"schema": "gpubudget.job/1", "run_id": "r", "model": {"name": "m", "source": "/m"},
-                        "quantization": "fp32", "tasks": [{"name": "t", "kind": "caption"}], "seed": 3})
+                        "quantization": "fp32", "tasks": [{"name": "t", "kind": "caption"}], "seed": 3,
+                        "allow_private_urls": True})  # the loopback mirror
     with pytest.raises(datasets.DatasetError, match="not a dataset-viewer rows page"):
         datasets.resolve(task, job, tmp_path, tmp_path / "cache")
 
 
-def test_downloads_are_http_only_and_capped(public_mirror, tmp_path):
+def test_downloads_are_http_only_and_capped(public_mirror, tmp_path, monkeypatch):
+    from runner.worker import downloads
+
+    monkeypatch.setattr(downloads, "_ALLOW_PRIVATE", [True])  # a job that allows its loopback mirror
     secret = tmp_path / "secret.txt"
     secret.write_text("do not copy")
     with pytest.raises(datasets.DatasetError, match="only http"):

@@ -7,6 +7,7 @@ from launch to end - which tests compare with the ledger. Test support only: no 
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -14,17 +15,23 @@ from decimal import Decimal
 from pathlib import Path
 
 from planner.models import Offer
+from runner import inbound
 from runner.clock import FakeClock
 from runner.cloud.base import RUN_TAG, START_WATCHDOG, Capabilities, InstanceInfo, LaunchSpec, Proc, ProviderBase
-from runner.errors import CapacityError, NotReadyError, ProviderError, RemoteError
+from runner.errors import CapacityError, NotReadyError, ProviderError, RefusedError, RemoteError
 from runner.money.guard import Policy
 from runner.money.ledger import Ledger
 from runner.run.driver import Driver
 from runner.run.liveness import KILL, PROBE
 from runner.run.request import Request, policy_doc
 
+# what the worker's result line of an answered caption carries besides its id and task (runner/worker/tasks/base.py)
+LINE = {"kind": "caption", "status": "ok", "prediction": "a cat", "references": ["a cat on a mat"],
+        "prefill_tokens": 10, "visual_tokens": 4, "decode_tokens": 2, "latency_s": 0.5, "ttft_s": 0.1,
+        "batch_size": 1, "peak_memory_bytes": 1000}
 CAPS = Capabilities(ssh_wait_s=60.0, teardown_s=20.0, poweroff="poweroff", spot_market=True,
-                    notice_url="http://metadata.test", after_watchdog="cancel-boot-poweroff")
+                    notice_url="http://metadata.test", after_watchdog="cancel-boot-poweroff",
+                    finds_ended_s=float("inf"))  # it never forgets an instance (a test may delete one)
 
 
 @dataclass
@@ -153,7 +160,7 @@ class Instance:
             while self.done() < target and self.lines(task) < total:
                 i = self.lines(task)
                 rel = f"out/results/{task}.jsonl"
-                line = json.dumps({"id": f"{task}-{i}", "task": task}).encode() + b"\n"
+                line = json.dumps({"id": f"{task}-{i}", "task": task, **LINE}).encode() + b"\n"
                 self.files[rel] = self.files.get(rel, b"") + line
                 self.written.add(f"{task}-{i}")
 
@@ -352,7 +359,7 @@ class ScriptedProvider(ProviderBase):
             raise NotReadyError(f"{provider_id}: still booting", "wait")
         if self.world.script.refuse:
             self.world.script.refuse -= 1
-            raise NotReadyError(f"{provider_id}: connection refused", "wait")
+            raise RefusedError(f"{provider_id}: connection refused", "wait")
         s = Session(self.world, inst, f"/scripted/runs/{run_id}")
         self.world.sessions.append(s)
         return s
@@ -370,6 +377,10 @@ class ScriptedProvider(ProviderBase):
     def list_managed(self) -> list[InstanceInfo]:
         self.world.advance()
         return [self._info(i) for i in self.world.instances.values() if i.state == "running"]
+
+    def find(self, run_id: str) -> list[InstanceInfo]:
+        self._api()
+        return [self._info(i) for i in self.world.instances.values() if i.spec.run_id == run_id]
 
     def market_price(self, provider_id: str) -> Decimal | None:
         return Decimal("0.1")
@@ -389,9 +400,8 @@ class ScriptedProvider(ProviderBase):
         self.world.advance()
         mine = [i for i in self.world.instances.values() if i.spec.run_id == run_id]
         files = {k[len("out/"):]: v for k, v in (mine[-1].files if mine else {}).items() if k.startswith("out/")}
-        for rel, data in files.items():
-            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            (out_dir / rel).write_bytes(data)
+        for rel, data in files.items():  # through the boundary, as aws_results.py takes S3 objects
+            inbound.take_object(rel, io.BytesIO(data).read, out_dir)
         return len(files)
 
 
@@ -433,7 +443,7 @@ class Rig:
         self.led.create_run(id=run_id, pool="p", plan="scripted", plan_path="scripted.yaml", provider="scripted",
                             offer="scripted:g0.x", quantization="fp16", spot=int(spot), cap_cny=cap, dir=str(self.dir),
                             created_at=self.clock.now())
-        job = {"tasks": [{"name": "captions", "samples": samples}], "heartbeat_s": 5,
+        job = {"tasks": [{"name": "captions", "kind": "caption", "samples": samples}], "heartbeat_s": 5,
                "model": {"source": "/models/tiny", "name": "tiny"}}
         self.req = Request(run_id=run_id, plan_path="scripted.yaml", provider="scripted",
                            offer=offers[0].model_dump(mode="json"), quantization="fp16", spot=spot,

@@ -171,12 +171,12 @@ def test_objects_are_deleted_a_thousand_at_a_time():
     assert req.delete_batches([]) == []
 
 
-def test_downloaded_keys_stay_inside_out(tmp_path):
-    prefix = req.out_prefix("run-1")
-    inside = req.download_path(tmp_path, prefix, prefix + "results/a.jsonl")
-    assert inside == (tmp_path / "results" / "a.jsonl").resolve()
-    assert req.download_path(tmp_path, prefix, prefix + "../../escape") is None
-    assert req.download_path(tmp_path, prefix, prefix) is None
+def test_downloaded_keys_stay_inside_out():
+    from runner import inbound
+
+    assert inbound.name_taken("results/a.jsonl") and inbound.name_taken("summary.json")
+    assert not any(inbound.name_taken(rel) for rel in ("../../escape", "", "results/../x.jsonl", "results/a/b.jsonl",
+                                                       "job.json", "results/.a.jsonl"))
 
 
 def test_host_keys_are_read_from_cloud_inits_console_block():

@@ -93,8 +93,8 @@ def test_every_grouping_sums_to_the_total_to_the_cent(instances, cut, width, by,
         if led.run(run_id) is None:
             new_run(led, run_id, f"pool{spec['pool']}", quant=QUANTS[spec["run"] % 4], plan=f"plan{spec['run'] % 2}")
             if spec["run"] % 2:  # some runs have task results, some with no busy time at all
-                results.record_tasks(led, run_id, {"tasks": {f"t{k}": {"kind": "caption", "done": 1, "busy_s": b}
-                                                    for k, b in enumerate(busy)}})
+                results.save_tasks(led, run_id, {f"t{k}": {"kind": "caption", "done": 1, "busy_s": b}
+                                                 for k, b in enumerate(busy)})
         start = T0 + spec["start"]
         ticks, t = [], start
         for g in spec["gaps"]:
@@ -201,8 +201,8 @@ def test_charge_lines_say_what_was_recorded_at_launch():
 def test_task_grouping_shares_a_run_by_busy_seconds():
     led = Ledger(":memory:")
     new_run(led, "r1", "p")
-    results.record_tasks(led, "r1", {"tasks": {"captions": {"kind": "caption", "done": 4, "busy_s": 30},
-                                      "documents": {"kind": "document", "done": 2, "busy_s": 10}}})
+    results.save_tasks(led, "r1", {"captions": {"kind": "caption", "done": 4, "busy_s": 30},
+                                    "documents": {"kind": "document", "done": 2, "busy_s": 10}})
     launch(led, "r1", offer(1, 0), Decimal(36), T0, [], T0 + 1000)  # 10 CNY
     doc = report.statement(led, by="task", now=T0 + 2000)
     assert [(g["key"], g["amount_cny"], g["share_pct"]) for g in doc["groups"]] == [
@@ -222,7 +222,7 @@ def demo_home(home: Path) -> dict:
     for k, q in enumerate(["bf16", "nf4", "int8"]):
         rid = f"smoke-{q}"
         new_run(led, rid, "team", quant=q, plan="smoke", estimate="5.00", at=day0 + k * 30000)
-        results.record_tasks(led, rid, {"tasks": {
+        results.save_tasks(led, rid, {
             "captions": {"kind": "caption", "done": 4, "ok": 4, "busy_s": 30 - 5 * k, "cider_d": 0.9 - 0.05 * k,
                          "decode_tokens": 400 + 10 * k, "peak_memory_bytes": (3 - k) * 2**30},
             "sweep": {"kind": "memory_sweep", "done": 2, "ok": 2, "busy_s": 3, "peak_memory_bytes": (4 - k) * 2**30,
@@ -230,7 +230,7 @@ def demo_home(home: Path) -> dict:
                                         {"resolution": [1024, 1024], "status": "ok",
                                          "peak_memory_bytes": (4 - k) * 2**30}]},
             "fp16_check": {"kind": "fp16_verify", "done": 2, "ok": 2, "busy_s": 4, "agreement": 0.5,
-                           "of_task": "captions"}}})
+                           "of_task": "captions"}})
         start = day0 + k * 30000
         launch(led, rid, offer(1, 60, gpu="T4"), Decimal("3.7872") * (3 - k) / 2, start, [start + 3000], start + 7000)
         led.update_run(rid, state="done")

@@ -61,7 +61,7 @@ def test_sweep_finds_prices_and_deletes_what_no_live_run_owns(cli, budget_home, 
     led.db.execute("DELETE FROM runs WHERE id='gone-run'")
     led.close()
     live = launch_as_a_run(budget_home, "live-run")
-    tags = lambda run: [{"ResourceType": "volume", "Tags": [{"Key": "gpubudget:run", "Value": run},  # noqa: E731
+    tags = lambda run: [{"ResourceType": "volume", "Tags": [{"Key": "gpubudget:run", "Value": run},
                                                              {"Key": "gpubudget:managed", "Value": "true"}]}]
     loose = ec2.create_volume(Size=50, AvailabilityZone="us-east-1a", TagSpecifications=tags("gone-run"))["VolumeId"]
     for run in ("gone-run", "live-run", "done-run"):  # done-run: finished, in the ledger - its results stay
@@ -179,3 +179,127 @@ def test_an_aws_region_that_cannot_be_checked_is_said_and_fails(cli, budget_home
     code, out, err = cli("sweep")
     assert code == 1 and "warning: aws eu-west-1: not checked:" in err, (out, err)
     assert "where it could look" in out
+
+
+def _run_row(led: Ledger, budget_home, run_id: str, state: str, created_at: float) -> None:
+    (budget_home / "runs" / run_id).mkdir(parents=True, exist_ok=True)
+    led.create_run(id=run_id, pool="p", plan="smoke", plan_path="x", provider="aws", offer="aws:g4dn.xlarge",
+                   quantization="nf4", spot=0, cap_cny=Decimal(100), dir=str(budget_home / "runs" / run_id),
+                   created_at=created_at, state=state)
+
+
+def _aws_state(ec2) -> dict[str, str]:
+    return {i["InstanceId"]: i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+
+
+@pytest.mark.parametrize("when", ["before-listing", "before-deleting"])
+def test_sweep_never_deletes_a_run_that_started_while_it_ran(cli, budget_home, cloud, monkeypatch, when):
+    """`budget sweep --yes` while `budget run` starts: the new run's ledger row and tagged instance, volume and
+    security group appear after the sweep began - before its (slow, per-region) listing, or between the listing
+    and the deletions. Each resource is decided against the ledger when it is deleted: the new run is live (and
+    younger than the sweep), so nothing of it is touched; the old run's leak still goes."""
+    from runner import sweep as sweepmod
+    from runner.cloud.aws import AwsProvider
+
+    ec2, _ = cloud
+    led = Ledger(budget_home / "ledger.db")
+    led.ensure_pool("p", Decimal(100), 0)
+    _run_row(led, budget_home, "old-run", "failed", 0)
+    led.close()
+    old = launch_as_a_run(budget_home, "old-run")
+    new: dict[str, str] = {}
+
+    def start_a_run(row: bool = True, instance: bool = True) -> None:
+        if instance and "id" not in new:
+            new["id"] = launch_as_a_run(budget_home, "new-run")
+        if row:
+            led = Ledger(budget_home / "ledger.db")
+            _run_row(led, budget_home, "new-run", "running", time.time())
+            led.close()
+
+    if when == "before-listing":  # the run starts after the sweep read the ledger, before it lists the region
+        listing = AwsProvider.leftovers
+        monkeypatch.setattr(AwsProvider, "leftovers", lambda self: (start_a_run(), listing(self))[1])
+    else:  # listed while the run's row is not written yet; the row lands before the deletions
+        find = sweepmod.find
+        start_a_run(row=False)
+        monkeypatch.setattr(sweepmod, "find", lambda *a, **k: (find(*a, **k), start_a_run())[0])
+    code, out, err = cli("sweep", "--yes", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    state = _aws_state(ec2)
+    assert state[new["id"]] in ("pending", "running") and state[old] == "terminated"
+    assert "gpubudget-new-run" in {g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+    assert not [r for r in doc["resources"] if r["run"] == "new-run" and (r["deleted"] or r["leak"])]
+    assert any(r["run"] == "old-run" and r["kind"] == "instance" and r["deleted"] for r in doc["resources"])
+
+
+def test_a_swept_instance_ends_final_in_the_ledger(cli, budget_home, cloud):
+    """A failed run whose teardown could not finish: one instance row left `stopping` (its terminate failed),
+    one left an intent with no id (the launch's answer lost). Sweep deletes the run's instance and settles both
+    rows in a final state: `budget ledger check` reports nothing live afterwards."""
+    ec2, _ = cloud
+    led = Ledger(budget_home / "ledger.db")
+    led.ensure_pool("p", Decimal(100), 0)
+    _run_row(led, budget_home, "stuck-run", "failed", 0)
+    _run_row(led, budget_home, "lost-run", "failed", 0)
+    led.close()
+    stuck, lost = launch_as_a_run(budget_home, "stuck-run"), launch_as_a_run(budget_home, "lost-run")
+    led = Ledger(budget_home / "ledger.db")
+    now = time.time()
+    for run_id, pid, state in (("stuck-run", stuck, "stopping"), ("lost-run", None, "intent")):
+        led.db.execute("INSERT INTO instances (run_id, pool, provider, provider_id, instance_type, region, spot, "
+                       "price_cny_h, price_original_h, currency, increment_s, minimum_s, state, started_at, "
+                       "lease_until) VALUES (?, 'p', 'aws', ?, 'g4dn.xlarge', 'us-east-1', 0, '3.7', '0.52', 'USD', "
+                       "1, 60, ?, ?, ?)", (run_id, pid, state, now - 100, now + 600))
+    led.close()
+    code, out, err = cli("sweep", "--yes", "--json")
+    assert code == 0, err
+    assert _aws_state(ec2)[stuck] == "terminated" and _aws_state(ec2)[lost] == "terminated"
+    led = Ledger(budget_home / "ledger.db")
+    rows = {i.run_id: i for i in led.instances()}
+    assert {r: (i.state, i.provider_id) for r, i in rows.items()} == {"stuck-run": ("terminated", stuck),
+                                                                     "lost-run": ("terminated", lost)}
+    assert all(led.spent_instance(i.id) > 0 for i in rows.values())
+    led.close()
+    code, out, err = cli("ledger", "check", "--json")
+    assert json.loads(out)["live_instances"] == 0, out
+
+
+def test_an_unattended_run_collected_leaves_nothing_for_sweep(cli, budget_home, cloud):
+    """An unattended instance powers itself off (EC2 terminates it: InstanceInitiatedShutdownBehavior); `budget
+    status RUN` settles it - and its security group goes with it, as after any terminate: `budget sweep` finds
+    nothing of the run."""
+    from runner import config
+    from runner.money.guard import Policy
+    from runner.run.request import Request, policy_doc
+
+    ec2, _ = cloud
+    offer = next(o for o in load_catalog().offers if o.provider == "aws" and o.instance_type == "g4dn.xlarge")
+    led = Ledger(budget_home / "ledger.db")
+    led.ensure_pool("p", Decimal(100), 0)
+    _run_row(led, budget_home, "away-run", "running", time.time() - 100)
+    led.close()
+    run_dir = budget_home / "runs" / "away-run"
+    (run_dir / "out").mkdir()
+    Request(run_id="away-run", plan_path="x", provider="aws", offer=offer.model_dump(mode="json"), quantization="nf4",
+            spot=False, price_cny_h="3.7", price_original_h=str(offer.price), job={"tasks": []},
+            policy=policy_doc(Policy()), unattended=True).save(run_dir / "request.json")
+    pid = AwsProvider(config.load(budget_home).aws, budget_home).launch(
+        LaunchSpec("away-run", offer, spot=False)).provider_id
+    led = Ledger(budget_home / "ledger.db")
+    now = time.time()
+    led.db.execute("INSERT INTO instances (run_id, pool, provider, provider_id, instance_type, region, spot, "
+                   "price_cny_h, price_original_h, currency, increment_s, minimum_s, state, started_at, "
+                   "lease_until) VALUES ('away-run', 'p', 'aws', ?, 'g4dn.xlarge', 'us-east-1', 0, '3.7', '0.52', "
+                   "'USD', 1, 60, 'running', ?, ?)", (pid, now - 100, now + 3600))
+    led.update_run("away-run", phase="handed-over")
+    led.close()
+    ec2.terminate_instances(InstanceIds=[pid])  # its watchdog's power-off, after the last upload
+    code, out, err = cli("status", "away-run", "--json")
+    assert code == 0, err
+    assert json.loads(out)["state"] in ("done", "stopped", "failed")
+    assert "gpubudget-away-run" not in {g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+    code, out, err = cli("sweep", "--json")
+    assert code == 0, err
+    assert not [r for r in json.loads(out)["resources"] if r["run"] == "away-run" and r["kind"] != "key-pair"]

@@ -73,10 +73,10 @@ def test_url_manifest_with_retry_and_checksums(http, tmp_path):
     (http.root / "set.jsonl").write_bytes(manifest)
     http.fail_first = {"/set.jsonl"}  # a transient 503 is retried
     task = _task(dataset={"kind": "url", "url": http.url + "set.jsonl", "sha256": hashlib.sha256(manifest).hexdigest()})
-    got = datasets.resolve(task, _job(), tmp_path, tmp_path / "cache")
+    got = datasets.resolve(task, _job(allow_private_urls=True), tmp_path, tmp_path / "cache")
     assert got[0].references == ["a red picture"] and got[0].image.read_bytes() == data
     assert http.hits["/set.jsonl"] == 2 and http.hits["/media/one.png"] == 1
-    datasets.resolve(task, _job(), tmp_path, tmp_path / "cache")  # cached: no new downloads
+    datasets.resolve(task, _job(allow_private_urls=True), tmp_path, tmp_path / "cache")  # cached: no new downloads
     assert http.hits["/set.jsonl"] == 2 and http.hits["/media/one.png"] == 1
 
 
@@ -84,20 +84,20 @@ def test_url_checksum_mismatch_and_missing_file_fail_clearly(http, tmp_path):
     (http.root / "set.jsonl").write_text('{"id": "x"}\n')
     bad = _task(dataset={"kind": "url", "url": http.url + "set.jsonl", "sha256": "0" * 64})
     with pytest.raises(datasets.DatasetError, match="sha256"):
-        datasets.resolve(bad, _job(), tmp_path, tmp_path / "cache")
+        datasets.resolve(bad, _job(allow_private_urls=True), tmp_path, tmp_path / "cache")
     assert http.hits["/set.jsonl"] == 2  # one retry as a corrupt transfer, then give up
     gone = _task(dataset={"kind": "url", "url": http.url + "nope.jsonl"})
     with pytest.raises(datasets.DatasetError, match="HTTP 404"):
-        datasets.resolve(gone, _job(), tmp_path, tmp_path / "cache")
+        datasets.resolve(gone, _job(allow_private_urls=True), tmp_path, tmp_path / "cache")
     assert http.hits["/nope.jsonl"] == 1  # a 404 is not retried
 
 
 def test_builtin_coco_sampler_is_seeded(http, tmp_path):
     fake_coco(http.root)
     task = _task(samples=4, dataset={"kind": "builtin", "name": "coco-val2017-captions", "url": http.url})
-    first = datasets.resolve(task, _job(), tmp_path, tmp_path / "c1")
-    again = datasets.resolve(task, _job(), tmp_path, tmp_path / "c2")
-    other = datasets.resolve(task, _job(seed=4), tmp_path, tmp_path / "c3")
+    first = datasets.resolve(task, _job(allow_private_urls=True), tmp_path, tmp_path / "c1")
+    again = datasets.resolve(task, _job(allow_private_urls=True), tmp_path, tmp_path / "c2")
+    other = datasets.resolve(task, _job(allow_private_urls=True, seed=4), tmp_path, tmp_path / "c3")
     assert [s.id for s in first] == [s.id for s in again] != [s.id for s in other]
     assert len({s.id for s in first}) == 4
     s = first[0]
@@ -107,7 +107,7 @@ def test_builtin_coco_sampler_is_seeded(http, tmp_path):
     assert sum(v for k, v in http.hits.items() if k.startswith("/val2017/")) == 12  # only the sampled images
     with pytest.raises(datasets.DatasetError, match="asked for 20 COCO images"):
         datasets.resolve(_task(samples=20, dataset={"kind": "builtin", "name": "coco-val2017-captions",
-                                                    "url": http.url}), _job(), tmp_path, tmp_path / "c1")
+                                                    "url": http.url}), _job(allow_private_urls=True), tmp_path, tmp_path / "c1")
 
 
 def test_unknown_builtin(tmp_path):
@@ -116,3 +116,37 @@ def test_unknown_builtin(tmp_path):
         _task(dataset={"kind": "builtin", "name": "imagenet"})
     with pytest.raises(jobmod.JobError, match="'docvqa-val' is not a builtin caption dataset"):
         _task(dataset={"kind": "builtin", "name": "docvqa-val"})
+
+
+def test_the_worker_fetches_only_what_the_job_allows_and_follows_no_redirect_elsewhere(http, tmp_path):
+    """On the instance each address fetched - a URL manifest's media too, known only there - and each redirect
+    is checked by the job's rule: a loopback address without `allow_private_urls`, and a redirect to ftp://,
+    are refused before a byte is fetched from them."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from runner.worker.sample import DatasetError
+
+    (http.root / "set.jsonl").write_text('{"id": "x", "image": "media/one.png", "caption": "c"}\n')
+    task = _task(dataset={"kind": "url", "url": http.url + "set.jsonl"})
+    with pytest.raises(DatasetError, match="private or local"):
+        datasets.resolve(task, _job(), tmp_path, tmp_path / "cache")
+    assert not http.hits
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", "ftp://example.com/set.jsonl")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        moved = _task(dataset={"kind": "url", "url": f"http://127.0.0.1:{server.server_port}/set.jsonl"})
+        with pytest.raises(DatasetError, match="only http"):
+            datasets.resolve(moved, _job(allow_private_urls=True), tmp_path, tmp_path / "cache2")
+    finally:
+        server.shutdown()
+        server.server_close()

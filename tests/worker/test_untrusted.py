@@ -49,8 +49,8 @@ def _parse_task(**kw):
     return jobmod._task({"name": "t", "kind": "caption", "samples": 50, **kw}, "t")
 
 
-def _job():
-    return jobmod.parse(BASE)
+def _job(**extra):
+    return jobmod.parse({**BASE, **extra})
 
 
 def test_bad_rows_are_per_sample_errors_and_nothing_leaves_the_dataset(tmp_path):
@@ -61,9 +61,11 @@ def test_bad_rows_are_per_sample_errors_and_nothing_leaves_the_dataset(tmp_path)
     Image.new("RGB", (32, 32), "blue").save(secret)
     (data / "img" / "link.png").symlink_to(secret)  # a symlink pointing out of the dataset
     os.mkfifo(data / "img" / "fifo.png")
+    with open(data / "img" / "huge.png", "wb") as f:  # sparse: over the image cap, taking no disk
+        f.truncate(manifests.MAX_MEDIA_BYTES["image"] + 1)
     rows = [
         '{"id": "ok", "image": "img/ok.png"}',
-        '{"id": "abs", "image": "%s"}' % secret,
+        json.dumps({"id": "abs", "image": str(secret)}),
         '{"id": "up", "image": "../secret.png"}',
         '{"id": "link", "image": "img/link.png"}',
         '{"id": "int", "image": 7}',
@@ -75,18 +77,21 @@ def test_bad_rows_are_per_sample_errors_and_nothing_leaves_the_dataset(tmp_path)
         '{"id": "torn", "image": ',
         '{"id": "ok", "image": "img/ok.png", "prompt": "a repeat of an id"}',
         '["not", "an", "object"]',
+        json.dumps({"id": "long", "image": f"img/{'a' * 5000}.png"}),  # an OSError (name too long) ended the task
+        '{"id": "huge", "image": "img/huge.png"}',
     ]
     (data / "m.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n".join(rows).encode() + b"\n")  # with a BOM
     got = {s.id: s for s in datasets.resolve(_parse_task(dataset={"kind": "local", "path": "data/m.jsonl"}), _job(),
                                              tmp_path, tmp_path / "cache")}
     assert list(got) == ["ok", "abs", "up", "link", "int", "null", "noframes", "fps0", "fifo", "big", "line-11",
-                         "line-13"]  # the repeated id keeps its first row
+                         "line-13", "long", "huge"]  # the repeated id keeps its first row
     assert got["ok"].error == "" and got["ok"].image == (data / "img" / "ok.png").resolve()
     for sid, message in [("abs", "relative to the manifest"), ("up", "relative to the manifest"),
                          ("link", "points outside the dataset"), ("int", "expected a path string"),
                          ("null", "expected a path string"), ("noframes", "non-empty list"),
                          ("fps0", "fps: expected a positive number"), ("fifo", "is not a regular file"),
-                         ("big", "over the 65536 cap"), ("line-11", "not JSON"), ("line-13", "expected an object")]:
+                         ("big", "over the 65536 cap"), ("line-11", "not JSON"), ("line-13", "expected an object"),
+                         ("long", "a media path of 5008 characters"), ("huge", "over the 64 MiB cap of an image")]:
         assert message in got[sid].error, (sid, got[sid].error)
         assert got[sid].image is None and got[sid].video is None  # nothing outside was ever opened
 
@@ -95,7 +100,7 @@ def test_url_manifest_allows_http_only_and_caps_sizes(tmp_path):
     root = tmp_path / "www"
     (root / "m").mkdir(parents=True)
     Image.new("RGB", (32, 32), "red").save(root / "m" / "ok.png")
-    (root / "m" / "huge.png").write_bytes(b"\0" * (manifests.MAX_MEDIA_BYTES + 1))
+    (root / "m" / "huge.png").write_bytes(b"\0" * (manifests.MAX_MEDIA_BYTES["image"] + 1))
     local = tmp_path / "local.png"
     Image.new("RGB", (32, 32), "blue").save(local)
     rows = [{"id": "ok", "image": "ok.png"}, {"id": "file", "image": local.as_uri()},
@@ -104,7 +109,7 @@ def test_url_manifest_allows_http_only_and_caps_sizes(tmp_path):
     server = Server(root)
     try:
         task = _parse_task(dataset={"kind": "url", "url": server.url + "m/set.jsonl"})
-        got = {s.id: s for s in datasets.resolve(task, _job(), tmp_path, tmp_path / "cache")}
+        got = {s.id: s for s in datasets.resolve(task, _job(allow_private_urls=True), tmp_path, tmp_path / "cache")}
         with pytest.raises(datasets.DatasetError, match="only http"):
             datasets.resolve(_parse_task(dataset={"kind": "url", "url": (root / "m" / "set.jsonl").as_uri()}),
                              _job(), tmp_path, tmp_path / "cache2")

@@ -1,6 +1,8 @@
 """What every task kind shares. A kind is a module with `prepare(ctx, task, samples)` (optional),
 `run_batch(ctx, task, samples) -> list[dict]` (one result line per sample) and
-`summarize(task, lines) -> dict`; single-turn image kinds only define PROMPT and `score()`."""
+`summarize(task, lines) -> dict` (run on the controller too, over the lines it fetched), and
+`lines_per_sample(task)` (optional: more than one line per sample, see tasks.most_lines); single-turn image
+kinds only define PROMPT and `score()`."""
 
 from __future__ import annotations
 
@@ -8,8 +10,12 @@ import datetime as dt
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..engine import Batch, Engine, Memory, OutOfMemory, Output, Request
+from ..generation import Batch, OutOfMemory, Output, Request
+
+if TYPE_CHECKING:
+    from ..generation import Engine, Memory
 
 
 @dataclass
@@ -143,7 +149,19 @@ def accounting(lines: list[dict]) -> dict:
     }
 
 
-def summary(lines: list[dict], **means: str) -> dict:
-    """accounting() plus, for each NAME=KEY, the mean of the lines' KEY over the answered samples."""
+def summary(lines: list[dict], rescore=None, **means: str) -> dict:
+    """accounting() plus, for each NAME=KEY, the mean of the lines' KEY over the answered samples. With
+    `rescore(line) -> fields`, each answered line's scores are computed again from its own prediction and
+    references first (the controller summarizes the lines it fetched: a score a line claims is not taken; a
+    line whose fields cannot be scored counts as answered with no score)."""
     ok = [x for x in lines if x.get("status") == "ok"]
+    if rescore is not None:
+        ok = [_rescored(x, rescore, means.values()) for x in ok]
     return {**accounting(lines), **{name: mean(x[key] for x in ok) for name, key in means.items()}}
+
+
+def _rescored(line: dict, rescore, keys) -> dict:
+    try:
+        return {**line, **rescore(line)}
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError):
+        return {**line, **dict.fromkeys(keys)}

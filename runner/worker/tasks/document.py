@@ -23,5 +23,26 @@ def run_batch(ctx, task, samples):
     return base.single_turn(ctx, task, samples, prompt_of(task), score)
 
 
+RESCORE_CELLS = 50_000_000  # edit-distance cells one summary may spend scoring lines again (seconds, not hours)
+
+
 def summarize(task, lines):
-    return base.summary(lines, anls="anls")
+    spent = [0]
+
+    def rescore(x):
+        answers, prediction = x["answers"], x["prediction"]
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers) \
+                or not isinstance(prediction, str):
+            raise TypeError("answers")
+        spent[0] += len(prediction) * sum(len(a) for a in answers)
+        if spent[0] > RESCORE_CELLS:  # lines far longer than answers are: not scored again, not counted
+            raise ValueError("too long to score")
+        return score(_Answers(answers), prediction)
+    return base.summary(lines, rescore, anls="anls")
+
+
+class _Answers:
+    """A line's accepted answers as the sample they were scored against."""
+
+    def __init__(self, answers: list[str]):
+        self.answers = answers

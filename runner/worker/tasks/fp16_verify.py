@@ -33,4 +33,11 @@ def run_batch(ctx, task, samples):
 
 def summarize(task, lines):
     # agree: True counts 1; of_task says whose answers were checked (the cost-of-quality report joins on it)
-    return {**base.summary(lines, agreement="agree", agreement_f1="agreement_f1"), "of_task": task.of_task}
+    return {**base.summary(lines, _agreement, agreement="agree", agreement_f1="agreement_f1"), "of_task": task.of_task}
+
+
+def _agreement(x: dict) -> dict:
+    q, p = x["quantized_prediction"], x["prediction"]
+    if not isinstance(q, str) or not isinstance(p, str):
+        raise TypeError("prediction")
+    return {"agree": metrics.exact_match(q, p), "agreement_f1": round(metrics.token_f1(q, p), 6)}

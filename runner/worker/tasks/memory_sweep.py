@@ -4,12 +4,17 @@ recorded, its memory released, and the sweep goes on. `sweep_memory_cap_mib` sim
 
 from __future__ import annotations
 
-from ..engine import OutOfMemory
+from ..generation import OutOfMemory
 from . import base
 
 PROMPT = "Describe this image."
 
 batch_size = 1
+
+
+def lines_per_sample(task: dict) -> int:
+    """One line per resolution for each sample (datasets.resolve)."""
+    return len(task.get("resolutions") or ())
 
 
 def run_batch(ctx, task, samples):

@@ -5,7 +5,7 @@ memory growth from the first to the last turn, and whether a repeated question g
 from __future__ import annotations
 
 from .. import metrics
-from ..engine import Request
+from ..generation import Request
 from . import base
 
 

@@ -24,4 +24,14 @@ def run_batch(ctx, task, samples):
 
 
 def summarize(task, lines):
-    return base.summary(lines, keyword_recall="keyword_recall")
+    return base.summary(lines, lambda x: score(_Keywords(x["keywords"]), x["prediction"]),
+                        keyword_recall="keyword_recall")
+
+
+class _Keywords:
+    """A line's reference keywords as the sample they were scored against."""
+
+    def __init__(self, keywords):
+        if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
+            raise TypeError("keywords")
+        self.keywords = keywords

@@ -4,7 +4,7 @@ per clip the frames kept, the visual tokens and the peak memory."""
 from __future__ import annotations
 
 from .. import synthetic
-from ..engine import Request
+from ..generation import Request
 from . import base
 
 PROMPT = "Describe what happens in this video."
