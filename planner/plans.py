@@ -34,11 +34,15 @@ class _TooDeep(Exception):
 
 
 class _PlanLoader(yaml.SafeLoader):
-    """SafeLoader with a nesting limit and numbers in ASCII digits only (no '_', hex, octal or base 60)."""
+    """SafeLoader with a nesting limit, no aliases (a few bytes of `*a` repeat whole lists: a bomb the size cap
+    does not see) and numbers in ASCII digits only (no '_', hex, octal or base 60)."""
 
     _depth = 0
 
     def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a plan",
+                                              self.peek_event().start_mark)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:

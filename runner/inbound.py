@@ -19,8 +19,9 @@ never from what the instance claims."""
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -29,26 +30,22 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from planner import names
 
+from .units import printable
+
 DOC_CAP = 1 << 20        # status.json / summary.json: the worker's are a few KiB
 LINE_CAP = 1 << 20       # one result line (the worker's are well under 64 KiB; a prompt is capped at 65,536)
 READ_CAP = 8 << 20       # one read of one file in one fetch
 FETCH_CAP = 64 << 20     # all one fetch takes (the rest comes at the next one)
 LOG_CAP = 64 << 20       # what is kept here of one log
+RESULTS_CAP = 1 << 30    # what is held here of one result file (thousands of samples are a few MB)
 FILES_CAP = 256          # result files taken from one listing
+REFUSALS_CAP = 20        # refusals said for one fetch (then one line for the rest)
 DOCS = ("status.json", "summary.json")
 LOGS = ("worker.log", "worker.stderr.log")
 OFFSETS = ".fetched.json"  # where each appended file was read up to on the instance (bad lines are not held)
 
-def printable(text: str) -> str:
-    """`text` with every control character (C0 but tab, DEL, C1 - ESC and CSI start terminal escapes) and every
-    bidirectional override written as a visible escape: what the instance wrote never drives the terminal."""
-    return text.translate(_ESCAPES)
-
-
-_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x09), *range(0x0a, 0x20), *range(0x7f, 0xa0)]}
-_ESCAPES.update({c: f"\\u{c:04x}" for c in [*range(0x202a, 0x202f), *range(0x2066, 0x206a), 0x200e, 0x200f, 0x061c]})
-
-Text = Annotated[str, StringConstraints(max_length=4000), AfterValidator(printable)]
+TEXT_CAP = 4000  # what is kept of one string the instance wrote (an error message may be longer: cut, not refused)
+Text = Annotated[str, AfterValidator(lambda s: printable(s[:TEXT_CAP]))]
 TaskName = Annotated[str, AfterValidator(lambda n: names.check(n, "task"))]
 Count = Annotated[int, Field(ge=0, le=10**9)]
 
@@ -130,7 +127,7 @@ def line_of(raw: bytes, task: str) -> dict | None:
     if len(raw) > LINE_CAP:
         return None
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, parse_int=_int, parse_float=_float, parse_constant=_no_constant)
         if not isinstance(doc, dict):
             return None
         line = Line.model_validate(doc)
@@ -139,14 +136,45 @@ def line_of(raw: bytes, task: str) -> dict | None:
     return doc if line.task == task else None
 
 
+NUMBER_CAP = 10**15  # every number in a result line is finite and at most this (tokens, bytes, seconds, scores)
+
+
+def _int(s: str) -> int:
+    if len(s) > 17 or abs(n := int(s)) > NUMBER_CAP:
+        raise ValueError(f"number {s[:20]} out of range")
+    return n
+
+
+def _float(s: str) -> float:
+    x = float(s)
+    if not math.isfinite(x) or abs(x) > NUMBER_CAP:
+        raise ValueError(f"number {s[:20]} out of range")
+    return x
+
+
+def _no_constant(s: str):
+    raise ValueError(f"{s} is not a number a result line holds")
+
+
 def lines(path: Path, task: str):
     """The lines of a result file held here that are this task's (each a dict), streamed."""
+    for doc, _ in lines_from(path, task, 0):
+        if doc is not None:
+            yield doc
+
+
+def lines_from(path: Path, task: str, offset: int):
+    """(line or None when it is not one of this task's, the offset after it) for each whole line of a file held
+    here from `offset` on."""
     try:
         with open(path, "rb") as f:
+            f.seek(offset)
+            at = offset
             for raw in f:
-                doc = line_of(raw.rstrip(b"\n"), task)
-                if doc is not None:
-                    yield doc
+                if not raw.endswith(b"\n"):  # a torn tail (fetch appends whole lines only): not yet a line
+                    return
+                at += len(raw)
+                yield line_of(raw[:-1], task), at
     except OSError:
         return
 
@@ -166,7 +194,10 @@ class Fetched:
     bad: list[tuple[str, str]] = field(default_factory=list)  # (what, why) refused this time
 
     def refuse(self, what: str, why: str) -> None:
-        self.bad.append((what, why))
+        if len(self.bad) < REFUSALS_CAP:
+            self.bad.append((what, why))
+        elif len(self.bad) == REFUSALS_CAP:
+            self.bad.append(("...", "more refused in this fetch, not listed"))
 
 
 @dataclass
@@ -201,20 +232,22 @@ def forget_offsets(out: Path) -> None:
     (Path(out) / OFFSETS).unlink(missing_ok=True)
 
 
-def fetch(session, out_rel: str, local_out: Path) -> Fetched:
+def fetch(session, out_rel: str, local_out: Path, tasks: Collection[str] | None = None) -> Fetched:
     """Bring the worker's output up to date here: result lines and logs appended past what was read (whole,
     valid lines only; a line the worker is still writing waits for the next fetch), status.json and
-    summary.json replaced whole once they pass. Bounded: READ_CAP per file, FETCH_CAP in all."""
+    summary.json replaced whole once they pass. Only the result files of `tasks` (the job's; None: any safe
+    name). Bounded: READ_CAP per file, FETCH_CAP in all, RESULTS_CAP held of one result file."""
     local_out = Path(local_out)
     (local_out / "results").mkdir(parents=True, exist_ok=True)
     f, offsets, budget = Fetched(), _Offsets(local_out), [FETCH_CAP]
     listed = session.listdir(f"{out_rel}/results")
     results = []
     for name in listed:
-        if task_of(name) is not None:
+        if task_of(name) is not None and (tasks is None or task_of(name) in tasks):
             results.append(name)
         elif name.endswith(".jsonl") or "/" in name or name.startswith("."):
-            f.refuse(f"results/{_shown(name)}", "a file name that is not taken (letters, digits, '.', '_', '-')")
+            f.refuse(f"results/{_shown(name)}", "a result file of no task of the job, or a name that is not "
+                                                "taken (letters, digits, '.', '_', '-')")
     if len(results) > FILES_CAP:
         f.refuse("results/", f"{len(results)} result files, over the {FILES_CAP} cap: the first {FILES_CAP} taken")
     for name in LOGS:
@@ -238,8 +271,10 @@ def _append(session, out_rel: str, out: Path, rel: str, task: str | None, offset
     size = session.size(f"{out_rel}/{rel}")
     if size is None or size <= cur.at or budget[0] <= 0:
         return
-    if task is None and dest.exists() and dest.stat().st_size >= LOG_CAP:
-        offsets.doc[rel] = _Cursor(size)  # a log past its cap here: the rest stays on the instance
+    if dest.exists() and dest.stat().st_size >= (LOG_CAP if task is None else RESULTS_CAP):
+        if task is not None and cur.at < size:
+            f.refuse(rel, f"over the {RESULTS_CAP >> 20} MiB held of one result file: the rest is not taken")
+        offsets.doc[rel] = _Cursor(size)  # past its cap here: the rest stays on the instance
         return
     data = session.read(f"{out_rel}/{rel}", cur.at, min(size - cur.at, READ_CAP, budget[0])) or b""
     budget[0] -= len(data)
@@ -336,11 +371,14 @@ def take_object(rel: str, read: Callable[[int], bytes], out: Path) -> str:
 
 
 def _stream_lines(read: Callable[[int], bytes], task: str, fh) -> str:
-    """Copy the valid lines of a body to fh, a READ_CAP at a time; a line over the cap is skipped, not held."""
-    pending, skipping, bad = b"", False, 0
+    """Copy the valid lines of a body to fh, a READ_CAP at a time, at most RESULTS_CAP of it; a line over the
+    cap is skipped, not held; a last line with no newline is torn (skipped)."""
+    pending, skipping, bad, taken = b"", False, 0, 0
     while True:
-        chunk = read(READ_CAP)
+        chunk = read(READ_CAP) if taken < RESULTS_CAP else b""
+        taken += len(chunk)
         if not chunk:
+            bad += bool(pending)
             break
         data = pending + chunk
         if skipping:

@@ -1,6 +1,7 @@
 """How figures are written for people, in logs, events and tables alike: CNY amounts rounded for display
 only (half-even; 2 decimals, 4 below 1 CNY - the ledger keeps every digit), instants as ISO 8601 UTC
-(`iso`) and spans of time in s / min / h (`duration`): one spelling of each everywhere."""
+(`iso`) and spans of time in s / min / h (`duration`), and text an instance wrote with its control
+characters escaped (`printable`): one spelling of each everywhere."""
 
 from __future__ import annotations
 
@@ -36,3 +37,13 @@ def duration(seconds: float | None) -> str:
         return f"{s // 60} min" + (f" {s % 60:02d} s" if s % 60 else "")
     m = round(seconds / 60)
     return f"{m // 60} h" + (f" {m % 60:02d} min" if m % 60 else "")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character (C0 but tab, DEL, C1 - ESC and CSI start terminal escapes) and every
+    bidirectional override written as a visible escape: what the instance wrote never drives the terminal."""
+    return text.translate(_ESCAPES)
+
+
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x09), *range(0x0a, 0x20), *range(0x7f, 0xa0)]}
+_ESCAPES.update({c: f"\\u{c:04x}" for c in [*range(0x202a, 0x202f), *range(0x2066, 0x206a), 0x200e, 0x200f, 0x061c]})

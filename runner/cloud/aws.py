@@ -104,7 +104,8 @@ class AwsProvider(ProviderBase):
     # with room for a slow API
     # EC2 lists a terminated instance for about an hour: `find` is trusted for half of that
     caps = Capabilities(ssh_wait_s=600.0, teardown_s=90.0, poweroff="sudo shutdown -h now", spot_market=True,
-                        own_prices=True, offers_from="aws", regional=True, finds_ended_s=1800.0)
+                        own_prices=True, offers_from="aws", regional=True, finds_ended_s=1800.0,
+                        lists_after_s=60.0)
 
     def __init__(self, cfg: AwsConfig, home: Path, region: str | None = None, clock: Clock = SYSTEM):
         self.cfg = cfg

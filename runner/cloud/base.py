@@ -99,6 +99,7 @@ class Capabilities:
     rented: bool = False              # the machine exists before the run (launch opens a meter): a host never
                                       # reached ran nothing of ours and bills this run nothing; nor does a launch
                                       # whose answer was lost (it made nothing)
+    lists_after_s: float = 0.0        # how long after a launch `find` may not list the new instance yet (EC2)
     finds_ended_s: float = 0.0        # how long after it ended `find` still finds an instance by its run tag
                                       # (EC2 lists terminated ones about an hour; a directory stays): within it, a
                                       # launch not found made nothing; past it, one not found may have run

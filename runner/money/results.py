@@ -23,12 +23,14 @@ def summarize(out: Path, job: dict) -> dict[str, dict]:
     done = {}
     for spec in job.get("tasks") or []:
         name, kind = spec["name"], spec["kind"]
-        by_id = {x["id"]: x for x in inbound.lines(Path(out) / "results" / f"{name}.jsonl", name)}
-        cap = most_lines(spec, job.get("limit"))
-        lines = list(by_id.values())[:cap]
+        cap, by_id = most_lines(spec, job.get("limit")), {}
+        for x in inbound.lines(Path(out) / "results" / f"{name}.jsonl", name):
+            if x["id"] in by_id or cap is None or len(by_id) < cap:  # never more samples than the task has
+                by_id[x["id"]] = x
+        lines = list(by_id.values())
         try:
             s = KINDS[kind].summarize(SimpleNamespace(**spec), lines)
-        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as e:  # lines of the right shape
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as e:  # lines of the right shape
             s = {**base.counts(lines), "note": f"the lines held could not be scored ({e.__class__.__name__})"}
         said = reported.get(name)
         if not lines and said is None:

@@ -13,12 +13,12 @@ from planner.errors import InputError
 
 from .. import config as configmod
 from .. import home as homes
-from .. import inbound
 from ..clock import SYSTEM, Clock
 from ..cloud import registry
 from ..errors import LedgerError, RunError
 from ..money import results
 from ..money.ledger import FINAL
+from ..units import printable
 from . import handover, progress, teardown
 from .driver import Driver
 from .prepare import Prepared
@@ -143,7 +143,7 @@ def log_lines(home: Path, run_id: str, follow: bool, clock: Clock = SYSTEM):
                         chunk = fh.read()
                         offsets[f] = fh.tell()
                     # the instance wrote worker.log (and errors quoted in controller.log): escaped, never raw
-                    yield from (f"[{f.stem}] {inbound.printable(line)}" for line in chunk.split("\n") if line)
+                    yield from (f"[{f.stem}] {printable(line)}" for line in chunk.split("\n") if line)
             if not follow or led.run(run["id"])["state"] in FINAL:
                 return
             clock.sleep(1)

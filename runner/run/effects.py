@@ -9,12 +9,21 @@ import dataclasses
 import math
 from pathlib import Path
 
-from planner.errors import BudgetTooSmall, GpuBudgetError
+from planner.errors import BudgetTooSmall, GpuBudgetError, InputError
 
 from ..clock import Clock
 from ..cloud import registry
 from ..cloud.base import GONE_STATES, LaunchSpec
-from ..errors import CapacityError, NotReadyError, QuotaError, RefusedError, RemoteError, RunError, TransientError
+from ..errors import (
+    AuthError,
+    CapacityError,
+    NotFoundError,
+    NotReadyError,
+    QuotaError,
+    RefusedError,
+    RemoteError,
+    RunError,
+)
 from ..money import results
 from ..money.guard import Policy
 from ..money.ledger import Ledger
@@ -90,10 +99,9 @@ class Effects:
         except (CapacityError, QuotaError) as err:
             self.led.settle(s.iid, None, "failed")  # the provider answered no: nothing was made
             return ev.LaunchRefused(error=err)
-        except GpuBudgetError as err:
-            if not isinstance(err, TransientError):  # an answer (or nothing asked): nothing was made. A transient
-                self.led.settle(s.iid, None, "failed")  # failure may hide a launch: the teardown looks for it
-            raise
+        except (AuthError, NotFoundError, InputError):  # the provider's answer, or nothing was asked:
+            self.led.settle(s.iid, None, "failed")          # nothing was made. Any other failure may hide a launch
+            raise                                            # (a reply lost): the teardown looks for it by tag
         return ev.Launched(pid=info.provider_id, address=info.address, launched_at=info.launched_at)
 
     def note_launch(self, e: ev.NoteLaunch, s: State) -> None:

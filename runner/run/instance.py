@@ -23,6 +23,7 @@ from .request import Request, ready_python, remote_job, worker_requirements
 WORKER_DIR = Path(__file__).resolve().parent.parent / "worker"
 
 
+UNTRUSTED_EVENTS = 50  # refusals logged per instance
 SMALL = 4096  # the instance's one-line files (python.path, interrupted, watchdog.fired, worker.pid)
 
 
@@ -38,7 +39,7 @@ class OnInstance:
         self.session: Session | None = None
         self.lease_written = 0
         self.bootstrap: Proc | None = None
-        self.refused: dict[tuple[str, str], int] = {}  # what the instance sent that was not taken, and how often
+        self.refused: dict[str, str] = {}  # what the instance sent that was not taken (logged once), and why
 
     def close(self) -> None:
         if self.session is not None:
@@ -175,13 +176,15 @@ class OnInstance:
                       error=status.error or last_line(out / "worker.stderr.log", 300))
 
     def fetch(self) -> None:
-        """The worker's output, through the boundary; what it refused is an event the first time each thing
-        is refused for each reason on this instance (a hostile instance cannot fill the ledger with events)."""
-        for what, why in inbound.fetch(self.session, "out", self.dir / "out").bad:
-            seen = self.refused.get((what, why), 0)
-            self.refused[(what, why)] = seen + 1
-            if not seen:
-                self.event("untrusted", f"the instance sent a bad {what}: {why}; not taken")
+        """The worker's output, through the boundary; what it refused is an event the first time each file is
+        refused on this instance, UNTRUSTED_EVENTS at most (a hostile instance cannot fill the ledger)."""
+        tasks = [t["name"] for t in self.req.job.get("tasks") or []]
+        for what, why in inbound.fetch(self.session, "out", self.dir / "out", tasks).bad:
+            if what in self.refused or len(self.refused) > UNTRUSTED_EVENTS:
+                continue
+            self.refused[what] = why
+            self.event("untrusted", f"the instance sent a bad {what}: {why}; not taken" if
+                       len(self.refused) <= UNTRUSTED_EVENTS else "more bad files from the instance: not logged")
 
     def inspect(self) -> Inspected:
         """On a takeover: did its watchdog already stop it, and was its worker ever started?"""

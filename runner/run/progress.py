@@ -25,17 +25,25 @@ def tasks_of(run_dir: Path) -> dict[str, int | None]:
         return {}
 
 
-_SEEN: dict[tuple[str, str, int, int], int] = {}  # (file, task, size, mtime) -> distinct ids: each tick reads anew
+_SEEN: dict[tuple[str, str], tuple[int, int, set]] = {}  # (file, task) -> (inode, bytes read, ids)
 
 
-def _distinct(f: Path, task: str) -> int:
-    st = f.stat()
-    key = (str(f), task, st.st_size, st.st_mtime_ns)
-    if key not in _SEEN:
-        if len(_SEEN) > 1024:
-            _SEEN.clear()
-        _SEEN[key] = len({line["id"] for line in inbound.lines(f, task)})
-    return _SEEN[key]
+def _distinct(f: Path, task: str, cap: int | None) -> int:
+    """Distinct sample ids in a result file, at most `cap` of them kept. Result files here only grow (fetch
+    appends), so each look reads only the bytes added since the last one; a file replaced is read anew."""
+    st, key = f.stat(), (str(f), task)
+    ino, done, ids = _SEEN.get(key, (st.st_ino, 0, set()))
+    if ino != st.st_ino or st.st_size < done:
+        done, ids = 0, set()
+    if st.st_size > done:
+        for line, end in inbound.lines_from(f, task, done):
+            if line is not None and (cap is None or len(ids) < cap):
+                ids.add(line["id"])
+            done = end
+    if len(_SEEN) > 1024:
+        _SEEN.clear()
+    _SEEN[key] = (st.st_ino, done, ids)
+    return len(ids)
 
 
 def per_task(run_dir: Path) -> dict[str, int]:
@@ -47,8 +55,7 @@ def per_task(run_dir: Path) -> dict[str, int]:
         task = f.stem
         if wanted and task not in wanted:
             continue
-        n, cap = _distinct(f, task), wanted.get(task)
-        done[task] = n if cap is None else min(n, cap)
+        done[task] = _distinct(f, task, wanted.get(task))
     return done
 
 

@@ -67,9 +67,6 @@ def end(led: Ledger, provider, inst: Instance, *, how: str, run_dir: Path, polic
     return _terminate(led, provider, current, policy, event)
 
 
-LISTED_WITHIN_S = 60.0  # a launch this old is listed by its provider (EC2 lists a new instance within seconds)
-
-
 def _unanswered(led: Ledger, provider, inst: Instance, policy: Policy, event: EventFn, clock: Clock) -> Decimal:
     """An intent with no instance id: the launch failed, was never sent, or its answer was lost. What the tool
     launched is found by its run tag in any state - ended ones included - and ended and billed as any other.
@@ -78,7 +75,7 @@ def _unanswered(led: Ledger, provider, inst: Instance, policy: Policy, event: Ev
     lease + teardown, the most its boot guard let it run. Never 0 for what may have billed."""
     known = {i.provider_id for i in led.instances(run_id=inst.run_id) if i.provider_id}
     found = registry.lost_launch(provider, inst.run_id, known)
-    while found is None and not provider.caps.rented and clock.now() - inst.started_at < LISTED_WITHIN_S:
+    while found is None and clock.now() - inst.started_at < provider.caps.lists_after_s:
         clock.sleep(5)  # a cloud lists a new instance a little after its launch: not there yet is not "none made"
         found = registry.lost_launch(provider, inst.run_id, known)
     if found is not None:
@@ -163,7 +160,7 @@ def last_lines(provider, pid: str | None, run_id: str, run_dir: Path, policy: Po
                 end = clock.monotonic() + min(policy.tick_s, policy.teardown_s / 4)
                 while clock.monotonic() < end and not (given.read("worker.exit") or b"").strip():
                     clock.sleep(0.2)
-            for what, why in fetch(given, "out", run_dir / "out").bad:
+            for what, why in fetch(given, "out", run_dir / "out", progress.tasks_of(run_dir) or None).bad:
                 event("untrusted", f"the instance sent a bad {what}: {why}; not taken")
             return
         except GpuBudgetError as e:

@@ -326,3 +326,13 @@ def test_a_refusal_prints_money_by_the_display_rule(cli, budget_home):
     code, out, err = cli("run", SMOKE, "--pool", "team-vision-eval", "--yuan", "20000", "--yes")
     one_error(code, out, err, "above the cap")
     assert not re.search(r"\d\.\d{5,}", err), err
+
+
+def test_yaml_aliases_are_refused_not_expanded(cli, tmp_path):
+    """A 500-byte plan of nested aliases expands to billions of list items (a bomb the size and depth caps do
+    not see): refused as malformed YAML, at once."""
+    lines = ["a0: &a0 [[64, 64]]"] + [f"a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]" for k in range(1, 10)]
+    plan = tmp_path / "bomb.yaml"
+    plan.write_text("\n".join(lines) + "\nname: bomb\n")
+    code, out, err = cli("plan", "--plan", plan, "--yuan", "5")
+    assert code == 2 and "aliases" in err and err.count("\n") == 2, err

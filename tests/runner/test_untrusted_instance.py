@@ -362,3 +362,51 @@ def test_scores_a_line_claims_are_computed_again_from_its_prediction(tmp_path):
     assert (s["doc"]["ok"], s["doc"]["anls"]) == (3, 0.5)  # (0 + 1) / 2 scored; the unscorable one has none
     assert s["poem"]["keyword_recall"] == 0.5
     assert (s["check"]["agreement"], s["check"]["agreement_f1"]) == (0, 0.5)
+
+
+def test_lines_that_pass_the_shape_but_not_the_kind_never_crash_or_bloat_the_summary(tmp_path):
+    """A memory-sweep line with `"resolution": [5]` crashed the controller's summary; `["a", 200000000]` made a
+    200 MB string in its sort; NaN, Infinity or 1e400 would poison every mean: the first two are left out of the
+    sweep's table, the others are not lines at all."""
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    m = {k: v for k, v in LINE.items() if k not in ("kind", "prediction", "references")}
+    sweep = [{"id": "a", "resolution": [5]}, {"id": "b", "resolution": ["a", 200000000]},
+             {"id": "c", "resolution": [448, 448]}]
+    raw = [json.dumps({"task": "sweep", **m, **x}) for x in sweep]
+    raw += ['{"id": "d", "task": "sweep", "status": "ok", "latency_s": NaN}',
+            '{"id": "e", "task": "sweep", "status": "ok", "latency_s": Infinity}',
+            '{"id": "f", "task": "sweep", "status": "ok", "latency_s": 1e400}',
+            '{"id": "g", "task": "sweep", "status": "ok", "decode_tokens": 123456789012345678901234567890}']
+    (out / "results" / "sweep.jsonl").write_text("\n".join(raw) + "\n")
+    job = {"tasks": [{"name": "sweep", "kind": "memory_sweep", "samples": 5, "resolutions": [[448, 448]]}]}
+    s = results.summarize(out, job)["sweep"]
+    assert s["done"] == 3 and [r["resolution"] for r in s["by_resolution"]] == [[448, 448]]
+    assert s["largest_ok"] == [448, 448]
+
+
+def test_a_long_error_is_cut_not_a_reason_to_refuse_the_status(tmp_path):
+    """The worker writes its error whole: a 10,000-character one must not make status.json refused (its real
+    failure reason lost) - the string is cut to TEXT_CAP."""
+    inst = tmp_path / "inst"
+    (inst / "out").mkdir(parents=True)
+    (inst / "out" / "status.json").write_text(json.dumps({"updated_at": "t", "error": "DatasetError: " + "x" * 10_000}))
+    got = fetch(LocalSession(inst), "out", tmp_path / "run" / "out")
+    assert not got.bad and len(inbound.status(tmp_path / "run" / "out").error) == inbound.TEXT_CAP
+
+
+def test_only_the_jobs_result_files_are_taken_and_refusals_are_capped(tmp_path):
+    inst, out = tmp_path / "inst", tmp_path / "run" / "out"
+    (inst / "out" / "results").mkdir(parents=True)
+    for task in ("a", "extra"):
+        (inst / "out" / "results" / f"{task}.jsonl").write_text(json.dumps({"id": "1", "task": task, **LINE}) + "\n")
+    bad = {f"../x{k}.jsonl": "out/results/a.jsonl" for k in range(100)}
+    got = fetch(Hostile(inst, bad), "out", out, ["a"])
+    assert sorted(p.name for p in (out / "results").iterdir()) == ["a.jsonl"]
+    assert len(got.bad) == inbound.REFUSALS_CAP + 1 and got.bad[-1][0] == "..."
+
+
+def test_an_s3_results_object_with_a_torn_last_line_counts_it_skipped(tmp_path):
+    line = json.dumps({"id": "1", "task": "a", **LINE})
+    why = inbound.take_object("results/a.jsonl", io.BytesIO((line + "\n" + line[:20]).encode()).read, tmp_path)
+    assert "1 line(s) skipped" in why and (tmp_path / "results" / "a.jsonl").read_text() == line + "\n"

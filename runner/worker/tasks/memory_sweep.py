@@ -36,10 +36,18 @@ def run_batch(ctx, task, samples):
 
 def summarize(task, lines):
     out = base.accounting(lines)
+    sized = sorted((x for x in lines if _pixels(x)), key=_pixels)  # (the controller sums lines it fetched)
     out["by_resolution"] = [
         {"resolution": x["resolution"], "status": x["status"], "visual_tokens": x.get("visual_tokens"),
-         "peak_memory_bytes": x.get("peak_memory_bytes"), "latency_s": x.get("latency_s")}
-        for x in sorted(lines, key=lambda x: x["resolution"][0] * x["resolution"][1])]
-    fits = [x["resolution"] for x in lines if x["status"] == "ok"]
-    out["largest_ok"] = max(fits, key=lambda r: r[0] * r[1]) if fits else None
+         "peak_memory_bytes": x.get("peak_memory_bytes"), "latency_s": x.get("latency_s")} for x in sized]
+    fits = [x for x in sized if x["status"] == "ok"]
+    out["largest_ok"] = fits[-1]["resolution"] if fits else None
     return out
+
+
+def _pixels(line: dict) -> int:
+    """A line's width x height, 0 for a resolution that is not two sizes in pixels."""
+    r = line.get("resolution")
+    if isinstance(r, list) and len(r) == 2 and all(type(v) is int and 0 < v <= 1 << 16 for v in r):
+        return r[0] * r[1]
+    return 0
