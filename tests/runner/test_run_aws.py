@@ -48,9 +48,10 @@ def spot_run_at_work(aws_cloud, budget_home, tiny_model, plan: Path, lines: int 
 
 
 @slow
-def test_happy_path(aws_cloud, cli, budget_home, tiny_model):
-    code, out, err = cli("run", SMOKE, "--provider", "aws", "--yuan", "20", "--yes", "--model-path", tiny_model,
-                         "--quant", "nf4", "--limit", "1")  # every task kind, one sample each
+def test_happy_path(aws_cloud, cli, budget_home, tiny_model, tmp_path):
+    # one caption task (every task kind runs end to end on the local provider: test_local_happy_path)
+    code, out, err = cli("run", caption_plan(tmp_path, "happy", 2), "--provider", "aws", "--yuan", "20", "--yes",
+                         "--model-path", tiny_model, "--quant", "nf4")
     assert code == 0, err
     run = the_run(budget_home)
     assert run["state"] == "done" and run["provider"] == "aws" and run["quantization"] == "nf4"

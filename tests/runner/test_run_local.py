@@ -19,6 +19,7 @@ import pytest
 from runner.procs import pid_alive as alive
 from runner.worker.tiny import NAME as TINY
 from tests.runner.conftest import (
+    caption_plan,
     db,
     instance_pids,
     result_lines,
@@ -103,8 +104,10 @@ def test_detach_then_budget_stop(cli, local_home, long_plan):
 
 
 @slow
-def test_ssh_host_happy_path(cli, ssh_host, budget_home):
-    code, _, err = cli("run", SMOKE, "--provider", "ssh", "--yuan", "5", "--yes", "--quant", "nf4", "--limit", "1")
+def test_ssh_host_happy_path(cli, ssh_host, budget_home, tmp_path):
+    # one caption task (every task kind runs end to end on the local provider: test_local_happy_path)
+    code, _, err = cli("run", caption_plan(tmp_path, "happy", 2), "--provider", "ssh", "--yuan", "5", "--yes",
+                       "--quant", "nf4")
     assert code == 0, err
     run = the_run(budget_home)
     assert run["state"] == "done" and run["offer"] == "csdn:T4x1"
