@@ -216,15 +216,18 @@ class _Offsets:
             self.doc = {k: _Cursor(int(v[0]), bool(v[1])) for k, v in raw.items()} if isinstance(raw, dict) else {}
         except (OSError, ValueError, TypeError, IndexError, KeyError):
             self.doc = {}
+        self.was = json.dumps({k: [c.at, c.skipping] for k, c in self.doc.items()})
 
     def get(self, rel: str, local: Path) -> _Cursor:
         """An offset written by an earlier fetch; else what is held (fetches before this file held every byte)."""
         return self.doc.get(rel) or _Cursor(local.stat().st_size if local.exists() else 0)
 
     def save(self) -> None:
-        tmp = self.path.with_name(OFFSETS + ".part")
-        tmp.write_text(json.dumps({k: [c.at, c.skipping] for k, c in self.doc.items()}))
-        tmp.replace(self.path)
+        text = json.dumps({k: [c.at, c.skipping] for k, c in self.doc.items()})
+        if text != self.was:  # most ticks of a quiet worker change nothing
+            tmp = self.path.with_name(OFFSETS + ".part")
+            tmp.write_text(text)
+            tmp.replace(self.path)
 
 
 def forget_offsets(out: Path) -> None:

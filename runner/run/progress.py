@@ -16,10 +16,26 @@ from .. import inbound
 def tasks_of(run_dir: Path) -> dict[str, int | None]:
     """The job's tasks and how many samples each asks for (None: not known here), from request.json; {} when
     the run directory has none (then every task file held counts)."""
+    path = Path(run_dir) / "request.json"
+    try:
+        st = path.stat()
+    except OSError:
+        return {}
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _JOBS:
+        _JOBS.clear()  # one run directory at a time, usually: keep the last
+        _JOBS[key] = _read_tasks(path)
+    return dict(_JOBS[key])
+
+
+_JOBS: dict[tuple, dict[str, int | None]] = {}
+
+
+def _read_tasks(path: Path) -> dict[str, int | None]:
     from ..worker.tasks import most_lines
 
     try:
-        job = json.loads((Path(run_dir) / "request.json").read_bytes()[: 4 << 20]).get("job") or {}
+        job = json.loads(path.read_bytes()[: 4 << 20]).get("job") or {}
         return {t["name"]: most_lines(t, job.get("limit")) for t in job.get("tasks") or []}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return {}
