@@ -152,7 +152,7 @@ def _float(s: str) -> float:
     return x
 
 
-def _no_constant(s: str):
+def _no_constant(s: str):  # NaN, Infinity
     raise ValueError(f"{s} is not a number a result line holds")
 
 
@@ -218,8 +218,7 @@ class _Offsets:
             self.doc = {}
         self.was = json.dumps({k: [c.at, c.skipping] for k, c in self.doc.items()})
 
-    def get(self, rel: str, local: Path) -> _Cursor:
-        """An offset written by an earlier fetch; else what is held (fetches before this file held every byte)."""
+    def get(self, rel: str, local: Path) -> _Cursor:  # else what is held (earlier fetches held every byte)
         return self.doc.get(rel) or _Cursor(local.stat().st_size if local.exists() else 0)
 
     def save(self) -> None:
