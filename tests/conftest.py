@@ -47,10 +47,20 @@ def cli(capsys):
     return run
 
 
+HEAVY_FIXTURES = {"aws_cloud", "moto_server", "ssh_host", "local_home", "tiny_model"}  # seconds each, not ms
+
+
 def pytest_collection_modifyitems(config, items):
-    """The slow end-to-end tests first (a stable sort: otherwise in file order). With three xdist workers, a
-    long test started last leaves the other two idle while it runs; longest-first keeps them all busy to the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Longest first (a stable sort: otherwise in file order): the slow end-to-end tests, then the tests on a
+    real test cloud, a tiny model or a stateful property (seconds each), then the rest (milliseconds). With
+    three xdist workers, a long test started last leaves the other two idle while it runs; longest-first keeps
+    them all busy to the end."""
+    def rank(item) -> int:
+        if item.get_closest_marker("slow") is not None:
+            return 0
+        heavy = HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())) or "property" in item.nodeid
+        return 1 if heavy else 2
+    items.sort(key=rank)
 
 
 # The stateful property tests' thoroughness: CI runs the "ci" profile (seconds); `HYPOTHESIS_PROFILE=thorough`
