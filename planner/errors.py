@@ -42,3 +42,9 @@ class ModelConfigError(InputError):
 
 class BudgetTooSmall(GpuBudgetError):
     pass
+
+
+def shown_path(path) -> str:
+    """A path as an error line shows it: whole when short, else its start, its end and its length."""
+    s = str(path)
+    return s if len(s) <= 120 else f"{s[:50]}...{s[-50:]} ({len(s)} characters)"

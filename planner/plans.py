@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from .errors import PlanError
+from .errors import PlanError, shown_path
 from .models import EvalPlan
 
 DEFAULT_PLAN = "qwen3-vl-8b.yaml"
@@ -115,43 +115,38 @@ def plan_file(path: str | Path | None) -> Path:
     return p
 
 
-def _short(p: Path) -> str:
-    s = str(p)
-    return s if len(s) <= 120 else f"{s[:50]}...{s[-50:]} ({len(s)} characters)"
-
-
 def read_plan_text(p: Path) -> str:
     """The text of plan file `p`: a regular file of at most MAX_BYTES in UTF-8, else PlanError. Opened
     without blocking (a FIFO is refused, not waited on) and read no further than the cap."""
     try:
         fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise PlanError(f"{_short(p)}: no such plan file", "give the path of a YAML plan, e.g. plans/smoke.yaml "
+        raise PlanError(f"{shown_path(p)}: no such plan file", "give the path of a YAML plan, e.g. plans/smoke.yaml "
                         "(`budget run` and `budget eval` take it as their argument, `budget plan --plan PATH` as an "
                         "option)") from None
     except (OSError, ValueError) as e:
         why = "path too long" if getattr(e, "errno", None) == errno.ENAMETOOLONG else \
             (getattr(e, "strerror", None) or str(e))
-        raise PlanError(f"{_short(p)}: cannot read ({why})", "pass the path of a readable YAML plan file") from None
+        raise PlanError(f"{shown_path(p)}: cannot read ({why})", "pass the path of a readable YAML plan file") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PlanError(f"{_short(p)}: not a regular file", "pass the path of a YAML plan file")
+            raise PlanError(f"{shown_path(p)}: not a regular file", "pass the path of a YAML plan file")
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(MAX_BYTES + 1)
     except OSError as e:
-        raise PlanError(f"{_short(p)}: cannot read ({e.strerror or e})", "pass a readable YAML plan file") from None
+        raise PlanError(f"{shown_path(p)}: cannot read ({e.strerror or e})", "pass a readable YAML plan file") from None
     finally:
         os.close(fd)
     if len(data) > MAX_BYTES:
-        raise PlanError(f"{_short(p)}: larger than {MAX_BYTES // 1024} KiB, too large for a plan",
+        raise PlanError(f"{shown_path(p)}: larger than {MAX_BYTES // 1024} KiB, too large for a plan",
                         "a plan lists tasks; samples belong in data files it names (budget data init PLAN)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise PlanError(f"{_short(p)}: not UTF-8 text", "pass a UTF-8 YAML plan file") from None
+        raise PlanError(f"{shown_path(p)}: not UTF-8 text", "pass a UTF-8 YAML plan file") from None
 
 
 def load_plan(path: str | Path | None) -> EvalPlan:
     """Load a plan file; None loads the bundled default (the seed's Qwen3-VL-8B evaluation)."""
     text = read_plan_text(plan_file(path))
-    return parse_plan(text, _short(Path(path)) if path is not None else f"plans/{DEFAULT_PLAN}")
+    return parse_plan(text, shown_path(Path(path)) if path is not None else f"plans/{DEFAULT_PLAN}")

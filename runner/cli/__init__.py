@@ -13,7 +13,7 @@ import sys
 import typer
 
 from planner import numbers
-from planner.errors import GpuBudgetError, InputError
+from planner.errors import GpuBudgetError, InputError, shown_path
 
 # Each group registers its commands on `app` as it is imported: this order is the order help lists them in.
 from . import planning, evals, runs, reports, sweep, ledger, pools, data  # noqa: F401, I001
@@ -83,22 +83,16 @@ def command():
     return cmd
 
 
-def _path(name) -> str:
-    """A path for an error line: whole when short, else its start, end and length."""
-    s = str(name)
-    return s if len(s) <= 120 else f"{s[:50]}...{s[-50:]} ({len(s)} characters)"
-
-
 def _os_error(e: OSError) -> GpuBudgetError | None:
     """The operating system's refusals a user can act on, as our errors; None: a bug of ours."""
     if e.errno == errno.ENOSPC:
-        where = _path(e.filename) if e.filename else "the disk of $BUDGET_HOME"
+        where = shown_path(e.filename) if e.filename else "the disk of $BUDGET_HOME"
         return GpuBudgetError(f"no space left on the device writing {where}; nothing already written was "
                               "removed: finished results and the ledger are kept",
                               "free space on that disk (df -h shows it), then run the command again "
                               "(a run goes on with `budget resume RUN`)")
     if e.errno == errno.ENAMETOOLONG:
-        return InputError(f"path too long for this system: {_path(e.filename or '')}",
+        return InputError(f"path too long for this system: {shown_path(e.filename or '')}",
                           "use a shorter path (at most 255 characters per name, 4096 in all)")
     return None
 

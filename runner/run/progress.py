@@ -16,26 +16,10 @@ from .. import inbound
 def tasks_of(run_dir: Path) -> dict[str, int | None]:
     """The job's tasks and how many samples each asks for (None: not known here), from request.json; {} when
     the run directory has none (then every task file held counts)."""
-    path = Path(run_dir) / "request.json"
-    try:
-        st = path.stat()
-    except OSError:
-        return {}
-    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _JOBS:
-        _JOBS.clear()  # one run directory at a time, usually: keep the last
-        _JOBS[key] = _read_tasks(path)
-    return dict(_JOBS[key])
-
-
-_JOBS: dict[tuple, dict[str, int | None]] = {}
-
-
-def _read_tasks(path: Path) -> dict[str, int | None]:
     from ..worker.tasks import most_lines
 
     try:
-        job = json.loads(path.read_bytes()[: 4 << 20]).get("job") or {}
+        job = json.loads((Path(run_dir) / "request.json").read_bytes()[: 4 << 20]).get("job") or {}
         return {t["name"]: most_lines(t, job.get("limit")) for t in job.get("tasks") or []}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return {}
@@ -93,8 +77,8 @@ def planned(run_dir: Path, run_id: str | None = None) -> int:
         t = reported.get(name)
         if t is not None and t.skipped:
             continue
-        said = t.total if t is not None else None
-        total += min(x for x in (asked, said, 10**9) if x is not None) if (asked, said) != (None, None) else 0
+        known = [n for n in (asked, t.total if t is not None else None) if n is not None]
+        total += min(known, default=0)
     return total
 
 
