@@ -9,12 +9,18 @@ Prints, per provider:
 - stop -> terminate call: local: from the guard's stop decision (a cap that runs out; default tick
   5 s) to the terminate call; aws: from a `budget stop` request landing at a random moment of a tick
   (the worker busy, results flowing) to the terminate call. Target: <= one tick.
-Timestamps are the ledger's own (the controller writes them as it acts)."""
+Timestamps are the ledger's own (the controller writes them as it acts).
+
+The local round's cap is the least the pre-launch check admits plus 10 s of work (`local_cap`), so a local
+round lasts about 70 s: the guard's first stretch (10 s boot + ten 5 s ticks) and its 30 s teardown must be
+paid before anything starts. This machine's CPU profile (a local run's estimate needs it) is measured once
+before the rounds and given to each, as a user's first local run measures it once and keeps it."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import math
 import os
 import random
 import shutil
@@ -36,6 +42,24 @@ import localcloud  # noqa: E402
 SIM_OFFER = ("provider,instance_type,gpu,gpu_count,price_per,price,spot_price,currency,region,billing_increment_s,"
              "billing_minimum_s,source,date\n"
              'sim,cpu,T4,1,gpu,3600,,CNY,local,1,0,"benchmark: 1 CNY a second",2026-11-25\n')
+SIM_CNY_S = 1  # the sim offer's price per second
+WORK_S = 10  # seconds of work past what the pre-launch check asks before the guard's budget stop
+
+
+def local_cap() -> int:
+    """The local round's cap: the least the pre-launch check admits - the money must keep the instance for its
+    boot and a first stretch of work (runner/run/effects.py's first_stretch_s: the local provider's 10 s SSH
+    wait + ten 5 s ticks) and still pay its 30 s teardown - plus WORK_S, so that the guard stops the run on
+    its budget about WORK_S after that stretch. (60 CNY, 1 min at 1 CNY a second, was refused outright: the
+    money left would have lasted 30 s.)"""
+    from runner.cloud.local import LocalProvider
+    from runner.config import RunConfig
+    from runner.money.guard import Policy
+    from runner.run.effects import first_stretch_s
+
+    caps, run = LocalProvider.caps, RunConfig()
+    policy = Policy(tick_s=run.tick_s, teardown_s=caps.teardown_s, lease_s=run.lease_s)
+    return math.ceil(SIM_CNY_S * (first_stretch_s(caps.ssh_wait_s, policy) + policy.teardown_s + WORK_S))
 
 
 def plan(tmp: Path, samples: int) -> Path:
@@ -76,12 +100,15 @@ def local_round(tmp: Path, tiny: Path) -> tuple[float, float, None]:
     home = tmp / f"local-{time.monotonic_ns()}"
     (home / "models").mkdir(parents=True)
     shutil.copytree(tiny, home / "models" / tiny.name)
+    # this machine's CPU profile, measured once (a user's first local run measures it once and keeps it)
+    shutil.copytree(tmp / "profiled" / "devices", home / "devices")
     (tmp / "sim.csv").write_text(SIM_OFFER)
     budget(home, "prices", "import", tmp / "sim.csv", "--format", "csv")
     t0 = time.time()
-    r = budget(home, "run", plan(tmp, 20000), "--provider", "local", "--offer", "sim:cpu", "--yuan", "60", "--yes")
+    r = budget(home, "run", plan(tmp, 20000), "--provider", "local", "--offer", "sim:cpu", "--yuan", local_cap(),
+               "--yes")
     ev = events(home)
-    assert "guard" in ev, r.stderr
+    assert "guard" in ev and "started" in ev, r.stderr
     return ev["started"] - t0, ev["terminating"] - ev["guard"], None
 
 
@@ -122,11 +149,13 @@ def main() -> None:
     import boto3
     from moto.server import ThreadedMotoServer
 
+    from runner import localrig
     from runner.worker import tiny as tinymod
 
     tmp = Path(tempfile.mkdtemp(prefix="run-overhead-"))
     os.environ["HF_HUB_OFFLINE"] = "1"
     tiny = tinymod.build(tmp / tinymod.NAME)
+    localrig.profile(tmp / "profiled")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, mport = server.get_host_and_port()

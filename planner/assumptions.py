@@ -5,6 +5,8 @@ the memory margins from measurements; a fitted value replaces the default for th
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field, ValidationError
 
 from .errors import InputError
@@ -33,20 +35,35 @@ class Assumptions(Model):
         "allocations per card the model does not itemise (cuBLAS workspaces, small buffers), MiB; 0 until "
         "`budget calibrate` sets it from measured peaks, so that every measured peak is covered"))
     template_tokens: int = Field(16, ge=0, description="chat-template tokens around each prompt (role markers)")
-    # ---- speed
-    prefill_efficiency: float = Field(0.40, gt=0, le=1, description=(
-        "fraction of the card's dense FP16 tensor TFLOPS reached in prefill and the vision encoder"))
-    bandwidth_efficiency: float = Field(0.70, gt=0, le=1, description=(
-        "fraction of memory bandwidth reached when decode streams the weights"))
-    decode_overhead_ms_per_layer: float = Field(0.45, ge=0, description=(
-        "per-decoder-layer launch/Python overhead of a transformers generate step; with the two above it "
-        "reproduces 7B fp16 ~40 tok/s and Llama-2-13B 37 ms/token on A100 (FACTS)"))
-    nf4_decode_slowdown: float = Field(1.4, gt=0, description=(
-        "bitsandbytes NF4 decode time vs fp16 at batch 1 (FACTS: Llama-2-13B on A100, 52.0 vs 37.0 ms/token)"))
-    nf4_prefill_slowdown: float = Field(1.15, gt=0, description="NF4 prefill vs fp16 (weights dequantized per matmul)")
-    int8_decode_slowdown: float = Field(4.0, gt=0, description=(
-        "LLM.int8 decode vs fp16 (FACTS: reports from ~15% of fp16 speed to 5x slower; bnb #181, #490)"))
-    int8_prefill_slowdown: float = Field(2.0, gt=0, description="LLM.int8 prefill vs fp16 (outlier decomposition)")
+    # ---- speed (the defaults are `planner.timefit`'s fit for the worker's stack; tests/planner/test_timefit.py
+    # refits and checks them)
+    prefill_efficiency: float = Field(0.270, gt=0, le=1, description=(
+        "fraction of the card's dense FP16 tensor TFLOPS reached in prefill, the vision encoder and a batch's "
+        "decode matmuls"))
+    bandwidth_efficiency: float = Field(0.642, gt=0, le=1, description=(
+        "fraction of memory bandwidth reached when a decode step streams the weights"))
+    attention_efficiency: float = Field(0.0755, gt=0, le=1, description=(
+        "fraction of memory bandwidth reached when a decode step re-reads the KV cache once per query head "
+        "(long prompts decode slower: Qwen2.5-7B on A100 40.38 -> 18.83 tokens/s at 30720 input)"))
+    decode_overhead_ms_per_layer: float = Field(1.11, ge=0, description=(
+        "host time per decoder layer per generate step (kernel launches, Python) on the worker's stack; a step "
+        "takes the longer of this and the card's work, so small models are barely faster than large ones"))
+    nf4_overhead_ms_per_linear: float = Field(0.0, ge=0, description=(
+        "extra host time per NF4 linear per step (bitsandbytes dequantizes per layer per step)"))
+    int8_overhead_ms_per_linear: float = Field(0.335, ge=0, description=(
+        "extra host time per LLM.int8 linear per step (outlier decomposition; FACTS: 15% of fp16 to 5x slower)"))
+    moe_expert_overhead_ms: float = Field(0.0788, ge=0, description=(
+        "host time per expert an MoE layer runs per step (transformers loops over experts in Python; 5.x "
+        "over the experts the batch hits)"))
+    nf4_prefill_slowdown: float = Field(1.0, gt=0, description=(
+        "NF4 prefill vs 16-bit (weights dequantized per matmul; our H200 rows' first tokens are launch-bound)"))
+    int8_prefill_slowdown: float = Field(1.22, gt=0, description="LLM.int8 prefill vs 16-bit (outlier decomposition)")
+    time_band: float = Field(0.55, ge=0, description=(
+        "+- fraction printed beside every time and cost: 90% of the time model's residuals on the worker's "
+        "stack's measured calls fall within it (`benchmarks/published_accuracy.py` prints them)"))
+    memory_band: float = Field(0.03, ge=0, description=(
+        "+- fraction printed beside every memory figure: 90% of the memory model's residuals on measured peaks "
+        "fall within it"))
     hop_latency_ms: float = Field(1.0, ge=0, description=(
         "per forward pass and per extra card: accelerate moves activations between cards and only one card "
         "works at a time (accelerate docs)"))
@@ -68,6 +85,11 @@ class Assumptions(Model):
         """Every assumption with its value and why, for --json output and the README."""
         return [{"name": k, "value": getattr(self, k), "why": f.description}
                 for k, f in type(self).model_fields.items()]
+
+
+def band_text(fraction: float) -> str:
+    """'±55%': a band as printed beside an estimate (whole percent, rounded up: never narrower than fitted)."""
+    return f"±{math.ceil(round(fraction * 100, 6)):.0f}%"
 
 
 def parse_overrides(items: list[str], base: Assumptions | None = None) -> Assumptions:

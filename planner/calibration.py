@@ -7,11 +7,10 @@ token, decode time, and the allocator's peak where the device reports one. They 
 worker's task summaries of finished runs and from `benchmarks/gpu_check.py --grid` files.
 
 The fit, per device:
-- 16-bit rows: decode step = bytes streamed / bandwidth x 1/bandwidth_efficiency + layers x per-layer
-  overhead (two-parameter least squares in relative error; when the rows cannot separate the two - one
-  model, similar shapes - one common scale of the defaults); then prefill_efficiency from what the
-  time to first token leaves after one decode step (one parameter).
-- nf4 / int8 rows: the slowdowns of decode and prefill against the device's 16-bit factors.
+- speed: the time model's own fit (`planner.timefit`, least squares in relative error of each call's time,
+  started from the current assumptions, damped so that rows which cannot separate two factors leave them
+  near where they were): 16-bit rows move the host's per-layer time and the bandwidth efficiency; nf4 / int8
+  rows move that quantization's per-linear host time over the device's 16-bit factors.
 - Rows more than 3x the median residual off (and over 25 %) are outliers: reported, left out, refitted.
 - Memory: memory_extra_mib = the largest amount a measured peak exceeds the modelled allocations by
   (+5 %), and headroom (the floor over the weights) lowered only as far as the largest measured
@@ -33,6 +32,7 @@ from .assumptions import Assumptions
 from .memory import dynamic, peak_of, weight_layout
 from .models import Gpu, Model, ModelSpec
 from .speed import ModelCost, pass_phases
+from .timefit import OURS, Row, TimeModel, band, fit, stack_coefficients, worker_factors
 from .workload import Pass
 
 QUANTIZED = ("nf4", "int8")
@@ -192,81 +192,23 @@ def mean_abs(xs: list[float]) -> float | None:
 # --------------------------------------------------------------------------- fitting
 
 
-def _scale(pred: list[float], meas: list[float]) -> float | None:
-    """k minimising sum((k p / m - 1)^2): the relative-error least-squares scale."""
-    r = [p / m for p, m in zip(pred, meas, strict=True) if m > 0 and p > 0]
-    den = sum(x * x for x in r)
-    return sum(r) / den if den > 0 else None
+SPEED_FACTORS = {"16": ("decode_overhead_ms_per_layer", "bandwidth_efficiency")} | {
+    q: (f"{q}_overhead_ms_per_linear",) for q in QUANTIZED}
 
 
-def _two(a_: list[float], b_: list[float], meas: list[float]) -> tuple[float, float] | None:
-    """(x, y) minimising sum(((x a + y b) / m - 1)^2), both > 0; None when the rows cannot separate them."""
-    a = [x / m for x, m in zip(a_, meas, strict=True)]
-    b = [x / m for x, m in zip(b_, meas, strict=True)]
-    saa, sab, sbb = sum(x * x for x in a), sum(x * y for x, y in zip(a, b, strict=True)), sum(y * y for y in b)
-    det = saa * sbb - sab * sab
-    if len(meas) < 3 or saa == 0 or sbb == 0 or det <= 1e-6 * saa * sbb:
-        return None
-    sa, sb = sum(a), sum(b)
-    x, y = (sa * sbb - sb * sab) / det, (sb * saa - sa * sab) / det
-    return (x, y) if x > 0 and y > 0 else None
-
-
-def _decode_parts(pr: Predictor, m: Measurement, a: Assumptions) -> tuple[float, float, float]:
-    """(bandwidth seconds at efficiency 1, per-layer overhead seconds at 1 ms, measured step) of one row."""
-    unit = a.model_copy(update={"bandwidth_efficiency": 1.0, "decode_overhead_ms_per_layer": 0.0})
-    bw = pr.phases(m, unit).step_s
-    layers = pr.cost(m.model).spec.text.num_hidden_layers
-    return bw, layers * 1e-3, m.decode_s / max(m.new_tokens - 1, 1)
-
-
-def fit_sixteen(pr: Predictor, rows: list[Measurement], a: Assumptions) -> dict[str, float]:
-    """bandwidth_efficiency, decode_overhead_ms_per_layer and prefill_efficiency from 16-bit rows."""
-    out: dict[str, float] = {}
-    dec = [r for r in rows if r.new_tokens > 1 and r.decode_s > 0]
-    if dec:
-        parts = [_decode_parts(pr, r, a) for r in dec]
-        bw, lay, meas = ([p[i] for p in parts] for i in range(3))
-        two = _two(bw, lay, meas)
-        if two is not None and 1 / two[0] <= 1.0:
-            out["bandwidth_efficiency"], out["decode_overhead_ms_per_layer"] = 1 / two[0], two[1]
-        else:  # one common scale of the defaults' two terms
-            pred = [b / a.bandwidth_efficiency + ly * a.decode_overhead_ms_per_layer for b, ly in zip(bw, lay,
-                                                                                                   strict=True)]
-            k = _scale(pred, meas) or 1.0
-            out["bandwidth_efficiency"] = min(1.0, a.bandwidth_efficiency / k)
-            out["decode_overhead_ms_per_layer"] = a.decode_overhead_ms_per_layer * k
-    a2 = a.model_copy(update=out)
-    pre = [(pr.phases(r, a2.model_copy(update={"prefill_efficiency": 1.0})), r) for r in rows if r.ttft_s > 0]
-    k = _prefill_scale([p.vision_s + p.prefill_s for p, _ in pre], [(r.ttft_s, p.step_s) for p, r in pre])
-    if k:
-        out["prefill_efficiency"] = min(1.0, max(0.005, 1 / k))
-    return out
-
-
-def _prefill_scale(work: list[float], ttft: list[tuple[float, float]]) -> float | None:
-    """The scale of the modelled prefill work that the measured times to first token leave after their
-    decode step - from the rows where that rest is at least a fifth of the time (elsewhere the first step
-    swamps the prefill and says nothing about it)."""
-    pairs = [(w, t - step) for w, (t, step) in zip(work, ttft, strict=True) if t - step >= 0.2 * t and w > 0]
-    return _scale([w for w, _ in pairs], [x for _, x in pairs]) if pairs else None
-
-
-def fit_quantized(pr: Predictor, rows: list[Measurement], a: Assumptions, quant: str) -> dict[str, float]:
-    """The quantization's decode and prefill slowdowns against the device's (fitted) 16-bit factors."""
-    out: dict[str, float] = {}
-    dec = [r for r in rows if r.new_tokens > 1 and r.decode_s > 0]
-    if dec:
-        pred = [pr.phases(r, a, quant="bf16").step_s for r in dec]
-        k = _scale(pred, [r.decode_s / (r.new_tokens - 1) for r in dec])
-        if k:
-            out[f"{quant}_decode_slowdown"] = k
-    a2 = a.model_copy(update=out)
-    pre = [(pr.phases(r, a2), pr.phases(r, a, quant="bf16"), r) for r in rows if r.ttft_s > 0]
-    k = _prefill_scale([p16.vision_s + p16.prefill_s for _, p16, _ in pre], [(r.ttft_s, pq.step_s) for pq, _, r in pre])
-    if k:
-        out[f"{quant}_prefill_slowdown"] = min(max(k, 0.1), 50.0)
-    return out
+def fit_speed(pr: Predictor, rows: list[Measurement], a: Assumptions, quant: str) -> dict[str, float]:
+    """The rig's speed factors by the time model's own fit (`planner.timefit`), from `a`: 16-bit rows move
+    the host's per-layer time and the bandwidth efficiency; nf4 / int8 rows that quantization's per-linear host
+    time over the (fitted) 16-bit factors. Prefill efficiency and slowdowns stay the defaults: they are fitted on
+    published 30k-token prompts and our 4k ones, and a short prompt's first token is launch-bound and says
+    nothing of them."""
+    model = TimeModel([Row(OURS, r.model, r.device, 1, r.quantization, r.batch, r.shape(), r.ttft_s + r.decode_s, r.source)
+                   for r in rows], pr.specs, pr.gpus, a.hop_latency_ms)
+    start = stack_coefficients(a)
+    free = ([f"layer@{OURS}", "weights"] if quant in SIXTEEN
+            else [f"qlinear.{quant}@{OURS}"])
+    got = worker_factors(fit(model, list(range(len(rows))), start=start, free=free))
+    return {k: got[k] for k in SPEED_FACTORS["16" if quant in SIXTEEN else quant]}
 
 
 def fit_memory(pr: Predictor, rows: list[Measurement], a: Assumptions) -> dict[str, float]:
@@ -287,7 +229,7 @@ def fit_memory(pr: Predictor, rows: list[Measurement], a: Assumptions) -> dict[s
     return out
 
 
-def _memory_errors(pr: Predictor, rows: list[Measurement], a: Assumptions) -> list[float]:
+def memory_errors(pr: Predictor, rows: list[Measurement], a: Assumptions) -> list[float]:
     out = []
     for r in rows:
         if r.peak_allocated_bytes:
@@ -304,8 +246,7 @@ def fit_rig(pr: Predictor, device: str, quant: str, rows: list[Measurement], bas
     outliers: list[str] = []
 
     def fit(rs: list[Measurement]) -> dict[str, float]:
-        f = fit_sixteen(pr, rs, base) if quant in SIXTEEN else fit_quantized(pr, rs, a16, quant)
-        return {**f, **fit_memory(pr, rs, base)}
+        return {**fit_speed(pr, rs, a16, quant), **fit_memory(pr, rs, base)}
 
     factors = fit(rows)
     errs = [relative_error(pr.call_s(r, a16.model_copy(update=factors)), r.ttft_s + r.decode_s) for r in rows]
@@ -316,12 +257,13 @@ def fit_rig(pr: Predictor, device: str, quant: str, rows: list[Measurement], bas
         rows, factors = keep, fit(keep)
     before = [relative_error(pr.call_s(r, base), r.ttft_s + r.decode_s) for r in rows]
     after = [relative_error(pr.call_s(r, a16.model_copy(update=factors)), r.ttft_s + r.decode_s) for r in rows]
+    factors["time_band"] = band(after)  # the band printed beside this rig's estimates: its own residuals
     fitted = a16.model_copy(update=factors)
     return RigFit(device=device, quantization="bf16" if quant == "fp16" else quant,
                   factors={k: round(v, 6) for k, v in factors.items() if math.isfinite(v)}, samples=len(rows),
                   sources=sorted({r.source for r in rows}), error_before=mean_abs(before), error_after=mean_abs(after),
-                  memory_error_before=mean_abs(_memory_errors(pr, rows, base)),
-                  memory_error_after=mean_abs(_memory_errors(pr, rows, fitted)), outliers=outliers)
+                  memory_error_before=mean_abs(memory_errors(pr, rows, base)),
+                  memory_error_after=mean_abs(memory_errors(pr, rows, fitted)), outliers=outliers)
 
 
 def fit_provider(provider: str, runs: list[RunTiming], a: Assumptions) -> ProviderFit | None:

@@ -14,16 +14,18 @@ Offer files come in two layouts:
   literal, SpotPrice possibly empty, AcceleratorCount a float. Rows of one (type, region) collapse
   into one offer: the on-demand price, the cheapest zone's spot price.
 Lines starting with `#` are comments; `# source:` and `# date:` lines stamp the file's rows.
+
+Offers are read in one columnar pass into an `OfferTable` (planner/offerfiles.py, planner/offers.py), and a
+user file's offers are kept in an index beside it (planner/offerindex.py), so that a catalog of a million
+SkyPilot rows loads in well under a second once `budget prices import` has read it.
 """
 
 from __future__ import annotations
 
-import ast
 import csv
-import functools
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -32,31 +34,27 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from . import offerindex
 from .architecture import load_config
 from .errors import CatalogError, ModelConfigError
 from .models import FxRate, Gpu, ModelSpec, Offer
+from .offerfiles import (  # noqa: F401 - CLOUD_*, Problem and the column lists are this module's API too
+    CLOUD_BILLING,
+    CLOUD_CURRENCY,
+    OUR_COLUMNS,
+    SKYPILOT_COLUMNS,
+    Problem,
+    collapse_skypilot,
+    header,
+    parse_ours,
+    positions,
+    records,
+    skypilot_rows,
+    split_comments,
+)
+from .offers import OfferTable
 
-OUR_COLUMNS = ["provider", "instance_type", "gpu", "gpu_count", "price_per", "price", "spot_price", "currency",
-               "region", "billing_increment_s", "billing_minimum_s", "source", "date"]
-SKYPILOT_COLUMNS = ["InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB", "GpuInfo",
-                    "Price", "SpotPrice", "Region", "AvailabilityZone"]
-# Billing rules of clouds whose SkyPilot catalogs carry none: (increment s, minimum s).
-CLOUD_BILLING = {"aws": (1, 60), "gcp": (1, 60), "azure": (60, 60)}
-CLOUD_CURRENCY = "USD"
-
-
-@dataclass
-class Problem:
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
-
-    @classmethod
-    def of(cls, line: int, e: ValidationError) -> Problem:
-        err = e.errors()[0]
-        return cls(line, f"{'.'.join(map(str, err['loc']))}: {err['msg']}")
+_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")  # str.splitlines() breaks there too
 
 
 @dataclass
@@ -77,26 +75,62 @@ class SkyRow:
     raw: dict[str, str] = field(default_factory=dict)
 
 
+class _GpuIndex:
+    """Every GPU by its normalised name and aliases, and by every prefix of its name (a family: 'A100'), each
+    list in catalog order; and the answers given so far."""
+
+    __slots__ = ("exact", "family", "found", "of")
+
+    def __init__(self, gpus: dict[str, Gpu]) -> None:
+        self.of = (gpus, tuple(map(id, gpus.values())))
+        self.exact: dict[str, list[Gpu]] = {}
+        self.family: dict[str, list[Gpu]] = {}
+        self.found: dict[tuple[str, int | None], Gpu | None] = {}
+        for g in gpus.values():
+            name = _norm(g.name)
+            for key in dict.fromkeys([name, *map(_norm, g.aliases)]):
+                self.exact.setdefault(key, []).append(g)
+            for n in range(len(name) + 1):
+                self.family.setdefault(name[:n], []).append(g)
+
+    def fresh(self, gpus: dict[str, Gpu]) -> bool:
+        return self.of[0] is gpus and self.of[1] == tuple(map(id, gpus.values()))
+
+
 @dataclass
 class Catalog:
     gpus: dict[str, Gpu]
     models: dict[str, ModelSpec]
-    offers: list[Offer]
+    offers: Sequence[Offer]  # an OfferTable as loaded; any sequence of Offer objects will do
     fx: dict[str, FxRate]
     files: list[str] = field(default_factory=list)  # every file read, for `assumptions`
+    _index: _GpuIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     def gpu(self, name: str, memory_mib: int | None = None) -> Gpu | None:
         """Resolve a GPU by name or alias (case/space/dash-insensitive). A bare family name that
-        several sizes share ('A100') picks the size nearest `memory_mib`, else the first listed."""
+        several sizes share ('A100') picks the size nearest `memory_mib`, else the first listed.
+        One dictionary look-up: the names are indexed once (again when `gpus` changes)."""
+        idx = self._index
+        if idx is None or not idx.fresh(self.gpus):
+            idx = self._index = _GpuIndex(self.gpus)
+        key = (name, memory_mib)
+        if key in idx.found:
+            return idx.found[key]
         q = _norm(name)
-        exact = [g for g in self.gpus.values() if q == _norm(g.name) or q in map(_norm, g.aliases)]
-        family = [g for g in self.gpus.values() if _norm(g.name).startswith(q)]
+        exact, family = idx.exact.get(q, []), idx.family.get(q, [])
         pool = family if memory_mib and len(family) > 1 else (exact or family)
-        if not pool:
-            return None
-        if memory_mib:
-            return min(pool, key=lambda g: abs(g.memory_mib - memory_mib))
-        return pool[0]
+        got = None
+        if pool:
+            got = min(pool, key=lambda g: abs(g.memory_mib - memory_mib)) if memory_mib else pool[0]
+        idx.found[key] = got
+        return got
+
+    def resolver(self):
+        """(name as written, MiB) -> the catalog's GPU name, or None: what the offer parsers take."""
+        def resolve(name: str, memory_mib: int | None) -> str | None:
+            g = self.gpu(name, memory_mib)
+            return None if g is None else g.name
+        return resolve
 
     def model(self, name: str) -> ModelSpec:
         q = name.strip().lower()
@@ -120,44 +154,22 @@ def _norm(s: str) -> str:
     return s.upper().replace(" ", "").replace("-", "").replace("_", "")
 
 
+def column(offers: Iterable[Offer], name: str) -> list:
+    """One field of every offer: a column of an OfferTable, or read off Offer objects."""
+    return offers.cols[name] if isinstance(offers, OfferTable) else [getattr(o, name) for o in offers]
+
+
 # --------------------------------------------------------------------------- file readers
 
 
-def _split_comments(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
-    """Return the `# key: value` stamps and the non-comment lines with their 1-based numbers."""
-    meta: dict[str, str] = {}
-    lines: list[tuple[int, str]] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.lstrip().startswith("#"):
-            body = line.lstrip()[1:].strip()
-            key, sep, value = body.partition(":")
-            if sep and key.strip() in ("source", "date") and key.strip() not in meta:
-                meta[key.strip()] = value.strip()
-            continue
-        if line.strip():
-            lines.append((n, line))
-    return meta, lines
-
-
 def _rows(lines: list[tuple[int, str]], expected: list[str], path: str) -> list[tuple[int, dict[str, str]]]:
-    if not lines:
-        raise CatalogError(f"{path}: no header line", f"the first non-comment line must be: {','.join(expected)}")
-    header_n, header = lines[0]
-    cols = next(csv.reader([header]))
-    missing = [c for c in expected if c not in cols]
-    if missing:
-        raise CatalogError(f"{path}:{header_n}: header lacks {', '.join(missing)}",
-                           f"expected columns: {','.join(expected)}")
-    # parse line by line so each row keeps its own number even with quoted commas
-    out = []
-    for n, line in lines[1:]:
-        values = next(csv.reader([line]))
-        out.append((n, dict(zip(cols, values)) if len(values) == len(cols) else {"__bad__": str(len(values))}))
-    return out
+    cols = header(lines, expected, path)
+    return [(n, dict(zip(cols, values)) if len(values) == len(cols) else {"__bad__": str(len(values))})
+            for n, values in records(lines[1:])]
 
 
 def _good_rows(lines: list[tuple[int, str]], columns: list[str], path: str,
-               problems: list[Problem]) -> Iterator[tuple[int, dict[str, str]]]:
+               problems: list[Problem]) -> Iterable[tuple[int, dict[str, str]]]:
     """Rows with the right number of fields; the others become Problems."""
     for n, r in _rows(lines, columns, path):
         if "__bad__" in r:
@@ -166,95 +178,31 @@ def _good_rows(lines: list[tuple[int, str]], columns: list[str], path: str,
             yield n, r
 
 
-def _dec(v: str, what: str, optional: bool = False) -> Decimal | None:
-    v = v.strip()
-    if not v and optional:
-        return None
-    try:
-        d = Decimal(v)
-    except InvalidOperation:
-        raise ValueError(f"{what} {v!r} is not a number") from None
-    if not d.is_finite() or d < 0:
-        raise ValueError(f"{what} {v!r} must be a non-negative number")
-    return d
+def _named(table: OfferTable, names: dict[tuple[str, int | None], str | None]) -> OfferTable:
+    """`table` with the catalog's GPU names (`names`: (name as written, MiB) -> catalog name)."""
+    if not names or all(k[0] == v for k, v in names.items()):
+        return table
+    return table.with_gpus(names)
 
 
-def parse_offers_csv(text: str, path: str, gpus: Catalog | None = None) -> tuple[list[Offer], list[Problem]]:
+def _resolve(table: OfferTable, resolve) -> dict[tuple[str, int | None], str | None]:
+    return {k: resolve(*k) for k in table.gpu_keys()}
+
+
+def parse_offers_csv(text: str, path: str, gpus: Catalog | None = None) -> tuple[OfferTable, list[Problem]]:
     """Parse our offer layout. Returns the offers and one Problem per unusable row; with `gpus`,
     GPU names are resolved to the catalog's (unknown ones are Problems)."""
-    meta, lines = _split_comments(text)
-    offers: list[Offer] = []
-    problems: list[Problem] = []
-    for n, r in _good_rows(lines, OUR_COLUMNS, path, problems):
-        try:
-            lo, _, hi = r["gpu_count"].strip().partition("-")
-            counts = range(int(lo), int(hi or lo) + 1)
-            if r["price_per"] not in ("gpu", "instance"):
-                raise ValueError(f"price_per must be 'gpu' or 'instance', got {r['price_per']!r}")
-            per_gpu = r["price_per"] == "gpu"
-            gpu = r["gpu"].strip()
-            if gpus is not None:
-                spec = gpus.gpu(gpu)
-                if spec is None:
-                    raise ValueError(f"unknown GPU {gpu!r}: add it to $BUDGET_HOME/catalog/gpus.csv")
-                gpu = spec.name
-            price, spot = _dec(r["price"], "price"), _dec(r["spot_price"], "spot_price", optional=True)
-            if not counts:
-                raise ValueError(f"gpu_count {r['gpu_count']!r} is an empty range")
-            row = []  # all of a row's offers, or none of them
-            for c in counts:
-                k = c if per_gpu else 1
-                row.append(Offer(
-                    provider=r["provider"].strip(), instance_type=r["instance_type"].strip() + (f"x{c}" if len(counts) > 1 else ""),
-                    gpu=gpu, gpu_count=c, price=price * k, spot_price=None if spot is None else spot * k,
-                    currency=r["currency"].strip().upper(), region=r["region"].strip(),
-                    billing_increment_s=int(r["billing_increment_s"]), billing_minimum_s=int(r["billing_minimum_s"]),
-                    source=r["source"] or meta.get("source", path), date=r["date"] or meta.get("date", "")))
-            offers += row
-        except ValidationError as e:
-            problems.append(Problem.of(n, e))
-        except ValueError as e:
-            problems.append(Problem(n, str(e)))
-    return offers, problems
-
-
-@functools.lru_cache(maxsize=4096)
-def _gpu_info_mib(info: str) -> int:
-    """Memory per GPU from SkyPilot's GpuInfo (a Python-dict literal, not JSON); rows of a
-    catalog repeat a handful of these, hence the cache."""
-    try:
-        return int(ast.literal_eval(info)["Gpus"][0]["MemoryInfo"]["SizeInMiB"])
-    except (ValueError, SyntaxError, KeyError, IndexError, TypeError, MemoryError, RecursionError):
-        raise ValueError("GpuInfo is not a Python-dict literal with Gpus[0].MemoryInfo.SizeInMiB") from None
+    table, problems, _ = parse_ours(text, path, None if gpus is None else gpus.resolver())
+    return (table if gpus is None else _named(table, _resolve(table, gpus.resolver()))), problems
 
 
 def parse_skypilot(text: str, path: str) -> tuple[list[SkyRow], list[Problem], dict[str, str]]:
     """Parse SkyPilot's vms.csv layout. Rows without a GPU, or with malformed fields, become
     Problems with their line numbers; nothing is dropped silently."""
-    meta, lines = _split_comments(text)
-    rows: list[SkyRow] = []
     problems: list[Problem] = []
-    for n, r in _good_rows(lines, SKYPILOT_COLUMNS, path, problems):
-        try:
-            if not r["AcceleratorName"].strip():
-                raise ValueError(f"{r['InstanceType']} has no accelerator (CPU instance), not usable for GPU plans")
-            count_f = float(r["AcceleratorCount"])
-            if count_f <= 0 or count_f != int(count_f):
-                raise ValueError(f"AcceleratorCount {r['AcceleratorCount']!r} is not a whole number of GPUs"
-                                 " (fractional GPUs are not modelled)")
-            mem = _gpu_info_mib(r["GpuInfo"].strip()) if r["GpuInfo"].strip() else None
-            price = _dec(r["Price"], "Price", optional=True)
-            if price is None:
-                raise ValueError(f"{r['InstanceType']} in {r['AvailabilityZone'] or r['Region']} has no on-demand Price")
-            rows.append(SkyRow(
-                line=n, instance_type=r["InstanceType"].strip(), accelerator=r["AcceleratorName"].strip(),
-                count=int(count_f), vcpus=float(r["vCPUs"]) if r["vCPUs"].strip() else None,
-                memory_gib=float(r["MemoryGiB"]) if r["MemoryGiB"].strip() else None, gpu_memory_mib=mem,
-                price=price, spot_price=_dec(r["SpotPrice"], "SpotPrice", optional=True),
-                region=r["Region"].strip(), zone=r["AvailabilityZone"].strip(), raw=r))
-        except ValueError as e:
-            problems.append(Problem(n, str(e)))
-    return rows, problems, meta
+    meta, cols, rows = skypilot_rows(text, path, problems)
+    out = [SkyRow(n, *values, raw=dict(zip(cols, raw))) for n, raw, values in rows]
+    return out, problems, meta
 
 
 def write_skypilot(rows: list[SkyRow], meta: dict[str, str]) -> str:
@@ -271,38 +219,18 @@ def write_skypilot(rows: list[SkyRow], meta: dict[str, str]) -> str:
 
 
 def skypilot_offers(rows: list[SkyRow], provider: str, meta: dict[str, str], gpus: Catalog | None,
-                    path: str) -> tuple[list[Offer], list[Problem]]:
+                    path: str) -> tuple[OfferTable, list[Problem]]:
     """Collapse per-zone rows into one offer per (instance type, region)."""
-    inc, minimum = CLOUD_BILLING.get(provider, (1, 60))
-    grouped: dict[tuple[str, str], list[SkyRow]] = {}
     problems: list[Problem] = []
-    names: dict[tuple[str, int | None], str | None] = {}
-    for r in rows:
-        key = (r.accelerator, r.gpu_memory_mib)
-        if key not in names:
-            g = gpus.gpu(*key) if gpus is not None else None
-            names[key] = r.accelerator if gpus is None else (g.name if g is not None else None)
-        if names[key] is None:
-            problems.append(Problem(r.line, f"unknown GPU {r.accelerator!r}: add it to $BUDGET_HOME/catalog/gpus.csv"))
-            continue
-        grouped.setdefault((r.instance_type, r.region), []).append(r)
-    offers = []
-    for (itype, region), rs in grouped.items():
-        spots = [r for r in rs if r.spot_price is not None]
-        first = rs[0]
-        gpu = names[(first.accelerator, first.gpu_memory_mib)]
-        offers.append(Offer(
-            provider=provider, instance_type=itype, gpu=gpu, gpu_count=first.count,
-            price=max(r.price for r in rs), spot_price=min((r.spot_price for r in spots), default=None),
-            currency=CLOUD_CURRENCY, region=region, zones=[r.zone for r in rs],
-            billing_increment_s=inc, billing_minimum_s=minimum, gpu_memory_mib=first.gpu_memory_mib,
-            vcpus=first.vcpus, memory_gib=first.memory_gib,
-            source=meta.get("source", path), date=meta.get("date", "")))
-    return offers, problems
+    values = ((r.line, None, (r.instance_type, r.accelerator, r.count, r.vcpus, r.memory_gib, r.gpu_memory_mib,
+                              r.price, r.spot_price, r.region, r.zone)) for r in rows)
+    resolve = None if gpus is None else gpus.resolver()
+    table = collapse_skypilot(values, provider, meta, path, resolve, problems)
+    return (table if gpus is None else _named(table, _resolve(table, resolve))), problems
 
 
 def read_gpus(text: str, path: str) -> list[Gpu]:
-    _, lines = _split_comments(text)
+    _, lines = split_comments(text)
     out: list[Gpu] = []
     problems: list[Problem] = []
     for n, r in _good_rows(lines, ["name", "memory_mib", "bandwidth_gbs", "fp16_tflops", "bf16", "compute_capability"],
@@ -339,18 +267,50 @@ def _offer_files(root: Path) -> list[Path]:
     return sorted(d.glob("*.csv")) if d.is_dir() else []
 
 
-def _read_offer_file(p: Path, cat: Catalog) -> list[Offer]:
-    text = p.read_text(encoding="utf-8")
+def _provider_of(p: Path) -> str:
+    return p.name.removesuffix(".vms.csv").split(".")[0]
+
+
+def _parse_offer_file(text: str, p: Path, resolve) -> tuple[OfferTable, dict, list[Problem]]:
+    """The offers of file `p` with GPU names as written, the catalog's name of each, and the problems."""
+    problems: list[Problem] = []
     if p.name.endswith(".vms.csv"):
-        rows, problems, meta = parse_skypilot(text, str(p))
-        offers, more = skypilot_offers(rows, p.name.removesuffix(".vms.csv").split(".")[0], meta, cat, str(p))
+        meta, _, rows = skypilot_rows(text, str(p), problems)
+        more: list[Problem] = []
+        table = collapse_skypilot(rows, _provider_of(p), meta, str(p), resolve, more)
         problems += more
     else:
-        offers, problems = parse_offers_csv(text, str(p), cat)
+        table, problems, _ = parse_ours(text, str(p), resolve)
+    return table, _resolve(table, resolve), problems
+
+
+def _read_offer_file(p: Path, cat: Catalog, indexed: bool = False) -> OfferTable:
+    """The offers of file `p`; `indexed` (a user's file): from its index when it has a fresh one (and
+    writing one when it has none)."""
+    resolve = cat.resolver()
+    if indexed:
+        table = offerindex.load(p, str(p))
+        if table is not None:
+            names = _resolve(table, resolve)
+            if None not in names.values():
+                return _named(table, names)
+            # a GPU the catalog no longer has: the file itself says which rows, with their lines
+    table, names, problems = _parse_offer_file(p.read_text(encoding="utf-8"), p, resolve)
     if problems:
         raise CatalogError(f"{p}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
                            "fix or delete the row; `budget prices import` validates a file before adding it")
-    return offers
+    if indexed:
+        try:
+            offerindex.save(p, table, str(p))
+        except OSError:  # a read-only catalog, a full disk: the next plan reads the file again
+            pass
+    return _named(table, names)
+
+
+def _without(table: OfferTable, providers: set[str]) -> OfferTable:
+    if not providers.intersection(table.cols["provider"]):
+        return table
+    return table.take(i for i, pr in enumerate(table.cols["provider"]) if pr not in providers)
 
 
 def load_catalog(user_dir: Path | None = None) -> Catalog:
@@ -372,15 +332,16 @@ def load_catalog(user_dir: Path | None = None) -> Catalog:
         for p in sorted(models_dir.glob("*.json")) if models_dir.is_dir() else []:
             spec = load_config(p, name=p.stem, hf_id=f"Qwen/{p.stem}" if root == base and p.stem.startswith("Qwen") else "")
             cat.models[spec.name] = spec
-    bundled = [o for p in _offer_files(base) for o in _read_offer_file(p, cat)]
-    user: list[Offer] = []
+    bundled = [_read_offer_file(p, cat) for p in _offer_files(base)]
     # a catalog is a snapshot: the newest file of a provider replaces its earlier ones (and the bundled offers)
-    for p in sorted(_offer_files(user_dir) if len(roots) > 1 else [], key=lambda f: (f.stat().st_mtime_ns, f.name)):
-        offers = _read_offer_file(p, cat)
-        newer = {o.provider for o in offers}
-        user = [o for o in user if o.provider not in newer] + offers
-    user_providers = {o.provider for o in user}
-    cat.offers = [o for o in bundled if o.provider not in user_providers] + user
+    user_files = sorted(_offer_files(user_dir) if len(roots) > 1 else [], key=lambda f: (f.stat().st_mtime_ns, f.name))
+    user = [_read_offer_file(p, cat, indexed=True) for p in user_files]
+    later: set[str] = set()
+    for i in range(len(user) - 1, -1, -1):
+        providers = set(user[i].cols["provider"])
+        user[i] = _without(user[i], later)
+        later |= providers
+    cat.offers = OfferTable.concat([_without(t, later) for t in bundled] + user)
     cat.files += [str(p) for r in roots for p in _offer_files(r)]
     return cat
 
@@ -389,51 +350,114 @@ def load_catalog(user_dir: Path | None = None) -> Catalog:
 class ImportResult:
     file_name: str  # under $BUDGET_HOME/catalog/offers/
     content: str  # the validated rows, in the input's layout, stamped with source and date
-    offers: list[Offer]
+    offers: Sequence[Offer]
     problems: list[Problem]
     rows_used: int
+    # the offers the stored file reads back as (GPU names as written), given the path it is stored at; None
+    # when only reading it tells
+    stored: Callable[[str], OfferTable | None] = lambda path: None
+
+
+def _stamped(meta: dict[str, str]) -> str:
+    return "".join(f"# {k}: {meta[k]}\n" for k in ("source", "date") if meta.get(k))
+
+
+def _import_skypilot(text: str, path: str, provider: str, cat: Catalog, date: str) -> ImportResult:
+    problems: list[Problem] = []
+    meta, cols, rows = skypilot_rows(text, path, problems)
+    stamp = {"source": meta.get("source") or f"imported from {Path(path).name}", "date": meta.get("date") or date}
+    buf = io.StringIO()
+    buf.write(_stamped(stamp))
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SKYPILOT_COLUMNS)
+    at = positions(cols, SKYPILOT_COLUMNS)
+    used = 0
+
+    def keep(raw: list[str]) -> None:
+        nonlocal used
+        w.writerow([raw[j] for j in at])
+        used += 1
+    more: list[Problem] = []
+    resolve = cat.resolver()
+    table = collapse_skypilot(rows, provider, meta, path, resolve, more, keep)
+    content = buf.getvalue()
+
+    def stored(own: str) -> OfferTable | None:
+        """The same offers with the stored file's stamps and provider: exactly what reading it gives, as every
+        row is one line (csv writes what it read); a value with a line break of str.splitlines(): read it."""
+        if _LINE_BREAKS.search(content):
+            return None
+        m, _ = split_comments(_stamped(stamp))
+        n = len(table)
+        return OfferTable({**table.cols, "provider": [_provider_of(Path(own))] * n,
+                           "source": [m.get("source", own)] * n, "date": [m.get("date", "")] * n},
+                          table.givens, table.kinds)  # its shapes computed when it is indexed
+    return ImportResult(f"{provider}.vms.csv", content, _named(table, _resolve(table, resolve)), problems + more,
+                        used, stored)
+
+
+def _import_ours(text: str, path: str, provider: str | None, cat: Catalog, date: str) -> ImportResult:
+    meta, _ = split_comments(text)
+    buf = io.StringIO()
+    buf.write(f"# source: {meta.get('source') or 'imported from ' + Path(path).name}\n# date: {meta.get('date') or date}\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(OUR_COLUMNS)
+    used = 0
+
+    def keep(n: int, cols: list[str], raw: list[str]) -> None:
+        nonlocal used
+        r = dict(zip(cols, raw))
+        w.writerow([provider if provider and c == "provider" else r.get(c, "") for c in OUR_COLUMNS])
+        used += 1
+    resolve = cat.resolver()
+    table, problems, _ = parse_ours(text, path, resolve, keep)
+    offers = _named(table, _resolve(table, resolve))
+    if provider:
+        offers = offers.with_column("provider", [provider] * len(offers))
+    content = buf.getvalue()
+
+    def stored(own: str) -> OfferTable | None:  # read it, as a plan would
+        again, bad, _ = parse_ours(content, own, None)
+        return None if bad else again
+    name = "+".join(sorted(set(offers.cols["provider"]))) + ".csv"
+    return ImportResult(name, content, offers, problems, used, stored)
 
 
 def prepare_import(text: str, path: str, fmt: str, provider: str | None, cat: Catalog, date: str) -> ImportResult:
     """Validate an offer file for the user catalog. Unusable rows come back as Problems with their
     line numbers; the content keeps only usable rows. Raises CatalogError when none is usable."""
     if fmt == "skypilot":
-        prov = provider or "aws"
-        rows, problems, meta = parse_skypilot(text, path)
-        offers, more = skypilot_offers(rows, prov, meta, cat, path)
-        bad = {p.line for p in more}
-        good = [r for r in rows if r.line not in bad]
-        stamp = {"source": meta.get("source") or f"imported from {Path(path).name}", "date": meta.get("date") or date}
-        content, name, problems = write_skypilot(good, stamp), f"{prov}.vms.csv", problems + more
-        used = len(good)
+        if provider and "." in provider:  # it names the file, and a file's provider ends at its first '.'
+            raise CatalogError(f"{path}: provider name {provider!r} is not allowed for a SkyPilot file",
+                               "its file is PROVIDER.vms.csv, read back up to the first '.': use letters, digits, "
+                               "'_' and '-' (e.g. --provider my-cloud)")
+        r = _import_skypilot(text, path, provider or "aws", cat, date)
     elif fmt == "csv":
-        offers, problems = parse_offers_csv(text, path, cat)
-        if provider:
-            offers = [o.model_copy(update={"provider": provider}) for o in offers]
-        meta, lines = _split_comments(text)
-        bad = {p.line for p in problems}
-        buf = io.StringIO()
-        buf.write(f"# source: {meta.get('source') or 'imported from ' + Path(path).name}\n# date: {meta.get('date') or date}\n")
-        w = csv.DictWriter(buf, OUR_COLUMNS, lineterminator="\n", extrasaction="ignore")
-        w.writeheader()
-        used = 0
-        for n, r in _rows(lines, OUR_COLUMNS, path):
-            if n not in bad:
-                w.writerow({**r, **({"provider": provider} if provider else {})})
-                used += 1
-        content, name = buf.getvalue(), "+".join(sorted({o.provider for o in offers})) + ".csv"
+        r = _import_ours(text, path, provider, cat, date)
     else:
         raise CatalogError(f"unknown format {fmt!r}", "use --format skypilot or --format csv")
-    problems.sort(key=lambda p: p.line)
-    odd = sorted({o.provider for o in offers if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", o.provider)})
+    r.problems.sort(key=lambda p: p.line)
+    odd = sorted({p for p in column(r.offers, "provider") if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", p)})
     if odd:  # the provider names the file under $BUDGET_HOME/catalog/offers/
         raise CatalogError(f"{path}: provider name {odd[0]!r} is not allowed", "use letters, digits, '.', '_' and '-' "
                            "(e.g. --provider myhost)")
-    if not offers:
-        first = f": {problems[0]}" if problems else ""
+    if not r.offers:
+        first = f": {r.problems[0]}" if r.problems else ""
         raise CatalogError(f"{path}: no usable offer rows{first}",
                            "for SkyPilot's vms.csv use --format skypilot; for ours, see planner/data/offers/csdn.csv")
-    return ImportResult(name, content, offers, problems, used)
+    return r
+
+
+def save_index(dest: Path, r: ImportResult) -> None:
+    """After `r.content` is written to `dest`: keep its offers in the index beside it, so that plans load them
+    without reading the file. The index is a cache: when only reading the file tells what it holds, or the
+    index cannot be written (a full disk), the first plan reads the file and writes it."""
+    table = r.stored(str(dest))
+    if table is not None:
+        try:
+            offerindex.save(dest, table, str(dest))
+        except OSError:
+            pass
 
 
 def with_fx(cat: Catalog, overrides: list[str]) -> Catalog:
@@ -448,7 +472,7 @@ def with_fx(cat: Catalog, overrides: list[str]) -> Catalog:
             raise CatalogError(f"--fx {item!r}: expected CURRENCY=RATE with a positive rate, e.g. USD=7.2",
                                "the rate is CNY per unit of the currency") from None
         code = cur.strip().upper()
-        used = {o.currency.upper() for o in cat.offers} | set(cat.fx)
+        used = {c.upper() for c in set(column(cat.offers, "currency"))} | set(cat.fx)
         if code not in used:
             raise CatalogError(f"--fx {item!r}: no offer in the catalog is priced in {code or 'an empty currency'}",
                                "currencies in use: " + ", ".join(sorted(used)) + " (e.g. --fx USD=7.2)")

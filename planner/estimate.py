@@ -42,6 +42,8 @@ class RequestEstimate(Model):
     decode_tokens_per_s: float
     ttft_s: float
     total_s: float
+    time_band: float  # +- fraction around every time (the time model's residuals; `Assumptions.time_band`)
+    memory_band: float  # +- fraction around every memory figure
     assumptions: list[str]
     calibration: str = ""
 
@@ -72,11 +74,14 @@ def estimate_request(spec: ModelSpec, gpu: Gpu, gpu_count: int, quant: str, p: P
     worst = max(mem.per_gpu, key=lambda g: g.total)
     ph = pass_phases(ModelCost(spec, inv), p, batch, quant, gpu, gpu_count, a, not keep_vision_16bit)
     decode_tps = batch * max(p.new - 1, 0) / ph.decode_s if ph.decode_s > 0 else batch / ph.step_s
-    said = [f"{k}={getattr(a, k)}" for k in ("prefill_efficiency", "bandwidth_efficiency",
+    said = [f"{k}={getattr(a, k)}" for k in ("prefill_efficiency", "bandwidth_efficiency", "attention_efficiency",
                                               "decode_overhead_ms_per_layer")]
+    if spec.text.num_experts:
+        said.append(f"moe_expert_overhead_ms={a.moe_expert_overhead_ms} ({spec.text.num_experts} experts; the ones "
+                    "hit run)")
     if quant in ("nf4", "int8"):
-        said += [f"{quant}_prefill_slowdown={getattr(a, quant + '_prefill_slowdown')}",
-                 f"{quant}_decode_slowdown={getattr(a, quant + '_decode_slowdown')}"]
+        said += [f"{quant}_overhead_ms_per_linear={getattr(a, quant + '_overhead_ms_per_linear')}",
+                 f"{quant}_prefill_slowdown={getattr(a, quant + '_prefill_slowdown')}"]
     said += [f"attention {a.attn_implementation}", f"{a.template_tokens} chat-template tokens",
              f"CUDA context {a.cuda_context_mib:g} MiB", f"allocator slack {a.allocator_slack:g}",
              f"peak >= {a.headroom:g} x weights", "greedy decoding to the full new-token count",
@@ -91,7 +96,8 @@ def estimate_request(spec: ModelSpec, gpu: Gpu, gpu_count: int, quant: str, p: P
         allocated_bytes=worst.weights + worst.kv_cache + max(worst.activations, worst.vision_activations)
         + worst.dequant_scratch, per_card_bytes=[g.total for g in mem.per_gpu], usable_bytes=usable, fits=mem.fits,
         vision_s=ph.vision_s, prefill_s=ph.prefill_s, decode_s=ph.decode_s, decode_tokens_per_s=decode_tps,
-        ttft_s=ph.ttft_s, total_s=ph.total_s, assumptions=said, calibration=calibration)
+        ttft_s=ph.ttft_s, total_s=ph.total_s, time_band=a.time_band, memory_band=a.memory_band, assumptions=said,
+        calibration=calibration)
 
 
 def plan_on_rig(plan: EvalPlan, spec: ModelSpec, gpu: Gpu, gpu_count: int, quant: str, provider: str,

@@ -19,6 +19,7 @@ vision tower and embeddings on the first card, the final norm and lm_head on the
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 
 from .architecture import ParamGroup
@@ -57,15 +58,23 @@ def group_bytes(g: ParamGroup, quant: str, quantize: bool, double_quant: bool) -
     return int(round(w + 2 * g.bias)) * g.count
 
 
+def bnb_quantizes(g: ParamGroup, quant: str, keep_vision_16bit: bool = False) -> bool:
+    """Whether bitsandbytes stores `g` quantized: every `nn.Linear` but lm_head (an output embedding,
+    `linear=False` in the inventory: transformers skips it, tied or not) and, with `keep_vision_16bit`,
+    the vision tower (the worker's skip list). tests/worker/test_quantized_layout.py checks this
+    against what transformers builds."""
+    return g.linear and quant in ("nf4", "int8") and not (keep_vision_16bit and g.where == "vision")
+
+
 def weight_layout(spec: ModelSpec, inv: list[ParamGroup], quant: str, keep_vision_16bit: bool = False,
                   double_quant: bool = True) -> WeightLayout:
     """Weights by placement for `quant` (see the module docstring for what stays 16-bit)."""
     vision = embed = final = largest = 0
     layers = [0] * spec.text.num_hidden_layers
     for g in inv:
-        quantize = not (keep_vision_16bit and g.where == "vision")
+        quantize = bnb_quantizes(g, quant, keep_vision_16bit)
         b = group_bytes(g, quant, quantize, double_quant)
-        if g.linear and quantize and quant in ("nf4", "int8"):
+        if quantize:
             largest = max(largest, 2 * g.numel)
         if g.where == "vision":
             vision += b
@@ -139,7 +148,7 @@ def dynamic(spec: ModelSpec, peak: Peak, a: Assumptions) -> Dynamic:
 
 
 class _Rig:
-    """Card totals as plain integers (the layer search calls this thousands of times)."""
+    """Card totals as plain integers (the layer search calls `total` thousands of times)."""
 
     def __init__(self, w: WeightLayout, d: Dynamic, n_cards: int, a: Assumptions, quantized: bool) -> None:
         self.w, self.d, self.n, self.a, self.quantized = w, d, n_cards, a, quantized
@@ -147,6 +156,7 @@ class _Rig:
         for b in w.layers:
             self.prefix.append(self.prefix[-1] + b)
         self.ctx = int(a.cuda_context_mib * MIB)
+        self.total = self._totals()
 
     def parts(self, c: int, start: int, end: int) -> tuple[int, ...]:
         w, d, n_layers = self.w, self.d, end - start
@@ -162,30 +172,94 @@ class _Rig:
         floor = int(self.a.headroom * weights)
         return weights, kv, act, vis, scratch, slack, max(0, floor - subtotal), max(subtotal, floor)
 
-    def total(self, c: int, start: int, end: int) -> int:
-        return self.parts(c, start, end)[-1]
+    def _totals(self):
+        """`total(card, start, end)`: the last of `parts`, the same integer arithmetic with the constants
+        hoisted (tests/planner/test_split.py checks it against `parts`)."""
+        prefix, w, d, a = self.prefix, self.w, self.d, self.a
+        first, final, last = w.vision + w.embed, w.final, self.n - 1
+        kv_layer, llm, vision = d.kv_per_layer, d.llm_act, d.vision_act
+        scratch16 = w.largest_quantized16 if self.quantized else 0
+        extra, ctx = int(a.memory_extra_mib * MIB), self.ctx
+        slack, headroom = a.allocator_slack, a.headroom
+
+        def total(c: int, start: int, end: int) -> int:
+            n = end - start
+            weights = prefix[end] - prefix[start]
+            vis = 0
+            if c == 0:
+                weights += first
+                vis = vision
+            if c == last:
+                weights += final
+            # kv + max(act, vis) + scratch: act and the dequant scratch only on a card that holds layers
+            dyn = kv_layer * n + max(llm, vis) + scratch16 + extra if n else max(0, vis) + extra
+            subtotal = weights + dyn + ctx + int(slack * dyn)
+            floor = int(headroom * weights)
+            return subtotal if subtotal >= floor else floor
+        return total
 
 
 def split_layers(n_layers: int, n_cards: int, total, precision: int = MIB) -> list[tuple[int, int]]:
     """Contiguous whole layers per card minimising the largest card; `total(card, start, end)`
-    -> bytes. Binary search on a per-card cap with a greedy fill (accelerate's balanced map),
-    to `precision` bytes."""
+    -> bytes, non-decreasing as a card takes more layers (`end` up or `start` down). Binary search on
+    a per-card cap with a greedy fill (accelerate's balanced map), to `precision` bytes.
+
+    The result is the one the plain layer-by-layer greedy gives at every cap the search tries
+    (tests/planner/test_split.py holds the two equal), at a fraction of the card totals: a fill finds each
+    card's last layer by bisection (totals are monotone), between the last layers the fills at the nearest
+    caps below and above found (a higher cap never ends a card earlier); and it remembers the range of caps
+    over which everything it compared comes out the same, so that a later cap in that range costs nothing."""
     if n_cards == 1:
         return [(0, n_layers)]
+    known: list[tuple[int, int | None, list[tuple[int, int]] | None]] = []  # (from cap, below cap, fill)
+    caps: list[int] = []  # the caps filled so far, sorted, and the greedy's card ends at each
+    ends: dict[int, list[int]] = {}
+    empty = [total(c, 0, 0) for c in range(n_cards)]  # a card without layers: the same wherever it starts
 
     def fill(cap: int) -> list[tuple[int, int]] | None:
+        for low, high, got in known:
+            if low <= cap and (high is None or cap < high):
+                return got
+        at = bisect_left(caps, cap)
+        below = ends[caps[at - 1]] if at else None  # bounds that hold for caps at or above that one
+        above = ends[caps[at]] if at < len(caps) else None  # ... and at or below this one
+        low = caps[at - 1] if at else -1  # the range over which this fill stays what it is
+        high = caps[at] + 1 if above is not None else None
+
+        def fits(c: int, s: int, e: int) -> bool:
+            nonlocal low, high
+            t = empty[c] if s == e else total(c, s, e)
+            if t <= cap:
+                low = max(low, t)
+                return True
+            high = t if high is None else min(high, t)
+            return False
+
         out, start = [], 0
         for c in range(n_cards - 1):
-            end = start
-            while end < n_layers and total(c, start, end + 1) <= cap:
-                end += 1
-            out.append((start, end))
-            start = end
+            # the last end that fits (or start: none does), the first that does not
+            ok = max(start, below[c]) if below else start
+            bad = above[c] + 1 if above else n_layers + 1
+            while bad - ok > 1:
+                mid = (ok + bad) // 2
+                if fits(c, start, mid):
+                    ok = mid
+                else:
+                    bad = mid
+            out.append((start, ok))
+            start = ok
         out.append((start, n_layers))
-        return out if all(total(c, s, e) <= cap for c, (s, e) in enumerate(out)) else None
+        # every card fits, as the greedy checks them: a card given layers fits already (it was compared, or
+        # the fill below put its end there at a lower cap); an empty card and the last card are compared here
+        done = [fits(c, s, e) for c, (s, e) in enumerate(out) if s == e or c == n_cards - 1]
+        got = out if all(done) else None
+        known.append((low, high, got))
+        caps.insert(at, cap)
+        ends[cap] = [e for _, e in out[:-1]]
+        return got
 
     hi = max(total(c, 0, n_layers) for c in range(n_cards))
-    lo = max(max(total(c, 0, 0) for c in range(n_cards)), hi // n_cards) - 1  # no split beats an even share
+    lo = max(max(empty), hi // n_cards) - 1  # no split beats an even share
     best = fill(hi)
     while hi - lo > precision:
         mid = (lo + hi) // 2

@@ -19,7 +19,7 @@ GIB = 1024**3
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -336,6 +336,7 @@ class TimeEstimate(Model):
     skipped: dict[str, str] = {}
     spot_overhead_s: float = 0.0
     total_s: float
+    band: float = 0.0  # +- fraction around every time above: the time model's residuals (Assumptions.time_band)
 
 
 # --------------------------------------------------------------------------- planner output
@@ -362,6 +363,9 @@ class Recommendation(Model):
     time: TimeEstimate
     billed_hours: float
     cost_cny: Decimal
+    cost_low_cny: Decimal  # billed at the time band's lower and upper ends (billing rules applied)
+    cost_high_cny: Decimal
+    memory_band: float  # +- fraction around every memory figure
     fits_budget: bool
     budget_left_cny: Decimal
     plan_fits_times: int
@@ -405,6 +409,9 @@ class PlanReport(Model):
     plan: str
     recommendation: Recommendation | None
     alternatives: list[Recommendation]
+    # "cost": by the estimate; "cost_high": by the upper end of the cost band, because the cheapest estimate's
+    # upper end exceeds the budget; "time": --objective time
+    ranked_by: Literal["cost", "cost_high", "time"]
     rejected: list[Rejection]
     model: ModelSummary
     assumptions: list[dict[str, object]]

@@ -3,25 +3,30 @@ run (memory with headroom, bf16 / LLM.int8 support, the plan's quality floor) wi
 every survivor for the whole plan under its offer's billing rules, rank by cost (or time) and keep
 the budget.
 
-Memory and time depend only on (GPU, count, quantization), so they are computed once per such
-group and shared by every offer of it; an offer then costs one Decimal product (planner/money.py's billing
-rule: exact, rounded only where it is shown). That is what lets a 100,000-offer catalog plan in well under
-the 2 s target.
+Memory and time depend only on (GPU, count, usable memory, quantization), so they are computed once per
+such group (an Option) and shared by every offer of it. Within a group, offers that share billing rule,
+market (spot or not) and boot time (AWS or not) - a bucket - share the billed seconds of an option, and
+a cost (planner/money.py's billing rule: exact, never rounded) never falls as the price rises. So each
+bucket's prices are sorted once, and for each option a binary search finds how many fit the budget, the
+cheapest few are the ranking's candidates and the first one past the budget is the cheapest over it: no
+per-offer work per option. Every count the report prints (candidates, runnable, within budget, offers per
+rejection) stays exact; the rows kept are the best `top` within budget per (GPU, count, quantization) -
+the overall best are among them - and the cheapest over budget of each.
 """
 
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from .architecture import inventory, param_breakdown
-from .assumptions import Assumptions
-from .calibration import Calibration
+from .assumptions import Assumptions, band_text
 from .catalog import Catalog
 from .errors import BudgetTooSmall, CatalogError, InputError
 from .memory import Parts, Peak, WeightLayout, card_parts, from_parts, peak_of, plan_peak, weight_layout
-from .money import billed_seconds, charge, display, unrounded
 from .models import (
     GIB,
     QUALITY_RANK,
@@ -36,8 +41,13 @@ from .models import (
     Rejection,
     TimeEstimate,
 )
+from .money import billed_seconds, charge, display, unrounded
+from .offers import OfferTable
 from .speed import ModelCost, plan_time
 from .workload import task_loads
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 
 @dataclass(slots=True)
@@ -48,10 +58,19 @@ class Option:
     gpu_count: int
     usable_mib: int
     quant: str
-    memory: MemoryEstimate
+    parts: Parts  # per card, planner/memory.py's card_parts
+    weights_total: int
     skipped: dict[str, str]
     notes: list[str]
     times: dict[tuple[bool, bool], TimeEstimate] = field(default_factory=dict)  # (aws, spot) -> time
+    _memory: MemoryEstimate | None = None
+
+    @property
+    def memory(self) -> MemoryEstimate:
+        """The per-card estimate (built when asked: only shown options need it)."""
+        if self._memory is None:
+            self._memory = from_parts(self.parts, self.quant, self.weights_total, self.usable_mib * 1024**2)
+        return self._memory
 
 
 @dataclass(slots=True)
@@ -78,11 +97,13 @@ class Candidate:
 @dataclass
 class Optimization:
     report: PlanReport
-    rows: list[tuple]  # every candidate within budget + the cheapest over-budget row per rig
+    # the best `top` rows within budget per (GPU, count, quantization), in enumeration order, then the cheapest
+    # over-budget row per (GPU, count, quantization); every figure of the report counts all candidates
+    rows: list[tuple]
 
     @property
     def candidates(self) -> list[Candidate]:
-        """Candidate objects for the rows (built on demand: a big catalog has hundreds of thousands)."""
+        """Candidate objects for the rows kept."""
         return [Candidate.of(row, self.report.budget_cny) for row in self.rows]
 
     def shortfall(self, plan: str, model: str) -> BudgetTooSmall | None:
@@ -112,6 +133,8 @@ def _gib(b: float) -> float:
 
 
 class _Planner:
+    """What offers of one (GPU, count, usable memory, quantization) share: memory, the reason it cannot run, time."""
+
     def __init__(self, plan: EvalPlan, spec: ModelSpec, a: Assumptions, calibration: Calibration | None = None) -> None:
         self.plan, self.spec, self.a, self.cal = plan, spec, a, calibration
         self.inv = inventory(spec)
@@ -120,8 +143,10 @@ class _Planner:
         self.peak = plan_peak(self.loads)
         self.verify_peak = plan_peak(self.loads, sixteen_bit=True)
         self.sweep = [(t.name, p) for t in self.loads if t.kind == "memory_sweep" for p in t.passes]
+        self.sweep_peaks = [peak_of([(p, 1)]) for _, p in self.sweep]
         self.layouts: dict[str, WeightLayout] = {}
         self.parts: dict[tuple[str, int, Peak], Parts] = {}
+        self.times: dict[tuple, tuple[Assumptions, TimeEstimate]] = {}
 
     def _parts(self, quant: str, peak: Peak, count: int) -> Parts:
         """Card totals do not depend on the card's size: split once per (quant, count, peak)."""
@@ -151,9 +176,8 @@ class _Planner:
             return f"LLM.int8 needs compute capability >= 7.5; {gpu.name} has {gpu.compute_capability}"
         usable = usable_mib * 1024**2
         peak = self.peak or self.verify_peak or peak_of([(p, 1) for _, p in self.sweep])
-        mem = self.memory(quant, peak, count, usable)
-        if not mem.fits:
-            return f"{mem.reason}; {gpu.name} has {usable_mib / 1024:.1f} GiB"
+        if not self.fits(quant, peak, count, usable):
+            return f"{self.memory(quant, peak, count, usable).reason}; {gpu.name} has {usable_mib / 1024:.1f} GiB"
         skipped: dict[str, str] = {}
         sixteen = _sixteen(gpu, ["bf16", "fp16"])
         for t in self.loads:
@@ -163,16 +187,17 @@ class _Planner:
                 skipped[t.name] = "the plan already runs in 16-bit"
                 continue
             assert self.verify_peak is not None and sixteen is not None
-            m16 = self.memory(sixteen, self.verify_peak, count, usable)
-            if not m16.fits:
+            if not self.fits(sixteen, self.verify_peak, count, usable):
+                m16 = self.memory(sixteen, self.verify_peak, count, usable)
                 skipped[t.name] = f"16-bit model {m16.reason}; {gpu.name} has {usable_mib / 1024:.1f} GiB"
         notes = []
-        oom = [f"{p.visual} visual tokens ({name})" for name, p in self.sweep
-               if not self.fits(quant, peak_of([(p, 1)]), count, usable)]
+        oom = [f"{p.visual} visual tokens ({name})" for (name, p), pk in zip(self.sweep, self.sweep_peaks)
+               if not self.fits(quant, pk, count, usable)]
         if oom:
             notes.append("memory sweep predicted to run out of memory at " + ", ".join(oom) +
                          " (recorded as a result, the run goes on)")
-        return Option(gpu, count, usable_mib, quant, mem, skipped, notes)
+        return Option(gpu, count, usable_mib, quant, self._parts(quant, peak, count), self.layout(quant).total,
+                      skipped, notes)
 
     def time(self, opt: Option, aws: bool, spot: bool) -> TimeEstimate:
         key = (aws, spot)
@@ -184,9 +209,167 @@ class _Planner:
                 a, said = self.cal.for_rig(self.a, opt.gpu.name, opt.quant, provider)
                 if said and said not in opt.notes:
                     opt.notes.append(said)
-            opt.times[key] = plan_time(self.mc, self.loads, opt.quant, sixteen, opt.gpu, opt.gpu_count,
-                                       provider, a, not self.plan.keep_vision_16bit, opt.skipped, spot=spot)
+            # options of one rig that differ only in card memory (and not in what they skip) take equally long
+            memo = (opt.gpu.name, id(opt.gpu), opt.gpu_count, opt.quant, id(a), tuple(opt.skipped.items()), key)
+            if memo not in self.times:
+                self.times[memo] = (a, plan_time(self.mc, self.loads, opt.quant, sixteen, opt.gpu, opt.gpu_count,
+                                                 provider, a, not self.plan.keep_vision_16bit, opt.skipped, spot=spot))
+            opt.times[key] = self.times[memo][1]
         return opt.times[key]
+
+
+class _Bucket:
+    """Offers of one group that share billing rule, market and boot time (so an option's billed seconds):
+    their table rows in catalog order, and the same rows ordered by their price in CNY per hour (equal prices
+    in catalog order), each list less `base`. Exact prices (price x rate) are computed for the few rows a
+    search looks at."""
+
+    __slots__ = ("rows", "order", "base", "_price", "_known")
+
+    def __init__(self, pieces: list[tuple[list[int], list[int], int, list, Decimal]]) -> None:
+        """`pieces`: (rows in catalog order, the same by price, base, price column, rate) of each shape in it."""
+        self._known: dict[int, Decimal] = {}
+        if len(pieces) == 1:
+            self.rows, self.order, self.base, col, rate = pieces[0]
+            self._price = lambda row: col[row] * rate
+        else:  # shapes in several currencies (or providers) share it: price every row, then order them
+            self.base = 0
+            self._known = {row + base: col[row + base] * rate for rows, _, base, col, rate in pieces for row in rows}
+            self.rows = sorted(self._known)
+            self.order = sorted(self.rows, key=self._known.__getitem__)
+            self._price = self._known.__getitem__
+
+    def at(self, k: int) -> int:
+        """The table row of the k-th cheapest offer."""
+        return self.order[k] + self.base
+
+    def price(self, row: int) -> Decimal:
+        p = self._known.get(row)
+        if p is None:
+            p = self._known[row] = self._price(row)
+        return p
+
+    def position(self, row: int) -> int:
+        """Where table row `row` is among the bucket's rows in catalog order (its place in the enumeration)."""
+        return bisect_left(self.rows, row - self.base)
+
+    def row(self, position: int) -> int:
+        return self.rows[position] + self.base
+
+    def rank(self, billed: int, budget: Decimal, want: int
+             ) -> tuple[int, list[tuple[Decimal, int]], tuple[Decimal, int] | None]:
+        """(how many cost at most `budget`, the best `want` of those as (cost, position), the cheapest over it)
+        for `billed` seconds. A cost never falls as the price rises, and equal costs rank by position."""
+        at, price, m = self.at, self.price, len(self.order)
+        lo, hi = 0, m
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if charge(price(at(mid)), billed) <= budget:
+                lo = mid + 1
+            else:
+                hi = mid
+        within = lo
+        best: list[tuple[Decimal, int]] = []
+        if within:
+            end = self._ties(min(want, within), within, billed)
+            best = heapq.nsmallest(want, ((charge(price(at(k)), billed), self.position(at(k))) for k in range(end)))
+        over = None
+        if within < m:
+            end = self._ties(within + 1, m, billed)
+            over = min((charge(price(at(k)), billed), self.position(at(k))) for k in range(within, end))
+        return within, best, over
+
+    def _ties(self, end: int, limit: int, billed: int) -> int:
+        """Past `end`, up to `limit`: every row whose cost equals that of the last one before `end` (equal
+        prices, found by bisection; or prices apart that the Decimal rounding of the cost joins)."""
+        at, price = self.at, self.price
+        last_price = price(at(end - 1))
+        last = charge(last_price, billed)
+        while end < limit:
+            if price(at(end)) == last_price:
+                lo, hi = end, limit
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if price(at(mid)) == last_price:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                end = lo
+            elif charge(price(at(end)), billed) == last:
+                last_price = price(at(end))
+                end += 1
+            else:
+                break
+        return end
+
+
+def _picked(table: OfferTable, providers: list[str] | None, spot: bool | None) -> list[tuple]:
+    """The shapes to plan over (of `providers`, with a spot price where `spot` is True) as (shape key, shape,
+    rows planned less its base). CatalogError when no offer is left."""
+    picked = []
+    for key, s in table.shapes().items():
+        if providers and key[3] not in providers:
+            continue
+        rows = s.with_spot if spot is True else s.rows
+        if rows:
+            picked.append((key, s, rows))
+    if not picked:
+        raise CatalogError("no offers to plan over" + (f" for provider(s) {', '.join(providers)}" if providers else "")
+                           + (" with a spot price" if spot else ""),
+                           "check `budget prices list`; add offers with `budget prices import FILE`")
+    return picked
+
+
+def _first(items: list[tuple]) -> int:
+    """The first table row of picked shapes."""
+    return min(rows[0] + s.base for _, s, rows in items)
+
+
+def _groups(table: OfferTable, picked: list[tuple], spot: bool | None, catalog: Catalog,
+            fx: dict[str, Decimal]) -> list[tuple[Gpu, int, int, int, int, list]]:
+    """(gpu, count, usable MiB, offers, first row, buckets) per group of the picked offers, in the order the
+    groups first appear; buckets: ((aws, spot, increment, minimum), _Bucket) in the order an offer-by-offer pass
+    meets them. Raises CatalogError for an offer whose GPU the catalog lacks, or (group by group) whose currency
+    has no rate."""
+    c = table.cols
+    resolved: dict[str, Gpu | None] = {}
+    for (g, *_), _, _ in picked:
+        if g not in resolved:
+            resolved[g] = catalog.gpu(g)
+    unknown = [item for item in picked if resolved[item[0][0]] is None]
+    if unknown:
+        i = _first(unknown)
+        raise CatalogError(f"offer {table.offer_id(i)} names unknown GPU {c['gpu'][i]!r}",
+                           "add it to $BUDGET_HOME/catalog/gpus.csv")
+    groups: dict[tuple[str, int, int], list] = {}
+    for item in picked:
+        g, n, m = item[0][:3]
+        spec = resolved[g]
+        usable = min(spec.memory_mib, m or spec.memory_mib)
+        groups.setdefault((spec.name, n, usable), []).append(item)
+    out = []
+    for (gname, n, usable), items in sorted(groups.items(), key=lambda kv: _first(kv[1])):
+        missing = [item for item in items if item[0][6] not in fx]
+        if missing:
+            i = _first(missing)
+            cur = c["currency"][i]
+            raise CatalogError(f"no exchange rate for {cur} (offer {table.offer_id(i)})", f"pass --fx {cur}=RATE")
+        buckets: dict[tuple, list] = {}  # (aws, spot, inc, min) -> [first event, pieces]
+        for (_, _, _, provider, inc, minimum, cur), s, rows in items:
+            for is_spot in (False, True):
+                if spot is not None and spot != is_spot:
+                    continue
+                piece = (s.with_spot, s.by_spot, s.base, c["spot_price"], fx[cur]) if is_spot else \
+                    (rows, s.by_price, s.base, c["price"], fx[cur])
+                if not piece[0]:
+                    continue
+                first = 2 * (piece[0][0] + s.base) + is_spot  # an offer's on-demand price is met before its spot price
+                b = buckets.setdefault((provider == "aws", is_spot, inc, minimum), [first, []])
+                b[0] = min(b[0], first)
+                b[1].append(piece)
+        ordered = [(key, _Bucket(pieces)) for key, (_, pieces) in sorted(buckets.items(), key=lambda kv: kv[1][0])]
+        out.append((catalog.gpus[gname], n, usable, sum(len(rows) for _, _, rows in items), _first(items), ordered))
+    return out
 
 
 def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Decimal, *,
@@ -204,103 +387,129 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
     if objective not in ("cost", "time"):
         raise InputError(f"unknown objective {objective!r}", "use --objective cost or --objective time")
     a = assumptions or Assumptions()
-    offers = [o for o in catalog.offers if (not providers or o.provider in providers)
-              and (spot is not True or o.spot_price is not None)]
-    if not offers:
-        raise CatalogError("no offers to plan over" + (f" for provider(s) {', '.join(providers)}" if providers else "")
-                           + (" with a spot price" if spot else ""),
-                           "check `budget prices list`; add offers with `budget prices import FILE`")
+    table = OfferTable.of(catalog.offers)
+    picked = _picked(table, providers, spot)
     pl = _Planner(plan, spec, a, calibration)
     allowed = list(quantizations or plan.quantizations)
     unknown = [q for q in allowed if q not in QUALITY_RANK]
     if unknown:
         raise InputError(f"unknown quantization {unknown[0]!r}", "use fp16, bf16, int8 or nf4")
     floor = QUALITY_RANK[plan.quality_floor]
-    rejected: dict[tuple[str, int, str | None, str], list[Offer]] = {}
+    rejected: dict[tuple[str, int, str | None, str], list[int]] = {}  # -> [offers, first row]
     for q in allowed:
         if QUALITY_RANK[q] < floor:
-            rejected[("*", 0, q, f"below the plan's quality floor ({plan.quality_floor})")] = offers
+            rejected[("*", 0, q, f"below the plan's quality floor ({plan.quality_floor})")] = [
+                sum(len(rows) for _, _, rows in picked), _first(picked)]
     quants = [q for q in allowed if QUALITY_RANK[q] >= floor]
     # fp16 and bf16 cost the same: a card runs the one it supports (bf16 preferred)
-    groups: dict[tuple[str, int, int], list[Offer]] = {}
-    resolved: dict[str, Gpu | None] = {}
-    for o in offers:
-        gpu = resolved[o.gpu] if o.gpu in resolved else resolved.setdefault(o.gpu, catalog.gpu(o.gpu))
-        if gpu is None:
-            raise CatalogError(f"offer {o.id} names unknown GPU {o.gpu!r}", "add it to $BUDGET_HOME/catalog/gpus.csv")
-        usable = min(gpu.memory_mib, o.gpu_memory_mib or gpu.memory_mib)
-        groups.setdefault((gpu.name, o.gpu_count, usable), []).append(o)
+    groups = _groups(table, picked, spot, catalog, {c: r.cny_per_unit for c, r in catalog.fx.items()})
 
-    fx = {c: r.cny_per_unit for c, r in catalog.fx.items()}
-    # Rows are plain tuples that sort by the objective, then an index (so payloads are never compared):
+    # Rows are plain tuples that sort by the objective, then their index in the enumeration (offer by offer,
+    # as the buckets hold them), so payloads are never compared:
     # (key1, key2, key3, index, offer, option, spot, price CNY/h, time, billed s, cost CNY)
-    within: list[tuple] = []
+    want = max(top, 1)
+    best: dict[tuple[str, int, str], list[tuple]] = {}  # (gpu, count, quant) -> its best rows within budget
+    best_high: dict[tuple[str, int, str], list[tuple]] = {}  # the same, ranked by the upper end of the cost band
     over: dict[tuple[str, int, str], list] = {}  # (gpu, count, quant) -> [cheapest row, count]
     by_time = objective == "time"
-    n = 0
-    for (gname, count, usable), gofs in groups.items():
-        gpu = catalog.gpus[gname]
+    n = within = 0
+
+    def row(bucket: _Bucket, base: int, j: int, opt: Option, is_spot: bool, t: TimeEstimate, billed: int,
+            cost: Decimal, quality: int) -> tuple:
+        key = (t.total_s, cost, quality) if by_time else (cost, quality, t.total_s)
+        row_ = bucket.row(j)
+        return key + (base + j, table.offer(row_), opt, is_spot, bucket.price(row_), t, billed, cost)
+
+    def high(r: tuple) -> tuple:
+        """Row `r` keyed by the upper end of its cost band (the same payload)."""
+        return (cost_band(r)[1], r[1], r[2]) + r[3:]
+
+    for gpu, count, usable, offers, first, buckets in groups:
+        gname = gpu.name
         sixteen = _sixteen(gpu, quants)
-        # offers that share billing, market and boot time share the billed seconds of an option
-        priced: dict[tuple[bool, bool, int, int], list[tuple[Offer, Decimal]]] = {}
-        for o in gofs:
-            rate = fx.get(o.currency)
-            if rate is None:
-                raise CatalogError(f"no exchange rate for {o.currency} (offer {o.id})", f"pass --fx {o.currency}=RATE")
-            for is_spot, price in ((False, o.price), (True, o.spot_price)):
-                if price is not None and (spot is None or spot == is_spot):
-                    key = (o.provider == "aws", is_spot, o.billing_increment_s, o.billing_minimum_s)
-                    priced.setdefault(key, []).append((o, price * rate))
         for q in quants:
             if q in ("fp16", "bf16") and q != sixteen:
                 if sixteen is None:
-                    rejected[(gname, count, q, f"no bf16 on {gname} (compute capability {gpu.compute_capability}); "
-                              "allow fp16")] = gofs
+                    why = f"no bf16 on {gname} (compute capability {gpu.compute_capability}); allow fp16"
+                    _reject(rejected, (gname, count, q, why), offers, first)
                 continue
             opt = pl.option(gpu, count, usable, q)
             if isinstance(opt, str):
-                rejected[(gname, count, q, opt)] = gofs
+                _reject(rejected, (gname, count, q, opt), offers, first)
                 continue
             quality = -QUALITY_RANK[q]
-            for (aws, is_spot, inc, minimum), items in priced.items():
+            for (aws, is_spot, inc, minimum), bucket in buckets:
                 t = pl.time(opt, aws, is_spot)
                 billed = billed_seconds(t.total_s, inc, minimum)
-                for o, price_cny in items:
-                    cost = charge(price_cny, billed)
-                    row = ((t.total_s, cost, quality) if by_time else (cost, quality, t.total_s)) + (
-                        n, o, opt, is_spot, price_cny, t, billed, cost)
-                    n += 1
-                    if cost <= budget_cny:
-                        within.append(row)
-                    else:
-                        g = over.setdefault((gname, count, q), [row, 0])
-                        g[0] = min(g[0], row)
-                        g[1] += 1
-    shown = heapq.nsmallest(max(top, 1), within)
+                fit, cheapest, past = bucket.rank(billed, budget_cny, want)
+                within += fit
+                kept = best.setdefault((gname, count, q), [])
+                rows = [row(bucket, n, j, opt, is_spot, t, billed, cost, quality) for cost, j in cheapest]
+                kept += rows
+                if len(kept) > want:
+                    kept[:] = heapq.nsmallest(want, kept)
+                if not by_time:  # a bucket's cheapest are its cheapest at the band's upper end too (one billing)
+                    kept_high = best_high.setdefault((gname, count, q), [])
+                    kept_high += [high(r) for r in rows]
+                    if len(kept_high) > want:
+                        kept_high[:] = heapq.nsmallest(want, kept_high)
+                if past is not None:
+                    r = row(bucket, n, past[1], opt, is_spot, t, billed, past[0], quality)
+                    g = over.setdefault((gname, count, q), [r, 0])
+                    g[0] = min(g[0], r)
+                    g[1] += len(bucket.rows) - fit
+                n += len(bucket.rows)
+    kept_within = sorted((r for rs in best.values() for r in rs), key=lambda r: r[3])
+    shown = heapq.nsmallest(want, kept_within)
+    ranked_by = "time" if by_time else "cost"
+    if shown and not by_time and cost_band(shown[0])[1] > budget_cny:
+        # the cheapest estimate could cost more than the budget: rank by what each could cost at most
+        ranked_by = "cost_high"
+        shown = heapq.nsmallest(want, (r for rs in best_high.values() for r in rs))
     if len(shown) < top:
         shown += sorted(g[0] for g in over.values())[: top - len(shown)]
-    rej = [Rejection(gpu=g, gpu_count=c, quantization=q, reason=r, offers=len(os_), example=os_[0].id)
-           for (g, c, q, r), os_ in rejected.items()]
-    rej += [Rejection(gpu=g, gpu_count=c, quantization=q, offers=k, example=row[4].id,
-                      reason=f"over budget: from {display(row[-1])} CNY > {display(budget_cny)} CNY")
-            for (g, c, q), (row, k) in over.items()]
+    rej = [Rejection(gpu=g, gpu_count=c, quantization=q, reason=r, offers=k, example=table.offer_id(first))
+           for (g, c, q, r), (k, first) in rejected.items()]
+    rej += [Rejection(gpu=g, gpu_count=c, quantization=q, offers=k, example=row_[4].id,
+                      reason=f"over budget: from {display(row_[-1])} CNY > {display(budget_cny)} CNY")
+            for (g, c, q), (row_, k) in over.items()]
     pb = param_breakdown(spec)
     report = PlanReport(
         budget_cny=budget_cny, objective=objective, plan=plan.name,
-        recommendation=_out(shown[0], budget_cny) if within else None,
-        alternatives=[_out(c, budget_cny) for c in (shown[1:] if within else shown)],
+        recommendation=_out(shown[0], budget_cny, a.memory_band, ranked_by) if within else None,
+        alternatives=[_out(c, budget_cny, a.memory_band) for c in (shown[1:] if within else shown)], ranked_by=ranked_by,
         rejected=rej,
         model=ModelSummary(name=spec.name, hf_id=spec.hf_id, model_type=spec.model_type, params=pb,
                            weights_gib={q: _gib(pl.layout(q).total) for q in ("bf16", "int8", "nf4")}),
-        assumptions=a.describe(), catalog=catalog.files, candidates=n + sum(len(v) for v in rejected.values()),
-        feasible=n, within_budget=len(within))
-    return Optimization(report, within + [g[0] for g in over.values()])
+        assumptions=a.describe(), catalog=catalog.files, candidates=n + sum(k for k, _ in rejected.values()),
+        feasible=n, within_budget=within)
+    return Optimization(report, kept_within + [g[0] for g in over.values()])
 
 
-def _out(row: tuple, budget: Decimal) -> Recommendation:
+def _reject(rejected: dict, key: tuple, offers: int, first: int) -> None:
+    """Count a group's offers under a reason (groups of one GPU and count that differ in card memory add up)."""
+    got = rejected.setdefault(key, [0, first])
+    got[0] += offers
+
+
+def cost_band(row: tuple) -> tuple[Decimal, Decimal]:
+    """What a row's offer bills at the lower and upper ends of its time band (the offer's billing rule applied:
+    an hourly offer's upper end can be a whole hour more)."""
+    o, price, t = row[4], row[7], row[8]
+    return tuple(charge(price, billed_seconds(t.total_s * (1 + k * t.band), o.billing_increment_s,
+                                              o.billing_minimum_s)) for k in (-1, 1))  # type: ignore[return-value]
+
+
+def _out(row: tuple, budget: Decimal, memory_band: float, ranked_by: str = "cost") -> Recommendation:
     c = Candidate.of(row, budget)
     o, opt = c.offer, c.option
     cost = unrounded(c.cost_cny)  # exact (planner/money.py's billing rule): rounded only where it is shown
+    low, high = cost_band(row)
+    notes = list(opt.notes)
+    if ranked_by == "cost_high":
+        plus = band_text(c.time.band).replace("±", "+")
+        notes.insert(0, f"ranked by the upper end of each cost band: the cheapest estimate could cost more than "
+                        f"the {display(budget)} CNY budget at {plus} time; this one costs at most {display(high)} CNY")
     inc = o.billing_increment_s
     billing = ("per started hour" if inc == 3600 else f"per {inc} s") + (
         f", minimum {o.billing_minimum_s} s" if o.billing_minimum_s > inc else "")
@@ -311,7 +520,8 @@ def _out(row: tuple, budget: Decimal) -> Recommendation:
         billing=billing, gpu_memory_gib=round(opt.usable_mib / 1024, 2),
         memory_per_gpu_gib=_gib(max(g.total for g in opt.memory.per_gpu)), memory=opt.memory.per_gpu,
         hours=round(c.hours, 3), time=c.time, billed_hours=round(c.billed_s / 3600, 4), cost_cny=cost,
+        cost_low_cny=unrounded(low), cost_high_cny=unrounded(high), memory_band=memory_band,
         fits_budget=c.fits_budget, budget_left_cny=unrounded(budget - cost),  # adds up with the cost (to 28 digits)
         plan_fits_times=int(budget // c.cost_cny) if c.cost_cny > 0 else 0,
-        notes=list(opt.notes) + [f"{k} skipped: {v}" for k, v in opt.skipped.items()],
+        notes=notes + [f"{k} skipped: {v}" for k, v in opt.skipped.items()],
         offer_source=o.source, offer_date=o.date)

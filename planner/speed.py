@@ -1,13 +1,18 @@
-"""Time model, per sample and for the whole plan.
+"""Time model, per sample and for the whole plan: the terms a transformers `generate` call really pays.
 
-- Vision encoder and prefill are compute-bound: FLOPs / (dense FP16 TFLOPS x prefill_efficiency).
-- Decode is bandwidth-bound: each step streams the active 16-bit-equivalent weights and the KV
-  cache (bandwidth x bandwidth_efficiency) plus a per-layer launch overhead; a batch shares one
-  weight read. bitsandbytes' real kernel slowdowns multiply the 16-bit time (NF4 ~1.4x decode,
-  LLM.int8 several x): quantization saves memory, not time, at batch 1.
-- A multi-card rig is a sequential pipeline (accelerate's device_map: one card works at a time), so
-  splitting never speeds a pass up; every extra card adds a hop per forward pass.
-- Fixed costs: boot, environment install, weight download, load (+ quantize on load).
+One decode step is the slower of two sides that run concurrently (kernels are launched asynchronously):
+- the host: a fixed cost per decoder layer per step (kernel launches, Python), an extra cost per quantized
+  linear per step (bitsandbytes dequantizes per layer), and per MoE expert the layer loops over (transformers
+  <= 4.51 loops over every expert, later versions over the experts the batch hits);
+- the card: streaming the touched weights at their stored width, plus an attention term that grows with
+  the context (each step re-reads the KV cache per query head, far from bandwidth-bound), each at its own
+  fraction of the bandwidth; or, for large batches, the matmul FLOPs (the compute bound).
+Prefill and the vision encoder are compute-bound at `prefill_efficiency` of the dense 16-bit TFLOPS, and a
+forward pass never takes less than the host's launches. The coefficients are fitted (`planner.timefit`) to
+Qwen's published single-stream tables and our own H200 rows; the defaults are that fit's values for the
+worker's stack. A multi-card rig is a sequential pipeline (accelerate's device_map: one card works at a
+time), so splitting never speeds a pass up; every extra card adds a hop per forward pass.
+Fixed costs: boot, environment install, weight download, load (+ quantize on load).
 Every factor is a named assumption (`planner.assumptions`).
 """
 
@@ -22,6 +27,10 @@ from .models import Gpu, ModelSpec, TimeEstimate, VisionArch
 from .workload import Pass, TaskLoad
 
 LINK_GB_S = {"PCIe 3": 12.0, "PCIe 4": 24.0}
+# stored bytes per parameter of a quantized linear's weight (scales and zeros included)
+WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "nf4": 0.53, "gptq-int4": 0.53, "awq": 0.53, "int8": 1.03,
+                "gptq-int8": 1.03, "fp8": 1.01}
+SIXTEEN = ("bf16", "fp16")
 
 
 class ModelCost:
@@ -38,6 +47,11 @@ class ModelCost:
         self.checkpoint_bytes = 2 * sum(g.params for g in inv)  # hub checkpoints are bf16
         self.kv_per_token = 2 * t.num_key_value_heads * t.head_dim * 2 * t.num_hidden_layers
         self.q_dim = t.num_attention_heads * t.head_dim
+        self.moe_layers = sum(1 for i in range(t.num_hidden_layers) if t.num_experts and i not in t.mlp_only_layers
+                              and (i + 1) % max(t.decoder_sparse_step, 1) == 0)
+        # linears a step runs per layer: q, k, v, o (+ gate, up, down of a dense MLP)
+        self.linears = 4 * t.num_hidden_layers + 3 * (t.num_hidden_layers - self.moe_layers)
+        self.work_cache: dict[tuple, tuple] = {}  # speed._work
 
     def expert_fraction(self, tokens: int) -> float:
         """Share of expert weights a step touches: distinct experts hit by `tokens` tokens."""
@@ -64,12 +78,96 @@ def vit_attention(v: VisionArch, patches: int) -> int:
     return full * patches * patches + (v.depth - full) * patches * min(patches, window)
 
 
-def _slowdowns(quant: str, a: Assumptions) -> tuple[float, float]:
-    if quant == "nf4":
-        return a.nf4_prefill_slowdown, a.nf4_decode_slowdown
-    if quant == "int8":
-        return a.int8_prefill_slowdown, a.int8_decode_slowdown
-    return 1.0, 1.0
+def _prefill_slowdown(quant: str, a: Assumptions) -> float:
+    """A quantized prefill's (and vision tower's) time over the 16-bit one's."""
+    return getattr(a, f"{quant}_prefill_slowdown") if quant in ("nf4", "int8") else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """One generate call as linear terms: each value is seconds at coefficient 1 (host terms per 1 ms of
+    overhead, card terms at 100% of bandwidth or FLOPs). `coefficients()` names what multiplies them."""
+
+    host: dict[str, float]  # one decode step's launches: layer, qlinear.<quant>, expert
+    stream: dict[str, float]  # one decode step's reads: weights, attention (per query head), attention_kv
+    step_compute: float  # one decode step's matmul FLOPs
+    prefill_compute: float  # the prompt's prefill (text part)
+    vision_compute: float
+    new: int
+    hops_s: float
+
+
+def coefficients(a: Assumptions, quant: str) -> dict[str, float]:
+    """What multiplies each term, from the assumptions (the worker's stack)."""
+    out = {"layer": a.decode_overhead_ms_per_layer, "expert": a.moe_expert_overhead_ms,
+           "weights": 1 / a.bandwidth_efficiency, "attention": 1 / a.attention_efficiency,
+           "compute": 1 / a.prefill_efficiency}
+    if quant in ("nf4", "int8"):
+        out[f"qlinear.{quant}"] = getattr(a, f"{quant}_overhead_ms_per_linear")
+    return out
+
+
+def _work(mc: ModelCost, p: Pass, batch: int, quant: str, all_experts: bool) -> tuple:
+    """What one call does, whatever the card: (host counts, bytes read per step, step FLOPs, prefill FLOPs,
+    vision FLOPs, prompt tokens of the batch). Cached per model: a plan prices the same shapes on every rig."""
+    key = (p, batch, quant, all_experts)
+    got = mc.work_cache.get(key)
+    if got is not None:
+        return got
+    s, t = mc.spec, mc.spec.text
+    # vision encoder: linear layers over every patch + per-image attention
+    vit = 2 * mc.vision_linear * batch * sum(p.vit_seqs)
+    vit += 4 * s.vision.hidden_size * batch * sum(vit_attention(s.vision, x) for x in p.vit_seqs) if s.vision else 0
+    # prefill: matmuls over every prompt token + causal attention
+    n = batch * p.prefill
+    pre = 2 * mc.active_matmul() * n + 2 * t.num_hidden_layers * mc.q_dim * batch * p.prefill**2
+    # decode step: host launches; the card streams the touched weights at their stored width once for the
+    # batch, and re-reads each sequence's KV cache per query head
+    touched = mc.expert_fraction(batch)
+    looped = t.num_experts if all_experts else t.num_experts * touched
+    host = {"layer": t.num_hidden_layers * 1e-3, "expert": mc.moe_layers * looped * 1e-3}
+    if quant not in SIXTEEN:
+        host[f"qlinear.{quant}"] = (mc.linears + 3 * mc.moe_layers * looped) * 1e-3
+    width = WEIGHT_BYTES.get(quant, 2.0)
+    weights = width * (mc.llm_matmul + mc.experts * touched) + 2 * mc.lm_head
+    reads = batch * (p.prefill + p.new / 2) * t.num_hidden_layers * 4  # K and V, 2 bytes each, per head dim
+    read = {"weights": weights, "attention": reads * mc.q_dim,  # re-read per query head (FA2, SDPA)
+            "attention_kv": reads * t.num_key_value_heads * t.head_dim}  # once per KV head (GQA-aware)
+    got = mc.work_cache[key] = (host, read, 2 * mc.active_matmul() * batch, pre, vit, n)
+    return got
+
+
+def call_terms(mc: ModelCost, p: Pass, batch: int, quant: str, gpu: Gpu, n_cards: int, hop_latency_ms: float,
+               all_experts: bool = False) -> Terms:
+    """The terms of one generate call over a batch of `batch` samples shaped like `p` on `n_cards` of `gpu`.
+    `all_experts`: the stack's MoE block loops over every expert (transformers <= 4.51), not only those hit."""
+    host, read, step_flops, pre, vit, n = _work(mc, p, batch, quant, all_experts)
+    flops = gpu.fp16_tflops * 1e12
+    bw = gpu.bandwidth_gbs * 1e9
+    # pipeline hops: every forward pass crosses each card boundary once
+    hop_s = 0.0
+    if n_cards > 1:
+        link = LINK_GB_S.get(gpu.link, 24.0)
+        if gpu.link.startswith("NVLink"):
+            link = float(gpu.link.split()[-1]) / 2
+        hops = n_cards - 1
+        hop_s = hops * (hop_latency_ms / 1000) * (1 + p.new) + hops * n * mc.spec.text.hidden_size * 2 / (link * 1e9)
+    return Terms(host, {k: v / bw for k, v in read.items()}, step_flops / flops, pre / flops, vit / flops, p.new,
+                 hop_s)
+
+
+def _dot(terms: dict[str, float], coef: dict[str, float]) -> float:
+    return sum(v * coef.get(k, 0.0) for k, v in terms.items())
+
+
+def phases_of(tm: Terms, coef: dict[str, float], pre_slow: float = 1.0, vision_slow: float = 1.0) -> Phases:
+    """Seconds by phase from terms and coefficients: a step is the slower of host and card; a forward pass
+    (prefill) is never faster than one step's launches."""
+    host = _dot(tm.host, coef)
+    card = max(_dot(tm.stream, coef), tm.step_compute * coef["compute"])
+    step = max(host, card)
+    prefill = max(tm.prefill_compute * coef["compute"] * pre_slow - host, 0.0)  # beyond the first step's launches
+    return Phases(tm.vision_compute * coef["compute"] * vision_slow, prefill, step, tm.new, tm.hops_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,32 +196,10 @@ class Phases:
 
 def pass_phases(mc: ModelCost, p: Pass, batch: int, quant: str, gpu: Gpu, n_cards: int, a: Assumptions,
                 vision_quantized: bool = True) -> Phases:
-    """The phases of one generate call over a batch of `batch` samples shaped like `p`."""
-    s = mc.spec
-    flops_s = gpu.fp16_tflops * 1e12 * a.prefill_efficiency
-    pre_slow, dec_slow = _slowdowns(quant, a)
-    # vision encoder: linear layers over every patch + per-image attention
-    vit = 2 * mc.vision_linear * batch * sum(p.vit_seqs)
-    vit += 4 * s.vision.hidden_size * batch * sum(vit_attention(s.vision, x) for x in p.vit_seqs) if s.vision else 0
-    vit_s = vit / flops_s * (pre_slow if vision_quantized else 1.0)
-    # prefill: matmuls over every prompt token + causal attention
-    n = batch * p.prefill
-    pre = 2 * mc.active_matmul() * n + 2 * s.text.num_hidden_layers * mc.q_dim * batch * p.prefill**2
-    pre_s = pre / flops_s * pre_slow
-    # decode: per step, stream the (touched) weights once for the batch + each sequence's KV cache
-    avg_ctx = p.prefill + p.new / 2
-    step_bytes = 2 * (mc.llm_matmul + mc.experts * mc.expert_fraction(batch) + mc.lm_head)
-    step_bytes += batch * avg_ctx * mc.kv_per_token
-    step_flops = 2 * mc.active_matmul() * batch
-    step = max(step_bytes / (gpu.bandwidth_gbs * 1e9 * a.bandwidth_efficiency), step_flops / flops_s)
-    step += s.text.num_hidden_layers * a.decode_overhead_ms_per_layer / 1000
-    # pipeline hops: every forward pass crosses each card boundary once
-    hops = n_cards - 1
-    link = LINK_GB_S.get(gpu.link, 24.0)
-    if gpu.link.startswith("NVLink"):
-        link = float(gpu.link.split()[-1]) / 2
-    hop_s = hops * (a.hop_latency_ms / 1000) * (1 + p.new) + hops * n * s.text.hidden_size * 2 / (link * 1e9)
-    return Phases(vit_s, pre_s, step * dec_slow, p.new, hop_s)
+    """The phases of one generate call over a batch of `batch` samples shaped like `p`, on the worker's stack."""
+    pre_slow = _prefill_slowdown(quant, a)
+    tm = call_terms(mc, p, batch, quant, gpu, n_cards, a.hop_latency_ms)
+    return phases_of(tm, coefficients(a, quant), pre_slow, pre_slow if vision_quantized else 1.0)
 
 
 def pass_seconds(mc: ModelCost, p: Pass, batch: int, quant: str, gpu: Gpu, n_cards: int, a: Assumptions,
@@ -175,4 +251,4 @@ def plan_time(mc: ModelCost, loads: list[TaskLoad], quant: str, sixteen: str, gp
     total = boot + install + download + load + sum(tasks.values())
     extra = total * a.spot_overhead if spot else 0.0
     return TimeEstimate(boot_s=boot, install_s=install, download_s=download, load_s=load, tasks=tasks,
-                        skipped=dict(skipped), spot_overhead_s=extra, total_s=total + extra)
+                        skipped=dict(skipped), spot_overhead_s=extra, total_s=total + extra, band=a.time_band)

@@ -10,21 +10,17 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from planner.architecture import inventory
 from planner.assumptions import Assumptions
-from planner.calibration import Calibration, Measurement, Predictor, RunTiming, calibrate, mean_abs, relative_error
-from planner.catalog import Catalog
 from planner.errors import InputError, ModelConfigError
-from planner.estimate import plan_on_rig
-from planner.models import EvalPlan, Gpu
-from planner.speed import ModelCost, fixed_seconds
 
-from . import home as homes
-from . import localrig
-from .cloud import registry
-from .money import results
-from .money.ledger import Ledger
+if TYPE_CHECKING:  # `budget plan` imports this module for `calibration()`: the rest comes in where it is used
+    from planner.calibration import Calibration, Measurement, RunTiming
+    from planner.catalog import Catalog
+    from planner.models import EvalPlan, Gpu
+
+    from .money.ledger import Ledger
 
 SCHEMA = "gpubudget.measurement/1"
 MAX_FILE_BYTES = 16 * 2**20
@@ -34,6 +30,8 @@ RUN_KINDS = ("caption", "document", "poetry", "fp16_verify", "memory_sweep")  # 
 
 def devices(catalog: Catalog, home: Path):
     """name -> Gpu, with this machine's CPU profile as `CPU`."""
+    from . import localrig
+
     cpu = None
 
     def gpu(name: str) -> Gpu:
@@ -62,6 +60,8 @@ def _num(v, what: str, where: str, integer: bool = False, optional: bool = False
 def read_measurements(path: Path, catalog: Catalog) -> list[Measurement]:
     """One measurement file (JSON lines), validated line by line: the schema, the model (a catalog model),
     the device (a catalog GPU), numbers finite and non-negative. The first bad line is the error."""
+    from planner.calibration import Measurement
+
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             raise InputError(f"{path}: over {MAX_FILE_BYTES >> 20} MiB", "split the file")
@@ -136,6 +136,12 @@ def run_measurements(run: dict, catalog: Catalog, led: Ledger,
                      a: Assumptions) -> tuple[list[Measurement], RunTiming | None, str]:
     """A finished run's generate calls as measurements, and its billed wall time against them (None for a
     run relaunched on several instances: it has no one wall time); or why it is not used ('' when it is)."""
+    from planner.architecture import inventory
+    from planner.calibration import Measurement, RunTiming
+    from planner.speed import ModelCost, fixed_seconds
+
+    from . import localrig
+
     rid = run["id"]
     if run["state"] != "done":
         return [], None, f"{rid}: {run['state']} ({run.get('reason') or 'not finished'}): not used"
@@ -200,6 +206,8 @@ def run_measurements(run: dict, catalog: Catalog, led: Ledger,
 def gather(led: Ledger, catalog: Catalog, a: Assumptions,
            run_ids: list[str] | None = None) -> tuple[list[Measurement], list[RunTiming], list[str]]:
     """Measurements and timings of the ledger's finished runs (or `run_ids`), and why others were not used."""
+    from . import home as homes
+
     rows, timings, excluded = [], [], []
     chosen = [homes.resolve(led, r) for r in run_ids] if run_ids else led.runs()
     for run in chosen:
@@ -220,6 +228,11 @@ def gather(led: Ledger, catalog: Catalog, a: Assumptions,
 
 def run(home: Path, catalog: Catalog, files: list[Path], run_ids: list[str] | None = None) -> Calibration:
     """Fit from the ledger's finished runs (or `run_ids`) and `files`; store the fit; return it."""
+    from planner.calibration import Predictor, calibrate
+
+    from . import home as homes
+    from .money import results
+
     led = homes.ledger(home)
     try:
         a = Assumptions()
@@ -246,6 +259,11 @@ def calibration(home: Path) -> Calibration | None:
     path = home / "ledger.db"
     if not path.exists():
         return None
+    from planner.calibration import Calibration
+
+    from .money import results
+    from .money.ledger import Ledger
+
     led = Ledger(path)
     try:
         doc = results.calibration(led)
@@ -262,6 +280,10 @@ def calibration(home: Path) -> Calibration | None:
 def show(home: Path, catalog: Catalog) -> dict:
     """For every finished run: estimate vs actual (hours, cost, peak memory) before and after the stored
     calibration; and the stored fits."""
+    from planner.calibration import mean_abs, relative_error
+
+    from . import home as homes
+
     cal = calibration(home)
     led = homes.ledger(home)
     try:
@@ -293,6 +315,8 @@ def _re_estimate(run: dict, catalog: Catalog, home: Path, cal: Calibration | Non
     """The run's hours as the planner estimates them now, with the stored calibration."""
     from planner.plans import load_plan
 
+    from .cloud import registry
+
     try:
         req = json.loads((Path(run["dir"]) / "request.json").read_text())
         plan = load_plan(Path(run["plan_path"]))
@@ -308,6 +332,10 @@ def run_time(plan: EvalPlan, catalog: Catalog, home: Path, provider: str, gpu: s
     """(TimeEstimate, calibration line) of `plan` on the rig a run really uses: this machine's CPU when the
     provider's instance is this machine, the offer's GPUs otherwise; with the rig's calibrated assumptions
     when there are some."""
+    from planner.estimate import plan_on_rig
+
+    from . import localrig
+
     rig = devices(catalog, home)(localrig.NAME if this_machine else gpu)
     count = 1 if this_machine else gpu_count
     a, said = cal.for_rig(Assumptions(), rig.name, quant, provider) if cal else (Assumptions(), "")

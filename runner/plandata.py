@@ -16,7 +16,6 @@ from planner.errors import InputError
 from planner.models import EvalPlan
 from planner.plans import bundled_plan
 
-from .worker.downloads import check_url
 from .worker.manifests import MEDIA_KEYS, check_row, check_size, inside, media_refs, read_manifest
 from .worker.sample import DatasetError
 
@@ -71,6 +70,8 @@ def media_files(manifest: Path, task_name: str, allow_private_urls: bool = False
                 refs = media_refs(row, key)
                 for ref in refs:
                     if "://" in ref:
+                        from .worker.downloads import check_url  # urllib / http / ssl: only for a URL
+
                         check_url(ref, allow_private_urls)
                         raise DatasetError(f"{ref}: a local manifest names files beside it, not URLs (a manifest "
                                            "of URLs is a `kind: url` dataset)")
@@ -87,6 +88,8 @@ def check_urls(plan: EvalPlan) -> None:
     """Every dataset address of the plan (a URL manifest, a builtin's mirror) by downloads.check_url."""
     for task in plan.tasks:
         if task.dataset is not None and task.dataset.url:
+            from .worker.downloads import check_url  # urllib / http / ssl: only for a URL
+
             try:
                 check_url(task.dataset.url, plan.allow_private_urls)
             except DatasetError as e:

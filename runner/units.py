@@ -1,12 +1,13 @@
 """How figures are written for people, in logs, events and tables alike: CNY amounts rounded for display
 only (half-even; 2 decimals, 4 below 1 CNY - the ledger keeps every digit), instants as ISO 8601 UTC
-(`iso`) and spans of time in s / min / h (`duration`), and text an instance wrote with its control
+(`iso`), spans of time in s / min / h (`duration`), an estimate's error band (`band`), and text an instance wrote with its control
 characters escaped (`printable`): one spelling of each everywhere."""
 
 from __future__ import annotations
 
 import datetime as dt
 
+from planner.assumptions import band_text
 from planner.money import display
 
 
@@ -37,6 +38,11 @@ def duration(seconds: float | None) -> str:
         return f"{s // 60} min" + (f" {s % 60:02d} s" if s % 60 else "")
     m = round(seconds / 60)
     return f"{m // 60} h" + (f" {m % 60:02d} min" if m % 60 else "")
+
+
+def band(fraction: float) -> str:
+    """'±55%': the +- fraction printed beside an estimate (planner.assumptions.band_text)."""
+    return band_text(fraction)
 
 
 def printable(text: str) -> str:

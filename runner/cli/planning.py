@@ -207,7 +207,7 @@ def prices_import(
     provider: Annotated[str | None, typer.Option("--provider", help="Provider name (skypilot default: aws).")] = None,
 ) -> None:
     """Validate an offer file and add it to $BUDGET_HOME/catalog/offers/ (replacing that provider's offers)."""
-    from planner.catalog import prepare_import
+    from planner.catalog import prepare_import, save_index
 
     from .. import render
 
@@ -222,6 +222,7 @@ def prices_import(
     tmp = dest.with_suffix(".tmp")
     tmp.write_text(r.content, encoding="utf-8")
     tmp.replace(dest)
+    save_index(dest, r)  # what plans load: the file's offers, without reading the file again
     render.imported(r, str(dest))
 
 

@@ -13,7 +13,7 @@ from rich.text import Text
 from planner.catalog import ImportResult
 from planner.models import GIB, InspectReport, PlanReport, PriceList, Recommendation
 
-from ..units import duration, iso, money
+from ..units import band, duration, iso, money
 from . import base
 from .base import Table, billing, gib, styled
 
@@ -64,17 +64,18 @@ def plan(r: PlanReport, show_all: bool = False) -> None:
                          f" {c.provider} {c.instance_type} ({c.region or '-'}) — {_rig(c)}, {c.quantization}, "
                          f"{'spot' if c.spot else 'on-demand'}"))
         orig = "" if c.currency == "CNY" else f" = {c.price_original_per_hour} {c.currency}/h"
-        out.print(f"  cost      {money(c.cost_cny)} CNY  ({money(c.price_cny_per_hour)} CNY/h{orig}, billed {c.billing}: "
-                  f"{duration(c.billed_hours * 3600)})")
+        tb, mb = band(c.time.band), band(c.memory_band)
+        out.print(f"  cost      {money(c.cost_cny)} CNY, {money(c.cost_low_cny)}-{money(c.cost_high_cny)} CNY at {tb} time  "
+                  f"({money(c.price_cny_per_hour)} CNY/h{orig}, billed {c.billing}: {duration(c.billed_hours * 3600)})")
         out.print(f"  budget    {money(c.budget_left_cny)} CNY left of {money(r.budget_cny)} CNY; the plan fits "
                   f"{c.plan_fits_times} "
                   "times in it")
-        out.print(f"  time      {duration(c.time.total_s)} = " + " + ".join(
-            f"{k} {duration(v)}" for k, v in [("boot", c.time.boot_s), ("install", c.time.install_s),
+        out.print(f"  time      {duration(c.time.total_s)} {tb} = " + " + ".join(
+            f"{k} {duration(v)} {tb}" for k, v in [("boot", c.time.boot_s), ("install", c.time.install_s),
                                               ("download", c.time.download_s), ("load", c.time.load_s),
                                               *c.time.tasks.items(), ("spot risk", c.time.spot_overhead_s)] if v))
-        out.print(f"  memory    peak {c.memory_per_gpu_gib:.2f} GiB per GPU of {c.gpu_memory_gib:.1f} GiB ({c.gpu}):")
-        mem = Table(title="  GiB per card", title_justify="left")
+        out.print(f"  memory    peak {c.memory_per_gpu_gib:.2f} GiB {mb} per GPU of {c.gpu_memory_gib:.1f} GiB ({c.gpu}):")
+        mem = Table(title=f"  GiB per card, each {mb}", title_justify="left")
         mem.add_column("component", no_wrap=True)
         for g in c.memory:
             mem.add_column(f"card {g.gpu_index}" if len(c.memory) < 5 else f"#{g.gpu_index}", justify="right")
@@ -95,14 +96,16 @@ def plan(r: PlanReport, show_all: bool = False) -> None:
     if r.alternatives:
         t = Table(title="Alternatives" if c else "Cheapest options (none within budget)", title_justify="left")
         fits = not all(a.fits_budget for a in r.alternatives)  # the column only says something when one does not
-        for col in ("offer", "rig", "quant", "GiB/GPU", "time", "CNY") + (("fits",) if fits else ()):
-            t.add_column(col, justify="right" if col in ("GiB/GPU", "time", "CNY") else "left",
+        for col in ("offer", "rig", "quant", "GiB/GPU", "time", "CNY", "at most") + (("fits",) if fits else ()):
+            t.add_column(col, justify="right" if col in ("GiB/GPU", "time", "CNY", "at most") else "left",
                          no_wrap=col in ("offer", "rig", "GiB/GPU"))
         for a in r.alternatives:
             t.add_row(f"{a.provider}:{a.instance_type}" + (f"@{a.region}" if a.region else ""),
-                      _rig(a) + (" spot" if a.spot else ""), a.quantization, f"{a.memory_per_gpu_gib:.1f}",
-                      duration(a.time.total_s), money(a.cost_cny), *(("yes" if a.fits_budget else "no",) if fits else ()))
+                      _rig(a) + (" spot" if a.spot else ""), a.quantization,
+                      f"{a.memory_per_gpu_gib:.1f} {band(a.memory_band)}", f"{duration(a.time.total_s)} {band(a.time.band)}",
+                      money(a.cost_cny), money(a.cost_high_cny), *(("yes" if a.fits_budget else "no",) if fits else ()))
         out.print(t)
+        out.print("  (at most: the cost at the upper end of the time band, under the offer's billing rule)")
     if r.rejected:
         rows = sorted(r.rejected, key=lambda x: (x.reason.startswith("over"), x.gpu, x.gpu_count))
         merged = rows if show_all else _merge_rejections(rows)
@@ -119,6 +122,8 @@ def plan(r: PlanReport, show_all: bool = False) -> None:
             more = len(merged) - REJECTED_SHOWN
             out.print(f"  GPU counts and quantizations with the same reason are merged{f'; {more} more rows' if more > 0 else ''}"
                       " (`--all` lists every group)")
+    if r.ranked_by == "cost_high":
+        out.print("Ranked by the upper end of each cost band: the cheapest estimate could cost more than the budget.")
     out.print(f"{r.candidates} candidates, {r.feasible} runnable, {r.within_budget} within budget. "
               "Estimates assume the defaults listed by `budget plan --json` (assumptions); "
               "override any with --assume NAME=VALUE.")
@@ -190,10 +195,10 @@ def estimate(r) -> None:
     out.print(styled((f"{r.model}", "bold"), f" ({r.model_type}, {_params(r.params)} params) on {r.gpu} "
                      f"x{r.gpu_count}, {r.quantization}, batch {r.batch}: {r.prompt_tokens} prompt + "
                      f"{r.visual_tokens} visual tokens (prefill {r.prefill_tokens}), {r.new_tokens} new"), soft_wrap=True)
-    t = Table(title=f"Peak memory of the fullest card: {r.peak_memory_gib:.2f} GiB of {gib(r.usable_bytes)}"
-                    f"{'' if r.fits else ' - DOES NOT FIT'}", title_justify="left")
+    t = Table(title=f"Peak memory of the fullest card: {r.peak_memory_gib:.2f} GiB {band(r.memory_band)} of "
+                    f"{gib(r.usable_bytes)}{'' if r.fits else ' - DOES NOT FIT'}", title_justify="left")
     t.add_column("component")
-    t.add_column("GiB", justify="right")
+    t.add_column(f"GiB {band(r.memory_band)}", justify="right")
     for k, v in r.memory.items():
         if k != "total":
             t.add_row(k.replace("_", " "), f"{v / 2**30:.3f}")
@@ -201,9 +206,12 @@ def estimate(r) -> None:
     t.add_row("(allocator peak: weights + KV + activations + scratch)", f"{r.allocated_bytes / 2**30:.3f}")
     out.print(t)
     out.print("(activations and vision encoder do not overlap: the peak counts the larger)")
-    out.print(f"time: vision {duration(r.vision_s)} + prefill {duration(r.prefill_s)} -> first token at "
-              f"{duration(r.ttft_s)}; decode {duration(r.decode_s)} at {r.decode_tokens_per_s:.1f} tokens/s; "
-              f"total {duration(r.total_s)}", soft_wrap=True)
+    b = band(r.time_band)
+    out.print(f"time: vision {duration(r.vision_s)} {b} + prefill {duration(r.prefill_s)} {b} -> first token at "
+              f"{duration(r.ttft_s)} {b}; decode {duration(r.decode_s)} {b} at {r.decode_tokens_per_s:.1f} tokens/s "
+              f"{b}; total {duration(r.total_s)} {b}", soft_wrap=True)
+    out.print(f"(bands: 90% of the time model's residuals on measured calls fall within {b}, of the memory "
+              f"model's within {band(r.memory_band)})", soft_wrap=True)
     out.print("assumed: " + "; ".join(r.assumptions), soft_wrap=True)
     out.print(r.calibration or "uncalibrated: the defaults above (`budget calibrate` fits them to your runs)",
               soft_wrap=True)

@@ -10,7 +10,8 @@ from planner.catalog import Catalog, load_catalog
 from planner.errors import CatalogError, InputError
 from planner.models import GIB, Offer
 from planner.money import billed_seconds, charge
-from planner.optimize import optimize
+from planner.assumptions import Assumptions
+from planner.optimize import cost_band, optimize
 from planner.plans import load_plan, parse_plan
 
 BASE = load_catalog()
@@ -60,17 +61,52 @@ def test_recommendation_is_cheapest_feasible_and_within_limits(offers, budget, m
     assert rec.cost_cny <= budget
     assert rec.fits_budget
     best = min(c.cost_cny for c in within)
-    # the cost is exact (the billing rule, never rounded to the cent): the cheapest, and what is left adds up
-    assert all(rec.cost_cny <= c.cost_cny for c in res.candidates)
-    assert rec.cost_cny == best
+    highs = [cost_band(r)[1] for r in res.rows if r[-1] <= budget]
+    assert rec.cost_low_cny <= rec.cost_cny <= rec.cost_high_cny
+    if res.report.ranked_by == "cost":
+        # the cost is exact (the billing rule, never rounded to the cent): the cheapest, and what is left adds up
+        assert all(rec.cost_cny <= c.cost_cny for c in res.candidates)
+        assert rec.cost_cny == best
+        assert cost_band(min(r for r in res.rows if r[-1] <= budget))[1] <= budget  # its upper end fits too
+    else:  # the cheapest estimate's upper end is over the budget: the least upper end among those within it
+        assert res.report.ranked_by == "cost_high" and rec.cost_high_cny == min(highs)
+        assert rec.notes[0].startswith("ranked by the upper end of each cost band")
     assert abs(rec.cost_cny + rec.budget_left_cny - budget) < Decimal("1e-20")  # Decimal keeps 28 digits
     assert rec.cost_cny == charge(rec.price_cny_per_hour, round(rec.billed_hours * 3600))
     for g in rec.memory:
         assert g.total <= g.usable  # nothing recommended exceeds a card's memory
     for c in res.candidates:
         assert max(g.total for g in c.option.memory.per_gpu) <= c.option.usable_mib * 1024**2
-    costs = [a.cost_cny for a in res.report.alternatives if a.fits_budget]
+    costs = [a.cost_high_cny if res.report.ranked_by == "cost_high" else a.cost_cny
+             for a in res.report.alternatives if a.fits_budget]
     assert costs == sorted(costs)
+
+
+def test_the_plan_ranks_by_the_upper_end_of_the_cost_band_when_the_cheapest_could_overrun_the_budget():
+    """A plan estimated at 0.8 h on one card, offered per started hour at 2.20 CNY/h and per second at 3.00: the
+    hourly offer is cheaper for the estimate (2.20 vs 2.40), but at the band's upper end (+55%: 1.24 h) it bills
+    two hours (4.40 CNY), over a 4 CNY budget, while per second costs at most 3.72. The plan ranks by the upper
+    end and recommends the per-second offer, and says why; with 10 CNY it ranks by the estimate."""
+    offers = [offer("RTX4090", 1, "2.20"), offer("RTX4090", 1, "3.00", provider="q", inc=1, minimum=60)]
+
+    def plan(samples: int):
+        return SMALL.model_copy(update={"tasks": [SMALL.tasks[0].model_copy(update={"samples": samples})]})
+
+    def total(samples: int) -> float:
+        rec = optimize(plan(samples), BASE.model("2b"), catalog(offers[:1]), Decimal(100), quantizations=["bf16"])
+        return rec.report.recommendation.time.total_s
+
+    per = (total(1010) - total(10)) / 1000
+    n = round(10 + (0.8 * 3600 - total(10)) / per)
+    res = optimize(plan(n), BASE.model("2b"), catalog(offers), Decimal(4), quantizations=["bf16"])
+    rec = res.report.recommendation
+    hourly = next(a for a in res.report.alternatives if a.provider == "p")
+    assert rec.time.band == Assumptions().time_band == 0.55 and 0.79 < rec.hours < 0.81
+    assert hourly.cost_cny == Decimal("2.2") < rec.cost_cny and hourly.cost_high_cny == Decimal("4.4")
+    assert res.report.ranked_by == "cost_high" and rec.provider == "q" and rec.cost_high_cny <= Decimal(4)
+    assert rec.notes[0].startswith("ranked by the upper end of each cost band")
+    roomy = optimize(plan(n), BASE.model("2b"), catalog(offers), Decimal(10), quantizations=["bf16"])
+    assert roomy.report.ranked_by == "cost" and roomy.report.recommendation.provider == "p"
 
 
 def test_billing_rules():
@@ -119,7 +155,8 @@ def test_memory_rejection_message_like_the_issue():
 def test_fp16_verification_needs_16bit_memory():
     rep = optimize(PLAN, BASE.model("8b"), catalog([offer("T4", 1, "1.5")]), Decimal(2000)).report
     rec = rep.recommendation
-    assert rec.quantization == "nf4"
+    # nf4 and int8 both fit one T4 and both bill one started hour: the tie goes to the better quantization
+    assert rec.quantization == "int8" and rec.time.total_s < 3600
     assert any(n.startswith("fp16_check skipped: 16-bit model needs") for n in rec.notes)
     assert "fp16_check" not in rec.time.tasks
 

@@ -26,15 +26,19 @@ def tok_per_s(gpu: str, quant: str, cards: int = 1, name: str = "8b") -> float:
 
 
 def test_decode_calibration_matches_reported_numbers():
-    # FACTS: 7B-class fp16 decode ~40 tok/s with transformers on one GPU; 13B 37 ms/token on A100
-    assert 28 < tok_per_s("A100-80GB", "bf16") < 45
-    assert tok_per_s("A100-80GB", "bf16", name="4b") > tok_per_s("A100-80GB", "bf16")
+    # FACTS: 7B-class fp16 decode ~40 tok/s with transformers 4.46 on one GPU; the worker's transformers 5.x
+    # pays more host time per layer (fitted on our H200 rows: 1.11 vs 0.86 ms), so fewer
+    assert 20 < tok_per_s("A100-80GB", "bf16") < 40
+    # both have 36 layers: launch-bound at batch 1, the 4B is no slower and barely faster
+    assert tok_per_s("A100-80GB", "bf16", name="4b") >= tok_per_s("A100-80GB", "bf16")
 
 
-def test_bitsandbytes_is_slower_not_faster():
+def test_bitsandbytes_saves_memory_not_time_at_batch_one():
+    """The fit on our H200 rows: a launch-bound step costs the same in NF4 as in 16-bit, LLM.int8 adds host
+    time per linear (outlier decomposition)."""
     fp16, nf4, int8 = (tok_per_s("RTX3090", q) for q in ("fp16", "nf4", "int8"))
-    assert fp16 / nf4 == pytest.approx(A.nf4_decode_slowdown, rel=0.01)
-    assert int8 < nf4 < fp16
+    assert nf4 == pytest.approx(fp16, rel=0.05)
+    assert int8 < 0.8 * nf4
 
 
 @pytest.mark.parametrize("gpu", ["T4", "A10G", "A100-40GB"])
@@ -46,8 +50,8 @@ def test_multi_card_is_a_pipeline_never_faster(gpu):
 
 def test_seed_claim_two_t4_vs_one_3090():
     """The seed measured 2xT4 40% slower than 1x3090 for 8B. Our model agrees on the direction and
-    predicts more than the claim, because the T4's 320 GB/s vs the 3090's 936 GB/s dominates
-    bandwidth-bound decode; the printed ratio is recorded in the README."""
+    predicts more than the claim: the hops of the split, and the T4's 320 GB/s vs the 3090's 936 GB/s where a
+    step is not launch-bound (long prompts' attention, the 16-bit check); the printed ratio is in the README."""
     plan = load_plan(None)
     s = CAT.model("8b")
     loads = task_loads(plan, s, A)

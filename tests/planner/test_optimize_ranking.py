@@ -1,0 +1,159 @@
+"""The optimizer's ranking at scale: it keeps only the best rows per rig, yet every figure the report prints
+is the one a full enumeration of every candidate gives (checked against such an enumeration, the way the
+optimizer ranked before, on random catalogs with ties, currencies, providers and billing rules); and groups of
+one GPU and count that differ in card memory add their offers up under a shared reason."""
+
+import heapq
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from planner.catalog import Catalog, load_catalog
+from planner.models import QUALITY_RANK, Offer
+from planner.money import billed_seconds, charge, display
+from planner.optimize import _Planner, _sixteen, optimize
+from planner.plans import load_plan, parse_plan
+
+BASE = load_catalog()
+PLAN = load_plan(None)
+SMALL = parse_plan("""
+name: small
+model: Qwen3-VL-2B-Instruct
+batch_size: 2
+tasks:
+  - {name: cap, kind: caption, samples: 10, image_size: [640, 480]}
+  - {name: sweep, kind: memory_sweep, resolutions: [[512, 512], [1024, 1024]]}
+  - {name: check, kind: fp16_verify, of_task: cap, samples: 3}
+""", "small.yaml")
+
+
+def catalog(offers: list[Offer]) -> Catalog:
+    return Catalog(gpus=BASE.gpus, models=BASE.models, offers=offers, fx=BASE.fx)
+
+
+def reference(plan, spec, cat, budget, spot=None, objective="cost", top=5, providers=None):
+    """Every candidate as a row, ranked as the optimizer ranked them before it kept only the best (the rows,
+    the counts and the rejections; rejections of one GPU, count and reason add up)."""
+    offers = [o for o in cat.offers if (not providers or o.provider in providers)
+              and (spot is not True or o.spot_price is not None)]
+    pl = _Planner(plan, spec, __import__("planner.assumptions").assumptions.Assumptions())
+    quants = [q for q in plan.quantizations if QUALITY_RANK[q] >= QUALITY_RANK[plan.quality_floor]]
+    rejected = {}
+    for q in plan.quantizations:
+        if QUALITY_RANK[q] < QUALITY_RANK[plan.quality_floor]:
+            rejected[("*", 0, q, f"below the plan's quality floor ({plan.quality_floor})")] = list(offers)
+    groups = {}
+    for o in offers:
+        gpu = cat.gpu(o.gpu)
+        usable = min(gpu.memory_mib, o.gpu_memory_mib or gpu.memory_mib)
+        groups.setdefault((gpu.name, o.gpu_count, usable), []).append(o)
+    fx = {c: r.cny_per_unit for c, r in cat.fx.items()}
+    within, over, n = [], {}, 0
+    for (gname, count, usable), gofs in groups.items():
+        gpu = cat.gpus[gname]
+        sixteen = _sixteen(gpu, quants)
+        priced = {}
+        for o in gofs:
+            for is_spot, price in ((False, o.price), (True, o.spot_price)):
+                if price is not None and (spot is None or spot == is_spot):
+                    priced.setdefault((o.provider == "aws", is_spot, o.billing_increment_s, o.billing_minimum_s),
+                                      []).append((o, price * fx[o.currency]))
+        for q in quants:
+            if q in ("fp16", "bf16") and q != sixteen:
+                if sixteen is None:
+                    rejected.setdefault((gname, count, q, f"no bf16 on {gname} (compute capability "
+                                         f"{gpu.compute_capability}); allow fp16"), []).extend(gofs)
+                continue
+            opt = pl.option(gpu, count, usable, q)
+            if isinstance(opt, str):
+                rejected.setdefault((gname, count, q, opt), []).extend(gofs)
+                continue
+            for (aws, is_spot, inc, minimum), items in priced.items():
+                t = pl.time(opt, aws, is_spot)
+                billed = billed_seconds(t.total_s, inc, minimum)
+                for o, p in items:
+                    cost = charge(p, billed)
+                    quality = -QUALITY_RANK[q]
+                    key = (t.total_s, cost, quality) if objective == "time" else (cost, quality, t.total_s)
+                    row = key + (n, o, opt, is_spot, p, t, billed, cost)
+                    n += 1
+                    if cost <= budget:
+                        within.append(row)
+                    else:
+                        g = over.setdefault((gname, count, q), [row, 0])
+                        g[0] = min(g[0], row)
+                        g[1] += 1
+    shown = heapq.nsmallest(max(top, 1), within)
+    if len(shown) < top:
+        shown += sorted(g[0] for g in over.values())[: top - len(shown)]
+    rej = [(g, c, q, r, len(os_), os_[0].id) for (g, c, q, r), os_ in rejected.items()]
+    rej += [(g, c, q, f"over budget: from {display(row[-1])} CNY > {display(budget)} CNY", k, row[4].id)
+            for (g, c, q), (row, k) in over.items()]
+    return {"shown": [(r[4].id, r[5].gpu_count, r[5].quant, r[6], r[-1]) for r in shown], "rejected": rej,
+            "candidates": n + sum(len(v) for v in rejected.values()), "feasible": n, "within": len(within)}
+
+
+def summary(res) -> dict:
+    r = res.report
+    shown = ([r.recommendation] if r.recommendation else []) + r.alternatives
+    return {"shown": [(f"{a.provider}:{a.instance_type}" + (f"@{a.region}" if a.region else ""), a.gpu_count,
+                       a.quantization, a.spot, a.cost_cny) for a in shown],
+            "rejected": [(x.gpu, x.gpu_count, x.quantization, x.reason, x.offers, x.example) for x in r.rejected],
+            "candidates": r.candidates, "feasible": r.feasible, "within": r.within_budget}
+
+
+def offer(i, gpu, count, price, spot=None, provider="p", inc=3600, minimum=3600, currency="CNY", mem=None):
+    return Offer(provider=provider, instance_type=f"{gpu}x{count}-{i}", gpu=gpu, gpu_count=count,
+                 price=Decimal(price), spot_price=None if spot is None else Decimal(spot), currency=currency,
+                 region=f"r{i % 3}", billing_increment_s=inc, billing_minimum_s=minimum, gpu_memory_mib=mem)
+
+
+GPUS = ["T4", "A10G", "L4", "RTX4090", "V100-16GB", "A100-40GB", "A100-80GB", "H100"]
+prices = st.sampled_from(["0.5", "1.0", "1.00", "1.5", "2.2", "3.5", "7.16", "12", "40.966"])  # ties on purpose
+offers_st = st.lists(st.tuples(st.sampled_from(GPUS), st.sampled_from([1, 2, 4, 8]), prices,
+                               st.one_of(st.none(), prices), st.sampled_from(["aws", "x", "y"]),
+                               st.sampled_from([(1, 60), (60, 60), (3600, 3600), (1, 0)]),
+                               st.sampled_from(["CNY", "USD"]), st.sampled_from([None, None, 15000, 40000])),
+                     min_size=1, max_size=40)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=offers_st, budget=st.sampled_from([Decimal("0.3"), Decimal("2"), Decimal("20"), Decimal(2000)]),
+       spot=st.sampled_from([None, True, False]), objective=st.sampled_from(["cost", "time"]),
+       top=st.sampled_from([1, 3, 5]), small=st.booleans())
+def test_every_printed_figure_is_the_full_enumerations(rows, budget, spot, objective, top, small):
+    offers = [offer(i, g, c, p, s, pr, inc, mn, cur, mem)
+              for i, (g, c, p, s, pr, (inc, mn), cur, mem) in enumerate(rows)]
+    plan = SMALL if small else PLAN
+    spec = BASE.model(plan.model)
+    if spot is True and not any(o.spot_price is not None for o in offers):
+        return
+    res = optimize(plan, spec, catalog(offers), budget, spot=spot, objective=objective, top=top)
+    assert summary(res) == reference(plan, spec, catalog(offers), budget, spot, objective, top)
+    # the rows kept: the best `top` within budget and the cheapest over it, per GPU x count x quantization
+    rigs = {(r[5].gpu.name, r[5].gpu_count, r[5].quant) for r in res.rows}
+    assert len(res.rows) <= len(rigs) * (max(top, 1) + 1)
+
+
+def test_a_big_catalog_keeps_few_rows_and_counts_them_all():
+    offers = [offer(i, "RTX4090", 1, f"{1 + i % 50 / 10:.1f}", inc=60, minimum=60) for i in range(3000)]
+    res = optimize(PLAN, BASE.model("8b"), catalog(offers), Decimal(2000), top=5)
+    assert summary(res) == reference(PLAN, BASE.model("8b"), catalog(offers), Decimal(2000), top=5)
+    assert res.report.within_budget == res.report.feasible == 3 * 3000  # bf16, int8 and nf4 on every offer
+    assert len(res.rows) <= 3 * 5  # per quantization: the five cheapest (no offer is over budget)
+    # equal prices rank in catalog order: the cheapest price (1.0) first appears at offer 0, then 50, 100, ...
+    assert [a.instance_type for a in [res.report.recommendation, *res.report.alternatives]] == [
+        "RTX4090x1-0", "RTX4090x1-50", "RTX4090x1-100", "RTX4090x1-150", "RTX4090x1-200"]
+
+
+def test_groups_differing_in_card_memory_add_up_under_one_reason():
+    """Two V100-16GB offers, one whose cards report less memory: two groups, one reason (no LLM.int8 on
+    compute capability 7.0). The rejection counts both offers, and so does the candidate count."""
+    offers = [offer(0, "V100-16GB", 1, "1.0"), offer(1, "V100-16GB", 1, "1.2", mem=16000)]
+    plan = PLAN.model_copy(update={"quantizations": ["int8"], "quality_floor": "int8"})
+    rep = optimize(plan, BASE.model("2b"), catalog(offers), Decimal(2000)).report
+    (int8,) = [r for r in rep.rejected if r.quantization == "int8"]
+    assert int8.reason.startswith("LLM.int8 needs compute capability >= 7.5")
+    assert int8.offers == 2 and int8.example == "p:V100-16GBx1-0@r0"
+    assert rep.candidates == 2 and rep.feasible == 0
