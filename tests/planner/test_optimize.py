@@ -6,11 +6,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from planner.assumptions import Assumptions
 from planner.catalog import Catalog, load_catalog
 from planner.errors import CatalogError, InputError
 from planner.models import GIB, Offer
 from planner.money import billed_seconds, charge
-from planner.assumptions import Assumptions
 from planner.optimize import cost_band, optimize
 from planner.plans import load_plan, parse_plan
 
