@@ -35,6 +35,14 @@ def _draw_shapes(size, rng: random.Random, count: int):
     return img, drawn
 
 
+def noise(size: tuple[int, int], rng: random.Random):
+    """A grey picture of uniform noise drawn from `rng` (PIL's effect_noise uses an unseeded C rand())."""
+    from PIL import Image
+
+    w, h = size
+    return Image.frombytes("L", (w, h), rng.randbytes(w * h)).convert("RGB")
+
+
 def image(kind: str, size: tuple[int, int], seed: int):
     """A deterministic image for `kind` plus what a correct answer would mention."""
     from PIL import Image, ImageDraw
@@ -56,8 +64,7 @@ def image(kind: str, size: tuple[int, int], seed: int):
         draw.polygon([(0, h), (w // 3, h // 2), (2 * w // 3, h)], fill=(40, 80, 50))
         return img, {"keywords": ["月", "山"]}
     if kind == "memory_sweep":
-        img = Image.effect_noise((w, h), 64).convert("RGB")
-        return img, {}
+        return noise((w, h), rng), {}
     img, drawn = _draw_shapes(size, rng, rng.randint(1, 3))
     names = " and ".join(f"a {c} {s}" for c, s in drawn)
     return img, {"references": [f"{names} on a white background", f"a white picture with {names}",

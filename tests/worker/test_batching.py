@@ -5,9 +5,11 @@ each answer stays with its own sample (lmms-eval #648/#970 mixed them up)."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
-from PIL import Image
+
+from runner.worker.synthetic import noise
 
 from .conftest import job, lines, run_inline, write_job
 
@@ -21,7 +23,7 @@ def manifest(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed")
     rows = []
     for i, (size, prompt) in enumerate(zip(SIZES, PROMPTS, strict=True)):
-        Image.effect_noise(size, 40 + 10 * i).convert("RGB").save(root / f"img{i}.png")
+        noise(size, random.Random(40 + 10 * i)).save(root / f"img{i}.png")  # seeded: the same answers every run
         rows.append({"id": f"s{i}", "image": f"img{i}.png", "prompt": prompt, "references": ["a noisy grey picture"]})
     (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root / "captions.jsonl"

@@ -150,3 +150,15 @@ def test_the_worker_fetches_only_what_the_job_allows_and_follows_no_redirect_els
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_synthetic_images_are_the_same_for_the_same_seed():
+    """Every synthetic kind, the memory sweep's noise included (PIL's effect_noise draws from an unseeded C rand():
+    two sweeps of one plan fed different pictures, and a test of different answers per sample could collide)."""
+    from runner.worker import synthetic
+
+    for kind in ("caption", "document", "poetry", "memory_sweep"):
+        a, b = synthetic.image(kind, (48, 32), 7)[0], synthetic.image(kind, (48, 32), 7)[0]
+        assert a.tobytes() == b.tobytes(), kind
+    assert synthetic.image("memory_sweep", (48, 32), 7)[0].tobytes() != synthetic.image("memory_sweep", (48, 32), 8)[
+        0].tobytes()
