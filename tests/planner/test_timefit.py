@@ -37,6 +37,11 @@ def model() -> TimeModel:
     return TimeModel(published_rows() + ours, specs.__getitem__, CAT.gpu)
 
 
+@pytest.fixture(scope="module")
+def fitted(model) -> dict[str, float]:
+    return fit(model, list(range(len(model.rows))))
+
+
 def _published(model: TimeModel) -> list[int]:
     return [i for i, r in enumerate(model.rows) if r.speed]
 
@@ -64,8 +69,8 @@ def test_held_out_rows_are_predicted_within_25_percent(model):
     assert within >= 0.90, outliers
 
 
-def test_the_defaults_are_the_fit_for_the_workers_stack_and_the_band_its_residuals(model):
-    x = fit(model, list(range(len(model.rows))))
+def test_the_defaults_are_the_fit_for_the_workers_stack_and_the_band_its_residuals(model, fitted):
+    x = fitted
     a = Assumptions()
     for name, value in worker_factors(x).items():
         assert getattr(a, name) == pytest.approx(value, rel=0.01, abs=1e-3), name
@@ -74,9 +79,9 @@ def test_the_defaults_are_the_fit_for_the_workers_stack_and_the_band_its_residua
     assert a.time_band == band(residuals(model, x, ours))
 
 
-def test_small_models_are_barely_faster_and_long_prompts_decode_slower(model):
+def test_small_models_are_barely_faster_and_long_prompts_decode_slower(model, fitted):
     """The two public patterns the terms exist for, as the fit predicts them (Qwen2.5 on A100)."""
-    x = fit(model, list(range(len(model.rows))))
+    x = fitted
     speed = {(r.model, r.quant, r.shape.prefill): r.speed_of(model.predict(x, i)) for i, r in enumerate(model.rows)
              if r.stack.startswith("qwen2.5")}
     small, big = speed[("Qwen2.5-0.5B-Instruct", "bf16", 1)], speed[("Qwen2.5-7B-Instruct", "bf16", 1)]
