@@ -162,36 +162,47 @@ def fit(model: TimeModel, use: list[int], iterations: int = 60, start: dict[str,
     x = {n: START[n.split("@")[0].split(".")[0]] for n in model.names} | dict(start or {})
     lam = 1e-3
     cost = _cost(model, x, use)
+    normal = _normal(model, x, use, col)
     for _ in range(iterations):
-        jt = [[0.0] * len(use) for _ in names]
-        res = []
-        for j, i in enumerate(use):
-            meas = model.rows[i].seconds
-            p0 = model.predict(x, i)
-            res.append(p0 / meas - 1)
-            for n in model.uses[i]:
-                if n not in col:
-                    continue
-                h = max(abs(x[n]) * 1e-6, 1e-9)
-                jt[col[n]][j] = (model.predict({**x, n: x[n] + h}, i) - p0) / h / meas
-        ata = [[sum(u * v for u, v in zip(jt[a], jt[b], strict=True)) for b in range(len(names))]
-               for a in range(len(names))]
-        atr = [-sum(u * r for u, r in zip(jt[a], res, strict=True)) for a in range(len(names))]
-        for k in range(len(names)):
-            ata[k][k] += lam * (ata[k][k] + 1e-12)
-        step = _solve(ata, atr)
+        ata, atr = normal
+        damped = [[v + (lam * (v + 1e-12) if a == b else 0.0) for b, v in enumerate(row)] for a, row in enumerate(ata)]
+        step = _solve(damped, atr)
         trial = x | {n: min(max(x[n] + s, _bounds(n)[0]), _bounds(n)[1]) for n, s in zip(names, step, strict=True)}
         c2 = _cost(model, trial, use)
         if c2 < cost:
             x, lam = trial, max(lam / 3, 1e-9)
-            if cost - c2 < 1e-10 * cost:
+            if cost - c2 < 1e-8 * cost:
                 break
             cost = c2
-        else:
+            normal = _normal(model, x, use, col)
+        else:  # the same point, a shorter step: the normal equations stand
             lam *= 10
             if lam > 1e8:
                 break
     return x
+
+
+def _normal(model: TimeModel, x: dict[str, float], use: list[int], col: dict[str, int]
+            ) -> tuple[list[list[float]], list[float]]:
+    """J'J and -J'r of the relative residuals at `x` (a row's Jacobian has a handful of non-zeros: summed as
+    outer products of those)."""
+    ata = [[0.0] * len(col) for _ in col]
+    atr = [0.0] * len(col)
+    for i in use:
+        meas = model.rows[i].seconds
+        p0 = model.predict(x, i)
+        r = p0 / meas - 1
+        grad = []
+        for n in model.uses[i]:
+            if n in col:
+                h = max(abs(x[n]) * 1e-6, 1e-9)
+                grad.append((col[n], (model.predict({**x, n: x[n] + h}, i) - p0) / h / meas))
+        for a, u in grad:
+            atr[a] -= u * r
+            row = ata[a]
+            for b, v in grad:
+                row[b] += u * v
+    return ata, atr
 
 
 def _cost(model: TimeModel, x: dict[str, float], use: list[int]) -> float:

@@ -216,7 +216,7 @@ def skypilot(draw):
     return "\n".join(["# source: test", ",".join(SKYPILOT_COLUMNS), *rows]) + "\n"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=ours(), resolve=st.booleans())
 def test_our_layout_reads_as_before(text, resolve):
     gpus = BASE if resolve else None
@@ -226,7 +226,7 @@ def test_our_layout_reads_as_before(text, resolve):
     assert dumped(offers) == dumped(old_offers)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=skypilot())
 def test_skypilot_reads_as_before(text):
     rows, problems, meta = parse_skypilot(text, "vms.csv")
