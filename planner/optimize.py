@@ -409,7 +409,8 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
     # (key1, key2, key3, index, offer, option, spot, price CNY/h, time, billed s, cost CNY)
     want = max(top, 1)
     best: dict[tuple[str, int, str], list[tuple]] = {}  # (gpu, count, quant) -> its best rows within budget
-    best_high: dict[tuple[str, int, str], list[tuple]] = {}  # the same, ranked by the upper end of the cost band
+    by_bucket: list[tuple[int, list[tuple]]] = []  # each bucket's best rows within budget, with its billed seconds
+    # at the upper end of the time band (ranked by that only when the cheapest estimate could overrun the budget)
     over: dict[tuple[str, int, str], list] = {}  # (gpu, count, quant) -> [cheapest row, count]
     by_time = objective == "time"
     n = within = 0
@@ -420,9 +421,6 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
         row_ = bucket.row(j)
         return key + (base + j, table.offer(row_), opt, is_spot, bucket.price(row_), t, billed, cost)
 
-    def high(r: tuple) -> tuple:
-        """Row `r` keyed by the upper end of its cost band (the same payload)."""
-        return (cost_band(r)[1], r[1], r[2]) + r[3:]
 
     for gpu, count, usable, offers, first, buckets in groups:
         gname = gpu.name
@@ -448,11 +446,8 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
                 kept += rows
                 if len(kept) > want:
                     kept[:] = heapq.nsmallest(want, kept)
-                if not by_time:  # a bucket's cheapest are its cheapest at the band's upper end too (one billing)
-                    kept_high = best_high.setdefault((gname, count, q), [])
-                    kept_high += [high(r) for r in rows]
-                    if len(kept_high) > want:
-                        kept_high[:] = heapq.nsmallest(want, kept_high)
+                if rows and not by_time:  # a bucket's cheapest are its cheapest at the band's upper end too
+                    by_bucket.append((billed_seconds(t.total_s * (1 + t.band), inc, minimum), rows))
                 if past is not None:
                     r = row(bucket, n, past[1], opt, is_spot, t, billed, past[0], quality)
                     g = over.setdefault((gname, count, q), [r, 0])
@@ -465,7 +460,7 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
     if shown and not by_time and cost_band(shown[0])[1] > budget_cny:
         # the cheapest estimate could cost more than the budget: rank by what each could cost at most
         ranked_by = "cost_high"
-        shown = heapq.nsmallest(want, (r for rs in best_high.values() for r in rs))
+        shown = heapq.nsmallest(want, ((charge(r[7], high), r[1], r[2]) + r[3:] for high, rs in by_bucket for r in rs))
     if len(shown) < top:
         shown += sorted(g[0] for g in over.values())[: top - len(shown)]
     rej = [Rejection(gpu=g, gpu_count=c, quantization=q, reason=r, offers=k, example=table.offer_id(first))
