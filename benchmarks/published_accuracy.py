@@ -46,8 +46,11 @@ MEASURED = Path(__file__).resolve().parents[1] / "benchmarks" / "measured" / "nv
 TIME_BAND, HELD_OUT_SHARE, MEMORY_BAND = 0.25, 0.90, 0.10
 
 
+CATALOG = load_catalog()
+
+
 def build() -> tuple[TimeModel, dict, dict[int, float], dict[int, float]]:
-    cat = load_catalog()
+    cat = CATALOG
     specs = published_specs() | cat.models
     ours = measured_rows([json.loads(ln) for ln in MEASURED.read_text().splitlines() if ln.strip()], MEASURED.name)
     model = TimeModel(published_rows() + ours, specs.__getitem__, cat.gpu)
@@ -64,7 +67,7 @@ def memory_gib(model: TimeModel, specs: dict, i: int) -> tuple[float, float] | N
     r = model.rows[i]
     if not r.speed or r.quant != "bf16":
         return None
-    est = estimate_request(specs[r.model], load_catalog().gpu(r.gpu), r.gpu_count, "bf16", r.shape, 1,
+    est = estimate_request(specs[r.model], CATALOG.gpu(r.gpu), r.gpu_count, "bf16", r.shape, 1,
                            Assumptions(template_tokens=0), prompt_tokens=r.shape.prefill)
     return r.memory_mb / 1024, est.allocated_bytes * r.gpu_count / 2**30
 

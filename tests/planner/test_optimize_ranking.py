@@ -118,7 +118,7 @@ offers_st = st.lists(st.tuples(st.sampled_from(GPUS), st.sampled_from([1, 2, 4, 
                      min_size=1, max_size=40)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=offers_st, budget=st.sampled_from([Decimal("0.3"), Decimal("2"), Decimal("20"), Decimal(2000)]),
        spot=st.sampled_from([None, True, False]), objective=st.sampled_from(["cost", "time"]),
        top=st.sampled_from([1, 3, 5]), small=st.booleans())
