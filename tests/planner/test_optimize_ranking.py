@@ -9,27 +9,11 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner.catalog import Catalog, load_catalog
 from planner.models import QUALITY_RANK, Offer
 from planner.money import billed_seconds, charge, display
 from planner.optimize import _Planner, _sixteen, optimize
-from planner.plans import load_plan, parse_plan
 
-BASE = load_catalog()
-PLAN = load_plan(None)
-SMALL = parse_plan("""
-name: small
-model: Qwen3-VL-2B-Instruct
-batch_size: 2
-tasks:
-  - {name: cap, kind: caption, samples: 10, image_size: [640, 480]}
-  - {name: sweep, kind: memory_sweep, resolutions: [[512, 512], [1024, 1024]]}
-  - {name: check, kind: fp16_verify, of_task: cap, samples: 3}
-""", "small.yaml")
-
-
-def catalog(offers: list[Offer]) -> Catalog:
-    return Catalog(gpus=BASE.gpus, models=BASE.models, offers=offers, fx=BASE.fx)
+from .test_optimize import BASE, PLAN, SMALL, catalog
 
 
 def reference(plan, spec, cat, budget, spot=None, objective="cost", top=5, providers=None):
