@@ -31,12 +31,11 @@ from .architecture import inventory
 from .assumptions import Assumptions
 from .memory import dynamic, peak_of, weight_layout
 from .models import Gpu, Model, ModelSpec
-from .speed import ModelCost, pass_phases
+from .speed import SIXTEEN, ModelCost, pass_phases
 from .timefit import OURS, Row, TimeModel, band, fit, stack_coefficients, worker_factors
 from .workload import Pass
 
 QUANTIZED = ("nf4", "int8")
-SIXTEEN = ("bf16", "fp16")
 OUTLIER_X, OUTLIER_MIN = 3.0, 0.25
 MEMORY_CUSHION = 1.05
 MEMORY_FACTORS = ("memory_extra_mib", "headroom")

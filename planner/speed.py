@@ -45,7 +45,6 @@ class ModelCost:
         self.experts = sum(g.numel * g.count for g in layer if g.name == "mlp.experts")
         self.lm_head = t.vocab_size * t.hidden_size
         self.checkpoint_bytes = 2 * sum(g.params for g in inv)  # hub checkpoints are bf16
-        self.kv_per_token = 2 * t.num_key_value_heads * t.head_dim * 2 * t.num_hidden_layers
         self.q_dim = t.num_attention_heads * t.head_dim
         self.moe_layers = sum(1 for i in range(t.num_hidden_layers) if t.num_experts and i not in t.mlp_only_layers
                               and (i + 1) % max(t.decoder_sparse_step, 1) == 0)

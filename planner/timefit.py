@@ -27,7 +27,6 @@ from .workload import Pass
 
 PUBLISHED = Path(__file__).parent / "data" / "published"
 OURS = "gpubudget-tf5"  # the worker's stack: transformers 5.x, what `budget run` executes
-HOST = ("layer", "expert")  # host coefficients, per stack; qlinear.<quant> too
 CARD = ("weights", "compute")  # reciprocal efficiencies, shared
 # the decode attention kernel of each stack: its efficiency is the kernel's (shared by the stacks that run it)
 # (torch's SDPA runs its FlashAttention-2 backend for 16-bit decode on Ampere and later; our rows reach only
