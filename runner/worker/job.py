@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCHEMA = "gpubudget.job/1"
-QUANTS = ("fp32", "fp16", "bf16", "int8", "nf4")
+QUANTS = ("fp32", "fp16", "bf16", "int8", "nf4", "fp8")  # fp8: the server engines only (vLLM, SGLang)
+ENGINES = ("hf", "server", "vllm", "sglang", "transformers")  # hf: in-process; server: an endpoint already running;
+# vllm / sglang / transformers: a server the worker starts on loopback and stops when it ends
 KINDS = ("caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify")
 DATASET_KINDS = ("builtin", "local", "url", "synthetic")
 # the builtin public datasets (runner/worker/datasets.py fetches them) and the task kind each serves
@@ -76,6 +78,24 @@ class Model:
 
 
 @dataclass
+class Engine:
+    """How the job's generations are run. `hf`: transformers' generate in this process; `server`: the
+    OpenAI-compatible endpoint at base_url; vllm/sglang/transformers: that server, started by the worker."""
+
+    kind: str = "hf"
+    compile: bool = False  # hf: static KV cache + torch.compile (generate compiles on CUDA only)
+    base_url: str = ""  # server: e.g. http://127.0.0.1:8000/v1
+    served_model: str = ""  # the model name the server answers to (default: the job model's source)
+    api_key_env: str = ""  # server: the environment variable holding the key - never the key itself
+    concurrency: int = 8  # requests in flight at once (the server batches them)
+    memory_fraction: float | None = None  # vllm/sglang: the share of each card the engine preallocates
+    max_model_len: int | None = None  # vllm/sglang: the longest context it must hold
+    tensor_parallel: int = 1  # vllm/sglang: GPUs one model is split across
+    ready_timeout_s: float = 1800.0  # a started server must answer /health within this (install excluded)
+    request_timeout_s: float = 600.0  # one request, first byte to last
+
+
+@dataclass
 class Job:
     run_id: str
     model: Model
@@ -96,6 +116,7 @@ class Job:
     sweep_memory_cap_mib: int | None = None  # simulate a smaller card during the memory sweep
     cache_dir: str = ""  # downloads; default <out>/cache
     allow_private_urls: bool = False  # the plan's: datasets may be fetched from loopback/private hosts
+    engine: Engine = field(default_factory=Engine)
 
     def task(self, name: str) -> Task:
         return next(t for t in self.tasks if t.name == name)
@@ -223,6 +244,41 @@ def _task(doc: dict, where: str) -> Task:
     return Task(**{k: v for k, v in d.items() if v is not None})
 
 
+URL = re.compile(r"https?://[A-Za-z0-9.\[\]:_-]+(/[A-Za-z0-9._~/-]*)?")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def _engine(doc: dict, quantization: str) -> Engine:
+    e = _take(doc, "job.engine", {
+        "kind": (str, True), "compile": (bool, False), "base_url": (str, False), "served_model": (str, False),
+        "api_key_env": (str, False), "concurrency": (int, False), "memory_fraction": (float, False),
+        "max_model_len": (int, False), "tensor_parallel": (int, False), "ready_timeout_s": ((int, float), False),
+        "request_timeout_s": ((int, float), False)})
+    if e["kind"] not in ENGINES:
+        raise JobError(f"job.engine.kind: {e['kind']!r} is not one of {', '.join(ENGINES)}")
+    if e["kind"] == "server" and not URL.fullmatch(e.get("base_url") or ""):
+        raise JobError(f"job.engine.base_url: an http(s) URL is needed for a server engine, got {e.get('base_url')!r}")
+    if e["kind"] != "server" and e.get("base_url"):
+        raise JobError(f"job.engine.base_url: only a server engine takes one (this is {e['kind']})")
+    if e.get("api_key_env") and not ENV_NAME.fullmatch(e["api_key_env"]):
+        raise JobError(f"job.engine.api_key_env: {e['api_key_env']!r} is not an environment variable name")
+    if len(e.get("served_model") or "") > 256:
+        raise JobError("job.engine.served_model: longer than 256 characters")
+    for key, hi in (("concurrency", 1024), ("max_model_len", 1 << 22), ("tensor_parallel", 64)):
+        if e.get(key) is not None and not 1 <= e[key] <= hi:
+            raise JobError(f"job.engine.{key}: must be between 1 and {hi}, got {e[key]}")
+    if e.get("memory_fraction") is not None and not (_finite(e["memory_fraction"]) and 0 < e["memory_fraction"] < 1):
+        raise JobError(f"job.engine.memory_fraction: a fraction in (0, 1), got {e['memory_fraction']}")
+    for key in ("ready_timeout_s", "request_timeout_s"):
+        if key in e and not (_finite(e[key]) and 1 <= e[key] <= 86400):
+            raise JobError(f"job.engine.{key}: seconds in [1, 86400], got {json.dumps(e[key])}")
+    if e.get("compile") and e["kind"] != "hf":
+        raise JobError("job.engine.compile: only the hf engine compiles (servers bring their own graphs)")
+    if quantization == "fp8" and e["kind"] in ("hf", "transformers"):
+        raise JobError(f"job.quantization: fp8 runs on vllm or sglang, not {e['kind']}")
+    return Engine(**{k: v for k, v in e.items() if v is not None})
+
+
 def parse(doc: dict) -> Job:
     """Validate a job document (already JSON-decoded) into a Job."""
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
@@ -235,7 +291,7 @@ def parse(doc: dict) -> Job:
         "max_memory": (dict, False), "generation": (dict, False), "image_limits": (dict, False),
         "batch_size": ((int, str), False), "seed": (int, False), "deadline": (str, False), "limit": (int, False),
         "heartbeat_s": ((int, float), False), "sweep_memory_cap_mib": (int, False), "cache_dir": (str, False),
-        "allow_private_urls": (bool, False),
+        "allow_private_urls": (bool, False), "engine": (dict, False),
     })
     _name(d["run_id"], "job.run_id")
     d["model"] = Model(**_take(d["model"], "job.model", {k: (str, k in ("name", "source"))
@@ -268,6 +324,7 @@ def parse(doc: dict) -> Job:
         d["deadline"] = deadline
     if d.get("limit") is not None and d["limit"] < 1:
         raise JobError("job.limit: must be at least 1")
+    d["engine"] = _engine(d.get("engine") or {"kind": "hf"}, d["quantization"])
     d["generation"] = _generation(d.get("generation") or {})
     d["image_limits"] = _image_limits(d.get("image_limits") or {})
     hb = d.get("heartbeat_s", 10.0)
