@@ -62,7 +62,7 @@ def _task(task, plan_dir: Path) -> dict:
 def build(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, quantization: str,
           model_path: Path | None = None, limit: int | None = None, batch_size: int | str | None = None,
           device: str = "auto", run_id: str = "", deadline: dt.datetime | None = None,
-          max_memory: dict[str, str] | None = None) -> dict:
+          max_memory: dict[str, str] | None = None, engine: dict | None = None) -> dict:
     """The job document for running `plan` once in `quantization`; refused while the plan's own data is
     incomplete (every missing file named at once)."""
     plandata.require(plan, plan_path)
@@ -86,6 +86,8 @@ def build(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, quan
         doc["deadline"] = deadline.astimezone(dt.UTC).isoformat()
     if max_memory:
         doc["max_memory"] = max_memory
+    if engine and engine != {"kind": "hf"}:
+        doc["engine"] = engine  # hf with its defaults stays unsaid: earlier jobs' fingerprints hold
     if not run_id:
         doc["run_id"] = "eval-" + fingerprint(doc)[:12]
     try:  # the worker's own validation, here: a job it would refuse is refused before anything starts

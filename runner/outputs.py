@@ -126,18 +126,24 @@ class BatchSize(Output):
 class MemoryUse(Output):
     device: str
     bytes: int
+    source: str | None = None  # a server engine's: nvidia-smi | server-rss (hf: torch's allocator, or RSS on CPU)
 
 
 class Load(Output):
-    """One model load of the worker: in what, where, how long, how much memory."""
+    """One model load of the worker (hf), or one server engine made ready: in what, where, how long, how much
+    memory. A server has no dtype, footprint or device map the worker can see; one it started has its
+    install and start times."""
 
     quantization: str
-    dtype: str
+    engine: str = "hf"
+    dtype: str | None = None
     device: str
     load_s: float
     memory_after_load: list[MemoryUse]
-    footprint_bytes: int
-    device_map: dict[str, str]
+    footprint_bytes: int | None = None
+    device_map: dict[str, str] = {}
+    install_s: float | None = None
+    start_s: float | None = None
 
 
 class EvalSummary(Output):

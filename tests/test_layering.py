@@ -50,7 +50,7 @@ def test_shell_modules_stay_small_and_say_what_they_own():
 
 
 ALLOWED_WORKER = {"torch", "torchvision", "transformers", "accelerate", "bitsandbytes", "PIL", "av", "numpy",
-                  "tokenizers"}
+                  "tokenizers", "openai", "tenacity"}  # openai + tenacity: the server engines' client
 
 
 def test_worker_is_self_contained():

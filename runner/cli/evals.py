@@ -25,12 +25,22 @@ def eval_cmd(
     device: Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")] = "auto",
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard earlier results in --out instead of resuming.")] = False,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes", min=0, help="Stop cleanly after this long (resumable).")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="hf (in this process), vllm, sglang or transformers (a server "
+                                        "the worker starts here), or server (one already running: --base-url).")] = "hf",
+    base_url: Annotated[str | None, typer.Option("--base-url", help="--engine server: its OpenAI-compatible URL, "
+                                                 "e.g. http://127.0.0.1:8000/v1.")] = None,
+    served_model: Annotated[str | None, typer.Option("--served-model", help="--engine server: the model name it "
+                                                     "answers to (default: the plan's model).")] = None,
+    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="--engine server: the environment variable "
+                                                    "holding its API key (the key is never written anywhere).")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, max=1024,
+                                                    help="Server engines: requests in flight (default 8).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a plan's evaluation on this machine (no provider, no ledger); rerun to resume."""
     from planner.plans import load_plan, plan_file
 
-    from .. import evaluate, jobs, outputs, render
+    from .. import engines, evaluate, jobs, outputs, render
     from ..run.prepare import WORKER_HINT, worker_missing
 
     lib = worker_missing()
@@ -43,9 +53,10 @@ def eval_cmd(
         raise InputError(f"--device {device!r} is not auto, cuda or cpu", "e.g. --device cpu")
     bs = batch_size(batch)
     deadline = None if max_minutes is None else dt.datetime.now(dt.UTC) + dt.timedelta(minutes=max_minutes)
+    spec = engines.engine_of(engine, base_url, served_model, api_key_env, concurrency, here=True)
     job = jobs.build(ev, plan_file(plan), catalog(), budget_home(), quantization=q, model_path=model_path,
-                     limit=limit, batch_size=bs, device=device, deadline=deadline)
-    out_dir = out or budget_home() / "evals" / f"{ev.name}-{q}"
+                     limit=limit, batch_size=bs, device=device, deadline=deadline, engine=spec)
+    out_dir = out or budget_home() / "evals" / (f"{ev.name}-{q}" if engine == "hf" else f"{ev.name}-{q}-{engine}")
     evaluate.prepare(out_dir, job, fresh)
     with render.EvalProgress() as bar:
         outcome = evaluate.run(out_dir, bar.update)

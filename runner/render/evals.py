@@ -36,9 +36,16 @@ class EvalProgress(Bar):
 def eval_summary(summary: dict, out_dir: str) -> None:
     out = base.out
     for ld in summary.get("loads") or []:
-        mem = ", ".join(f"{m['device']} {gib(m['bytes'])}" for m in ld["memory_after_load"])
-        out.print(f"loaded {summary.get('model')} as {ld['quantization']} ({ld['dtype']}) on {ld['device']} in "
-                  f"{duration(ld['load_s'])}; weights {gib(ld['footprint_bytes'])}; memory after load: {mem}")
+        mem = ", ".join(f"{m['device']} {gib(m['bytes'])}" + (f" ({m['source']})" if m.get("source") else "")
+                        for m in ld["memory_after_load"]) or "not reported"
+        if ld.get("engine", "hf") == "hf":
+            out.print(f"loaded {summary.get('model')} as {ld['quantization']} ({ld['dtype']}) on {ld['device']} in "
+                      f"{duration(ld['load_s'])}; weights {gib(ld['footprint_bytes'])}; memory after load: {mem}")
+        else:
+            started = (f" (install {duration(ld['install_s'])}, start {duration(ld['start_s'])})"
+                       if ld.get("start_s") is not None else "")
+            out.print(f"{summary.get('model')} as {ld['quantization']} served by {ld['engine']}: ready in "
+                      f"{duration(ld['load_s'])}{started}; memory: {mem}")
     t = Table(title=f"Results in {out_dir}", title_justify="left")
     for col in ("task", "kind", "done", "ok", "OOM", "errors", "metric", "samples/s", "decode tok/s", "peak memory"):
         t.add_column(col, justify="left" if col in ("task", "kind", "metric") else "right")

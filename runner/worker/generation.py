@@ -29,8 +29,10 @@ class Request:
 class Output:
     text: str
     prefill_tokens: int
-    visual_tokens: int
+    visual_tokens: int | None  # None: a server does not say how many of the prompt's tokens were visual
     decode_tokens: int
+    ttft_s: float | None = None  # this request's own, where it ran on its own (a server's); else the batch's
+    latency_s: float | None = None
 
 
 @dataclass
@@ -41,8 +43,9 @@ class Batch:
     peak_memory: list[dict]
 
     @property
-    def peak_bytes(self) -> int:
-        return max(m["bytes"] for m in self.peak_memory)
+    def peak_bytes(self) -> int | None:
+        """The largest device's peak; None where the engine reports no memory (a server elsewhere)."""
+        return max((m["bytes"] for m in self.peak_memory), default=None)
 
     @property
     def decode_tokens(self) -> int:

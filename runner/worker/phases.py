@@ -4,6 +4,7 @@ then unloads it. Asked to stop, it stops at a batch boundary, so nothing finishe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from .batching import Batching, run_chunk
@@ -16,8 +17,9 @@ class Stopped(Exception):
 
 
 class Phases:
-    def __init__(self, status, should_stop):
+    def __init__(self, status, should_stop, out=None):
         self.status = status
+        self.out = out  # the output directory (a started engine's log goes there)
         self.should_stop = should_stop
         self.batching = Batching(status)
         self.loads: list[dict] = []
@@ -25,33 +27,53 @@ class Phases:
         self.extra: dict = {}  # shared with the task kinds (fp16_verify reads the quantized answers)
 
     def run(self, job, work, quant: str, tasks) -> None:
-        from .engine import Engine, Memory
-        from .model import load, pick_device, unload
         from .tasks import KINDS
         from .tasks.base import Context
 
         if self.should_stop():  # e.g. restarted after the deadline: do not pay for a model load
             raise Stopped()
+        opened = self._hf(job, quant) if job.engine.kind == "hf" else self._served(job, quant, self.out)
+        with opened as (engine, memory, baseline):
+            ctx = Context(job=job, engine=engine, memory=memory, quantization=quant, attempt=self.status.attempt,
+                          extra=self.extra)
+            self.status.update(phase="running", memory=memory.current())
+            self.status.running()
+            for task in tasks:
+                self._task(ctx, task, KINDS[task.kind], work, baseline)
+
+    @contextlib.contextmanager
+    def _hf(self, job, quant: str):
+        """The model loaded in this process (transformers generate), unloaded on the way out."""
+        from .engine import Engine, Memory
+        from .model import load, pick_device, unload
+
         device = pick_device(job.device)
         memory = Memory(device)
         self.status.update(phase="loading", device=device)
         loaded = load(job, quant, device, memory)
-        self.loads.append({"quantization": quant, "dtype": loaded.dtype, "device": device, "load_s": round(loaded.load_s, 3),
-                           "memory_after_load": loaded.memory_after_load, "footprint_bytes": loaded.footprint_bytes,
-                           "device_map": loaded.device_map})
+        self.loads.append({"quantization": quant, "engine": "hf", "dtype": loaded.dtype, "device": device,
+                           "load_s": round(loaded.load_s, 3), "memory_after_load": loaded.memory_after_load,
+                           "footprint_bytes": loaded.footprint_bytes, "device_map": loaded.device_map})
         log.info("loaded %s in %.1f s (%s)", quant, loaded.load_s, loaded.memory_after_load)
         self.params = self.params or loaded.params
-        engine = Engine(loaded, memory, job.generation, job.image_limits, job.seed, self.should_stop)
-        ctx = Context(job=job, engine=engine, memory=memory, quantization=quant, attempt=self.status.attempt,
-                      extra=self.extra)
-        baseline = max(m["bytes"] for m in loaded.memory_after_load)
-        self.status.update(phase="running", memory=loaded.memory_after_load)
-        self.status.running()
         try:
-            for task in tasks:
-                self._task(ctx, task, KINDS[task.kind], work, baseline)
+            yield (Engine(loaded, memory, job.generation, job.image_limits, job.seed, self.should_stop), memory,
+                   max(m["bytes"] for m in loaded.memory_after_load))
         finally:
             unload(loaded)
+
+    @contextlib.contextmanager
+    def _served(self, job, quant: str, out):
+        """A server engine (serving.py): started here and stopped on the way out, or one already running."""
+        from .serving import serve
+
+        try:
+            with serve(job, quant, out, self.status, self.should_stop) as served:
+                self.loads.append(served.load)
+                log.info("engine %s serving %s (%s)", job.engine.kind, quant, served.load)
+                yield served.engine, served.memory, 0
+        except InterruptedError:  # asked to stop while the engine was starting
+            raise Stopped() from None
 
     def _task(self, ctx, task, kind, work, baseline: int) -> None:
         from .engine import Interrupted
@@ -63,7 +85,9 @@ class Phases:
         while i < len(todo):
             if self.should_stop():
                 raise Stopped()
-            size = self.batching.size(kind, ctx.job.batch_size, first_peak, baseline, ctx.memory)
+            # a server batches the requests in flight itself: a batch here is what is sent at once
+            requested = ctx.job.batch_size if ctx.job.engine.kind == "hf" else ctx.job.engine.concurrency
+            size = self.batching.size(kind, requested, first_peak, baseline, ctx.memory)
             chunk = todo[i:i + size]
             try:
                 lines = run_chunk(ctx, kind, task, chunk)
@@ -72,7 +96,7 @@ class Phases:
             rf.append(lines)
             i += len(chunk)
             ok = [x for x in lines if x.get("status") == "ok"]
-            if ok and first_peak is None:
+            if ok and first_peak is None and ok[0]["peak_memory_bytes"] is not None:
                 first_peak = max(x["peak_memory_bytes"] for x in ok)
             self.status.record(task.name, lines, work.progress(task.name))
             self.status.update(memory=ctx.memory.current())

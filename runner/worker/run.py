@@ -21,6 +21,7 @@ from . import job as jobmod
 from .model import LoadError
 from .phases import Phases, Stopped
 from .sample import DatasetError
+from .serving import cannot_run
 from .status import Status, now
 from .work import Work
 
@@ -41,7 +42,7 @@ class Worker:
         self.stop_reason: str | None = None
         self.started = time.monotonic()
         self.status = Status(self.out / "status.json")
-        self.phases = Phases(self.status, self.should_stop)
+        self.phases = Phases(self.status, self.should_stop, self.out)
 
     def should_stop(self) -> bool:
         if self.stop_reason:
@@ -108,6 +109,10 @@ class Worker:
     def _run(self) -> int:
         job = self.job
         self.work = work = Work(job, self.out, self.job_path.parent)
+        for kind, why in cannot_run(job.engine.kind).items():  # what this engine cannot run is skipped, with why
+            work.skip([t for t in job.tasks if t.kind == kind], why)
+        work.main = [t for t in work.main if t.name not in work.skipped]
+        work.verify = [t for t in work.verify if t.name not in work.skipped]
         self.status.update(tasks={t.name: work.progress(t.name) for t in job.tasks})
         try:
             if work.pending(work.main):

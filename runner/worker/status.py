@@ -73,7 +73,7 @@ class Status:
             tok = self.fields["tokens"]
             tok["prefill"] += sum(x.get("prefill_tokens", 0) for x in ok)
             tok["decode"] += sum(x.get("decode_tokens", 0) for x in ok)
-            self.fields["peak_memory_bytes"] = max([self.fields["peak_memory_bytes"]] + [x["peak_memory_bytes"] for x in ok])
+            self.fields["peak_memory_bytes"] = max([self.fields["peak_memory_bytes"]] + [x["peak_memory_bytes"] or 0 for x in ok])
             self.fields["tasks"][task] = progress
             self._eta()
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 NAME = "tiny-random-qwen3-vl"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: the chat template keeps Qwen's newlines
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -35,18 +35,20 @@ VISION_CONFIG = {
 MIN_PIXELS = 32 * 32 * 4
 MAX_PIXELS = 32 * 32 * 256
 
-# The structure of Qwen's chat template (roles, <|im_start|>/<|im_end|>, vision placeholders).
+# The structure of Qwen's chat template (roles, <|im_start|>/<|im_end|>, vision placeholders), newlines
+# included: `transformers serve` finds the reply after "<|im_start|>assistant\n" (without the newline it
+# answers with the prompt's text). No whitespace control: a `{%-` would eat the newline before it.
 CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
+    "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
-    "{%- if message['content'] is string -%}{{ message['content'] }}"
-    "{%- else -%}{%- for c in message['content'] -%}"
-    "{%- if c['type'] == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif c['type'] == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>"
-    "{%- elif c['type'] == 'text' -%}{{ c['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}<|im_end|>\n"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 _CORPUS = [

@@ -74,10 +74,12 @@ def load_image(src):
 
 def measures(out: Output, batch: Batch, batch_size: int) -> dict:
     """The measurements every result line carries. latency_s is the whole batch's (what the sample
-    waited); tokens_per_s is the batch's decode throughput."""
+    waited; the batch's time is shared by its lines); ttft_s the sample's own where the engine measured it
+    per request (a server), else the batch's; tokens_per_s is the batch's decode throughput."""
+    ttft = out.ttft_s if out.ttft_s is not None else batch.ttft_s
     return {
         "prefill_tokens": out.prefill_tokens, "visual_tokens": out.visual_tokens, "decode_tokens": out.decode_tokens,
-        "latency_s": round(batch.latency_s, 4), "ttft_s": round(batch.ttft_s, 4), "batch_size": batch_size,
+        "latency_s": round(batch.latency_s, 4), "ttft_s": round(ttft, 4), "batch_size": batch_size,
         "tokens_per_s": round(batch.decode_tokens / batch.latency_s, 2) if batch.latency_s > 0 else None,
         "peak_memory": batch.peak_memory, "peak_memory_bytes": batch.peak_bytes,
     }
@@ -140,13 +142,21 @@ def accounting(lines: list[dict]) -> dict:
     decode = sum(x["decode_tokens"] for x in ok)
     return {
         **counts(lines),
-        "prefill_tokens": sum(x["prefill_tokens"] for x in ok), "visual_tokens": sum(x["visual_tokens"] for x in ok),
+        "prefill_tokens": sum(x["prefill_tokens"] for x in ok),
+        "visual_tokens": _sum_known(x["visual_tokens"] for x in ok),
         "decode_tokens": decode, "busy_s": round(busy, 4),
         "samples_per_s": round(len(ok) / busy, 4) if busy else None,
         "decode_tokens_per_s": round(decode / busy, 2) if busy else None,
         "mean_latency_s": mean(x["latency_s"] for x in ok), "mean_ttft_s": mean(x["ttft_s"] for x in ok),
-        "peak_memory_bytes": max((x["peak_memory_bytes"] for x in ok), default=None),
+        "peak_memory_bytes": max((x["peak_memory_bytes"] for x in ok if x["peak_memory_bytes"] is not None),
+                                 default=None),
     }
+
+
+def _sum_known(values) -> int | None:
+    """The sum of the counts an engine reported; None when it reported none (a server's visual tokens)."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def summary(lines: list[dict], rescore=None, **means: str) -> dict:

@@ -58,8 +58,9 @@ def _lines(ctx, task, samples):
             # every turn of this batch ran with the same batch size: the conversation's time is their sum
             latency_s=round(sum(t["latency_s"] for t in turns), 4), ttft_s=turns[0]["ttft_s"],
             batch_size=turns[0]["batch_size"], tokens_per_s=None,
-            peak_memory=max((t["peak_memory"] for t in turns), key=lambda m: max(x["bytes"] for x in m)),
-            peak_memory_bytes=max(peaks), memory_growth_bytes=peaks[-1] - peaks[0]))
+            peak_memory=max((t["peak_memory"] for t in turns), key=lambda m: max((x["bytes"] for x in m), default=0)),
+            peak_memory_bytes=None if None in peaks else max(peaks),
+            memory_growth_bytes=None if None in peaks else peaks[-1] - peaks[0]))
     return lines
 
 
