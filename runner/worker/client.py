@@ -133,7 +133,7 @@ class ServerEngine:
 
         retry = tenacity.Retrying(
             retry=tenacity.retry_if_exception(transient), stop=tenacity.stop_after_attempt(self.attempts),
-            wait=tenacity.wait_exponential(multiplier=1, max=8), sleep=self.sleep, reraise=True,
+            wait=tenacity.wait_exponential(multiplier=0.5, max=8), sleep=self.sleep, reraise=True,
             before_sleep=lambda s: log.warning("server: %s; retry %d", _said(s.outcome.exception()), s.attempt_number))
         messages = messages_of(request)
         media = {c["type"] for m in messages if isinstance(m["content"], list) for c in m["content"]} - {"text"}

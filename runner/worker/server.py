@@ -19,8 +19,6 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from . import engine_commands as commands
-
 log = logging.getLogger("gpubudget.worker")
 
 
@@ -41,9 +39,11 @@ def installed(engine: str, python: str = sys.executable) -> bool:
 
 def install(engine: str, log_path: Path, python: str = sys.executable) -> None:
     """pip install the engine's pinned version (only when it is missing)."""
+    from .engine_commands import install_command
+
     if installed(engine, python):
         return
-    argv = commands.install_command(engine, python)
+    argv = install_command(engine, python)
     log.info("installing %s: %s", engine, " ".join(argv))
     with open(log_path, "ab") as out:
         code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False).returncode

@@ -1,0 +1,161 @@
+"""`budget eval --engine server`: the worker's one OpenAI client against a real OpenAI-compatible server -
+`transformers serve` (transformers' own, the `serve` extra) serving the tiny Qwen3-VL on loopback, on CPU.
+Every task kind the engine can run, the same result fields as hf, resume after kill -9 of the worker and
+after the server itself is killed and started again, with no sample lost or written twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from runner.worker.server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "infra" / "localcloud"))
+
+
+class Served:
+    """`transformers serve MODEL` on a loopback port, as a user would start it (what it needs: FACTS.md)."""
+
+    def __init__(self, model: Path, log: Path, port: int | None = None):
+        self.model, self.log, self.port = model, log, port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, bound_s: float = 300) -> Served:
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", str(self.model),
+                                          "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"],
+                                         stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        end = time.monotonic() + bound_s
+        while True:
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            assert time.monotonic() < end, "transformers serve did not answer /health"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    s = Served(tiny_model, tmp_path_factory.mktemp("serve") / "serve.log").start()
+    yield s
+    s.kill()
+
+
+def budget(*args, home: Path, cwd: Path, timeout: float = 600, **kw):
+    env = dict(os.environ, BUDGET_HOME=str(home), HF_HUB_OFFLINE="1", COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "runner.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False, **kw)
+
+
+def hf_fields(kind: str) -> set[str]:
+    """The keys an hf result line of a single-image kind carries (tasks/base.py builds both)."""
+    from runner.worker.generation import Batch, Output
+    from runner.worker.tasks import base
+
+    measures = base.measures(Output("x", 1, 1, 1), Batch([], 1.0, 0.5, [{"device": "cpu", "bytes": 1}]), 1)
+    extra = {"caption": {"references"}, "document": {"answers", "anls"}, "poetry": {"keywords", "keyword_recall",
+                                                                                    "keywords_found"}}
+    return set(measures) | {"id", "task", "kind", "quantization", "attempt", "status", "finished_at", "prompt",
+                            "prediction"} | extra.get(kind, set())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_eval_against_a_running_server_runs_what_it_can_with_the_hf_fields(server, tiny_model, tmp_path):
+    out = tmp_path / "o"
+    p = budget("eval", REPO / "plans" / "smoke.yaml", "--engine", "server", "--base-url", server.url,
+               "--served-model", tiny_model, "--quant", "bf16", "--out", out, "--json", home=tmp_path, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    tasks = doc["tasks"]
+    for name in ("captions", "documents", "multiturn", "poetry"):
+        assert tasks[name]["ok"] == tasks[name]["total"] > 0, (name, tasks[name])
+    assert "preallocates" in tasks["sweep"]["skipped"] and "16-bit check needs the hf engine" in tasks["fp16_check"]["skipped"]
+    # transformers serve answers a video data URI with HTTP 500: each clip is an error line, the run goes on
+    assert tasks["video"]["errors"] == tasks["video"]["total"] == 2
+    assert doc["loads"][0]["engine"] == "server" and doc["loads"][0]["memory_after_load"] == []
+    for task, kind in (("captions", "caption"), ("documents", "document"), ("poetry", "poetry")):
+        for line in (out / "results" / f"{task}.jsonl").read_text().splitlines():
+            x = json.loads(line)
+            assert set(x) == hf_fields(kind), task
+            assert x["prefill_tokens"] > 0 and 0 < x["decode_tokens"] <= 8 and x["visual_tokens"] is None
+            assert 0 < x["ttft_s"] <= x["latency_s"] and x["peak_memory_bytes"] is None
+    turns = [json.loads(x)["turns"] for x in (out / "results" / "multiturn.jsonl").read_text().splitlines()]
+    assert all(len(t) == 5 for t in turns)  # five questions in one growing history
+
+
+def worker_pid(out: Path) -> int | None:
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"runner.worker" in cmd and str(out).encode() in cmd:
+            return int(d.name)
+    return None
+
+
+def wait_lines(path: Path, n: int, proc: subprocess.Popen, bound_s: float = 300) -> None:
+    end = time.monotonic() + bound_s
+    while not (path.exists() and path.read_bytes().count(b"\n") >= n):
+        assert proc.poll() is None, "the eval ended first"
+        assert time.monotonic() < end
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_eval_resumes_after_kill_9_of_the_worker_and_after_the_server_is_killed_and_started_again(tiny_model, tmp_path):
+    import localcloud
+
+    plan = localcloud.caption_plan(REPO / "plans" / "smoke.yaml", tmp_path, "many", 24)
+    served = Served(tiny_model, tmp_path / "serve.log").start()
+    out = tmp_path / "out"
+    results = out / "results" / "captions.jsonl"
+    args = ["eval", plan, "--engine", "server", "--base-url", served.url, "--served-model", tiny_model,
+            "--concurrency", "2", "--quant", "bf16", "--out", out]
+    env = dict(os.environ, BUDGET_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+    try:
+        first = subprocess.Popen([sys.executable, "-m", "runner.cli", *map(str, args)], cwd=tmp_path, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_lines(results, 4, first)
+        os.kill(worker_pid(out), signal.SIGKILL)  # the worker itself, mid-batch
+        assert first.wait(timeout=120) == 1
+        kept = results.read_bytes().count(b"\n")
+
+        second = subprocess.Popen([sys.executable, "-m", "runner.cli", *map(str, args)], cwd=tmp_path, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_lines(results, kept + 4, second)
+        served.kill()  # the server dies mid-run; the worker's requests meet a closed port and are retried
+        served.start()  # ... and it is back on the same port (a restarted engine, model reloaded)
+        err = second.communicate(timeout=600)[1]
+        if second.returncode != 0:  # the retries ran out before it was back: the run stopped, a rerun resumes
+            assert "does not answer" in err, err
+            again = budget(*args, home=tmp_path, cwd=tmp_path)
+            assert again.returncode == 0, again.stderr
+        ids = [json.loads(x)["id"] for x in results.read_text().splitlines()]
+        assert len(ids) == len(set(ids)) == 24 and kept < 24
+    finally:
+        served.kill()
