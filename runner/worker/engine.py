@@ -2,7 +2,16 @@
 tokens/s and peak memory per device (torch's allocator peak per GPU on CUDA; process RSS sampled
 every few ms on CPU). Batches are left-padded so greedy outputs equal those of samples run one by one.
 An out-of-memory error (CUDA OOM, a CPU allocation failure, MemoryError) is turned into OutOfMemory
-after the memory it held is released, so the caller can record it and carry on."""
+after the memory it held is released, so the caller can record it and carry on.
+
+`compile` (job.engine.compile): generate with a static KV cache and a CompileConfig - transformers then
+compiles the decode step (torch.compile, CUDA graphs: one launch a step instead of ~45 kernels a layer) on CUDA;
+on CPU, and for bitsandbytes models (transformers marks them not compileable), it logs that the criteria are not
+met and runs the static cache uncompiled. Each call's cache holds prompt + new tokens rounded up to a power of
+two, so inputs of growing length recompile a few times, not every batch; transformers' own rule (keep the
+largest size ever asked) is undone, or one 3072x3072 memory-sweep image would make every later step attend over
+16k positions and hold their KV. Off by default: on only where a GPU measurement (benchmarks/engine_check.py)
+showed it faster."""
 
 from __future__ import annotations
 
@@ -68,6 +77,7 @@ class Memory:
     def __init__(self, device: str):
         self.device = device
         self.gpus = list(range(torch.cuda.device_count())) if device == "cuda" else []
+        self.seen: list = []  # the batches measured on this loaded model (batching.observe; sizes auto batches)
 
     def current(self) -> list[dict]:
         if self.gpus:
@@ -94,9 +104,11 @@ class Memory:
                 out[:] = [{"device": "cpu", "bytes": _SAMPLER.disarm()}]
 
     def free_bytes(self) -> int:
-        """Memory still available for batches (the smallest GPU's free memory; MemAvailable on CPU)."""
+        """Memory still available for batches: the smallest GPU's free memory plus what torch's caching
+        allocator holds unused (a next batch reuses it; the card does not count it free); MemAvailable on CPU."""
         if self.gpus:
-            return min(torch.cuda.mem_get_info(i)[0] for i in self.gpus)
+            return min(torch.cuda.mem_get_info(i)[0] + torch.cuda.memory_reserved(i) - torch.cuda.memory_allocated(i)
+                       for i in self.gpus)
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
@@ -167,8 +179,18 @@ class _Clock:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+MIN_STATIC_CACHE = 256  # tokens: the smallest static cache (sizes are powers of two from here)
+
+
+def static_cache_len(tokens: int) -> int:
+    """The static KV cache length for `tokens` positions: the next power of two, at least MIN_STATIC_CACHE."""
+    return max(MIN_STATIC_CACHE, 1 << max(0, tokens - 1).bit_length())
+
+
 class Engine:
-    def __init__(self, loaded, memory: Memory, generation: dict, image_limits: dict, seed: int, should_stop):
+    def __init__(self, loaded, memory: Memory, generation: dict, image_limits: dict, seed: int, should_stop,
+                 compile: bool = False):
+        self.compile = compile
         self.model = loaded.model
         self.processor = loaded.processor
         self.memory = memory
@@ -225,6 +247,17 @@ class Engine:
         batch.peak_memory = peak
         return batch
 
+    def _static(self, tokens: int) -> dict:
+        """generate's arguments for the tuned path: a static cache and the compile settings."""
+        from transformers import CompileConfig, GenerationConfig
+
+        out = {"cache_implementation": "static", "compile_config": CompileConfig(fullgraph=False, mode="reduce-overhead")}
+        if hasattr(GenerationConfig(), "max_cache_len"):  # transformers 5.17 and 5.24 have it; older ones size per call
+            out["max_cache_len"] = static_cache_len(tokens)
+        if "_previous_max_cache_length" in vars(self.model):  # the largest size asked before (see the docstring)
+            del self.model._previous_max_cache_length
+        return out
+
     def _run(self, requests, max_new_tokens) -> Batch:
         device = next(self.model.parameters()).device
         started = time.perf_counter()
@@ -234,6 +267,8 @@ class Engine:
             gen = {k: v for k, v in gen.items() if k not in ("top_p", "top_k", "temperature")}
         else:
             torch.manual_seed(self.seed)
+        if self.compile:
+            gen.update(self._static(enc["input_ids"].shape[1] + max_new_tokens))
         clock = _Clock(self.should_stop)
         with torch.inference_mode():
             out = self.model.generate(**enc, **gen, pad_token_id=self.pad_id, stopping_criteria=[clock])

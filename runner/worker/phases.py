@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from .batching import Batching, run_chunk
+from .batching import MAX_AUTO_BATCH, Batching, run_chunk, tokens
 
 log = logging.getLogger("gpubudget.worker")
 
@@ -57,7 +57,8 @@ class Phases:
         log.info("loaded %s in %.1f s (%s)", quant, loaded.load_s, loaded.memory_after_load)
         self.params = self.params or loaded.params
         try:
-            yield (Engine(loaded, memory, job.generation, job.image_limits, job.seed, self.should_stop), memory,
+            yield (Engine(loaded, memory, job.generation, job.image_limits, job.seed, self.should_stop,
+                          compile=job.engine.compile), memory,
                    max(m["bytes"] for m in loaded.memory_after_load))
         finally:
             unload(loaded)
@@ -76,7 +77,7 @@ class Phases:
             raise Stopped() from None
 
     def _task(self, ctx, task, kind, work, baseline: int) -> None:
-        from .engine import Interrupted
+        from .generation import Interrupted
 
         todo, rf = work.todo[task.name], work.results[task.name]
         self.status.update(task=task.name)
@@ -87,7 +88,8 @@ class Phases:
                 raise Stopped()
             # a server batches the requests in flight itself: a batch here is what is sent at once
             requested = ctx.job.batch_size if ctx.job.engine.kind == "hf" else ctx.job.engine.concurrency
-            size = self.batching.size(kind, requested, first_peak, baseline, ctx.memory)
+            upcoming = tokens(ctx, task, todo[i:i + MAX_AUTO_BATCH]) if requested == "auto" else None
+            size = self.batching.size(kind, requested, first_peak, baseline, ctx.memory, upcoming=upcoming)
             chunk = todo[i:i + size]
             try:
                 lines = run_chunk(ctx, kind, task, chunk)

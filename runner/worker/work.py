@@ -1,12 +1,13 @@
 """What this attempt has left to do, task by task: its samples, its results file (what earlier attempts
-finished there is never run again) and the samples not in it yet; and the tasks skipped, with why."""
+finished there is never run again) and the samples not in it yet, in the order they run (batching.order:
+similar input lengths side by side); and the tasks skipped, with why."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from . import datasets, files
+from . import batching, datasets, files
 
 log = logging.getLogger("gpubudget.worker")
 
@@ -24,7 +25,10 @@ class Work:
         for name, rf in self.results.items():
             if rf.damaged:
                 log.warning("results/%s.jsonl: %d damaged line(s) skipped; their samples run again", name, rf.damaged)
-        self.todo = {t.name: [s for s in self.samples[t.name] if s.id not in self.results[t.name].done_ids]
+        # ids, not positions, decide what is done: the order is applied to what is left
+        self.todo = {t.name: batching.order(t.kind, job.task(t.of_task) if t.kind == "fp16_verify" else t,
+                                            [s for s in self.samples[t.name] if s.id not in self.results[t.name].done_ids],
+                                            job.image_limits)
                      for t in job.tasks}
         self.skipped: dict[str, str] = {}
 
