@@ -37,18 +37,26 @@ def installed(engine: str, python: str = sys.executable) -> bool:
     return subprocess.run([python, "-c", f"import {module}"], capture_output=True, check=False).returncode == 0
 
 
-def install(engine: str, log_path: Path, python: str = sys.executable) -> None:
-    """pip install the engine's pinned version (only when it is missing)."""
+def install(engine: str, home: Path, log_path: Path, python: str = sys.executable) -> str:
+    """The Python that runs `engine`: this one where it already can, else a venv of the engine's own under
+    `home` (on this one, its packages visible) with the pinned version installed - an engine pins its own
+    transformers and torch (vLLM 0.34: transformers < 5.23), which must not replace the worker's."""
     from .engine_commands import install_command
 
     if installed(engine, python):
-        return
-    argv = install_command(engine, python)
-    log.info("installing %s: %s", engine, " ".join(argv))
+        return python
+    venv = Path(home) / f"engine-{engine}"
+    venv_python = str(venv / "bin" / "python")
+    if venv.exists() and installed(engine, venv_python):
+        return venv_python
+    steps = [[python, "-m", "venv", "--system-site-packages", str(venv)], install_command(engine, venv_python)]
     with open(log_path, "ab") as out:
-        code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
-    if code != 0:
-        raise ServerFailed(f"installing {engine} failed (pip exit {code}); see {log_path.name}")
+        for argv in steps:
+            log.info("installing %s: %s", engine, " ".join(argv))
+            code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+            if code != 0:
+                raise ServerFailed(f"installing {engine} failed ({argv[2]} exit {code}); see {log_path.name}")
+    return venv_python
 
 
 def _die_with_parent() -> None:

@@ -91,7 +91,8 @@ def _start(job, quant: str, out: Path, status, should_stop, record: dict):
     log_path = out / "engine.log"
     status.update(phase="installing-engine")
     t = time.monotonic()
-    install(e.kind, log_path)
+    cache = Path(job.cache_dir) if job.cache_dir else out / "cache"
+    python = install(e.kind, cache, log_path)
     record["install_s"] = round(time.monotonic() - t, 3)
     source = resolve_source(job.model)
     params = commands.ServerParams(
@@ -102,7 +103,7 @@ def _start(job, quant: str, out: Path, status, should_stop, record: dict):
         max_images=1, max_videos=int(any(t.kind == "video" for t in job.tasks)),
         seed=job.seed, device=job.device, concurrency=e.concurrency)
     try:
-        argv = commands.command(params, moe=_moe(source))
+        argv = commands.command(params, python=python, moe=_moe(source))
     except commands.Unsupported as err:
         from .model import LoadError
 
@@ -116,8 +117,7 @@ def _start(job, quant: str, out: Path, status, should_stop, record: dict):
         server.stop()
         raise
     log.info("engine %s ready at %s", e.kind, server.base_url)
-    # transformers serve answers to the model's path; vLLM and SGLang to --served-model-name
-    return server, (source if e.kind == "transformers" else params.served_name)
+    return server, commands.request_model(params)
 
 
 def _moe(source: str) -> bool:
