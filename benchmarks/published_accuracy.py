@@ -1,7 +1,7 @@
 """The time and memory models against every published single-stream transformers row we can cite, and our own
 H200 rows - a standing accuracy check that runs anywhere in seconds (the planner alone: no torch).
 
-    python benchmarks/published_accuracy.py [--markdown]
+    python benchmarks/published_accuracy.py [--markdown] [--engines]
 
 Rows (planner/data/published/hf_speed.csv): Qwen's speed benchmarks, batch 1, 2048 generated tokens, every size x
 input length (1, 6144, 14336, 30720) x quantization they list:
@@ -16,6 +16,10 @@ Memory: the 16-bit rows' torch peak allocated against the estimate's allocator p
 activations; Qwen's "GB"/"MB" are 2^30/2^20 bytes). At long inputs the estimate's prefill activations are an
 upper bound (it stays above every measured peak, up to +54% at 30720 tokens on the smallest models).
 Targets: time within +-25% on >= 90% of held-out rows; memory within +-10% at input 1.
+--engines: the serving engines' rows instead (planner/data/published/engine_speed.csv: vLLM 0.6.3 on A100, SGLang
+0.4.6 on H20, batch 1), against the engine stacks' terms fitted with the card's efficiencies held at the fit above
+(planner.timefit.fit_engines: what planner/engines.py ships); held out: four folds of those rows, each predicted by a
+fit of the engine terms on the other three. Target: >= 85% of held-out rows within +-25%.
 """
 
 from __future__ import annotations
@@ -32,14 +36,19 @@ from planner.assumptions import Assumptions
 from planner.catalog import load_catalog
 from planner.estimate import estimate_request
 from planner.timefit import (
+    KERNEL,
     TimeModel,
     band,
     cross_validate,
+    engine_names,
+    engine_rows,
     fit,
+    fit_engines,
     measured_rows,
     published_rows,
     published_specs,
     residuals,
+    stack_coefficients,
 )
 
 MEASURED = Path(__file__).resolve().parents[1] / "benchmarks" / "measured" / "nvidia-h200.jsonl"
@@ -72,24 +81,58 @@ def memory_gib(model: TimeModel, specs: dict, i: int) -> tuple[float, float] | N
     return r.memory_mb / 1024, est.allocated_bytes * r.gpu_count / 2**30
 
 
+def engines() -> tuple[TimeModel, dict[int, float], dict[int, float], dict[str, float]]:
+    """The engine rows, their residuals under fit_engines and held out, and the fitted terms."""
+    model = TimeModel(engine_rows(), (published_specs() | CATALOG.models).__getitem__, CATALOG.gpu)
+    base = stack_coefficients(Assumptions())
+    x = fit_engines(model, base)
+    every = list(range(len(model.rows)))
+    held = cross_validate(model, every, start=base, free=engine_names(model))
+    return model, dict(zip(every, residuals(model, x, every), strict=True)), held, x
+
+
+def table_of(model: TimeModel, rows: list[int], fitted: dict[int, float], held: dict[int, float]) -> list[list[str]]:
+    out = []
+    for i in rows:
+        r = model.rows[i]
+        est = r.speed_of(r.seconds * (1 + fitted[i]))
+        out.append([r.stack, r.model, r.gpu + (f" x{r.gpu_count}" if r.gpu_count > 1 else ""), r.quant,
+                    str(r.shape.prefill), f"{r.speed:.2f}", f"{est:.2f}", f"{-fitted[i] / (1 + fitted[i]):+.0%}",
+                    f"{-held[i] / (1 + held[i]):+.0%}", r.definition])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--markdown", action="store_true", help="print the README's tables")
+    ap.add_argument("--engines", action="store_true", help="the serving engines' rows (vLLM, SGLang) instead")
     args = ap.parse_args()
+    head = ["stack", "model", "GPU", "quant", "input", "tokens/s published", "estimate", "error", "held out",
+            "definition"]
+    if args.engines:
+        emodel, efit, eheld, x = engines()
+        show(head, table_of(emodel, list(range(len(emodel.rows))), efit, eheld), args.markdown)
+        for stack in sorted({r.stack for r in emodel.rows}):
+            idx = [i for i, r in enumerate(emodel.rows) if r.stack == stack]
+            ok = sum(abs(eheld[i]) <= TIME_BAND for i in idx)
+            print(f"\n{stack}: {ok}/{len(idx)} ({ok / len(idx):.1%}) held-out within +-{TIME_BAND:.0%}, 90% band "
+                  f"+-{band([eheld[i] for i in idx]):.0%}; fitted: 90% band +-{band([efit[i] for i in idx]):.0%}")
+            print("  terms: " + ", ".join(f"{n.split('@')[0]}={v:.4g}" for n, v in sorted(x.items())
+                                          if n.endswith("@" + stack) or n == f"attention@{KERNEL[stack]}"))
+        ok = sum(abs(e) <= TIME_BAND for e in eheld.values())
+        print(f"\nengine rows: {ok}/{len(eheld)} ({ok / len(eheld):.1%}) held-out predictions within +-{TIME_BAND:.0%} "
+              f"(target >= 85%), 90% band +-{band(list(eheld.values())):.0%}")
+        return
     model, specs, fitted, held = build()
     pub = [i for i, r in enumerate(model.rows) if r.speed]
     ours = [i for i, r in enumerate(model.rows) if not r.speed]
-    head = ["stack", "model", "GPU", "quant", "input", "tokens/s published", "estimate", "error", "held out",
-            "definition"]
-    table = []
-    for i in pub:
-        r = model.rows[i]
-        est = r.speed_of(r.seconds * (1 + fitted[i]))
-        cells = [r.stack, r.model, r.gpu + (f" x{r.gpu_count}" if r.gpu_count > 1 else ""), r.quant,
-                 str(r.shape.prefill), f"{r.speed:.2f}", f"{est:.2f}", f"{-fitted[i] / (1 + fitted[i]):+.0%}",
-                 f"{-held[i] / (1 + held[i]):+.0%}", r.definition]
-        table.append(cells)
-    if args.markdown:
+    table = table_of(model, pub, fitted, held)
+    show(head, table, args.markdown)
+    report(model, specs, fitted, held, pub, ours)
+
+
+def show(head: list[str], table: list[list[str]], markdown: bool) -> None:
+    if markdown:
         for cells in [head, ["---"] * len(head)] + table:
             print("| " + " | ".join(cells) + " |")
     else:
@@ -97,6 +140,10 @@ def main() -> None:
         for cells in [head] + table:
             print("  ".join(c.ljust(w) if k < 4 or k == 9 else c.rjust(w)
                             for k, (c, w) in enumerate(zip(cells, width, strict=True))).rstrip())
+
+
+def report(model: TimeModel, specs: dict, fitted: dict[int, float], held: dict[int, float], pub: list[int],
+           ours: list[int]) -> None:
     ok = sum(abs(e) <= TIME_BAND for e in held.values())
     print(f"\ntime, published rows: {ok}/{len(held)} ({ok / len(held):.1%}) held-out predictions within "
           f"+-{TIME_BAND:.0%} of the call time (target >= {HELD_OUT_SHARE:.0%}); fitted: "

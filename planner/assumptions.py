@@ -80,6 +80,35 @@ class Assumptions(Model):
     quantize_gb_s: float = Field(1.0, gt=0, description="extra bitsandbytes quantize-on-load throughput, GB/s")
     spot_overhead: float = Field(0.10, ge=0, description=(
         "expected extra run time on spot from interruptions (relaunch + resume), as a fraction"))
+    # ---- serving engines (planner/engines.py; their speed terms are the fit of their published stacks there)
+    vllm_install_s: float = Field(180, ge=0, description=(
+        "pip install of vllm on a fresh instance, s: its wheel (~0.4 GB) and the torch/CUDA wheels it pins "
+        "(~2.5 GB) at the instance's download bandwidth, then unpacking (an estimate: no run of ours yet)"))
+    sglang_install_s: float = Field(240, ge=0, description=(
+        "pip install of sglang on a fresh instance, s: sglang, sgl-kernel and flashinfer wheels beside its pinned "
+        "torch (~3 GB; an estimate: no run of ours yet)"))
+    transformers_install_s: float = Field(15, ge=0, description=(
+        "`transformers[serving]` over the worker's install, s (FACTS: ~3 MB more)"))
+    vllm_start_s: float = Field(90, ge=0, description=(
+        "vllm serve's start beside loading the weights, s: torch.compile of the model on a cold cache, CUDA-graph "
+        "capture of its batch sizes, memory profiling (vLLM logs each; ~1-1.5 min on 7-8B models)"))
+    sglang_start_s: float = Field(45, ge=0, description=(
+        "sglang.launch_server's start beside loading the weights, s: CUDA-graph capture and memory profiling "
+        "(no torch.compile by default)"))
+    transformers_start_s: float = Field(5, ge=0, description=(
+        "transformers serve's start beside loading the weights, s (FACTS: /health after ~5 s with the tiny model)"))
+    engine_memory_fraction_max: float = Field(0.92, gt=0, lt=1, description=(
+        "the most of each card a preallocating engine is given (vLLM's default gpu_memory_utilization 0.9, "
+        "SGLang's mem_fraction_static 0.85-0.88: the rest is left to the driver and fragmentation)"))
+    engine_graph_mib: float = Field(1024, ge=0, description=(
+        "per card, beside weights, activations and the KV pool: CUDA-graph pools, NCCL and sampler buffers a "
+        "preallocating engine holds, MiB (vLLM reports ~0.3-1 GiB of graph memory for 7B-class models)"))
+    engine_max_concurrency: int = Field(64, ge=1, description=(
+        "requests a server engine holds in flight at most (the worker's client bound): past it a decode step is "
+        "compute-bound on the cards we price, so more in flight adds latency, not throughput"))
+    pcie_allreduce_ms: float = Field(0.05, ge=0, description=(
+        "the least a tensor-parallel all-reduce of one step's activations takes across PCIe cards, ms (NCCL through "
+        "the host bridge; the engine tables' NVLink rows fit 0-0.036 ms)"))
 
     def describe(self) -> list[dict[str, object]]:
         """Every assumption with its value and why, for --json output and the README."""

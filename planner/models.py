@@ -12,9 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from . import names, numbers
 
-Quant = Literal["fp16", "bf16", "int8", "nf4"]
-# Higher is better quality; fp16 and bf16 are the same 16-bit reference.
-QUALITY_RANK: dict[str, int] = {"nf4": 0, "int8": 1, "fp16": 2, "bf16": 2}
+Quant = Literal["fp16", "bf16", "int8", "nf4", "fp8"]
+# Higher is better quality; fp16 and bf16 are the same 16-bit reference; fp8 (vLLM/SGLang only) stores 8-bit
+# weights as LLM.int8 does.
+QUALITY_RANK: dict[str, int] = {"nf4": 0, "int8": 1, "fp8": 1, "fp16": 2, "bf16": 2}
+# How a plan's generations run (planner/engines.py): transformers' generate in the worker's process, or a server
+# the worker starts on the instance
+EngineName = Literal["hf", "vllm", "sglang", "transformers"]
+ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
 GIB = 1024**3
 
 
@@ -257,8 +262,10 @@ class EvalPlan(Model):
     name: str
     description: str = ""
     model: str
-    quantizations: list[Quant] = ["bf16", "fp16", "int8", "nf4"]
+    quantizations: list[Quant] = ["bf16", "fp16", "fp8", "int8", "nf4"]
     quality_floor: Quant = "nf4"
+    # the engines the planner may choose among (planner/engines.py: each has the quantizations it runs)
+    engines: list[EngineName] = list(ENGINE_NAMES)
     keep_vision_16bit: bool = False
     double_quant: bool = True
     batch_size: int = Field(default=1, ge=1, le=numbers.MAX_BATCH)
@@ -284,6 +291,13 @@ class EvalPlan(Model):
         if not v:
             raise ValueError("list at least one quantization")
         return v
+
+    @field_validator("engines")
+    @classmethod
+    def _some_engine(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("list at least one engine")
+        return list(dict.fromkeys(v))
 
     @model_validator(mode="after")
     def _refs(self) -> EvalPlan:
@@ -333,6 +347,8 @@ class TimeEstimate(Model):
     download_s: float
     load_s: float
     tasks: dict[str, float]
+    engine_install_s: float = 0.0  # a server engine's packages, installed on the instance when the plan uses it
+    engine_start_s: float = 0.0  # a server engine's start beside the weights' load (compile, graph capture)
     skipped: dict[str, str] = {}
     spot_overhead_s: float = 0.0
     total_s: float
@@ -342,8 +358,19 @@ class TimeEstimate(Model):
 # --------------------------------------------------------------------------- planner output
 
 
+class EngineComparison(Model):
+    """Another engine on the same offer and market: its cheapest quantization there and what it would cost, or why
+    it cannot run there (`cost_cny` None)."""
+
+    engine: str
+    quantization: Quant | None
+    hours: float | None
+    cost_cny: Decimal | None
+    reason: str  # "4.1x the time, 1.90 CNY more" or the refusal
+
+
 class Recommendation(Model):
-    """One costed candidate: an offer x GPU count x quantization x spot/on-demand."""
+    """One costed candidate: an offer x GPU count x quantization x engine x spot/on-demand."""
 
     provider: str
     instance_type: str
@@ -351,6 +378,11 @@ class Recommendation(Model):
     gpu: str
     gpu_count: int
     quantization: Quant
+    engine: EngineName
+    engine_memory_fraction: float | None = None  # vllm/sglang: the share of each card the engine preallocates
+    max_model_len: int | None = None  # vllm/sglang: the plan's longest context (prompt + visual + new tokens)
+    concurrency: int | None = None  # server engines: requests in flight at once (transformers serve: 1)
+    other_engines: list[EngineComparison] = []  # the other allowed engines on this offer: cost, or why not
     spot: bool
     price_cny_per_hour: Decimal
     price_original_per_hour: Decimal
@@ -384,6 +416,7 @@ class Rejection(Model):
     reason: str
     offers: int
     example: str
+    engine: EngineName | None = None  # None: whatever the engine (a quality floor)
 
 
 class ModelSummary(Model):

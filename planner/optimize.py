@@ -1,9 +1,9 @@
-"""The optimizer: enumerate offers x GPU count x quantization x spot/on-demand, drop what cannot
-run (memory with headroom, bf16 / LLM.int8 support, the plan's quality floor) with a reason, cost
-every survivor for the whole plan under its offer's billing rules, rank by cost (or time) and keep
-the budget.
+"""The optimizer: enumerate offers x GPU count x quantization x engine x spot/on-demand, drop what cannot
+run (memory with headroom, bf16 / LLM.int8 support, what each engine runs, the plan's quality floor) with a
+reason, cost every survivor for the whole plan under its offer's billing rules, rank by cost (or time) and keep
+the budget; every row shown says what the other engines would cost on its offer, or why they cannot run there.
 
-Memory and time depend only on (GPU, count, usable memory, quantization), so they are computed once per
+Memory and time depend only on (GPU, count, usable memory, quantization, engine), so they are computed once per
 such group (an Option) and shared by every offer of it. Within a group, offers that share billing rule,
 market (spot or not) and boot time (AWS or not) - a bucket - share the billed seconds of an option, and
 a cost (planner/money.py's billing rule: exact, never rounded) never falls as the price rises. So each
@@ -11,7 +11,7 @@ bucket's prices are sorted once, and for each option a binary search finds how m
 cheapest few are the ranking's candidates and the first one past the budget is the cheapest over it: no
 per-offer work per option. Every count the report prints (candidates, runnable, within budget, offers per
 rejection) stays exact; the rows kept are the best `top` within budget per (GPU, count, quantization) -
-the overall best are among them - and the cheapest over budget of each.
+the overall best are among them - and the cheapest over budget of each (per engine too).
 """
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from . import engines as eng
 from .architecture import inventory, param_breakdown
 from .assumptions import Assumptions, band_text
 from .catalog import Catalog
 from .errors import BudgetTooSmall, CatalogError, InputError
 from .memory import Parts, Peak, WeightLayout, card_parts, from_parts, peak_of, plan_peak, weight_layout
 from .models import (
+    ENGINE_NAMES,
     GIB,
     QUALITY_RANK,
+    EngineComparison,
     EvalPlan,
     Gpu,
     MemoryEstimate,
@@ -43,7 +46,7 @@ from .models import (
 )
 from .money import billed_seconds, charge, display, unrounded
 from .offers import OfferTable
-from .speed import ModelCost, plan_time
+from .speed import ModelCost, verifies, with_fixed
 from .workload import task_loads
 
 if TYPE_CHECKING:
@@ -52,18 +55,24 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Option:
-    """A (GPU, count, quantization) that fits, with everything offers of it share."""
+    """A (GPU, count, quantization, engine) that fits, with everything offers of it share."""
 
     gpu: Gpu
     gpu_count: int
     usable_mib: int
     quant: str
-    parts: Parts  # per card, planner/memory.py's card_parts
+    parts: Parts  # per card, planner/memory.py's card_parts (a server engine: what it preallocates)
     weights_total: int
     skipped: dict[str, str]
     notes: list[str]
     times: dict[tuple[bool, bool], TimeEstimate] = field(default_factory=dict)  # (aws, spot) -> time
     _memory: MemoryEstimate | None = None
+    engine: str = "hf"
+    server: eng.ServerMemory | None = None  # vllm/sglang: memory fraction, concurrency, max_model_len
+
+    @property
+    def concurrency(self) -> int | None:
+        return self.server.concurrency if self.server else (1 if self.engine == "transformers" else None)
 
     @property
     def memory(self) -> MemoryEstimate:
@@ -116,7 +125,8 @@ class Optimization:
         c = Candidate.of(min(self.rows, key=lambda r: r[-1]), self.report.budget_cny)
         return BudgetTooSmall(
             f"{self.report.budget_cny} CNY is not enough for plan {plan}: the cheapest option is {c.offer.id} "
-            f"({c.option.gpu.name} x{c.option.gpu_count}, {c.option.quant}{', spot' if c.spot else ''}) at "
+            f"({c.option.gpu.name} x{c.option.gpu_count}, {c.option.quant}, {c.option.engine}"
+            f"{', spot' if c.spot else ''}) at "
             f"{display(c.cost_cny)} CNY",
             "raise --yuan, or make the plan smaller (fewer samples, smaller images)")
 
@@ -146,7 +156,10 @@ class _Planner:
         self.sweep_peaks = [peak_of([(p, 1)]) for _, p in self.sweep]
         self.layouts: dict[str, WeightLayout] = {}
         self.parts: dict[tuple[str, int, Peak], Parts] = {}
-        self.times: dict[tuple, tuple[Assumptions, TimeEstimate]] = {}
+        self.times: dict[tuple, tuple[Assumptions, dict[str, float]]] = {}  # a rig's seconds by task
+        self.options: dict[tuple, Option | str] = {}
+        self.task_times: dict[tuple, float] = {}  # one task's seconds on one rig (hf and transformers share them)
+        self.server_weights: dict[str, int] = {}
 
     def _parts(self, quant: str, peak: Peak, count: int) -> Parts:
         """Card totals do not depend on the card's size: split once per (quant, count, peak)."""
@@ -168,8 +181,40 @@ class _Planner:
                 self.spec, self.inv, quant, self.plan.keep_vision_16bit, self.plan.double_quant)
         return self.layouts[quant]
 
-    def option(self, gpu: Gpu, count: int, usable_mib: int, quant: str) -> Option | str:
-        """An Option if `quant` runs on count x gpu, else the one-line reason it cannot."""
+    def option(self, gpu: Gpu, count: int, usable_mib: int, quant: str, engine: str = "hf") -> Option | str:
+        """An Option if `engine` runs `quant` on count x gpu, else the one-line reason it cannot (computed once)."""
+        key = (gpu.name, id(gpu), count, usable_mib, quant, engine)
+        got = self.options.get(key)
+        if got is None:
+            why = eng.refusal(engine, quant, self.spec, gpu, count)
+            if why is not None:
+                got = why
+            elif engine in eng.SERVERS:
+                got = self._server_option(gpu, count, usable_mib, quant, engine)
+            elif engine == "transformers":  # hf's memory and skips; its own times (one request at a time)
+                hf = self.option(gpu, count, usable_mib, quant)
+                got = hf if isinstance(hf, str) else Option(
+                    gpu, count, usable_mib, quant, hf.parts, hf.weights_total, hf.skipped, list(hf.notes),
+                    engine="transformers")
+            else:
+                got = self._hf_option(gpu, count, usable_mib, quant)
+            self.options[key] = got
+        return got
+
+    def _server_option(self, gpu: Gpu, count: int, usable_mib: int, quant: str, engine: str) -> Option | str:
+        skipped = {t.name: why for t in self.loads if (why := eng.skips(engine, t, quant))}
+        if quant not in self.server_weights:
+            self.server_weights[quant] = eng.server_weights(self.spec, self.inv, quant, self.plan.keep_vision_16bit,
+                                                            self.plan.double_quant)
+        total = self.server_weights[quant]
+        usable = usable_mib * 1024**2
+        mem = eng.server_memory(self.spec, total, self.loads, skipped, gpu, count, usable, self.a)
+        if isinstance(mem, str):
+            return mem
+        return Option(gpu, count, usable_mib, quant, (mem.card(self.spec.text.num_hidden_layers),) * count, total,
+                      skipped, eng.server_notes(engine, mem, gpu, count, quant), engine=engine, server=mem)
+
+    def _hf_option(self, gpu: Gpu, count: int, usable_mib: int, quant: str) -> Option | str:
         if quant == "bf16" and not gpu.bf16:
             return f"no bf16 on {gpu.name} (compute capability {gpu.compute_capability}); allow fp16"
         if quant == "int8" and gpu.compute_capability < 7.5:
@@ -209,12 +254,18 @@ class _Planner:
                 a, said = self.cal.for_rig(self.a, opt.gpu.name, opt.quant, provider)
                 if said and said not in opt.notes:
                     opt.notes.append(said)
-            # options of one rig that differ only in card memory (and not in what they skip) take equally long
-            memo = (opt.gpu.name, id(opt.gpu), opt.gpu_count, opt.quant, id(a), tuple(opt.skipped.items()), key)
+            # options of one rig that differ only in card memory (and not in what they skip, nor in the requests a
+            # server holds in flight) run their tasks equally long; the provider and market add fixed costs
+            memo = (opt.gpu.name, id(opt.gpu), opt.gpu_count, opt.quant, id(a), tuple(opt.skipped.items()),
+                    opt.engine, opt.concurrency)
             if memo not in self.times:
-                self.times[memo] = (a, plan_time(self.mc, self.loads, opt.quant, sixteen, opt.gpu, opt.gpu_count,
-                                                 provider, a, not self.plan.keep_vision_16bit, opt.skipped, spot=spot))
-            opt.times[key] = self.times[memo][1]
+                self.times[memo] = (a, eng.plan_tasks(self.mc, self.loads, opt.quant, sixteen, opt.engine, opt.gpu,
+                                                      opt.gpu_count, a, opt.concurrency, opt.skipped,
+                                                      not self.plan.keep_vision_16bit, self.task_times))
+            tasks = self.times[memo][1]
+            opt.times[key] = with_fixed(self.mc, tasks, opt.quant, provider, a, opt.skipped, spot,
+                                        verifies(self.loads, opt.quant, opt.skipped),
+                                        eng.start_seconds(opt.engine, provider, a))
         return opt.times[key]
 
 
@@ -375,10 +426,12 @@ def _groups(table: OfferTable, picked: list[tuple], spot: bool | None, catalog: 
 def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Decimal, *,
              assumptions: Assumptions | None = None, providers: list[str] | None = None,
              spot: bool | None = None, objective: str = "cost", top: int = 5,
-             quantizations: list[str] | None = None, calibration: Calibration | None = None) -> Optimization:
+             quantizations: list[str] | None = None, calibration: Calibration | None = None,
+             engines: list[str] | None = None) -> Optimization:
     """Rank every candidate for `plan` on `spec` within `budget_cny`.
 
-    `spot`: None considers both, True only spot prices, False only on-demand. `calibration`: fitted
+    `spot`: None considers both, True only spot prices, False only on-demand. `quantizations` and `engines`:
+    only these (default: the plan's `quantizations` and `engines`). `calibration`: fitted
     factors per GPU x quantization and per provider (`budget calibrate`), used where they exist. Raises InputError
     for a non-positive budget or an empty (filtered) catalog; a budget too small for anything is
     not an error here: the report has no recommendation and the CLI says so."""
@@ -393,14 +446,22 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
     allowed = list(quantizations or plan.quantizations)
     unknown = [q for q in allowed if q not in QUALITY_RANK]
     if unknown:
-        raise InputError(f"unknown quantization {unknown[0]!r}", "use fp16, bf16, int8 or nf4")
+        raise InputError(f"unknown quantization {unknown[0]!r}", "use fp16, bf16, fp8, int8 or nf4")
+    engines = list(dict.fromkeys(engines or plan.engines))
+    if bad := [e for e in engines if e not in ENGINE_NAMES]:
+        raise InputError(f"unknown engine {bad[0]!r}", "use " + ", ".join(ENGINE_NAMES))
     floor = QUALITY_RANK[plan.quality_floor]
-    rejected: dict[tuple[str, int, str | None, str], list[int]] = {}  # -> [offers, first row]
+    # (gpu, count, quant, reason, engine) -> [offers, first row]
+    rejected: dict[tuple[str, int, str | None, str, str | None], list[int]] = {}
     for q in allowed:
         if QUALITY_RANK[q] < floor:
-            rejected[("*", 0, q, f"below the plan's quality floor ({plan.quality_floor})")] = [
+            rejected[("*", 0, q, f"below the plan's quality floor ({plan.quality_floor})", None)] = [
                 sum(len(rows) for _, _, rows in picked), _first(picked)]
     quants = [q for q in allowed if QUALITY_RANK[q] >= floor]
+    # (quant, engine) pairs no card runs, with the reason; counted once per offer like the quality floor
+    never = {(q, e): why for q in quants for e in engines if (why := eng.policy_refusal(e, q, spec))}
+    for (q, e), why in never.items():
+        rejected[("*", 0, q, why, e)] = [sum(len(rows) for _, _, rows in picked), _first(picked)]
     # fp16 and bf16 cost the same: a card runs the one it supports (bf16 preferred)
     groups = _groups(table, picked, spot, catalog, {c: r.cny_per_unit for c, r in catalog.fx.items()})
 
@@ -408,10 +469,10 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
     # as the buckets hold them), so payloads are never compared:
     # (key1, key2, key3, index, offer, option, spot, price CNY/h, time, billed s, cost CNY)
     want = max(top, 1)
-    best: dict[tuple[str, int, str], list[tuple]] = {}  # (gpu, count, quant) -> its best rows within budget
+    best: dict[tuple[str, int, str, str], list[tuple]] = {}  # (gpu, count, quant, engine) -> its best rows in budget
     by_bucket: list[tuple[int, list[tuple]]] = []  # each bucket's best rows within budget, with its billed seconds
     # at the upper end of the time band (ranked by that only when the cheapest estimate could overrun the budget)
-    over: dict[tuple[str, int, str], list] = {}  # (gpu, count, quant) -> [cheapest row, count]
+    over: dict[tuple[str, int, str, str], list] = {}  # (gpu, count, quant, engine) -> [cheapest row, count]
     by_time = objective == "time"
     n = within = 0
 
@@ -429,31 +490,34 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
             if q in ("fp16", "bf16") and q != sixteen:
                 if sixteen is None:
                     why = f"no bf16 on {gname} (compute capability {gpu.compute_capability}); allow fp16"
-                    _reject(rejected, (gname, count, q, why), offers, first)
-                continue
-            opt = pl.option(gpu, count, usable, q)
-            if isinstance(opt, str):
-                _reject(rejected, (gname, count, q, opt), offers, first)
+                    _reject(rejected, (gname, count, q, why, None), offers, first)
                 continue
             quality = -QUALITY_RANK[q]
-            for (aws, is_spot, inc, minimum), bucket in buckets:
-                t = pl.time(opt, aws, is_spot)
-                billed = billed_seconds(t.total_s, inc, minimum)
-                fit, cheapest, past = bucket.rank(billed, budget_cny, want)
-                within += fit
-                kept = best.setdefault((gname, count, q), [])
-                rows = [row(bucket, n, j, opt, is_spot, t, billed, cost, quality) for cost, j in cheapest]
-                kept += rows
-                if len(kept) > want:
-                    kept[:] = heapq.nsmallest(want, kept)
-                if rows and not by_time:  # a bucket's cheapest are its cheapest at the band's upper end too
-                    by_bucket.append((billed_seconds(t.total_s * (1 + t.band), inc, minimum), rows))
-                if past is not None:
-                    r = row(bucket, n, past[1], opt, is_spot, t, billed, past[0], quality)
-                    g = over.setdefault((gname, count, q), [r, 0])
-                    g[0] = min(g[0], r)
-                    g[1] += len(bucket.rows) - fit
-                n += len(bucket.rows)
+            for e in engines:
+                if (q, e) in never:
+                    continue
+                opt = pl.option(gpu, count, usable, q, e)
+                if isinstance(opt, str):
+                    _reject(rejected, (gname, count, q, opt, e), offers, first)
+                    continue
+                for (aws, is_spot, inc, minimum), bucket in buckets:
+                    t = pl.time(opt, aws, is_spot)
+                    billed = billed_seconds(t.total_s, inc, minimum)
+                    fit, cheapest, past = bucket.rank(billed, budget_cny, want)
+                    within += fit
+                    kept = best.setdefault((gname, count, q, e), [])
+                    rows = [row(bucket, n, j, opt, is_spot, t, billed, cost, quality) for cost, j in cheapest]
+                    kept += rows
+                    if len(kept) > want:
+                        kept[:] = heapq.nsmallest(want, kept)
+                    if rows and not by_time:  # a bucket's cheapest are its cheapest at the band's upper end too
+                        by_bucket.append((billed_seconds(t.total_s * (1 + t.band), inc, minimum), rows))
+                    if past is not None:
+                        r = row(bucket, n, past[1], opt, is_spot, t, billed, past[0], quality)
+                        g = over.setdefault((gname, count, q, e), [r, 0])
+                        g[0] = min(g[0], r)
+                        g[1] += len(bucket.rows) - fit
+                    n += len(bucket.rows)
     kept_within = sorted((r for rs in best.values() for r in rs), key=lambda r: r[3])
     shown = heapq.nsmallest(want, kept_within)
     ranked_by = "time" if by_time else "cost"
@@ -463,16 +527,20 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
         shown = heapq.nsmallest(want, ((charge(r[7], high), r[1], r[2]) + r[3:] for high, rs in by_bucket for r in rs))
     if len(shown) < top:
         shown += sorted(g[0] for g in over.values())[: top - len(shown)]
-    rej = [Rejection(gpu=g, gpu_count=c, quantization=q, reason=r, offers=k, example=table.offer_id(first))
-           for (g, c, q, r), (k, first) in rejected.items()]
-    rej += [Rejection(gpu=g, gpu_count=c, quantization=q, offers=k, example=row_[4].id,
+    rej = [Rejection(gpu=g, gpu_count=c, quantization=q, reason=r, offers=k, example=table.offer_id(first), engine=e)
+           for (g, c, q, r, e), (k, first) in rejected.items()]
+    rej += [Rejection(gpu=g, gpu_count=c, quantization=q, offers=k, example=row_[4].id, engine=e,
                       reason=f"over budget: from {display(row_[-1])} CNY > {display(budget_cny)} CNY")
-            for (g, c, q), (row_, k) in over.items()]
+            for (g, c, q, e), (row_, k) in over.items()]
     pb = param_breakdown(spec)
+
+    def out(r: tuple, how: str = "cost") -> Recommendation:
+        return _out(r, budget_cny, a.memory_band, how, _others(pl, r, engines, quants, by_time))
+
     report = PlanReport(
         budget_cny=budget_cny, objective=objective, plan=plan.name,
-        recommendation=_out(shown[0], budget_cny, a.memory_band, ranked_by) if within else None,
-        alternatives=[_out(c, budget_cny, a.memory_band) for c in (shown[1:] if within else shown)], ranked_by=ranked_by,
+        recommendation=out(shown[0], ranked_by) if within else None,
+        alternatives=[out(c) for c in (shown[1:] if within else shown)], ranked_by=ranked_by,
         rejected=rej,
         model=ModelSummary(name=spec.name, hf_id=spec.hf_id, model_type=spec.model_type, params=pb,
                            weights_gib={q: _gib(pl.layout(q).total) for q in ("bf16", "int8", "nf4")}),
@@ -495,7 +563,25 @@ def cost_band(row: tuple) -> tuple[Decimal, Decimal]:
                                               o.billing_minimum_s)) for k in (-1, 1))  # type: ignore[return-value]
 
 
-def _out(row: tuple, budget: Decimal, memory_band: float, ranked_by: str = "cost") -> Recommendation:
+def _others(pl: _Planner, row: tuple, engines: list[str], quants: list[str], by_time: bool) -> list[EngineComparison]:
+    """The other allowed engines on `row`'s offer and market (planner/engines.py `compare`)."""
+    o, opt, is_spot, price = row[4], row[5], row[6], row[7]
+    sixteen = _sixteen(opt.gpu, quants)
+
+    def priced(e: str, q: str) -> tuple[float, Decimal] | str | None:
+        if q in ("fp16", "bf16") and q != sixteen:
+            return None
+        other = pl.option(opt.gpu, opt.gpu_count, opt.usable_mib, q, e)
+        if isinstance(other, str):
+            return other
+        te = pl.time(other, o.provider == "aws", is_spot)
+        return te.total_s, charge(price, billed_seconds(te.total_s, o.billing_increment_s, o.billing_minimum_s))
+
+    return eng.compare(opt.engine, opt.quant, row[8].total_s, row[-1], engines, quants, priced, by_time)
+
+
+def _out(row: tuple, budget: Decimal, memory_band: float, ranked_by: str = "cost",
+         others: list[EngineComparison] | None = None) -> Recommendation:
     c = Candidate.of(row, budget)
     o, opt = c.offer, c.option
     cost = unrounded(c.cost_cny)  # exact (planner/money.py's billing rule): rounded only where it is shown
@@ -510,7 +596,10 @@ def _out(row: tuple, budget: Decimal, memory_band: float, ranked_by: str = "cost
         f", minimum {o.billing_minimum_s} s" if o.billing_minimum_s > inc else "")
     return Recommendation(
         provider=o.provider, instance_type=o.instance_type, region=o.region, gpu=opt.gpu.name,
-        gpu_count=opt.gpu_count, quantization=opt.quant, spot=c.spot, price_cny_per_hour=unrounded(c.price_cny_h),
+        gpu_count=opt.gpu_count, quantization=opt.quant, engine=opt.engine,
+        engine_memory_fraction=opt.server.fraction if opt.server else None,
+        max_model_len=opt.server.max_model_len if opt.server else None, concurrency=opt.concurrency,
+        other_engines=others or [], spot=c.spot, price_cny_per_hour=unrounded(c.price_cny_h),
         price_original_per_hour=(o.spot_price if c.spot else o.price) or Decimal(0), currency=o.currency,
         billing=billing, gpu_memory_gib=round(opt.usable_mib / 1024, 2),
         memory_per_gpu_gib=_gib(max(g.total for g in opt.memory.per_gpu)), memory=opt.memory.per_gpu,

@@ -11,7 +11,9 @@ Prefill and the vision encoder are compute-bound at `prefill_efficiency` of the 
 forward pass never takes less than the host's launches. The coefficients are fitted (`planner.timefit`) to
 Qwen's published single-stream tables and our own H200 rows; the defaults are that fit's values for the
 worker's stack. A multi-card rig is a sequential pipeline (accelerate's device_map: one card works at a
-time), so splitting never speeds a pass up; every extra card adds a hop per forward pass.
+time), so splitting never speeds a pass up; every extra card adds a hop per forward pass. A serving engine's rig is
+tensor-parallel instead (`call_terms(tp=True)`: each card streams and multiplies its share at once, two all-reduces
+a layer); its coefficients are its own stack's (planner/engines.py).
 Fixed costs: boot, environment install, weight download, load (+ quantize on load).
 Every factor is a named assumption (`planner.assumptions`).
 """
@@ -136,21 +138,39 @@ def _work(mc: ModelCost, p: Pass, batch: int, quant: str, all_experts: bool) -> 
     return got
 
 
+def link_gb_s(gpu: Gpu) -> float:
+    """One direction of the card-to-card link, GB/s."""
+    if gpu.link.startswith("NVLink"):
+        return float(gpu.link.split()[-1]) / 2
+    return LINK_GB_S.get(gpu.link, 24.0)
+
+
 def call_terms(mc: ModelCost, p: Pass, batch: int, quant: str, gpu: Gpu, n_cards: int, hop_latency_ms: float,
-               all_experts: bool = False) -> Terms:
+               all_experts: bool = False, tp: bool = False) -> Terms:
     """The terms of one generate call over a batch of `batch` samples shaped like `p` on `n_cards` of `gpu`.
-    `all_experts`: the stack's MoE block loops over every expert (transformers <= 4.51), not only those hit."""
+    `all_experts`: the stack's MoE block loops over every expert (transformers <= 4.51), not only those hit.
+    `tp`: the cards split every layer (tensor parallelism: vLLM, SGLang) instead of holding whole layers in turn
+    (accelerate's pipeline): each card streams and multiplies 1/n of the work at once, and every layer ends its
+    attention and its MLP with an all-reduce (a host-side latency per step, `allreduce`, and its bytes over the
+    link)."""
     host, read, step_flops, pre, vit, n = _work(mc, p, batch, quant, all_experts)
     flops = gpu.fp16_tflops * 1e12
     bw = gpu.bandwidth_gbs * 1e9
-    # pipeline hops: every forward pass crosses each card boundary once
     hop_s = 0.0
+    if n_cards > 1 and tp:
+        share = 1 / n_cards
+        layers = mc.spec.text.num_hidden_layers
+        host = host | {"allreduce": 2 * layers * 1e-3}
+        # ring all-reduce: each card sends 2 (n - 1) / n of the activations, twice per layer, per forward pass
+        moved = 2 * layers * 2 * (n_cards - 1) / n_cards * mc.spec.text.hidden_size * 2 * (n + batch * p.new)
+        hop_s = moved / (link_gb_s(gpu) * 1e9)
+        return Terms(host, {k: v * share / bw for k, v in read.items()}, step_flops * share / flops,
+                     pre * share / flops, vit * share / flops, p.new, hop_s)
+    # pipeline hops: every forward pass crosses each card boundary once
     if n_cards > 1:
-        link = LINK_GB_S.get(gpu.link, 24.0)
-        if gpu.link.startswith("NVLink"):
-            link = float(gpu.link.split()[-1]) / 2
         hops = n_cards - 1
-        hop_s = hops * (hop_latency_ms / 1000) * (1 + p.new) + hops * n * mc.spec.text.hidden_size * 2 / (link * 1e9)
+        hop_s = hops * (hop_latency_ms / 1000) * (1 + p.new) + hops * n * mc.spec.text.hidden_size * 2 / (
+            link_gb_s(gpu) * 1e9)
     return Terms(host, {k: v / bw for k, v in read.items()}, step_flops / flops, pre / flops, vit / flops, p.new,
                  hop_s)
 
@@ -232,22 +252,49 @@ def fixed_seconds(mc: ModelCost, quant: str, provider: str, a: Assumptions,
     return boot, install, download, load
 
 
+def plan_tasks(mc: ModelCost, loads: list[TaskLoad], quant: str, sixteen: str, gpu: Gpu, n_cards: int,
+               a: Assumptions, vision_quantized: bool, skipped: dict[str, str], cache: dict | None = None
+               ) -> dict[str, float]:
+    """Seconds of each task run on one rig (whatever the provider). `sixteen` is the 16-bit dtype for fp16_verify
+    tasks; tasks in `skipped` (name -> reason) are left out. `cache`: task seconds already priced on this rig (a
+    task at batch 1 costs the same in hf and `transformers serve`)."""
+    tasks: dict[str, float] = {}
+    for t in loads:
+        if t.name in skipped:
+            continue
+        q, vq = (sixteen, False) if t.sixteen_bit else (quant, vision_quantized)
+        key = (t, q, vq, gpu.name, id(gpu), n_cards, id(a))
+        got = None if cache is None else cache.get(key)
+        if got is None:
+            got = task_seconds(mc, t, q, gpu, n_cards, a, vq)
+            if cache is not None:
+                cache[key] = got
+        tasks[t.name] = got
+    return tasks
+
+
+def with_fixed(mc: ModelCost, tasks: dict[str, float], quant: str, provider: str, a: Assumptions,
+               skipped: dict[str, str], spot: bool = False, verify: bool = False,
+               engine: tuple[float, float] = (0.0, 0.0)) -> TimeEstimate:
+    """The plan's time from its tasks' seconds: the fixed costs of `provider` (a 16-bit reload when `verify`), a
+    server engine's (install, start), and the spot overhead on the whole."""
+    boot, install, download, load = fixed_seconds(mc, quant, provider, a, extra_16bit_load=verify)
+    total = boot + install + download + load + sum(engine) + sum(tasks.values())
+    extra = total * a.spot_overhead if spot else 0.0
+    return TimeEstimate(boot_s=boot, install_s=install, download_s=download, load_s=load, tasks=dict(tasks),
+                        skipped=dict(skipped), engine_install_s=engine[0], engine_start_s=engine[1],
+                        spot_overhead_s=extra, total_s=total + extra, band=a.time_band)
+
+
+def verifies(loads: list[TaskLoad], quant: str, skipped: dict[str, str]) -> bool:
+    """Whether the plan reloads the model in 16-bit for an fp16_verify task it runs."""
+    return any(t.sixteen_bit and t.name not in skipped for t in loads) and quant in ("nf4", "int8")
+
+
 def plan_time(mc: ModelCost, loads: list[TaskLoad], quant: str, sixteen: str, gpu: Gpu, n_cards: int,
               provider: str, a: Assumptions, vision_quantized: bool,
               skipped: dict[str, str], spot: bool = False) -> TimeEstimate:
     """The whole plan on one rig. `sixteen` is the 16-bit dtype for fp16_verify tasks; tasks in
     `skipped` (name -> reason) cost nothing."""
-    tasks: dict[str, float] = {}
-    for t in loads:
-        if t.name in skipped:
-            continue
-        if t.sixteen_bit:
-            tasks[t.name] = task_seconds(mc, t, sixteen, gpu, n_cards, a, vision_quantized=False)
-        else:
-            tasks[t.name] = task_seconds(mc, t, quant, gpu, n_cards, a, vision_quantized)
-    verify = any(t.sixteen_bit and t.name not in skipped for t in loads) and quant in ("nf4", "int8")
-    boot, install, download, load = fixed_seconds(mc, quant, provider, a, extra_16bit_load=verify)
-    total = boot + install + download + load + sum(tasks.values())
-    extra = total * a.spot_overhead if spot else 0.0
-    return TimeEstimate(boot_s=boot, install_s=install, download_s=download, load_s=load, tasks=tasks,
-                        skipped=dict(skipped), spot_overhead_s=extra, total_s=total + extra, band=a.time_band)
+    tasks = plan_tasks(mc, loads, quant, sixteen, gpu, n_cards, a, vision_quantized, skipped)
+    return with_fixed(mc, tasks, quant, provider, a, skipped, spot, verifies(loads, quant, skipped))

@@ -59,13 +59,14 @@ def inspect_model(spec: ModelSpec) -> InspectReport:
 
 
 def next_step(rec: Recommendation, plan_arg: str, budget: Decimal, plan_model: str, model: str) -> NextStep:
-    """The `budget run` command that runs `rec` (its offer, quantization, spot choice and the budget as
-    the run's cap), and what its provider needs first. Cloud offers (aws) are launched by the tool;
+    """The `budget run` command that runs `rec` (its offer, quantization, engine where not hf, spot choice and the
+    budget as the run's cap), and what its provider needs first. Cloud offers (aws) are launched by the tool;
     every other offer is a machine the user rents on that platform and reaches over SSH."""
     offer = f"{rec.provider}:{rec.instance_type}" + (f"@{rec.region}" if rec.region else "")
     provider = "aws" if rec.provider == "aws" else "ssh"
     cmd = ["budget", "run", plan_arg, "--provider", provider, "--offer", offer, "--quant", rec.quantization,
-           "--yuan", str(budget)] + (["--spot"] if rec.spot else [])
+           *(["--engine", rec.engine] if rec.engine != "hf" else []), "--yuan", str(budget)] + (
+        ["--spot"] if rec.spot else [])
     setup = []
     if provider == "aws":
         setup.append('AWS credentials (`aws configure`, or a profile in aws.profile) and the cloud extra: '

@@ -4,7 +4,10 @@ Rows are single-stream `generate` calls, each read with its own source's speed d
 - Qwen's published transformers tables (`data/published/hf_speed.csv`: Qwen2.5 on A100 with transformers
   4.46, tokens/s = generated / time; Qwen3 on H20 with 4.51.3, tokens/s = (prompt + generated) / time),
   every size x input length x quantization they list;
-- our own rows (`benchmarks/measured/*.jsonl`: time to first token + decode time of each call).
+- our own rows (`benchmarks/measured/*.jsonl`: time to first token + decode time of each call);
+- the serving engines' published rows (`data/published/engine_speed.csv`: vLLM 0.6.3 on A100, SGLang 0.4.6 on H20),
+  stacks of their own whose terms `fit_engines` fits with the card's efficiencies held at the fit of the rows above
+  (planner/engines.py ships the result).
 Host costs (per layer, per quantized linear, per MoE expert) belong to a row's stack (software + host);
 the card's efficiencies (weights, attention, compute) are shared by every row. The fit minimises the
 squared relative error of each row's whole call time (Gauss-Newton on the piecewise-linear model of
@@ -32,12 +35,24 @@ CARD = ("weights", "compute")  # reciprocal efficiencies, shared
 # (torch's SDPA runs its FlashAttention-2 backend for 16-bit decode on Ampere and later; our rows reach only
 # 4k of context, too short to measure it, so the worker shares the newest FA2 measured (2.7.4, on Hopper);
 # AutoAWQ's fused modules bring their own attention and KV cache)
+# Serving engines (`data/published/engine_speed.csv`) are stacks of their own: their decode step is a captured CUDA
+# graph (tiny host time per layer), their MoE kernels run the experts the batch hits, their multi-card rows are
+# tensor-parallel, and their paged decode attention reads each KV head once for its group of query heads.
+VLLM, SGLANG = "qwen2.5-a100-vllm0.6", "qwen3-h20-sglang0.4.6"
+ENGINE_STACKS = (VLLM, SGLANG)
 KERNEL = {"qwen2.5-a100-tf4.46": "fa2.5", "qwen3-h20-tf4.51": "fa2.7", "qwen3-h20-tf4.51-autoawq": "autoawq",
-          OURS: "fa2.7"}
-GQA_AWARE = {"autoawq"}  # kernels that read the KV cache once per KV head, not once per query head
+          OURS: "fa2.7", VLLM: "vllm0.6", SGLANG: "sglang0.4.6"}
+# kernels that read the KV cache once per KV head, not once per query head
+GQA_AWARE = {"autoawq", "vllm0.6", "sglang0.4.6"}
 LOOPS_ALL_EXPERTS = {"qwen3-h20-tf4.51"}  # transformers <= 4.51 loops every expert of an MoE layer
+# SGLang's H20 rows stream the weights at a third of the H20's nominal 4.0 TB/s (Qwen3-32B BF16: 48 ms a step for
+# 65.5 GB, slower than transformers on the same card), where every A100/H200 row streams at ~64% of its card's: that
+# table gets its own streaming coefficient, so that its host terms are read cleanly; the planner prices SGLang on
+# every card at the shared efficiency.
+OWN_STREAMING = {SGLANG}
+TENSOR_PARALLEL = set(ENGINE_STACKS)  # their multi-card rows split every layer (TP=n in the tables' notes)
 START = {"layer": 0.5, "expert": 0.1, "qlinear": 0.05, "prefill": 1.0, "weights": 1.5, "attention": 6.0,
-         "compute": 2.5}
+         "compute": 2.5, "allreduce": 0.02}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +92,11 @@ def published_rows(path: Path | None = None) -> list[Row]:
     return out
 
 
+def engine_rows() -> list[Row]:
+    """The serving engines' published rows (vLLM 0.6.3 on A100, SGLang 0.4.6 on H20), in file order."""
+    return published_rows(PUBLISHED / "engine_speed.csv")
+
+
 def measured_rows(docs: list[dict], source: str, merge: int = 4) -> list[Row]:
     """Our measurement lines (`benchmarks/gpu_check.py --grid`): one row per line, on the worker's stack.
     ViT patches are the visual tokens x the tower's spatial merge (2 x 2)."""
@@ -107,10 +127,11 @@ class TimeModel:
                 costs[r.model] = ModelCost(spec, inventory(spec))
             gpu: Gpu = gpus(r.gpu)
             self.terms.append(call_terms(costs[r.model], r.shape, r.batch, r.quant, gpu, r.gpu_count, hop_latency_ms,
-                                         all_experts=r.stack in LOOPS_ALL_EXPERTS))
+                                         all_experts=r.stack in LOOPS_ALL_EXPERTS, tp=r.stack in TENSOR_PARALLEL))
         self.uses: list[list[str]] = []  # the coefficients each row depends on
         for r, t in zip(rows, self.terms, strict=True):
-            own = [*CARD, f"attention@{KERNEL[r.stack]}"] + [f"{k}@{r.stack}" for k, v in t.host.items() if v > 0]
+            card = [f"weights@{r.stack}" if r.stack in OWN_STREAMING else "weights", "compute"]
+            own = [*card, f"attention@{KERNEL[r.stack]}"] + [f"{k}@{r.stack}" for k, v in t.host.items() if v > 0]
             self.uses.append(own + ([f"prefill.{r.quant}@{r.stack}"] if r.quant not in SIXTEEN else []))
         self.names = sorted({n for u in self.uses for n in u})
 
@@ -119,6 +140,8 @@ class TimeModel:
         stack = self.rows[i].stack
         kernel = KERNEL[stack]
         out = {k: x[k] for k in CARD} | {"attention_kv" if kernel in GQA_AWARE else "attention": x[f"attention@{kernel}"]}
+        if stack in OWN_STREAMING:
+            out["weights"] = x[f"weights@{stack}"]
         for k in self.terms[i].host:
             out[k] = x.get(f"{k}@{stack}", 0.0)
         return out
@@ -147,6 +170,8 @@ def _solve(a: list[list[float]], b: list[float]) -> list[float]:
 
 def _bounds(name: str) -> tuple[float, float]:
     base = name.split("@")[0]
+    if base == "prefill.fp8":  # W8A8 multiplies on FP8 tensor cores: up to twice the 16-bit rate
+        return 0.5, 100.0
     if base.startswith("prefill."):  # a quantized prefill is never faster than the 16-bit one
         return 1.0, 100.0
     return (1.0, 1e4) if base in CARD or base == "attention" else (0.0, 1e3)
@@ -236,15 +261,32 @@ def folds(n: int, k: int = 4, seed: int = 23) -> list[int]:
     return out
 
 
-def cross_validate(model: TimeModel, held_rows: list[int], k: int = 4) -> dict[int, float]:
-    """Each of `held_rows` predicted by a fit on every other row of the model minus its fold: row -> residual."""
+def cross_validate(model: TimeModel, held_rows: list[int], k: int = 4, use: list[int] | None = None,
+                   start: dict[str, float] | None = None, free: Iterable[str] | None = None) -> dict[int, float]:
+    """Each of `held_rows` predicted by a fit on the rows `use` (default: every row of the model) minus its fold:
+    row -> residual. `start` and `free` as in `fit` (the engines' folds move only their stacks' terms)."""
     fold = folds(len(held_rows), k)
+    rows = range(len(model.rows)) if use is None else use
     out: dict[int, float] = {}
     for f in range(k):
-        held = [i for i, g in zip(held_rows, fold, strict=True) if g == f]
-        x = fit(model, [i for i in range(len(model.rows)) if i not in set(held)])
-        out.update(zip(held, residuals(model, x, held), strict=True))
+        held = {i for i, g in zip(held_rows, fold, strict=True) if g == f}
+        x = fit(model, [i for i in rows if i not in held], start=start, free=free)
+        out.update(zip(sorted(held), residuals(model, x, sorted(held)), strict=True))
     return out
+
+
+def engine_names(model: TimeModel) -> list[str]:
+    """The coefficients only engine rows use: their stacks' host terms and their attention kernels'."""
+    kernels = {f"attention@{KERNEL[s]}" for s in ENGINE_STACKS}
+    return [n for n in model.names if n.split("@")[-1] in ENGINE_STACKS or n in kernels]
+
+
+def fit_engines(model: TimeModel, base: dict[str, float]) -> dict[str, float]:
+    """The engine stacks' terms fitted to their rows with the card's shared efficiencies held at `base` (the fit of
+    the transformers rows: a card streams and multiplies at the same share of its peak whoever launches the
+    kernels)."""
+    rows = [i for i, r in enumerate(model.rows) if r.stack in ENGINE_STACKS]
+    return fit(model, rows, start=base, free=engine_names(model))
 
 
 def worker_factors(x: dict[str, float]) -> dict[str, float]:

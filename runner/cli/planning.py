@@ -29,6 +29,8 @@ def plan_cmd(
     provider: Annotated[list[str] | None, typer.Option("--provider", help="Only these providers (repeatable).")] = None,
     spot: Annotated[bool | None, typer.Option("--spot/--on-demand", help="Only spot / only on-demand prices.")] = None,
     quant: Annotated[list[str] | None, typer.Option("--quant", help="Only these quantizations (repeatable).")] = None,
+    engine: Annotated[list[str] | None, typer.Option("--engine", help="Only these engines: hf, vllm, sglang, "
+                                                     "transformers (repeatable, or a comma list).")] = None,
     objective: Annotated[str, typer.Option("--objective", help="cost (cheapest) or time (fastest within budget).")] = "cost",
     top: Annotated[int, typer.Option("--top", min=1, help="How many options to show.")] = 5,
     fx: Annotated[list[str] | None, typer.Option("--fx", help="Exchange rate override, e.g. USD=7.2.")] = None,
@@ -53,7 +55,7 @@ def plan_cmd(
     cat = catalog(fx)
     spec = load_config(model_config) if model_config else cat.model(ev.model if model is None else model)
     result = optimize(ev, spec, cat, budget, assumptions=parse_overrides(assume or []), providers=provider,
-                      spot=spot, objective=objective, top=top, quantizations=quant,
+                      spot=spot, objective=objective, top=top, quantizations=quant, engines=_engines(engine),
                       calibration=None if assume else calibration(budget_home()))
     rec = result.report.recommendation
     if rec is not None:
@@ -68,6 +70,16 @@ def plan_cmd(
     verdict = result.shortfall(ev.name, spec.name)
     if verdict is not None:
         raise verdict
+
+
+def _engines(values: list[str] | None) -> list[str] | None:
+    """`--engine vllm --engine hf` or `--engine vllm,hf`: the engines named, each known (InputError otherwise)."""
+    from planner.models import ENGINE_NAMES
+
+    names = [n.strip().lower() for v in values or [] for n in v.split(",") if n.strip()]
+    if bad := [n for n in names if n not in ENGINE_NAMES]:
+        raise InputError(f"unknown engine {bad[0]!r}", "use --engine " + ", ".join(ENGINE_NAMES))
+    return names or None
 
 
 def _data_needs(ev, path: Path, plan_arg: str) -> list[str]:
@@ -94,7 +106,7 @@ def _size(value: str, flag: str) -> tuple[int, int]:
 @app.command("estimate")
 def estimate_cmd(
     gpu: Annotated[str, typer.Option("--gpu", help="GPU name from the catalog (budget prices list), or cpu.")],
-    quant: Annotated[str, typer.Option("--quant", help="bf16, fp16, int8 or nf4.")],
+    quant: Annotated[str, typer.Option("--quant", help="bf16, fp16, fp8 (vllm, sglang), int8 or nf4.")],
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="Text tokens of the prompt (>= 1).")],
     new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens to generate (>= 1).")],
     model: Annotated[str | None, typer.Option("--model", help=f"Catalog model: {MODELS}, or a full name.")] = None,
@@ -103,6 +115,8 @@ def estimate_cmd(
     image: Annotated[list[str] | None, typer.Option("--image", help="An image WxH in pixels (repeatable).")] = None,
     video: Annotated[str | None, typer.Option("--video", help="A clip: SECONDS@FPS, e.g. 30@2.")] = None,
     batch: Annotated[int, typer.Option("--batch", help="Requests generated together.")] = 1,
+    engine: Annotated[str, typer.Option("--engine", help="hf (in-process generate), vllm, sglang or transformers "
+                                        "(transformers serve).")] = "hf",
     assume: Annotated[list[str] | None, typer.Option("--assume", help="Override a model assumption NAME=VALUE.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -123,8 +137,9 @@ def estimate_cmd(
     if prompt_tokens + new_tokens > numbers.MAX_TOKENS:
         raise InputError(f"--prompt-tokens + --new-tokens is {prompt_tokens + new_tokens:,} tokens: past any model's "
                          f"context (at most {numbers.MAX_TOKENS:,} here)", "e.g. --prompt-tokens 512 --new-tokens 128")
-    if quant not in ("bf16", "fp16", "int8", "nf4"):
-        raise InputError(f"unknown quantization {quant!r}", "use --quant bf16, fp16, int8 or nf4")
+    if quant not in ("bf16", "fp16", "fp8", "int8", "nf4"):
+        raise InputError(f"unknown quantization {quant!r}", "use --quant bf16, fp16, fp8, int8 or nf4")
+    (engine,) = _engines([engine]) or ["hf"]
     if (model is None) == (model_config is None):
         raise InputError("say which model: one of --model or --model-config", f"e.g. --model 8b ({MODELS})")
     cat = catalog()
@@ -151,7 +166,8 @@ def estimate_cmd(
     if cal is not None:
         a, said = cal.for_rig(a, rig.name, quant)
     p = request_pass(spec, prompt_tokens, images, clip, new_tokens, ImageLimits(), a)
-    r = estimate_request(spec, rig, gpus, quant, p, batch, a, prompt_tokens=prompt_tokens, calibration=said)
+    r = estimate_request(spec, rig, gpus, quant, p, batch, a, prompt_tokens=prompt_tokens, calibration=said,
+                         engine=engine)
     render.json_doc(r) if as_json else render.estimate(r)
 
 

@@ -23,6 +23,8 @@ def run_cmd(
     offer: Annotated[str | None, typer.Option("--offer", help="Offer id (see `budget prices list`; default: the planner's choice).")] = None,
     spot: Annotated[bool, typer.Option("--spot", help="Spot prices only (aws).")] = False,
     quant: Annotated[str | None, typer.Option("--quant", help="Quantization (default: the planner's choice).")] = None,
+    engine: Annotated[str | None, typer.Option("--engine", help="hf, vllm, sglang or transformers (default: the "
+                                               "planner's choice; hf on this machine).")] = None,
     price_yuan_hour: Annotated[str | None, typer.Option("--price-yuan-hour", help="Bill at this CNY/h (local, ssh).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N samples per task.")] = None,
     batch: Annotated[str | None, typer.Option("--batch-size", help="Samples per batch, or auto.")] = None,
@@ -37,7 +39,7 @@ def run_cmd(
     """Provision, push the worker, evaluate, track spend against the cap, tear down."""
     from planner.plans import load_plan, plan_file
 
-    from .. import render
+    from .. import engines, render
     from ..run import commands, prepare
 
     if unattended and detach:  # an unattended run has no controller to put in the background
@@ -49,7 +51,8 @@ def run_cmd(
     ev = load_plan(plan)
     ask = prepare.Ask(yuan=amount(yuan, "--yuan"), pool=pool, offer_id=offer, spot=spot, quant=quant, limit=limit,
                       batch_size=batch_size(batch), price_yuan_h=amount(price_yuan_hour, "--price-yuan-hour"),
-                      model_path=model_path, remote_python=remote_python, unattended=unattended)
+                      model_path=model_path, remote_python=remote_python, unattended=unattended,
+                      engine=engines.engine_of(engine, here=False)["kind"] if engine else None)
     prepare.prerequisites(provider, budget_home(), ev, plan_file(plan), ask)  # all of them, before anything
     prov = prepare.provider(provider, budget_home(), ask)
     p = prepare.prepare(ev, plan_file(plan), catalog(), budget_home(), prov, ask)

@@ -32,9 +32,9 @@ def _gib_cell(b: int) -> str:
     return "-" if b == 0 else "<0.01" if b < GIB / 100 else f"{b / GIB:.2f}"
 
 
-def _merge_rejections(rows) -> list[tuple[str, str, int, str]]:
-    """One row per GPU and kind of reason: counts and quantizations merged, the figure that varies as a range
-    ("needs 65.9-526.8 GiB per GPU; A100-40GB has 40.0 GiB")."""
+def _merge_rejections(rows) -> list[tuple[str, str, str, int, str]]:
+    """One row per GPU and kind of reason: counts, quantizations and engines merged, the figure that varies as a
+    range ("needs 65.9-526.8 GiB per GPU; A100-40GB has 40.0 GiB")."""
     number = re.compile(r"\d+(?:\.\d+)?")
     groups: dict[tuple[str, str], list] = {}
     for x in rows:
@@ -44,13 +44,29 @@ def _merge_rejections(rows) -> list[tuple[str, str, int, str]]:
     for (gpu, _), items in groups.items():
         counts = sorted({x.gpu_count for x, _ in items})
         quants = sorted({x.quantization or "-" for x, _ in items})
+        engines = sorted({x.engine or "any" for x, _ in items}, key=_ENGINE_ORDER.get)
         firsts = [float(m.group()) for _, reason in items if (m := number.search(reason))]
         reason = items[0][1]
         if firsts and min(firsts) != max(firsts):
             reason = number.sub(f"{min(firsts):g}-{max(firsts):g}", reason, count=1)
         rig = "all" if gpu == "*" else f"{gpu} x{counts[0]}" + (f"-{counts[-1]}" if len(counts) > 1 else "")
-        merged.append((rig, "/".join(quants), sum(x.offers for x, _ in items), reason))
+        merged.append((rig, "/".join(quants), "/".join(engines), sum(x.offers for x, _ in items), reason))
     return merged
+
+
+_ENGINE_ORDER = {"hf": 0, "transformers": 1, "vllm": 2, "sglang": 3, "any": 4}
+SERVERS = ("vllm", "sglang")
+
+
+def _versus(c: Recommendation, engine: str) -> str:
+    """How `engine` compares on a row's offer: '1.4x, +1.40' (time, CNY more), 'refused' or '-' (the row's own)."""
+    if c.engine == engine:
+        return "-"
+    o = next((o for o in c.other_engines if o.engine == engine), None)
+    if o is None or o.cost_cny is None:
+        return "-" if o is None else "refused"
+    diff = o.cost_cny - c.cost_cny
+    return f"{o.hours * 3600 / c.time.total_s:.1f}x, {'+' if diff >= 0 else '-'}{money(abs(diff))}"
 
 
 def plan(r: PlanReport, show_all: bool = False) -> None:
@@ -62,7 +78,7 @@ def plan(r: PlanReport, show_all: bool = False) -> None:
     if c is not None:
         out.print(styled("\n", ("Recommended:", "bold green"),
                          f" {c.provider} {c.instance_type} ({c.region or '-'}) — {_rig(c)}, {c.quantization}, "
-                         f"{'spot' if c.spot else 'on-demand'}"))
+                         f"{c.engine}, {'spot' if c.spot else 'on-demand'}"))
         orig = "" if c.currency == "CNY" else f" = {c.price_original_per_hour} {c.currency}/h"
         tb, mb = band(c.time.band), band(c.memory_band)
         out.print(f"  cost      {money(c.cost_cny)} CNY, {money(c.cost_low_cny)}-{money(c.cost_high_cny)} CNY at {tb} time  "
@@ -70,20 +86,30 @@ def plan(r: PlanReport, show_all: bool = False) -> None:
         out.print(f"  budget    {money(c.budget_left_cny)} CNY left of {money(r.budget_cny)} CNY; the plan fits "
                   f"{c.plan_fits_times} "
                   "times in it")
+        if c.other_engines:
+            out.print(f"  engines   {c.engine}" + (f" ({c.concurrency} in flight)" if c.concurrency else "") + "; "
+                      + "; ".join(f"{o.engine}" + (f" ({o.quantization})" if o.quantization not in (None, c.quantization)
+                                                   else "") + f": {o.reason}" for o in c.other_engines), soft_wrap=True)
         out.print(f"  time      {duration(c.time.total_s)} {tb} = " + " + ".join(
             f"{k} {duration(v)} {tb}" for k, v in [("boot", c.time.boot_s), ("install", c.time.install_s),
+                                              (f"{c.engine} install", c.time.engine_install_s),
                                               ("download", c.time.download_s), ("load", c.time.load_s),
+                                              (f"{c.engine} start", c.time.engine_start_s),
                                               *c.time.tasks.items(), ("spot risk", c.time.spot_overhead_s)] if v))
-        out.print(f"  memory    peak {c.memory_per_gpu_gib:.2f} GiB {mb} per GPU of {c.gpu_memory_gib:.1f} GiB ({c.gpu}):")
+        server = c.engine in SERVERS
+        held = f"{c.engine} holds {c.engine_memory_fraction:.0%}: " if server else "peak "
+        out.print(f"  memory    {held}{c.memory_per_gpu_gib:.2f} GiB {mb} per GPU of {c.gpu_memory_gib:.1f} GiB "
+                  f"({c.gpu}):")
         mem = Table(title=f"  GiB per card, each {mb}", title_justify="left")
         mem.add_column("component", no_wrap=True)
         for g in c.memory:
             mem.add_column(f"card {g.gpu_index}" if len(c.memory) < 5 else f"#{g.gpu_index}", justify="right")
         for label, attr in (("decoder layers", "layers"), ("weights", "weights"), ("KV cache", "kv_cache"),
                             ("LLM activations", "activations"), ("vision encoder", "vision_activations"),
-                            ("dequant scratch", "dequant_scratch"), ("CUDA context", "cuda_context"),
+                            ("dequant scratch", "dequant_scratch"),
+                            ("CUDA context + graphs" if server else "CUDA context", "cuda_context"),
                             ("allocator slack", "allocator_slack"), ("up to 1.2x weights", "floor_adjust"),
-                            ("peak", "total")):
+                            ("preallocated" if server else "peak", "total")):
             vals = [getattr(g, attr) for g in c.memory]
             if attr not in ("layers", "weights", "total") and not any(vals):
                 continue
@@ -96,31 +122,38 @@ def plan(r: PlanReport, show_all: bool = False) -> None:
     if r.alternatives:
         t = Table(title="Alternatives" if c else "Cheapest options (none within budget)", title_justify="left")
         fits = not all(a.fits_budget for a in r.alternatives)  # the column only says something when one does not
-        for col in ("offer", "rig", "quant", "GiB/GPU", "time", "CNY", "at most") + (("fits",) if fits else ()):
+        vs_hf = any(a.engine != "hf" and any(o.engine == "hf" for o in a.other_engines) for a in r.alternatives)
+        for col in ("offer", "rig", "quant", "engine", "GiB/GPU", "time", "CNY", "at most") + (
+                ("hf: time, CNY",) if vs_hf else ()) + (("fits",) if fits else ()):
             t.add_column(col, justify="right" if col in ("GiB/GPU", "time", "CNY", "at most") else "left",
                          no_wrap=col in ("offer", "rig", "GiB/GPU"))
         for a in r.alternatives:
             t.add_row(f"{a.provider}:{a.instance_type}" + (f"@{a.region}" if a.region else ""),
-                      _rig(a) + (" spot" if a.spot else ""), a.quantization,
+                      _rig(a) + (" spot" if a.spot else ""), a.quantization, a.engine,
                       f"{a.memory_per_gpu_gib:.1f} {band(a.memory_band)}", f"{duration(a.time.total_s)} {band(a.time.band)}",
-                      money(a.cost_cny), money(a.cost_high_cny), *(("yes" if a.fits_budget else "no",) if fits else ()))
+                      money(a.cost_cny), money(a.cost_high_cny), *((_versus(a, "hf"),) if vs_hf else ()),
+                      *(("yes" if a.fits_budget else "no",) if fits else ()))
         out.print(t)
-        out.print("  (at most: the cost at the upper end of the time band, under the offer's billing rule)")
+        out.print("  (at most: the cost at the upper end of the time band, under the offer's billing rule"
+                  + ("; hf: the hf engine on the same offer, its time over the row's and the CNY it adds" if vs_hf
+                     else "") + ")")
     if r.rejected:
         rows = sorted(r.rejected, key=lambda x: (x.reason.startswith("over"), x.gpu, x.gpu_count))
         merged = rows if show_all else _merge_rejections(rows)
-        t = Table(title=f"Rejected ({sum(x.offers for x in r.rejected)} offer x quantization pairs)",
+        t = Table(title=f"Rejected ({sum(x.offers for x in r.rejected)} offer x quantization x engine triples)",
                   title_justify="left")
-        for col in ("GPU", "quant", "offers", "why"):
+        for col in ("GPU", "quant", "engine", "offers", "why"):
             t.add_column(col, no_wrap=col != "why", justify="right" if col == "offers" else "left")
         for x in merged[:None if show_all else REJECTED_SHOWN]:
             if show_all:
-                x = ("all" if x.gpu == "*" else f"{x.gpu} x{x.gpu_count}", x.quantization or "-", x.offers, x.reason)
-            t.add_row(x[0], x[1], str(x[2]), x[3])
+                x = ("all" if x.gpu == "*" else f"{x.gpu} x{x.gpu_count}", x.quantization or "-", x.engine or "any",
+                     x.offers, x.reason)
+            t.add_row(x[0], x[1], x[2], str(x[3]), x[4])
         out.print(t)
         if not show_all:
             more = len(merged) - REJECTED_SHOWN
-            out.print(f"  GPU counts and quantizations with the same reason are merged{f'; {more} more rows' if more > 0 else ''}"
+            out.print(f"  GPU counts, quantizations and engines with the same reason are merged"
+                      f"{f'; {more} more rows' if more > 0 else ''}"
                       " (`--all` lists every group)")
     if r.ranked_by == "cost_high":
         out.print("Ranked by the upper end of each cost band: the cheapest estimate could cost more than the budget.")
@@ -193,10 +226,11 @@ def inspect(r: InspectReport) -> None:
 def estimate(r) -> None:
     out = base.out
     out.print(styled((f"{r.model}", "bold"), f" ({r.model_type}, {_params(r.params)} params) on {r.gpu} "
-                     f"x{r.gpu_count}, {r.quantization}, batch {r.batch}: {r.prompt_tokens} prompt + "
+                     f"x{r.gpu_count}, {r.quantization}, {r.engine}, batch {r.batch}: {r.prompt_tokens} prompt + "
                      f"{r.visual_tokens} visual tokens (prefill {r.prefill_tokens}), {r.new_tokens} new"), soft_wrap=True)
+    held = "" if r.engine_memory_fraction is None else f" ({r.engine} preallocates {r.engine_memory_fraction:.0%})"
     t = Table(title=f"Peak memory of the fullest card: {r.peak_memory_gib:.2f} GiB {band(r.memory_band)} of "
-                    f"{gib(r.usable_bytes)}{'' if r.fits else ' - DOES NOT FIT'}", title_justify="left")
+                    f"{gib(r.usable_bytes)}{held}{'' if r.fits else ' - DOES NOT FIT'}", title_justify="left")
     t.add_column("component")
     t.add_column(f"GiB {band(r.memory_band)}", justify="right")
     for k, v in r.memory.items():

@@ -17,7 +17,7 @@ def run_estimate(p) -> None:
     offer = req.offer
     err.print(f"run {req.run_id}: plan {p.plan.name} on {req.provider} "
               f"({rec.gpu} x{rec.gpu_count}, {offer['instance_type']}{', spot' if req.spot else ''}), "
-              f"{req.quantization}", soft_wrap=True)
+              f"{req.quantization} on {rec.engine}", soft_wrap=True)
     err.print(f"  price {money(req.price_cny_h)} CNY/h, billed every "
               f"{billing(offer['billing_increment_s'], offer['billing_minimum_s'])}; estimate "
               f"{duration(rec.time.total_s)}, {money(rec.cost_cny)} CNY (planner's speed model: {rec.gpu} x{rec.gpu_count}; "

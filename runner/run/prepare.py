@@ -6,6 +6,7 @@ Each step is its own function; `prepare` strings them together."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -38,6 +39,7 @@ class Ask:
     model_path: Path | None = None
     remote_python: str | None = None
     unattended: bool = False
+    engine: str | None = None  # --engine: pins the planner's choice
 
 
 @dataclass
@@ -117,6 +119,9 @@ def prerequisites(name: str, home: Path, plan: EvalPlan, plan_path: Path, ask: A
                                 f"({lib} is not installed)", WORKER_HINT))
     if name == "ssh":
         found += _ssh_needs(cfg.ssh, ask)
+    if entry.this_machine and ask.engine in ("vllm", "sglang") and shutil.which("nvidia-smi") is None:
+        found.append(InputError(f"--engine {ask.engine} needs a CUDA GPU and this machine has none (its wheels are "
+                                "CUDA builds)", "use --engine hf or --engine transformers here"))
     refusal = _unattended_refusal(name, bool(getattr(getattr(cfg, name, None), "results_bucket", None))) \
         if ask.unattended else None
     if refusal is not None:
@@ -211,11 +216,14 @@ def choose(plan: EvalPlan, catalog: Catalog, offers: list[Offer], cap: Decimal, 
     spec = catalog.model(plan.model)
     spot_only = True if ask.spot else (None if provider.caps.this_machine else False)
     quants = [ask.quant] if ask.quant else None
-    result = optimize(plan, spec, cat, cap, spot=spot_only, quantizations=quants, top=6, calibration=cal)
+    # this machine runs what needs no CUDA build: the in-process path unless a server engine is asked for
+    engines = [ask.engine] if ask.engine else (["hf"] if provider.caps.this_machine else None)
+    result = optimize(plan, spec, cat, cap, spot=spot_only, quantizations=quants, top=6, calibration=cal,
+                      engines=engines)
     rec = result.report.recommendation
     if rec is None and result.rows:
         rec = optimize(plan, spec, cat, Decimal(10) ** 12, spot=spot_only, quantizations=quants, top=1,
-                       calibration=cal).report.recommendation
+                       calibration=cal, engines=engines).report.recommendation
     if rec is None:
         raise result.shortfall(plan.name, spec.name)
     return rec, (_fallbacks(result.report, rec, offers) if rec.spot else [])
@@ -230,7 +238,8 @@ def _fallbacks(report, rec, offers) -> list[dict]:
     out = []
     for alt in report.alternatives:
         if (alt.provider, alt.instance_type, alt.region) == (rec.provider, rec.instance_type, rec.region) or \
-                alt.provider != rec.provider or alt.quantization != rec.quantization or alt.spot != rec.spot:
+                alt.provider != rec.provider or alt.quantization != rec.quantization or alt.spot != rec.spot or \
+                alt.engine != rec.engine:
             continue
         offer = _offer_of(alt, offers)
         if offer is not None:
@@ -253,6 +262,21 @@ def on_this_machine(rec, offer: Offer, plan: EvalPlan, catalog: Catalog, home: P
                                   "cost_cny": charge(rec.price_cny_per_hour, billed), "notes": [*rec.notes, note]})
 
 
+def engine_section(rec) -> dict:
+    """The job's engine for the planner's choice: a server engine started on the instance with the memory share,
+    context and tensor parallelism the planner priced."""
+    out: dict = {"kind": rec.engine}
+    if rec.concurrency is not None and rec.engine != "hf":
+        out["concurrency"] = rec.concurrency
+    if rec.engine in ("vllm", "sglang"):
+        out["tensor_parallel"] = rec.gpu_count
+        if rec.engine_memory_fraction is not None:
+            out["memory_fraction"] = rec.engine_memory_fraction
+        if rec.max_model_len is not None:
+            out["max_model_len"] = rec.max_model_len
+    return out
+
+
 def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, provider, ask: Ask,
             clock: Clock = SYSTEM) -> Prepared:
     """Pick the offer and quantization (the planner's choice unless given), the cap it runs under, the job,
@@ -270,7 +294,7 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, provi
         original = price
     run_id = new_run_id(plan.name, clock.now())
     job = jobs.build(plan, plan_path, catalog, home, quantization=rec.quantization, model_path=ask.model_path,
-                     limit=ask.limit, batch_size=ask.batch_size, run_id=run_id)
+                     limit=ask.limit, batch_size=ask.batch_size, run_id=run_id, engine=engine_section(rec))
     cfg = configmod.load(home)
     req = Request(run_id=run_id, plan_path=str(plan_path), provider=provider.name, offer=offer.model_dump(mode="json"),
                   quantization=rec.quantization, spot=rec.spot, price_cny_h=str(price), price_original_h=str(original),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -107,6 +108,32 @@ def test_plan_options(capsys, tmp_path):
     assert code == 0 and json.loads(out)["model"]["params"]["total"] == 4_437_815_808
 
 
+def test_plan_and_estimate_engines(capsys):
+    """`--engine` restricts the plan's choice (repeatable or a comma list) and picks the estimate's engine; every row
+    names its engine, a server's recommendation its memory fraction and context, and the command pins it."""
+    code, out, _ = run(capsys, "plan", "--yuan", "2000", "--json", "--engine", "hf")
+    doc = json.loads(out)
+    rows = [doc["recommendation"], *doc["alternatives"]]
+    assert code == 0 and {r["engine"] for r in rows} == {"hf"} and doc["recommendation"]["other_engines"] == []
+    assert doc["recommendation"]["engine_memory_fraction"] is None and "--engine" not in doc["next"]["command"]
+    code, out, _ = run(capsys, "plan", "--yuan", "2000", "--json", "--engine", "vllm,hf", "--engine", "sglang")
+    rec = json.loads(out)["recommendation"]
+    assert code == 0 and rec["engine"] in ("vllm", "sglang") and 0 < rec["engine_memory_fraction"] <= 0.92
+    assert rec["max_model_len"] > 0 and rec["concurrency"] >= 1
+    assert {o["engine"] for o in rec["other_engines"]} == {"hf", "vllm", "sglang"} - {rec["engine"]}
+    assert f"--engine {rec['engine']}" in json.loads(out)["next"]["command"]
+    code, out, _ = run(capsys, "plan", "--model", "30b-a3b", "--yuan", "2000")
+    assert code == 0 and re.search(r"Recommended: .*, bf16, (vllm|sglang), ", out)
+    assert re.search(r"engines   (vllm|sglang) \(\d+ in flight\);.* hf: [\d.]+x the time, [\d.]+ CNY more", out)
+    code, out, _ = run(capsys, "estimate", "--model", "8b", "--gpu", "H100", "--quant", "fp8", "--prompt-tokens", "64",
+                       "--new-tokens", "32", "--engine", "vllm", "--batch", "8", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["engine"] == "vllm" and 0 < doc["engine_memory_fraction"] < 1 and doc["fits"]
+    code, out, _ = run(capsys, "estimate", "--model", "8b", "--gpu", "H100", "--quant", "bf16", "--prompt-tokens", "64",
+                       "--new-tokens", "32", "--json")
+    assert json.loads(out)["engine"] == "hf" and json.loads(out)["engine_memory_fraction"] is None
+
+
 def test_budget_too_small_names_cheapest(capsys):
     code, out, err = run(capsys, "plan", "--yuan", "0.01")
     assert code == 1
@@ -121,7 +148,8 @@ def test_budget_too_small_names_cheapest(capsys):
     (["plan", "--yuan", "2000", "--model", "qwen9-vl"], "unknown model"),
     (["plan", "--yuan", "2000", "--provider", "nowhere"], "no offers"),
     (["plan", "--yuan", "2000", "--provider", "csdn", "--spot"], "with a spot price"),
-    (["plan", "--yuan", "2000", "--quant", "fp8"], "unknown quantization"),
+    (["plan", "--yuan", "2000", "--quant", "fp4"], "unknown quantization"),
+    (["plan", "--yuan", "2000", "--engine", "tgi"], "unknown engine 'tgi'"),
     (["plan", "--yuan", "2000", "--objective", "vibes"], "unknown objective"),
     (["plan", "--yuan", "2000", "--assume", "warp=9"], "unknown assumption"),
     (["plan", "--yuan", "2000", "--fx", "USD"], "CURRENCY=RATE"),
@@ -268,6 +296,9 @@ def test_budget_estimate_json_has_every_key_and_adds_up(cli, tmp_path, monkeypat
     (["--quant", "q3"], "unknown quantization 'q3'"),
     (["--model", "Qwen3-8B", "--image", "64x64"], "text-only model"),
     (["--gpu", "T4", "--quant", "bf16"], "no bf16 on T4"),
+    (["--engine", "vllm", "--quant", "int8"], "no in-flight LLM.int8"),
+    (["--engine", "hf", "--quant", "fp8"], "no fp8 path"),
+    (["--engine", "tgi"], "unknown engine 'tgi'"),
 ])
 def test_budget_estimate_bad_input_is_one_error_and_a_hint(cli, tmp_path, monkeypatch, args, needle):
     monkeypatch.setenv("BUDGET_HOME", str(tmp_path / "h"))

@@ -159,3 +159,23 @@ def test_eval_resumes_after_kill_9_of_the_worker_and_after_the_server_is_killed_
         assert len(ids) == len(set(ids)) == 24 and kept < 24
     finally:
         served.kill()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "plans/smoke.yaml", "--engine", "server", "--yes"], "--engine server is for work from this machine"),
+    (["eval", "plans/smoke.yaml", "--base-url", "http://127.0.0.1:1/v1"], "--base-url is for --engine server"),
+    (["eval", "plans/smoke.yaml", "--engine", "server"], "--engine server needs --base-url"),
+    (["eval", "plans/smoke.yaml", "--engine", "server", "--base-url", "file:///etc/passwd"], "needs --base-url with an http"),
+    (["eval", "plans/smoke.yaml", "--engine", "server", "--base-url", "http://127.0.0.1:1/v1", "--api-key-env",
+      "GPUBUDGET_TEST_UNSET_KEY"], "that variable is not set here"),
+    (["eval", "plans/smoke.yaml", "--engine", "server", "--base-url", "http://127.0.0.1:1/v1", "--api-key-env",
+      "sk-abc123"], "is not an environment variable name"),
+    (["eval", "plans/smoke.yaml", "--engine", "tgi"], "--engine 'tgi' is not one of"),
+    (["eval", "plans/smoke.yaml", "--concurrency", "4"], "--concurrency is for server engines"),
+])
+def test_engine_flags_are_checked_before_anything_runs(cli, budget_home, args, message):
+    """One error line, one hint, exit 2, nothing written: an endpoint and its key never go to an instance."""
+    os.environ.pop("GPUBUDGET_TEST_UNSET_KEY", None)
+    code, out, err = cli(*args)
+    assert code == 2 and message in err and "hint:" in err and "Traceback" not in err, err
+    assert not (budget_home / "evals").exists() and not (budget_home / "ledger.db").exists()

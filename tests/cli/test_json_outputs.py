@@ -91,3 +91,18 @@ def test_every_output_model_has_a_row():
 
 def test_output_models_refuse_unknown_keys():
     assert all(m.model_config.get("extra") == "forbid" for m in ROWS.values())
+
+
+def test_plan_and_estimate_documents_name_the_engine():
+    """What the runner reads of a plan (issue 24): each candidate's engine, the memory fraction, context and
+    concurrency a server engine is started with, the other engines' verdicts; a rejection's engine; the estimate's."""
+    from planner.models import EngineComparison, Recommendation, Rejection, TimeEstimate
+
+    rec = fields(Recommendation)
+    assert rec[rec.index("quantization") + 1:rec.index("spot")] == [
+        "engine", "engine_memory_fraction", "max_model_len", "concurrency", "other_engines"]
+    assert fields(EngineComparison) == ["engine", "quantization", "hours", "cost_cny", "reason"]
+    assert fields(Rejection)[-1] == "engine"
+    assert {"engine_install_s", "engine_start_s"} <= set(fields(TimeEstimate))
+    est = fields(RequestEstimate)
+    assert est[est.index("quantization") + 1] == "engine" and est[est.index("fits") + 1] == "engine_memory_fraction"

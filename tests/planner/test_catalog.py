@@ -140,7 +140,8 @@ def test_bundled_plans_load():
     ("name: x\nmodel: m\ntasks: [{name: a, kind: caption, samples: many}]\n", "x.yaml:tasks.0.samples:"),
     ("name: x\nmodel: m\ntasks: [{name: a, kind: teleport}]\n", "x.yaml:tasks.0.kind:"),
     ("name: x\nmodel: m\ntasks: [{name: a, kind: memory_sweep}]\n", "needs `resolutions`"),
-    ("name: x\nmodel: m\nquantizations: [fp8]\ntasks: [{name: a, kind: caption}]\n", "quantizations.0"),
+    ("name: x\nmodel: m\nquantizations: [fp4]\ntasks: [{name: a, kind: caption}]\n", "quantizations.0"),
+    ("name: x\nmodel: m\nengines: [tgi]\ntasks: [{name: a, kind: caption}]\n", "engines.0"),
     ("name: x\nmodel: m\ntasks: [{name: a, kind: fp16_verify, of_task: zz}]\n", "not a task of this plan"),
 ])
 def test_plan_errors_name_file_and_field(text, needle):

@@ -51,7 +51,7 @@ offers_st = st.lists(
 @given(offers=offers_st, budget=st.decimals(min_value=Decimal("0.5"), max_value=Decimal(500), places=2),
        model=st.sampled_from(["2b", "8b", "32b"]))
 def test_recommendation_is_cheapest_feasible_and_within_limits(offers, budget, model):
-    plan = SMALL.model_copy(update={"model": model})
+    plan = SMALL.model_copy(update={"model": model, "engines": ["hf", "vllm"]})  # an in-process and a server engine
     res = optimize(plan, BASE.model(model), catalog(offers), budget)
     rec = res.report.recommendation
     within = [c for c in res.candidates if c.fits_budget]
@@ -86,26 +86,29 @@ def test_the_plan_ranks_by_the_upper_end_of_the_cost_band_when_the_cheapest_coul
     """A plan estimated at 0.8 h on one card, offered per started hour at 2.20 CNY/h and per second at 3.00: the
     hourly offer is cheaper for the estimate (2.20 vs 2.40), but at the band's upper end (+55%: 1.24 h) it bills
     two hours (4.40 CNY), over a 4 CNY budget, while per second costs at most 3.72. The plan ranks by the upper
-    end and recommends the per-second offer, and says why; with 10 CNY it ranks by the estimate."""
+    end and recommends the per-second offer, and says why; with 10 CNY it ranks by the estimate. (On the hf engine,
+    whose time the plan is sized by.)"""
     offers = [offer("RTX4090", 1, "2.20"), offer("RTX4090", 1, "3.00", provider="q", inc=1, minimum=60)]
 
     def plan(samples: int):
         return SMALL.model_copy(update={"tasks": [SMALL.tasks[0].model_copy(update={"samples": samples})]})
 
     def total(samples: int) -> float:
-        rec = optimize(plan(samples), BASE.model("2b"), catalog(offers[:1]), Decimal(100), quantizations=["bf16"])
+        rec = optimize(plan(samples), BASE.model("2b"), catalog(offers[:1]), Decimal(100), quantizations=["bf16"],
+                       engines=["hf"])
         return rec.report.recommendation.time.total_s
 
     per = (total(1010) - total(10)) / 1000
     n = round(10 + (0.8 * 3600 - total(10)) / per)
-    res = optimize(plan(n), BASE.model("2b"), catalog(offers), Decimal(4), quantizations=["bf16"])
+    res = optimize(plan(n), BASE.model("2b"), catalog(offers), Decimal(4), quantizations=["bf16"], engines=["hf"])
     rec = res.report.recommendation
     hourly = next(a for a in res.report.alternatives if a.provider == "p")
     assert rec.time.band == Assumptions().time_band == 0.55 and 0.79 < rec.hours < 0.81
     assert hourly.cost_cny == Decimal("2.2") < rec.cost_cny and hourly.cost_high_cny == Decimal("4.4")
     assert res.report.ranked_by == "cost_high" and rec.provider == "q" and rec.cost_high_cny <= Decimal(4)
     assert rec.notes[0].startswith("ranked by the upper end of each cost band")
-    roomy = optimize(plan(n), BASE.model("2b"), catalog(offers), Decimal(10), quantizations=["bf16"])
+    roomy = optimize(plan(n), BASE.model("2b"), catalog(offers), Decimal(10), quantizations=["bf16"],
+                     engines=["hf"])
     assert roomy.report.ranked_by == "cost" and roomy.report.recommendation.provider == "p"
 
 
@@ -201,7 +204,7 @@ def test_empty_catalog():
 
 def test_big_models_need_big_rigs():
     rep = optimize(PLAN.model_copy(update={"model": "Qwen3-VL-235B-A22B-Instruct"}),
-                   BASE.model("235b-a22b"), BASE, Decimal(200000)).report
+                   BASE.model("235b-a22b"), BASE, Decimal(200000), engines=["hf"]).report  # accelerate's split
     rec = rep.recommendation
     # ~440 GiB of weights (experts stay 16-bit) x 1.2: only 80 GiB cards, six or more of them
     assert rec.gpu_count >= 6 and rec.gpu in ("H100", "A100-80GB")

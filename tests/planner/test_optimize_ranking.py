@@ -9,7 +9,8 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner.models import QUALITY_RANK, Offer
+from planner.engines import policy_refusal
+from planner.models import ENGINE_NAMES, QUALITY_RANK, Offer
 from planner.money import billed_seconds, charge, display
 from planner.optimize import _Planner, _sixteen, optimize
 
@@ -26,7 +27,11 @@ def reference(plan, spec, cat, budget, spot=None, objective="cost", top=5, provi
     rejected = {}
     for q in plan.quantizations:
         if QUALITY_RANK[q] < QUALITY_RANK[plan.quality_floor]:
-            rejected[("*", 0, q, f"below the plan's quality floor ({plan.quality_floor})")] = list(offers)
+            rejected[("*", 0, q, f"below the plan's quality floor ({plan.quality_floor})", None)] = list(offers)
+    for q in quants:
+        for e in plan.engines:
+            if why := policy_refusal(e, q, spec):
+                rejected[("*", 0, q, why, e)] = list(offers)
     groups = {}
     for o in offers:
         gpu = cat.gpu(o.gpu)
@@ -47,34 +52,37 @@ def reference(plan, spec, cat, budget, spot=None, objective="cost", top=5, provi
             if q in ("fp16", "bf16") and q != sixteen:
                 if sixteen is None:
                     rejected.setdefault((gname, count, q, f"no bf16 on {gname} (compute capability "
-                                         f"{gpu.compute_capability}); allow fp16"), []).extend(gofs)
+                                         f"{gpu.compute_capability}); allow fp16", None), []).extend(gofs)
                 continue
-            opt = pl.option(gpu, count, usable, q)
-            if isinstance(opt, str):
-                rejected.setdefault((gname, count, q, opt), []).extend(gofs)
-                continue
-            for (aws, is_spot, inc, minimum), items in priced.items():
-                t = pl.time(opt, aws, is_spot)
-                billed = billed_seconds(t.total_s, inc, minimum)
-                for o, p in items:
-                    cost = charge(p, billed)
-                    quality = -QUALITY_RANK[q]
-                    key = (t.total_s, cost, quality) if objective == "time" else (cost, quality, t.total_s)
-                    row = key + (n, o, opt, is_spot, p, t, billed, cost)
-                    n += 1
-                    if cost <= budget:
-                        within.append(row)
-                    else:
-                        g = over.setdefault((gname, count, q), [row, 0])
-                        g[0] = min(g[0], row)
-                        g[1] += 1
+            for e in plan.engines:
+                if policy_refusal(e, q, spec):
+                    continue
+                opt = pl.option(gpu, count, usable, q, e)
+                if isinstance(opt, str):
+                    rejected.setdefault((gname, count, q, opt, e), []).extend(gofs)
+                    continue
+                for (aws, is_spot, inc, minimum), items in priced.items():
+                    t = pl.time(opt, aws, is_spot)
+                    billed = billed_seconds(t.total_s, inc, minimum)
+                    for o, p in items:
+                        cost = charge(p, billed)
+                        quality = -QUALITY_RANK[q]
+                        key = (t.total_s, cost, quality) if objective == "time" else (cost, quality, t.total_s)
+                        row = key + (n, o, opt, is_spot, p, t, billed, cost)
+                        n += 1
+                        if cost <= budget:
+                            within.append(row)
+                        else:
+                            g = over.setdefault((gname, count, q, e), [row, 0])
+                            g[0] = min(g[0], row)
+                            g[1] += 1
     shown = heapq.nsmallest(max(top, 1), within)
     if len(shown) < top:
         shown += sorted(g[0] for g in over.values())[: top - len(shown)]
-    rej = [(g, c, q, r, len(os_), os_[0].id) for (g, c, q, r), os_ in rejected.items()]
-    rej += [(g, c, q, f"over budget: from {display(row[-1])} CNY > {display(budget)} CNY", k, row[4].id)
-            for (g, c, q), (row, k) in over.items()]
-    return {"shown": [(r[4].id, r[5].gpu_count, r[5].quant, r[6], r[-1]) for r in shown], "rejected": rej,
+    rej = [(g, c, q, r, len(os_), os_[0].id, e) for (g, c, q, r, e), os_ in rejected.items()]
+    rej += [(g, c, q, f"over budget: from {display(row[-1])} CNY > {display(budget)} CNY", k, row[4].id, e)
+            for (g, c, q, e), (row, k) in over.items()]
+    return {"shown": [(r[4].id, r[5].gpu_count, r[5].quant, r[5].engine, r[6], r[-1]) for r in shown], "rejected": rej,
             "candidates": n + sum(len(v) for v in rejected.values()), "feasible": n, "within": len(within)}
 
 
@@ -82,8 +90,9 @@ def summary(res) -> dict:
     r = res.report
     shown = ([r.recommendation] if r.recommendation else []) + r.alternatives
     return {"shown": [(f"{a.provider}:{a.instance_type}" + (f"@{a.region}" if a.region else ""), a.gpu_count,
-                       a.quantization, a.spot, a.cost_cny) for a in shown],
-            "rejected": [(x.gpu, x.gpu_count, x.quantization, x.reason, x.offers, x.example) for x in r.rejected],
+                       a.quantization, a.engine, a.spot, a.cost_cny) for a in shown],
+            "rejected": [(x.gpu, x.gpu_count, x.quantization, x.reason, x.offers, x.example, x.engine)
+                         for x in r.rejected],
             "candidates": r.candidates, "feasible": r.feasible, "within": r.within_budget}
 
 
@@ -105,25 +114,27 @@ offers_st = st.lists(st.tuples(st.sampled_from(GPUS), st.sampled_from([1, 2, 4, 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=offers_st, budget=st.sampled_from([Decimal("0.3"), Decimal("2"), Decimal("20"), Decimal(2000)]),
        spot=st.sampled_from([None, True, False]), objective=st.sampled_from(["cost", "time"]),
-       top=st.sampled_from([1, 3, 5]), small=st.booleans())
-def test_every_printed_figure_is_the_full_enumerations(rows, budget, spot, objective, top, small):
+       top=st.sampled_from([1, 3, 5]), small=st.booleans(),
+       engines=st.sampled_from([["hf"], ["vllm", "hf"], ["sglang", "transformers", "vllm"], list(ENGINE_NAMES)]))
+def test_every_printed_figure_is_the_full_enumerations(rows, budget, spot, objective, top, small, engines):
     offers = [offer(i, g, c, p, s, pr, inc, mn, cur, mem)
               for i, (g, c, p, s, pr, (inc, mn), cur, mem) in enumerate(rows)]
-    plan = SMALL if small else PLAN
+    plan = (SMALL if small else PLAN).model_copy(update={"engines": engines})
     spec = BASE.model(plan.model)
     if spot is True and not any(o.spot_price is not None for o in offers):
         return
     res = optimize(plan, spec, catalog(offers), budget, spot=spot, objective=objective, top=top)
     assert summary(res) == reference(plan, spec, catalog(offers), budget, spot, objective, top)
-    # the rows kept: the best `top` within budget and the cheapest over it, per GPU x count x quantization
-    rigs = {(r[5].gpu.name, r[5].gpu_count, r[5].quant) for r in res.rows}
+    # the rows kept: the best `top` within budget and the cheapest over it, per GPU x count x quantization x engine
+    rigs = {(r[5].gpu.name, r[5].gpu_count, r[5].quant, r[5].engine) for r in res.rows}
     assert len(res.rows) <= len(rigs) * (max(top, 1) + 1)
 
 
 def test_a_big_catalog_keeps_few_rows_and_counts_them_all():
     offers = [offer(i, "RTX4090", 1, f"{1 + i % 50 / 10:.1f}", inc=60, minimum=60) for i in range(3000)]
-    res = optimize(PLAN, BASE.model("8b"), catalog(offers), Decimal(2000), top=5)
-    assert summary(res) == reference(PLAN, BASE.model("8b"), catalog(offers), Decimal(2000), top=5)
+    plan = PLAN.model_copy(update={"engines": ["hf"]})
+    res = optimize(plan, BASE.model("8b"), catalog(offers), Decimal(2000), top=5)
+    assert summary(res) == reference(plan, BASE.model("8b"), catalog(offers), Decimal(2000), top=5)
     assert res.report.within_budget == res.report.feasible == 3 * 3000  # bf16, int8 and nf4 on every offer
     assert len(res.rows) <= 3 * 5  # per quantization: the five cheapest (no offer is over budget)
     # equal prices rank in catalog order: the cheapest price (1.0) first appears at offer 0, then 50, 100, ...
@@ -135,7 +146,7 @@ def test_groups_differing_in_card_memory_add_up_under_one_reason():
     """Two V100-16GB offers, one whose cards report less memory: two groups, one reason (no LLM.int8 on
     compute capability 7.0). The rejection counts both offers, and so does the candidate count."""
     offers = [offer(0, "V100-16GB", 1, "1.0"), offer(1, "V100-16GB", 1, "1.2", mem=16000)]
-    plan = PLAN.model_copy(update={"quantizations": ["int8"], "quality_floor": "int8"})
+    plan = PLAN.model_copy(update={"quantizations": ["int8"], "quality_floor": "int8", "engines": ["hf"]})
     rep = optimize(plan, BASE.model("2b"), catalog(offers), Decimal(2000)).report
     (int8,) = [r for r in rep.rejected if r.quantization == "int8"]
     assert int8.reason.startswith("LLM.int8 needs compute capability >= 7.5")

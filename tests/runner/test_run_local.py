@@ -147,3 +147,28 @@ def test_status_of_an_unknown_run(cli, budget_home):
     assert code == 2 and "no run 'nope'" in err and "budget status" in err
 
 
+
+
+@slow
+def test_a_run_whose_worker_serves_the_model_meters_stops_and_takes_the_server_down(cli, local_home, long_plan):
+    """--engine transformers: the instance's worker starts `transformers serve` on loopback and drives it
+    through the one client; the run is metered and stopped like any other, and the server goes with it."""
+    code, out, err = cli("run", long_plan, "--provider", "local", "--engine", "transformers", "--yuan", "5", "--yes",
+                         "--detach")
+    assert code == 0, err
+    run_id = out.strip()
+    wait_until(lambda: result_lines(the_run(local_home)) > 0, 180, "results")
+    [log] = (local_home / "instances" / run_id).rglob("worker.log")
+    [engine] = [int(m) for m in re.findall(r"engine started \(pid (\d+)\)", log.read_text())]
+    assert alive(engine)
+    code, out, _ = cli("stop", run_id)
+    assert code == 0 and "stopped (user)" in out
+    run = the_run(local_home)
+    assert (run["state"], run["reason"]) == ("stopped", "user") and Decimal(0) < spent(local_home)
+    assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
+    wait_until(lambda: not alive(engine), 60, "the engine to end")
+    assert not [p for p in instance_pids(run, local_home) if alive(p)]
+    job = json.loads(next((local_home / "instances" / run_id).rglob("job.json")).read_text())
+    assert job["engine"]["kind"] == "transformers"
+    line = json.loads(next((local_home / "runs").rglob("captions.jsonl")).read_text().splitlines()[0])
+    assert line["status"] == "ok" and line["peak_memory"][0]["source"] == "server-rss"
