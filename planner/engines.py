@@ -80,14 +80,9 @@ def policy_refusal(engine: str, quant: str, spec: ModelSpec) -> str | None:
     """Why `engine` never runs `spec` in `quant`, whatever the card (None: it may)."""
     if engine in ("hf", "transformers"):
         return "no fp8 path in the worker's transformers loader (fp8 runs on vllm or sglang)" if quant == "fp8" else None
-    if quant == "int8":
-        return f"no in-flight LLM.int8 (bitsandbytes 8-bit) in {NAMES[engine]}; use fp8, or hf for int8"
-    if quant == "nf4" and engine == "vllm":
-        return ("vLLM 0.34 has no bitsandbytes (removed in 0.28.0; for Qwen3-VL MoE it never loaded: vllm#32012); "
-                "use fp8, or hf for nf4")
-    if quant == "nf4":
-        return ("SGLang 0.5.23's bitsandbytes loader cannot load Qwen3-VL (its model class has no "
-                "bitsandbytes_stacked_params_mapping); use fp8, or hf for nf4")
+    if quant in ("int8", "nf4"):  # vLLM removed bitsandbytes in 0.28.0 (and it never loaded the MoE: vllm#32012);
+        # SGLang's loader needs a bitsandbytes_stacked_params_mapping Qwen3-VL's class lacks; neither has LLM.int8
+        return "vLLM 0.34 and SGLang 0.5.23 run no bitsandbytes (int8, nf4) for Qwen3-VL; use fp8, or hf"
     return None
 
 

@@ -32,6 +32,18 @@ def _gib_cell(b: int) -> str:
     return "-" if b == 0 else "<0.01" if b < GIB / 100 else f"{b / GIB:.2f}"
 
 
+def _fitting(rows, width: int, lines: int = 30) -> int:
+    """How many merged rejection rows to show: at most REJECTED_SHOWN, and no more than fill about `lines` lines
+    once their reasons wrap in the `why` column this console leaves (a narrow terminal shows fewer)."""
+    why = max(16, width - 64)  # what GPU, quant, engine and offers (and the padding) leave
+    used = 0
+    for n, x in enumerate(rows[:REJECTED_SHOWN]):
+        used += -(-len(x[4]) // why)
+        if used > lines:
+            return max(n, 1)
+    return min(len(rows), REJECTED_SHOWN)
+
+
 def _merge_rejections(rows) -> list[tuple[str, str, str, int, str]]:
     """One row per GPU and kind of reason: counts, quantizations and engines merged, the figure that varies as a
     range ("needs 65.9-526.8 GiB per GPU; A100-40GB has 40.0 GiB")."""
@@ -144,14 +156,15 @@ def plan(r: PlanReport, show_all: bool = False) -> None:
                   title_justify="left")
         for col in ("GPU", "quant", "engine", "offers", "why"):
             t.add_column(col, no_wrap=col != "why", justify="right" if col == "offers" else "left")
-        for x in merged[:None if show_all else REJECTED_SHOWN]:
+        shown = len(merged) if show_all else _fitting(merged, out.width)
+        for x in merged[:shown]:
             if show_all:
                 x = ("all" if x.gpu == "*" else f"{x.gpu} x{x.gpu_count}", x.quantization or "-", x.engine or "any",
                      x.offers, x.reason)
             t.add_row(x[0], x[1], x[2], str(x[3]), x[4])
         out.print(t)
         if not show_all:
-            more = len(merged) - REJECTED_SHOWN
+            more = len(merged) - shown
             out.print(f"  GPU counts, quantizations and engines with the same reason are merged"
                       f"{f'; {more} more rows' if more > 0 else ''}"
                       " (`--all` lists every group)")

@@ -34,11 +34,14 @@ class Served:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, bound_s: float = 300) -> Served:
+        """Started with the worker's own command line for it (engine_commands: the real CLI takes it)."""
+        from runner.worker.engine_commands import ServerParams, command
+
+        argv = command(ServerParams(engine="transformers", model=str(self.model), served_name="tiny", port=self.port,
+                                    quantization="fp32", device="cpu"))
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", str(self.model),
-                                          "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"],
-                                         stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         end = time.monotonic() + bound_s
         while True:
             assert self.proc.poll() is None, self.log.read_text()[-2000:]
@@ -54,13 +57,6 @@ class Served:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    s = Served(tiny_model, tmp_path_factory.mktemp("serve") / "serve.log").start()
-    yield s
-    s.kill()
 
 
 def budget(*args, home: Path, cwd: Path, timeout: float = 600, **kw):
@@ -81,9 +77,8 @@ def hf_fields(kind: str) -> set[str]:
                             "prediction"} | extra.get(kind, set())
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_eval_against_a_running_server_runs_what_it_can_with_the_hf_fields(server, tiny_model, tmp_path):
+def every_kind_it_can(server, tiny_model, tmp_path) -> None:
+    """The smoke plan against the server: what the engine can run, with hf's fields."""
     out = tmp_path / "o"
     p = budget("eval", REPO / "plans" / "smoke.yaml", "--engine", "server", "--base-url", server.url,
                "--served-model", tiny_model, "--quant", "bf16", "--out", out, "--json", home=tmp_path, cwd=tmp_path)
@@ -127,17 +122,21 @@ def wait_lines(path: Path, n: int, proc: subprocess.Popen, bound_s: float = 300)
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_eval_resumes_after_kill_9_of_the_worker_and_after_the_server_is_killed_and_started_again(tiny_model, tmp_path):
+def test_eval_against_a_real_server_runs_what_it_can_and_resumes_after_kill_9_of_the_worker_and_of_the_server(
+        tiny_model, tmp_path):
+    """Every task kind the engine can run, with hf's result fields; then a caption run whose worker is killed
+    with kill -9 mid-batch, resumed, and whose server is killed and started again mid-run."""
     import localcloud
 
-    plan = localcloud.caption_plan(REPO / "plans" / "smoke.yaml", tmp_path, "many", 24)
     served = Served(tiny_model, tmp_path / "serve.log").start()
-    out = tmp_path / "out"
-    results = out / "results" / "captions.jsonl"
-    args = ["eval", plan, "--engine", "server", "--base-url", served.url, "--served-model", tiny_model,
-            "--concurrency", "2", "--quant", "bf16", "--out", out]
-    env = dict(os.environ, BUDGET_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
     try:
+        every_kind_it_can(served, tiny_model, tmp_path)
+        plan = localcloud.caption_plan(REPO / "plans" / "smoke.yaml", tmp_path, "many", 24)
+        out = tmp_path / "out"
+        results = out / "results" / "captions.jsonl"
+        args = ["eval", plan, "--engine", "server", "--base-url", served.url, "--served-model", tiny_model,
+                "--concurrency", "2", "--quant", "bf16", "--out", out]
+        env = dict(os.environ, BUDGET_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
         first = subprocess.Popen([sys.executable, "-m", "runner.cli", *map(str, args)], cwd=tmp_path, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_lines(results, 4, first)
@@ -176,6 +175,6 @@ def test_eval_resumes_after_kill_9_of_the_worker_and_after_the_server_is_killed_
 def test_engine_flags_are_checked_before_anything_runs(cli, budget_home, args, message):
     """One error line, one hint, exit 2, nothing written: an endpoint and its key never go to an instance."""
     os.environ.pop("GPUBUDGET_TEST_UNSET_KEY", None)
-    code, out, err = cli(*args)
+    code, _, err = cli(*args)
     assert code == 2 and message in err and "hint:" in err and "Traceback" not in err, err
     assert not (budget_home / "evals").exists() and not (budget_home / "ledger.db").exists()

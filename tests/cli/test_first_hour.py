@@ -299,7 +299,8 @@ def test_plan_ends_with_the_command_that_runs_its_recommendation(cli):
     rec, nxt = doc["recommendation"], doc["next"]
     offer = f"{rec['provider']}:{rec['instance_type']}@{rec['region']}"
     assert nxt["command"].startswith("budget run plans/qwen3-vl-8b.yaml --provider ")
-    assert f"--offer {offer} --quant {rec['quantization']} --yuan 2000" in nxt["command"]
+    engine = "" if rec["engine"] == "hf" else f" --engine {rec['engine']}"  # the planner's engine, pinned
+    assert f"--offer {offer} --quant {rec['quantization']}{engine} --yuan 2000" in nxt["command"]
     code, out, _ = cli("plan", "--yuan", "2000")
     assert code == 0 and "Run it: " + nxt["command"] in out
     code, out, _ = cli("plan", "--yuan", "2000", "--provider", "csdn", "--json")

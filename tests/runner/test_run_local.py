@@ -88,22 +88,6 @@ def test_ctrl_c_tears_down(local_home, long_plan):
 
 
 @slow
-def test_detach_then_budget_stop(cli, local_home, long_plan):
-    code, out, err = cli("run", long_plan, "--provider", "local", "--yuan", "5", "--yes", "--detach")
-    assert code == 0, err
-    run_id = out.strip()
-    wait_until(lambda: result_lines(the_run(local_home)) > 0, 90, "results")
-    code, out, _ = cli("stop", run_id)
-    assert code == 0 and "stopped (user)" in out
-    run = the_run(local_home)
-    assert (run["state"], run["reason"]) == ("stopped", "user")
-    assert db(local_home).execute("SELECT state FROM instances").fetchone()[0] == "terminated"
-    assert not [p for p in instance_pids(run, local_home) if alive(p)]
-    code, out, _ = cli("logs", run_id)
-    assert code == 0 and "[controller] " in out and "[worker] " in out
-
-
-@slow
 def test_ssh_host_happy_path(cli, ssh_host, budget_home, tmp_path):
     # one caption task (every task kind runs end to end on the local provider: test_local_happy_path)
     code, _, err = cli("run", caption_plan(tmp_path, "happy", 2), "--provider", "ssh", "--yuan", "5", "--yes",
@@ -150,9 +134,10 @@ def test_status_of_an_unknown_run(cli, budget_home):
 
 
 @slow
-def test_a_run_whose_worker_serves_the_model_meters_stops_and_takes_the_server_down(cli, local_home, long_plan):
-    """--engine transformers: the instance's worker starts `transformers serve` on loopback and drives it
-    through the one client; the run is metered and stopped like any other, and the server goes with it."""
+def test_detach_then_budget_stop_of_a_run_whose_worker_serves_the_model(cli, local_home, long_plan):
+    """--detach, then `budget stop`, of a run with --engine transformers: the instance's worker starts
+    `transformers serve` on loopback and drives it through the one client; the run is metered and stopped like
+    any other, the instance torn down, and the server goes with it."""
     code, out, err = cli("run", long_plan, "--provider", "local", "--engine", "transformers", "--yuan", "5", "--yes",
                          "--detach")
     assert code == 0, err
@@ -170,5 +155,7 @@ def test_a_run_whose_worker_serves_the_model_meters_stops_and_takes_the_server_d
     assert not [p for p in instance_pids(run, local_home) if alive(p)]
     job = json.loads(next((local_home / "instances" / run_id).rglob("job.json")).read_text())
     assert job["engine"]["kind"] == "transformers"
+    code, out, _ = cli("logs", run_id)
+    assert code == 0 and "[controller] " in out and "[worker] " in out and "engine transformers ready" in out
     line = json.loads(next((local_home / "runs").rglob("captions.jsonl")).read_text().splitlines()[0])
     assert line["status"] == "ok" and line["peak_memory"][0]["source"] == "server-rss"
