@@ -40,7 +40,7 @@ from decimal import Decimal
 
 from .architecture import ParamGroup
 from .assumptions import Assumptions
-from .memory import dynamic, peak_of, weight_layout
+from .memory import dynamic, peak_of
 from .models import ENGINE_NAMES, QUALITY_RANK, EngineComparison, Gpu, ModelSpec, TimeEstimate
 from .money import display, unrounded
 from .speed import ModelCost, call_terms, phases_of, verifies, with_fixed
@@ -126,13 +126,9 @@ def max_model_len(loads: list[TaskLoad], skipped: dict[str, str], multiple: int 
     return -(-longest // multiple) * multiple
 
 
-def server_weights(spec: ModelSpec, inv: list[ParamGroup], quant: str, keep_vision_16bit: bool,
-                   double_quant: bool) -> int:
-    """Bytes of weights a server holds in `quant`: 16-bit; fp8 in flight (every decoder linear and MoE expert at
-    one byte and a scale per row; embeddings, lm_head, norms and the vision tower 16-bit); nf4 as bitsandbytes
-    stores it."""
-    if quant == "nf4":
-        return weight_layout(spec, inv, "nf4", keep_vision_16bit, double_quant).total
+def server_weights(inv: list[ParamGroup], quant: str) -> int:
+    """Bytes of weights a server holds in `quant`: 16-bit, or fp8 in flight (every decoder linear and MoE expert
+    at one byte and a scale per row; embeddings, lm_head, norms and the vision tower 16-bit)."""
     if quant != "fp8":
         return 2 * sum(g.params for g in inv)
     eight = [g for g in inv if g.where == "layer" and (g.linear or g.name == "mlp.experts")]

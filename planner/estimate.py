@@ -77,11 +77,10 @@ def estimate_request(spec: ModelSpec, gpu: Gpu, gpu_count: int, quant: str, p: P
     why = eng.refusal(engine, quant, spec, gpu, gpu_count)
     if why is not None:
         raise InputError(f"{engine} cannot run {spec.name} in {quant} on {gpu.name} x{gpu_count}: {why}",
-                         "pick another --engine or --quant (hf: bf16, fp16, int8, nf4; vllm/sglang: bf16, fp16, fp8"
-                         ", nf4 on dense models)")
+                         "pick another --engine or --quant (hf: bf16, fp16, int8, nf4; vllm/sglang: bf16, fp16, fp8)")
     if engine in eng.SERVERS:
-        return _server_request(spec, gpu, gpu_count, quant, p, batch, a, prompt_tokens, double_quant,
-                               keep_vision_16bit, calibration, engine)
+        return _server_request(spec, gpu, gpu_count, quant, p, batch, a, prompt_tokens, keep_vision_16bit, calibration,
+                               engine)
     inv = inventory(spec)
     w = weight_layout(spec, inv, quant, keep_vision_16bit, double_quant)
     one = engine == "transformers"  # transformers serve answers the requests one after another
@@ -121,12 +120,11 @@ def estimate_request(spec: ModelSpec, gpu: Gpu, gpu_count: int, quant: str, p: P
 
 
 def _server_request(spec: ModelSpec, gpu: Gpu, gpu_count: int, quant: str, p: Pass, batch: int, a: Assumptions,
-                    prompt_tokens: int, double_quant: bool, keep_vision_16bit: bool, calibration: str,
-                    engine: str) -> RequestEstimate:
+                    prompt_tokens: int, keep_vision_16bit: bool, calibration: str, engine: str) -> RequestEstimate:
     """A server engine's estimate: its share of the weights per card (tensor parallelism), the activations, its
     CUDA context and graph pools, the KV cache of the batch; the fraction of the card that holds them."""
     inv = inventory(spec)
-    weights = -(-eng.server_weights(spec, inv, quant, keep_vision_16bit, double_quant) // gpu_count)
+    weights = -(-eng.server_weights(inv, quant) // gpu_count)
     d = dynamic(spec, peak_of([(p, 1)]), a)
     kv = batch * (p.prefill + p.new) * eng.kv_bytes_per_token(spec, gpu_count)
     ctx = int((a.cuda_context_mib + a.engine_graph_mib) * 2**20)
@@ -173,7 +171,7 @@ def plan_on_rig(plan: EvalPlan, spec: ModelSpec, gpu: Gpu, gpu_count: int, quant
     inv = inventory(spec)
     concurrency = None
     if engine in eng.SERVERS:
-        w = eng.server_weights(spec, inv, quant, plan.keep_vision_16bit, plan.double_quant)
+        w = eng.server_weights(inv, quant)
         mem = eng.server_memory(spec, w, loads, skipped, gpu, gpu_count, gpu.memory_mib * 2**20, a)
         concurrency = 1 if isinstance(mem, str) else mem.concurrency
     return eng.plan_time(ModelCost(spec, inv), loads, quant, sixteen, engine, gpu, gpu_count, provider, a,

@@ -204,8 +204,7 @@ class _Planner:
     def _server_option(self, gpu: Gpu, count: int, usable_mib: int, quant: str, engine: str) -> Option | str:
         skipped = {t.name: why for t in self.loads if (why := eng.skips(engine, t, quant))}
         if quant not in self.server_weights:
-            self.server_weights[quant] = eng.server_weights(self.spec, self.inv, quant, self.plan.keep_vision_16bit,
-                                                            self.plan.double_quant)
+            self.server_weights[quant] = eng.server_weights(self.inv, quant)
         total = self.server_weights[quant]
         usable = usable_mib * 1024**2
         mem = eng.server_memory(self.spec, total, self.loads, skipped, gpu, count, usable, self.a)

@@ -177,7 +177,7 @@ class ServerEngine:
             raise Refused("the server sent no usage (stream_options.include_usage): its tokens cannot be counted")
         return Output(text="".join(text).strip(), prefill_tokens=_count(usage.prompt_tokens, "prompt_tokens"),
                       visual_tokens=None, decode_tokens=_count(usage.completion_tokens, "completion_tokens"),
-                      ttft_s=(first or done) - started, latency_s=done - started)
+                      ttft_s=(first or done) - started)
 
 
 def _said(e: BaseException | None) -> str:

@@ -32,7 +32,6 @@ class Output:
     visual_tokens: int | None  # None: a server does not say how many of the prompt's tokens were visual
     decode_tokens: int
     ttft_s: float | None = None  # this request's own, where it ran on its own (a server's); else the batch's
-    latency_s: float | None = None
 
 
 @dataclass

@@ -296,7 +296,7 @@ def test_budget_estimate_json_has_every_key_and_adds_up(cli, tmp_path, monkeypat
     (["--quant", "q3"], "unknown quantization 'q3'"),
     (["--model", "Qwen3-8B", "--image", "64x64"], "text-only model"),
     (["--gpu", "T4", "--quant", "bf16"], "no bf16 on T4"),
-    (["--engine", "vllm", "--quant", "int8"], "no in-flight LLM.int8"),
+    (["--engine", "vllm", "--quant", "int8"], "run no bitsandbytes (int8, nf4)"),
     (["--engine", "hf", "--quant", "fp8"], "no fp8 path"),
     (["--engine", "tgi"], "unknown engine 'tgi'"),
 ])

@@ -128,7 +128,7 @@ def test_a_servers_fraction_holds_its_concurrency_at_most_092():
     loads = task_loads(PLAN, spec, A)
     skipped = {t.name: w for t in loads if (w := eng.skips("vllm", t, "bf16"))}
     assert set(skipped) == {"memory_sweep", "fp16_check"}
-    w = eng.server_weights(spec, inventory(spec), "bf16", False, True)
+    w = eng.server_weights(inventory(spec), "bf16")
     for gpu in ("L4", "A100-80GB", "H100"):
         card = CAT.gpu(gpu)
         usable = card.memory_mib * 2**20
