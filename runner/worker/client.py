@@ -3,8 +3,8 @@ endpoint): `ServerEngine.run(requests, max_new_tokens) -> Batch`, the contract o
 over the official `openai` package. A batch's requests go out together, at most `concurrency` in flight
 (the server batches them); each is streamed, so its time to first token is measured; tokens come from the
 server's `usage`; images are PNG data URIs, a video's frames one `video/jpeg` data URI (vLLM's form),
-multi-turn sessions real message histories. Connection resets, 429 and 5xx are retried (tenacity, bounded,
-on the injected sleep); a server that stays unreachable is EngineDown (the run stops, its finished lines
+multi-turn sessions real message histories. Connection resets and 429 are retried (tenacity, 4 attempts, on
+the injected sleep), a 5xx once; a server that stays unreachable is EngineDown (the run stops, its finished lines
 kept, and resumes later); a request the server refuses (4xx, or 5xx after the retries) is that sample's
 error. Nothing a server sends is believed unchecked: the reply's text is capped, its token counts must be
 non-negative integers below a bound."""
@@ -131,8 +131,13 @@ class ServerEngine:
         def transient(e: BaseException) -> bool:
             return isinstance(e, openai.APIConnectionError | openai.RateLimitError | openai.InternalServerError)
 
+        def spent(state) -> bool:  # a 5xx is most often the request itself (a media it cannot read): tried twice
+            e = state.outcome.exception()
+            return state.attempt_number >= (min(2, self.attempts) if isinstance(e, openai.InternalServerError)
+                                            else self.attempts)
+
         retry = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(transient), stop=tenacity.stop_after_attempt(self.attempts),
+            retry=tenacity.retry_if_exception(transient), stop=spent,
             wait=tenacity.wait_exponential(multiplier=0.5, max=8), sleep=self.sleep, reraise=True,
             before_sleep=lambda s: log.warning("server: %s; retry %d", _said(s.outcome.exception()), s.attempt_number))
         messages = messages_of(request)

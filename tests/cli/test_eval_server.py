@@ -81,7 +81,8 @@ def every_kind_it_can(server, tiny_model, tmp_path) -> None:
     """The smoke plan against the server: what the engine can run, with hf's fields."""
     out = tmp_path / "o"
     p = budget("eval", REPO / "plans" / "smoke.yaml", "--engine", "server", "--base-url", server.url,
-               "--served-model", tiny_model, "--quant", "bf16", "--out", out, "--json", home=tmp_path, cwd=tmp_path)
+               "--served-model", tiny_model, "--quant", "bf16", "--limit", "1", "--out", out, "--json", home=tmp_path,
+               cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     tasks = doc["tasks"]
@@ -89,7 +90,7 @@ def every_kind_it_can(server, tiny_model, tmp_path) -> None:
         assert tasks[name]["ok"] == tasks[name]["total"] > 0, (name, tasks[name])
     assert "preallocates" in tasks["sweep"]["skipped"] and "16-bit check needs the hf engine" in tasks["fp16_check"]["skipped"]
     # transformers serve answers a video data URI with HTTP 500: each clip is an error line, the run goes on
-    assert tasks["video"]["errors"] == tasks["video"]["total"] == 2
+    assert tasks["video"]["errors"] == tasks["video"]["total"] == 1
     assert doc["loads"][0]["engine"] == "server" and doc["loads"][0]["memory_after_load"] == []
     for task, kind in (("captions", "caption"), ("documents", "document"), ("poetry", "poetry")):
         for line in (out / "results" / f"{task}.jsonl").read_text().splitlines():
@@ -131,7 +132,7 @@ def test_eval_against_a_real_server_runs_what_it_can_and_resumes_after_kill_9_of
     served = Served(tiny_model, tmp_path / "serve.log").start()
     try:
         every_kind_it_can(served, tiny_model, tmp_path)
-        plan = localcloud.caption_plan(REPO / "plans" / "smoke.yaml", tmp_path, "many", 24)
+        plan = localcloud.caption_plan(REPO / "plans" / "smoke.yaml", tmp_path, "many", 16)
         out = tmp_path / "out"
         results = out / "results" / "captions.jsonl"
         args = ["eval", plan, "--engine", "server", "--base-url", served.url, "--served-model", tiny_model,
@@ -155,7 +156,7 @@ def test_eval_against_a_real_server_runs_what_it_can_and_resumes_after_kill_9_of
             again = budget(*args, home=tmp_path, cwd=tmp_path)
             assert again.returncode == 0, again.stderr
         ids = [json.loads(x)["id"] for x in results.read_text().splitlines()]
-        assert len(ids) == len(set(ids)) == 24 and kept < 24
+        assert len(ids) == len(set(ids)) == 16 and kept < 16
     finally:
         served.kill()
 
