@@ -170,7 +170,7 @@ def test_kill_9_of_budget_eval_takes_its_worker_along(home, tmp_path):
 
     from runner.worker import files
 
-    plan = localcloud.caption_plan(REPO / "plans" / "smoke.yaml", tmp_path, "many", 60)
+    plan = localcloud.caption_plan(REPO / "plans" / "smoke.yaml", tmp_path, "many", 30)
     out = tmp_path / "out"
     env = dict(os.environ, BUDGET_HOME=str(home), HF_HUB_OFFLINE="1")
     first = subprocess.Popen([sys.executable, "-m", "runner.cli", "eval", str(plan), "--out", str(out), "--quant",
@@ -189,4 +189,4 @@ def test_kill_9_of_budget_eval_takes_its_worker_along(home, tmp_path):
     again = budget("eval", str(plan), "--out", str(out), "--quant", "fp16", cwd=tmp_path, home=home, timeout=600)
     assert again.returncode == 0, again.stderr
     ids = [json.loads(x)["id"] for x in results.read_text().splitlines()]
-    assert len(ids) == len(set(ids)) == 60 and kept < 60
+    assert len(ids) == len(set(ids)) == 30 and kept < 30

@@ -51,7 +51,7 @@ class Served:
                     if r.status == 200:
                         return self
             except OSError:
-                time.sleep(0.2)
+                time.sleep(0.05)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

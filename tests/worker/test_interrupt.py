@@ -14,7 +14,7 @@ from .conftest import job, lines, run_inline, spawn, status, summary, write_job
 
 slow = pytest.mark.slow  # a real process, killed or signalled
 
-MANY = 40
+MANY = 24
 
 
 def _long_job(model, **extra):
