@@ -7,7 +7,7 @@
 #   python3; otherwise a venv on the first of them that exists.
 set -u
 cd "$(dirname "$0")"
-ready() { "$1" -c 'import sys; assert sys.version_info >= (3, 10); import torch, torchvision, transformers, accelerate, bitsandbytes, PIL, openai, tenacity' >/dev/null 2>&1; }
+ready() { "$1" -c 'import sys; assert sys.version_info >= (3, 10); import torch, torchvision, transformers, accelerate, bitsandbytes, PIL; from importlib.util import find_spec as f; assert f("openai") and f("tenacity")' >/dev/null 2>&1; }
 found() { command -v "$1" 2>/dev/null; }
 if [ -f python.path ] && ready "$(cat python.path)"; then
   echo "bootstrap: ready, $(cat python.path)"; exit 0

@@ -3,10 +3,10 @@ endpoint): `ServerEngine.run(requests, max_new_tokens) -> Batch`, the contract o
 over the official `openai` package. A batch's requests go out together, at most `concurrency` in flight
 (the server batches them); each is streamed, so its time to first token is measured; tokens come from the
 server's `usage`; images are PNG data URIs, a video's frames one `video/jpeg` data URI (vLLM's form),
-multi-turn sessions real message histories. Connection resets and 429 are retried (tenacity, 4 attempts, on
-the injected sleep), a 5xx once; a server that stays unreachable is EngineDown (the run stops, its finished lines
-kept, and resumes later); a request the server refuses (4xx, or 5xx after the retries) is that sample's
-error. Nothing a server sends is believed unchecked: the reply's text is capped, its token counts must be
+multi-turn sessions real message histories. Connection resets and 429 are retried (tenacity: 7 attempts
+0.5-4 s apart, ~15 s - a restarted engine is back within it -, on the injected sleep), a 5xx once; a server
+that stays unreachable is EngineDown (the run stops, its finished lines kept, and resumes later); a request
+the server refuses (4xx, or 5xx after the retries) is that sample's error. Nothing a server sends is believed unchecked: the reply's text is capped, its token counts must be
 non-negative integers below a bound."""
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def _count(value, what: str) -> int:
 class ServerEngine:
     def __init__(self, base_url: str, model: str, generation: dict, seed: int, should_stop: Callable[[], bool], *,
                  api_key: str = "", concurrency: int = 8, request_timeout_s: float = 600.0,
-                 memory: Callable[[], list[dict]] = list, attempts: int = 4, sleep: Callable[[float], None] = time.sleep):
+                 memory: Callable[[], list[dict]] = list, attempts: int = 7, sleep: Callable[[float], None] = time.sleep):
         import openai
 
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0,
@@ -138,7 +138,7 @@ class ServerEngine:
 
         retry = tenacity.Retrying(
             retry=tenacity.retry_if_exception(transient), stop=spent,
-            wait=tenacity.wait_exponential(multiplier=0.5, max=8), sleep=self.sleep, reraise=True,
+            wait=tenacity.wait_exponential(multiplier=0.5, max=4), sleep=self.sleep, reraise=True,
             before_sleep=lambda s: log.warning("server: %s; retry %d", _said(s.outcome.exception()), s.attempt_number))
         messages = messages_of(request)
         media = {c["type"] for m in messages if isinstance(m["content"], list) for c in m["content"]} - {"text"}

@@ -32,9 +32,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+NEEDS = {"vllm": ("vllm",), "sglang": ("sglang",), "transformers": ("transformers", "fastapi", "uvicorn")}
+
+
 def installed(engine: str, python: str = sys.executable) -> bool:
-    module = {"vllm": "vllm", "sglang": "sglang", "transformers": "transformers.cli.serve"}[engine]
-    return subprocess.run([python, "-c", f"import {module}"], capture_output=True, check=False).returncode == 0
+    """Whether `python` has the engine's packages (this interpreter: looked up without importing them)."""
+    if python == sys.executable:
+        from importlib.util import find_spec
+
+        return all(find_spec(m) is not None for m in NEEDS[engine])
+    check = f"from importlib.util import find_spec as f; raise SystemExit(not all(f(m) for m in {NEEDS[engine]!r}))"
+    return subprocess.run([python, "-c", check], capture_output=True, check=False).returncode == 0
 
 
 def install(engine: str, home: Path, log_path: Path, python: str = sys.executable) -> str:
