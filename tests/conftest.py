@@ -52,37 +52,15 @@ HEAVY_FIXTURES = {"aws_cloud", "moto_server", "ssh_host", "local_home", "tiny_mo
 
 def pytest_collection_modifyitems(config, items):
     """Longest first (a stable sort: otherwise in file order): the slow end-to-end tests, then the tests on a
-    real test cloud, a tiny model or a stateful property (seconds each), then the rest (milliseconds) - and, under
-    xdist, dealt into one lane per worker. pytest-xdist's worksteal scheduler hands each worker one contiguous
-    share of the collection at the start and idle workers steal from the END of the busiest queue: with the long
-    tests all at the front, the first worker would run every slow test one after another while the others stole
-    its quick tail. Each lane holds its turn of the long tests first, then its share of the quick ones."""
+    real test cloud, a tiny model or a stateful property (seconds each), then the rest (milliseconds). With
+    three xdist workers, a long test started last leaves the other two idle while it runs; longest-first keeps
+    them all busy to the end."""
     def rank(item) -> int:
         if item.get_closest_marker("slow") is not None:
             return 0
         heavy = HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())) or "property" in item.nodeid
         return 1 if heavy else 2
     items.sort(key=rank)
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        items[:] = lanes(items, workers, [rank(i) < 2 for i in items])
-
-
-def lanes(items: list, workers: int, long: list[bool]) -> list:
-    """`items` (long ones first) reordered so that worksteal's first split - `len // workers` to the first worker,
-    then what is left over the rest, in order - gives every worker its turn of the long items, dealt round
-    robin, followed by its share of the quick ones."""
-    sizes, left = [], len(items)
-    for k in range(workers):
-        sizes.append(left // (workers - k))
-        left -= sizes[-1]
-    heavy = [i for i, is_long in zip(items, long, strict=True) if is_long]
-    quick = iter(i for i, is_long in zip(items, long, strict=True) if not is_long)
-    out = []
-    for k in range(workers):
-        lane = heavy[k::workers]
-        out += lane + [next(quick) for _ in range(max(0, sizes[k] - len(lane)))]
-    return out + list(quick)
 
 
 # The stateful property tests' thoroughness: CI runs the "ci" profile (seconds); `HYPOTHESIS_PROFILE=thorough`
