@@ -241,6 +241,8 @@ def _fallbacks(report, rec, offers) -> list[dict]:
                 alt.provider != rec.provider or alt.quantization != rec.quantization or alt.spot != rec.spot or \
                 alt.engine != rec.engine:
             continue
+        if rec.engine in ("vllm", "sglang") and (alt.gpu, alt.gpu_count) != (rec.gpu, rec.gpu_count):
+            continue  # the job's memory share and tensor parallelism were priced for the recommendation's rig
         offer = _offer_of(alt, offers)
         if offer is not None:
             out.append({"offer": offer.model_dump(mode="json"), "price_cny_h": str(alt.price_cny_per_hour),
