@@ -22,6 +22,7 @@ from . import jobs
 from .clock import SYSTEM, Clock
 from .worker import files
 from .worker.run import EXIT_DONE, EXIT_STOPPED
+from .worker.server import die_with_parent
 
 
 class EvalFailed(GpuBudgetError):
@@ -79,7 +80,7 @@ def run(out: Path, on_status: Callable[[dict], None], poll_s: float = 0.5, clock
     env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     with open(out / "worker.stderr.log", "ab") as errlog:
         proc = subprocess.Popen(worker_command(out), stdout=errlog, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=die_with_parent)
         last = None
         try:
             while proc.poll() is None:
@@ -95,18 +96,6 @@ def run(out: Path, on_status: Callable[[dict], None], poll_s: float = 0.5, clock
         _emit(out, last, on_status)
     status = read_json(out / "status.json")
     return Outcome(out=out, exit_code=proc.returncode, status=status, summary=read_json(out / "summary.json"))
-
-
-def _die_with_parent() -> None:
-    """In the worker, before exec: SIGTERM it when this process dies, even by kill -9 (Linux
-    PR_SET_PDEATHSIG; the worker then flushes and exits). A local eval leaves no orphan behind; remote
-    workers stay detached by design (the watchdog guards them)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the worker may outlive a killed `budget eval`
-        pass
 
 
 def read_json(path: Path) -> dict:

@@ -67,7 +67,10 @@ def install(engine: str, home: Path, log_path: Path, python: str = sys.executabl
     return venv_python
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child, before exec: SIGTERM it when its parent dies, even by kill -9 (Linux PR_SET_PDEATHSIG; the
+    child then ends as it would on a stop). The worker's engine goes with the worker, `budget eval`'s worker with
+    `budget eval`. Not Linux: the child may outlive a killed parent."""
     import ctypes
 
     try:
@@ -96,7 +99,7 @@ class Server:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=env, start_new_session=True,
-                                         preexec_fn=_die_with_parent)  # noqa: PLW1509 - before any client thread
+                                         preexec_fn=die_with_parent)  # noqa: PLW1509 - before any client thread
         log.info("engine started (pid %d): %s", self.proc.pid, " ".join(self.argv))
 
     def wait_ready(self, timeout_s: float, should_stop: Callable[[], bool], poll_s: float = 1.0) -> float:

@@ -11,52 +11,42 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from runner.worker.server import free_port
+from runner.worker.engine_commands import ServerParams, command, health_path
+from runner.worker.server import Server, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "infra" / "localcloud"))
 
 
 class Served:
-    """`transformers serve MODEL` on a loopback port, as a user would start it (what it needs: FACTS.md)."""
+    """`transformers serve MODEL` on a loopback port, started as the worker starts an engine (server.Server, with
+    the worker's own command line for it: the real CLI takes it), killed as a crash would kill it."""
 
-    def __init__(self, model: Path, log: Path, port: int | None = None):
-        self.model, self.log, self.port = model, log, port or free_port()
-        self.proc: subprocess.Popen | None = None
+    def __init__(self, model: Path, log: Path):
+        self.model, self.log, self.port = model, log, free_port()
+        self.server: Server | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, bound_s: float = 300) -> Served:
-        """Started with the worker's own command line for it (engine_commands: the real CLI takes it)."""
-        from runner.worker.engine_commands import ServerParams, command
-
         argv = command(ServerParams(engine="transformers", model=str(self.model), served_name="tiny", port=self.port,
                                     quantization="fp32", device="cpu"))
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        end = time.monotonic() + bound_s
-        while True:
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            assert time.monotonic() < end, "transformers serve did not answer /health"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
+        self.server = Server(argv, self.port, health_path("transformers"), self.log)
+        self.server.start()
+        self.server.wait_ready(bound_s, lambda: False, poll_s=0.05)
+        return self
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=60)
+        proc = self.server.proc if self.server else None
+        if proc and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
 
 
 def budget(*args, home: Path, cwd: Path, timeout: float = 600, **kw):
