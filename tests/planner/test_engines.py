@@ -171,3 +171,15 @@ def test_the_plan_never_picks_an_engine_for_a_quantization_it_refuses(model):
     assert all(s.quantization != "int8" or s.engine not in eng.SERVERS for s in shown)
     if model == "235b-a22b":  # it needs tensor parallelism over 80 GB cards
         assert all(s.gpu_count >= 4 for s in shown if s.engine in eng.SERVERS)
+
+
+@pytest.mark.parametrize("engine", ["hf", "vllm", "sglang", "transformers"])
+def test_the_planner_skips_what_the_worker_skips(engine):
+    """The worker cannot import the planner: each keeps its own list of the task kinds a server engine does not
+    run (runner/worker/serving.py cannot_run, planner/engines.py skips). They must name the same kinds, or the
+    plan would price tasks the run skips (or the reverse)."""
+    from planner.workload import task_loads
+    from runner.worker.serving import cannot_run
+
+    loads = task_loads(load_plan("plans/smoke.yaml"), CAT.model("tiny-random-qwen3-vl"), A)
+    assert {t.kind for t in loads if eng.skips(engine, t, "fp8")} == set(cannot_run(engine))
