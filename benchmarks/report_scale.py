@@ -1,10 +1,11 @@
 """Report speed: a ledger with 1,000,000 spend intervals over 10,000 runs (one instance each, 100 ticks of
-about 5 minutes, 60 days, three pools, per-second and hourly billing, FX-priced USD offers) ->
+about 5 minutes, 60 days, three pools, per-second and hourly billing, FX-priced USD offers) and 100,000 metered
+calls of 1,000 `budget compare` runs (the second kind of spend: tokens x price) ->
 `budget report --by day --format json`, timed as the user runs it (a fresh process, cold start included;
 target <= 2 s on a 2-core machine). Also times the per-instance statement and --by run in-process.
 Prints its figures; the README quotes them.
 
-    python benchmarks/report_scale.py [--runs 10000] [--ticks 100] [--repeat 3]
+    python benchmarks/report_scale.py [--runs 10000] [--ticks 100] [--calls 100000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from planner.money import billed_seconds, charge, display  # noqa: E402
+from planner.money import billed_seconds, charge, display, metered  # noqa: E402
 from runner.money import report  # noqa: E402
 from runner.money.ledger import Ledger  # noqa: E402
 
 
-def build(path: Path, runs: int, ticks: int, seed: int = 7) -> int:
-    """Rows written as the ledger writes them (amount = price x billed seconds / 3600), in bulk."""
+def build(path: Path, runs: int, ticks: int, n_calls: int = 0, seed: int = 7) -> int:
+    """Rows written as the ledger writes them (amount = price x billed seconds / 3600; a call's tokens x its prices
+    x the rate), in bulk."""
     rng = random.Random(seed)
     led = Ledger(path)
     db = led.db
@@ -70,6 +72,23 @@ def build(path: Path, runs: int, ticks: int, seed: int = 7) -> int:
                            spend)
             spend.clear()
     db.executemany("INSERT INTO spend (instance_id, start_at, end_at, amount_cny, billed_s) VALUES (?,?,?,?,?)", spend)
+    per_run = 100
+    rows = []
+    for r in range(n_calls // per_run):
+        rid, pool = f"compare{r % 7}-{r:05d}", ("team", "research", "adhoc")[r % 3]
+        start = t0 + rng.uniform(0, 60 * 86400)
+        db.execute("INSERT INTO runs (id, pool, plan, plan_path, provider, offer, quantization, spot, cap_cny, "
+                   "state, dir, created_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                   (rid, pool, f"plan{r % 7}", "x.yaml", "api", "gpt-4o", "api", 0, "1000", "done", "", start,
+                    start + per_run * 4))
+        for k in range(per_run):
+            p, c = rng.randint(300, 3000), rng.randint(5, 300)
+            rows.append((rid, pool, "gpt-4o", "billed", start + 4 * k, start + 4 * k + 3, "1",
+                         str(metered(p, c, Decimal("2.50"), Decimal("10.00"), Decimal("7.12"))), p, c, "2.50", "10.00",
+                         "USD", "7.12"))
+    db.executemany("INSERT INTO calls (run_id, pool, model, state, reserved_at, at, bound_cny, amount_cny, "
+                   "prompt_tokens, completion_tokens, input_per_1m, output_per_1m, currency, cny_per_unit) "
+                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
     db.execute("COMMIT")
     db.execute("ANALYZE")
     led.close()
@@ -80,14 +99,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10_000)
     ap.add_argument("--ticks", type=int, default=100)
+    ap.add_argument("--calls", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         home = Path(d)
         (home / "runs").mkdir()
         t = time.perf_counter()
-        rows = build(home / "ledger.db", a.runs, a.ticks)
-        print(f"ledger: {rows:,} spend intervals, {a.runs:,} runs, {(home / 'ledger.db').stat().st_size / 2**20:.0f} MiB "
+        rows = build(home / "ledger.db", a.runs, a.ticks, a.calls)
+        print(f"ledger: {rows:,} spend intervals, {a.runs:,} runs, {a.calls:,} metered calls, "
+              f"{(home / 'ledger.db').stat().st_size / 2**20:.0f} MiB "
               f"(built in {time.perf_counter() - t:.1f} s)")
         env = {**os.environ, "BUDGET_HOME": str(home)}
         walls = []
@@ -98,7 +119,8 @@ def main() -> None:
             walls.append(time.perf_counter() - t)
         doc = json.loads(p.stdout)
         led = Ledger(home / "ledger.db")
-        total = sum((Decimal(r[0]) for r in led.db.execute("SELECT amount_cny FROM spend")), Decimal(0))
+        total = sum((Decimal(r[0]) for r in led.db.execute("SELECT amount_cny FROM spend UNION ALL SELECT amount_cny "
+                                                             "FROM calls WHERE state='billed'")), Decimal(0))
         assert doc["spent_cny"] == display(total, 2), (doc["spent_cny"], total)
         assert sum(Decimal(g["amount_cny"]) for g in doc["groups"]) == Decimal(doc["spent_cny"])
         print(f"`budget report --by day --format json`: median {statistics.median(walls):.2f} s wall "

@@ -15,6 +15,11 @@ Offer files come in two layouts:
   into one offer: the on-demand price, the cheapest zone's spot price.
 Lines starting with `#` are comments; `# source:` and `# date:` lines stamp the file's rows.
 
+Beside a provider's offers, `offers/<provider>.terms.csv` declares what its offers are beyond their price
+(provider,fact,value,source,date - one fact a row, each with its source and date): `ProviderTerms`. A provider
+declared `manual` (a person runs it: Colab's free notebook) is planned only when asked for by name; its limits
+are shown with it. A user's terms file replaces the bundled one of that provider.
+
 Offers are read in one columnar pass into an `OfferTable` (planner/offerfiles.py, planner/offers.py), and a
 user file's offers are kept in an index beside it (planner/offerindex.py), so that a catalog of a million
 SkyPilot rows loads in well under a second once `budget prices import` has read it.
@@ -97,6 +102,101 @@ class _GpuIndex:
         return self.of[0] is gpus and self.of[1] == tuple(map(id, gpus.values()))
 
 
+TERMS_COLUMNS = ["provider", "fact", "value", "source", "date"]
+TERMS_SUFFIX = ".terms.csv"
+
+
+@dataclass(frozen=True)
+class Term:
+    """One declared fact about a provider, with where it comes from and when it was read."""
+
+    fact: str
+    value: str
+    source: str
+    date: str
+
+    def __str__(self) -> str:
+        return f"{self.fact}: {self.value} (source: {self.source}; {self.date})"
+
+
+@dataclass(frozen=True)
+class ProviderTerms:
+    """What a provider's offers are beyond their price (offers/<provider>.terms.csv). `manual`: a person runs it (a
+    notebook) - nothing unattended, nothing this tool starts, watches or stops - so the optimizer plans its offers
+    only when asked for by name, never ranking them over a rig that runs alone. `command`: how to use it and `then`:
+    what the user does after it (`{plan}`: the plan's path). `session_hours`: the longest one session may run (None:
+    unknown). `limits`: every fact to show, each with its source and date."""
+
+    provider: str
+    manual: bool = False
+    command: str = ""
+    then: str = ""
+    session_hours: float | None = None
+    limits: tuple[Term, ...] = ()
+
+    def usage(self, plan: str) -> str:
+        return self.command.replace("{plan}", plan)
+
+    def steps(self, plan: str) -> list[str]:
+        return [self.then.replace("{plan}", plan)] if self.then else []
+
+    def notes(self, hours: float, plan: str) -> list[str]:
+        """What a recommendation of this provider says beside its figures: its limits, each with its source and
+        date, whether the estimate fits one session, and how to use it."""
+        out = []
+        if self.manual:
+            out.append(f"{self.provider} is run by a person, not by this tool: nothing here starts, watches or stops "
+                       "it, and it is never ranked over a rig that runs alone unless asked for (--provider "
+                       f"{self.provider})")
+        out += [str(t) for t in self.limits]
+        if self.session_hours is not None:
+            fits = hours <= self.session_hours
+            out.append(f"estimated {hours:.2f} h: {'within' if fits else 'over'} the {self.session_hours:g} h one "
+                       "session may last at most" + ("" if fits else "; rerun the notebook's run cell in a new session "
+                                                     "(the worker resumes where it stopped), or shrink the plan"))
+        if self.command:
+            out.append(f"use it: {self.usage(plan)}")
+        return out
+
+
+def read_terms(text: str, path: str) -> ProviderTerms:
+    """A provider's terms file; CatalogError for a row that is not one fact of one provider with its source and date."""
+    _, lines = split_comments(text)
+    problems: list[Problem] = []
+    rows = list(_good_rows(lines, TERMS_COLUMNS, path, problems))
+    hint = "columns: " + ",".join(TERMS_COLUMNS) + " (see planner/data/offers/colab.terms.csv)"
+    if problems:
+        raise CatalogError(f"{path}: {problems[0]}", hint)
+    providers = {r["provider"].strip() for _, r in rows}
+    if len(providers) != 1:
+        raise CatalogError(f"{path}: a terms file declares one provider, found {len(providers)}", hint)
+    terms: dict = {"provider": providers.pop()}
+    limits = []
+    for n, r in rows:
+        fact, value = r["fact"].strip(), r["value"].strip()
+        if not fact or not value or not r["source"].strip() or not r["date"].strip():
+            raise CatalogError(f"{path}: line {n}: every fact needs a value, a source and a date", hint)
+        if fact == "manual":
+            if value not in ("yes", "no"):
+                raise CatalogError(f"{path}: line {n}: manual is yes or no, got {value!r}", hint)
+            terms["manual"] = value == "yes"
+        elif fact in ("command", "then"):
+            terms[fact] = value
+        else:
+            if fact == "session_hours":
+                try:
+                    hours = None if value == "unknown" else float(value)
+                except ValueError:
+                    hours = -1.0
+                if hours is not None and not (0 < hours < 10**4):
+                    raise CatalogError(f"{path}: line {n}: session_hours is a number of hours or unknown, got "
+                                       f"{value!r}", hint)
+                terms["session_hours"] = hours
+                fact, value = "session length", (f"at most {value} h" if hours is not None else value)
+            limits.append(Term(fact, value, r["source"].strip(), r["date"].strip()))
+    return ProviderTerms(**terms, limits=tuple(limits))
+
+
 @dataclass
 class Catalog:
     gpus: dict[str, Gpu]
@@ -104,7 +204,12 @@ class Catalog:
     offers: Sequence[Offer]  # an OfferTable as loaded; any sequence of Offer objects will do
     fx: dict[str, FxRate]
     files: list[str] = field(default_factory=list)  # every file read, for `assumptions`
+    terms: dict[str, ProviderTerms] = field(default_factory=dict)  # declared per provider (offers/*.terms.csv)
     _index: _GpuIndex | None = field(default=None, init=False, repr=False, compare=False)
+
+    def manual(self) -> set[str]:
+        """Providers a person runs (declared `manual`): planned only when asked for by name."""
+        return {name for name, t in self.terms.items() if t.manual}
 
     def gpu(self, name: str, memory_mib: int | None = None) -> Gpu | None:
         """Resolve a GPU by name or alias (case/space/dash-insensitive). A bare family name that
@@ -264,7 +369,12 @@ def _bundled() -> Path:
 
 def _offer_files(root: Path) -> list[Path]:
     d = root / "offers"
-    return sorted(d.glob("*.csv")) if d.is_dir() else []
+    return sorted(p for p in d.glob("*.csv") if not p.name.endswith(TERMS_SUFFIX)) if d.is_dir() else []
+
+
+def _terms_files(root: Path) -> list[Path]:
+    d = root / "offers"
+    return sorted(d.glob("*" + TERMS_SUFFIX)) if d.is_dir() else []
 
 
 def _provider_of(p: Path) -> str:
@@ -343,6 +453,11 @@ def load_catalog(user_dir: Path | None = None) -> Catalog:
         later |= providers
     cat.offers = OfferTable.concat([_without(t, later) for t in bundled] + user)
     cat.files += [str(p) for r in roots for p in _offer_files(r)]
+    for root in roots:  # a user's terms of a provider replace the bundled ones
+        for p in _terms_files(root):
+            t = read_terms(p.read_text(encoding="utf-8"), str(p))
+            cat.terms[t.provider] = t
+            cat.files.append(str(p))
     return cat
 
 

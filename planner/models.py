@@ -217,7 +217,7 @@ class Dataset(Model):
 
 class Task(Model):
     name: str
-    kind: Literal["caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify"]
+    kind: Literal["caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify", "digits"]
     samples: int = Field(default=1, gt=0, le=10_000_000)
     image_size: tuple[int, int] | None = (640, 480)  # None: a text-only prompt
     resolutions: list[tuple[int, int]] = []
@@ -243,7 +243,7 @@ class Task(Model):
             raise ValueError("a video task needs `video` (duration_s, fps, ...)")
         if self.kind == "fp16_verify" and not self.of_task:
             raise ValueError("an fp16_verify task needs `of_task` (the task whose samples it re-runs)")
-        if self.image_size is None and self.kind in ("memory_sweep", "video"):
+        if self.image_size is None and self.kind in ("memory_sweep", "video", "digits"):
             raise ValueError(f"a {self.kind} task is visual: image_size: null does not apply")
         for w, h in [s for s in (self.image_size, *self.resolutions) if s is not None]:
             if w <= 0 or h <= 0:
@@ -453,6 +453,8 @@ class PlanReport(Model):
     feasible: int
     within_budget: int
     next: NextStep | None = None  # the command that runs the recommendation, and what it needs first
+    # options a person runs (Colab's free notebook): never ranked over a rig that runs alone, shown beside
+    free: list[Recommendation] = []
 
 
 class PriceRow(Model):

@@ -1,9 +1,11 @@
-"""Money's three rules, each written once here and used by the planner and the runner alike.
+"""Money's rules, each written once here and used by the planner and the runner alike.
 
 - **Billing** (what a stretch of time costs): the seconds billed under an offer's rule - whole increments
   started, at least the minimum (`billed_seconds`) - times the price per hour (`charge`). Never rounded to
   the cent: a planner's estimate, the guard's projection, the ledger's spend row and a report's line are
   all this same product, kept with every digit.
+- **Metering** (what a hosted model's call costs): its prompt and completion tokens times the prices per
+  million tokens recorded when the run started, converted at that moment's rate (`metered`); exact, like billing.
 - **Display** (how an amount is written for people): half-even, 2 decimals, 4 below 1 CNY (`display`;
   `cents` is the same rounding as a whole number of cents, `yuan` writes such a number). Only where an
   amount is shown; nothing computed or stored is rounded.
@@ -41,6 +43,16 @@ def charge(price_cny_h: Decimal | Fraction, billed_s: int | Fraction) -> Decimal
     if isinstance(billed_s, int):  # one normalisation instead of two Fraction operations
         return Fraction(price_cny_h.numerator * billed_s, price_cny_h.denominator * HOUR)
     return price_cny_h * billed_s / HOUR
+
+
+MILLION = 1_000_000
+
+
+def metered(prompt_tokens: int, completion_tokens: int, input_per_1m: Decimal, output_per_1m: Decimal,
+            cny_per_unit: Decimal = Decimal(1)) -> Decimal:
+    """The cost in CNY of one metered call: tokens x the price per million tokens (in the price's currency)
+    x the exchange rate recorded with it. Exact (Decimal products; one division by a power of ten)."""
+    return (prompt_tokens * input_per_1m + completion_tokens * output_per_1m) * cny_per_unit / MILLION
 
 
 def unrounded(amount: Decimal) -> Decimal:

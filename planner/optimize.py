@@ -353,16 +353,25 @@ class _Bucket:
         return end
 
 
-def _picked(table: OfferTable, providers: list[str] | None, spot: bool | None) -> list[tuple]:
+def _picked(table: OfferTable, providers: list[str] | None, spot: bool | None,
+            manual: set[str] = frozenset()) -> list[tuple]:
     """The shapes to plan over (of `providers`, with a spot price where `spot` is True) as (shape key, shape,
-    rows planned less its base). CatalogError when no offer is left."""
-    picked = []
+    rows planned less its base); offers of a `manual` provider (a person runs it: catalog.ProviderTerms) only when
+    `providers` names it. CatalogError when no offer is left."""
+    picked, unasked = [], set()
     for key, s in table.shapes().items():
         if providers and key[3] not in providers:
+            continue
+        if not providers and key[3] in manual:
+            unasked.add(key[3])
             continue
         rows = s.with_spot if spot is True else s.rows
         if rows:
             picked.append((key, s, rows))
+    if not picked and unasked:
+        names = ", ".join(sorted(unasked))
+        raise CatalogError(f"the only offers left are of {names}, which a person runs: planned only when asked for",
+                           f"plan it with `budget plan --provider {min(unasked)}`")
     if not picked:
         raise CatalogError("no offers to plan over" + (f" for provider(s) {', '.join(providers)}" if providers else "")
                            + (" with a spot price" if spot else ""),
@@ -429,8 +438,9 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
              engines: list[str] | None = None) -> Optimization:
     """Rank every candidate for `plan` on `spec` within `budget_cny`.
 
-    `spot`: None considers both, True only spot prices, False only on-demand. `quantizations` and `engines`:
-    only these (default: the plan's `quantizations` and `engines`). `calibration`: fitted
+    `spot`: None considers both, True only spot prices, False only on-demand. `providers`: only these (default:
+    every provider but those a person runs - declared `manual` in the catalog's terms - planned only when named).
+    `quantizations` and `engines`: only these (default: the plan's `quantizations` and `engines`). `calibration`: fitted
     factors per GPU x quantization and per provider (`budget calibrate`), used where they exist. Raises InputError
     for a non-positive budget or an empty (filtered) catalog; a budget too small for anything is
     not an error here: the report has no recommendation and the CLI says so."""
@@ -440,7 +450,7 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
         raise InputError(f"unknown objective {objective!r}", "use --objective cost or --objective time")
     a = assumptions or Assumptions()
     table = OfferTable.of(catalog.offers)
-    picked = _picked(table, providers, spot)
+    picked = _picked(table, providers, spot, catalog.manual())
     pl = _Planner(plan, spec, a, calibration)
     allowed = list(quantizations or plan.quantizations)
     unknown = [q for q in allowed if q not in QUALITY_RANK]

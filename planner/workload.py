@@ -12,6 +12,7 @@ from .errors import InputError
 from .models import EvalPlan, ImageLimits, ModelSpec, Task, VideoSpec
 
 TIMESTAMP_TOKENS = 6  # "<1.5 seconds>" text before each temporal patch of a video
+BATCHED = ("caption", "document", "poetry", "digits")  # one image, one generate call: run in the plan's batches
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +104,13 @@ def _passes(task: Task, plan: EvalPlan, spec: ModelSpec, a: Assumptions) -> tupl
 
 
 def task_loads(plan: EvalPlan, spec: ModelSpec, a: Assumptions) -> list[TaskLoad]:
-    """The plan's tasks as token shapes. Sweeps, multi-turn and video run one sample at a time."""
+    """The plan's tasks as token shapes. Sweeps, multi-turn and video run one sample at a time; the single-image
+    kinds (a digits task is one image and a short answer, as a document's) in the plan's batches."""
     by_name = {t.name: t for t in plan.tasks}
     loads = []
     for t in plan.tasks:
         src = by_name[t.of_task] if t.kind == "fp16_verify" else t
-        batch = plan.batch_size if src.kind in ("caption", "document", "poetry") else 1
+        batch = plan.batch_size if src.kind in BATCHED else 1
         # a sweep sample walks every resolution: one pass each
         loads.append(TaskLoad(t.name, t.kind, t.samples, min(batch, t.samples), _passes(src, plan, spec, a),
                               sixteen_bit=t.kind == "fp16_verify"))

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # `budget plan` imports this module for `calibration()`: the 
 SCHEMA = "gpubudget.measurement/1"
 MAX_FILE_BYTES = 16 * 2**20
 MAX_LINES = 200_000
-RUN_KINDS = ("caption", "document", "poetry", "fp16_verify", "memory_sweep")  # one image, one generate call
+RUN_KINDS = ("caption", "document", "poetry", "digits", "fp16_verify", "memory_sweep")  # one image, one generate call
 
 
 def devices(catalog: Catalog, home: Path):
@@ -299,7 +299,8 @@ def show(home: Path, catalog: Catalog) -> dict:
             row = {"run": r["id"], "plan": r["plan"], "provider": r["provider"], "quantization": r["quantization"],
                    "actual_h": hours, "actual_cny": str(spent), "estimate_h": (r["estimate_s"] or 0) / 3600,
                    "estimate_cny": r["estimate_cny"]}
-            row["error_before"] = relative_error(row["estimate_h"], hours) if hours > 0 else None
+            # a run with no estimate (a notebook's results imported without --plan) has no error to show
+            row["error_before"] = relative_error(row["estimate_h"], hours) if hours > 0 and r["estimate_s"] else None
             row["estimate_after_h"] = _re_estimate(r, catalog, home, cal)
             row["error_after"] = (relative_error(row["estimate_after_h"], hours)
                                   if row["estimate_after_h"] and hours > 0 else None)

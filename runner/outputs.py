@@ -296,3 +296,34 @@ class PoolDetail(Pool):
 
     cap_history: list[CapChange]
     run_list: list[PoolRun]
+
+
+# --------------------------------------------------------------------------- budget compare
+
+
+class CompareSummary(Output):
+    """`budget compare --json`: the comparison run (a run in the ledger, provider `api`), its metered calls
+    (tokens and CNY billed from the server's usage) and each task's summary over the cases it answered."""
+
+    run_id: str
+    run_dir: str
+    reference: str
+    state: str
+    reason: str
+    resumed: bool
+    cap_cny: str
+    spent_cny: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    tasks: dict[str, dict[str, Any]]
+    skipped: dict[str, str]
+
+    @classmethod
+    def from_outcome(cls, o) -> CompareSummary:
+        from planner.money import unrounded
+
+        return cls(run_id=o.run_id, run_dir=str(o.run_dir), reference=o.reference, state=o.state, reason=o.reason or "",
+                   resumed=o.resumed, cap_cny=str(unrounded(o.cap_cny)), spent_cny=str(unrounded(o.spent_cny)),
+                   calls=o.calls["calls"], prompt_tokens=o.calls["prompt_tokens"],
+                   completion_tokens=o.calls["completion_tokens"], tasks=o.tasks, skipped=o.skipped)

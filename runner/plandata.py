@@ -2,9 +2,9 @@
 reads and which media files they name (paths resolved inside the manifest's folder - never absolute,
 never `..`, never longer than a path can be - and each under its kind's size cap), every missing one listed
 at once, and `budget data init`: template manifests with the fields each task kind expects, for data only
-the user has (their documents, poetry images, clips). Builtin public datasets and URL manifests are fetched
-on the instance; their addresses are checked here (http(s) only, no private or local host unless the plan
-sets allow_private_urls), and a local manifest names files, never URLs."""
+the user has (their documents, poetry images, clips, pictures of numbers). Builtin public datasets and URL
+manifests are fetched on the instance; their addresses are checked here (http(s) only, no private or local
+host unless the plan sets allow_private_urls), and a local manifest names files, never URLs."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ TEMPLATES: dict[str, list[dict]] = {
                 "keywords": ["月", "松"]}],
     "video": [{"id": "clip-001", "video": "clips/clip-001.mp4"},
               {"id": "clip-002", "frames": ["clips/clip-002/f0.jpg", "clips/clip-002/f1.jpg"], "fps": 1}],
+    # the number as printed, in quotes; a prompt naming the one to read where the picture holds several
+    "digits": [{"id": "receipt-001", "image": "images/receipt-001.jpg", "prompt": "Read the TOTAL amount exactly "
+                "as printed.", "answer": "1,234.50"},
+               {"id": "meter-001", "image": "images/meter-001.jpg", "answer": "004512"}],
 }
 
 
@@ -50,11 +54,13 @@ def manifest_path(task, plan_dir: Path) -> Path:
     return p if p.is_absolute() else plan_dir / p
 
 
-def media_files(manifest: Path, task_name: str, allow_private_urls: bool = False) -> list[tuple[str, str]]:
-    """(key, relative path) of every media file a manifest names. A malformed row, or a path that is absolute
-    or leaves the manifest's folder (`..`, a symlink pointing out), is refused: it would read - and upload -
-    files outside the data. So is a URL: the worker reads a local manifest's media from the files pushed
-    beside it (`file://` and private hosts are named as such)."""
+def media_files(manifest: Path, task_name: str, allow_private_urls: bool = False,
+                kind: str = "") -> list[tuple[str, str]]:
+    """(key, relative path) of every media file a manifest names. A malformed row - one missing what a task
+    of `kind` needs (a digits row's answer) -, or a path that is absolute or leaves the manifest's folder
+    (`..`, a symlink pointing out), is refused: it would read - and upload - files outside the data. So is a
+    URL: the worker reads a local manifest's media from the files pushed beside it (`file://` and private
+    hosts are named as such)."""
     try:
         rows = read_manifest(manifest, f"task {task_name}")
     except DatasetError as e:
@@ -62,6 +68,13 @@ def media_files(manifest: Path, task_name: str, allow_private_urls: bool = False
                          "templates)") from None
     found = []
     for row in rows:
+        if kind:
+            try:
+                check_row(row, kind)
+            except DatasetError as e:
+                raise InputError(f"task {task_name}: {manifest}: sample {row['id']}: {e}",
+                                 f"`budget data init PLAN` writes a template with the fields a {kind} task "
+                                 "reads") from None
         for key in MEDIA_KEYS:
             if key not in row:
                 continue
@@ -114,7 +127,7 @@ def missing(plan: EvalPlan, plan_path: Path) -> list[Missing]:
         if not manifest.is_file():
             gone.append(Missing(task.name, Path(task.dataset.path), manifest, "manifest"))
             continue
-        for key, rel in media_files(manifest, task.name, plan.allow_private_urls):
+        for key, rel in media_files(manifest, task.name, plan.allow_private_urls, task.kind):
             if not (manifest.parent / rel).is_file():
                 gone.append(Missing(task.name, Path(rel), manifest.parent / rel, key))
             else:

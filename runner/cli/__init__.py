@@ -3,7 +3,7 @@
 This module puts the groups together on the root app (base.py: the app and the option parsing every group
 shares), the plain metavars help shows, and `main`: the one error handler - our errors print one red line +
 a hint and exit 1 (2 for bad input); `--debug` shows the traceback. The commands live one module per group:
-planning, evals, runs, reports, sweep, ledger, pools, data."""
+planning, evals, runs, reports, sweep, ledger, pools, data, colab."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from planner import numbers
 from planner.errors import GpuBudgetError, InputError, shown_path
 
 # Each group registers its commands on `app` as it is imported: this order is the order help lists them in.
-from . import planning, evals, runs, reports, sweep, ledger, pools, data  # noqa: F401, I001
+from . import planning, evals, runs, reports, sweep, ledger, pools, data, colab  # noqa: F401, I001
 from .base import app
 
 app.add_typer(planning.prices_app, name="prices")
@@ -31,7 +31,8 @@ METAVARS = {"--yuan": "AMOUNT", "--max-yuan-hour": "AMOUNT", "--price-yuan-hour"
             "--pool": "NAME", "--offer": "ID", "--quant": "Q", "--objective": "cost|time", "--top": "N", "--limit": "N",
             "--fx": "CUR=RATE", "--assume": "NAME=VALUE", "--batch-size": "N|auto", "--device": "auto|cuda|cpu",
             "--max-minutes": "MINUTES", "--gpu": "GPU", "--format": "FORMAT", "--remote-python": "PATH",
-            "--since": "DATE", "--until": "DATE", "--by": "GROUP", "--run": "RUN"}
+            "--since": "DATE", "--until": "DATE", "--by": "GROUP", "--run": "RUN", "--worker-from": "PATH",
+            "--drive": "FOLDER"}
 
 
 def _plain_metavars(cmd) -> None:

@@ -1,4 +1,6 @@
-"""`budget eval`: a plan's evaluation on this machine - no provider, no ledger, no money; rerun to resume."""
+"""`budget eval`: a plan's evaluation on this machine - no provider, no ledger, no money; rerun to resume.
+`budget compare`: the plan's quality tasks asked of a hosted reference model from this machine, metered in the
+ledger under a hard cap (runner/compare.py); rerun to resume."""
 
 from __future__ import annotations
 
@@ -67,3 +69,47 @@ def eval_cmd(
         else:
             render.eval_summary(summary, str(out_dir))
     evaluate.check(outcome)
+
+
+@app.command("compare")
+def compare_cmd(
+    plan: Annotated[Path, typer.Argument(help="Plan YAML whose quality tasks the reference answers.")],
+    reference: Annotated[str, typer.Option("--reference", help="The hosted model's API name, e.g. gpt-4o, "
+                                           "qwen-vl-max (priced in planner/data/api_models.csv).")],
+    base_url: Annotated[str, typer.Option("--base-url", help="Its OpenAI-compatible URL (DashScope: "
+                                          "https://dashscope.aliyuncs.com/compatible-mode/v1).")] = "https://api.openai.com/v1",
+    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="The environment variable holding its key "
+                                                    "(read when calling, never written), e.g. OPENAI_API_KEY.")] = None,
+    cases: Annotated[int, typer.Option("--cases", min=1, max=100_000, help="The first N cases of each task.")] = 5,
+    yuan: Annotated[str | None, typer.Option("--yuan", help="Hard cap in CNY (default: the plan's budget_yuan; a "
+                                             "rerun keeps its run's cap).")] = None,
+    pool: Annotated[str, typer.Option("--pool", help="Budget pool the run draws on (made with the cap if new).")] = "default",
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Calls in flight.")] = 4,
+    free: Annotated[bool, typer.Option("--free", help="The endpoint charges nothing (a local vLLM): no price "
+                                       "needed.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask a hosted reference model the plan's quality tasks (first N cases each), metered under a hard cap."""
+    from .. import compare, outputs, render
+    from ..run.prepare import WORKER_HINT, worker_missing
+    from .base import amount
+
+    lib = worker_missing()
+    if lib:
+        raise InputError(f"budget compare runs the worker's task loop here: it needs the worker extra ({lib} is not "
+                         "installed)", WORKER_HINT)
+    from planner import names
+
+    if not names.is_safe(pool):
+        raise InputError(f"--pool {pool!r} is not allowed: {names.RULE}", "e.g. --pool default")
+    ask = compare.Ask(plan=plan, reference=reference, base_url=base_url, api_key_env=api_key_env, cases=cases,
+                      yuan=amount(yuan, "--yuan"), pool=pool, concurrency=concurrency, free=free)
+    outcome = compare.run(ask, budget_home(), catalog())
+    if as_json:
+        render.json_doc(outputs.CompareSummary.from_outcome(outcome))
+    else:
+        render.compare_summary(outcome)
+    if outcome.state != "done":
+        raise compare.CompareFailed(
+            f"run {outcome.run_id} {outcome.state} ({outcome.reason}); its finished cases are kept",
+            f"rerun the same command to resume{' with a higher --yuan' if outcome.reason == 'budget' else ''}")

@@ -26,7 +26,8 @@ def plan_cmd(
     plan: Annotated[Path | None, typer.Option("--plan", help="Plan YAML (default: plans/qwen3-vl-8b.yaml).")] = None,
     model: Annotated[str | None, typer.Option("--model", help=f"Model (overrides the plan's): {MODELS}, or a full name.")] = None,
     model_config: Annotated[Path | None, typer.Option("--model-config", help="Plan for any Qwen3-VL config.json.")] = None,
-    provider: Annotated[list[str] | None, typer.Option("--provider", help="Only these providers (repeatable).")] = None,
+    provider: Annotated[list[str] | None, typer.Option("--provider", help="Only these providers (repeatable); colab "
+                                                       "(a free notebook you run) is ranked only when named.")] = None,
     spot: Annotated[bool | None, typer.Option("--spot/--on-demand", help="Only spot / only on-demand prices.")] = None,
     quant: Annotated[list[str] | None, typer.Option("--quant", help="Only these quantizations (repeatable).")] = None,
     engine: Annotated[list[str] | None, typer.Option("--engine", help="Only these engines: hf, vllm, sglang, "
@@ -41,6 +42,7 @@ def plan_cmd(
     """Which offer, GPU count and quantization run the plan cheapest within the budget, and why."""
     from planner.architecture import load_config
     from planner.assumptions import parse_overrides
+    from planner.models import NextStep
     from planner.optimize import optimize
     from planner.plans import DEFAULT_PLAN, load_plan, plan_file
     from planner.summaries import next_step
@@ -54,22 +56,57 @@ def plan_cmd(
         raise InputError("no budget given", "pass --yuan AMOUNT (CNY) or set budget_yuan in the plan")
     cat = catalog(fx)
     spec = load_config(model_config) if model_config else cat.model(ev.model if model is None else model)
-    result = optimize(ev, spec, cat, budget, assumptions=parse_overrides(assume or []), providers=provider,
-                      spot=spot, objective=objective, top=top, quantizations=quant, engines=_engines(engine),
-                      calibration=None if assume else calibration(budget_home()))
+    cal = None if assume else calibration(budget_home())
+
+    def ranked(providers: list[str] | None, top_: int):
+        return optimize(ev, spec, cat, budget, assumptions=parse_overrides(assume or []), providers=providers,
+                        spot=spot, objective=objective, top=top_, quantizations=quant, engines=_engines(engine),
+                        calibration=cal)
+    result = ranked(provider, top)
+    plan_arg = str(plan) if plan is not None else f"plans/{DEFAULT_PLAN}"
     rec = result.report.recommendation
     if rec is not None:
         try:
             plan_model = cat.model(ev.model).name
         except GpuBudgetError:  # the plan names a model the catalog lacks (planned with --model-config)
             plan_model = ev.model
-        plan_arg = str(plan) if plan is not None else f"plans/{DEFAULT_PLAN}"
         result.report.next = next_step(rec, plan_arg, budget, plan_model, spec.name)
+        terms = cat.terms.get(rec.provider)
+        if terms is not None and terms.manual:  # asked for by name: run by a person, with its own command
+            rec.notes[:0] = terms.notes(rec.hours, plan_arg)
+            result.report.next = NextStep(command=terms.usage(plan_arg), setup=terms.steps(plan_arg))
         result.report.next.setup += _data_needs(ev, plan_file(plan), plan_arg)
-    render.json_doc(result.report) if as_json else render.plan(result.report, show_all)
+    free, missed = ([], []) if provider else _manual_options(cat, ranked, plan_arg)
+    result.report.free = free
+    if as_json:
+        render.json_doc(result.report)
+    else:
+        render.plan(result.report, show_all, free, missed)
     verdict = result.shortfall(ev.name, spec.name)
     if verdict is not None:
         raise verdict
+
+
+def _manual_options(cat, ranked, plan_arg: str) -> tuple[list, list[str]]:
+    """The default view's options a person runs (providers declared `manual`: Colab's free notebook), never ranked
+    over a rig that runs alone: (each one's best option, its limits, sources and command in its notes; a line for
+    each the plan cannot run on, saying why). Shown after the ranking; in `--json`, PlanReport's `free`."""
+    from planner.errors import CatalogError
+
+    free, missed = [], []
+    for name in sorted(cat.manual()):
+        try:
+            got = ranked([name], 1)
+        except CatalogError:  # none of its offers is left (--spot: it has no spot price; a catalog without it)
+            continue
+        best = got.report.recommendation
+        if best is None:
+            why = min(got.report.rejected, key=lambda x: (x.gpu == "*", x.reason.startswith("over")), default=None)
+            missed.append(f"{name}: the plan cannot run there" + (f" ({why.reason})" if why else ""))
+            continue
+        best.notes[:0] = cat.terms[name].notes(best.hours, plan_arg)
+        free.append(best)
+    return free, missed
 
 
 def _engines(values: list[str] | None) -> list[str] | None:

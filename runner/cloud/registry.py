@@ -48,6 +48,12 @@ PROVIDERS: dict[str, Entry] = {
     "ssh": Entry("a host you rent, over SSH", ("paramiko",), False, False, False, _ssh),
 }
 UNATTENDED = tuple(n for n, e in PROVIDERS.items() if e.unattended)
+# Providers the catalog has offers of that no adapter runs - a person runs them - with what to do instead.
+RUN_ELSEWHERE: dict[str, tuple[str, str]] = {
+    "colab": ("--provider colab is a notebook a person runs in a browser: budget run cannot start, watch or stop it",
+              ("write the plan's notebook with `budget colab PLAN -o plan.ipynb`, run it in Colab, then record its "
+               "results with `budget import RESULTS.zip --plan PLAN`")),
+}
 
 
 def make(name: str, cfg: Config, home: Path, region: str | None = None, clock: Clock = SYSTEM) -> Provider:
@@ -55,6 +61,8 @@ def make(name: str, cfg: Config, home: Path, region: str | None = None, clock: C
     from importlib.util import find_spec
 
     entry = PROVIDERS.get(name)
+    if name in RUN_ELSEWHERE:
+        raise InputError(*RUN_ELSEWHERE[name])
     if entry is None:
         raise InputError(f"unknown provider {name!r}", "use --provider " + ", ".join(PROVIDERS))
     try:

@@ -17,6 +17,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from planner.money import charge
+from planner.money import metered as planner_metered
 
 from .ledger import Ledger
 from .periods import DAY, TIME_GROUPS, Period, bucket
@@ -114,6 +115,8 @@ def burn_down(led: Ledger, period: Period, pools: list[str] | None, now: float,
     per_cell: dict[int, Fraction] = defaultdict(Fraction)
     for (c, iid), secs in billed(led, period, width, pools).items():
         per_cell[c] += insts[iid].amount(secs)
+    for (c, _), amount in metered(led, period, width, pools).items():
+        per_cell[c] += amount
     out, total = [(lo, Fraction(0))], Fraction(0)
     for c in sorted(per_cell):
         total += per_cell[c]
@@ -145,6 +148,63 @@ def instances(led: Ledger, pools: list[str] | None) -> dict[int, Inst]:
         r["price_cny_h"], Fraction(Decimal(r["price_cny_h"])))) for r in led.db.execute(q, args)}
 
 
+def metered_runs(led: Ledger, pools: list[str] | None) -> dict[int, Inst]:
+    """Each run with billed metered calls as the report's line for them: an `Inst` at no hourly price, keyed by
+    minus the run's rowid (apart from instance ids), its row made from the run and its calls (what it bought:
+    the model, tokens, prices recorded at its start). Its amounts come from `metered`."""
+    q = ("SELECT c.run_id, MIN(c.reserved_at) AS first, MAX(c.at) AS last, COUNT(*) AS n, SUM(c.prompt_tokens) AS "
+         "prompt, SUM(c.completion_tokens) AS completion, MAX(c.currency) AS currency, MAX(c.input_per_1m) AS "
+         "input_per_1m, MAX(c.output_per_1m) AS output_per_1m, MAX(c.model) AS model FROM calls c "
+         "WHERE c.state = 'billed'")
+    args: list = []
+    if pools is not None:
+        q += f" AND c.pool IN ({', '.join('?' * len(pools))})"
+        args = pools
+    calls = {r["run_id"]: r for r in led.db.execute(q + " GROUP BY c.run_id", args)}
+    out = {}
+    for r in led.db.execute(f"SELECT rowid AS rid, * FROM runs WHERE id IN ({', '.join('?' * len(calls))})",
+                            list(calls)) if calls else ():
+        c = calls[r["id"]]
+        row = {"id": -r["rid"], "run_id": r["id"], "pool": r["pool"], "provider": r["provider"], "provider_id": None,
+               "instance_type": c["model"], "region": "", "spot": 0, "price_cny_h": "0", "price_original_h": "0",
+               "currency": c["currency"], "increment_s": None, "minimum_s": None, "state": "metered",
+               "started_at": c["first"], "launched_at": None, "lease_until": c["last"], "ended_at": c["last"],
+               "gpu": None, "gpu_count": None, "market_price_h": None, "plan": r["plan"],
+               "quantization": r["quantization"], "run_reason": r["reason"], "run_state": r["state"],
+               "calls": c["n"], "prompt_tokens": c["prompt"] or 0, "completion_tokens": c["completion"] or 0,
+               "input_per_1m": c["input_per_1m"], "output_per_1m": c["output_per_1m"]}
+        out[row["id"]] = Inst(row, Fraction(0))
+    return out
+
+
+def metered(led: Ledger, period: Period, daily: bool | int, pools: list[str] | None) -> dict[tuple[int, int], Fraction]:
+    """(cell or 0, minus the run's rowid) -> CNY of the metered calls billed inside the period (a call is billed at
+    one moment, its `at`: nothing to cut). Cells as in `billed`. A call's cost is linear in its tokens at the
+    prices recorded with it, so SQL sums tokens per (cell, run, prices) and Python prices each sum once, exactly
+    (planner.money.metered); calls billed at their bound (no usage) are added one by one."""
+    width = DAY if daily is True else int(daily)
+    cell = f"CAST(at / {width} AS INTEGER)" if width else "0"
+    where, args = "state = 'billed'", []
+    if period != Period():
+        where, args = where + " AND at >= ? AND at < ?", [period.lo, period.hi]
+    if pools is not None:
+        where += f" AND pool IN ({', '.join('?' * len(pools))})"
+        args += pools
+    out: dict[tuple[str, int], Total] = defaultdict(Total)
+    prices = f"{cell + ', ' if width else ''}input_per_1m, output_per_1m, cny_per_unit"
+    for run, d, i, o, fx, p, c in led.db.execute(
+            f"SELECT run_id, {cell}, input_per_1m, output_per_1m, cny_per_unit, SUM(prompt_tokens), SUM(completion_tokens) "
+            f"FROM calls WHERE {where} AND prompt_tokens IS NOT NULL GROUP BY run_id, {prices}", args):
+        out[(d, run)].add(Fraction(planner_metered(p, c, Decimal(i), Decimal(o), Decimal(fx))))
+    for run, d, amount in led.db.execute(
+            f"SELECT run_id, {cell}, amount_cny FROM calls WHERE {where} AND prompt_tokens IS NULL", args):
+        out[(d, run)].add(Fraction(Decimal(amount)))
+    runs = {r: -rid for rid, r in led.db.execute(
+        f"SELECT rowid, id FROM runs WHERE id IN ({', '.join('?' * len({r for _, r in out}))})",
+        list({r for _, r in out}))} if out else {}
+    return {(d, runs[r]): t.value for (d, r), t in out.items()}
+
+
 def task_weights(led: Ledger, run_ids: set[str]) -> dict[str, dict[str, Fraction]]:
     """run -> task -> its share of the run's cost: the worker's busy seconds of that task over the run's."""
     out: dict[str, dict[str, Fraction]] = {}
@@ -171,15 +231,16 @@ def key_of(by: str, inst: Inst) -> str:
     return r["plan"]
 
 
-def grouped(cells: dict[tuple[int, int], Fraction], insts: dict[int, Inst], by: str, led: Ledger
-            ) -> dict[str, list[Fraction]]:
-    """group -> [amount CNY, billed seconds], exact."""
+def grouped(cells: dict[tuple[int, int], Fraction], insts: dict[int, Inst], by: str, led: Ledger,
+            calls: dict[tuple[int, int], Fraction] | None = None) -> dict[str, list[Fraction]]:
+    """group -> [amount CNY, billed seconds], exact; `calls`: metered amounts per (cell, run line), no seconds."""
     out: dict[str, list[Total]] = defaultdict(lambda: [Total(), Total()])
     weights = task_weights(led, {i.row["run_id"] for i in insts.values()}) if by == "task" else {}
     names: dict[int, str] = {}
-    for (d, iid), secs in cells.items():
+    items = [(k, secs, insts[k[1]].amount(secs)) for k, secs in cells.items()]
+    items += [(k, 0, amount) for k, amount in (calls or {}).items()]
+    for (d, iid), secs, amount in items:
         inst = insts[iid]
-        amount = inst.amount(secs)
         if by in TIME_GROUPS:
             keys = [(names.get(d) or names.setdefault(d, bucket(d, by)), 1)]
         elif by == "task":

@@ -1,8 +1,13 @@
 """`budget report`'s files: CSV (Excel and LibreOffice open it as it is: UTF-8 with a BOM, one header row,
-ISO dates, amounts as fixed 2-decimal strings), JSON (money as decimal strings) and one self-contained
-HTML file (no network: styles inline, charts rendered by matplotlib to embedded PNG). matplotlib is the
-optional `report` extra; without it `--format html` says what to install. Every file is written to a
-temporary name beside the target and renamed, so a failed report leaves nothing behind."""
+ISO dates, amounts as fixed 2-decimal strings; the cost of quality's rows carry a `section` column, "quality"
+or "reference"), JSON (money as decimal strings) and one self-contained HTML file (no network: styles inline,
+charts rendered by matplotlib to embedded PNG). matplotlib is the optional `report` extra; without it
+`--format html` says what to install. Every file is written to a temporary name beside the target and
+renamed, so a failed report leaves nothing behind.
+
+The HTML reads as a finance document at 1280 px without a sideways scrollbar: human headers (HEADERS, units in
+the header), money right-aligned in tabular figures, and wide tables split in two - the reader's columns,
+then a details table with every other key of the same rows (JSON and CSV keep every key as it is)."""
 
 from __future__ import annotations
 
@@ -71,10 +76,16 @@ def to_json(doc: dict) -> bytes:
 
 
 def rows_of(doc: dict) -> tuple[list[str], list[dict]]:
-    """The view's table: charge lines, groups, or the cost-of-quality rows."""
+    """The view's table: charge lines, groups, or the cost-of-quality rows - each row with a `section`
+    ("quality"), followed by the reference comparison's rows (section "reference") where the document has
+    one: one header row over the union of their keys, so the csv module, Excel and pandas read it as is."""
     if doc["view"] == "quality":
-        rows = doc["rows"]
-    elif "groups" in doc:
+        rows = [{"section": "quality", **r} for r in doc["rows"]]
+        note = (doc.get("reference") or {}).get("note")
+        rows += [{"section": "reference", **r, "note": note} for r in (doc.get("reference") or {}).get("rows", [])]
+        cols = list(dict.fromkeys(k for r in rows for k in r)) if rows else ["section", "cost_cny"]
+        return cols, rows
+    if "groups" in doc:
         rows = [{doc["by"]: g["key"], **{k: v for k, v in g.items() if k != "key"}} for g in doc["groups"]]
     else:
         rows = doc["charges"]
@@ -84,7 +95,7 @@ def rows_of(doc: dict) -> tuple[list[str], list[dict]]:
 
 def to_csv(doc: dict) -> bytes:
     """Amounts as the statement prints them (2 decimals, adding up to its total); the 1e-12 figures are
-    JSON's, for scripts."""
+    JSON's, for scripts. The cost of quality's CSV starts with a `section` column: filter on it."""
     cols, rows = rows_of(doc)
     cols = [c for c in cols if not c.startswith("exact_")]
     buf = io.StringIO(newline="")
@@ -181,58 +192,158 @@ def charts(doc: dict, quality: dict | None, burn: list[tuple[float, float]], cap
     return out
 
 
-STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:left}
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}figure{margin:1em 0}img{max-width:100%}
-.muted{color:#666}h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em}"""
+STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1220px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;max-width:100%}
+td,th{padding:.25em .5em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}td.w{overflow-wrap:anywhere}
+th{font-weight:600;background:#f6f6f6}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+td.money,.k{white-space:nowrap}td.w{white-space:normal}figure{margin:1em 0}img{max-width:100%}ul.headlines{padding-left:1.2em}
+.muted{color:#666}h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em}h3{font-size:1em}"""
+
+# every document key a table shows -> its header (units in the header, never in the cells)
+HEADERS = {
+    "#": "#", "item": "Item", "value": "Value", "section": "Section", "run": "Run", "pool": "Pool", "plan": "Plan",
+    "quant": "Quantization", "provider": "Provider", "region": "Region", "instance_type": "Instance type",
+    "gpu": "GPU", "gpu_count": "GPU count", "spot": "Spot", "started_at": "Started (UTC)", "ended_at": "Ended (UTC)",
+    "rate_cny_h": "Rate (CNY/h)", "rate_original_h": "Rate at launch (offer currency/h)", "currency": "Currency",
+    "spot_market_original_h": "Spot market price (offer currency/h)", "fx_cny_per_unit": "FX (CNY per unit)",
+    "increment_s": "Billing increment (s)", "minimum_s": "Billing minimum (s)", "billed_s": "Billed (s)",
+    "billed": "Billed (h:mm:ss)", "amount_cny": "Amount (CNY)", "exact_cny": "Exact amount (CNY)",
+    "status": "Status", "reason": "Reason", "share_pct": "Share (%)", "day": "Day", "week": "Week (ISO)",
+    "month": "Month", "task": "Task", "state": "State", "estimate_cny": "Estimate (CNY)", "actual_cny": "Actual (CNY)",
+    "variance_cny": "Variance (CNY)", "variance_pct": "Variance (%)", "kind": "Kind", "runs": "Runs",
+    "samples": "Samples answered", "done": "Samples done", "metric": "Metric", "metric_key": "Metric key",
+    "change_vs_16bit_pct": "Change vs 16-bit (%)", "cost_cny": "Cost (CNY)", "exact_cost_cny": "Exact cost (CNY)",
+    "cny_per_sample": "Cost per sample (CNY)", "cny_per_1k_tokens": "Cost per 1k tokens (CNY)",
+    "decode_tokens": "Generated tokens", "tokens_per_s": "Tokens/s", "samples_per_s": "Samples/s",
+    "peak_memory_gib": "Peak memory (GiB)", "agreement_16bit": "Agreement with 16-bit",
+    "agreement_samples": "Agreement samples", "cases": "Cases", "reference": "Reference model",
+    "reference_value": "Reference value", "score_pct": "Score vs reference (%)", "cny_per_case": "Cost per case (CNY)",
+    "reference_cny_per_case": "Reference cost per case (CNY)", "cost_pct": "Cost vs reference (%)", "note": "Note"}
+UNITS = (("_cny_h", " (CNY/h)"), ("_cny", " (CNY)"), ("_pct", " (%)"), ("_gib", " (GiB)"), ("_s", " (s)"))
+# the reader's columns; every other key of a row goes to the details table below it (nothing dropped)
+CHARGES = ["#", "run", "plan", "quant", "provider", "gpu", "started_at", "ended_at", "billed", "rate_cny_h",
+           "amount_cny", "status"]
+QUALITY = ["task", "quant", "metric", "value", "change_vs_16bit_pct", "samples", "cost_cny", "cny_per_sample",
+           "cny_per_1k_tokens", "agreement_16bit"]
+REFERENCE = ["task", "metric", "cases", "quant", "value", "reference", "reference_value", "score_pct", "cny_per_case",
+             "reference_cny_per_case", "cost_pct"]
+FOLDED = {"gpu_count": "gpu", "reason": "status"}  # shown inside another column's cell
+
+
+def header(key: str) -> str:
+    """A document key as a column's header: the mapping above; a key it lacks is spelled out all the same."""
+    if key in HEADERS:
+        return HEADERS[key]
+    unit = next(((key[: -len(s)], u) for s, u in UNITS if key.endswith(s)), (key, ""))
+    words = unit[0].replace("_", " ").strip() or key
+    return words[:1].upper() + words[1:] + unit[1]
+
+
+def _money(key: str) -> bool:
+    return ("cny" in key or key.endswith("original_h")) and not key.startswith("fx_")
+
+
+def _show(key: str, r: dict) -> str:
+    v = r.get(key)
+    if key == "gpu" and "gpu_count" in r:
+        return f"{v}\u00a0x{r['gpu_count']}" if v else "-"
+    if key == "status" and r.get("reason"):
+        return f"{v}: {r['reason']}"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if key.endswith("_at") and isinstance(v, str):
+        return v.replace("T", " ").removesuffix("Z")  # the header says UTC; a space lets it wrap
+    if _money(key) and _numeric(v) and len((v + ".").split(".")[1]) < 2:
+        return v + ("0" if "." in v else ".00")  # 5 -> 5.00, 6.5 -> 6.50: padded, never rounded
+    return "-" if v is None or v == "" else str(v)
 
 
 def _table(cols: list[str], rows: list[dict]) -> str:
-    num = {c for c in cols if any(isinstance(r.get(c), (int, float)) or _numeric(r.get(c)) for r in rows)}
-    head = "".join(f'<th class="{"n" if c in num else ""}">{html.escape(c)}</th>' for c in cols)
-    body = "".join("<tr>" + "".join(f'<td class="{"n" if c in num else ""}">{html.escape(_cell(r.get(c)))}</td>'
-                                    for c in cols) + "</tr>" for r in rows)
+    """Human headers; money and figures right-aligned in tabular figures (money never wrapped)."""
+    cells = [{c: _show(c, r) for c in cols} for r in rows]
+    num = {c for c in cols if _money(c) or c == "billed" or any(
+        isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) or _numeric(r.get(c)) for r in rows)}
+    cls = {c: ("n money" if _money(c) else "n") if c in num else "" for c in cols}
+    head = "".join(f'<th class="{cls[c]}" scope="col">{html.escape(header(c))}</th>' for c in cols)
+    body = "".join("<tr>" + "".join(_td(cls[c], x[c]) for c in cols) + "</tr>" for x in cells)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _td(cls: str, text: str) -> str:
+    """A cell with a word too long for a column (a run id, a long figure) may break anywhere; others break only
+    between words (never at a word's hyphen: 2026-12-04, CIDEr-D, us-east-1 stay whole)."""
+    words = text.split(" ")
+    if max(map(len, words)) > 16:
+        return f'<td class="{cls} w">{html.escape(text)}</td>'
+    inner = " ".join(f"<span class='k'>{html.escape(w)}</span>" if "-" in w[1:] else html.escape(w) for w in words)
+    return f'<td class="{cls}">{inner}</td>'
+
+
+def _split(rows: list[dict], main: list[str], keys: list[str], what: str) -> str:
+    """The reader's table (`main` columns), then a details table of every other key, joined on `keys`."""
+    rows = [{"#": n, **r} for n, r in enumerate(rows, 1)] if "#" in main else rows
+    have = list(dict.fromkeys(k for r in rows for k in r))
+    shown = set(main) | {k for k, into in FOLDED.items() if into in main}
+    rest = [k for k in have if k not in shown and k not in keys]
+    out = _table([c for c in main if c in have], rows)
+    if rest:
+        out += f"<h3>{html.escape(what)}: details</h3>" + _table([k for k in keys if k in have] + rest, rows)
+    return out
 
 
 def _numeric(v) -> bool:
     return isinstance(v, str) and v.replace(".", "", 1).replace("-", "", 1).replace("+", "", 1).isdigit()
 
 
-def _cell(v) -> str:
-    return "" if v is None else str(v)
+def _summary(doc: dict) -> list[dict]:
+    period = f"{doc['period']['since'] or 'the first run'} to {doc['period']['until'] or doc['generated_at']}"
+    b, v = doc["burn"], doc["variance"]
+    items = [("Pools", ", ".join(doc["pools"])), ("Period", period), ("Cap", f"{doc['cap_cny']} CNY"),
+             ("Opening balance", f"{doc['opening_balance_cny']} CNY"), ("Spent", f"{doc['spent_cny']} CNY"),
+             ("Remaining", f"{doc['remaining_cny']} CNY"),
+             ("Burn", (f"{b['average_cny_per_day'] or '-'} CNY/day on average; {b['current_cny_per_h']} CNY/h now "
+                      f"({b['live_instances']} live)")),
+             ("Runway", f"{doc['runway_h']} h at {doc['runway_basis']}" if doc["runway_h"] else doc["runway_basis"]),
+             ("Variance vs plan (finished runs)",
+              f"{v['finished_variance_cny']} CNY ({v['finished_variance_pct'] or '-'}%)")]
+    return [{"item": k, "value": x} for k, x in items]
+
+
+def _quality(quality: dict) -> list[str]:
+    parts = ["<h2>Cost of quality</h2>", *(f"<p>{html.escape(v)}</p>" for v in quality["verdicts"]),
+             _split(quality["rows"], QUALITY, ["task", "quant"], "Cost of quality"),
+             f"<p class='muted'>{html.escape(quality['allocation'])}</p>"]
+    ref = quality.get("reference")
+    if ref and ref.get("rows"):
+        parts += [f"<h2>Against reference models ({html.escape(', '.join(ref.get('models') or []))})</h2>",
+                  "<ul class='headlines'>" + "".join(f"<li>{html.escape(h)}</li>" for h in ref.get("headlines") or [])
+                  + "</ul>", _split(ref["rows"], REFERENCE, ["task", "quant", "reference"], "Reference comparison")]
+        if ref.get("note"):
+            parts.append(f"<p class='muted'>{html.escape(ref['note'])}</p>")
+    return parts
 
 
 def to_html(doc: dict, quality: dict | None, burn: list[tuple[float, float]]) -> bytes:
     cap = float(doc.get("cap_cny") or 0)  # a chart's line, not money
     figures = charts(doc, quality, burn, cap)
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>gpubudget report</title>"
-             f"<style>{STYLE}</style></head><body>",
+    parts = [(f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>gpubudget report</title>"
+             f"<style>{STYLE}</style></head><body>"),
              f"<h1>gpubudget {'spend statement' if doc['view'] == 'statement' else 'cost of quality'}</h1>"]
     if doc["view"] == "statement":
-        period = f"{doc['period']['since'] or 'the first run'} to {doc['period']['until'] or doc['generated_at']}"
-        summary = [("pools", ", ".join(doc["pools"])), ("period", period), ("cap", f"{doc['cap_cny']} CNY"),
-                   ("opening balance", f"{doc['opening_balance_cny']} CNY"), ("spent", f"{doc['spent_cny']} CNY"),
-                   ("remaining", f"{doc['remaining_cny']} CNY"),
-                   ("burn", f"{doc['burn']['average_cny_per_day'] or '-'} CNY/day on average; "
-                            f"{doc['burn']['current_cny_per_h']} CNY/h now ({doc['burn']['live_instances']} live)"),
-                   ("runway", f"{doc['runway_h']} h at {doc['runway_basis']}" if doc["runway_h"] else doc["runway_basis"]),
-                   ("variance vs plan (finished runs)",
-                    f"{doc['variance']['finished_variance_cny']} CNY ({doc['variance']['finished_variance_pct'] or '-'}%)")]
-        parts.append(_table(["item", "value"], [{"item": k, "value": v} for k, v in summary]))
+        parts.append(_table(["item", "value"], _summary(doc)))
     for title, png in figures:
         parts.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
                      f"<figcaption class='muted'>{html.escape(title)}</figcaption></figure>")
     if doc["view"] == "statement":
-        cols, rows = rows_of(doc)
-        parts.append(f"<h2>{'By ' + doc['by'] if 'groups' in doc else 'Charges'} (CNY)</h2>" + _table(cols, rows))
+        if "groups" in doc:
+            cols, rows = rows_of(doc)
+            parts.append(f"<h2>By {html.escape(header(doc['by']).lower())}</h2>" + _table(cols, rows))
+        else:
+            parts.append("<h2>Charges</h2>" + _split(doc["charges"], CHARGES, ["#", "run"], "Charges"))
         parts.append("<h2>Against the plan's estimate</h2>" + _table(
             ["run", "state", "estimate_cny", "actual_cny", "variance_cny", "variance_pct"], doc["variance"]["runs"]))
     if quality and quality["rows"]:
-        parts.append("<h2>Cost of quality</h2>")
-        parts += [f"<p>{html.escape(v)}</p>" for v in quality["verdicts"]]
-        parts.append(_table([c for c in quality["rows"][0] if c != "metric_key"], quality["rows"]))
-        parts.append(f"<p class='muted'>{html.escape(quality['allocation'])}</p>")
+        parts += _quality(quality)
     parts.append(f"<p class='muted'>generated {html.escape(doc['generated_at'])} by gpubudget; amounts in CNY at the "
                  "prices recorded at launch; rounded half-even to the cent for display only.</p></body></html>")
     return "\n".join(parts).encode()

@@ -105,12 +105,14 @@ def committed(meters: list[Meter], now: float, policy: Policy) -> Decimal:
     return sum((m.cost(m.projected_end(now, policy.tick_s, policy.teardown_s)) for m in meters), Decimal(0))
 
 
-def decide(cap_cny: Decimal, others: list[Meter], mine: Meter, now: float, policy: Policy) -> Decision:
+def decide(cap_cny: Decimal, others: list[Meter], mine: Meter, now: float, policy: Policy,
+           fixed: Decimal = Decimal(0)) -> Decision:
     """May `mine` keep running (or start, for a meter that starts at `now`) after this tick, and until when
-    may its watchdog let it run alone? `others` are the pool's other instances, settled or live."""
+    may its watchdog let it run alone? `others` are the pool's other instances, settled or live; `fixed` what
+    is committed besides them (metered calls billed or reserved: runner/money/calls.py)."""
     budget = cap_cny - policy.reserve_cny
-    base = committed(others, now, policy)
-    acc = accrued([*others, mine], now)
+    base = committed(others, now, policy) + fixed
+    acc = accrued([*others, mine], now) + fixed
 
     def fits(lease: float) -> bool:
         return base + replace(mine, lease_until=lease).cost(lease + policy.teardown_s) <= budget
@@ -130,11 +132,11 @@ def decide(cap_cny: Decimal, others: list[Meter], mine: Meter, now: float, polic
 
 
 def check(pool_cap: Decimal, run_cap: Decimal, pool_others: list[Meter], run_others: list[Meter], mine: Meter,
-          now: float, policy: Policy) -> Decision:
+          now: float, policy: Policy, pool_fixed: Decimal = Decimal(0), run_fixed: Decimal = Decimal(0)) -> Decision:
     """The stricter of the pool's and the run's decision (a run's cap may be below its pool's): `pool_others`
-    are the pool's other instances, `run_others` those of the run."""
-    d_pool = decide(pool_cap, pool_others, mine, now, policy)
-    d_run = decide(run_cap, run_others, mine, now, policy)
+    are the pool's other instances, `run_others` those of the run; `*_fixed` their metered calls."""
+    d_pool = decide(pool_cap, pool_others, mine, now, policy, pool_fixed)
+    d_run = decide(run_cap, run_others, mine, now, policy, run_fixed)
     if not d_pool.go:
         return d_pool
     if not d_run.go or d_run.lease_until < d_pool.lease_until:

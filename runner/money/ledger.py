@@ -3,7 +3,8 @@
 
 Tables: pools (named caps), runs, instances (price *at launch* and billing rule, lease), events (the
 lifecycle), spend (intervals: each row is what one instance cost from `start_at` to `end_at` under its
-billing rule; an instance's rows sum to its cost so far), tasks (the worker's per-task summaries).
+billing rule; an instance's rows sum to its cost so far), calls (metered calls of a hosted model: reserved,
+then billed by tokens - runner/money/calls.py), tasks (the worker's per-task summaries).
 Money is stored as decimal text and read back as Decimal; times as epoch seconds (UTC).
 
 Schema changes are numbered functions appended to MIGRATIONS (PRAGMA user_version counts them).
@@ -24,10 +25,12 @@ from pathlib import Path
 from ..clock import SYSTEM, Clock
 from ..errors import LedgerError
 from ..units import iso, money
+from .calls import held
 from .guard import Decision, Meter, Policy, check
 from .journal import Journal
 from .migrations import MIGRATIONS, NotALedger, connect, create, settings, upgrade, validate, why  # noqa: F401
 
+JOURNALED = ("state", "reason", "finished_at", "cap_cny")  # a run's fields its money.jsonl keeps as they change
 LIVE = ("intent", "launching", "running", "stopping")  # an instance's states while it may bill
 FINAL = ("done", "stopped", "failed")  # a run's states once it has ended
 # what a damaged ledger's refusal says to do, in every command (runner/money/recovery.py has the same words)
@@ -151,7 +154,7 @@ class Ledger:
         sets = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE runs SET {sets} WHERE id=?", (*fields.values(), run_id))
         if "state" in fields:
-            self.journal.append(run_id, {"run": {k: fields[k] for k in ("state", "reason", "finished_at") if k in fields}})
+            self.journal.append(run_id, {"run": {k: v for k, v in fields.items() if k in JOURNALED}})
 
     def run(self, run_id: str) -> dict | None:
         row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
@@ -203,7 +206,8 @@ class Ledger:
         """The guard's decision for `mine` against its pool's and its run's caps and every other instance."""
         others = [i for i in self.instances(pool=pool) if i.id != skip]
         return check(self.pool_cap(pool), Decimal(self.run(run_id)["cap_cny"]), [i.meter for i in others],
-                     [i.meter for i in others if i.run_id == run_id], mine, now, policy)
+                     [i.meter for i in others if i.run_id == run_id], mine, now, policy,
+                     held(self.db, pool=pool), held(self.db, run_id=run_id))
 
     def admit(self, run_id: str, *, offer, price_cny_h: Decimal, price_original_h: Decimal, spot: bool,
               provider: str, now: float, policy: Policy, min_lease_s: float = 0.0, attempt: int = 0,
@@ -305,17 +309,16 @@ class Ledger:
     def spent_instance(self, instance_id: int) -> Decimal:
         return self._sum("SELECT amount_cny FROM spend WHERE instance_id=?", (instance_id,))
 
-    def spent_run(self, run_id: str) -> Decimal:
+    def spent_run(self, run_id: str) -> Decimal:  # instances' spend plus the metered calls billed
         return self._sum("SELECT s.amount_cny FROM spend s JOIN instances i ON i.id=s.instance_id WHERE i.run_id=?",
-                         (run_id,))
+                         (run_id,)) + held(self.db, run_id=run_id, billed_only=True)
 
     def spent_pool(self, pool: str) -> Decimal:
         return self._sum("SELECT s.amount_cny FROM spend s JOIN instances i ON i.id=s.instance_id WHERE i.pool=?",
-                         (pool,))
+                         (pool,)) + held(self.db, pool=pool, billed_only=True)
 
     def spend_rows(self, run_id: str) -> list[dict]:
-        return [dict(r) for r in self.db.execute(
-            "SELECT s.* FROM spend s JOIN instances i ON i.id=s.instance_id WHERE i.run_id=? ORDER BY s.id",
-            (run_id,))]
+        q = "SELECT s.* FROM spend s JOIN instances i ON i.id=s.instance_id WHERE i.run_id=? ORDER BY s.id"
+        return [dict(r) for r in self.db.execute(q, (run_id,))]
 
     # ------------------------------------------------------------------ results

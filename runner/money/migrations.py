@@ -124,7 +124,25 @@ def _m7(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3, _m4, _m5, _m6, _m7]
+def _m8(db: sqlite3.Connection) -> None:
+    """Metered calls: the second kind of spend, a hosted model's calls billed by tokens (`budget compare`). A call
+    is reserved before it is sent - `bound_cny`, the most it can cost, counted against its run's and pool's caps
+    like an instance's projection - then billed from the usage the server returned (`amount_cny`, tokens x the
+    prices recorded when the run started, converted at the rate recorded then), or released when nothing was
+    sent or the provider bills nothing for its answer (an error status). `at` is when it was billed."""
+    _script(db, """
+    CREATE TABLE calls (id INTEGER PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs(id), pool TEXT NOT NULL,
+        model TEXT NOT NULL, state TEXT NOT NULL, reserved_at REAL NOT NULL, at REAL, bound_cny TEXT NOT NULL,
+        amount_cny TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, input_per_1m TEXT NOT NULL,
+        output_per_1m TEXT NOT NULL, currency TEXT NOT NULL, cny_per_unit TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '');
+    CREATE INDEX calls_pool ON calls(pool, state);
+    CREATE INDEX calls_run ON calls(run_id, state);
+    CREATE INDEX calls_day ON calls(CAST(at / 86400 AS INTEGER), pool) WHERE state = 'billed'
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8]
 
 
 TABLES = frozenset({"pools", "runs", "instances", "events", "spend"})  # a file without them is not a ledger

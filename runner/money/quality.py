@@ -20,14 +20,15 @@ from planner.errors import InputError
 from planner.money import apportion, display, yuan
 
 from ..units import iso
-from . import results
+from . import reference, results
 from .aggregation import task_weights
 from .ledger import Ledger
 from .report import SCHEMA, exact
 
 # each kind's headline metric: (summary key, how people write it); kinds without one report none
 METRIC = {"caption": ("cider_d", "CIDEr-D"), "document": ("anls", "ANLS"),
-          "poetry": ("keyword_recall", "keyword recall"), "multiturn_vqa": ("consistency", "consistency"), "fp16_verify": ("agreement", "agreement with 16-bit")}
+          "poetry": ("keyword_recall", "keyword recall"), "multiturn_vqa": ("consistency", "consistency"),
+          "digits": ("exact_match", "exact match"), "fp16_verify": ("agreement", "agreement with 16-bit")}
 SIXTEEN = ("bf16", "fp16", "fp32")
 
 
@@ -59,6 +60,7 @@ def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | N
     order: list[str] = []
     run_lines = []
     unattributed = Fraction(0)  # spend of runs without task results (failed before any answer)
+    referenced = Fraction(0)  # spend of compare runs (a hosted reference model's metered calls)
     weights = task_weights(led, {r["id"] for r in chosen})  # the same shares as `budget report --by task`
     for run in chosen:
         spent = Fraction(led.spent_run(run["id"]))
@@ -69,6 +71,9 @@ def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | N
         run_lines.append({"run": run["id"], "plan": run["plan"], "quant": q, "state": run["state"],
                           "created_at": iso(run["created_at"]), "spent_cny": display(spent, 2),
                           "tasks": len(tasks)})
+        if reference.is_reference(run):  # a hosted model's answers: beside the quantizations, not among them
+            referenced += spent
+            continue
         if not shares:
             unattributed += spent
         for name, s in tasks.items():
@@ -115,13 +120,24 @@ def cost_of_quality(led: Ledger, *, runs: list[str] | None = None, plan: str | N
             "peak_memory_gib": f"{e['peak'] / 2**30:.2f}" if e["peak"] else None,
             "agreement_16bit": f"{float(s_agree / n_agree):.3f}" if n_agree else None, "agreement_samples": n_agree,
             "_value": value, "_per_sample": e["cost"] / e["ok"] if e["ok"] else None})
+    _changes(rows)
     attributed = sum((e["cost"] for e in acc.values()), Fraction(0))
+    ref = reference.section(led, chosen, {(r["task"], r["quant"]): r["_per_sample"] for r in rows}, weights, METRIC)
     return {"schema": SCHEMA, "view": "quality", "generated_at": iso(now), "runs": run_lines,
-            "spent_cny": display(attributed + unattributed, 2), "attributed_cny": display(attributed, 2),
-            "unattributed_cny": display(unattributed, 2),
+            "spent_cny": display(attributed + unattributed + referenced, 2), "attributed_cny": display(attributed, 2),
+            "unattributed_cny": display(unattributed, 2), "reference_cny": display(referenced, 2),
             "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
             "verdicts": verdicts(rows), "memory_sweep": sweeps,
-            "allocation": "a run's spend is shared among its tasks by the worker's busy seconds per task"}
+            "allocation": "a run's spend is shared among its tasks by the worker's busy seconds per task",
+            **({"reference": ref} if ref else {})}
+
+
+def _changes(rows: list[dict]) -> None:
+    """Each row's metric against the 16-bit run's on the same task, in percent (the seed's "-15%" for digits)."""
+    for r in rows:
+        base = next((b for q in SIXTEEN for b in rows if b["task"] == r["task"] and b["quant"] == q), None)
+        ok = base is not None and base is not r and r["_value"] is not None and base["_value"]
+        r["change_vs_16bit_pct"] = f"{float((r['_value'] - base['_value']) / base['_value'] * 100):+.1f}" if ok else None
 
 
 def _quant_order(q: str) -> int:

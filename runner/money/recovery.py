@@ -33,7 +33,7 @@ def run_dirs(home: Path) -> list[Path]:
 
 def replay(run_dir: Path) -> dict:
     """One run's money facts from its journal: {"run": row, "pool": {...}, "instances": {id: row}}."""
-    facts: dict = {"run": None, "pool": None, "instances": {}}
+    facts: dict = {"run": None, "pool": None, "instances": {}, "calls": {}}
     try:
         lines = (run_dir / JOURNAL).read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -52,6 +52,9 @@ def replay(run_dir: Path) -> dict:
         inst = rec.get("instance")
         if isinstance(inst, dict) and "id" in inst:
             facts["instances"][inst["id"]] = {**facts["instances"].get(inst["id"], {}), **inst}
+        call = rec.get("call")  # a metered call's whole row, each time it changes
+        if isinstance(call, dict) and isinstance(call.get("id"), int):
+            facts["calls"][call["id"]] = call
         gone = rec.get("terminated")  # `budget stop` while the ledger could not be read
         if isinstance(gone, dict):
             for i in facts["instances"].values():
@@ -125,6 +128,8 @@ def rebuild(home: Path, now: float | None = None) -> dict:
             for inst in sorted(facts["instances"].values(), key=lambda i: i["id"]):
                 if _restore_instance(led, run["id"], inst, now):
                     instances += 1
+            for call in sorted(facts["calls"].values(), key=lambda c: c["id"]):
+                _restore_call(led, run["id"], call, now)
             state = run.get("state", "created")
             reason = run.get("reason") or ""
             if state not in FINAL and not led.instances(run_id=run["id"], live=True):
@@ -170,6 +175,28 @@ _INSTANCE_COLUMNS = ("run_id", "pool", "provider", "provider_id", "instance_type
                      "price_original_h", "currency", "increment_s", "minimum_s", "state", "started_at", "launched_at",
                      "lease_until", "ended_at", "address", "gpu", "gpu_count", "market_price_h", "attempt",
                      "offer_index")
+
+
+_CALL_COLUMNS = ("run_id", "pool", "model", "state", "reserved_at", "at", "bound_cny", "amount_cny", "prompt_tokens",
+                 "completion_tokens", "input_per_1m", "output_per_1m", "currency", "cny_per_unit", "detail")
+
+
+def _restore_call(led: Ledger, run_id: str, call: dict, now: float) -> None:
+    """A metered call back into the ledger as journaled; one still reserved (its controller is gone) is billed at
+    its bound - the most the provider can have billed for it."""
+    from .calls import OPEN, bill_bound
+
+    if any(call.get(k) is None for k in ("pool", "model", "state", "reserved_at", "bound_cny", "input_per_1m",
+                                          "output_per_1m", "currency", "cny_per_unit")):
+        return
+    row = {k: call.get(k) for k in _CALL_COLUMNS} | {"run_id": run_id}
+    row["detail"] = row["detail"] or ""
+    if led.db.execute("SELECT 1 FROM calls WHERE id=?", (call["id"],)).fetchone() is None:
+        row["id"] = call["id"]
+    cur = led.db.execute(f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                         tuple(row.values()))
+    if row["state"] == OPEN:
+        bill_bound(led, cur.lastrowid, now, "rebuilt: its controller died during the call")
 
 
 def _dec(x):

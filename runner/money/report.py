@@ -30,6 +30,8 @@ from .aggregation import (
     fsum,
     grouped,
     instances,
+    metered,
+    metered_runs,
     per_instance,
 )
 from .ledger import FINAL, LIVE, Ledger
@@ -79,15 +81,21 @@ def statement(led: Ledger, *, pool: str | None = None, period: Period = Period()
         raise InputError("the ledger holds no runs yet: nothing to report",
                          "start one with `budget run plans/smoke.yaml --yuan 5`, then `budget report`")
     names = pools or pool_names(led)
-    insts = instances(led, pools)
+    insts = instances(led, pools) | metered_runs(led, pools)  # machines by the hour, and runs' metered calls
     daily = by in TIME_GROUPS
     cells = billed(led, period, daily, pools)
+    calls = metered(led, period, daily, pools)
     per_inst = per_instance(cells)
     amounts = {i: insts[i].amount(s) for i, s in per_inst.items()}
+    for (_, i), amount in calls.items():
+        amounts[i] = amounts.get(i, Fraction(0)) + amount
+        per_inst.setdefault(i, Fraction(0))
     total = fsum(amounts.values())
     before = Fraction(0)
     if period.since is not None:
-        before = fsum(insts[i].amount(s) for (_, i), s in billed(led, Period(None, period.since), False, pools).items())
+        earlier = Period(None, period.since)
+        before = fsum([*(insts[i].amount(s) for (_, i), s in billed(led, earlier, False, pools).items()),
+                       *metered(led, earlier, False, pools).values()])
     cap = cap_at(led, names, period.until)
     opening = Fraction(cap) - before
     remaining = opening - total
@@ -125,7 +133,7 @@ def statement(led: Ledger, *, pool: str | None = None, period: Period = Period()
     doc["subtotals"] = [{"pool": p, "amount_cny": yuan(c)} for p, c in
                         zip(names, apportion([per_pool[p].value if p in per_pool else Fraction(0) for p in names]))]
     if by is not None:
-        groups = grouped(cells, insts, by, led)
+        groups = grouped(cells, insts, by, led, calls)
         keys = sorted(groups)
         shares = apportion([groups[k][0] for k in keys])
         doc["by"] = by
@@ -134,26 +142,34 @@ def statement(led: Ledger, *, pool: str | None = None, period: Period = Period()
                           "share_pct": f"{float(groups[k][0] / total * 100):.1f}" if total else "0.0"}
                          for k, c in zip(keys, shares)]
     else:
-        doc["charges"] = charges(led, insts, per_inst, period, pools)
-    whole = amounts if period == Period() else {
-        i: insts[i].amount(s) for i, s in per_instance(billed(led, Period(), False, pools)).items()}
+        doc["charges"] = charges(led, insts, per_inst, amounts, period, pools)
+    whole = amounts
+    if period != Period():
+        whole = {i: insts[i].amount(s) for i, s in per_instance(billed(led, Period(), False, pools)).items()}
+        for (_, i), amount in metered(led, Period(), False, pools).items():
+            whole[i] = whole.get(i, Fraction(0)) + amount
     doc["variance"] = variance(led, insts, {insts[i].row["run_id"] for i in per_inst}, whole)
     return doc
 
 
-def charges(led: Ledger, insts: dict[int, Inst], per_inst: dict[int, Fraction], period: Period,
-            pools: list[str] | None) -> list[dict]:
-    """One line per instance billed in the period, plus zero lines: launches that never billed and runs
-    that ended before any launch (each with its reason)."""
+def charges(led: Ledger, insts: dict[int, Inst], per_inst: dict[int, Fraction], amount_of: dict[int, Fraction],
+            period: Period, pools: list[str] | None) -> list[dict]:
+    """One line per instance billed in the period and one per run's metered calls, plus zero lines: launches
+    that never billed and runs that ended before any launch or billed call (each with its reason)."""
     unbilled = {i for i, x in insts.items() if i not in per_inst and period.lo <= x.row["started_at"] < period.hi}
     shown = sorted(set(per_inst) | unbilled, key=lambda i: insts[i].row["started_at"])
-    amounts = [insts[i].amount(per_inst.get(i, Fraction(0))) for i in shown]
+    amounts = [amount_of.get(i, Fraction(0)) for i in shown]
     lines = []
     for iid, amount, c in zip(shown, amounts, apportion(amounts)):
         r, secs = insts[iid].row, per_inst.get(iid, Fraction(0))
         live = r["state"] in LIVE
         original = Decimal(r["price_original_h"])
-        if live:
+        hourly = r["state"] != "metered"
+        if not hourly:  # a run's metered calls: tokens at the prices recorded at its start
+            status = r["run_state"]
+            reason = (f"{r['calls']} calls: {r['prompt_tokens']} prompt + {r['completion_tokens']} completion tokens "
+                      f"at {r['input_per_1m']} / {r['output_per_1m']} {r['currency']} per 1M")
+        elif live:
             last = led.db.execute("SELECT MAX(end_at) FROM spend WHERE instance_id=?", (iid,)).fetchone()[0]
             status, reason = "accruing", f"live; cost to the last tick ({iso(last)})"
         elif not secs and not amount:
@@ -165,7 +181,8 @@ def charges(led: Ledger, insts: dict[int, Inst], per_inst: dict[int, Fraction], 
             "provider": r["provider"], "region": r["region"], "instance_type": r["instance_type"],
             "gpu": r.get("gpu") or "", "gpu_count": r.get("gpu_count"), "spot": bool(r["spot"]),
             "started_at": iso(r["launched_at"] or r["started_at"]), "ended_at": iso(r["ended_at"]),
-            "rate_cny_h": str(Decimal(r["price_cny_h"])), "rate_original_h": str(original), "currency": r["currency"],
+            "rate_cny_h": str(Decimal(r["price_cny_h"])) if hourly else None,
+            "rate_original_h": str(original) if hourly else None, "currency": r["currency"],
             "spot_market_original_h": r.get("market_price_h"),
             "fx_cny_per_unit": format((Decimal(r["price_cny_h"]) / original).quantize(Decimal("1e-6")).normalize(), "f")
             if original else None,
@@ -175,7 +192,8 @@ def charges(led: Ledger, insts: dict[int, Inst], per_inst: dict[int, Fraction], 
             "status": status, "reason": reason})
     args: list = [period.lo, period.hi]
     q = ("SELECT * FROM runs r WHERE created_at>=? AND created_at<? "
-         "AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.run_id=r.id)")
+         "AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.run_id=r.id) "
+         "AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.run_id=r.id AND c.state='billed')")
     if pools is not None:
         q += f" AND pool IN ({', '.join('?' * len(pools))})"
         args += pools

@@ -12,11 +12,12 @@ from .. import inbound
 from .ledger import Ledger
 
 
-def summarize(out: Path, job: dict) -> dict[str, dict]:
+def summarize(out: Path, job: dict, only: dict[str, set[str]] | None = None) -> dict[str, dict]:
     """Each task's summary, computed here from the result lines held in `out` (valid lines of the job's tasks,
     the last line of each sample id, at most the samples the task asks for) with the worker's own summarize -
     never the instance's summary.json: its counts are kept beside as `reported_by_instance`, and a task it
-    says it skipped says so. A task with no line held and no word from the instance has no summary."""
+    says it skipped says so. A task with no line held and no word from the instance has no summary. `only`:
+    the summaries of those tasks over those sample ids alone (the same cases as another run's)."""
     from ..worker.tasks import KINDS, base, most_lines
 
     reported = inbound.summary(out).tasks or inbound.status(out).tasks
@@ -28,6 +29,10 @@ def summarize(out: Path, job: dict) -> dict[str, dict]:
             if x["id"] in by_id or cap is None or len(by_id) < cap:  # never more samples than the task has
                 by_id[x["id"]] = x
         lines = list(by_id.values())
+        if only is not None:
+            if name not in only:
+                continue
+            lines = [x for x in lines if x["id"] in only[name]]
         try:
             s = KINDS[kind].summarize(SimpleNamespace(**spec), lines)
         except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as e:  # lines of the right shape
@@ -54,6 +59,25 @@ def save_tasks(led: Ledger, run_id: str, tasks: dict[str, dict]) -> None:
             led.db.execute("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?)",
                            (run_id, name, t["kind"], int(t.get("done") or 0), int(t.get("ok") or 0),
                             json.dumps(t, ensure_ascii=False, default=str)))
+
+
+def held_lines(run: dict) -> tuple[Path, dict] | None:
+    """Where a run's result lines are held here and its job (request.json's for a rented run, out/job.json for
+    one run from this machine); None when its directory is gone."""
+    import json
+
+    if not run.get("dir"):
+        return None
+    d = Path(run["dir"])
+    for path, key in ((d / "request.json", "job"), (d / "out" / "job.json", None)):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        job = doc.get(key) if key else doc
+        if isinstance(job, dict) and isinstance(job.get("tasks"), list):
+            return d / "out", job
+    return None
 
 
 def tasks(led: Ledger, run_id: str) -> list[dict]:

@@ -6,7 +6,7 @@ commands call them through this package's names."""
 from . import base
 from .base import error, json_doc
 from .data import data_init
-from .evals import EvalProgress, eval_summary
+from .evals import EvalProgress, compare_summary, eval_summary
 from .ledger import ledger_check, ledger_rebuilt
 from .planning import calibrated, calibration_show, estimate, imported, inspect, plan, prices
 from .pools import pool_detail, pools_table

@@ -8,7 +8,8 @@ from . import base
 from .base import Bar, Clock, Table, gib
 
 _METRICS = (("bleu4", "BLEU-4"), ("cider_d", "CIDEr-D"), ("anls", "ANLS"), ("keyword_recall", "keyword recall"),
-            ("consistency", "consistency"), ("agreement", "agreement"), ("mean_frames", "frames/clip"))
+            ("consistency", "consistency"), ("agreement", "agreement"), ("mean_frames", "frames/clip"),
+            ("exact_match", "exact match"), ("char_accuracy", "char accuracy"))
 
 
 class EvalProgress(Bar):
@@ -65,3 +66,25 @@ def eval_summary(summary: dict, out_dir: str) -> None:
         else "incomplete"
     out.print(f"{state}; elapsed {duration(summary.get('elapsed_s', 0))} (attempt {summary.get('attempt')}); "
               f"per-sample lines in {out_dir}/results/")
+
+
+def compare_summary(o) -> None:
+    """`budget compare`: each task's answers and metric, the calls billed and what they cost against the cap."""
+    from planner.money import display
+
+    out = base.out
+    t = Table(title=f"{o.reference}: run {o.run_id}" + (" (resumed)" if o.resumed else ""), title_justify="left")
+    for col in ("task", "kind", "cases", "ok", "errors", "metric"):
+        t.add_column(col, justify="left" if col in ("task", "kind", "metric") else "right")
+    for name, s in o.tasks.items():
+        metric = ", ".join(f"{label} {s[k]:.3f}" for k, label in _METRICS if s.get(k) is not None)
+        t.add_row(name, s["kind"], f"{s.get('done', 0)}/{s.get('total') or s.get('done', 0)}", str(s.get("ok", 0)),
+                  str(s.get("errors", 0)), metric or "-")
+    out.print(t)
+    for name, why in o.skipped.items():
+        out.print(f"{name}: not compared ({why})")
+    c = o.calls
+    out.print(f"{c['calls']} calls billed: {c['prompt_tokens']} prompt + {c['completion_tokens']} completion tokens; "
+              f"spent {display(o.spent_cny)} of the {display(o.cap_cny, 2)} CNY cap; {o.state}"
+              + (f" ({o.reason})" if o.reason else "") + f"; lines in {o.run_dir}/out/results/")
+    out.print(f"beside your quantizations: `budget report --plan {o.run_id.rsplit('-', 3)[0]}`")

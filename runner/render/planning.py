@@ -81,7 +81,9 @@ def _versus(c: Recommendation, engine: str) -> str:
     return f"{o.hours * 3600 / c.time.total_s:.1f}x, {'+' if diff >= 0 else '-'}{money(abs(diff))}"
 
 
-def plan(r: PlanReport, show_all: bool = False) -> None:
+def plan(r: PlanReport, show_all: bool = False, free: list[Recommendation] = (), missed: list[str] = ()) -> None:
+    """`free`: options a person runs (providers the catalog's terms declare manual), shown after the ranking with
+    their limits; `missed`: one line each for those the plan cannot run on."""
     out = base.out
     m = r.model
     out.print(styled(("Plan", "bold"), f" {r.plan}: its tasks on ", (m.name, "bold"),
@@ -95,9 +97,11 @@ def plan(r: PlanReport, show_all: bool = False) -> None:
         tb, mb = band(c.time.band), band(c.memory_band)
         out.print(f"  cost      {money(c.cost_cny)} CNY, {money(c.cost_low_cny)}-{money(c.cost_high_cny)} CNY at {tb} time  "
                   f"({money(c.price_cny_per_hour)} CNY/h{orig}, billed {c.billing}: {duration(c.billed_hours * 3600)})")
-        out.print(f"  budget    {money(c.budget_left_cny)} CNY left of {money(r.budget_cny)} CNY; the plan fits "
-                  f"{c.plan_fits_times} "
-                  "times in it")
+        if c.cost_cny > 0:
+            out.print(f"  budget    {money(c.budget_left_cny)} CNY left of {money(r.budget_cny)} CNY; the plan fits "
+                      f"{c.plan_fits_times} times in it")
+        else:
+            out.print(f"  budget    nothing of the {money(r.budget_cny)} CNY is spent: it runs free of charge")
         if c.other_engines:
             out.print(f"  engines   {c.engine}" + (f" ({c.concurrency} in flight)" if c.concurrency else "") + "; "
                       + "; ".join(f"{o.engine}" + (f" ({o.quantization})" if o.quantization not in (None, c.quantization)
@@ -177,6 +181,24 @@ def plan(r: PlanReport, show_all: bool = False) -> None:
         out.print(styled("\n", ("Run it:", "bold"), " ", r.next.command), soft_wrap=True)
         for line in r.next.setup:
             out.print(f"  {line}", soft_wrap=True)
+    _free(free, missed)
+
+
+def _free(shown: list[Recommendation], missed: list[str]) -> None:
+    """Options a person runs, apart from the ranking: each with its figures, limits and the command that uses it."""
+    if not shown and not missed:
+        return
+    base.out.print(styled("\n", ("Free, if you run it yourself", "bold"), " (not ranked: nothing here starts, watches "
+                          "or stops it; `budget plan --provider NAME` plans it alone)"))
+    for a in shown:
+        base.out.print(f"  {a.provider}:{a.instance_type} — {_rig(a)}, {a.quantization}, {a.engine}: "
+                       f"{money(a.cost_cny)} CNY, {duration(a.time.total_s)} {band(a.time.band)}, "
+                       f"{a.memory_per_gpu_gib:.1f} GiB {band(a.memory_band)} of {a.gpu_memory_gib:.1f} GiB",
+                       soft_wrap=True)
+        for n in a.notes:
+            base.out.print(f"    {n}", soft_wrap=True)
+    for line in missed:
+        base.out.print(f"  {line}", soft_wrap=True)
 
 
 def prices(p: PriceList) -> None:

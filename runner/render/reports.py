@@ -76,13 +76,14 @@ def _statement(con: Console, d: dict) -> None:
 
 def _quality(con: Console, d: dict) -> None:
     t = Table(title="Cost of quality (CNY at launch prices)", title_justify="left")
-    cols = ("task", "quant", "metric", "value", "samples", "CNY/sample", "CNY/1k tok", "tok/s", "peak mem",
-            "agree 16-bit", "cost (CNY)")
+    cols = ("task", "quant", "metric", "value", "vs 16-bit", "samples", "CNY/sample", "CNY/1k tok", "tok/s",
+            "peak mem", "agree 16-bit", "cost (CNY)")
     for col in cols:
         t.add_column(col, justify="left" if col in ("task", "quant", "metric") else "right")
     for r in d["rows"]:
-        t.add_row(r["task"], r["quant"], r["metric"] or "-", r["value"] or "-", str(r["samples"]),
-                  r["cny_per_sample"] or "-", r["cny_per_1k_tokens"] or "-", r["tokens_per_s"] or "-",
+        change = r.get("change_vs_16bit_pct")
+        t.add_row(r["task"], r["quant"], r["metric"] or "-", r["value"] or "-", "-" if change is None else f"{change}%",
+                  str(r["samples"]), r["cny_per_sample"] or "-", r["cny_per_1k_tokens"] or "-", r["tokens_per_s"] or "-",
                   f"{r['peak_memory_gib']} GiB" if r["peak_memory_gib"] else "-",
                   f"{float(r['agreement_16bit']) * 100:.0f}% of {r['agreement_samples']}" if r["agreement_16bit"] else "-",
                   r["cost_cny"])
@@ -91,6 +92,31 @@ def _quality(con: Console, d: dict) -> None:
         con.print(styled(("  " + v, "bold")))
     con.print(f"runs: {', '.join(r['run'] + ' (' + r['quant'] + ', ' + r['spent_cny'] + ' CNY)' for r in d['runs'])}")
     con.print(d["allocation"])
+    if (d.get("reference") or {}).get("rows"):
+        _reference(con, d["reference"])
+
+
+def _reference(con: Console, ref: dict) -> None:
+    """The comparison with hosted reference models (`budget compare` runs), on the same cases."""
+    t = Table(title=f"Against reference models ({', '.join(ref.get('models') or [])}), on the same cases",
+              title_justify="left")
+    cols = ("task", "metric", "cases", "quant", "value", "reference", "ref value", "score", "CNY/case",
+            "ref CNY/case", "cost")
+    add_columns(t, cols, whole=("CNY/case", "ref CNY/case"),
+                right=("cases", "value", "ref value", "score", "CNY/case", "ref CNY/case", "cost"))
+    for r in ref["rows"]:
+        t.add_row(r["task"], r["metric"] or "-", str(r["cases"]), r["quant"], r["value"] or "-", r["reference"],
+                  r["reference_value"] or "-", _pct(r["score_pct"]), r["cny_per_case"] or "-",
+                  r["reference_cny_per_case"] or "-", _pct(r["cost_pct"]))
+    show(con, t)
+    for h in ref.get("headlines") or []:
+        con.print(styled(("  " + h, "bold")))
+    if ref.get("note"):
+        con.print(f"note: {ref['note']}")
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x}%"
 
 
 def wrote(path, fmt: str) -> None:

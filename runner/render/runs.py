@@ -3,9 +3,10 @@ detached or unattended hand-over, `status` (every run, or one in detail), `logs`
 
 from __future__ import annotations
 
+import json
 import sys
 
-from ..units import duration, iso, money
+from ..units import duration, iso, money, printable
 from . import base
 from .base import Bar, Clock, Table, add_columns, billing, show, styled
 
@@ -113,13 +114,49 @@ def run_detail(d: dict) -> None:
             t.add_row(str(i["provider_id"] or "-"), i["state"], i["instance_type"], money(i["price_cny_h"]),
                       billing(i["increment_s"], i["minimum_s"]), iso(i["launched_at"]), iso(i["ended_at"]))
         show(out, t)
-    if d["tasks"]:
+    from ..money.ledger import FINAL
+
+    lines = task_lines(d["tasks"], finished=d["state"] in FINAL)
+    if lines:
         t = Table(title="Tasks")
-        for col in ("task", "kind", "done", "ok"):
-            t.add_column(col)
-        for x in d["tasks"]:
-            t.add_row(x["task"], x["kind"], str(x["samples"]), str(x["ok"]))
+        add_columns(t, ("task", "kind", "done", "ok", "metric"), right=("done", "ok"))
+        for line in lines:
+            t.add_row(*line)
         show(out, t)
+
+
+def task_lines(tasks: list[dict], finished: bool) -> list[tuple[str, str, str, str, str]]:
+    """Each task of a run as the end of `budget run` and `budget status RUN` print it: name, kind, done (of its
+    total), ok and its metric ("CIDEr-D 0.8123"), from the ledger's task summaries. Summaries are written when
+    a run ends: a run still going has none (its progress is the samples line above) and shows no metric."""
+    from ..money.quality import METRIC
+
+    lines = []
+    for x in tasks:
+        try:
+            s = json.loads(x["summary"]) if isinstance(x["summary"], str | bytes) else x["summary"]
+        except ValueError:
+            s = None
+        s = s if isinstance(s, dict) else {}
+        total = s.get("total")
+        done = f"{x['samples']}/{total}" if isinstance(total, int) and not isinstance(total, bool) else str(x["samples"])
+        key, label = METRIC.get(x["kind"], (None, None))
+        metric = ""
+        if s.get("skipped"):
+            metric = f"skipped: {printable(str(s['skipped']))[:80]}"
+        elif key and finished:
+            metric = f"{label} {_figure(s.get(key))}"
+        lines.append((x["task"], x["kind"], done, str(x["ok"]), metric))
+    return lines
+
+
+def _figure(v) -> str:
+    """A metric as the cost of quality prints it (4 decimals); '-' when the task has none (nothing scored)."""
+    if isinstance(v, bool) or v is None:
+        return "-"
+    if isinstance(v, int | float):
+        return f"{float(v):.4f}"
+    return printable(str(v))[:40]
 
 
 def log_line(line: str) -> None:

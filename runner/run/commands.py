@@ -16,7 +16,7 @@ from .. import home as homes
 from ..clock import SYSTEM, Clock
 from ..cloud import registry
 from ..errors import LedgerError, RunError
-from ..money import results
+from ..money import calls, results
 from ..money.ledger import FINAL
 from ..units import printable
 from . import handover, progress, teardown
@@ -51,6 +51,18 @@ def drive(run_id: str, home: Path, on_progress=lambda _: None, resume: bool = Fa
     """Run the controller for a created run, in this process (`resume`: one whose controller died, from the
     state it persisted)."""
     run_dir = homes.directory(home, run_id)
+    if not (run_dir / "request.json").exists():  # no instance of ours to drive: a comparison, an imported notebook
+        if (run_dir / "compare.json").exists():
+            raise RunError(f"run {run_id} is a `budget compare` run: a hosted model asked from this machine, no "
+                           "instance to drive", "run the same `budget compare` command again: it resumes a run it "
+                           "did not finish")
+        led = homes.ledger(home, clock)
+        try:
+            run = homes.resolve(led, run_id)
+        finally:
+            led.close()
+        if run["state"] in FINAL:
+            raise RunError(f"run {run_id} is already {run['state']}", f"see `budget status {run_id}`")
     req = Request.load(run_dir / "request.json")
     led = homes.ledger(home, clock)
     try:
@@ -178,7 +190,9 @@ def stop(run_id: str, home: Path, wait_s: float = 300, clock: Clock = SYSTEM) ->
             if led.run(run["id"])["state"] in FINAL and not led.instances(run_id=run["id"], live=True):
                 return led.run(run["id"])
         live = led.instances(run_id=run["id"], live=True)
-        provider, policy = _provider_for(run, home, live, clock)
+        provider, policy = _provider_for(run, home, live, clock) if live else (None, None)
+        for cid in calls.open_calls(led, run["id"]):  # metered calls its dead controller had in flight
+            calls.bill_bound(led, cid, clock.now(), "its controller died during the call (budget stop)")
         for inst in live:
             def event(kind, detail, i=inst.id):
                 led.event(run["id"], kind, f"{detail} (budget stop)", i)

@@ -40,7 +40,7 @@ MAX_AUTO_BATCH = 32
 HEADROOM = 0.8  # of the memory available: allocator fragmentation, the sampler's 5 ms blind spots on CPU
 PIXELS_PER_TOKEN = 32 * 32  # Qwen3-VL: 16-px patches, merged 2x2 into one visual token
 TEXT_BYTES_PER_TOKEN = 3  # Qwen's BPE: ~4 UTF-8 bytes an English token, 3-4.5 a Chinese one; over is the safe side
-BUCKETED = ("caption", "document", "poetry", "fp16_verify", "multiturn_vqa")
+BUCKETED = ("caption", "document", "poetry", "digits", "fp16_verify", "multiturn_vqa")
 
 log = logging.getLogger("gpubudget.worker")
 

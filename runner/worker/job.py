@@ -15,7 +15,7 @@ SCHEMA = "gpubudget.job/1"
 QUANTS = ("fp32", "fp16", "bf16", "int8", "nf4", "fp8")  # fp8: the server engines only (vLLM, SGLang)
 ENGINES = ("hf", "server", "vllm", "sglang", "transformers")  # hf: in-process; server: an endpoint already running;
 # vllm / sglang / transformers: a server the worker starts on loopback and stops when it ends
-KINDS = ("caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify")
+KINDS = ("caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify", "digits")
 DATASET_KINDS = ("builtin", "local", "url", "synthetic")
 # the builtin public datasets (runner/worker/datasets.py fetches them) and the task kind each serves
 # names become file names (results/<task>.jsonl, data/<task>/, runs/<run id>/): the controller's rule

@@ -4,8 +4,9 @@ bad row never ends a run; the controller reads the same rows strictly before lau
 
 A manifest line is one JSON object: `id`, then what the task needs — `image` (or `video`, or
 `frames` + `fps`), `prompt` (or `question`), `references` (captions), `answers` (documents),
-`keywords` (poetry), `turns` (multi-turn questions) and optionally `sha256: {"image": HEX, ...}`.
-Relative paths resolve against the manifest's own location (directory or URL)."""
+`keywords` (poetry), `turns` (multi-turn questions), `answer` (digits: the number as printed, as text) and
+optionally `sha256: {"image": HEX, ...}`. Relative paths resolve against the manifest's own location
+(directory or URL)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import urllib.parse
 from pathlib import Path
 
+from . import metrics
 from .downloads import cache_name, download, file_sha256
 from .job import MAX_PROMPT_CHARS
 from .sample import DatasetError, Sample
@@ -24,6 +26,7 @@ MAX_MANIFEST_BYTES = 64 * 2**20  # a URL manifest
 # local file over its cap before launch (it would be pushed whole to the instance); the worker, one fetched.
 MAX_MEDIA_BYTES = {"image": 64 * 2**20, "frames": 64 * 2**20, "video": 512 * 2**20}
 MAX_PATH_CHARS = 1024  # a media path in a manifest (a file system's own limit is 4096, a name's 255 bytes)
+MAX_ANSWER_CHARS = 64  # a digits answer: a number as printed (a 12-digit amount with separators is 17)
 
 
 def read_manifest(path: Path, where: str, strict: bool = True) -> list[dict]:
@@ -76,8 +79,9 @@ def media_refs(row: dict, key: str) -> list[str]:
     return refs
 
 
-def check_row(row: dict) -> None:
-    """What a row must hold before any of its files are touched (a problem is this sample's error)."""
+def check_row(row: dict, kind: str = "") -> None:
+    """What a row must hold before any of its files are touched (a problem is this sample's error); `kind`,
+    the task's kind, adds the fields that kind cannot do without."""
     if row.get("_error"):
         raise DatasetError(row["_error"])
     fps = row.get("fps")
@@ -93,6 +97,26 @@ def check_row(row: dict) -> None:
             raise DatasetError(f"{key}: expected a list of strings")
         if sum(len(x) for x in row.get(key) or []) > MAX_PROMPT_CHARS:
             raise DatasetError(f"{key}: over the {MAX_PROMPT_CHARS} character cap")
+    if kind == "digits":
+        _digits_row(row)
+
+
+def _digits_row(row: dict) -> None:
+    """A digits row: a picture and the number it shows as text, exactly as printed - one number as the task
+    reads a prediction (metrics.number_text), else no prediction could ever match it."""
+    if "image" not in row:
+        raise DatasetError("image: a digits sample needs the picture of its number")
+    answer = row.get("answer")
+    if answer is None:
+        raise DatasetError('answer: missing: the number the picture shows, as printed ("answer": "1,234.50")')
+    if not isinstance(answer, str):
+        raise DatasetError(f"answer: expected text - the number as printed, in quotes (\"1,234.50\"), got "
+                           f"{json.dumps(answer)[:40]}")
+    if len(answer) > MAX_ANSWER_CHARS:
+        raise DatasetError(f"answer: {len(answer)} characters is over the {MAX_ANSWER_CHARS} cap of a number")
+    if not metrics.is_number(answer):
+        raise DatasetError(f"answer: {answer!r} is not one number: digits, with '.', ',', '-', '/' or ':' between "
+                           "them, a leading '-' at most - no currency sign, space or word")
 
 
 def inside(root: Path, ref: str) -> Path:
@@ -119,22 +143,23 @@ def check_size(key: str, path: Path) -> None:
                            f"{'an image' if key == 'image' else 'a frame' if key == 'frames' else 'a video'}")
 
 
-def _sample(row: dict, media: dict) -> Sample:
+def _sample(row: dict, media: dict, kind: str) -> Sample:
+    answers = [row["answer"].strip()] if kind == "digits" else list(row.get("answers") or [])
     return Sample(
         id=row["id"], image=media.get("image"), video=media.get("video") or media.get("frames"),
         fps=row.get("fps"), prompt=row.get("prompt") or row.get("question") or "",
-        references=list(row.get("references") or []), answers=list(row.get("answers") or []),
+        references=list(row.get("references") or []), answers=answers,
         keywords=list(row.get("keywords") or []), turns=list(row.get("turns") or []))
 
 
-def _rows(rows: list[dict], media_of) -> list[Sample]:
+def _rows(rows: list[dict], media_of, kind: str) -> list[Sample]:
     """Samples from manifest rows; a row whose fields or files are unusable is a sample carrying its error."""
     out = []
     for row in rows:
         try:
-            check_row(row)
+            check_row(row, kind)
             media = {key: media_of(key, media_refs(row, key)) for key in MEDIA_KEYS if key in row}
-            out.append(_sample(row, {k: v if k == "frames" else v[0] for k, v in media.items()}))
+            out.append(_sample(row, {k: v if k == "frames" else v[0] for k, v in media.items()}, kind))
         except DatasetError as e:
             out.append(Sample(id=row["id"], error=str(e)))
     return out
@@ -155,7 +180,7 @@ def local_samples(task, base: Path, where: str) -> list[Sample]:
             check_size(key, p)
         return paths
 
-    return _rows(rows, media_of)
+    return _rows(rows, media_of, task.kind)
 
 
 def url_samples(task, cache: Path, where: str) -> list[Sample]:
@@ -175,5 +200,5 @@ def url_samples(task, cache: Path, where: str) -> list[Sample]:
     out = []
     for row in rows:
         sums = row.get("sha256") if isinstance(row.get("sha256"), dict) else {}
-        out += _rows([row], media_of)
+        out += _rows([row], media_of, task.kind)
     return out

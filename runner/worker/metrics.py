@@ -1,6 +1,7 @@
 """Scores, implemented here so the worker needs no extra package. BLEU-4 and CIDEr-D follow the COCO
 caption evaluation code (pycocoevalcap) exactly, quirks included, so our numbers compare with
-published ones; ANLS follows the DocVQA / ST-VQA definition (threshold 0.5)."""
+published ones; ANLS follows the DocVQA / ST-VQA definition (threshold 0.5); the digits task's exact match and
+character accuracy are defined at `number_text` below."""
 
 from __future__ import annotations
 
@@ -179,3 +180,54 @@ def _units(text: str) -> list[str]:
 
 def exact_match(a: str, b: str) -> bool:
     return tokenize(a) == tokenize(b)
+
+
+# --------------------------------------------------------------------------- digits
+# A number as printed: ASCII digits with the separators '.', ',', '-', '/', ':' between them (1,234.50,
+# 2026-03-14, 14/03/2026, 09:41), and a leading '-' when it does not follow a letter or digit (-12.50, not the
+# '-' of INV-1234). It starts and ends with a digit, so a sentence's full stop is not part of it.
+_NUMBER = re.compile(r"(?:(?<![0-9A-Za-z])-)?[0-9](?:[0-9.,/:-]*[0-9])?")
+_DASHES = dict.fromkeys(map(ord, "\u2010\u2011\u2012\u2013\u2014\u2212\ufe63"), "-")  # typographic dashes, minus
+
+
+def _digits_text(text: str) -> str:
+    """NFKC (full-width digits and punctuation become ASCII), typographic dashes and the minus sign become
+    '-', surrounding space stripped."""
+    return unicodedata.normalize("NFKC", text).translate(_DASHES).strip()
+
+
+def number_text(prediction: str) -> str:
+    """The number a prediction gives, for the digits task. After _digits_text, the number-like spans (_NUMBER) of
+    the prediction; of several, the one with the most digits (the first of equals): "The TOTAL on line 3 is
+    1,234.50." gives "1,234.50". A span never holds a space ("1 234" is two spans) and no currency sign or
+    word: the answer is the number only. No span: ""."""
+    best, digits = "", -1
+    for m in _NUMBER.finditer(_digits_text(prediction)):
+        n = sum(ch.isdigit() for ch in m.group())
+        if n > digits:
+            best, digits = m.group(), n
+    return best
+
+
+def is_number(text: str) -> bool:
+    """Whether `text` is one number as number_text reads it, whole (a digits answer must be: "1,234.50", not
+    "$1,234.50", "1 234" or "N/A"), surrounding space aside."""
+    return bool(_digits_text(text)) and number_text(text) == _digits_text(text)
+
+
+def digits_exact(prediction: str, answer: str) -> int:
+    """1 when the prediction's number (number_text) is the answer character for character - separators
+    included: "1234.50" is not "1,234.50" -, else 0. The answer is taken as written (_digits_text only)."""
+    return int(number_text(prediction) == _digits_text(answer))
+
+
+def char_accuracy(prediction: str, answer: str) -> float:
+    """1 - Levenshtein(number_text(prediction), answer) / max(len(answer), 1), floored at 0: one missing,
+    extra or wrong character of "1,234.50" costs 1/8, two swapped digits 2/8. The distance is at least the
+    difference in length, so a number longer than twice the answer scores 0 without computing it (a line's
+    prediction is untrusted when the controller scores it again)."""
+    p, a = number_text(prediction), _digits_text(answer)
+    longest = max(len(a), 1)
+    if abs(len(p) - len(a)) >= longest:
+        return 0.0
+    return max(0.0, 1.0 - levenshtein(p, a) / longest)

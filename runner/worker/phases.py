@@ -13,12 +13,18 @@ log = logging.getLogger("gpubudget.worker")
 
 
 class Stopped(Exception):
-    pass
+    """The phase stopped at a batch boundary; `reason` when it stopped for a reason of its own (a meter that
+    cannot pay the next batch: "budget"), else the worker's stop request is the reason."""
+
+    def __init__(self, reason: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Phases:
-    def __init__(self, status, should_stop, out=None):
+    def __init__(self, status, should_stop, out=None, serving: dict | None = None):
         self.status = status
+        self.serving = serving or {}  # the controller's own arguments for a server engine's client (a meter)
         self.out = out  # the output directory (a started engine's log goes there)
         self.should_stop = should_stop
         self.batching = Batching(status)
@@ -69,7 +75,7 @@ class Phases:
         from .serving import serve
 
         try:
-            with serve(job, quant, out, self.status, self.should_stop) as served:
+            with serve(job, quant, out, self.status, self.should_stop, **self.serving) as served:
                 self.loads.append(served.load)
                 log.info("engine %s serving %s (%s)", job.engine.kind, quant, served.load)
                 yield served.engine, served.memory, 0
@@ -93,8 +99,8 @@ class Phases:
             chunk = todo[i:i + size]
             try:
                 lines = run_chunk(ctx, kind, task, chunk)
-            except Interrupted:
-                raise Stopped() from None
+            except Interrupted as e:
+                raise Stopped(getattr(e, "reason", None)) from None
             rf.append(lines)
             i += len(chunk)
             ok = [x for x in lines if x.get("status") == "ok"]

@@ -32,7 +32,10 @@ log = logging.getLogger("gpubudget.worker")
 
 
 class Worker:
-    def __init__(self, job_path: Path, out: Path):
+    """One run of the worker over `out`. `serving`: arguments for a server engine's client that only a caller in
+    the same process can give (`budget compare` runs the loop itself with its meter); `error` is what failed."""
+
+    def __init__(self, job_path: Path, out: Path, serving: dict | None = None):
         self.job_path = Path(job_path)
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -40,9 +43,10 @@ class Worker:
         self.job = None
         self.work: Work | None = None
         self.stop_reason: str | None = None
+        self.error: BaseException | None = None
         self.started = time.monotonic()
         self.status = Status(self.out / "status.json")
-        self.phases = Phases(self.status, self.should_stop, self.out)
+        self.phases = Phases(self.status, self.should_stop, self.out, serving)
 
     def should_stop(self) -> bool:
         if self.stop_reason:
@@ -85,8 +89,10 @@ class Worker:
         try:
             code = self._run()
         except (LoadError, DatasetError) as e:
+            self.error = e
             return self._fail(str(e), EXIT_FAILED)
         except Exception as e:  # noqa: BLE001 - the worker's last word goes to status.json
+            self.error = e
             log.error("%s", traceback.format_exc())
             return self._fail(f"{type(e).__name__}: {e}", EXIT_FAILED)
         return code
@@ -119,8 +125,8 @@ class Worker:
                 self.phases.run(job, work, job.quantization, work.main)
             if work.verify:
                 verification.run(job, work, self.phases, self.status)
-        except Stopped:
-            pass
+        except Stopped as e:
+            self.stop_reason = self.stop_reason or e.reason
         self.status.skip(work.skipped)
         if self.should_stop():
             log.info("stopped: %s", self.stop_reason)

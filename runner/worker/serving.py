@@ -56,8 +56,9 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve(job, quant: str, out: Path, status, should_stop):
-    """The server engine for this job's phase in `quant`; a server started here is stopped on the way out."""
+def serve(job, quant: str, out: Path, status, should_stop, **client):
+    """The server engine for this job's phase in `quant`; a server started here is stopped on the way out.
+    `client`: more arguments for the client (a meter and its sleep, when the controller runs the loop itself)."""
     from .client import ServerEngine
 
     e = job.engine
@@ -73,7 +74,7 @@ def serve(job, quant: str, out: Path, status, should_stop):
             base_url, probe, api_key = server.base_url, server.memory, ""
         record["load_s"] = round(time.monotonic() - started, 3)
         engine = ServerEngine(base_url, model, job.generation, job.seed, should_stop, api_key=api_key,
-                              concurrency=e.concurrency, request_timeout_s=e.request_timeout_s, memory=probe)
+                              concurrency=e.concurrency, request_timeout_s=e.request_timeout_s, memory=probe, **client)
         memory = ServedMemory(probe)
         record["memory_after_load"] = memory.current()
         yield Served(engine=engine, memory=memory, load=record)

@@ -1,11 +1,13 @@
 """Samples drawn here rather than fetched: deterministic images (coloured shapes, a tiny invoice, a night
-scene, noise for the memory sweep) with what a correct answer would mention, and the frames of a moving
-square for video - so a plan can run with no dataset at all."""
+scene, noise for the memory sweep, a receipt or table of numbers to read - digit_images.py) with what a
+correct answer would mention, and the frames of a moving square for video - so a plan can run with no
+dataset at all."""
 
 from __future__ import annotations
 
 import random
 
+from . import digit_images
 from .sample import Sample
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (240, 210, 20),
@@ -65,6 +67,9 @@ def image(kind: str, size: tuple[int, int], seed: int):
         return img, {"keywords": ["月", "山"]}
     if kind == "memory_sweep":
         return noise((w, h), rng), {}
+    if kind == "digits":  # its prompt names the value to read, by its label
+        drawn = digit_images.draw(seed, (w, h))
+        return drawn.image, {"answers": [drawn.answer], "prompt": drawn.prompt}
     img, drawn = _draw_shapes(size, rng, rng.randint(1, 3))
     names = " and ".join(f"a {c} {s}" for c, s in drawn)
     return img, {"references": [f"{names} on a white background", f"a white picture with {names}",

@@ -34,7 +34,7 @@ def test_smoke_plan_builds_the_tiny_model_and_runs_every_kind(home, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["quantization"] == "nf4"
     kinds = {t["kind"] for t in summary["tasks"].values()}
-    assert kinds == {"caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify"}
+    assert kinds == {"caption", "document", "multiturn_vqa", "poetry", "memory_sweep", "video", "fp16_verify", "digits"}
     assert all(t["done"] == t["total"] > 0 for t in summary["tasks"].values())
     for name in summary["tasks"]:
         assert name in p.stdout  # the results table

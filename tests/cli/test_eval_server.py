@@ -1,7 +1,8 @@
 """`budget eval --engine server`: the worker's one OpenAI client against a real OpenAI-compatible server -
 `transformers serve` (transformers' own, the `serve` extra) serving the tiny Qwen3-VL on loopback, on CPU.
 Every task kind the engine can run, the same result fields as hf, resume after kill -9 of the worker and
-after the server itself is killed and started again, with no sample lost or written twice."""
+after the server itself is killed and started again, with no sample lost or written twice; and `budget compare`
+asking it as a reference model."""
 
 from __future__ import annotations
 
@@ -144,6 +145,13 @@ def test_eval_against_a_real_server_runs_what_it_can_and_resumes_after_kill_9_of
         every_kind_it_can(json.loads(doc), out)
         ids = [json.loads(x)["id"] for x in results.read_text().splitlines()]
         assert len(ids) == len(set(ids)) == 16 and kept < 16
+        # `budget compare` asks the same server as a reference model (one that charges nothing): a run in the ledger
+        cmp = budget("compare", REPO / "plans" / "smoke.yaml", "--reference", tiny_model, "--base-url", served.url,
+                     "--free", "--cases", "1", "--concurrency", "2", "--json", home=tmp_path, cwd=tmp_path)
+        assert cmp.returncode == 0, cmp.stderr
+        got = json.loads(cmp.stdout)
+        assert got["state"] == "done" and got["calls"] >= 4 and got["spent_cny"] == "0.00"
+        assert got["tasks"]["captions"]["ok"] == 1 and set(got["skipped"]) == {"sweep", "fp16_check"}
     finally:
         served.kill()
 

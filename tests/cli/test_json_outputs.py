@@ -22,6 +22,7 @@ ROWS = {
     "`budget prices list`": PriceList,
     "`budget model inspect`": InspectReport,
     "`budget eval`": outputs.EvalSummary,
+    "`budget compare`": outputs.CompareSummary,
     "*batch size*": outputs.BatchSize,
     "*load*": outputs.Load,
     "*memory*": outputs.MemoryUse,

@@ -58,7 +58,7 @@ def test_the_public_plan_evaluates_every_task_from_public_sources(cli, public_mi
     assert summary["complete"], summary
     tasks = summary["tasks"]
     assert {k: v["done"] for k, v in tasks.items()} == {"coco_captions": 2, "documents": 2, "multiturn_vqa": 2,
-                                                         "memory_sweep": 6, "video": 2, "fp16_check": 2}
+                                                         "digits": 2, "memory_sweep": 6, "video": 2, "fp16_check": 2}
     assert all(v["ok"] == v["done"] for v in tasks.values()), tasks
 
     def lines(task):

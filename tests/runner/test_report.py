@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from planner import money
 from planner.models import Offer
-from runner.money import aggregation, periods, report, results
+from runner.money import aggregation, documents, periods, report, results
 from runner.money.guard import Policy
 from runner.money.ledger import Ledger
 from tests.runner.conftest import need
@@ -169,7 +169,7 @@ def test_charge_lines_say_what_was_recorded_at_launch():
     iid = launch(led, "r1", offer(3600, 3600, gpu="A10G", count=4), Decimal("36.72"), T0, [T0 + 100], T0 + 4000)
     new_run(led, "r2", "p", at=T0 + 5000)
     led.update_run("r2", state="failed", reason="launch refused: InsufficientInstanceCapacity")
-    d, failed = led.admit("r2", offer=offer(1, 60), price_cny_h=Decimal(5), price_original_h=Decimal("0.69"),
+    _d, failed = led.admit("r2", offer=offer(1, 60), price_cny_h=Decimal(5), price_original_h=Decimal("0.69"),
                           spot=True, provider="aws", now=T0 + 5000, policy=BIG)
     led.settle(failed, None, "failed")
     new_run(led, "r3", "p", at=T0 + 6000)
@@ -307,7 +307,7 @@ def test_bad_input_is_one_error_and_a_hint(cli, budget_home, tmp_path, args, mes
 
 
 def test_an_empty_ledger_is_bad_input_and_stays_unwritten(cli, budget_home, tmp_path):
-    code, out, err = cli("report", "--format", "csv", "--out", tmp_path / "r.csv")
+    code, _out, err = cli("report", "--format", "csv", "--out", tmp_path / "r.csv")
     assert code == 2 and "nothing has been run" in err and "hint: " in err
     assert not (budget_home / "ledger.db").exists() and not (tmp_path / "r.csv").exists()
     Ledger(budget_home / "ledger.db").close()  # a ledger with no runs yet
@@ -325,35 +325,203 @@ def browser():
     return sync_playwright, exe
 
 
-def test_the_html_report_renders_in_a_real_browser(cli, budget_home, tmp_path):
+def crowd(home: Path, runs: int = 14) -> None:
+    """Many runs with long names, long plan names, foreign-currency rates with long digits, and a launch refused
+    with a long reason: the statement a wide table would overflow."""
+    led = Ledger(home / "ledger.db")
+    at = time.time() - 2 * 86400
+    for n in range(runs):
+        rid = f"captioning-benchmark-{n:02d}-qwen3-vl-8b-instruct-{QUANTS[n % 4]}-long-descriptive-suffix"
+        new_run(led, rid, "research-team-pool-with-a-long-name", quant=QUANTS[n % 4],
+                plan="multimodal-evaluation-plan-with-a-very-long-name", at=at + n * 600)
+        o = offer(60 if n % 2 else 1, 60, gpu=["A10G", "L40S", "H100"][n % 3], count=1 + n % 4)
+        launch(led, rid, o, Decimal("36.7233") + n, at + n * 600, [at + n * 600 + 300], at + n * 600 + 500)
+    rid = "captioning-benchmark-refused-qwen3-vl-8b-instruct-nf4-long-descriptive-suffix"
+    new_run(led, rid, "research-team-pool-with-a-long-name", at=at + runs * 600)
+    led.update_run(rid, state="failed", reason="launch refused: InsufficientInstanceCapacity in every zone tried "
+                   "(us-east-1a, us-east-1b, us-east-1c, us-east-1d) after 3 attempts")
+    _, iid = led.admit(rid, offer=offer(1, 60), price_cny_h=Decimal(5), price_original_h=Decimal(5) / Decimal(7),
+                       spot=True, provider="aws", now=at + runs * 600, policy=BIG)
+    led.settle(iid, None, "failed")
+    led.close()
+
+
+REFERENCE = {
+    "models": ["gpt-4o"],
+    "headlines": ["nf4: 86% of gpt-4o's score at 2% of its cost per case (5 cases of 4 tasks)",
+                  "int8: 91% of gpt-4o's score at 3% of its cost per case (5 cases of 4 tasks)"],
+    "rows": [{"task": "captions", "metric": "CIDEr-D", "cases": 5, "reference": "gpt-4o", "quant": q,
+              "reference_value": "0.8123", "value": v, "score_pct": pct, "reference_cny_per_case": "0.0213",
+              "cny_per_case": c, "cost_pct": cp}
+             for q, v, pct, c, cp in (("nf4", "0.7011", "86", "0.0004", "2"), ("int8", "0.7400", "91", "0.0006", "3"))],
+    "note": "a hosted model's score depends on its version and the date it was asked"}
+
+
+def with_reference(monkeypatch) -> None:
+    """The cost of quality as the real path computes it, its reference comparison and change against 16-bit
+    replaced by hand-built ones for plan `smoke` (fixed figures for the layout; test_metered_calls.py and plan
+    `doc` below check the real ones)."""
+    import copy
+
+    from runner.money import quality
+
+    real = quality.cost_of_quality
+
+    def cost_of_quality(*args, **kw):
+        doc = real(*args, **kw)
+        if kw.get("plan") != "smoke":
+            return doc
+        doc["rows"] = [{**{k: v for k, v in r.items() if k != "cost_cny"},
+                        "change_vs_16bit_pct": None if r["quant"] == "bf16" or r["value"] is None else "-5.6",
+                        "cost_cny": r["cost_cny"]} for r in doc["rows"]]
+        doc["reference"] = copy.deepcopy(REFERENCE)
+        return doc
+
+    monkeypatch.setattr(quality, "cost_of_quality", cost_of_quality)
+
+
+def test_the_reference_comparison_in_every_format(cli, budget_home, tmp_path, monkeypatch):
+    monkeypatch.setattr(documents, "charts", lambda *a: [])  # the tables only (the browser test draws the charts)
+    demo_home(budget_home)
+    with_reference(monkeypatch)
+    code, out, err = cli("report", "--plan", "smoke", "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["reference"] == REFERENCE
+    code, out, err = cli("report", "--plan", "smoke")
+    assert code == 0, err
+    assert "Against reference models (gpt-4o), on the same cases" in out and REFERENCE["headlines"][0] in out
+    assert "note: a hosted model's score depends on its version" in out and "-5.6%" in out
+    row = next(line.split() for line in out.splitlines() if line.split()[:2] == ["captions", "CIDEr-D"])
+    assert row == ["captions", "CIDEr-D", "5", "nf4", "0.7011", "gpt-4o", "0.8123", "86%", "0.0004", "0.0213", "2%"]
+    code, out, err = cli("report", "--plan", "smoke", "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out.lstrip("\ufeff"))))
+    assert {r["section"] for r in rows} == {"quality", "reference"}
+    mine = [r for r in rows if r["section"] == "quality"]
+    assert len(mine) == len(doc["rows"]) and {r["change_vs_16bit_pct"] for r in mine} == {"", "-5.6"}
+    assert sum(Decimal(r["cost_cny"]) for r in mine) == Decimal(doc["attributed_cny"])
+    ref = [r for r in rows if r["section"] == "reference"]
+    assert [(r["quant"], r["reference"], r["score_pct"], r["cny_per_case"], r["note"]) for r in ref] == [
+        ("nf4", "gpt-4o", "86", "0.0004", REFERENCE["note"]), ("int8", "gpt-4o", "91", "0.0006", REFERENCE["note"])]
+    code, _, err = cli("report", "--plan", "smoke", "--format", "html", "--out", tmp_path / "q.html")
+    assert code == 0, err
+    page = (tmp_path / "q.html").read_text()
+    assert all(html_escape(h) in page for h in REFERENCE["headlines"]) and html_escape(REFERENCE["note"]) in page
+    for key in REFERENCE["rows"][0]:  # every key of the reference rows has its column
+        assert f">{html_escape(documents.header(key))}</th>" in page, key
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def test_every_table_header_is_a_human_one_and_nothing_is_dropped(cli, budget_home, tmp_path, monkeypatch):
+    """One mapping from document keys to headers covers every key the tables show; the charges table keeps the
+    reader's columns and every other key of a charge line is in the details table below it."""
+    monkeypatch.setattr(documents, "charts", lambda *a: [])  # the tables only (the browser test draws the charts)
+    demo_home(budget_home)
+    crowd(budget_home, runs=2)
+    for args in ([], ["--by", "day"], ["--by", "week"], ["--by", "gpu"], ["--plan", "smoke"]):
+        code, out, err = cli("report", *args, "--format", "json")
+        assert code == 0, err
+        doc = json.loads(out)
+        code, _, err = cli("report", *args, "--format", "html", "--out", tmp_path / "r.html")
+        assert code == 0, err
+        page = (tmp_path / "r.html").read_text()
+        heads = re.findall(r"<th[^>]*>([^<]*)</th>", page)
+        assert heads and all(re.fullmatch(r"#|[A-Z][^_]*", h) for h in heads), heads
+        _, rows = documents.rows_of(doc)
+        keys = {k for r in rows for k in r} - {"section"} - set(documents.FOLDED)
+        keys |= {k for r in doc.get("variance", {}).get("runs", []) for k in r}
+        assert keys <= set(documents.HEADERS), keys - set(documents.HEADERS)
+        assert all(f">{html_escape(documents.header(k))}</th>" in page for k in keys), args
+    charges = json.loads(cli("report", "--format", "json")[1])["charges"]
+    cli("report", "--format", "html", "--out", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    main, details = page.split("<h3>Charges: details</h3>")
+    main = main.split("<h2>Charges</h2>")[1]
+    main_heads = re.findall(r"<th[^>]*>([^<]*)</th>", main)
+    assert main_heads == ["#", "Run", "Plan", "Quantization", "Provider", "GPU", "Started (UTC)", "Ended (UTC)",
+                          "Billed (h:mm:ss)", "Rate (CNY/h)", "Amount (CNY)", "Status"]
+    assert "InsufficientInstanceCapacity in every zone" in main and "A10G\u00a0x" in main  # folded into cells
+    for n, c in enumerate(charges, 1):  # the details table is joined on # and run
+        row = re.search(rf"<tr><td class=\"n\">{n}</td><td[^>]*>(.*?)</tr>", details).group(1)
+        assert html_escape(c["run"]) in row and c["exact_cny"] in row and c["instance_type"] in row
+        assert c["fx_cny_per_unit"] is None or c["fx_cny_per_unit"] in row
+    assert documents.header("some_new_rate_cny_h") == "Some new rate (CNY/h)"  # a key the mapping lacks
+
+
+
+
+def test_the_html_report_renders_in_a_real_browser(cli, budget_home, tmp_path, monkeypatch):
+    """The statement and the cost of quality (with a reference comparison) as a reader sees them at 1280 px:
+    no horizontal scrollbar for many runs with long names, human headers, money right-aligned in tabular
+    figures, every chart drawn, nothing fetched or run."""
     sync_playwright, exe = browser()
     need("playwright + chromium (apt-get install chromium; pip install playwright)", sync_playwright is not None
          and exe is not None)
+    from tests.runner.test_metered_calls import reference_ledger
+
     demo_home(budget_home)
-    page_file = tmp_path / "report.html"
-    code, _, err = cli("report", "--format", "html", "--out", page_file)
-    assert code == 0, err
-    text = page_file.read_text()
-    assert "http://" not in text and "https://" not in text and "<script" not in text  # nothing fetched or run
+    crowd(budget_home)
+    reference_ledger(budget_home)  # plan `doc`: bf16 and nf4 runs and a real compare run, lines on disk
+    with_reference(monkeypatch)
+    pages = {"statement": tmp_path / "report.html", "quality": tmp_path / "quality.html",
+             "reference": tmp_path / "reference.html"}
+    for args, page_file in ((["report"], pages["statement"]), (["report", "--plan", "smoke"], pages["quality"]),
+                            (["report", "--plan", "doc"], pages["reference"])):
+        code, _, err = cli(*args, "--format", "html", "--out", page_file)
+        assert code == 0, err
+        text = page_file.read_text()
+        assert "http://" not in text and "https://" not in text and "<script" not in text  # nothing fetched or run
+    seen = {}
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
         try:
-            page = b.new_page()
+            page = b.new_page(viewport={"width": 1280, "height": 900})
             problems = []
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
             page.on("request", lambda r: problems.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
-            page.goto(page_file.as_uri(), wait_until="load")
-            images = page.evaluate("() => Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+            for name, page_file in pages.items():
+                page.goto(page_file.as_uri(), wait_until="load")
+                seen[name] = page.evaluate("""() => ({
+                  width: document.documentElement.scrollWidth,
+                  images: Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]),
+                  headers: Array.from(document.querySelectorAll('th')).map(t => t.textContent),
+                  money: Array.from(document.querySelectorAll('td.money')).map(c => [c.textContent,
+                    getComputedStyle(c).textAlign, getComputedStyle(c).fontVariantNumeric]),
+                  amounts: Array.from(document.querySelectorAll('table')).flatMap(t => {
+                    const i = Array.from(t.querySelectorAll('th')).findIndex(h => h.textContent === 'Amount (CNY)');
+                    return i < 0 ? [] : Array.from(t.querySelectorAll('tbody tr')).map(r => r.cells[i].className)}),
+                  headlines: Array.from(document.querySelectorAll('ul.headlines li')).map(li => li.textContent)})""")
+                shot = tmp_path / f"{name}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+                assert int.from_bytes(shot.read_bytes()[16:20], "big") == 1280  # IHDR width: no sideways overflow
         finally:
             b.close()
     assert not problems, problems
-    titles = [alt for alt, _, _ in images]
-    assert all(done and width > 0 for _, done, width in images), images
+    for name, got in seen.items():
+        assert got["width"] <= 1280, (name, got["width"])  # no horizontal scrollbar
+        assert got["headers"] and all(re.fullmatch(r"#|[A-Z][^_]*", h) for h in got["headers"]), got["headers"]
+        assert got["money"] and all(a == "right" and "tabular-nums" in f for _, a, f in got["money"]), got["money"]
+        assert all(done and width > 0 for _, done, width in got["images"]), got["images"]
+    statement, quality = seen["statement"], seen["quality"]
+    assert len(statement["amounts"]) >= 14 + 5 and all("money" in c for c in statement["amounts"])
+    assert {"Amount (CNY)", "Rate (CNY/h)", "Instance type", "Billed (s)", "FX (CNY per unit)"} <= set(
+        statement["headers"])
+    titles = [alt for alt, _, _ in statement["images"]]
     assert any("Burn-down" in t for t in titles) and any("provider and GPU" in t for t in titles)
     assert any("Cost vs quality" in t for t in titles) and any("memory sweep" in t for t in titles)
-    assert (tmp_path / "report.png").stat().st_size > 10_000
+    assert quality["headlines"] == REFERENCE["headlines"]
+    assert {"Reference model", "Score vs reference (%)", "Change vs 16-bit (%)"} <= set(quality["headers"])
+    real = seen["reference"]["headlines"]  # computed by quality.py from the compare run's lines, not hand-built
+    assert len(real) == 2 and real[0].startswith("bf16: 100% of ref-vl's score at ") and real[1].startswith(
+        "nf4: 50% of ref-vl's score at ")
 
 
 def test_a_ledger_from_before_reports_migrates_its_rows(tmp_path):
@@ -394,6 +562,6 @@ def test_html_without_matplotlib_says_what_to_install(cli, budget_home, tmp_path
 
     demo_home(budget_home)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the `report` extra were not installed
-    code, out, err = cli("report", "--format", "html", "--out", tmp_path / "r.html")
+    code, _out, err = cli("report", "--format", "html", "--out", tmp_path / "r.html")
     assert code == 2 and "gpubudget[report]" in err and err.count("\n") == 2 and not (tmp_path / "r.html").exists()
     assert not list(tmp_path.glob(".r.html*"))

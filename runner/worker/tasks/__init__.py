@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import caption, document, fp16_verify, memory_sweep, multiturn_vqa, poetry, video
+from . import caption, digits, document, fp16_verify, memory_sweep, multiturn_vqa, poetry, video
 
 KINDS = {"caption": caption, "document": document, "multiturn_vqa": multiturn_vqa, "poetry": poetry,
-         "memory_sweep": memory_sweep, "video": video, "fp16_verify": fp16_verify}
+         "memory_sweep": memory_sweep, "video": video, "fp16_verify": fp16_verify, "digits": digits}
 
 
 def most_lines(task: dict, limit: int | None) -> int | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .. import metrics
 from . import base
 
-SINGLE_TURN = ("caption", "document", "poetry")
+SINGLE_TURN = ("caption", "document", "poetry", "digits")
 
 
 def run_batch(ctx, task, samples):
