@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ NOT_COMPARED = {"memory_sweep": "measures this machine's memory, not a model's a
                 "fp16_verify": "compares a quantization with its own 16-bit answers"}
 DEFAULT_URL = "https://api.openai.com/v1"
 PROVIDER = "api"
+MODEL = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")  # an API's model id (or a served path): printable, no spaces
 
 
 class CompareFailed(GpuBudgetError):
@@ -188,8 +190,11 @@ def run(ask: Ask, home: Path, catalog, *, clock: Clock = SYSTEM, sleep: Callable
     """Compare, resuming an unfinished run of the same comparison. Refused before any call: an unknown model
     with no price, a key variable not set, a cap the pool cannot give."""
     from .worker.client import Unauthorized
-    from .worker.run import Worker
+    from .worker.run import EXIT_BUSY, Worker
 
+    if not MODEL.fullmatch(ask.reference):
+        raise InputError(f"--reference {ask.reference[:80]!r} is not a model name",
+                         "the API's model id, e.g. --reference gpt-4o or --reference qwen-vl-max")
     prices = apiprices.load(home / "catalog") if prices is None else prices
     price = apiprices.price_of(ask.reference, prices, ask.free)
     rate = calls.Rate(ask.reference, price.input_per_1m, price.output_per_1m, price.currency,
@@ -234,7 +239,9 @@ def run(ask: Ask, home: Path, catalog, *, clock: Clock = SYSTEM, sleep: Callable
         meter = LedgerMeter(led, run_id, price, rate, clock, Policy(), run_dir / "answers.jsonl")
         serving = {"meter": meter, **({"sleep": sleep} if sleep is not None else {})}
         worker = Worker(out / "job.json", out, serving=serving)
-        worker.main()
+        if worker.main() == EXIT_BUSY:  # another `budget compare` of the same comparison holds its directory
+            raise InputError(f"run {run_id} is being compared by another process (its directory {out} is held)",
+                             f"wait for it, or stop it: `budget stop {run_id}`")
         tasks = results.summarize(out, job)
         results.save_tasks(led, run_id, tasks)
         err = worker.error
@@ -251,12 +258,12 @@ def run(ask: Ask, home: Path, catalog, *, clock: Clock = SYSTEM, sleep: Callable
         led.update_run(run_id, state=state, phase=state, reason=reason, finished_at=clock.now(),
                        samples_done=sum(int(t.get("done") or 0) for t in tasks.values()),
                        samples_total=sum(int(t.get("total") or 0) for t in tasks.values()))
-        outcome = Outcome(ask.reference, run_id, run_dir, state, reason, cap, led.spent_run(run_id), calls.totals(led, run_id), tasks,
-                          skipped, prior is not None)
         if isinstance(err, Unauthorized):
-            raise InputError(f"{ask.base_url} refused the key in ${ask.api_key_env}: {err}".replace(
-                f"the server at {ask.base_url} refused the key: ", ""),
-                f"check the key in ${ask.api_key_env} (or pass --api-key-env NAME); nothing was billed")
-        return outcome
+            said = str(err).split("refused the key: ", 1)[-1]
+            where = f"the key in ${ask.api_key_env}" if ask.api_key_env else "a call without a key"
+            raise InputError(f"{ask.base_url} refused {where} ({said})",
+                             "check the key (or pass --api-key-env NAME, the variable holding it); nothing was billed")
+        return Outcome(ask.reference, run_id, run_dir, state, reason, cap, led.spent_run(run_id),
+                       calls.totals(led, run_id), tasks, skipped, prior is not None)
     finally:
         led.close()

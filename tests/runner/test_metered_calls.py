@@ -39,7 +39,7 @@ def test_a_call_is_reserved_at_its_bound_then_billed_exactly_from_its_usage(tmp_
     amount = calls.bill(led, cid, 1234, 56, T0 + 2)
     assert amount == metered(1234, 56, Decimal("2.50"), Decimal("10.00"), Decimal("7.12")) == Decimal("0.0259524")  # (1234 x 2.5 + 56 x 10) x 7.12 / 1e6
     assert led.spent_run("r") == led.spent_pool("p") == amount
-    d3, cid3 = calls.reserve(led, "r", RATE, Decimal("0.03"), T0 + 3)  # 0.0259524 + 0.03 > 0.05
+    _, cid3 = calls.reserve(led, "r", RATE, Decimal("0.03"), T0 + 3)  # 0.0259524 + 0.03 > 0.05
     assert cid3 is None
     _, cid4 = calls.reserve(led, "r", RATE, Decimal("0.02"), T0 + 3)
     calls.release(led, cid4, T0 + 4, "HTTP 500: not billed")
@@ -80,7 +80,7 @@ def test_statements_rebuild_and_burn_down_hold_metered_calls(tmp_path):
     for k, (p, c) in enumerate([(1000, 10), (2000, 20), (333, 7)]):
         _, cid = calls.reserve(led, "api1", RATE, Decimal(1), T0 + k * 40000)  # across midnight
         amounts.append(calls.bill(led, cid, p, c, T0 + k * 40000 + 5))
-    _, open_call = calls.reserve(led, "api1", RATE, Decimal("0.5"), T0 + 90000)  # the controller dies here
+    calls.reserve(led, "api1", RATE, Decimal("0.5"), T0 + 90000)  # the controller dies with this call open
     total = sum(amounts, Decimal(0))
     doc = report.statement(led, now=T0 + 100000)
     assert Decimal(doc["exact_spent_cny"]) == total

@@ -169,3 +169,22 @@ def test_a_stop_request_interrupts_the_batch(server):
     eng = ServerEngine(server.url, "served", {"max_new_tokens": 9}, 0, lambda: len(server.bodies) >= 1)
     with pytest.raises(Interrupted):
         eng.run([image_request()], 4)
+
+
+def test_retry_after_in_seconds_milliseconds_or_a_date_is_waited_up_to_a_minute():
+    import email.utils
+    import time as _time
+    from types import SimpleNamespace
+
+    from runner.worker.client import RETRY_AFTER_MAX_S, retry_after
+
+    def said(**headers):
+        return SimpleNamespace(response=SimpleNamespace(headers=headers))
+
+    assert retry_after(said(**{"retry-after": "3"})) == 3.0
+    assert retry_after(said(**{"retry-after-ms": "1500", "retry-after": "9"})) == 1.5
+    assert retry_after(said(**{"retry-after": "86400"})) == RETRY_AFTER_MAX_S  # asked again after a minute
+    when = email.utils.formatdate(_time.time() + 30, usegmt=True)
+    assert 25 <= retry_after(said(**{"retry-after": when})) <= 30
+    assert retry_after(said(**{"retry-after": "soon"})) == 0.0 and retry_after(said()) == 0.0
+    assert retry_after(ValueError("no response")) == 0.0
