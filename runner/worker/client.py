@@ -292,6 +292,8 @@ class ServerEngine:
             for k in media - self.taken:
                 self.refused.setdefault(k, f"{why} (it refused {k} before and has taken none)")
             raise Refused(why) from None
+        except openai.APIError as e:  # an error event inside the stream: this request's answer is broken off
+            raise Refused(f"the server's reply broke off: {_said(e)}") from None
         self.taken |= media
         return out
 

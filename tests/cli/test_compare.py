@@ -114,6 +114,7 @@ def hosted():
                 h.answered.append(messages)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.handle_error = lambda request, address: None  # a client gone mid-reply (the faults above) is expected
     t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     t.start()
     h.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
