@@ -69,6 +69,7 @@ class Outcome:
     tasks: dict
     skipped: dict = field(default_factory=dict)
     resumed: bool = False
+    why: str = ""  # what stopped it, in words
 
 
 class LedgerMeter:
@@ -83,7 +84,8 @@ class LedgerMeter:
                  answers: Path):
         self.led, self.run_id, self.price, self.rate, self.clock, self.policy = led, run_id, price, rate, clock, policy
         self.lock = threading.Lock()
-        self.refused = None  # the guard's Decision that stopped the run
+        self.refused = None  # the guard's Decision that stopped the run, and why in words
+        self.why = ""
         self.path = answers
         self.answers = _journaled(answers)
 
@@ -100,8 +102,10 @@ class LedgerMeter:
                                    f"<= {tokens} prompt + {call.max_tokens} completion tokens")
         if cid is None:
             self.refused = d
-            raise OverBudget(f"the next call may cost {display(bound, 4)} CNY; committed {display(d.committed_cny - bound, 4)}"
-                             f" of the {display(d.cap_cny, 2)} CNY cap")
+            self.why = (f"the next call may cost up to {display(bound, 4)} CNY and {display(d.committed_cny - bound, 4)} "
+                        f"of the {display(d.cap_cny)} CNY cap is spent or reserved" if d.reason == "budget"
+                        else "`budget stop` asked for it")
+            raise OverBudget(self.why)
         return cid
 
     def bill(self, cid: int, prompt_tokens: int, completion_tokens: int, answer: dict | None = None) -> None:
@@ -264,6 +268,6 @@ def run(ask: Ask, home: Path, catalog, *, clock: Clock = SYSTEM, sleep: Callable
             raise InputError(f"{ask.base_url} refused {where} ({said})",
                              "check the key (or pass --api-key-env NAME, the variable holding it); nothing was billed")
         return Outcome(ask.reference, run_id, run_dir, state, reason, cap, led.spent_run(run_id),
-                       calls.totals(led, run_id), tasks, skipped, prior is not None)
+                       calls.totals(led, run_id), tasks, skipped, prior is not None, meter.why)
     finally:
         led.close()

@@ -111,5 +111,6 @@ def compare_cmd(
         render.compare_summary(outcome)
     if outcome.state != "done":
         raise compare.CompareFailed(
-            f"run {outcome.run_id} {outcome.state} ({outcome.reason}); its finished cases are kept",
+            f"run {outcome.run_id} {outcome.state} ({outcome.reason}{': ' + outcome.why if outcome.why else ''}); "
+            "its finished cases are kept",
             f"rerun the same command to resume{' with a higher --yuan' if outcome.reason == 'budget' else ''}")

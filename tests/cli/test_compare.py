@@ -246,6 +246,7 @@ def test_the_command_prints_its_calls_and_spend_then_json_and_a_stopped_run_is_e
     doc = json.loads(out)
     assert code == 1 and doc["state"] == "stopped" and doc["reason"] == "budget"
     assert Decimal(doc["spent_cny"]) <= Decimal("0.005") and "rerun the same command to resume with a higher --yuan" in err
+    assert "stopped (budget: the next call may cost up to " in err and "of the 0.0050 CNY cap is spent or reserved" in err
 
 
 def test_bad_input_is_one_error_and_one_hint_exit_2(hosted, home, cli):
