@@ -24,14 +24,14 @@ def summarize(out: Path, job: dict, only: dict[str, set[str]] | None = None) -> 
     done = {}
     for spec in job.get("tasks") or []:
         name, kind = spec["name"], spec["kind"]
+        if only is not None and name not in only:
+            continue
         cap, by_id = most_lines(spec, job.get("limit")), {}
         for x in inbound.lines(Path(out) / "results" / f"{name}.jsonl", name):
             if x["id"] in by_id or cap is None or len(by_id) < cap:  # never more samples than the task has
                 by_id[x["id"]] = x
         lines = list(by_id.values())
         if only is not None:
-            if name not in only:
-                continue
             lines = [x for x in lines if x["id"] in only[name]]
         try:
             s = KINDS[kind].summarize(SimpleNamespace(**spec), lines)
