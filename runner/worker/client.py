@@ -12,7 +12,7 @@ believed unchecked: the reply's text is capped, its token counts must be non-neg
 
 A `meter` (a hosted model billed per token: the controller's, runner/compare.py) is asked before a batch is
 sent to reserve each call's bound (`Call`: what the call carries) - all of the batch or none (OverBudget: the
-run stops there) -, then bills each call from its usage, releases one never sent or answered with an error
+run goes on one sample at a time, and stops at the first it cannot pay) -, then bills each call from its usage, releases one never sent or answered with an error
 status, and bills at its bound one whose outcome is unknown (sent, its answer lost, or an answer whose usage
 cannot be believed); a metered call whose answer was lost after it was sent is not sent again. A call the
 meter already has an answer for (`answered(key)`: paid for in an earlier run) is answered from it."""
@@ -49,9 +49,11 @@ class Refused(SampleError):
 
 
 class OverBudget(Interrupted):
-    """The meter cannot pay the next batch's calls: nothing more is sent, finished lines stand."""
+    """The meter cannot pay the next batch's calls: nothing more is sent, finished lines stand - or, when the
+    batch had more than one call (`smaller`), the task loop tries the rest one sample at a time."""
 
     reason = "budget"
+    smaller = False
 
 
 @dataclass(frozen=True)
@@ -228,9 +230,11 @@ class ServerEngine:
         try:
             for r in requests:
                 holds.append(self.meter.reserve(call_of(r, max_new_tokens)))
-        except BaseException:
+        except BaseException as e:
             for h in holds:
                 self.meter.release(h, "its batch could not be paid whole: not sent")
+            if isinstance(e, OverBudget) and len(requests) > 1:
+                e.smaller = True  # a batch of fewer calls may still be paid: the task loop goes on one by one
             raise
         return holds
 

@@ -31,6 +31,7 @@ class Phases:
         self.loads: list[dict] = []
         self.params = 0  # the model's parameter count, as loaded (sizes the 16-bit reference)
         self.extra: dict = {}  # shared with the task kinds (fp16_verify reads the quantized answers)
+        self.alone = False  # a metered engine could not pay a batch whole: one sample at a time from then on
 
     def run(self, job, work, quant: str, tasks) -> None:
         from .tasks import KINDS
@@ -96,10 +97,13 @@ class Phases:
             requested = ctx.job.batch_size if ctx.job.engine.kind == "hf" else ctx.job.engine.concurrency
             upcoming = tokens(ctx, task, todo[i:i + MAX_AUTO_BATCH]) if requested == "auto" else None
             size = self.batching.size(kind, requested, first_peak, baseline, ctx.memory, upcoming=upcoming)
-            chunk = todo[i:i + size]
+            chunk = todo[i:i + (1 if self.alone else size)]
             try:
                 lines = run_chunk(ctx, kind, task, chunk)
             except Interrupted as e:
+                if getattr(e, "smaller", False) and len(chunk) > 1:  # a meter could not pay the batch whole
+                    self.alone = True
+                    continue
                 raise Stopped(getattr(e, "reason", None)) from None
             rf.append(lines)
             i += len(chunk)
