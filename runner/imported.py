@@ -23,7 +23,6 @@ next one."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -41,6 +40,7 @@ from planner.errors import InputError
 from . import inbound
 from .clock import SYSTEM, Clock
 from .colab import PROVIDER
+from .worker.downloads import file_sha256
 
 ZIP_CAP = 256 << 20      # the archive on disk
 MEMBERS_CAP = inbound.FILES_CAP + 8
@@ -258,7 +258,7 @@ def run(path: Path, plan_path: Path | None, home: Path, catalog, clock: Clock = 
         (out / "results").mkdir(parents=True)
         job, skipped = extract(path, out)
         skipped += _strays(out, job)
-        digest = _sha256(path)
+        digest = file_sha256(path)
         plan, plan_arg, estimate = plan_of(job, plan_path, catalog, home)
         rid = job["run_id"]
         run_dir = homes.directory(Path(home).absolute(), rid)
@@ -285,14 +285,6 @@ def run(path: Path, plan_path: Path | None, home: Path, catalog, clock: Clock = 
             led.close()
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _recorded(led, run_id: str) -> str | None:
