@@ -51,23 +51,12 @@ def drive(run_id: str, home: Path, on_progress=lambda _: None, resume: bool = Fa
     """Run the controller for a created run, in this process (`resume`: one whose controller died, from the
     state it persisted)."""
     run_dir = homes.directory(home, run_id)
-    if not (run_dir / "request.json").exists():  # no instance of ours to drive: a comparison, an imported notebook
-        if (run_dir / "compare.json").exists():
-            raise RunError(f"run {run_id} is a `budget compare` run: a hosted model asked from this machine, no "
-                           "instance to drive", "run the same `budget compare` command again: it resumes a run it "
-                           "did not finish")
-        led = homes.ledger(home, clock)
-        try:
-            run = homes.resolve(led, run_id)
-        finally:
-            led.close()
-        if run["state"] in FINAL:
-            raise RunError(f"run {run_id} is already {run['state']}", f"see `budget status {run_id}`")
-    req = Request.load(run_dir / "request.json")
+    if not (run_dir / "request.json").exists() and (run_dir / "compare.json").exists():
+        raise RunError(f"run {run_id} is a `budget compare` run: a hosted model asked from this machine, no instance "
+                       "to drive", "run the same `budget compare` command again: it resumes a run it did not finish")
     led = homes.ledger(home, clock)
     try:
-        provider = registry.make(req.provider, configmod.load(home), home, region=req.offer.get("region"), clock=clock)
-        if resume:
+        if resume:  # refused before its request is read: an imported notebook's run has none, and is ended
             run = homes.resolve(led, run_id)
             if run["state"] in FINAL:
                 raise RunError(f"run {run_id} is already {run['state']}", "see `budget status " + run_id + "`")
@@ -77,6 +66,13 @@ def drive(run_id: str, home: Path, on_progress=lambda _: None, resume: bool = Fa
             if homes.controller_alive(run) and run["controller_pid"] != os.getpid():
                 raise RunError(f"run {run_id} still has a controller (pid {run['controller_pid']})",
                                f"watch it with `budget logs {run_id} -f`")
+        req = Request.load(run_dir / "request.json")
+    except BaseException:
+        led.close()
+        raise
+    try:
+        provider = registry.make(req.provider, configmod.load(home), home, region=req.offer.get("region"), clock=clock)
+        if resume:
             led.update_run(run_id, stop_requested=0)
             (run_dir / "STOP").unlink(missing_ok=True)
         return Driver(led, provider, req, run_dir, clock, on_progress).run(resume=resume)

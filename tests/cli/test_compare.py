@@ -316,3 +316,9 @@ def test_a_batch_the_cap_cannot_pay_whole_goes_on_one_call_at_a_time_as_far_as_o
         assert (o.state, o.reason) == ("stopped", "budget")
         got[concurrency] = (o.calls["calls"], {k: t["done"] for k, t in o.tasks.items()}, o.spent_cny)
     assert got[4] == got[1]  # no affordable case left behind by a batch the cap could not pay whole
+
+
+def test_budget_resume_of_a_comparison_says_how_to_resume_it(hosted, home, cli):
+    o = compare.run(ask(hosted), home, load_catalog(), sleep=lambda s: None)
+    code, _, err = cli("resume", o.run_id)
+    assert code != 0 and "is a `budget compare` run" in err and "run the same `budget compare` command again" in err
