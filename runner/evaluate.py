@@ -58,12 +58,13 @@ def prepare(out: Path, job: dict, fresh: bool) -> None:
         except ValueError:
             old = {}
         if jobs.fingerprint(old) != jobs.fingerprint(job):
-            changed = sorted(k for k in set(old) | set(job) if k not in ("run_id", "deadline") and old.get(k) != job.get(k))
+            changed = sorted(k for k in set(old) | set(job)
+                             if k not in ("run_id", "deadline", "replicas") and old.get(k) != job.get(k))
             raise InputError(f"{out} holds results of a different job (differs in: {', '.join(changed) or 'schema'})",
                              "pass another --out, or --fresh to discard those results")
         job = dict(job, run_id=old.get("run_id", job["run_id"]))
     if fresh:
-        for name in ("results", "status.json", "summary.json", "worker.log", "STOP"):
+        for name in ("results", "shards", "status.json", "summary.json", "worker.log", "STOP"):
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     (out / "job.json").write_text(json.dumps(job, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -19,7 +19,6 @@ never from what the instance claims."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from planner import names
 
-from .units import printable
+from .units import capped_float, capped_int, no_constant, printable
 
 DOC_CAP = 1 << 20        # status.json / summary.json: the worker's are a few KiB
 LINE_CAP = 1 << 20       # one result line (the worker's are well under 64 KiB; a prompt is capped at 65,536)
@@ -62,6 +61,17 @@ class TaskProgress(_Doc):
     skipped: Text | None = None
 
 
+class Replica(_Doc):
+    """One GPU's worker process of a job run by replicas (runner/worker/replicas.py)."""
+
+    replica: Count = 0
+    gpu: Text = ""
+    shard: Count | None = None
+    phase: Text | None = None
+    lost: bool = False
+    runs: Count = 0
+
+
 class Status(_Doc):
     """status.json as the controller reads it (what the worker reports; only `updated_at` - the heartbeat -
     and the words it stopped or failed with are used)."""
@@ -73,6 +83,7 @@ class Status(_Doc):
     stopped: Text | None = None
     error: Text | None = None
     tasks: dict[TaskName, TaskProgress] = Field(default_factory=dict, max_length=FILES_CAP)
+    replicas: list[Replica] = Field(default_factory=list, max_length=64)
 
 
 class Summary(Status):
@@ -127,33 +138,13 @@ def line_of(raw: bytes, task: str) -> dict | None:
     if len(raw) > LINE_CAP:
         return None
     try:
-        doc = json.loads(raw, parse_int=_int, parse_float=_float, parse_constant=_no_constant)
+        doc = json.loads(raw, parse_int=capped_int, parse_float=capped_float, parse_constant=no_constant)
         if not isinstance(doc, dict):
             return None
         line = Line.model_validate(doc)
     except (ValueError, ValidationError, RecursionError):
         return None
     return doc if line.task == task else None
-
-
-NUMBER_CAP = 10**15  # every number in a result line is finite and at most this (tokens, bytes, seconds, scores)
-
-
-def _int(s: str) -> int:
-    if len(s) > 17 or abs(n := int(s)) > NUMBER_CAP:
-        raise ValueError(f"number {s[:20]} out of range")
-    return n
-
-
-def _float(s: str) -> float:
-    x = float(s)
-    if not math.isfinite(x) or abs(x) > NUMBER_CAP:
-        raise ValueError(f"number {s[:20]} out of range")
-    return x
-
-
-def _no_constant(s: str):  # NaN, Infinity
-    raise ValueError(f"{s} is not a number a result line holds")
 
 
 def lines(path: Path, task: str):

@@ -99,6 +99,7 @@ def build(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, *, quan
 
 
 def fingerprint(job: dict) -> str:
-    """What makes two jobs the same work (their results can be shared): everything but run id and deadline."""
-    core = {k: v for k, v in job.items() if k not in ("run_id", "deadline")}
+    """What makes two jobs the same work (their results can be shared): everything but run id, deadline and how
+    many replicas share it (worker/replicas.py: their lines merge into the same results)."""
+    core = {k: v for k, v in job.items() if k not in ("run_id", "deadline", "replicas")}
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()

@@ -1,11 +1,13 @@
 """How figures are written for people, in logs, events and tables alike: CNY amounts rounded for display
 only (half-even; 2 decimals, 4 below 1 CNY - the ledger keeps every digit), instants as ISO 8601 UTC
 (`iso`), spans of time in s / min / h (`duration`), an estimate's error band (`band`), and text an instance wrote with its control
-characters escaped (`printable`): one spelling of each everywhere."""
+characters escaped (`printable`): one spelling of each everywhere. And the caps on a number read back from an
+instance (`capped_int`, `capped_float`: runner/inbound.py parses result lines with them)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 from planner.assumptions import band_text
 from planner.money import display
@@ -53,3 +55,24 @@ def printable(text: str) -> str:
 
 _ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x09), *range(0x0a, 0x20), *range(0x7f, 0xa0)]}
 _ESCAPES.update({c: f"\\u{c:04x}" for c in [*range(0x202a, 0x202f), *range(0x2066, 0x206a), 0x200e, 0x200f, 0x061c]})
+
+
+NUMBER_CAP = 10**15  # every number in a result line read back is finite and at most this (tokens, bytes, seconds, scores)
+
+
+def capped_int(s: str) -> int:
+    """json.loads' parse_int for what an instance wrote: a number out of range is a ValueError."""
+    if len(s) > 17 or abs(n := int(s)) > NUMBER_CAP:
+        raise ValueError(f"number {s[:20]} out of range")
+    return n
+
+
+def capped_float(s: str) -> float:
+    x = float(s)
+    if not math.isfinite(x) or abs(x) > NUMBER_CAP:
+        raise ValueError(f"number {s[:20]} out of range")
+    return x
+
+
+def no_constant(s: str):  # NaN, Infinity
+    raise ValueError(f"{s} is not a number a result line holds")

@@ -37,6 +37,9 @@ def eval_cmd(
                                                     "holding its API key (the key is never written anywhere).")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, max=1024,
                                                     help="Server engines: requests in flight (default 8).")] = None,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, max=64, help="Worker processes, one per GPU (pinned "
+                                          "with CUDA_VISIBLE_DEVICES), on disjoint shards merged into one results "
+                                          "folder; on CPU, processes sharing the cores.")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a plan's evaluation on this machine (no provider, no ledger); rerun to resume."""
@@ -58,6 +61,8 @@ def eval_cmd(
     spec = engines.engine_of(engine, base_url, served_model, api_key_env, concurrency, here=True)
     job = jobs.build(ev, plan_file(plan), catalog(), budget_home(), quantization=q, model_path=model_path,
                      limit=limit, batch_size=bs, device=device, deadline=deadline, engine=spec)
+    if replicas > 1:
+        job["replicas"] = replicas
     out_dir = out or budget_home() / "evals" / (f"{ev.name}-{q}" if engine == "hf" else f"{ev.name}-{q}-{engine}")
     evaluate.prepare(out_dir, job, fresh)
     with render.EvalProgress() as bar:

@@ -31,6 +31,11 @@ class EvalProgress(Bar):
         if status.get("task"):
             desc += f" {status['task']}"
         desc += f" | {status.get('tokens', {}).get('decode', 0)} tokens out | peak {gib(mem)}"
+        reps = status.get("replicas") or []
+        if reps:  # budget eval --replicas: each GPU's shard and phase
+            desc += " | " + " ".join(f"gpu{r.get('gpu')}:" + ("lost" if r.get("lost") else
+                                     f"s{r['shard']} {r.get('phase') or '?'}" if r.get("shard") is not None else "idle")
+                                     for r in reps)
         self.progress.update(self.bar, description=desc, completed=done, total=total)
 
 
@@ -40,7 +45,8 @@ def eval_summary(summary: dict, out_dir: str) -> None:
         mem = ", ".join(f"{m['device']} {gib(m['bytes'])}" + (f" ({m['source']})" if m.get("source") else "")
                         for m in ld["memory_after_load"]) or "not reported"
         if ld.get("engine", "hf") == "hf":
-            out.print(f"loaded {summary.get('model')} as {ld['quantization']} ({ld['dtype']}) on {ld['device']} in "
+            shard = f" (shard {ld['shard']})" if ld.get("shard") is not None else ""
+            out.print(f"loaded {summary.get('model')} as {ld['quantization']} ({ld['dtype']}) on {ld['device']}{shard} in "
                       f"{duration(ld['load_s'])}; weights {gib(ld['footprint_bytes'])}; memory after load: {mem}")
         else:
             started = (f" (install {duration(ld['install_s'])}, start {duration(ld['start_s'])})"

@@ -241,8 +241,9 @@ def _fallbacks(report, rec, offers) -> list[dict]:
                 alt.provider != rec.provider or alt.quantization != rec.quantization or alt.spot != rec.spot or \
                 alt.engine != rec.engine:
             continue
-        if rec.engine in ("vllm", "sglang") and (alt.gpu, alt.gpu_count) != (rec.gpu, rec.gpu_count):
-            continue  # the job's memory share and tensor parallelism were priced for the recommendation's rig
+        if alt.replicas != rec.replicas or rec.engine in ("vllm", "sglang") and \
+                (alt.gpu, alt.gpu_count, alt.layout) != (rec.gpu, rec.gpu_count, rec.layout):
+            continue  # the job's replicas, memory share and tensor parallelism were priced for the recommendation's rig
         offer = _offer_of(alt, offers)
         if offer is not None:
             out.append({"offer": offer.model_dump(mode="json"), "price_cny_h": str(alt.price_cny_per_hour),
@@ -270,8 +271,8 @@ def engine_section(rec) -> dict:
     out: dict = {"kind": rec.engine}
     if rec.concurrency is not None and rec.engine != "hf":
         out["concurrency"] = rec.concurrency
-    if rec.engine in ("vllm", "sglang"):
-        out["tensor_parallel"] = rec.gpu_count
+    if rec.engine in ("vllm", "sglang"):  # replicas: one server per GPU, each on its own card
+        out["tensor_parallel"] = 1 if rec.layout == "replicas" else rec.gpu_count
         if rec.engine_memory_fraction is not None:
             out["memory_fraction"] = rec.engine_memory_fraction
         if rec.max_model_len is not None:
@@ -297,6 +298,8 @@ def prepare(plan: EvalPlan, plan_path: Path, catalog: Catalog, home: Path, provi
     run_id = new_run_id(plan.name, clock.now())
     job = jobs.build(plan, plan_path, catalog, home, quantization=rec.quantization, model_path=ask.model_path,
                      limit=ask.limit, batch_size=ask.batch_size, run_id=run_id, engine=engine_section(rec))
+    if rec.layout == "replicas":  # a worker process per GPU on its shard of the samples (runner/worker/replicas.py)
+        job["replicas"] = rec.replicas
     cfg = configmod.load(home)
     req = Request(run_id=run_id, plan_path=str(plan_path), provider=provider.name, offer=offer.model_dump(mode="json"),
                   quantization=rec.quantization, spot=rec.spot, price_cny_h=str(price), price_original_h=str(original),

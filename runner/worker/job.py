@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .shards import MAX_REPLICAS, MAX_SHARDS
+
 SCHEMA = "gpubudget.job/1"
 QUANTS = ("fp32", "fp16", "bf16", "int8", "nf4", "fp8")  # fp8: the server engines only (vLLM, SGLang)
 ENGINES = ("hf", "server", "vllm", "sglang", "transformers")  # hf: in-process; server: an endpoint already running;
@@ -117,6 +119,8 @@ class Job:
     cache_dir: str = ""  # downloads; default <out>/cache
     allow_private_urls: bool = False  # the plan's: datasets may be fetched from loopback/private hosts
     engine: Engine = field(default_factory=Engine)
+    shard: tuple[int, int] | None = None  # (index, count): this job runs shard `index` of `count` (worker/shards.py)
+    replicas: int = 1  # worker processes, one per GPU, each on its own shards (worker/replicas.py)
 
     def task(self, name: str) -> Task:
         return next(t for t in self.tasks if t.name == name)
@@ -291,7 +295,7 @@ def parse(doc: dict) -> Job:
         "max_memory": (dict, False), "generation": (dict, False), "image_limits": (dict, False),
         "batch_size": ((int, str), False), "seed": (int, False), "deadline": (str, False), "limit": (int, False),
         "heartbeat_s": ((int, float), False), "sweep_memory_cap_mib": (int, False), "cache_dir": (str, False),
-        "allow_private_urls": (bool, False), "engine": (dict, False),
+        "allow_private_urls": (bool, False), "engine": (dict, False), "shard": (dict, False), "replicas": (int, False),
     })
     _name(d["run_id"], "job.run_id")
     d["model"] = Model(**_take(d["model"], "job.model", {k: (str, k in ("name", "source"))
@@ -325,6 +329,12 @@ def parse(doc: dict) -> Job:
     if d.get("limit") is not None and d["limit"] < 1:
         raise JobError("job.limit: must be at least 1")
     d["engine"] = _engine(d.get("engine") or {"kind": "hf"}, d["quantization"])
+    if d.get("shard") is not None:
+        d["shard"] = _shard(d["shard"])
+    if not 1 <= d.get("replicas", 1) <= MAX_REPLICAS:
+        raise JobError(f"job.replicas: between 1 and {MAX_REPLICAS}, got {d['replicas']}")
+    if d.get("replicas", 1) > 1 and d.get("shard"):
+        raise JobError("job.replicas: a shard's job runs one process (its replicas field must be 1)")
     d["generation"] = _generation(d.get("generation") or {})
     d["image_limits"] = _image_limits(d.get("image_limits") or {})
     hb = d.get("heartbeat_s", 10.0)
@@ -333,6 +343,13 @@ def parse(doc: dict) -> Job:
     if d.get("sweep_memory_cap_mib") is not None and d["sweep_memory_cap_mib"] < 1:
         raise JobError("job.sweep_memory_cap_mib: must be at least 1")
     return Job(**{k: v for k, v in d.items() if v is not None})
+
+
+def _shard(doc) -> tuple[int, int]:
+    s = _take(doc, "job.shard", {"index": (int, True), "count": (int, True)})
+    if not 1 <= s["count"] <= MAX_SHARDS or not 0 <= s["index"] < s["count"]:
+        raise JobError(f"job.shard: index in [0, count), count in [1, {MAX_SHARDS}]; got {json.dumps(doc)[:60]}")
+    return s["index"], s["count"]
 
 
 def load(path: Path) -> Job:

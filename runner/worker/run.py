@@ -149,4 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2 or argv[0] in ("-h", "--help"):
         print("usage: python -m worker JOB.json OUT_DIR", file=sys.stderr)
         return EXIT_BAD_JOB
+    if _replicas(Path(argv[0])) > 1:  # one worker process per GPU, this one supervising them
+        from .replicas import Supervisor
+
+        return Supervisor(Path(argv[0]), Path(argv[1])).main()
     return Worker(Path(argv[0]), Path(argv[1])).main()
+
+
+def _replicas(job_path: Path) -> int:
+    """The job's replica count, read before anything else (a job that is not JSON is the worker's to refuse)."""
+    doc = files.read_json(job_path)
+    n = doc.get("replicas", 1) if isinstance(doc, dict) else 1
+    return n if isinstance(n, int) and not isinstance(n, bool) else 1

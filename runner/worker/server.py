@@ -7,6 +7,7 @@ asked to), and stopped - the whole group - however the worker ends. Its memory i
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -55,15 +56,18 @@ def install(engine: str, home: Path, log_path: Path, python: str = sys.executabl
         return python
     venv = Path(home) / f"engine-{engine}"
     venv_python = str(venv / "bin" / "python")
-    if venv.exists() and installed(engine, venv_python):
-        return venv_python
-    steps = [[python, "-m", "venv", "--system-site-packages", str(venv)], install_command(engine, venv_python)]
-    with open(log_path, "ab") as out:
-        for argv in steps:
-            log.info("installing %s: %s", engine, " ".join(argv))
-            code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
-            if code != 0:
-                raise ServerFailed(f"installing {engine} failed ({argv[2]} exit {code}); see {log_path.name}")
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with open(Path(home) / f".engine-{engine}.lock", "ab") as lock:  # replicas sharing the cache install it once
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if venv.exists() and installed(engine, venv_python):
+            return venv_python
+        steps = [[python, "-m", "venv", "--system-site-packages", str(venv)], install_command(engine, venv_python)]
+        with open(log_path, "ab") as out:
+            for argv in steps:
+                log.info("installing %s: %s", engine, " ".join(argv))
+                code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+                if code != 0:
+                    raise ServerFailed(f"installing {engine} failed ({argv[2]} exit {code}); see {log_path.name}")
     return venv_python
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from . import batching, datasets, files
+from . import batching, datasets, files, shards
 
 log = logging.getLogger("gpubudget.worker")
 
@@ -18,8 +18,14 @@ class Work:
         self.main = [t for t in job.tasks if t.kind != "fp16_verify"]  # on the job's quantization
         self.verify = [t for t in job.tasks if t.kind == "fp16_verify"]  # on the 16-bit reference, after
         self.samples = {t.name: datasets.resolve(t, job, base_dir, cache) for t in self.main}
+        if job.shard:  # this process runs one shard of the job: its own samples only (worker/shards.py)
+            index, count = job.shard
+            once = shards.once_counts(job.tasks, job.limit)
+            for t in self.main:
+                self.samples[t.name] = shards.keep(self.samples[t.name], t.kind, index, count, once.get(t.name, 0))
         for t in self.verify:
             n = t.samples if job.limit is None else min(t.samples, job.limit)
+            n = 0 if job.shard and job.shard[0] != 0 else n  # the fp16 check runs on shard 0 alone
             self.samples[t.name] = self.samples[t.of_task][:n]
         self.results = {t.name: files.ResultFile(out / "results" / f"{t.name}.jsonl") for t in job.tasks}
         for name, rf in self.results.items():
@@ -35,7 +41,8 @@ class Work:
     def progress(self, task: str) -> dict:
         from .tasks.base import counts
 
-        return {**counts(self.results[task].lines), "total": len(self.samples[task])}
+        ids = {s.id for s in self.samples[task]}  # a shard's file may hold lines of other shards' samples
+        return {**counts([x for x in self.results[task].lines if x["id"] in ids]), "total": len(self.samples[task])}
 
     def pending(self, tasks) -> bool:
         return any(self.todo[t.name] for t in tasks)

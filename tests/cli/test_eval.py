@@ -49,6 +49,30 @@ def test_smoke_plan_builds_the_tiny_model_and_runs_every_kind(home, tmp_path):
     assert doc["attempt"] == 2 and doc["complete"] and doc["loads"] == []
     assert (out / "results" / "captions.jsonl").read_bytes() == before
 
+    # --replicas 2 (runner/worker/replicas.py): two worker processes on disjoint shards, merged into one results
+    # folder - exactly this single process's sample ids, each once - with the sweep and the fp16 check run once
+    two = tmp_path / "two"
+    p2 = budget("eval", "plans/smoke.yaml", "--quant", "nf4", "--out", str(two), "--replicas", "2", "--json",
+                cwd=tmp_path, home=home)
+    assert p2.returncode == 0, p2.stderr
+    merged = json.loads(p2.stdout)
+    assert merged["complete"] and merged["replica_count"] == 2
+    for task in summary["tasks"]:
+        assert sorted(ids(two, task)) == sorted(ids(out, task)) and len(set(ids(two, task))) == len(ids(two, task))
+        assert merged["tasks"][task]["done"] == summary["tasks"][task]["done"], task
+    shard0, shard1 = two / "shards" / "0", two / "shards" / "1"
+    assert ids(shard0, "sweep") and ids(shard0, "fp16_check") and not ids(shard1, "sweep") + ids(shard1, "fp16_check")
+    assert [ld["quantization"] for ld in merged["loads"]].count("bf16") == 1  # one 16-bit reference load in all
+    assert ids(shard0, "captions") and ids(shard1, "captions")  # both replicas answered
+    status = json.loads((two / "status.json").read_text())
+    assert [(r["gpu"], r["runs"], r["phase"]) for r in status["replicas"]] == [("0", 1, "done"), ("1", 1, "done")]
+
+
+def ids(out: Path, task: str) -> list[str]:
+    from runner.worker import files
+
+    return [x["id"] for x in files.ResultFile(out / "results" / f"{task}.jsonl").lines]
+
 
 @pytest.mark.slow
 def test_max_minutes_stops_then_a_rerun_with_a_model_path_limit_and_batch_size_finishes(home, tmp_path, tiny_model):

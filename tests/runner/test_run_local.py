@@ -34,12 +34,18 @@ REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "plans" / "smoke.yaml"
 @slow
 def test_local_happy_path(cli, local_home):
-    code, out, err = cli("run", SMOKE, "--provider", "local", "--yes")
+    """On a 2-GPU offer (simulated here): the planner's layout is replicas, so the instance runs a worker per GPU
+    on its shard, merged into the one results folder the controller fetches."""
+    code, out, err = cli("run", SMOKE, "--provider", "local", "--offer", "autodl:RTX4090x2@cn", "--yes")
     assert code == 0, err
     run = the_run(local_home)
     assert run["state"] == "done" and run["phase"] == "done"
+    request = json.loads((Path(run["dir"]) / "request.json").read_text())
+    assert request["job"]["replicas"] == 2 and "replicas" in out
     summary = json.loads((Path(run["dir"]) / "out" / "summary.json").read_text())
-    assert summary["complete"] and result_lines(run) == run["samples_done"] > 0
+    assert summary["complete"] and summary["replica_count"] == 2 and result_lines(run) == run["samples_done"] > 0
+    status = json.loads((Path(run["dir"]) / "out" / "status.json").read_text())
+    assert [(r["gpu"], r["runs"], r["phase"]) for r in status["replicas"]] == [("0", 1, "done"), ("1", 1, "done")]
     inst = dict(db(local_home).execute("SELECT * FROM instances").fetchone())
     assert inst["state"] == "terminated" and inst["provider"] == "local"
     assert Decimal(0) < spent(local_home) <= Decimal(run["cap_cny"])
