@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 
 from .architecture import ParamGroup
@@ -232,25 +232,36 @@ def start_seconds(engine: str, provider: str, a: Assumptions) -> tuple[float, fl
 
 
 def server_task_seconds(mc: ModelCost, t: TaskLoad, quant: str, gpu: Gpu, n_cards: int, a: Assumptions,
-                        coef: dict[str, float], slow: float, concurrency: int, vision_quantized: bool) -> float:
-    """A task's samples `concurrency` at a time (the last wave holds the rest), every pass of each."""
+                        coef: dict[str, float], slow: float, concurrency: int, vision_quantized: bool,
+                        cache: dict | None = None, rig: tuple = ()) -> float:
+    """A task's samples `concurrency` at a time (the last wave holds the rest), every pass of each. `cache`: a
+    wave's seconds by its passes (their id: it must not outlive the task) and size, on the rig `rig` names (a replica's
+    share of a task has the same waves)."""
     c = max(1, min(concurrency, t.samples))
     full, rest = divmod(t.samples, c)
     total = t.samples * a.sample_overhead_s
     for batch, waves in ((c, full), (rest, 1)):
         if not batch or not waves:
             continue
-        for p in t.passes:
-            tm = call_terms(mc, p, batch, quant, gpu, n_cards, a.hop_latency_ms, tp=True)
-            total += waves * phases_of(tm, coef, slow, slow if vision_quantized else 1.0).total_s
+        key = (id(t.passes), batch, *rig)
+        wave = None if cache is None else cache.get(key)
+        if wave is None:
+            wave = sum(phases_of(call_terms(mc, p, batch, quant, gpu, n_cards, a.hop_latency_ms, tp=True), coef, slow,
+                                 slow if vision_quantized else 1.0).total_s for p in t.passes)
+            if cache is not None:
+                cache[key] = wave
+        total += waves * wave
     return total
 
 
 def server_tasks(mc: ModelCost, loads: list[TaskLoad], quant: str, engine: str, gpu: Gpu, n_cards: int,
-                 a: Assumptions, concurrency: int, skipped: dict[str, str], vision_quantized: bool) -> dict[str, float]:
+                 a: Assumptions, concurrency: int, skipped: dict[str, str], vision_quantized: bool,
+                 cache: dict | None = None) -> dict[str, float]:
     """Seconds of each task a server engine runs (those in `skipped` are left out)."""
     coef, slow = coefficients(engine, quant, gpu, a)
-    return {t.name: server_task_seconds(mc, t, quant, gpu, n_cards, a, coef, slow, concurrency, vision_quantized)
+    rig = ("server", engine, quant, gpu.name, id(gpu), n_cards, id(a), vision_quantized)
+    return {t.name: server_task_seconds(mc, t, quant, gpu, n_cards, a, coef, slow, concurrency, vision_quantized,
+                                        cache, rig)
             for t in loads if t.name not in skipped}
 
 
@@ -258,12 +269,12 @@ def plan_tasks(mc: ModelCost, loads: list[TaskLoad], quant: str, sixteen: str, e
                a: Assumptions, concurrency: int | None, skipped: dict[str, str], vision_quantized: bool,
                cache: dict | None = None) -> dict[str, float]:
     """Seconds of each task `engine` runs on one rig: a server's batches of `concurrency`, `transformers serve`'s
-    requests one after another, hf's batches of the plan's `batch_size` (`cache`: hf's task seconds by rig)."""
+    requests one after another, hf's batches of the plan's `batch_size` (`cache`: a batch's seconds by rig)."""
     if engine in SERVERS:
-        return server_tasks(mc, loads, quant, engine, gpu, n_cards, a, concurrency or 1, skipped, vision_quantized)
-    if engine == "transformers":
-        loads = [replace(t, batch=1) for t in loads]
-    return speed_plan_tasks(mc, loads, quant, sixteen, gpu, n_cards, a, vision_quantized, skipped, cache)
+        return server_tasks(mc, loads, quant, engine, gpu, n_cards, a, concurrency or 1, skipped, vision_quantized,
+                            cache)
+    return speed_plan_tasks(mc, loads, quant, sixteen, gpu, n_cards, a, vision_quantized, skipped, cache,
+                            1 if engine == "transformers" else None)
 
 
 def plan_time(mc: ModelCost, loads: list[TaskLoad], quant: str, sixteen: str, engine: str, gpu: Gpu, n_cards: int,

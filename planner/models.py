@@ -20,6 +20,8 @@ QUALITY_RANK: dict[str, int] = {"nf4": 0, "int8": 1, "fp8": 1, "fp16": 2, "bf16"
 # the worker starts on the instance
 EngineName = Literal["hf", "vllm", "sglang", "transformers"]
 ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
+# how a rig uses its cards (planner/layouts.py): one card; one model over the cards; a model per card
+Layout = Literal["single", "split", "replicas"]
 GIB = 1024**3
 
 
@@ -377,6 +379,8 @@ class Recommendation(Model):
     region: str
     gpu: str
     gpu_count: int
+    layout: Layout  # single (one card), split (one model over the cards) or replicas (a model per card)
+    replicas: int  # models run at once, each on its share of the samples: gpu_count for replicas, else 1
     quantization: Quant
     engine: EngineName
     engine_memory_fraction: float | None = None  # vllm/sglang: the share of each card the engine preallocates
@@ -392,6 +396,7 @@ class Recommendation(Model):
     memory_per_gpu_gib: float
     memory: list[GpuMemory]
     hours: float
+    hours_high: float  # the upper end of the time band: what --deadline judges
     time: TimeEstimate
     billed_hours: float
     cost_cny: Decimal
@@ -434,6 +439,20 @@ class NextStep(Model):
     setup: list[str] = []
 
 
+class DeadlineReport(Model):
+    """`budget plan --deadline`: the deadline and what it does to the choice (planner/deadline.py). Candidates are
+    judged on the upper end of their time band."""
+
+    deadline: str  # as given: a duration (6h) or an ISO date/datetime
+    deadline_at: str  # ISO 8601, UTC
+    seconds_left: float  # from planning to the deadline
+    met: bool  # an option within budget finishes by it (else the plan refuses, exit 2)
+    extra_cny: Decimal | None  # what the deadline costs: the recommendation's cost over `cheapest`'s (null: not met)
+    cheapest: Recommendation | None  # the cheapest option within budget, deadline or not
+    nearest: Recommendation | None  # not met: the cheapest option that meets it over the budget, else the fastest
+    late: int  # candidates (offer x market x layout x quantization x engine) that miss it
+
+
 class PlanReport(Model):
     """`budget plan --json`: exactly this document."""
 
@@ -455,6 +474,7 @@ class PlanReport(Model):
     next: NextStep | None = None  # the command that runs the recommendation, and what it needs first
     # options a person runs (Colab's free notebook): never ranked over a rig that runs alone, shown beside
     free: list[Recommendation] = []
+    deadline: DeadlineReport | None = None  # --deadline: what it costs, the options it ruled out
 
 
 class PriceRow(Model):

@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING
 
+from . import deadline as dl
 from . import engines as eng
+from . import layouts as lay
 from .architecture import inventory, param_breakdown
 from .assumptions import Assumptions, band_text
 from .catalog import Catalog
 from .errors import BudgetTooSmall, CatalogError, InputError
+from .layouts import Option
 from .memory import Parts, Peak, WeightLayout, card_parts, from_parts, peak_of, plan_peak, weight_layout
 from .models import (
     ENGINE_NAMES,
@@ -51,35 +55,6 @@ from .workload import task_loads
 
 if TYPE_CHECKING:
     from .calibration import Calibration
-
-
-@dataclass(slots=True)
-class Option:
-    """A (GPU, count, quantization, engine) that fits, with everything offers of it share."""
-
-    gpu: Gpu
-    gpu_count: int
-    usable_mib: int
-    quant: str
-    parts: Parts  # per card, planner/memory.py's card_parts (a server engine: what it preallocates)
-    weights_total: int
-    skipped: dict[str, str]
-    notes: list[str]
-    times: dict[tuple[bool, bool], TimeEstimate] = field(default_factory=dict)  # (aws, spot) -> time
-    _memory: MemoryEstimate | None = None
-    engine: str = "hf"
-    server: eng.ServerMemory | None = None  # vllm/sglang: memory fraction, concurrency, max_model_len
-
-    @property
-    def concurrency(self) -> int | None:
-        return self.server.concurrency if self.server else (1 if self.engine == "transformers" else None)
-
-    @property
-    def memory(self) -> MemoryEstimate:
-        """The per-card estimate (built when asked: only shown options need it)."""
-        if self._memory is None:
-            self._memory = from_parts(self.parts, self.quant, self.weights_total, self.usable_mib * 1024**2)
-        return self._memory
 
 
 @dataclass(slots=True)
@@ -109,6 +84,7 @@ class Optimization:
     # the best `top` rows within budget per (GPU, count, quantization), in enumeration order, then the cheapest
     # over-budget row per (GPU, count, quantization); every figure of the report counts all candidates
     rows: list[tuple]
+    deadline: dl.Deadline | None = None
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -119,14 +95,16 @@ class Optimization:
         """The error to raise when nothing fits the budget: it names the cheapest option."""
         if self.report.recommendation is not None:
             return None
+        if self.deadline is not None and (d := self.report.deadline) and (d.nearest is not None or self.rows):
+            return dl.refusal(self.deadline, self.report.budget_cny, d.nearest)
         if not self.rows:
             return BudgetTooSmall(f"nothing can run plan {plan} on {model}: every candidate was rejected",
                                   "see the rejected table; allow nf4, a larger GPU, or more GPUs per instance")
         c = Candidate.of(min(self.rows, key=lambda r: r[-1]), self.report.budget_cny)
         return BudgetTooSmall(
             f"{self.report.budget_cny} CNY is not enough for plan {plan}: the cheapest option is {c.offer.id} "
-            f"({c.option.gpu.name} x{c.option.gpu_count}, {c.option.quant}, {c.option.engine}"
-            f"{', spot' if c.spot else ''}) at "
+            f"({c.option.gpu.name} x{c.option.gpu_count}{f' {c.option.layout}' if c.option.gpu_count > 1 else ''}, "
+            f"{c.option.quant}, {c.option.engine}{', spot' if c.spot else ''}) at "
             f"{display(c.cost_cny)} CNY",
             "raise --yuan, or make the plan smaller (fewer samples, smaller images)")
 
@@ -158,7 +136,7 @@ class _Planner:
         self.parts: dict[tuple[str, int, Peak], Parts] = {}
         self.times: dict[tuple, tuple[Assumptions, dict[str, float]]] = {}  # a rig's seconds by task
         self.options: dict[tuple, Option | str] = {}
-        self.task_times: dict[tuple, float] = {}  # one task's seconds on one rig (hf and transformers share them)
+        self.task_times: dict[tuple, float] = {}  # a task's batch's seconds on a rig (hf and transformers share them)
         self.server_weights: dict[str, int] = {}
 
     def _parts(self, quant: str, peak: Peak, count: int) -> Parts:
@@ -181,13 +159,18 @@ class _Planner:
                 self.spec, self.inv, quant, self.plan.keep_vision_16bit, self.plan.double_quant)
         return self.layouts[quant]
 
-    def option(self, gpu: Gpu, count: int, usable_mib: int, quant: str, engine: str = "hf") -> Option | str:
-        """An Option if `engine` runs `quant` on count x gpu, else the one-line reason it cannot (computed once)."""
-        key = (gpu.name, id(gpu), count, usable_mib, quant, engine)
+    def option(self, gpu: Gpu, count: int, usable_mib: int, quant: str, engine: str = "hf",
+               replicas: bool = False) -> Option | str:
+        """An Option if `engine` runs `quant` on count x gpu (`replicas`: a model per card), else the one-line reason
+        it cannot (computed once)."""
+        key = (gpu.name, id(gpu), count, usable_mib, quant, engine, replicas)
         got = self.options.get(key)
         if got is None:
-            why = eng.refusal(engine, quant, self.spec, gpu, count)
-            if why is not None:
+            why = eng.refusal(engine, quant, self.spec, gpu, count) if not replicas else None
+            if replicas:  # what one card of this rig runs, on every card
+                one = self.option(gpu, 1, usable_mib, quant, engine)
+                got = one if isinstance(one, str) else lay.replicate(one, count)
+            elif why is not None:
                 got = why
             elif engine in eng.SERVERS:
                 got = self._server_option(gpu, count, usable_mib, quant, engine)
@@ -256,11 +239,12 @@ class _Planner:
             # options of one rig that differ only in card memory (and not in what they skip, nor in the requests a
             # server holds in flight) run their tasks equally long; the provider and market add fixed costs
             memo = (opt.gpu.name, id(opt.gpu), opt.gpu_count, opt.quant, id(a), tuple(opt.skipped.items()),
-                    opt.engine, opt.concurrency)
-            if memo not in self.times:
-                self.times[memo] = (a, eng.plan_tasks(self.mc, self.loads, opt.quant, sixteen, opt.engine, opt.gpu,
-                                                      opt.gpu_count, a, opt.concurrency, opt.skipped,
-                                                      not self.plan.keep_vision_16bit, self.task_times))
+                    opt.engine, opt.concurrency, opt.replicated)
+            if memo not in self.times:  # replicas: each card a 1-card rig running its shard, the slowest one's
+                self.times[memo] = (a, lay.slowest([eng.plan_tasks(
+                    self.mc, loads, opt.quant, sixteen, opt.engine, opt.gpu, opt.gpu_count // opt.replicas, a,
+                    opt.concurrency, opt.skipped, not self.plan.keep_vision_16bit, self.task_times)
+                    for loads in lay.shard_loads(self.plan, self.loads, opt.replicas)]))
             tasks = self.times[memo][1]
             opt.times[key] = with_fixed(self.mc, tasks, opt.quant, provider, a, opt.skipped, spot,
                                         verifies(self.loads, opt.quant, opt.skipped),
@@ -435,13 +419,17 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
              assumptions: Assumptions | None = None, providers: list[str] | None = None,
              spot: bool | None = None, objective: str = "cost", top: int = 5,
              quantizations: list[str] | None = None, calibration: Calibration | None = None,
-             engines: list[str] | None = None) -> Optimization:
+             engines: list[str] | None = None, layouts: tuple[str, ...] | None = None,
+             deadline: dl.Deadline | None = None) -> Optimization:
     """Rank every candidate for `plan` on `spec` within `budget_cny`.
 
     `spot`: None considers both, True only spot prices, False only on-demand. `providers`: only these (default:
     every provider but those a person runs - declared `manual` in the catalog's terms - planned only when named).
     `quantizations` and `engines`: only these (default: the plan's `quantizations` and `engines`). `calibration`: fitted
-    factors per GPU x quantization and per provider (`budget calibrate`), used where they exist. Raises InputError
+    factors per GPU x quantization and per provider (`budget calibrate`), used where they exist. `layouts`: how a
+    multi-GPU offer is costed - `split` and/or `replicas` (planner/layouts.py; default: both).
+    `deadline`: only candidates whose time band's upper end is within it are ranked (planner/deadline.py; the
+    report's `deadline` says what it costs). Raises InputError
     for a non-positive budget or an empty (filtered) catalog; a budget too small for anything is
     not an error here: the report has no recommendation and the CLI says so."""
     if budget_cny <= 0:
@@ -449,6 +437,8 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
     if objective not in ("cost", "time"):
         raise InputError(f"unknown objective {objective!r}", "use --objective cost or --objective time")
     a = assumptions or Assumptions()
+    layouts = lay.checked(layouts)
+    watch = None if deadline is None else dl.Watch(deadline, budget_cny)
     table = OfferTable.of(catalog.offers)
     picked = _picked(table, providers, spot, catalog.manual())
     pl = _Planner(plan, spec, a, calibration)
@@ -478,15 +468,15 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
     # as the buckets hold them), so payloads are never compared:
     # (key1, key2, key3, index, offer, option, spot, price CNY/h, time, billed s, cost CNY)
     want = max(top, 1)
-    best: dict[tuple[str, int, str, str], list[tuple]] = {}  # (gpu, count, quant, engine) -> its best rows in budget
+    best: dict[tuple[str, int, str, str, str], list[tuple]] = {}  # (gpu, count, quant, engine, layout) -> its best
     by_bucket: list[tuple[int, list[tuple]]] = []  # each bucket's best rows within budget, with its billed seconds
     # at the upper end of the time band (ranked by that only when the cheapest estimate could overrun the budget)
-    over: dict[tuple[str, int, str, str], list] = {}  # (gpu, count, quant, engine) -> [cheapest row, count]
+    over: dict[tuple[str, int, str, str, str], list] = {}  # (gpu, count, quant, engine, layout) -> [cheapest, count]
     by_time = objective == "time"
     n = within = 0
 
-    def row(bucket: _Bucket, base: int, j: int, opt: Option, is_spot: bool, t: TimeEstimate, billed: int,
-            cost: Decimal, quality: int) -> tuple:
+    def row(bucket: _Bucket, base: int, opt: Option, is_spot: bool, t: TimeEstimate, billed: int, quality: int,
+            cost: Decimal, j: int) -> tuple:
         key = (t.total_s, cost, quality) if by_time else (cost, quality, t.total_s)
         row_ = bucket.row(j)
         return key + (base + j, table.offer(row_), opt, is_spot, bucket.price(row_), t, billed, cost)
@@ -505,28 +495,35 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
             for e in engines:
                 if (q, e) in never:
                     continue
-                opt = pl.option(gpu, count, usable, q, e)
-                if isinstance(opt, str):
-                    _reject(rejected, (gname, count, q, opt, e), offers, first)
-                    continue
-                for (aws, is_spot, inc, minimum), bucket in buckets:
-                    t = pl.time(opt, aws, is_spot)
-                    billed = billed_seconds(t.total_s, inc, minimum)
-                    fit, cheapest, past = bucket.rank(billed, budget_cny, want)
-                    within += fit
-                    kept = best.setdefault((gname, count, q, e), [])
-                    rows = [row(bucket, n, j, opt, is_spot, t, billed, cost, quality) for cost, j in cheapest]
-                    kept += rows
-                    if len(kept) > want:
-                        kept[:] = heapq.nsmallest(want, kept)
-                    if rows and not by_time:  # a bucket's cheapest are its cheapest at the band's upper end too
-                        by_bucket.append((billed_seconds(t.total_s * (1 + t.band), inc, minimum), rows))
-                    if past is not None:
-                        r = row(bucket, n, past[1], opt, is_spot, t, billed, past[0], quality)
-                        g = over.setdefault((gname, count, q, e), [r, 0])
-                        g[0] = min(g[0], r)
-                        g[1] += len(bucket.rows) - fit
-                    n += len(bucket.rows)
+                runnable, refused = lay.options(pl.option, gpu, count, usable, q, e, layouts)
+                for why in refused:
+                    _reject(rejected, (gname, count, q, why, e), offers, first)
+                for opt in runnable:
+                    group = (gname, count, q, e, opt.layout)
+                    for (aws, is_spot, inc, minimum), bucket in buckets:
+                        t = pl.time(opt, aws, is_spot)
+                        billed = billed_seconds(t.total_s, inc, minimum)
+                        if watch is not None and watch.is_late(group, t, bucket, billed, partial(
+                                row, bucket, n, opt, is_spot, t, billed, quality)):
+                            n += len(bucket.rows)
+                            continue
+                        fit, cheapest, past = bucket.rank(billed, budget_cny, want)
+                        within += fit
+                        kept = best.setdefault(group, [])
+                        rows = [row(bucket, n, opt, is_spot, t, billed, quality, cost, j) for cost, j in cheapest]
+                        kept += rows
+                        if len(kept) > want:
+                            kept[:] = heapq.nsmallest(want, kept)
+                        if rows and not by_time:  # a bucket's cheapest are its cheapest at the band's upper end too
+                            by_bucket.append((billed_seconds(t.total_s * (1 + t.band), inc, minimum), rows))
+                        if watch is not None and rows:
+                            watch.seen(min(rows, key=lambda r: r[-1]))
+                        if past is not None:
+                            r = row(bucket, n, opt, is_spot, t, billed, quality, *past)
+                            g = over.setdefault(group, [r, 0])
+                            g[0] = min(g[0], r)
+                            g[1] += len(bucket.rows) - fit
+                        n += len(bucket.rows)
     kept_within = sorted((r for rs in best.values() for r in rs), key=lambda r: r[3])
     shown = heapq.nsmallest(want, kept_within)
     ranked_by = "time" if by_time else "cost"
@@ -538,13 +535,13 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
         shown += sorted(g[0] for g in over.values())[: top - len(shown)]
     rej = [Rejection(gpu=g, gpu_count=c, quantization=q, reason=r, offers=k, example=table.offer_id(first), engine=e)
            for (g, c, q, r, e), (k, first) in rejected.items()]
-    rej += [Rejection(gpu=g, gpu_count=c, quantization=q, offers=k, example=row_[4].id, engine=e,
-                      reason=f"over budget: from {display(row_[-1])} CNY > {display(budget_cny)} CNY")
-            for (g, c, q, e), (row_, k) in over.items()]
+    rej += lay.over_budget(over, best, budget_cny, len(layouts) > 1)
+    rej += watch.rejections(len(layouts) > 1) if watch is not None else []
     pb = param_breakdown(spec)
 
     def out(r: tuple, how: str = "cost") -> Recommendation:
-        return _out(r, budget_cny, a.memory_band, how, _others(pl, r, engines, quants, by_time))
+        return _out(r, budget_cny, a.memory_band, how, _others(pl, r, engines, quants, by_time),
+                    lay.versus(pl.option, pl.time, r) if len(layouts) > 1 else None)
 
     report = PlanReport(
         budget_cny=budget_cny, objective=objective, plan=plan.name,
@@ -555,7 +552,10 @@ def optimize(plan: EvalPlan, spec: ModelSpec, catalog: Catalog, budget_cny: Deci
                            weights_gib={q: _gib(pl.layout(q).total) for q in ("bf16", "int8", "nf4")}),
         assumptions=a.describe(), catalog=catalog.files, candidates=n + sum(k for k, _ in rejected.values()),
         feasible=n, within_budget=within)
-    return Optimization(report, kept_within + [g[0] for g in over.values()])
+    if watch is not None:
+        report.deadline = watch.report(report.recommendation, out, min(
+            (g[0] for g in over.values()), key=lambda r: (r[-1], r[3]), default=None))
+    return Optimization(report, kept_within + [g[0] for g in over.values()], deadline)
 
 
 def _reject(rejected: dict, key: tuple, offers: int, first: int) -> None:
@@ -580,7 +580,7 @@ def _others(pl: _Planner, row: tuple, engines: list[str], quants: list[str], by_
     def priced(e: str, q: str) -> tuple[float, Decimal] | str | None:
         if q in ("fp16", "bf16") and q != sixteen:
             return None
-        other = pl.option(opt.gpu, opt.gpu_count, opt.usable_mib, q, e)
+        other = pl.option(opt.gpu, opt.gpu_count, opt.usable_mib, q, e, opt.replicated)
         if isinstance(other, str):
             return other
         te = pl.time(other, o.provider == "aws", is_spot)
@@ -590,7 +590,7 @@ def _others(pl: _Planner, row: tuple, engines: list[str], quants: list[str], by_
 
 
 def _out(row: tuple, budget: Decimal, memory_band: float, ranked_by: str = "cost",
-         others: list[EngineComparison] | None = None) -> Recommendation:
+         others: list[EngineComparison] | None = None, layout: str | None = None) -> Recommendation:
     c = Candidate.of(row, budget)
     o, opt = c.offer, c.option
     cost = unrounded(c.cost_cny)  # exact (planner/money.py's billing rule): rounded only where it is shown
@@ -605,16 +605,17 @@ def _out(row: tuple, budget: Decimal, memory_band: float, ranked_by: str = "cost
         f", minimum {o.billing_minimum_s} s" if o.billing_minimum_s > inc else "")
     return Recommendation(
         provider=o.provider, instance_type=o.instance_type, region=o.region, gpu=opt.gpu.name,
-        gpu_count=opt.gpu_count, quantization=opt.quant, engine=opt.engine,
+        gpu_count=opt.gpu_count, layout=opt.layout, replicas=opt.replicas, quantization=opt.quant, engine=opt.engine,
         engine_memory_fraction=opt.server.fraction if opt.server else None,
         max_model_len=opt.server.max_model_len if opt.server else None, concurrency=opt.concurrency,
         other_engines=others or [], spot=c.spot, price_cny_per_hour=unrounded(c.price_cny_h),
         price_original_per_hour=(o.spot_price if c.spot else o.price) or Decimal(0), currency=o.currency,
         billing=billing, gpu_memory_gib=round(opt.usable_mib / 1024, 2),
         memory_per_gpu_gib=_gib(max(g.total for g in opt.memory.per_gpu)), memory=opt.memory.per_gpu,
-        hours=round(c.hours, 3), time=c.time, billed_hours=round(c.billed_s / 3600, 4), cost_cny=cost,
+        hours=round(c.hours, 3), hours_high=round(dl.upper_s(c.time) / 3600, 3), time=c.time,
+        billed_hours=round(c.billed_s / 3600, 4), cost_cny=cost,
         cost_low_cny=unrounded(low), cost_high_cny=unrounded(high), memory_band=memory_band,
         fits_budget=c.fits_budget, budget_left_cny=unrounded(budget - cost),  # adds up with the cost (to 28 digits)
         plan_fits_times=int(budget // c.cost_cny) if c.cost_cny > 0 else 0,
-        notes=notes + [f"{k} skipped: {v}" for k, v in opt.skipped.items()],
+        notes=notes + ([layout] if layout else []) + [f"{k} skipped: {v}" for k, v in opt.skipped.items()],
         offer_source=o.source, offer_date=o.date)

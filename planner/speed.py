@@ -230,9 +230,18 @@ def pass_seconds(mc: ModelCost, p: Pass, batch: int, quant: str, gpu: Gpu, n_car
 def task_seconds(mc: ModelCost, t: TaskLoad, quant: str, gpu: Gpu, n_cards: int, a: Assumptions,
                  vision_quantized: bool = True) -> float:
     """Seconds for a whole task: its samples in batches, every pass of each sample."""
-    batches = math.ceil(t.samples / t.batch)
-    per_batch = sum(pass_seconds(mc, p, t.batch, quant, gpu, n_cards, a, vision_quantized) for p in t.passes)
-    return batches * per_batch + t.samples * a.sample_overhead_s
+    return _of_batches(t, batch_seconds(mc, t, quant, gpu, n_cards, a, vision_quantized), a)
+
+
+def batch_seconds(mc: ModelCost, t: TaskLoad, quant: str, gpu: Gpu, n_cards: int, a: Assumptions,
+                  vision_quantized: bool = True, batch: int | None = None) -> float:
+    """Seconds for one batch of a task (whatever its sample count): every pass over `batch` (default: `t.batch`)
+    samples."""
+    return sum(pass_seconds(mc, p, batch or t.batch, quant, gpu, n_cards, a, vision_quantized) for p in t.passes)
+
+
+def _of_batches(t: TaskLoad, per_batch: float, a: Assumptions, batch: int | None = None) -> float:
+    return math.ceil(t.samples / (batch or t.batch)) * per_batch + t.samples * a.sample_overhead_s
 
 
 def fixed_seconds(mc: ModelCost, quant: str, provider: str, a: Assumptions,
@@ -253,23 +262,26 @@ def fixed_seconds(mc: ModelCost, quant: str, provider: str, a: Assumptions,
 
 
 def plan_tasks(mc: ModelCost, loads: list[TaskLoad], quant: str, sixteen: str, gpu: Gpu, n_cards: int,
-               a: Assumptions, vision_quantized: bool, skipped: dict[str, str], cache: dict | None = None
-               ) -> dict[str, float]:
+               a: Assumptions, vision_quantized: bool, skipped: dict[str, str], cache: dict | None = None,
+               batch: int | None = None) -> dict[str, float]:
     """Seconds of each task run on one rig (whatever the provider). `sixteen` is the 16-bit dtype for fp16_verify
-    tasks; tasks in `skipped` (name -> reason) are left out. `cache`: task seconds already priced on this rig (a
-    task at batch 1 costs the same in hf and `transformers serve`)."""
+    tasks; tasks in `skipped` (name -> reason) are left out; `batch`: every task in batches of that size instead
+    of its own (`transformers serve`: 1). `cache`: a batch's seconds already priced on this rig (a task at batch 1
+    costs the same in hf and `transformers serve`; a replica's share of a task, what a batch of the whole task
+    costs) - keyed by the id of the task's passes: it must not outlive `loads`."""
     tasks: dict[str, float] = {}
     for t in loads:
         if t.name in skipped:
             continue
         q, vq = (sixteen, False) if t.sixteen_bit else (quant, vision_quantized)
-        key = (t, q, vq, gpu.name, id(gpu), n_cards, id(a))
-        got = None if cache is None else cache.get(key)
-        if got is None:
-            got = task_seconds(mc, t, q, gpu, n_cards, a, vq)
+        b = min(batch, t.batch) if batch else t.batch
+        key = (id(t.passes), b, q, vq, gpu.name, id(gpu), n_cards, id(a))
+        per_batch = None if cache is None else cache.get(key)
+        if per_batch is None:
+            per_batch = batch_seconds(mc, t, q, gpu, n_cards, a, vq, b)
             if cache is not None:
-                cache[key] = got
-        tasks[t.name] = got
+                cache[key] = per_batch
+        tasks[t.name] = _of_batches(t, per_batch, a, b)
     return tasks
 
 

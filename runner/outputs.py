@@ -144,6 +144,7 @@ class Load(Output):
     device_map: dict[str, str] = {}
     install_s: float | None = None
     start_s: float | None = None
+    shard: int | None = None  # the replica's shard that loaded it (budget eval --replicas)
 
 
 class EvalSummary(Output):
@@ -165,6 +166,7 @@ class EvalSummary(Output):
     peak_memory_bytes: int
     environment: dict[str, Any]
     finished_at: str
+    replica_count: int = 1  # worker processes, one per GPU (budget eval --replicas)
 
 
 # --------------------------------------------------------------------------- budget calibrate --show

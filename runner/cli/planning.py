@@ -33,13 +33,18 @@ def plan_cmd(
     engine: Annotated[list[str] | None, typer.Option("--engine", help="Only these engines: hf, vllm, sglang, "
                                                      "transformers (repeatable, or a comma list).")] = None,
     objective: Annotated[str, typer.Option("--objective", help="cost (cheapest) or time (fastest within budget).")] = "cost",
+    deadline: Annotated[str | None, typer.Option("--deadline", help="Done by then: a duration (6h, 90m, 2d, 1h30m) or "
+                                                 "an ISO date or datetime (UTC unless it names a zone; a date: that "
+                                                 "day's end), judged on the upper end of each time band.")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="How many options to show.")] = 5,
     fx: Annotated[list[str] | None, typer.Option("--fx", help="Exchange rate override, e.g. USD=7.2.")] = None,
     assume: Annotated[list[str] | None, typer.Option("--assume", help="Override a model assumption NAME=VALUE.")] = None,
     show_all: Annotated[bool, typer.Option("--all", help="List every rejected group (default: a screenful).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Which offer, GPU count and quantization run the plan cheapest within the budget, and why."""
+    """Which offer, GPU count, layout (one model over the cards, or one per card) and quantization run the plan
+    cheapest within the budget (and by the deadline), and why."""
+    from planner import deadline as deadlines
     from planner.architecture import load_config
     from planner.assumptions import parse_overrides
     from planner.models import NextStep
@@ -50,6 +55,7 @@ def plan_cmd(
     from .. import render
     from ..calibrate import calibration
 
+    due = None if deadline is None else deadlines.parse(deadline, dt.datetime.now(dt.UTC))
     ev = load_plan(plan)
     budget = amount(yuan, "--yuan") or ev.budget_yuan
     if budget is None:
@@ -61,7 +67,7 @@ def plan_cmd(
     def ranked(providers: list[str] | None, top_: int):
         return optimize(ev, spec, cat, budget, assumptions=parse_overrides(assume or []), providers=providers,
                         spot=spot, objective=objective, top=top_, quantizations=quant, engines=_engines(engine),
-                        calibration=cal)
+                        calibration=cal, deadline=due)
     result = ranked(provider, top)
     plan_arg = str(plan) if plan is not None else f"plans/{DEFAULT_PLAN}"
     rec = result.report.recommendation

@@ -25,7 +25,23 @@ def _params(n: int) -> str:
 
 
 def _rig(c: Recommendation) -> str:
-    return f"{c.gpu} x{c.gpu_count}"
+    """'T4 x1', 'T4 x4 replicas' (a model per card), 'T4 x4 split' (one model over the cards)."""
+    return f"{c.gpu} x{c.gpu_count}" + (f" {c.layout}" if c.gpu_count > 1 else "")
+
+
+def _deadline(r: PlanReport, c: Recommendation) -> str:
+    """The recommendation against the deadline, and what the deadline costs over the cheapest option."""
+    d = r.deadline
+    line = (f"  deadline  up to {duration(c.hours_high * 3600)} (the upper end of {band(c.time.band)}) of the "
+            f"{duration(d.seconds_left)} left, by {d.deadline_at}")
+    low = d.cheapest
+    if low is None or d.extra_cny is None:
+        return line
+    if d.extra_cny == 0:
+        return line + "; it costs nothing: the cheapest option meets it"
+    return line + (f"; the deadline costs +{money(d.extra_cny)} CNY over the cheapest option ({low.provider}:"
+                   f"{low.instance_type}, {_rig(low)}, {low.quantization}, {low.engine}: {money(low.cost_cny)} CNY), "
+                   f"which would take up to {duration(low.hours_high * 3600)}")
 
 
 def _gib_cell(b: int) -> str:
@@ -86,8 +102,10 @@ def plan(r: PlanReport, show_all: bool = False, free: list[Recommendation] = (),
     their limits; `missed`: one line each for those the plan cannot run on."""
     out = base.out
     m = r.model
+    d = r.deadline
     out.print(styled(("Plan", "bold"), f" {r.plan}: its tasks on ", (m.name, "bold"),
-                     f" ({_params(m.params.total)} params) — budget {r.budget_cny} CNY, objective: {r.objective}"))
+                     f" ({_params(m.params.total)} params) — budget {r.budget_cny} CNY, objective: {r.objective}"
+                     + (f", deadline {d.deadline} ({d.deadline_at})" if d else "")))
     c = r.recommendation
     if c is not None:
         out.print(styled("\n", ("Recommended:", "bold green"),
@@ -97,6 +115,8 @@ def plan(r: PlanReport, show_all: bool = False, free: list[Recommendation] = (),
         tb, mb = band(c.time.band), band(c.memory_band)
         out.print(f"  cost      {money(c.cost_cny)} CNY, {money(c.cost_low_cny)}-{money(c.cost_high_cny)} CNY at {tb} time  "
                   f"({money(c.price_cny_per_hour)} CNY/h{orig}, billed {c.billing}: {duration(c.billed_hours * 3600)})")
+        if d is not None:
+            out.print(_deadline(r, c), soft_wrap=True)
         if c.cost_cny > 0:
             out.print(f"  budget    {money(c.budget_left_cny)} CNY left of {money(r.budget_cny)} CNY; the plan fits "
                       f"{c.plan_fits_times} times in it")
@@ -136,27 +156,30 @@ def plan(r: PlanReport, show_all: bool = False, free: list[Recommendation] = (),
         for n in c.notes:
             out.print(f"  note: {n}")
     if r.alternatives:
-        t = Table(title="Alternatives" if c else "Cheapest options (none within budget)", title_justify="left")
+        t = Table(title="Alternatives" if c else "Cheapest options" + (" that meet the deadline" if d else "")
+                  + " (none within budget)", title_justify="left")
         fits = not all(a.fits_budget for a in r.alternatives)  # the column only says something when one does not
         vs_hf = any(a.engine != "hf" and any(o.engine == "hf" for o in a.other_engines) for a in r.alternatives)
-        for col in ("offer", "rig", "quant", "engine", "GiB/GPU", "time", "CNY", "at most") + (
-                ("hf: time, CNY",) if vs_hf else ()) + (("fits",) if fits else ()):
-            t.add_column(col, justify="right" if col in ("GiB/GPU", "time", "CNY", "at most") else "left",
+        for col in ("offer", "rig", "quant", "engine", "GiB/GPU", "time") + (("up to",) if d else ()) + (
+                "CNY", "at most") + (("hf: time, CNY",) if vs_hf else ()) + (("fits",) if fits else ()):
+            t.add_column(col, justify="right" if col in ("GiB/GPU", "time", "up to", "CNY", "at most") else "left",
                          no_wrap=col in ("offer", "rig", "GiB/GPU"))
         for a in r.alternatives:
             t.add_row(f"{a.provider}:{a.instance_type}" + (f"@{a.region}" if a.region else ""),
                       _rig(a) + (" spot" if a.spot else ""), a.quantization, a.engine,
                       f"{a.memory_per_gpu_gib:.1f} {band(a.memory_band)}", f"{duration(a.time.total_s)} {band(a.time.band)}",
-                      money(a.cost_cny), money(a.cost_high_cny), *((_versus(a, "hf"),) if vs_hf else ()),
+                      *((duration(a.hours_high * 3600),) if d else ()), money(a.cost_cny), money(a.cost_high_cny),
+                      *((_versus(a, "hf"),) if vs_hf else ()),
                       *(("yes" if a.fits_budget else "no",) if fits else ()))
         out.print(t)
         out.print("  (at most: the cost at the upper end of the time band, under the offer's billing rule"
+                  + ("; up to: the time at that end, what the deadline judges" if d else "")
                   + ("; hf: the hf engine on the same offer, its time over the row's and the CNY it adds" if vs_hf
                      else "") + ")")
     if r.rejected:
-        rows = sorted(r.rejected, key=lambda x: (x.reason.startswith("over"), x.gpu, x.gpu_count))
+        rows = sorted(r.rejected, key=lambda x: (x.reason.startswith(("over", "misses")), x.gpu, x.gpu_count))
         merged = rows if show_all else _merge_rejections(rows)
-        t = Table(title=f"Rejected ({sum(x.offers for x in r.rejected)} offer x quantization x engine triples)",
+        t = Table(title=f"Rejected ({sum(x.offers for x in r.rejected)} offer x layout x quantization x engine)",
                   title_justify="left")
         for col in ("GPU", "quant", "engine", "offers", "why"):
             t.add_column(col, no_wrap=col != "why", justify="right" if col == "offers" else "left")
@@ -174,7 +197,8 @@ def plan(r: PlanReport, show_all: bool = False, free: list[Recommendation] = (),
                       " (`--all` lists every group)")
     if r.ranked_by == "cost_high":
         out.print("Ranked by the upper end of each cost band: the cheapest estimate could cost more than the budget.")
-    out.print(f"{r.candidates} candidates, {r.feasible} runnable, {r.within_budget} within budget. "
+    out.print(f"{r.candidates} candidates, {r.feasible} runnable, {r.within_budget} within budget"
+              + (f" and by the deadline ({d.late} miss it)" if d else "") + ". "
               "Estimates assume the defaults listed by `budget plan --json` (assumptions); "
               "override any with --assume NAME=VALUE.")
     if r.next is not None:

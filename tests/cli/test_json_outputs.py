@@ -8,13 +8,14 @@ from pathlib import Path
 
 from planner.calibration import Calibration
 from planner.estimate import RequestEstimate
-from planner.models import InspectReport, PlanReport, PriceList
+from planner.models import DeadlineReport, InspectReport, PlanReport, PriceList
 from runner import outputs
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 ROWS = {
     "`budget plan`": PlanReport,
+    "*deadline*": DeadlineReport,
     "`budget estimate`": RequestEstimate,
     "`budget calibrate`": Calibration,
     "`budget calibrate --show`": outputs.CalibrationCheck,

@@ -165,8 +165,9 @@ def test_the_plan_never_picks_an_engine_for_a_quantization_it_refuses(model):
     plan = PLAN.model_copy(update={"quantizations": ["bf16", "fp16", "fp8", "int8", "nf4"]})
     res = optimize(plan, spec, CAT, Decimal(200000))
     shown = [res.report.recommendation, *res.report.alternatives]
-    for c in res.candidates:
-        assert eng.refusal(c.option.engine, c.option.quant, spec, c.option.gpu, c.option.gpu_count) is None
+    for c in res.candidates:  # replicas: each card runs a whole model (no tensor parallelism over the rig)
+        cards = c.option.gpu_count // c.option.replicas
+        assert eng.refusal(c.option.engine, c.option.quant, spec, c.option.gpu, cards) is None
     assert all(s.quantization != "fp8" or s.engine in eng.SERVERS for s in shown)
     assert all(s.quantization != "int8" or s.engine not in eng.SERVERS for s in shown)
     if model == "235b-a22b":  # it needs tensor parallelism over 80 GB cards
