@@ -19,13 +19,15 @@ def run_cmd(
     plan: Annotated[Path, typer.Argument(help="Plan YAML, e.g. plans/smoke.yaml.")],
     yuan: Annotated[str | None, typer.Option("--yuan", help="This run's cap in CNY (default: the plan's budget_yuan).")] = None,
     pool: Annotated[str, typer.Option("--pool", help="Budget pool the run draws on (made with the cap if new).")] = "default",
-    provider: Annotated[str, typer.Option("--provider", help="local (this machine, simulated price), aws or ssh.")] = "local",
+    provider: Annotated[str, typer.Option("--provider", help="local (this machine, simulated price), aws, ssh, or ray "
+                                          "(tasks on a Ray cluster).")] = "local",
     offer: Annotated[str | None, typer.Option("--offer", help="Offer id (see `budget prices list`; default: the planner's choice).")] = None,
     spot: Annotated[bool, typer.Option("--spot", help="Spot prices only (aws).")] = False,
     quant: Annotated[str | None, typer.Option("--quant", help="Quantization (default: the planner's choice).")] = None,
     engine: Annotated[str | None, typer.Option("--engine", help="hf, vllm, sglang or transformers (default: the "
                                                "planner's choice; hf on this machine).")] = None,
-    price_yuan_hour: Annotated[str | None, typer.Option("--price-yuan-hour", help="Bill at this CNY/h (local, ssh).")] = None,
+    price_yuan_hour: Annotated[str | None, typer.Option("--price-yuan-hour", help="Bill at this CNY/h (local, ssh; "
+                                                        "ray: per GPU-hour of each task).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N samples per task.")] = None,
     batch: Annotated[str | None, typer.Option("--batch-size", help="Samples per batch, or auto.")] = None,
     model_path: Annotated[Path | None, typer.Option("--model-path", help="Push this saved model instead of downloading.")] = None,
@@ -35,12 +37,41 @@ def run_cmd(
                                              "its budget deadline, uploads to S3 and powers off alone; no "
                                              "controller (`budget status RUN` collects).")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before spending.")] = False,
+    address: Annotated[str | None, typer.Option("--address", help="ray: the cluster (ray://HEAD:10001, auto, "
+                                                "HOST:PORT; default: a Ray started here for the run).")] = None,
+    replicas: Annotated[int | None, typer.Option("--replicas", min=1, max=4096, help="ray: at most N tasks at once "
+                                                 "(default: the cluster's GPUs, or CPUs for CPU tasks).")] = None,
+    shards: Annotated[int | None, typer.Option("--shards", min=1, max=4096, help="ray: split the samples in K "
+                                               "shards, one task each (default: 3 per task slot).")] = None,
+    per_task: Annotated[str | None, typer.Option("--per-task", help="ray: what a task holds, gpu or cpu (default: "
+                                                 "gpu where the cluster has GPUs).")] = None,
 ) -> None:
     """Provision, push the worker, evaluate, track spend against the cap, tear down."""
     from planner.plans import load_plan, plan_file
 
     from .. import engines, render
+    from ..cloud import registry
     from ..run import commands, prepare
+
+    ray_only = {"--address": address, "--replicas": replicas, "--shards": shards, "--per-task": per_task}
+    if provider in registry.RUNNERS:
+        _refuse({"--spot": spot, "--unattended": unattended, "--detach": detach, "--remote-python": remote_python},
+                f"not for --provider {provider}", "leave it out: the run's tasks run where the cluster puts them, "
+                "driven from this process (a dead one's tasks stop by their leases; `budget stop RUN` settles it)")
+        from ..scaleout import launch
+
+        if per_task not in (None, "gpu", "cpu"):
+            _refuse({"--per-task": per_task}, f"{per_task!r}, not gpu or cpu (what one task holds)",
+                    "pass --per-task gpu or --per-task cpu")
+        ask = launch.Ask(plan=plan, address=address, yuan=amount(yuan, "--yuan"), pool=pool,
+                         price_yuan_h=amount(price_yuan_hour, "--price-yuan-hour"), offer_id=offer, quant=quant,
+                         engine=engines.engine_of(engine, here=False)["kind"] if engine else None, limit=limit,
+                         batch_size=batch_size(batch), model_path=model_path, replicas=replicas, shards=shards,
+                         per_task=per_task)
+        _run_on_cluster(ask, yes)
+        return
+    _refuse(ray_only, "only for --provider ray (how a Ray cluster runs the plan's shards)",
+            "add --provider ray, or leave them out")
 
     if unattended and detach:  # an unattended run has no controller to put in the background
         from planner.errors import InputError
@@ -74,6 +105,37 @@ def run_cmd(
         render.detached(p.request.run_id, pid)
         return
     _drive(p.request.run_id, resume=False)
+
+
+def _refuse(given: dict, said: str, hint: str) -> None:
+    """One error for the options given where they do not apply (exit 2): "FLAGS <said>"."""
+    from planner.errors import InputError
+
+    flags = [f for f, v in given.items() if v not in (None, False)]
+    if flags:
+        raise InputError(f"{', '.join(flags)} {'is' if len(flags) == 1 else 'are'} {said}", hint)
+
+
+def _run_on_cluster(ask, yes: bool) -> None:
+    """`budget run --provider ray`: checked and connected, shown, asked, written, driven here, printed."""
+    from .. import render
+    from ..errors import RunError
+    from ..render.runs import cluster_estimate
+    from ..run import commands
+    from ..scaleout import launch
+
+    plan, cluster = launch.prepare(ask, budget_home(), catalog())
+    try:
+        cluster_estimate(plan.banner())
+        if not yes and not _confirm("Submit the tasks and start spending?"):
+            raise RunError("nothing submitted, nothing spent", "run it again and answer y, or pass --yes")
+        launch.create(plan, budget_home())
+        with render.RunProgress() as bar:
+            state = launch.drive(plan, budget_home(), cluster, bar.update)
+    finally:
+        cluster.close()
+    _status_of(plan.run_id, as_json=False)
+    commands.check(plan.run_id, budget_home(), state)
 
 
 def _confirm(question: str) -> bool:
@@ -137,7 +199,16 @@ def _status_of(run_id: str | None, as_json: bool) -> None:
         render.json_doc(outputs.RunList(runs=rows)) if as_json else render.runs_table(rows)
     else:
         doc = commands.describe(budget_home(), run_id)
-        render.json_doc(outputs.RunDetail.model_validate(doc)) if as_json else render.run_detail(doc)
+        if as_json:
+            render.json_doc(outputs.RunDetail.model_validate(doc))
+            return
+        from ..cloud import registry
+
+        if doc["provider"] in registry.RUNNERS:  # its instances are tasks on a cluster: shard, node, spend
+            from ..scaleout import stopping
+
+            doc = dict(doc, shards=stopping.shard_rows(budget_home(), doc))
+        render.run_detail(doc)
 
 
 @app.command("status")

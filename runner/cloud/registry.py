@@ -48,6 +48,24 @@ PROVIDERS: dict[str, Entry] = {
     "ssh": Entry("a host you rent, over SSH", ("paramiko",), False, False, False, _ssh),
 }
 UNATTENDED = tuple(n for n, e in PROVIDERS.items() if e.unattended)
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A place that runs a plan's shards as tasks on machines someone already runs - no instance to launch, reach
+    or terminate, so no Provider: `budget run --provider NAME` hands the run to `module`, which imports its
+    libraries (the `extra`) itself. Its ledger rows are instances all the same (one per task)."""
+
+    summary: str
+    needs: tuple[str, ...]
+    extra: str
+    module: str
+
+
+RUNNERS: dict[str, Runner] = {
+    "ray": Runner("Ray tasks on a Ray cluster (--address), or on a Ray started here for the run", ("ray",), "ray",
+                  "runner.scaleout"),
+}
 # Providers the catalog has offers of that no adapter runs - a person runs them - with what to do instead.
 RUN_ELSEWHERE: dict[str, tuple[str, str]] = {
     "colab": ("--provider colab is a notebook a person runs in a browser: budget run cannot start, watch or stop it",
@@ -63,8 +81,13 @@ def make(name: str, cfg: Config, home: Path, region: str | None = None, clock: C
     entry = PROVIDERS.get(name)
     if name in RUN_ELSEWHERE:
         raise InputError(*RUN_ELSEWHERE[name])
+    if name in RUNNERS:  # a run of tasks on a cluster: nothing to launch, resume or terminate here
+        raise InputError(f"--provider {name} runs tasks on a cluster, not instances: `budget run PLAN --provider {name}` "
+                         "drives it from start to end and cannot resume it",
+                         f"start it again with `budget run PLAN --provider {name}`; `budget stop RUN` settles one whose "
+                         "controller died")
     if entry is None:
-        raise InputError(f"unknown provider {name!r}", "use --provider " + ", ".join(PROVIDERS))
+        raise InputError(f"unknown provider {name!r}", "use --provider " + ", ".join([*PROVIDERS, *RUNNERS]))
     try:
         missing = [m for m in entry.needs if find_spec(m) is None]
         if missing:

@@ -43,6 +43,30 @@ def run_estimate(p) -> None:
     err.print(f"  results: {p.run_dir}/out", soft_wrap=True)
 
 
+def cluster_estimate(b: dict) -> None:
+    """What `budget run --provider ray` is about to do, before it asks (launch.Launch.banner)."""
+    err = base.err
+    hold = f"1 {b['gpu']} GPU" if b["kind"] == "gpu" else "1 CPU"
+    err.print(f"run {b['run_id']}: plan {b['plan']} as {b['shards']} shard tasks on {b['where']} ({hold} each, at most "
+              f"{b['slots']} at once; the cluster has {b['available']} {b['kind'].upper()}), {b['quantization']}",
+              soft_wrap=True)
+    err.print(f"  price {money(b['price_cny_h'])} CNY per task-hour, billed per second from a task's admission to its "
+              "end; no estimate (the planner does not know this cluster's speed)", soft_wrap=True)
+    pool = (f"new pool {b['pool']!r}, created with the same cap" if b["pool_cap_cny"] is None else
+            f"pool {b['pool']!r}: cap {b['pool_cap_cny']} CNY, {money(b['pool_spent_cny'])} CNY spent, "
+            f"{money(b['pool_left_cny'])} CNY left")
+    err.print(f"  cap {b['cap_cny']} CNY for this run ({pool}); the guard decides every {duration(b['tick_s'])}; a task "
+              f"not heard from for {duration(b['lease_s'])} stops itself (its lease, held on the cluster), within "
+              f"{duration(b['teardown_s'])}", soft_wrap=True)
+    if b["teardown_raised"]:
+        err.print(styled("  ", ("note:", "yellow"), f" run.teardown_s raised to {duration(b['teardown_s'])}: a task's "
+                         f"stop takes a {duration(b['grace_s'])} grace and three polls"), soft_wrap=True)
+    if b["pool_cap_cny"] is not None and b["pool_left_cny"] < b["cap_cny"]:
+        err.print(styled("  ", ("warning:", "yellow"), f" pool {b['pool']!r} has {money(b['pool_left_cny'])} CNY left, "
+                         "less than this run's cap: the guard stops the run when the pool's money ends"), soft_wrap=True)
+    err.print(f"  results: {b['results']}", soft_wrap=True)
+
+
 def detached(run_id: str, pid: int) -> None:
     base.out.print(run_id)
     base.err.print(f"controller running in the background (pid {pid}); watch with `budget status {run_id}` or "
@@ -106,7 +130,15 @@ def run_detail(d: dict) -> None:
               f"{money(d['pool_spent_cny'])} of {money(d['pool_cap_cny'])} CNY; {est}", soft_wrap=True)
     out.print(f"  samples {d['samples_done']}/{d['samples_total']}; started {iso(d['created_at'])}, "
               f"finished {iso(d.get('finished_at'))}; results in {d['dir']}/out", soft_wrap=True)
-    if d["instances"]:
+    if d.get("shards"):  # a ray run: each instance is a task on a node of the cluster
+        t = Table(title="Tasks on the cluster")
+        add_columns(t, ("task", "shard", "node", "state", "spent CNY", "price CNY/h", "started", "ended"),
+                    right=("spent CNY", "price CNY/h"))
+        for r in d["shards"]:
+            t.add_row(r["task"], r["shard"], r["node"], r["state"], money(r["spent_cny"]), money(r["price_cny_h"]),
+                      iso(r["started_at"]), iso(r["ended_at"]))
+        show(out, t)
+    elif d["instances"]:
         t = Table(title="Instances")
         for col in ("id", "state", "type", "price CNY/h", "billed every", "launched", "ended"):
             t.add_column(col)

@@ -185,6 +185,10 @@ def stop(run_id: str, home: Path, wait_s: float = 300, clock: Clock = SYSTEM) ->
                 clock.sleep(0.5)
             if led.run(run["id"])["state"] in FINAL and not led.instances(run_id=run["id"], live=True):
                 return led.run(run["id"])
+        if run["provider"] in registry.RUNNERS:  # tasks on a cluster (runner/scaleout), no instance to terminate
+            from ..scaleout import stopping
+
+            return stopping.stop(led, run, home, clock, ended_before)
         live = led.instances(run_id=run["id"], live=True)
         provider, policy = _provider_for(run, home, live, clock) if live else (None, None)
         for cid in calls.open_calls(led, run["id"]):  # metered calls its dead controller had in flight

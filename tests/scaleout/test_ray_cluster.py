@@ -1,0 +1,263 @@
+"""`budget run --provider ray` on a REAL multi-node Ray cluster on loopback (ray.cluster_utils.Cluster: a head and a
+node of one CPU each, a node added when one is removed), with the tiny model: the whole loop - admission, leases
+held by the detached lease actor, shard tasks running the worker, lines through the inbound boundary, settlement -
+and the faults done for real: (a) a node removed while it runs a shard, (b) the cap reached mid-run, (c) the
+controller stopped (SIGSTOP: its leases lapse with its tasks still running) then killed with kill -9.
+
+The scenarios share ONE cluster and run in sequence in one test (CI's xdist has no groups, and a cluster costs
+seconds to start); each says which one failed. The unit-level lease, line and cap logic is in test_lease.py and
+test_controller.py (milliseconds, a fake clock)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runner.procs import pid_alive
+from runner.worker.tiny import NAME as TINY
+from tests.conftest import REPO
+from tests.runner.conftest import caption_plan, db, wait_until
+
+ray = pytest.importorskip("ray")
+
+PRICE = "36"  # CNY per task-hour: 0.01 CNY a second, so a cap runs out within a test's seconds
+
+
+class Spawned:
+    """`budget ARGS` in its own process (SIGINT's default disposition: see test_run_local.py), its output in files
+    (a live progress line would fill a pipe nobody reads while the test waits)."""
+
+    started: list[Spawned] = []  # every one, ended by the test however it ends
+
+    def __init__(self, args: list[str], home: Path, logs: Path):
+        Spawned.started.append(self)
+        logs.mkdir(parents=True, exist_ok=True)
+        self.out, self.err = logs / f"{args[0]}-{time.monotonic_ns()}.out", logs / f"{args[0]}-{time.monotonic_ns()}.err"
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.p = subprocess.Popen([sys.executable, "-m", "runner.cli", *args], cwd=REPO, stdout=out, stderr=err,
+                                      env=dict(os.environ, BUDGET_HOME=str(home)), stdin=subprocess.DEVNULL,
+                                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def wait(self, timeout: float) -> tuple[int, str, str]:
+        try:
+            code = self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            raise AssertionError(f"`budget` did not end in {timeout} s:\n{self.said()}") from None
+        return code, self.out.read_text(errors="replace"), self.err.read_text(errors="replace")
+
+    def said(self) -> str:
+        return (self.out.read_text(errors="replace") + self.err.read_text(errors="replace"))[-3000:]
+
+
+def _until(cond, timeout: float, what: str, p: Spawned) -> None:
+    """wait_until, failing at once (with its output) when the controller ended first."""
+    def check() -> bool:
+        if p.p.poll() is not None:
+            raise AssertionError(f"`budget` ended (exit {p.p.returncode}) before {what}:\n{p.said()}")
+        return cond()
+    wait_until(check, timeout, what)
+
+
+def _run(home: Path, plan_name: str) -> dict:
+    if not (home / "ledger.db").exists():  # sqlite3.connect would make an empty one the controller then refuses
+        raise KeyError("no ledger yet")
+    rows = [dict(r) for r in db(home).execute("SELECT * FROM runs WHERE plan=?", (plan_name,))]
+    if len(rows) != 1:
+        raise KeyError(f"{len(rows)} runs of plan {plan_name}")  # not yet (wait_until waits on a KeyError)
+    return rows[0]
+
+
+def _instances(home: Path, run_id: str) -> list[dict]:
+    return [dict(r) for r in db(home).execute("SELECT * FROM instances WHERE run_id=? ORDER BY id", (run_id,))]
+
+
+def _spent(home: Path, run_id: str) -> Decimal:
+    return sum((Decimal(r[0]) for r in db(home).execute(
+        "SELECT s.amount_cny FROM spend s JOIN instances i ON i.id=s.instance_id WHERE i.run_id=?", (run_id,))), Decimal(0))
+
+
+def _ids(run: dict) -> list[str]:
+    path = Path(run["dir"]) / "out" / "results" / "captions.jsonl"
+    return [json.loads(x)["id"] for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _processes(run_id: str) -> list[int]:
+    """Processes of the run on this machine: the shard workers (their job is in gpubudget-RUN-s*) and Ray workers
+    running its tasks (named gpubudget-RUN-shard-*)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:
+                continue
+            if f"gpubudget-{run_id}-" in cmd and pid_alive(int(d.name)):
+                found.append(int(d.name))
+    return found
+
+
+def _actor_alive(run_id: str) -> bool:
+    try:
+        ray.get_actor(f"gpubudget-lease-{run_id}", namespace="gpubudget")
+        return True
+    except ValueError:
+        return False
+
+
+@pytest.fixture
+def ray_home(budget_home, tiny_model, monkeypatch):
+    """$BUDGET_HOME with the tiny model, second ticks, a 4 s lease and teardown; Ray kept on loopback in a temp dir
+    of this test's own (short: its socket paths must stay under 108 bytes)."""
+    (budget_home / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(tiny_model, budget_home / "models" / TINY)
+    (budget_home / "config.yaml").write_text(yaml.safe_dump({"run": {"tick_s": 1, "lease_s": 4, "teardown_s": 4}}))
+    tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    (tmp / "ray").mkdir()
+    for k, v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(tmp),
+                 "RAY_USAGE_STATS_ENABLED": "0"}.items():
+        monkeypatch.setenv(k, v)
+    # read when ray is imported, which may have been before this test: the driver here looks on loopback too
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
+    yield budget_home, tmp
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_real_ray_cluster_loses_a_node_reaches_its_cap_and_outlives_a_killed_controller(ray_home, tmp_path, cli):
+    from ray.cluster_utils import Cluster
+
+    home, tmp = ray_home
+    t0 = time.monotonic()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "node_ip_address": "127.0.0.1", "temp_dir": str(tmp / "ray"), "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        ray.init(address=cluster.address, namespace="gpubudget", log_to_driver=False)
+        timings = {"cluster": time.monotonic() - t0}
+        t = time.monotonic()
+        _a_node_removed_mid_shard(cluster, home, tmp_path, cli)
+        timings["a"] = time.monotonic() - t
+        t = time.monotonic()
+        _the_cap_reached_mid_run(cluster, home, tmp_path)
+        timings["b"] = time.monotonic() - t
+        t = time.monotonic()
+        _the_controller_stopped_then_killed(cluster, home, tmp_path)
+        timings["c"] = time.monotonic() - t
+        print("ray scenario seconds:", {k: round(v, 1) for k, v in timings.items()})
+    finally:
+        for p in Spawned.started:  # a scenario that failed half way leaves none behind
+            if p.p.poll() is None:
+                p.p.send_signal(signal.SIGCONT)
+                p.p.kill()
+                p.p.wait(timeout=30)
+        Spawned.started.clear()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _a_node_removed_mid_shard(cluster, home: Path, tmp_path: Path, cli) -> None:
+    """(a) Two shards on two nodes; the node running one of them is removed once that shard has lines: Ray runs it
+    again elsewhere, the retry resumes after the lines the lease actor holds; every sample exactly once."""
+    plan = caption_plan(tmp_path, "nodeloss", 160)  # 80 a shard: seconds of work left when its first lines show
+    p = Spawned(["run", str(plan), "--provider", "ray", "--address", cluster.address, "--price-yuan-hour", PRICE,
+                 "--yuan", "5", "--shards", "2", "--yes"], home, tmp_path / "logs")
+    head = cluster.head_node.node_id
+    victim: dict = {}
+
+    def shard_on_a_worker_node_has_lines() -> bool:
+        run = _run(home, "nodeloss")
+        for inst in _instances(home, run["id"]):
+            if not inst["provider_id"]:  # admitted, not yet submitted
+                continue
+            node, k = inst["address"], int(inst["provider_id"].split("-")[1])
+            if node and node != head and any(int(i.split("-")[1]) % 2 == k for i in _ids(run)):
+                victim.update(node=node, shard=k, inst=inst["id"])
+                return True
+        return False
+
+    _until(shard_on_a_worker_node_has_lines, 120, "(a) a shard with lines on the non-head node", p)
+    [node] = [n for n in cluster.list_all_nodes() if n.node_id == victim["node"]]
+    cluster.remove_node(node)
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # the cluster keeps two task slots
+    code, _, _ = p.wait(180)
+    assert code == 0, f"(a) the run should finish after losing a node:\n{p.said()}"
+    run = _run(home, "nodeloss")
+    ids = _ids(run)
+    assert run["state"] == "done" and len(ids) == len(set(ids)) == 160 == run["samples_done"], \
+        f"(a) every sample exactly once: {len(ids)} lines, {len(set(ids))} ids, run {run['state']}"
+    insts = _instances(home, run["id"])
+    moved = [i for i in insts if i["provider_id"] == f"shard-{victim['shard']}" and i["address"] != victim["node"]]
+    assert moved, f"(a) the shard of the removed node ran again on another node: {insts}"
+    log = (Path(run["dir"]) / "controller.log").read_text()
+    assert f"ended: shard {victim['shard']} (i{victim['inst']}): exit 0, resumed after the " in log, \
+        f"(a) Ray's retry resumed after the lines the lease actor held:\n{log}"
+    assert all(i["ended_at"] is not None for i in insts) and Decimal(0) < _spent(home, run["id"]) <= Decimal(run["cap_cny"])
+    assert not _actor_alive(run["id"]) and not _processes(run["id"]), "(a) nothing of the run left on the cluster"
+    code, out, _ = cli("status", run["id"])  # each task: its shard, node, state and spend
+    assert code == 0 and "Tasks on the cluster" in out and moved[0]["address"][:16] in out and "160/160" in out, out
+    code, out, _ = cli("logs", run["id"])
+    assert code == 0 and "[controller] " in out and "[worker] == shard " in out, out[-2000:]
+
+
+def _the_cap_reached_mid_run(cluster, home: Path, tmp_path: Path) -> None:
+    """(b) A cap that runs out mid-shard: the guard's no-go stops the task through the actor (it flushes its batch),
+    nothing more is admitted, the finished samples are kept, spend <= cap."""
+    plan = caption_plan(tmp_path, "capped", 1000)  # 2 x 500 samples: more than 0.3 CNY can pay at any speed
+    p = Spawned(["run", str(plan), "--provider", "ray", "--address", cluster.address, "--price-yuan-hour", PRICE,
+                 "--yuan", "0.3", "--replicas", "1", "--shards", "2", "--yes"], home, tmp_path / "logs")
+    code, _, err = p.wait(180)
+    run = _run(home, "capped")
+    ids = _ids(run)
+    assert code == 1 and "stopped (budget)" in err, f"(b) the cap stops the run (exit 1):\n{p.said()}"
+    assert (run["state"], run["reason"]) == ("stopped", "budget"), f"(b) {run['state']} ({run['reason']})"
+    assert 0 < len(ids) == len(set(ids)) < 1000 and run["samples_done"] == len(ids), f"(b) finished samples kept: {len(ids)}"
+    insts = _instances(home, run["id"])
+    assert insts and all(i["ended_at"] is not None for i in insts), f"(b) every task ended and settled: {insts}"
+    assert _spent(home, run["id"]) <= Decimal("0.3"), f"(b) spend {_spent(home, run['id'])} <= cap 0.3"
+    assert not _actor_alive(run["id"]) and not _processes(run["id"]), "(b) nothing of the run left on the cluster"
+
+
+def _the_controller_stopped_then_killed(cluster, home: Path, tmp_path: Path) -> None:
+    """(c) The controller frozen (SIGSTOP) mid-run: no lease is extended, so the task stops its worker by its lease
+    and the lease actor exits itself; then kill -9 of the controller and `budget stop` settles the run at lease +
+    teardown at most, with the lines pulled before the freeze kept."""
+    plan = caption_plan(tmp_path, "orphan", 400)
+    p = Spawned(["run", str(plan), "--provider", "ray", "--address", cluster.address, "--price-yuan-hour", PRICE,
+                 "--yuan", "5", "--replicas", "1", "--shards", "1", "--yes"], home, tmp_path / "logs")
+    _until(lambda: len(_ids(_run(home, "orphan"))) > 0, 120, "(c) the first lines", p)
+    run = _run(home, "orphan")
+    assert _processes(run["id"]), "(c) the shard's worker runs"
+    p.p.send_signal(signal.SIGSTOP)
+    frozen = time.time()
+    try:
+        [inst] = _instances(home, run["id"])
+        wait_until(lambda: not _processes(run["id"]), 30, "(c) the task to stop its worker by its lease")
+        stopped_after = time.time() - frozen
+        wait_until(lambda: not _actor_alive(run["id"]), 30, "(c) the lease actor to exit itself")
+        assert stopped_after <= inst["lease_until"] - frozen + 4 + 3, f"(c) stopped {stopped_after:.1f} s after the freeze"
+    finally:
+        p.p.kill()  # kill -9
+        p.p.wait(timeout=30)
+    held = len(_ids(run))
+    stop = Spawned(["stop", run["id"]], home, tmp_path / "logs")
+    code, out, _ = stop.wait(120)
+    assert code == 0 and "stopped (user)" in out, f"(c) budget stop:\n{stop.said()}"
+    run = _run(home, "orphan")
+    [inst] = _instances(home, run["id"])
+    assert (run["state"], run["reason"]) == ("stopped", "user") and inst["ended_at"] is not None
+    assert inst["ended_at"] <= inst["lease_until"] + 4, "(c) billed to lease + teardown at most"
+    assert 0 < _spent(home, run["id"]) <= Decimal(run["cap_cny"]) and len(_ids(run)) == held >= 1
