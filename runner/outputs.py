@@ -102,6 +102,18 @@ class Event(Output):
     detail: str
 
 
+class Replica(Output):
+    """One GPU's worker process on the instance (a plan run as replicas: runner/worker/replicas.py), as its
+    status.json said it last, through runner/inbound.py."""
+
+    replica: int
+    gpu: str
+    shard: int | None
+    phase: str | None
+    lost: bool
+    runs: int
+
+
 class RunDetail(LedgerRun):
     """`budget status RUN --json`: one run with its money, instances, tasks and events."""
 
@@ -112,6 +124,7 @@ class RunDetail(LedgerRun):
     instances: list[Instance]
     tasks: list[TaskRow]
     events: list[Event]
+    replicas: list[Replica] = []  # a replicas run: each GPU's worker (empty otherwise)
 
 
 # --------------------------------------------------------------------------- budget eval

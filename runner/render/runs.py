@@ -146,6 +146,13 @@ def run_detail(d: dict) -> None:
             t.add_row(str(i["provider_id"] or "-"), i["state"], i["instance_type"], money(i["price_cny_h"]),
                       billing(i["increment_s"], i["minimum_s"]), iso(i["launched_at"]), iso(i["ended_at"]))
         show(out, t)
+    if d.get("replicas"):  # a worker per GPU on the instance, each on its shard (runner/worker/replicas.py)
+        t = Table(title="Replicas")
+        add_columns(t, ("replica", "GPU", "shard", "phase", "started"), right=("started",))
+        for r in d["replicas"]:
+            t.add_row(str(r["replica"]), r["gpu"], "-" if r["shard"] is None else str(r["shard"]),
+                      "lost (its shard went to another)" if r["lost"] else r["phase"] or "-", f"{r['runs']} shard(s)")
+        show(out, t)
     from ..money.ledger import FINAL
 
     lines = task_lines(d["tasks"], finished=d["state"] in FINAL)

@@ -13,6 +13,7 @@ from planner.errors import InputError
 
 from .. import config as configmod
 from .. import home as homes
+from .. import inbound
 from ..clock import SYSTEM, Clock
 from ..cloud import registry
 from ..errors import LedgerError, RunError
@@ -131,7 +132,8 @@ def describe(home: Path, run_id: str | None, clock: Clock = SYSTEM) -> dict:
         return {**run, "controller_alive": homes.controller_alive(run), "spent_cny": led.spent_run(run["id"]),
                 "pool_spent_cny": led.spent_pool(run["pool"]), "pool_cap_cny": led.pool_cap(run["pool"]),
                 "instances": [vars(i) for i in led.instances(run["id"])], "tasks": results.tasks(led, run["id"]),
-                "events": led.events(run["id"])}
+                "events": led.events(run["id"]),
+                "replicas": [r.model_dump() for r in inbound.status(Path(run["dir"]) / "out").replicas]}
     finally:
         led.close()
 

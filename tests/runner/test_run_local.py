@@ -41,7 +41,7 @@ def test_local_happy_path(cli, local_home):
     run = the_run(local_home)
     assert run["state"] == "done" and run["phase"] == "done"
     request = json.loads((Path(run["dir"]) / "request.json").read_text())
-    assert request["job"]["replicas"] == 2 and "replicas" in out
+    assert request["job"]["replicas"] == 2 and "Replicas" in out  # budget status: each GPU's shard and phase
     summary = json.loads((Path(run["dir"]) / "out" / "summary.json").read_text())
     assert summary["complete"] and summary["replica_count"] == 2 and result_lines(run) == run["samples_done"] > 0
     status = json.loads((Path(run["dir"]) / "out" / "status.json").read_text())
