@@ -51,11 +51,13 @@ HEAVY_FIXTURES = {"aws_cloud", "moto_server", "ssh_host", "local_home", "tiny_mo
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest first (a stable sort: otherwise in file order): the slow end-to-end tests, then the tests on a
-    real test cloud, a tiny model or a stateful property (seconds each), then the rest (milliseconds). With
-    three xdist workers, a long test started last leaves the other two idle while it runs; longest-first keeps
-    them all busy to the end."""
+    """Longest first (a stable sort: otherwise in file order): tests marked `longest` (a minute or more), the slow
+    end-to-end tests, then the tests on a real test cloud, a tiny model or a stateful property (seconds each), then
+    the rest (milliseconds). With three xdist workers, a long test started last leaves the other two idle while it
+    runs; longest-first keeps them all busy to the end."""
     def rank(item) -> int:
+        if item.get_closest_marker("longest") is not None:  # e.g. the Ray cluster's scenarios: over a minute
+            return -1
         if item.get_closest_marker("slow") is not None:
             return 0
         heavy = HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())) or "property" in item.nodeid

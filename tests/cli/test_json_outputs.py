@@ -32,6 +32,7 @@ ROWS = {
     "`budget status RUN`": outputs.RunDetail,
     "*ledger run*": outputs.LedgerRun,
     "*instance*": outputs.Instance,
+    "*replica*": outputs.Replica,
     "*task*": outputs.TaskRow,
     "*event*": outputs.Event,
     "`budget sweep`": outputs.Sweep,
