@@ -31,7 +31,7 @@ def test_a_replica_killed_mid_run_has_its_shard_finished_by_the_other(tmp_path):
     sys.path.insert(0, str(REPO / "infra" / "localcloud"))
     import localcloud
 
-    plan = localcloud.caption_plan(REPO / "plans" / "smoke.yaml", tmp_path, "many", 16)
+    plan = localcloud.caption_plan(REPO / "plans" / "smoke.yaml", tmp_path, "many", 12)
     out = tmp_path / "out"
     env = dict(os.environ, BUDGET_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
     ev = subprocess.Popen([sys.executable, "-m", "runner.cli", "eval", str(plan), "--out", str(out), "--quant",
@@ -47,12 +47,12 @@ def test_a_replica_killed_mid_run_has_its_shard_finished_by_the_other(tmp_path):
     killed_at = len(ids(shard, "captions"))
     _, stderr = ev.communicate(timeout=300)
     assert ev.returncode == 0, stderr
-    assert killed_at < 8, "the replica must be killed mid-shard"
+    assert killed_at < 6, "the replica must be killed mid-shard"
     merged = ids(out, "captions")
-    assert sorted(merged) == sorted(f"syn-{i}" for i in range(16)) and len(merged) == len(set(merged))
+    assert sorted(merged) == sorted(f"syn-{i}" for i in range(12)) and len(merged) == len(set(merged))
     status = json.loads((out / "status.json").read_text())
     lost, other = status["replicas"][1], status["replicas"][0]
     assert lost["lost"] and lost["runs"] == 1 and other["runs"] == 2  # the shard went to the replica still alive
     s1 = json.loads((shard / "status.json").read_text())
     assert s1["phase"] == "done" and s1["attempt"] == 2  # resumed where the killed one left it
-    assert json.loads((out / "summary.json").read_text())["tasks"]["captions"]["done"] == 16
+    assert json.loads((out / "summary.json").read_text())["tasks"]["captions"]["done"] == 12
