@@ -4,10 +4,14 @@ and fsynced per batch, and a torn last line left by a kill is cut off when the f
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import logging
 import os
+import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 LOCK_FILE = ".worker.lock"
@@ -31,6 +35,28 @@ def lock_out(out: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()}\n".encode())
     return fd
+
+
+@contextlib.contextmanager
+def holding(out: Path, on_signal: Callable):
+    """`out` taken for this process (lock_out: Busy when another holds it), its worker.log receiving the
+    "gpubudget" logs and SIGTERM/SIGINT sent to `on_signal` - all given back on the way out. The worker and the
+    replicas' supervisor each run inside one."""
+    lock = lock_out(out)
+    handler = logging.FileHandler(Path(out) / "worker.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("gpubudget")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        os.close(lock)
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+        root.removeHandler(handler)
+        handler.close()
 
 
 def locked(out: Path) -> str | None:

@@ -102,23 +102,11 @@ class Supervisor:
     def main(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
         try:
-            lock = files.lock_out(self.out)
+            with files.holding(self.out, self._signal):
+                return self._main()
         except files.Busy as e:
             print(f"worker: {e}; not starting a second one", file=sys.stderr)
             return EXIT_BUSY
-        handler = logging.FileHandler(self.out / "worker.log", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.getLogger("gpubudget").addHandler(handler)
-        logging.getLogger("gpubudget").setLevel(logging.INFO)
-        previous = {sig: signal.signal(sig, self._signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            return self._main()
-        finally:
-            os.close(lock)
-            for sig, h in previous.items():
-                signal.signal(sig, h)
-            logging.getLogger("gpubudget").removeHandler(handler)
-            handler.close()
 
     def _signal(self, signum, frame) -> None:
         self.stop_reason = self.stop_reason or signal.Signals(signum).name.lower()

@@ -9,7 +9,6 @@ results/ and finishes the rest."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
@@ -62,20 +61,11 @@ class Worker:
 
     def main(self) -> int:
         try:
-            lock = files.lock_out(self.out)  # held while this runs; any death releases it
+            with files.holding(self.out, self._signal):  # the lock is held while this runs; any death releases it
+                return self._main()
         except files.Busy as e:
             print(f"worker: {e}; not starting a second one", file=sys.stderr)
             return EXIT_BUSY
-        handler = self._logging()
-        previous = {sig: signal.signal(sig, self._signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            return self._main()
-        finally:
-            os.close(lock)
-            for sig, h in previous.items():
-                signal.signal(sig, h)
-            logging.getLogger("gpubudget").removeHandler(handler)
-            handler.close()
 
     def _main(self) -> int:
         try:
@@ -96,14 +86,6 @@ class Worker:
             log.error("%s", traceback.format_exc())
             return self._fail(f"{type(e).__name__}: {e}", EXIT_FAILED)
         return code
-
-    def _logging(self) -> logging.Handler:
-        handler = logging.FileHandler(self.out / "worker.log", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        root = logging.getLogger("gpubudget")
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        return handler
 
     def _fail(self, message: str, code: int) -> int:
         log.error("failed: %s", message)
