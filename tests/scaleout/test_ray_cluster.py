@@ -66,13 +66,19 @@ class Spawned:
         return (self.out.read_text(errors="replace") + self.err.read_text(errors="replace"))[-3000:]
 
 
-def _until(cond, timeout: float, what: str, p: Spawned) -> None:
-    """wait_until, failing at once (with its output) when the controller ended first."""
+def _until(cond, timeout: float, what: str, p: Spawned, home: Path | None = None) -> None:
+    """wait_until, failing at once (with its output) when the controller ended first; a timeout says what the
+    controller said and logged (controller.log of every run under `home`)."""
     def check() -> bool:
         if p.p.poll() is not None:
             raise AssertionError(f"`budget` ended (exit {p.p.returncode}) before {what}:\n{p.said()}")
         return cond()
-    wait_until(check, timeout, what)
+    try:
+        wait_until(check, timeout, what)
+    except AssertionError as e:
+        logs = "".join(f"\n--- {f}\n{f.read_text(errors='replace')[-3000:]}"
+                       for f in sorted((home or Path("/nonexistent")).glob("runs/*/controller.log")))
+        raise AssertionError(f"{e}\n{p.said()}{logs}") from None
 
 
 def _run(home: Path, plan_name: str) -> dict:
@@ -196,7 +202,7 @@ def _a_node_removed_mid_shard(cluster, home: Path, tmp_path: Path, cli) -> None:
                 return True
         return False
 
-    _until(shard_on_a_worker_node_has_lines, 120, "(a) a shard with lines on the non-head node", p)
+    _until(shard_on_a_worker_node_has_lines, 120, "(a) a shard with lines on the non-head node", p, home)
     [node] = [n for n in cluster.list_all_nodes() if n.node_id == victim["node"]]
     cluster.remove_node(node)
     cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # the cluster keeps two task slots
@@ -245,7 +251,7 @@ def _the_controller_stopped_then_killed(cluster, home: Path, tmp_path: Path) -> 
     plan = caption_plan(tmp_path, "orphan", 400)
     p = Spawned(["run", str(plan), "--provider", "ray", "--address", cluster.address, "--price-yuan-hour", PRICE,
                  "--yuan", "5", "--replicas", "1", "--shards", "1", "--yes"], home, tmp_path / "logs")
-    _until(lambda: len(_ids(_run(home, "orphan"))) > 0, 120, "(c) the first lines", p)
+    _until(lambda: len(_ids(_run(home, "orphan"))) > 0, 120, "(c) the first lines", p, home)
     run = _run(home, "orphan")
     assert _processes(run["id"]), "(c) the shard's worker runs"
     p.p.send_signal(signal.SIGSTOP)
