@@ -227,20 +227,32 @@ def _a_node_removed_mid_shard(cluster, home: Path, tmp_path: Path, cli) -> None:
 
 
 def _the_cap_reached_mid_run(cluster, home: Path, tmp_path: Path) -> None:
-    """(b) A cap that runs out mid-shard: the guard's no-go stops the task through the actor (it flushes its batch),
-    nothing more is admitted, the finished samples are kept, spend <= cap."""
-    plan = caption_plan(tmp_path, "capped", 1000)  # 2 x 500 samples: more than 0.3 CNY can pay at any speed
+    """(b) The cap reached mid-shard: once the first lines are in, the run's pool cap is lowered to what its task
+    already holds (its lease + teardown at its price) plus 5 seconds - so the cap is reached right after lines exist
+    however slowly this machine starts a worker. The guard's no-go stops the task through the actor (it flushes its
+    batch), nothing more is admitted, the finished samples are kept, spend <= the cap."""
+    from runner.money.guard import Meter
+
+    plan = caption_plan(tmp_path, "capped", 400)  # 2 x 200 samples: far more than the seconds the cap leaves
     p = Spawned(["run", str(plan), "--provider", "ray", "--address", cluster.address, "--price-yuan-hour", PRICE,
-                 "--yuan", "0.3", "--replicas", "1", "--shards", "2", "--yes"], home, tmp_path / "logs")
+                 "--yuan", "5", "--pool", "capped", "--replicas", "1", "--shards", "2", "--yes"], home, tmp_path / "logs")
+    _until(lambda: len(_ids(_run(home, "capped"))) > 0, 120, "(b) the first lines", p, home)
+    run = _run(home, "capped")
+    held = sum((Meter(Decimal(i["price_cny_h"]), i["increment_s"], i["minimum_s"], i["started_at"], i["lease_until"],
+                      i["ended_at"]).cost(max(time.time() + 5, i["lease_until"]) + 4)  # teardown_s: 4 (ray_home)
+                for i in _instances(home, run["id"])), Decimal(0))
+    cap = (held + Decimal("0.05")).quantize(Decimal("0.01"))
+    lowered = Spawned(["pool", "set-cap", "capped", str(cap)], home, tmp_path / "logs")
+    assert lowered.wait(60)[0] == 0, f"(b) budget pool set-cap:\n{lowered.said()}"
     code, _, err = p.wait(180)
     run = _run(home, "capped")
     ids = _ids(run)
     assert code == 1 and "stopped (budget)" in err, f"(b) the cap stops the run (exit 1):\n{p.said()}"
     assert (run["state"], run["reason"]) == ("stopped", "budget"), f"(b) {run['state']} ({run['reason']})"
-    assert 0 < len(ids) == len(set(ids)) < 1000 and run["samples_done"] == len(ids), f"(b) finished samples kept: {len(ids)}"
+    assert 0 < len(ids) == len(set(ids)) < 400 and run["samples_done"] == len(ids), f"(b) finished samples kept: {len(ids)}"
     insts = _instances(home, run["id"])
     assert insts and all(i["ended_at"] is not None for i in insts), f"(b) every task ended and settled: {insts}"
-    assert _spent(home, run["id"]) <= Decimal("0.3"), f"(b) spend {_spent(home, run['id'])} <= cap 0.3"
+    assert _spent(home, run["id"]) <= cap, f"(b) spend {_spent(home, run['id'])} <= cap {cap}"
     assert not _actor_alive(run["id"]) and not _processes(run["id"]), "(b) nothing of the run left on the cluster"
 
 
