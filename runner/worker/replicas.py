@@ -34,6 +34,7 @@ from .status import now
 log = logging.getLogger("gpubudget.worker")
 EXIT_DONE, EXIT_FAILED, EXIT_BAD_JOB, EXIT_STOPPED, EXIT_BUSY = 0, 1, 2, 3, 4
 MAX_STARTS = 4  # a shard started this often in one run (each time on a replica that died under it) fails the run
+HELD_WAIT_S = 300.0  # a shard directory another worker holds (an earlier run's, still stopping) is waited for this long
 
 
 def die_with_parent() -> None:
@@ -89,9 +90,10 @@ class Merged:
 
 class Supervisor:
     def __init__(self, job_path: Path, out: Path, *, sleep: Callable[[float], None] = time.sleep,
-                 poll_s: float = 0.5, gpus: list[str] | None = None):
+                 poll_s: float = 0.5, gpus: list[str] | None = None, clock: Callable[[], float] = time.monotonic):
         self.job_path, self.out = Path(job_path), Path(out)
-        self.sleep, self.poll_s = sleep, poll_s
+        self.sleep, self.poll_s, self.clock = sleep, poll_s, clock
+        self.held_since: dict[int, float] = {}  # shard -> when it was first found held by another worker
         self.gpus = gpus
         self.stop_reason: str | None = None
         self.error: str | None = None
@@ -126,11 +128,12 @@ class Supervisor:
         todo = [k for k in range(n) if _phase(self.shard_dirs[k]) != "done"]
         log.info("%d replicas on GPUs %s; shards to run: %s", n, ",".join(s.gpu for s in self.slots), todo)
         self._write_status("running")
-        while (todo or self._running()) and not self.error:
+        while (todo and not self.stop_reason or self._running()) and not self.error:  # stopped: no more starts
             if self._should_stop():
                 self._stop_all()
-            while todo and not self.stop_reason and (slot := self._free()) is not None:
-                self._start(slot, todo.pop(0))
+            for k in [k for k in todo if not self.stop_reason and self._free() is not None and not self._held(k)]:
+                todo.remove(k)
+                self._start(self._free(), k)
             self.sleep(self.poll_s)
             for slot in self.slots:
                 code = slot.proc.poll() if slot.proc else None
@@ -177,6 +180,23 @@ class Supervisor:
             dirs[k] = d
         return dirs
 
+    def _held(self, k: int) -> bool:
+        """Whether another worker holds shard k's directory - one of an earlier run, still stopping (its supervisor
+        was killed and it flushes its batch): its replica would exit busy at once, so it is not started yet. Held past
+        HELD_WAIT_S, the run fails naming the holder."""
+        holder = files.locked(self.shard_dirs[k])
+        if holder is None:
+            self.held_since.pop(k, None)
+            return False
+        if k not in self.held_since:
+            self.held_since[k] = self.clock()
+            log.info("shard %d waits: %s", k, holder)
+        since = self.held_since[k]
+        if self.clock() - since >= HELD_WAIT_S and not self.error:
+            self.error = (f"shard {k} was held for {self.clock() - since:.0f} s: {holder}; stop that worker (one of an "
+                          f"earlier run?), then rerun to resume")
+        return True
+
     def _free(self) -> Slot | None:
         return next((s for s in self.slots if s.proc is None and not s.lost), None)
 
@@ -202,10 +222,13 @@ class Supervisor:
             log.info("shard %d done on GPU %s", k, slot.gpu)
         elif code == EXIT_STOPPED:
             self.stop_reason = self.stop_reason or (_read(self.shard_dirs[k] / "status.json").get("stopped") or "stopped")
-        elif code < 0 or code == EXIT_BUSY:  # killed (a lost GPU, the OOM killer, kill -9): another replica resumes it
-            slot.lost = code < 0
-            log.warning("the replica on GPU %s ended (%s) during shard %d; it goes back to the queue", slot.gpu,
-                        f"signal {-code}" if code < 0 else "its directory was held", k)
+        elif code == EXIT_BUSY:  # its directory was taken between _held and the start: waited for like any held one
+            self.starts[k] -= 1
+            todo.append(k)
+        elif code < 0:  # killed (a lost GPU, the OOM killer, kill -9): another replica resumes it
+            slot.lost = True
+            log.warning("the replica on GPU %s ended (signal %d) during shard %d; it goes back to the queue", slot.gpu,
+                        -code, k)
             if self.starts[k] >= MAX_STARTS:
                 self.error = f"shard {k} was started {self.starts[k]} times and never finished"
             else:

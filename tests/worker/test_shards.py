@@ -6,6 +6,7 @@ merged so far to its new shards."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -90,3 +91,89 @@ def test_another_replica_count_hands_the_merged_lines_to_the_new_shards(tmp_path
     for k in range(3):
         w = Work(jobmod.parse(json.loads((dirs[k] / "job.json").read_text())), dirs[k], tmp_path)
         assert not {"syn-1", "syn-3"} & {s.id for s in w.todo["cap"]}
+
+
+def _hold(d, pid: int = 4242) -> int:
+    """Hold shard directory `d` as a worker of an earlier run would (its flock on .worker.lock, its pid in it)."""
+    import fcntl
+    import os
+
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / files.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"pid {pid}\n".encode())
+    return fd
+
+
+def test_a_shard_still_held_by_an_earlier_worker_is_waited_for_not_burnt(tmp_path):
+    """A rerun right after `budget eval --replicas` was killed: its replicas got SIGTERM and are still flushing
+    their batches when the new supervisor starts. A held shard is not started (a replica started on it would exit
+    busy at once, and four such starts failed the run in two seconds); once it is free its replica starts."""
+    import os
+
+    doc = job(tmp_path / "no-model", TASKS[:1], replicas=2)
+    (tmp_path / "job.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "count").write_text("2")
+    held = [_hold(out / "shards" / "0"), _hold(out / "shards" / "1")]
+    polls, starts_while_held = [0], []
+
+    def sleep(s):  # the supervisor's poll: the earlier workers let go of their shards after 6 polls
+        time.sleep(0.02)  # lets the replicas run between polls (no wall time is asserted)
+        polls[0] += 1
+        if held:
+            starts_while_held.append(dict(sup.starts))
+        if polls[0] == 6:
+            for fd in held:
+                os.close(fd)
+            held.clear()
+
+    sup = Supervisor(tmp_path / "job.json", out, sleep=sleep, gpus=["0", "1"])
+    code = sup.main()
+    assert starts_while_held and all(s == {0: 0, 1: 0} for s in starts_while_held), starts_while_held
+    # then each shard started once; its replica fails on the missing model (this test runs no model), and says so
+    assert code == 1 and "failed" in sup.error and "started" not in sup.error, sup.error
+    assert 1 <= sum(sup.starts.values()) <= 2
+
+
+def test_a_shard_held_for_good_fails_the_run_naming_its_holder(tmp_path):
+    """Held past the wait (the injected clock's seconds): the run fails with who holds it, having started nothing."""
+    doc = job(tmp_path / "no-model", TASKS[:1], replicas=2)
+    (tmp_path / "job.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "count").write_text("2")
+    fds = [_hold(out / "shards" / "0", 4242), _hold(out / "shards" / "1", 4343)]
+    t = [0.0]
+    sup = Supervisor(tmp_path / "job.json", out, sleep=lambda s: t.__setitem__(0, t[0] + 10), clock=lambda: t[0],
+                     gpus=["0", "1"])
+    assert sup.main() == 1
+    assert "pid 4242" in sup.error and "held" in sup.error and "rerun" in sup.error, sup.error
+    assert sup.starts == {0: 0, 1: 0} and 300 <= t[0] <= 320
+    status = json.loads((out / "status.json").read_text())
+    assert status["phase"] == "failed" and "pid 4242" in status["error"]
+    del fds
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_while_shards_wait_ends_the_run_stopped(tmp_path):
+    """The STOP file (or SIGTERM) while shards wait in the queue - held, or put back after a replica died: nothing
+    more starts and the supervisor exits 3 at once (it used to poll forever for a queue it would never start)."""
+    doc = job(tmp_path / "no-model", TASKS[:1], replicas=2)
+    (tmp_path / "job.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "count").write_text("2")
+    fds = [_hold(out / "shards" / "0"), _hold(out / "shards" / "1")]
+    t = [0.0]
+
+    def sleep(s):
+        t[0] += 1
+        if t[0] == 5:
+            (out / "STOP").touch()
+
+    sup = Supervisor(tmp_path / "job.json", out, sleep=sleep, clock=lambda: t[0], gpus=["0", "1"])
+    assert sup.main() == 3 and sup.starts == {0: 0, 1: 0} and sup.stop_reason == "stop_file" and t[0] < 10
+    assert json.loads((out / "status.json").read_text())["phase"] == "stopped"
+    del fds
