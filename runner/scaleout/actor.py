@@ -1,7 +1,8 @@
 """The lease actor of a ray run: a DETACHED named actor (name from the run id, namespace "gpubudget") on the head
 node, holding the run's leases and the result lines its tasks pushed (lease.py - the logic - wrapped here). It
 outlives its controller on purpose: a controller that dies leaves it to stop the run's tasks when their leases
-lapse, and then it exits itself (`watch`, started by the controller when it makes the actor). Its methods run
+lapse, and then it exits itself (`watch`, started by the controller when it makes the actor) - once the lines
+its tasks pushed after the controller's last pull were collected (`budget stop`), or KEEP_S later. Its methods run
 in a thread pool (max_concurrency): one lock keeps the state whole. Imports only the standard library, ray and
 lease.py: the package ships to the cluster with the run's runtime_env."""
 
@@ -58,7 +59,7 @@ class LeaseActor:
         while True:
             time.sleep(WATCH_S)
             with self.lock:
-                done = self.leases.should_exit()
+                done = self.leases.should_exit(unpulled=self.lines.unpulled())
             if done:
                 ray.actor.exit_actor()
 

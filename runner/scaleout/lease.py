@@ -6,13 +6,16 @@ epoch seconds, from the ledger's guard - a stop asked for one task or for the wh
 task asks `poll(key)` about every second: it goes on while its lease holds and no stop was asked. When no
 controller has extended any lease for `lease_s + grace_s`, the run is orphaned: every task is told to stop, and
 the actor exits once no task has been heard from for a few polls, or after a further `grace_s` whatever they do
-(`should_exit`) - nothing of the run stays on the cluster when its controller died.
+(`should_exit`) - nothing of the run runs on the cluster when its controller died. Lines its tasks pushed after the
+controller's last pull are kept: the actor then waits (no task, no GPU) until they are pulled - `budget stop` -
+or `keep_s` more (KEEP_S, a week) passed.
 
 `Collector`: the result lines tasks push, per shard, per task name, by sample id - a line once. A line is taken
 only if it is a JSON object of at most LINE_CAP bytes with a string `id`, its task's name and a known status, of
 one of the job's tasks; what the controller writes into the run directory passes runner/inbound.py again
 (lines.py). A retried shard is seeded with its shard's lines (`held`), so it resumes after them; the controller
-pulls every line once, in arrival order (`since`)."""
+pulls every line once, in arrival order (`since`), and a pull's cursor says what its caller has written: the lines
+before it are acknowledged (`unpulled` counts the rest)."""
 
 from __future__ import annotations
 
@@ -24,11 +27,14 @@ LINE_CAP = 1 << 20          # one result line (inbound.LINE_CAP)
 HELD_CAP = 512 << 20        # all lines held for one run (thousands of samples are a few MB)
 PULL_CAP = 16 << 20         # what one pull returns (the rest comes at the next)
 STATUSES = ("ok", "error", "oom")
+KEEP_S = 7 * 86400          # how long an orphaned actor keeps lines no one pulled (`budget stop` collects them)
 
 
 class Leases:
-    def __init__(self, lease_s: float, grace_s: float, poll_s: float = 1.0, clock: Callable[[], float] = time.time):
+    def __init__(self, lease_s: float, grace_s: float, poll_s: float = 1.0, clock: Callable[[], float] = time.time,
+                 keep_s: float = KEEP_S):
         self.lease_s, self.grace_s, self.poll_s, self.clock = float(lease_s), float(grace_s), float(poll_s), clock
+        self.keep_s = float(keep_s)
         self.until: dict[str, float] = {}
         self.stopped: dict[str, str] = {}     # key -> why a stop was asked for that task
         self.stop_all: str | None = None      # why the whole run was asked to stop
@@ -93,12 +99,16 @@ class Leases:
         now = self.clock() if now is None else now
         return [k for k, t in self.tasks.items() if t["ended"] is None and now - t["seen"] <= 3 * self.poll_s]
 
-    def should_exit(self, now: float | None = None) -> bool:
-        """Orphaned, and its tasks gone - or a further grace passed whatever they do."""
+    def should_exit(self, now: float | None = None, unpulled: int = 0) -> bool:
+        """Orphaned, and its tasks gone - or a further grace passed whatever they do - and no line left that no one
+        pulled (`unpulled`), or keep_s more passed."""
         now = self.clock() if now is None else now
         if not self.orphaned(now):
             return False
-        return not self.active(now) or now > self.heard + self.lease_s + 2 * self.grace_s
+        gone = now > self.heard + self.lease_s + 2 * self.grace_s
+        if not gone and self.active(now):
+            return False
+        return unpulled <= 0 or now > self.heard + self.lease_s + 2 * self.grace_s + self.keep_s
 
 
 def line_id(raw: str, task: str) -> str | None:
@@ -123,6 +133,7 @@ class Collector:
         self.log: list[tuple[str, str]] = []                      # (task, line) in arrival order
         self.held_bytes, self.held_cap = 0, held_cap
         self.refused = 0
+        self.acked = 0                                            # the lines before it were pulled and written
 
     def add(self, shard: int, lines: dict[str, list[str]]) -> tuple[int, int]:
         """Take a task's new lines: (taken, refused). A sample id its shard holds already is not taken again
@@ -156,9 +167,14 @@ class Collector:
 
     def since(self, cursor: int, most: int = PULL_CAP) -> tuple[list[tuple[str, str]], int]:
         """The lines taken after `cursor` (at most `most` bytes, at least one line), and the cursor after them."""
-        out, size, at = [], 0, max(0, int(cursor))
+        out, size, at = [], 0, max(0, min(int(cursor), len(self.log)))
+        self.acked = max(self.acked, at)
         while at < len(self.log) and (not out or size + len(self.log[at][1]) <= most):
             out.append(self.log[at])
             size += len(self.log[at][1])
             at += 1
         return out, at
+
+    def unpulled(self) -> int:
+        """Lines no pull has acknowledged yet (held only here)."""
+        return len(self.log) - self.acked

@@ -154,3 +154,33 @@ def test_a_task_result_is_typed_or_refused():
                 {"key": "i1", "shard": 0, "lines": {"../x": []}}, {"key": "i1", "shard": 0, "exit": "0"}):
         got, why = lines.result_of(bad)
         assert got is None and why, bad
+
+
+def test_an_orphaned_actor_keeps_the_lines_no_controller_took_until_they_are_pulled():
+    """A controller killed between two pulls: the lines its tasks pushed after its last pull exist only on the
+    actor. The actor stops the tasks as before, but exits itself only once every line was pulled - a pull's
+    cursor says what the caller has written (the controller moves its cursor after writing) - or after keep_s
+    (no one came for them: `budget stop` is how they are collected)."""
+    clock = FakeClock(T0)
+    leases = Leases(10, 5, poll_s=1.0, clock=clock.now, keep_s=3600)
+    col = Collector(["captions"])
+    leases.extend({"i1": T0 + 10})
+    leases.register("i1", 0, "a", 1)
+    col.add(0, {"captions": [line(0), line(1)]})
+    got, cursor = col.since(0)            # the controller's last pull...
+    assert len(got) == 2 and col.unpulled() == 2, "not yet acknowledged: its lines are written after the pull"
+    col.add(0, {"captions": [line(2), line(3)]})  # ...then it was killed; the task pushed two more, then ended
+    clock.advance(16)
+    leases.ended("i1")
+    assert leases.should_exit(unpulled=0), "the run is orphaned and its task is gone"
+    assert not leases.should_exit(unpulled=col.unpulled()), "but it holds lines nobody took"
+    got, at = col.since(0)                # `budget stop`: every line from the start (the merger skips known ids)
+    assert [json.loads(x)["id"] for _, x in got] == ["syn-0", "syn-1", "syn-2", "syn-3"] and col.unpulled() == 4
+    col.since(at)                         # its next pull says it has them all
+    assert col.unpulled() == 0 and leases.should_exit(unpulled=col.unpulled())
+    col.add(0, {"captions": [line(4)]})   # never collected: kept keep_s past the point it would have exited
+    assert col.unpulled() == 1 and not leases.should_exit(unpulled=1)
+    clock.advance(3600 - 16 + 10 + 2 * 5 - 1)
+    assert not leases.should_exit(unpulled=1)
+    clock.advance(1.5)
+    assert leases.should_exit(unpulled=1)

@@ -127,6 +127,16 @@ def _actor_alive(run_id: str) -> bool:
         return False
 
 
+def _on_actor(run_id: str) -> dict | None:
+    """What the run's lease actor holds - every line it took (a pull from 0, which acknowledges nothing) and what
+    each task said of itself -, or None once it is gone."""
+    try:
+        actor = ray.get_actor(f"gpubudget-lease-{run_id}", namespace="gpubudget")
+        return ray.get(actor.pull.remote(0), timeout=30)
+    except (ValueError, ray.exceptions.RayError):
+        return None
+
+
 @pytest.fixture
 def ray_home(budget_home, tiny_model, monkeypatch):
     """$BUDGET_HOME with the tiny model, second ticks, a 4 s lease and teardown; Ray kept on loopback in a temp dir
@@ -259,9 +269,10 @@ def _the_cap_reached_mid_run(cluster, home: Path, tmp_path: Path) -> None:
 
 
 def _the_controller_stopped_then_killed(cluster, home: Path, tmp_path: Path) -> None:
-    """(c) The controller frozen (SIGSTOP) mid-run: no lease is extended, so the task stops its worker by its lease
-    and the lease actor exits itself; then kill -9 of the controller and `budget stop` settles the run at lease +
-    teardown at most, with the lines pulled before the freeze kept."""
+    """(c) The controller frozen (SIGSTOP) mid-run: no lease is extended, so the task stops its worker by its lease;
+    the lease actor keeps the lines the task pushed after the controller's last pull (it would exit itself with
+    them); then kill -9 of the controller and `budget stop` settles the run at lease + teardown at most, with every
+    line the actor took written once, and the actor ended."""
     plan = caption_plan(tmp_path, "orphan", 400)
     p = Spawned(["run", str(plan), "--provider", "ray", "--address", cluster.address, "--price-yuan-hour", PRICE,
                  "--yuan", "5", "--replicas", "1", "--shards", "1", "--yes"], home, tmp_path / "logs")
@@ -272,11 +283,17 @@ def _the_controller_stopped_then_killed(cluster, home: Path, tmp_path: Path) -> 
     try:
         # nothing else can stop it: the controller is frozen, so its lease lapses (bounds generous: a busy machine)
         wait_until(lambda: not _processes(run["id"]), 60, "(c) the task to stop its worker by its lease")
-        wait_until(lambda: not _actor_alive(run["id"]), 60, "(c) the lease actor to exit itself")
+        wait_until(lambda: (got := _on_actor(run["id"])) is None or all(
+            t.get("ended") is not None or time.time() - t["seen"] > 3 for t in got["tasks"].values()), 60,
+            "(c) the lease actor to see its task end")
+        kept = _on_actor(run["id"])  # the task pushed the lines of its last seconds to it, after the freeze
     finally:
         p.p.kill()  # kill -9
         p.p.wait(timeout=30)
     held = len(_ids(run))
+    assert kept is not None, "(c) the actor exited itself with lines no one pulled (the worker ran on after the freeze)"
+    taken = {json.loads(x)["id"] for _, x in kept["lines"]}
+    assert len(taken) > held, f"(c) the actor holds lines the frozen controller never took: {len(taken)} vs {held}"
     stop = Spawned(["stop", run["id"]], home, tmp_path / "logs")
     code, out, _ = stop.wait(120)
     assert code == 0 and "stopped (user)" in out, f"(c) budget stop:\n{stop.said()}"
@@ -284,4 +301,9 @@ def _the_controller_stopped_then_killed(cluster, home: Path, tmp_path: Path) -> 
     [inst] = _instances(home, run["id"])
     assert (run["state"], run["reason"]) == ("stopped", "user") and inst["ended_at"] is not None
     assert inst["ended_at"] <= inst["lease_until"] + 4, "(c) billed to lease + teardown at most"
-    assert 0 < _spent(home, run["id"]) <= Decimal(run["cap_cny"]) and len(_ids(run)) == held >= 1
+    assert 0 < _spent(home, run["id"]) <= Decimal(run["cap_cny"]) and held >= 1
+    ids = _ids(run)
+    assert len(ids) == len(set(ids)) and set(ids) == taken, \
+        f"(c) every line the actor took, once: {len(ids)} lines, {len(set(ids))} ids, the actor took {len(taken)}"
+    assert not _actor_alive(run["id"]), "(c) budget stop ended the lease actor"
+    print(f"(c) {held} lines pulled before the freeze, {len(taken) - held} more collected by budget stop")
