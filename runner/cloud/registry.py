@@ -82,10 +82,10 @@ def make(name: str, cfg: Config, home: Path, region: str | None = None, clock: C
     if name in RUN_ELSEWHERE:
         raise InputError(*RUN_ELSEWHERE[name])
     if name in RUNNERS:  # a run of tasks on a cluster: nothing to launch, resume or terminate here
-        raise InputError(f"--provider {name} runs tasks on a cluster, not instances: `budget run PLAN --provider {name}` "
-                         "drives it from start to end and cannot resume it",
-                         f"start it again with `budget run PLAN --provider {name}`; `budget stop RUN` settles one whose "
-                         "controller died")
+        raise InputError(f"--provider {name} runs tasks on a cluster, not instances: there is no instance to launch, "
+                         "reach or terminate",
+                         f"start one with `budget run PLAN --provider {name}`; `budget resume RUN` takes over one whose "
+                         "controller died, `budget stop RUN` settles it")
     if entry is None:
         raise InputError(f"unknown provider {name!r}", "use --provider " + ", ".join([*PROVIDERS, *RUNNERS]))
     try:

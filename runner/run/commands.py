@@ -72,10 +72,14 @@ def drive(run_id: str, home: Path, on_progress=lambda _: None, resume: bool = Fa
         led.close()
         raise
     try:
-        provider = registry.make(req.provider, configmod.load(home), home, region=req.offer.get("region"), clock=clock)
         if resume:
             led.update_run(run_id, stop_requested=0)
             (run_dir / "STOP").unlink(missing_ok=True)
+        if resume and req.provider in registry.RUNNERS:  # tasks on a cluster (runner/scaleout): a new controller
+            from ..scaleout import resume as cluster_run
+
+            return cluster_run.resume(led, homes.resolve(led, run_id), on_progress, clock)
+        provider = registry.make(req.provider, configmod.load(home), home, region=req.offer.get("region"), clock=clock)
         return Driver(led, provider, req, run_dir, clock, on_progress).run(resume=resume)
     except Exception:
         run = led.run(run_id)

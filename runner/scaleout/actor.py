@@ -41,6 +41,11 @@ class LeaseActor:
             self.leases.stop(why, keys)
         return True
 
+    def preload(self, lines: dict[str, list[str]]) -> int:
+        """Lines the run wrote before this actor (a run taken over by `budget resume`): every shard starts after them."""
+        with self.lock:
+            return self.lines.preload(lines)
+
     def pull(self, cursor: int) -> dict:
         """The lines taken since `cursor`, the next cursor, the lines refused so far and what each task said of
         itself (node, shard, times)."""

@@ -124,14 +124,29 @@ class RayCluster:
 
     # ---------------------------------------------------------------- the run's actor and tasks
 
-    def start(self, run_id: str, tasks: list[str], lease_s: float, grace_s: float, poll_s: float) -> None:
-        """Make the run's detached lease actor on the head node and start its watch."""
+    def start(self, run_id: str, tasks: list[str], lease_s: float, grace_s: float, poll_s: float,
+              preload: dict[str, list[str]] | None = None) -> None:
+        """Make the run's detached lease actor on the head node, hand it the lines the run wrote before (`preload`,
+        a resumed run's; in pieces of at most a pull's size) and start its watch."""
+        from .lease import PULL_CAP
+
         ray = self.ray
         cls = ray.remote(actormod.LeaseActor).options(
             name=actormod.name_of(run_id), namespace=actormod.NAMESPACE, lifetime="detached", num_cpus=0,
             max_concurrency=16, max_restarts=0, resources={"node:__internal_head__": 0.001})
         self.actor = cls.remote(tasks, lease_s, grace_s, poll_s)
         ray.get(self.actor.extend.remote({}), timeout=120)  # made and answering (its runtime_env set up)
+        piece: dict[str, list[str]] = {}
+        size = 0
+        for task, raws in (preload or {}).items():
+            for raw in raws:
+                if size + len(raw) > PULL_CAP and piece:
+                    ray.get(self.actor.preload.remote(piece), timeout=120)
+                    piece, size = {}, 0
+                piece.setdefault(task, []).append(raw)
+                size += len(raw)
+        if piece:
+            ray.get(self.actor.preload.remote(piece), timeout=120)
         self.actor.watch.remote()
 
     def submit(self, key: str, spec: dict, kind: str) -> None:

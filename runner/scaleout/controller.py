@@ -61,19 +61,23 @@ class Live:
 
 class Controller:
     def __init__(self, led, cluster, setup: Setup, clock: Clock = SYSTEM,
-                 on_progress: Callable[[dict], None] = lambda _: None):
+                 on_progress: Callable[[dict], None] = lambda _: None, before: list | None = None):
+        """`before`: the run's ledger rows of an earlier controller (a resumed run, all settled): the shards they
+        finished are done, their submissions count towards MAX_STARTS."""
         self.led, self.cluster, self.s, self.clock, self.on_progress = led, cluster, setup, clock, on_progress
         self.out = Path(setup.run_dir) / "out"
         self.jobs = shardmod.jobs(setup.job, setup.shards)
-        self.queue = list(range(setup.shards))
-        self.starts = dict.fromkeys(self.queue, 0)
+        shard_of = {i.id: int(i.provider_id.split("-")[1]) for i in before or ()
+                    if (i.provider_id or "").startswith("shard-") and i.provider_id.split("-")[1].isdigit()}
+        self.done: set[int] = {shard_of[i.id] for i in before or () if i.state == "done" and i.id in shard_of}
+        self.queue = [k for k in range(setup.shards) if k not in self.done]
+        self.starts = {k: sum(1 for v in shard_of.values() if v == k) for k in range(setup.shards)}
         self.live: dict[str, Live] = {}
-        self.done: set[int] = set()
         self.statuses: dict[int, str] = {}
         self.stopping: str | None = None  # budget | user | interrupted | ... (the run's reason)
         self.error: str | None = None
         self.refusal: Decision | None = None  # the last admission the guard refused
-        self.attempt, self.cursor, self.last_tick = 0, 0, float("-inf")
+        self.attempt, self.cursor, self.last_tick = len(before or ()), 0, float("-inf")
         self.term = False  # SIGTERM arrived (the loop stops the tasks at its next step)
         self.merger = lines.Merger(self.out, setup.job)
         self.log = open(Path(setup.run_dir) / "controller.log", "a", encoding="utf-8")
@@ -214,7 +218,7 @@ class Controller:
             lines.append_log(self.out, f"shard {t.shard} ({key}) on node {res.node[:16]}: exit {code}", res.worker_log)
         said = f"exit {code}" if code is not None else (res.stopped if res is not None else f"lost ({bad})")
         if res is not None and res.seeded:
-            said += f", resumed after the {res.seeded} line(s) its shard had"
+            said += f", resumed after the {res.seeded} line(s) held for it"
         self.event("ended", f"shard {t.shard} ({key}): {said}", t.inst)
         if code == 0:
             self.done.add(t.shard)

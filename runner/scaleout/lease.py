@@ -13,7 +13,9 @@ or `keep_s` more (KEEP_S, a week) passed.
 `Collector`: the result lines tasks push, per shard, per task name, by sample id - a line once. A line is taken
 only if it is a JSON object of at most LINE_CAP bytes with a string `id`, its task's name and a known status, of
 one of the job's tasks; what the controller writes into the run directory passes runner/inbound.py again
-(lines.py). A retried shard is seeded with its shard's lines (`held`), so it resumes after them; the controller
+(lines.py). A retried shard is seeded with its shard's lines (`held`), so it resumes after them - and, in a run
+taken over by `budget resume`, with every line the run wrote before (`preload`: its worker skips what is done and
+counts only its own); the controller
 pulls every line once, in arrival order (`since`), and a pull's cursor says what its caller has written: the lines
 before it are acknowledged (`unpulled` counts the rest)."""
 
@@ -134,6 +136,7 @@ class Collector:
         self.held_bytes, self.held_cap = 0, held_cap
         self.refused = 0
         self.acked = 0                                            # the lines before it were pulled and written
+        self.common: dict[str, dict[str, str]] = {}               # task -> id -> line: written before this actor
 
     def add(self, shard: int, lines: dict[str, list[str]]) -> tuple[int, int]:
         """Take a task's new lines: (taken, refused). A sample id its shard holds already is not taken again
@@ -161,9 +164,32 @@ class Collector:
         self.refused += refused
         return taken, refused
 
+    def preload(self, lines: dict[str, list[str]]) -> int:
+        """Lines the run wrote before this actor was made (`budget resume`), per task: every shard is seeded with
+        them too; they are never pulled (the run has them). Returns how many were taken."""
+        taken = 0
+        for task, raws in lines.items() if isinstance(lines, dict) else ():
+            if task not in self.tasks or not isinstance(raws, list):
+                continue
+            held = self.common.setdefault(task, {})
+            for raw in raws:
+                sid = line_id(raw, task)
+                if sid is not None and sid not in held and self.held_bytes + len(raw) <= self.held_cap:
+                    held[sid] = raw
+                    self.held_bytes += len(raw)
+                    taken += 1
+        return taken
+
     def held(self, shard: int) -> dict[str, list[str]]:
-        """The lines a shard has finished, per task: a retry of it starts from them."""
-        return {task: list(by_id.values()) for task, by_id in self.by_shard.get(shard, {}).items()}
+        """The lines a shard has finished, per task (and those the run wrote before this actor): a retry of it
+        starts from them."""
+        out = {}
+        for task in self.tasks:
+            mine = self.by_shard.get(shard, {}).get(task, {})
+            lines = [raw for sid, raw in self.common.get(task, {}).items() if sid not in mine] + list(mine.values())
+            if lines:
+                out[task] = lines
+        return out
 
     def since(self, cursor: int, most: int = PULL_CAP) -> tuple[list[tuple[str, str]], int]:
         """The lines taken after `cursor` (at most `most` bytes, at least one line), and the cursor after them."""

@@ -1,4 +1,4 @@
-"""`budget stop` and `budget status` of a ray run. A live controller is asked through the run's stop_requested flag
+"""`budget stop` and `budget status` of a ray run, and what `budget resume` finds of a dead controller's run. A live controller is asked through the run's stop_requested flag
 (run/commands.py waits on it; the controller stops every task through the lease actor). With no live controller:
 connect to the cluster address kept in the run directory (ray.json), tell the run's lease actor to stop every
 task, give them the teardown allowance to end, take the lines it holds (through lines.py), then kill it - and
@@ -41,6 +41,11 @@ def _said(run_dir: Path) -> dict:
         return {}
 
 
+def said(run_dir: Path) -> dict:
+    """ray.json: the run's cluster address and how it was split (launch.create wrote it)."""
+    return _said(run_dir)
+
+
 def _from_cluster(run: dict, run_dir: Path, job: dict | None, policy: Policy, clock: Clock) -> tuple[dict, str]:
     """(what the lease actor knew of each task - its `ended` time among it -, what happened in words)."""
     address = _said(run_dir).get("address")
@@ -78,9 +83,10 @@ def _from_cluster(run: dict, run_dir: Path, job: dict | None, policy: Policy, cl
         cl.close()
 
 
-def stop(led, run: dict, home: Path, clock: Clock = SYSTEM, ended_before: bool = False) -> dict:
-    """Stop a ray run whose controller is gone: its tasks stopped through the cluster where it can be reached, every
-    live task settled, the run marked stopped (user) - a run that had ended keeps its verdict."""
+def settle(led, run: dict, clock: Clock = SYSTEM, by: str = "budget stop", ended_before: bool = False) -> dict | None:
+    """What a dead controller left of a ray run, ended: its tasks stopped through the lease actor where the cluster
+    can be reached, the lines the actor holds written, the actor ended, every live task settled (at the end the
+    actor saw, else at min(now, lease + teardown)). Returns the run's job (None without a directory)."""
     run_dir = Path(run["dir"])
     policy = _policy(run_dir)
     held = results.held_lines(run)
@@ -88,7 +94,7 @@ def stop(led, run: dict, home: Path, clock: Clock = SYSTEM, ended_before: bool =
     live = led.instances(run_id=run["id"], live=True)
     info, how = _from_cluster(run, run_dir, job, policy, clock) if live or not ended_before else ({}, "")
     if how:
-        led.event(run["id"], "stop", f"{how} (budget stop)")
+        led.event(run["id"], "stop", f"{how} ({by})")
     now = clock.now()
     for inst in live:
         bound = inst.lease_until + policy.teardown_s
@@ -96,7 +102,16 @@ def stop(led, run: dict, home: Path, clock: Clock = SYSTEM, ended_before: bool =
         ended = seen.get("ended")
         at = float(ended) if isinstance(ended, int | float) else min(now, bound)
         led.settle(inst.id, max(at, inst.started_at), "stopped")
-        led.event(run["id"], "settled", f"shard task i{inst.id} settled at {iso(at)} (budget stop)", inst.id)
+        led.event(run["id"], "settled", f"shard task i{inst.id} settled at {iso(at)} ({by})", inst.id)
+    return job
+
+
+def stop(led, run: dict, home: Path, clock: Clock = SYSTEM, ended_before: bool = False) -> dict:
+    """Stop a ray run whose controller is gone: `settle`, then the run marked stopped (user) - a run that had ended
+    keeps its verdict."""
+    run_dir = Path(run["dir"])
+    job = settle(led, run, clock, "budget stop", ended_before)
+    now = clock.now()
     if not ended_before:
         if job:
             results.record_tasks(led, run["id"], run_dir / "out", job)

@@ -131,9 +131,12 @@ class Supervisor:
         while (todo and not self.stop_reason or self._running()) and not self.error:  # stopped: no more starts
             if self._should_stop():
                 self._stop_all()
-            for k in [k for k in todo if not self.stop_reason and self._free() is not None and not self._held(k)]:
-                todo.remove(k)
-                self._start(self._free(), k)
+            for k in list(todo):  # in queue order, each to the next free slot; a held shard waits its turn
+                if self.stop_reason or (slot := self._free()) is None:
+                    break
+                if not self._held(k):
+                    todo.remove(k)
+                    self._start(slot, k)
             self.sleep(self.poll_s)
             for slot in self.slots:
                 code = slot.proc.poll() if slot.proc else None

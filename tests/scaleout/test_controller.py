@@ -401,3 +401,64 @@ def test_budget_stop_of_a_dead_controllers_run_stops_its_tasks_through_the_actor
         assert "stopped its tasks and was ended" in " ".join(e["detail"] for e in led.events(setup.run_id))
     finally:
         led.close()
+
+
+def test_budget_resume_of_a_dead_controllers_run_runs_only_what_is_left_and_pays_no_sample_twice(
+        tmp_path, budget_home, clock):
+    """The controller dies with two shards done and two running: `budget resume RUN` settles the two it left live
+    (its cluster unreachable: at min(now, lease + teardown)), makes a new lease actor holding every line the run
+    wrote, submits only the two unfinished shards - which start after those lines - and ends the run done: every
+    sample once, none generated twice, spend <= cap."""
+    setup, job = _made(tmp_path, budget_home, samples=40, cap="5", shards=4, slots=2, clock=clock)
+
+    class Died(BaseException):
+        pass
+
+    def die_at_24s(c, led):  # shards 0 and 1 done at ~15 s; 2 and 3 four lines in
+        if clock.now() >= T0 + 24:
+            c.finish = lambda: None
+            raise Died
+    with pytest.raises(Died):
+        _drive(budget_home, setup, FakeCluster(clock, job), clock, die_at_24s)
+    before = set(_ids(setup))
+    led = _ledger(budget_home)
+    try:
+        live = {i.id: i for i in led.instances(setup.run_id, live=True)}
+        assert sorted(i.provider_id for i in live.values()) == ["shard-2", "shard-3"] and 20 < len(before) < 40
+    finally:
+        led.close()
+
+    class Again(FakeCluster):
+        def connect(self):
+            return self
+
+        def attach(self, run_id):  # the old actor: gone
+            return False
+
+        def start(self, run_id, tasks, lease_s, grace_s, poll_s, preload=None):
+            self.preloaded = {json.loads(x)["id"] for x in (preload or {}).get("captions", [])}
+            for k in range(4):  # what a retry of any shard is seeded with
+                self.held[k] = set(self.preloaded)
+    again = Again(clock, job)
+    clock.advance(2)
+    from runner.scaleout import resume
+
+    led = _ledger(budget_home)
+    try:
+        assert resume.resume(led, homes.resolve(led, setup.run_id), clock=clock, cluster=again) == "done"
+        run = led.run(setup.run_id)
+        insts = led.instances(setup.run_id)
+        for i in insts:
+            if i.id in live:  # the dead controller's: settled at now (within their lease + teardown)
+                assert i.state == "stopped" and i.ended_at == min(T0 + 26, live[i.id].lease_until + POLICY.teardown_s)
+        assert all(i.ended_at is not None for i in insts) and led.spent_run(setup.run_id) <= Decimal(5)
+        assert (run["state"], run["samples_done"]) == ("done", 40)
+        said = " ".join(e["detail"] for e in led.events(setup.run_id))
+        assert "taken over: 2 of 4 shard(s) done" in said and "(budget resume)" in said
+    finally:
+        led.close()
+    assert again.preloaded == before and sorted(k for _, k in again.submitted) == [2, 3], again.submitted
+    made_again = [json.loads(raw)["id"] for _, raw in again.log]
+    assert not set(made_again) & before, "no sample written before the resume was generated again"
+    ids = _ids(setup)
+    assert sorted(ids) == sorted(f"syn-{i}" for i in range(40)) and len(ids) == len(set(ids))

@@ -2,9 +2,10 @@
 holds the lease actors and two nodes of one CPU each, a node added when one is removed), with the tiny model: the whole loop - admission, leases
 held by the detached lease actor, shard tasks running the worker, lines through the inbound boundary, settlement -
 and the faults done for real: (a) a node removed while it runs a shard, (b) the cap reached mid-run, (c) the
-controller stopped (SIGSTOP: its leases lapse with its tasks still running) then killed with kill -9.
+controller stopped (SIGSTOP: its leases lapse with its tasks still running) then killed with kill -9, then `budget
+stop`, (d) the controller killed with kill -9, then `budget resume`.
 
-The scenarios share ONE cluster in one test ((b) and (c) side by side) (CI's xdist has no groups, and a cluster costs
+The scenarios share ONE cluster in one test ((a) and (d), then (b) and (c), side by side) (CI's xdist has no groups, and a cluster costs
 seconds to start); each says which one failed. The unit-level lease, line and cap logic is in test_lease.py and
 test_controller.py (milliseconds, a fake clock)."""
 
@@ -173,8 +174,11 @@ def test_a_real_ray_cluster_loses_a_node_reaches_its_cap_and_outlives_a_killed_c
         ray.init(address=cluster.address, namespace="gpubudget", log_to_driver=False)
         timings = {"cluster": time.monotonic() - t0}
         t = time.monotonic()
-        _a_node_removed_mid_shard(cluster, home, tmp_path, cli)
-        timings["a"] = time.monotonic() - t
+        with ThreadPoolExecutor(1) as beside:  # (a) and (d) side by side, one task slot (node) each; (a) here (its
+            resumed = beside.submit(_the_controller_killed_then_resumed, cluster, home, tmp_path)  # in-process CLI
+            _a_node_removed_mid_shard(cluster, home, tmp_path, cli)                           # sets signals)
+            resumed.result()
+        timings["a+d"] = time.monotonic() - t
         t = time.monotonic()
         with ThreadPoolExecutor(2) as both:  # (b) and (c) side by side, one task slot (node) each
             capped = both.submit(_the_cap_reached_mid_run, cluster, home, tmp_path)
@@ -236,6 +240,35 @@ def _a_node_removed_mid_shard(cluster, home: Path, tmp_path: Path, cli) -> None:
     assert code == 0 and "Tasks on the cluster" in out and moved[0]["address"][:16] in out and "100/100" in out, out
     code, out, _ = cli("logs", run["id"])
     assert code == 0 and "[controller] " in out and "[worker] == shard " in out, out[-2000:]
+
+
+def _the_controller_killed_then_resumed(cluster, home: Path, tmp_path: Path) -> None:
+    """(d) kill -9 of the controller once lines are in: Ray ends the task its driver owned; `budget resume RUN`
+    settles it, takes the lines the lease actor held, makes a new actor holding every line written and runs the
+    shard again from after them - the run ends done, every sample once, spend <= cap, nothing left on the cluster."""
+    plan = caption_plan(tmp_path, "resumed", 150)
+    p = Spawned(["run", str(plan), "--provider", "ray", "--address", cluster.address, "--price-yuan-hour", PRICE,
+                 "--yuan", "5", "--replicas", "1", "--shards", "1", "--yes"], home, tmp_path / "logs")
+    _until(lambda: len(_ids(_run(home, "resumed"))) > 0, 120, "(d) the first lines", p, home)
+    p.p.kill()  # kill -9
+    p.p.wait(timeout=30)
+    run = _run(home, "resumed")
+    again = Spawned(["resume", run["id"]], home, tmp_path / "logs")
+    code, out, err = again.wait(240)
+    run = _run(home, "resumed")
+    ids = _ids(run)
+    assert code == 0 and run["state"] == "done", f"(d) budget resume finishes the run:\n{again.said()}"
+    assert len(ids) == len(set(ids)) == 150 == run["samples_done"], f"(d) every sample once: {len(ids)}, {len(set(ids))}"
+    log = (Path(run["dir"]) / "controller.log").read_text()
+    took = [line for line in log.splitlines() if "resume: taken over: 0 of 1 shard(s) done" in line]
+    assert took, f"(d) the resume said what it took over:\n{log}"
+    written = int(took[0].split("done, ")[1].split(" line")[0])
+    assert written >= 1 and f"resumed after the {written} line(s) held for it" in log, \
+        f"(d) the shard ran again after the {written} lines written before the resume:\n{log}"
+    insts = _instances(home, run["id"])
+    assert len(insts) == 2 and all(i["ended_at"] is not None for i in insts)
+    assert Decimal(0) < _spent(home, run["id"]) <= Decimal(run["cap_cny"])
+    assert not _actor_alive(run["id"]) and not _processes(run["id"]), "(d) nothing of the run left on the cluster"
 
 
 def _the_cap_reached_mid_run(cluster, home: Path, tmp_path: Path) -> None:
