@@ -32,7 +32,7 @@ def run_cmd(
     batch: Annotated[str | None, typer.Option("--batch-size", help="Samples per batch, or auto.")] = None,
     model_path: Annotated[Path | None, typer.Option("--model-path", help="Push this saved model instead of downloading.")] = None,
     remote_python: Annotated[str | None, typer.Option("--remote-python", help="Python on the instance that is ready (skips bootstrap).")] = None,
-    detach: Annotated[bool, typer.Option("--detach", help="Return once launched; watch with status/logs.")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Return once the run is written (a controller drives it in the background); watch with status/logs.")] = False,
     unattended: Annotated[bool, typer.Option("--unattended", help="aws: once the worker runs, the instance holds "
                                              "its budget deadline, uploads to S3 and powers off alone; no "
                                              "controller (`budget status RUN` collects).")] = False,
@@ -55,9 +55,10 @@ def run_cmd(
 
     ray_only = {"--address": address, "--replicas": replicas, "--shards": shards, "--per-task": per_task}
     if provider in registry.RUNNERS:
-        _refuse({"--spot": spot, "--unattended": unattended, "--detach": detach, "--remote-python": remote_python},
+        _refuse({"--spot": spot, "--unattended": unattended, "--remote-python": remote_python},
                 f"not for --provider {provider}", "leave it out: the run's tasks run where the cluster puts them, "
-                "driven from this process (a dead one's tasks stop by their leases; `budget stop RUN` settles it)")
+                "driven from this machine (a dead controller's tasks stop by their leases; `budget resume RUN` takes "
+                "it over, `budget stop RUN` settles it)")
         from ..scaleout import launch
 
         if per_task not in (None, "gpu", "cpu"):
@@ -68,7 +69,7 @@ def run_cmd(
                          engine=engines.engine_of(engine, here=False)["kind"] if engine else None, limit=limit,
                          batch_size=batch_size(batch), model_path=model_path, replicas=replicas, shards=shards,
                          per_task=per_task)
-        _run_on_cluster(ask, yes)
+        _run_on_cluster(ask, yes, detach)
         return
     _refuse(ray_only, "only for --provider ray (how a Ray cluster runs the plan's shards)",
             "add --provider ray, or leave them out")
@@ -116,8 +117,9 @@ def _refuse(given: dict, said: str, hint: str) -> None:
         raise InputError(f"{', '.join(flags)} {'is' if len(flags) == 1 else 'are'} {said}", hint)
 
 
-def _run_on_cluster(ask, yes: bool) -> None:
-    """`budget run --provider ray`: checked and connected, shown, asked, written, driven here, printed."""
+def _run_on_cluster(ask, yes: bool, detach: bool) -> None:
+    """`budget run --provider ray`: checked and connected, shown, asked, written, driven here (or by a controller in
+    the background: `--detach`), printed."""
     from .. import render
     from ..errors import RunError
     from ..render.runs import cluster_estimate
@@ -130,6 +132,10 @@ def _run_on_cluster(ask, yes: bool) -> None:
         if not yes and not _confirm("Submit the tasks and start spending?"):
             raise RunError("nothing submitted, nothing spent", "run it again and answer y, or pass --yes")
         launch.create(plan, budget_home())
+        if detach:
+            cluster.close()  # the background controller connects on its own
+            render.detached(plan.run_id, commands.detach(plan.run_id, budget_home()))
+            return
         with render.RunProgress() as bar:
             state = launch.drive(plan, budget_home(), cluster, bar.update)
     finally:

@@ -75,7 +75,7 @@ def drive(run_id: str, home: Path, on_progress=lambda _: None, resume: bool = Fa
         if resume:
             led.update_run(run_id, stop_requested=0)
             (run_dir / "STOP").unlink(missing_ok=True)
-        if resume and req.provider in registry.RUNNERS:  # tasks on a cluster (runner/scaleout): a new controller
+        if req.provider in registry.RUNNERS:  # tasks on a cluster (runner/scaleout): a detached run's or a new one
             from ..scaleout import resume as cluster_run
 
             return cluster_run.resume(led, homes.resolve(led, run_id), on_progress, clock)

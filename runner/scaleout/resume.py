@@ -1,10 +1,12 @@
-"""`budget resume RUN` of a ray run: a new controller for a run whose controller died (kill -9, a laptop that slept
-past the leases). Ray ended the tasks the dead driver owned, or their leases did; what they pushed to the lease
+"""A ray run driven from its directory: the background controller of `budget run --provider ray --detach` (a
+created run: nothing to take over), and `budget resume RUN`, a new controller for a run whose controller died
+(kill -9, a laptop that slept past the leases). Ray ended the tasks the dead driver owned, or their leases did; what they pushed to the lease
 actor after the last pull is written and each task is settled as `budget stop` settles it (stopping.settle), the
 old actor ended. Then the run goes on under its own ledger row and cap, on the cluster in ray.json: a new lease
 actor holding every line the run has written (each shard's task starts after them: no finished sample is run or
 paid for twice), the shards its tasks finished left out, the others queued. `budget resume RUN --detach` drives
-it in the background like any run."""
+it in the background like any run. A run whose lease actor cannot be made fails if nothing ever ran, else
+stays as it was (resumable)."""
 
 from __future__ import annotations
 
@@ -62,10 +64,12 @@ def written(out: Path, job: dict) -> dict[str, list[str]]:
 
 def resume(led, run: dict, on_progress=lambda _: None, clock: Clock = SYSTEM,
            cluster: RayCluster | None = None) -> str:
-    """Settle what the dead controller left, then drive the rest of the run; its final state."""
+    """Settle what a dead controller left (a run driven before), then drive the rest of the run; its final state."""
     req = Request.load(Path(run["dir"]) / "request.json")
     s = setup_of(run, req)
-    stopping.settle(led, run, clock, by="budget resume")
+    fresh = run["state"] == "created"
+    if not fresh:
+        stopping.settle(led, run, clock, by="budget resume")
     before = led.instances(run_id=run["id"])
     address = stopping.said(s.run_dir).get("address")
     cl = cluster or RayCluster(address)
@@ -77,15 +81,18 @@ def resume(led, run: dict, on_progress=lambda _: None, clock: Clock = SYSTEM,
         cl.actor = None
         have = written(s.run_dir / "out", s.job)
         c = Controller(led, cl, s, clock, on_progress, before=before)
-        c.event("resume", f"taken over: {len(c.done)} of {s.shards} shard(s) done, "
-                f"{sum(len(v) for v in have.values())} line(s) written; shards {c.queue} to run")
+        if not fresh:
+            c.event("resume", f"taken over: {len(c.done)} of {s.shards} shard(s) done, "
+                    f"{sum(len(v) for v in have.values())} line(s) written; shards {c.queue} to run")
         try:
             cl.start(s.run_id, [t["name"] for t in s.job["tasks"]], s.policy.lease_s, s.grace_s, s.poll_s, preload=have)
-        except Exception as e:  # noqa: BLE001 - Ray's own errors: nothing was admitted, the run stays resumable
+        except Exception as e:  # noqa: BLE001 - Ray's own errors: nothing was admitted
             c.log.close()
-            raise RunError(f"the run's lease actor could not be made on the cluster ({type(e).__name__}: "
-                           f"{str(e).strip()[:150]}); nothing was admitted", "check the cluster (`ray status` on its "
-                           f"head), then `budget resume {s.run_id}` again") from None
+            why = f"the run's lease actor could not be made on the cluster ({type(e).__name__}: {str(e).strip()[:150]})"
+            if fresh:
+                led.update_run(s.run_id, state="failed", phase="failed", finished_at=clock.now(), reason=why)
+            raise RunError(why + "; nothing was admitted", "check the cluster (`ray status` on its head)" + (
+                "" if fresh else f", then `budget resume {s.run_id}` again")) from None
         return c.run()
     finally:
         cl.close()

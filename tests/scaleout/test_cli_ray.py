@@ -63,7 +63,7 @@ def test_files_of_this_machine_are_refused_for_a_cluster_elsewhere(cli, budget_h
     (["--address", "nowhere"], "is not HOST:PORT"),
     (["--per-task", "tpu"], "not gpu or cpu"),
     (["--spot"], "--spot is not for --provider ray"),
-    (["--detach"], "--detach is not for --provider ray"),
+    (["--remote-python", "python3"], "--remote-python is not for --provider ray"),
     (["--unattended"], "--unattended is not for --provider ray"),
 ])
 def test_what_a_ray_run_cannot_take_is_refused(cli, budget_home, args, message):

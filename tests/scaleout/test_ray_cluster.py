@@ -37,6 +37,7 @@ except ImportError:  # CI installs it (the test extra); there, a missing ray fai
     ray = None
 
 PRICE = "36"  # CNY per task-hour: 0.01 CNY a second, so a cap runs out within a test's seconds
+DETACHED: list[int] = []  # background controllers' pids (killed however the test ends)
 
 
 class Spawned:
@@ -194,6 +195,10 @@ def test_a_real_ray_cluster_loses_a_node_reaches_its_cap_and_outlives_a_killed_c
                 p.p.kill()
                 p.p.wait(timeout=30)
         Spawned.started.clear()
+        for pid in DETACHED:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        DETACHED.clear()
         ray.shutdown()
         cluster.shutdown()
 
@@ -243,15 +248,23 @@ def _a_node_removed_mid_shard(cluster, home: Path, tmp_path: Path, cli) -> None:
 
 
 def _the_controller_killed_then_resumed(cluster, home: Path, tmp_path: Path) -> None:
-    """(d) kill -9 of the controller once lines are in: Ray ends the task its driver owned; `budget resume RUN`
-    settles it, takes the lines the lease actor held, makes a new actor holding every line written and runs the
-    shard again from after them - the run ends done, every sample once, spend <= cap, nothing left on the cluster."""
+    """(d) `budget run --detach`: its background controller killed with kill -9 once lines are in - Ray ends the task
+    its driver owned; `budget resume RUN` settles it, takes the lines the lease actor held, makes a new actor
+    holding every line written and runs the shard again from after them - the run ends done, every sample once,
+    spend <= cap, nothing left on the cluster."""
     plan = caption_plan(tmp_path, "resumed", 150)
     p = Spawned(["run", str(plan), "--provider", "ray", "--address", cluster.address, "--price-yuan-hour", PRICE,
-                 "--yuan", "5", "--replicas", "1", "--shards", "1", "--yes"], home, tmp_path / "logs")
-    _until(lambda: len(_ids(_run(home, "resumed"))) > 0, 120, "(d) the first lines", p, home)
-    p.p.kill()  # kill -9
-    p.p.wait(timeout=30)
+                 "--yuan", "5", "--replicas", "1", "--shards", "1", "--yes", "--detach"], home, tmp_path / "logs")
+    code, out, _ = p.wait(120)
+    assert code == 0 and "controller running in the background" in p.said(), f"(d) --detach:\n{p.said()}"
+    run = _run(home, "resumed")
+    assert run["id"] in out
+    wait_until(lambda: _run(home, "resumed")["controller_pid"] and len(_ids(_run(home, "resumed"))) > 0, 120,
+               "(d) the first lines")
+    pid = _run(home, "resumed")["controller_pid"]
+    DETACHED.append(pid)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(pid), 30, "(d) the controller to die")
     run = _run(home, "resumed")
     again = Spawned(["resume", run["id"]], home, tmp_path / "logs")
     code, out, err = again.wait(240)
