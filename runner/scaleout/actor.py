@@ -42,7 +42,7 @@ class LeaseActor:
         return True
 
     def preload(self, lines: dict[str, list[str]]) -> int:
-        """Lines the run wrote before this actor (a run taken over by `budget resume`): every shard starts after them."""
+        """Lines the run wrote before this actor (a run taken over by `budget resume`): each shard starts after them."""
         with self.lock:
             return self.lines.preload(lines)
 

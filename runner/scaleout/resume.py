@@ -1,8 +1,8 @@
 """A ray run driven from its directory: the background controller of `budget run --provider ray --detach` (a
 created run: nothing to take over), and `budget resume RUN`, a new controller for a run whose controller died
-(kill -9, a laptop that slept past the leases). Ray ended the tasks the dead driver owned, or their leases did; what they pushed to the lease
-actor after the last pull is written and each task is settled as `budget stop` settles it (stopping.settle), the
-old actor ended. Then the run goes on under its own ledger row and cap, on the cluster in ray.json: a new lease
+(kill -9, a laptop that slept past the leases). Ray ended the tasks the dead driver owned, or their leases did;
+what they pushed to the lease actor after the last pull is written and each task is settled as `budget stop`
+settles it (stopping.settle), the old actor ended. Then the run goes on under its own ledger row and cap, on the cluster in ray.json: a new lease
 actor holding every line the run has written (each shard's task starts after them: no finished sample is run or
 paid for twice), the shards its tasks finished left out, the others queued. `budget resume RUN --detach` drives
 it in the background like any run. A run whose lease actor cannot be made fails if nothing ever ran, else

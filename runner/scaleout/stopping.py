@@ -1,5 +1,6 @@
-"""`budget stop` and `budget status` of a ray run, and what `budget resume` finds of a dead controller's run. A live controller is asked through the run's stop_requested flag
-(run/commands.py waits on it; the controller stops every task through the lease actor). With no live controller:
+"""`budget stop` and `budget status` of a ray run, and what `budget resume` settles of a dead controller's run. A
+live controller is asked through the run's stop_requested flag (run/commands.py waits on it; the controller stops
+every task through the lease actor). With no live controller:
 connect to the cluster address kept in the run directory (ray.json), tell the run's lease actor to stop every
 task, give them the teardown allowance to end, take the lines it holds (through lines.py), then kill it - and
 settle every task still live in the ledger at the end the actor saw, else at min(now, lease + teardown): never
@@ -33,7 +34,7 @@ def _policy(run_dir: Path) -> Policy:
         return Policy()
 
 
-def _said(run_dir: Path) -> dict:
+def said(run_dir: Path) -> dict:
     try:
         doc = json.loads((run_dir / "ray.json").read_text(encoding="utf-8"))
         return doc if isinstance(doc, dict) else {}
@@ -41,14 +42,9 @@ def _said(run_dir: Path) -> dict:
         return {}
 
 
-def said(run_dir: Path) -> dict:
-    """ray.json: the run's cluster address and how it was split (launch.create wrote it)."""
-    return _said(run_dir)
-
-
 def _from_cluster(run: dict, run_dir: Path, job: dict | None, policy: Policy, clock: Clock) -> tuple[dict, str]:
     """(what the lease actor knew of each task - its `ended` time among it -, what happened in words)."""
-    address = _said(run_dir).get("address")
+    address = said(run_dir).get("address")
     if not address:
         return {}, "its Ray was started on this machine for the run and ended with its controller"
     from .cluster import RayCluster
@@ -62,7 +58,7 @@ def _from_cluster(run: dict, run_dir: Path, job: dict | None, policy: Policy, cl
         end = clock.monotonic() + policy.teardown_s
         info: dict = {}
         merger = lines.Merger(run_dir / "out", job) if job else None
-        cursor, poll_s = 0, float(_said(run_dir).get("poll_s") or 1)
+        cursor, poll_s = 0, float(said(run_dir).get("poll_s") or 1)
         while True:  # every line it holds (a pull is bounded), until its tasks are gone or the teardown passed
             got = cl.pull(cursor) or {}
             if merger is not None and isinstance(got.get("lines"), list):
