@@ -90,8 +90,10 @@ class Merged:
 
 class Supervisor:
     def __init__(self, job_path: Path, out: Path, *, sleep: Callable[[float], None] = time.sleep,
-                 poll_s: float = 0.5, gpus: list[str] | None = None, clock: Callable[[], float] = time.monotonic):
-        self.job_path, self.out = Path(job_path), Path(out)
+                 poll_s: float = 0.5, gpus: list[str] | None = None, clock: Callable[[], float] = time.monotonic,
+                 worker: tuple[str, ...] = (sys.executable, "-m", "runner.worker")):
+        """`worker`: the command of one replica, given its shard's job.json and directory."""
+        self.job_path, self.out, self.worker = Path(job_path), Path(out), list(worker)
         self.sleep, self.poll_s, self.clock = sleep, poll_s, clock
         self.held_since: dict[int, float] = {}  # shard -> when it was first found held by another worker
         self.gpus = gpus
@@ -214,7 +216,7 @@ class Supervisor:
         self.starts[k] += 1
         slot.runs += 1
         with open(d / "worker.stderr.log", "ab") as err:
-            slot.proc = subprocess.Popen([sys.executable, "-m", "runner.worker", str(d / "job.json"), str(d)],
+            slot.proc = subprocess.Popen([*self.worker, str(d / "job.json"), str(d)],
                                          stdout=err, stderr=subprocess.STDOUT, env=env,
                                          preexec_fn=die_with_parent)  # noqa: PLW1509 - the supervisor has no threads
         slot.shard = k
