@@ -153,6 +153,20 @@ def _drive(budget_home: Path, setup: Setup, cluster: FakeCluster, clock: FakeClo
         led.close()
 
 
+def _killed_at(budget_home: Path, setup: Setup, cluster: FakeCluster, clock: FakeClock, seconds: float) -> None:
+    """Drive the run until `seconds` on the fake clock, then "kill" its controller: it stops between two steps and
+    nothing settles, nothing is let go."""
+    class Died(BaseException):
+        pass
+
+    def die(c, led):
+        if clock.now() >= T0 + seconds:
+            c.finish = lambda: None
+            raise Died
+    with pytest.raises(Died):
+        _drive(budget_home, setup, cluster, clock, die)
+
+
 def _ledger(budget_home: Path):
     return homes.ledger(budget_home)
 
@@ -260,17 +274,7 @@ def test_budget_stop_of_a_run_whose_controller_died_settles_at_its_lease_at_most
     """The controller dies mid-run (here: an error out of its loop before it could settle); `budget stop` finds no
     controller and, with its cluster unreachable, settles every live task from the ledger at lease + teardown."""
     setup, job = _made(tmp_path, budget_home, samples=40, cap="5", shards=2, slots=2, clock=clock)
-    cluster = FakeCluster(clock, job)
-
-    class Died(BaseException):
-        pass
-
-    def die_at_12s(c, led):
-        if clock.now() >= T0 + 12:
-            c.finish = lambda: None  # killed: nothing settles, nothing is let go
-            raise Died
-    with pytest.raises(Died):
-        _drive(budget_home, setup, cluster, clock, die_at_12s)
+    _killed_at(budget_home, setup, FakeCluster(clock, job), clock, 12)
     led = _ledger(budget_home)
     try:
         live = led.instances(setup.run_id, live=True)
@@ -347,16 +351,7 @@ def test_budget_stop_of_a_dead_controllers_run_stops_its_tasks_through_the_actor
     from runner.scaleout import cluster as clustermod
 
     setup, job = _made(tmp_path, budget_home, samples=40, cap="5", shards=2, slots=2, clock=clock)
-
-    class Died(BaseException):
-        pass
-
-    def die_at_12s(c, led):
-        if clock.now() >= T0 + 12:
-            c.finish = lambda: None
-            raise Died
-    with pytest.raises(Died):
-        _drive(budget_home, setup, FakeCluster(clock, job), clock, die_at_12s)
+    _killed_at(budget_home, setup, FakeCluster(clock, job), clock, 12)
     held = set(_ids(setup))
     led = _ledger(budget_home)
     try:
@@ -410,16 +405,7 @@ def test_budget_resume_of_a_dead_controllers_run_runs_only_what_is_left_and_pays
     wrote, submits only the two unfinished shards - which start after those lines - and ends the run done: every
     sample once, none generated twice, spend <= cap."""
     setup, job = _made(tmp_path, budget_home, samples=40, cap="5", shards=4, slots=2, clock=clock)
-
-    class Died(BaseException):
-        pass
-
-    def die_at_24s(c, led):  # shards 0 and 1 done at ~15 s; 2 and 3 four lines in
-        if clock.now() >= T0 + 24:
-            c.finish = lambda: None
-            raise Died
-    with pytest.raises(Died):
-        _drive(budget_home, setup, FakeCluster(clock, job), clock, die_at_24s)
+    _killed_at(budget_home, setup, FakeCluster(clock, job), clock, 24)  # shards 0, 1 done at ~15 s; 2, 3 four lines in
     before = set(_ids(setup))
     led = _ledger(budget_home)
     try:

@@ -106,18 +106,22 @@ def _hold(d, pid: int = 4242) -> int:
     return fd
 
 
+def _two_shards_held(tmp_path, pids=(4242, 4242)) -> tuple:
+    """A 2-replica job (no model) whose shard directories 0 and 1 another worker holds: (its out, the lock fds)."""
+    (tmp_path / "job.json").write_text(json.dumps(job(tmp_path / "no-model", TASKS[:1], replicas=2)))
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "count").write_text("2")
+    return out, [_hold(out / "shards" / str(k), pid) for k, pid in enumerate(pids)]
+
+
 def test_a_shard_still_held_by_an_earlier_worker_is_waited_for_not_burnt(tmp_path):
     """A rerun right after `budget eval --replicas` was killed: its replicas got SIGTERM and are still flushing
     their batches when the new supervisor starts. A held shard is not started (a replica started on it would exit
     busy at once, and four such starts failed the run in two seconds); once it is free its replica starts, once."""
     import os
 
-    doc = job(tmp_path / "no-model", TASKS[:1], replicas=2)
-    (tmp_path / "job.json").write_text(json.dumps(doc))
-    out = tmp_path / "out"
-    (out / "shards").mkdir(parents=True)
-    (out / "shards" / "count").write_text("2")
-    held = [_hold(out / "shards" / "0"), _hold(out / "shards" / "1")]
+    out, held = _two_shards_held(tmp_path)
     polls, starts_while_held = [0], []
 
     def sleep(s):  # the supervisor's poll: the earlier workers let go of their shards after 6 polls
@@ -142,12 +146,7 @@ def test_a_shard_still_held_by_an_earlier_worker_is_waited_for_not_burnt(tmp_pat
 
 def test_a_shard_held_for_good_fails_the_run_naming_its_holder(tmp_path):
     """Held past the wait (the injected clock's seconds): the run fails with who holds it, having started nothing."""
-    doc = job(tmp_path / "no-model", TASKS[:1], replicas=2)
-    (tmp_path / "job.json").write_text(json.dumps(doc))
-    out = tmp_path / "out"
-    (out / "shards").mkdir(parents=True)
-    (out / "shards" / "count").write_text("2")
-    fds = [_hold(out / "shards" / "0", 4242), _hold(out / "shards" / "1", 4343)]
+    out, fds = _two_shards_held(tmp_path, (4242, 4343))
     t = [0.0]
     sup = Supervisor(tmp_path / "job.json", out, sleep=lambda s: t.__setitem__(0, t[0] + 10), clock=lambda: t[0],
                      gpus=["0", "1"])
@@ -163,12 +162,7 @@ def test_a_shard_held_for_good_fails_the_run_naming_its_holder(tmp_path):
 def test_a_stop_while_shards_wait_ends_the_run_stopped(tmp_path):
     """The STOP file (or SIGTERM) while shards wait in the queue - held, or put back after a replica died: nothing
     more starts and the supervisor exits 3 at once (it used to poll forever for a queue it would never start)."""
-    doc = job(tmp_path / "no-model", TASKS[:1], replicas=2)
-    (tmp_path / "job.json").write_text(json.dumps(doc))
-    out = tmp_path / "out"
-    (out / "shards").mkdir(parents=True)
-    (out / "shards" / "count").write_text("2")
-    fds = [_hold(out / "shards" / "0"), _hold(out / "shards" / "1")]
+    out, fds = _two_shards_held(tmp_path)
     t = [0.0]
 
     def sleep(s):
